@@ -1,0 +1,84 @@
+// Writing safetensors checkpoints: one file, or Hugging Face-style shards
+// (model-0000K-of-0000N.safetensors) with model.safetensors.index.json.
+//
+// The writer streams: tensor bytes come from a caller-supplied fill function,
+// piece by piece, from several threads, so a checkpoint larger than memory
+// can be written. Headers are padded with spaces so the data section starts
+// 8-byte aligned, as the reference writer does.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hoist/dtype.h"
+#include "hoist/status.h"
+
+namespace hoist {
+
+struct OutTensor {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<uint64_t> shape;
+  uint64_t size_bytes = 0;
+};
+
+// Fills dst[0, size_bytes) with bytes [offset_bytes, offset_bytes + size_bytes)
+// of tensor `index`. offset_bytes is a multiple of 8. Called from several
+// threads at once, for disjoint pieces.
+using FillFn = std::function<Status(size_t index, uint64_t offset_bytes, uint64_t size_bytes, unsigned char* dst)>;
+
+struct WriteOptions {
+  // Shards are cut so none exceeds this (a single larger tensor gets a shard
+  // of its own), in tensor order, as Hugging Face's writer does.
+  uint64_t max_shard_bytes = 5'000'000'000;
+  // Write headers only and leave the data as a hole in the file.
+  bool sparse = false;
+  int threads = 0;  // 0: default
+  uint64_t piece_bytes = 8ull << 20;
+};
+
+struct WriteResult {
+  std::vector<std::string> files;  // paths written, index last when there is one
+  uint64_t data_bytes = 0;
+  double seconds = 0;
+};
+
+// Writes `tensors` to `dst`. When every tensor fits in one shard and `dst`
+// ends in ".safetensors", that file is written; otherwise `dst` is a
+// directory (created if needed) that receives model.safetensors or the
+// shards and the index.
+Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<OutTensor>& tensors,
+                                    const std::map<std::string, std::string>& metadata,
+                                    const WriteOptions& options, const FillFn& fill);
+
+// The JSON header for `tensors` laid out back to back in the given order,
+// padded with trailing spaces so that 8 + size is a multiple of 8.
+std::string BuildHeader(const std::vector<const OutTensor*>& tensors,
+                        const std::map<std::string, std::string>& metadata);
+
+// "5GB" (10^9), "5GiB" (2^30), "500MB", "1024" (bytes), as Hugging Face parses them.
+Result<uint64_t> ParseByteSize(const std::string& text);
+
+}  // namespace hoist
+
+namespace hoist {
+
+class Catalog;
+
+struct ConvertOptions {
+  std::optional<DType> cast_to;  // BF16, F16 or F32; floats only
+  std::string only_regex;        // keep matching tensors only (all when empty)
+  WriteOptions write;
+};
+
+// Rewrites a checkpoint, optionally cast and re-sharded, keeping its
+// metadata. Reads and writes piece by piece: memory use is bounded by the
+// threads' piece buffers, not by the model.
+Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string& dst,
+                                      const ConvertOptions& options);
+
+}  // namespace hoist

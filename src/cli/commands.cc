@@ -1,0 +1,193 @@
+#include "cli/commands.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include "hoist/catalog.h"
+#include "hoist/loader.h"
+#include "hoist/synth.h"
+#include "hoist/writer.h"
+
+namespace hoist::cli {
+namespace {
+
+using nlohmann::ordered_json;
+
+int Fail(const Status& s) {
+  fmt::print(stderr, "error: {}\n", s.message());
+  return s.IsBadInput() ? 2 : 1;
+}
+
+std::string HumanBytes(uint64_t n) {
+  if (n >= 1'000'000'000) return fmt::format("{:.2f} GB", static_cast<double>(n) / 1e9);
+  if (n >= 1'000'000) return fmt::format("{:.2f} MB", static_cast<double>(n) / 1e6);
+  if (n >= 1'000) return fmt::format("{:.2f} kB", static_cast<double>(n) / 1e3);
+  return fmt::format("{} B", n);
+}
+
+std::string ShapeText(const std::vector<uint64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+double Rate(uint64_t bytes, double seconds) { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0; }
+
+Result<std::optional<DType>> ParseDtypeFlag(const std::string& text) {
+  if (text.empty()) return std::optional<DType>();
+  auto d = ParseCastTarget(text);
+  if (!d) return InvalidArgument("--dtype '" + text + "': expected bf16, f16 or f32");
+  return std::optional<DType>(*d);
+}
+
+Status WriteTextFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return IoError(path + ": cannot write");
+  out << text;
+  out.close();
+  if (!out) return IoError(path + ": write failed");
+  return Status::Ok();
+}
+
+}  // namespace
+
+int RunInspect(const InspectArgs& args) {
+  Result<Catalog> cat = OpenCatalog(args.path);
+  if (!cat.ok()) return Fail(cat.status());
+  if (args.json) {
+    ordered_json out;
+    out["files"] = ordered_json::array();
+    for (const CatalogFile& f : cat->files()) out["files"].push_back(f.path);
+    out["tensors"] = ordered_json::array();
+    for (const TensorInfo& t : cat->tensors()) {
+      out["tensors"].push_back({{"name", t.name},
+                                {"dtype", std::string(DTypeName(t.dtype))},
+                                {"shape", t.shape},
+                                {"file", cat->files()[t.file_index].path},
+                                {"offset", t.offset_bytes},
+                                {"nbytes", t.size_bytes}});
+    }
+    out["total_bytes"] = cat->total_bytes();
+    out["metadata"] = cat->metadata();
+    fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+  size_t name_width = 4;
+  for (const TensorInfo& t : cat->tensors()) name_width = std::max(name_width, t.name.size());
+  name_width = std::min<size_t>(name_width, 72);
+  bool many_files = cat->files().size() > 1;
+  fmt::print("{:<{}}  {:<11} {:<22} {:>14} {:>12}{}\n", "name", name_width, "dtype", "shape", "bytes", "offset",
+             many_files ? "  file" : "");
+  for (const TensorInfo& t : cat->tensors()) {
+    std::string file = many_files ? "  " + std::filesystem::path(cat->files()[t.file_index].path).filename().string() : "";
+    fmt::print("{:<{}}  {:<11} {:<22} {:>14} {:>12}{}\n", t.name, name_width, DTypeName(t.dtype), ShapeText(t.shape),
+               t.size_bytes, t.offset_bytes, file);
+  }
+  fmt::print("{} tensors, {} ({} bytes) in {} file{}\n", cat->tensors().size(), HumanBytes(cat->total_bytes()),
+             cat->total_bytes(), cat->files().size(), cat->files().size() == 1 ? "" : "s");
+  for (const auto& [k, v] : cat->metadata()) fmt::print("metadata {}: {}\n", k, v);
+  return 0;
+}
+
+int RunLoad(const LoadArgs& args) {
+  if (args.device != "cpu") {
+    return Fail(InvalidArgument("--device '" + args.device + "': this build loads to cpu only"));
+  }
+  Result<std::optional<DType>> dtype = ParseDtypeFlag(args.dtype);
+  if (!dtype.ok()) return Fail(dtype.status());
+  Result<Catalog> cat = OpenCatalog(args.path);
+  if (!cat.ok()) return Fail(cat.status());
+  LoadOptions options;
+  options.cast_to = *dtype;
+  options.only_regex = args.only;
+  options.threads = args.threads;
+  Result<LoadedModel> model = LoadToHost(*cat, options);
+  if (!model.ok()) return Fail(model.status());
+  const LoadStats& st = model->stats();
+
+  if (!args.report.empty()) {
+    ordered_json report;
+    report["path"] = args.path;
+    report["total_bytes"] = st.bytes_loaded;
+    report["bytes_read"] = st.bytes_read;
+    report["seconds"] = st.seconds;
+    report["gbps"] = Rate(st.bytes_read, st.seconds);
+    report["threads"] = st.threads;
+    report["tensors"] = ordered_json::array();
+    for (const TensorView& v : model->tensors()) {
+      report["tensors"].push_back({{"name", v.name},
+                                   {"device", "cpu"},
+                                   {"dtype", std::string(DTypeName(v.dtype))},
+                                   {"stored_dtype", std::string(DTypeName(v.stored_dtype))},
+                                   {"shape", v.shape},
+                                   {"nbytes", v.size_bytes},
+                                   {"offset", v.offset_bytes}});
+    }
+    report["devices"] = {{"cpu", {{"bytes", st.arena_bytes}, {"driver_allocs", st.driver_allocs}}}};
+    Status s = WriteTextFile(args.report, report.dump(2) + "\n");
+    if (!s.ok()) return Fail(s);
+  }
+  if (!args.quiet) {
+    fmt::print("loaded {} tensors, {} in {:.3f} s ({:.2f} GB/s) to cpu with {} thread{}, {} allocation{}\n",
+               model->tensors().size(), HumanBytes(st.bytes_loaded), st.seconds, Rate(st.bytes_read, st.seconds),
+               st.threads, st.threads == 1 ? "" : "s", st.driver_allocs, st.driver_allocs == 1 ? "" : "s");
+  }
+  return 0;
+}
+
+int RunConvert(const ConvertArgs& args) {
+  Result<std::optional<DType>> dtype = ParseDtypeFlag(args.dtype);
+  if (!dtype.ok()) return Fail(dtype.status());
+  Result<uint64_t> shard = ParseByteSize(args.max_shard_size);
+  if (!shard.ok()) return Fail(shard.status());
+  Result<Catalog> cat = OpenCatalog(args.src);
+  if (!cat.ok()) return Fail(cat.status());
+  ConvertOptions options;
+  options.cast_to = *dtype;
+  options.only_regex = args.only;
+  options.write.max_shard_bytes = *shard;
+  options.write.threads = args.threads;
+  Result<WriteResult> written = ConvertCheckpoint(*cat, args.dst, options);
+  if (!written.ok()) return Fail(written.status());
+  // Keep config.json with the weights, as users expect of a converted model.
+  std::error_code ec;
+  std::filesystem::path src_config = std::filesystem::path(args.src) / "config.json";
+  if (std::filesystem::is_directory(args.src, ec) && std::filesystem::is_directory(args.dst, ec) &&
+      std::filesystem::exists(src_config, ec)) {
+    std::filesystem::copy_file(src_config, std::filesystem::path(args.dst) / "config.json",
+                               std::filesystem::copy_options::overwrite_existing, ec);
+  }
+  fmt::print("wrote {} in {} file{} ({:.3f} s)\n", HumanBytes(written->data_bytes), written->files.size(),
+             written->files.size() == 1 ? "" : "s", written->seconds);
+  return 0;
+}
+
+int RunSynth(const SynthArgs& args) {
+  SynthOptions options;
+  options.arch = args.arch;
+  options.layers = args.layers;
+  options.sparse = args.sparse;
+  options.threads = args.threads;
+  auto dtype = ParseCastTarget(args.dtype);
+  if (!dtype) return Fail(InvalidArgument("--dtype '" + args.dtype + "': expected bf16, f16 or f32"));
+  options.dtype = *dtype;
+  Result<uint64_t> shard = ParseByteSize(args.max_shard_size);
+  if (!shard.ok()) return Fail(shard.status());
+  options.max_shard_bytes = *shard;
+  Result<WriteResult> written = WriteSynthCheckpoint(options, args.out_dir);
+  if (!written.ok()) return Fail(written.status());
+  if (!args.quiet) {
+    fmt::print("wrote {} ({}{}) to {} in {} files, {:.3f} s ({:.2f} GB/s)\n", args.arch,
+               HumanBytes(written->data_bytes), args.sparse ? ", sparse" : "", args.out_dir, written->files.size(),
+               written->seconds, args.sparse ? 0.0 : Rate(written->data_bytes, written->seconds));
+  }
+  return 0;
+}
+
+}  // namespace hoist::cli

@@ -1,0 +1,45 @@
+#include <algorithm>
+
+#include "cast/cast.h"
+#include "hoist/catalog.h"
+#include "hoist/writer.h"
+#include "io/file.h"
+#include "load/select.h"
+
+namespace hoist {
+
+Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string& dst,
+                                      const ConvertOptions& options) {
+  if (options.cast_to && !IsCastableFloat(*options.cast_to)) {
+    return InvalidArgument("--dtype must be bf16, f16 or f32");
+  }
+  HOIST_ASSIGN_OR_RETURN(std::vector<const TensorInfo*> selected, SelectTensors(catalog, options.only_regex));
+  std::vector<OutTensor> out;
+  out.reserve(selected.size());
+  for (const TensorInfo* t : selected) {
+    DType target = TargetDType(t->dtype, options.cast_to);
+    out.push_back({t->name, target, t->shape, TargetBytes(*t, target)});
+  }
+  std::vector<File> files;
+  for (const CatalogFile& f : catalog.files()) {
+    HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(f.path));
+    files.push_back(std::move(file));
+  }
+  FillFn fill = [&](size_t index, uint64_t offset, uint64_t size, unsigned char* dst_bytes) -> Status {
+    const TensorInfo& src = *selected[index];
+    const File& file = files[src.file_index];
+    DType target = out[index].dtype;
+    if (target == src.dtype) return file.ReadAt(src.offset_bytes + offset, dst_bytes, size);
+    uint64_t out_elem = static_cast<uint64_t>(DTypeBits(target) / 8);
+    uint64_t src_elem = static_cast<uint64_t>(DTypeBits(src.dtype) / 8);
+    uint64_t first = offset / out_elem, count = size / out_elem;
+    thread_local std::vector<unsigned char> scratch;
+    scratch.resize(count * src_elem);
+    HOIST_RETURN_IF_ERROR(file.ReadAt(src.offset_bytes + first * src_elem, scratch.data(), scratch.size()));
+    CastFloats(src.dtype, scratch.data(), target, dst_bytes, count);
+    return Status::Ok();
+  };
+  return WriteCheckpoint(dst, out, catalog.metadata(), options.write, fill);
+}
+
+}  // namespace hoist

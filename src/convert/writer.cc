@@ -1,0 +1,209 @@
+#include "hoist/writer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "hoist/catalog.h"
+#include "hoist/loader.h"
+#include "io/file.h"
+
+namespace hoist {
+
+namespace fs = std::filesystem;
+
+std::string BuildHeader(const std::vector<const OutTensor*>& tensors,
+                        const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const OutTensor* t : tensors) {
+    header[t->name] = {{"dtype", std::string(DTypeName(t->dtype))},
+                       {"shape", t->shape},
+                       {"data_offsets", {offset, offset + t->size_bytes}}};
+    offset += t->size_bytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - (8 + text.size()) % 8) % 8, ' ');
+  return text;
+}
+
+Result<uint64_t> ParseByteSize(const std::string& text) {
+  size_t i = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+  std::string number = text.substr(0, i), unit = text.substr(i);
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double scale = 0;
+  if (unit.empty() || unit == "B") scale = 1;
+  else if (unit == "KB") scale = 1e3;
+  else if (unit == "MB") scale = 1e6;
+  else if (unit == "GB") scale = 1e9;
+  else if (unit == "TB") scale = 1e12;
+  else if (unit == "KIB") scale = 1024.0;
+  else if (unit == "MIB") scale = 1024.0 * 1024;
+  else if (unit == "GIB") scale = 1024.0 * 1024 * 1024;
+  else if (unit == "TIB") scale = 1024.0 * 1024 * 1024 * 1024;
+  char* end = nullptr;
+  double value = number.empty() ? -1 : std::strtod(number.c_str(), &end);
+  if (scale == 0 || value <= 0 || end != number.c_str() + number.size() || value * scale > 9e18) {
+    return InvalidArgument("'" + text + "' is not a size (examples: 5GB, 500MB, 2GiB)");
+  }
+  return static_cast<uint64_t>(value * scale);
+}
+
+namespace {
+
+struct Shard {
+  std::string path;
+  std::vector<size_t> tensors;
+  uint64_t data_offset_bytes = 0;  // 8 + header
+  uint64_t data_bytes = 0;
+};
+
+struct Piece {
+  size_t shard;
+  size_t tensor;
+  uint64_t tensor_offset_bytes;
+  uint64_t file_offset_bytes;
+  uint64_t size_bytes;
+};
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<OutTensor>& tensors,
+                                    const std::map<std::string, std::string>& metadata,
+                                    const WriteOptions& options, const FillFn& fill) {
+  auto start = std::chrono::steady_clock::now();
+  if (options.max_shard_bytes == 0) return InvalidArgument("--max-shard-size must be positive");
+
+  // Cut shards greedily in tensor order.
+  std::vector<std::vector<size_t>> groups(1);
+  uint64_t current = 0, total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    uint64_t size = tensors[i].size_bytes;
+    if (!groups.back().empty() && current + size > options.max_shard_bytes) {
+      groups.emplace_back();
+      current = 0;
+    }
+    groups.back().push_back(i);
+    current += size;
+    total += size;
+  }
+
+  std::vector<Shard> shards(groups.size());
+  std::string dir;
+  bool single_file = groups.size() == 1 && EndsWith(dst, ".safetensors");
+  std::error_code ec;
+  if (single_file) {
+    shards[0].path = dst;
+    fs::path parent = fs::path(dst).parent_path();
+    if (!parent.empty()) fs::create_directories(parent, ec);
+  } else {
+    if (EndsWith(dst, ".safetensors")) {
+      return InvalidArgument(dst + ": the output needs " + std::to_string(groups.size()) +
+                             " shards; give a directory instead of a .safetensors file");
+    }
+    dir = dst;
+    fs::create_directories(dir, ec);
+    if (ec) return IoError(dir + ": cannot create directory: " + ec.message());
+    for (size_t s = 0; s < groups.size(); ++s) {
+      char name[64];
+      if (groups.size() == 1) {
+        std::snprintf(name, sizeof name, "model.safetensors");
+      } else {
+        std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", s + 1, groups.size());
+      }
+      shards[s].path = (fs::path(dir) / name).string();
+    }
+  }
+
+  std::vector<File> files;
+  std::vector<Piece> pieces;
+  for (size_t s = 0; s < groups.size(); ++s) {
+    Shard& shard = shards[s];
+    shard.tensors = groups[s];
+    std::vector<const OutTensor*> members;
+    for (size_t i : shard.tensors) members.push_back(&tensors[i]);
+    std::string header = BuildHeader(members, metadata);
+    shard.data_offset_bytes = 8 + header.size();
+    HOIST_ASSIGN_OR_RETURN(File file, File::Create(shard.path));
+    unsigned char length[8];
+    for (int b = 0; b < 8; ++b) length[b] = static_cast<unsigned char>(header.size() >> (8 * b));
+    HOIST_RETURN_IF_ERROR(file.WriteAt(0, length, 8));
+    HOIST_RETURN_IF_ERROR(file.WriteAt(8, header.data(), header.size()));
+    uint64_t offset = shard.data_offset_bytes;
+    for (size_t i : shard.tensors) {
+      uint64_t size = tensors[i].size_bytes;
+      for (uint64_t done = 0; done < size && !options.sparse; done += options.piece_bytes) {
+        pieces.push_back({s, i, done, offset + done, std::min(options.piece_bytes, size - done)});
+      }
+      offset += size;
+      shard.data_bytes += size;
+    }
+    HOIST_RETURN_IF_ERROR(file.Truncate(offset));
+    files.push_back(std::move(file));
+  }
+
+  int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
+  threads = static_cast<int>(std::min<size_t>(static_cast<size_t>(threads), std::max<size_t>(pieces.size(), 1)));
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  Status first_error;
+  auto worker = [&] {
+    std::vector<unsigned char> buffer;
+    for (;;) {
+      size_t k = next.fetch_add(1);
+      if (k >= pieces.size() || failed.load()) return;
+      const Piece& p = pieces[k];
+      buffer.resize(p.size_bytes);
+      Status s = fill(p.tensor, p.tensor_offset_bytes, p.size_bytes, buffer.data());
+      if (s.ok()) s = files[p.shard].WriteAt(p.file_offset_bytes, buffer.data(), p.size_bytes);
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!failed.exchange(true)) first_error = std::move(s);
+        return;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
+  worker();
+  for (std::thread& t : pool) t.join();
+  if (failed.load()) return first_error;
+  for (File& f : files) HOIST_RETURN_IF_ERROR(f.Close());
+
+  WriteResult result;
+  for (const Shard& s : shards) result.files.push_back(s.path);
+  if (!single_file && shards.size() > 1) {
+    nlohmann::ordered_json index;
+    index["metadata"] = {{"total_size", total}};
+    std::map<std::string, std::string> weight_map;
+    for (const Shard& s : shards) {
+      for (size_t i : s.tensors) weight_map[tensors[i].name] = fs::path(s.path).filename().string();
+    }
+    index["weight_map"] = weight_map;
+    std::string text = index.dump(2) + "\n";
+    std::string path = (fs::path(dir) / kIndexFileName).string();
+    HOIST_ASSIGN_OR_RETURN(File file, File::Create(path));
+    HOIST_RETURN_IF_ERROR(file.WriteAt(0, text.data(), text.size()));
+    HOIST_RETURN_IF_ERROR(file.Close());
+    result.files.push_back(path);
+  }
+  result.data_bytes = total;
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace hoist

@@ -1,0 +1,183 @@
+#include "hoist/catalog.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <system_error>
+
+#include "format/json_util.h"
+#include "format/safetensors.h"
+#include "io/file.h"
+
+namespace hoist {
+
+namespace fs = std::filesystem;
+
+// Assembles a Catalog one file at a time; the only writer of its fields.
+class CatalogBuilder {
+ public:
+  Status AddFile(const std::string& path) {
+    HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(path));
+    HOIST_ASSIGN_OR_RETURN(ParsedHeader header, ReadSafetensorsHeader(file));
+    auto file_index = static_cast<uint32_t>(cat_.files_.size());
+    cat_.files_.push_back({path, file.size_bytes(), header.data_offset_bytes});
+    for (auto& [key, value] : header.metadata) cat_.metadata_.emplace(key, value);
+    for (HeaderTensor& t : header.tensors) {
+      auto [it, inserted] = cat_.index_.emplace(t.name, cat_.tensors_.size());
+      if (!inserted) {
+        const TensorInfo& first = cat_.tensors_[it->second];
+        return Corruption(path + ": tensor " + QuoteName(t.name) + " is also in " +
+                          cat_.files_[first.file_index].path + " (one name in two files)");
+      }
+      TensorInfo info;
+      info.name = std::move(t.name);
+      info.dtype = t.dtype;
+      info.shape = std::move(t.shape);
+      info.file_index = file_index;
+      info.offset_bytes = header.data_offset_bytes + t.begin_bytes;
+      info.size_bytes = t.end_bytes - t.begin_bytes;
+      cat_.total_bytes_ += info.size_bytes;
+      cat_.tensors_.push_back(std::move(info));
+    }
+    return Status::Ok();
+  }
+  Catalog Finish() { return std::move(cat_); }
+  const Catalog& catalog() const { return cat_; }
+
+ private:
+  Catalog cat_;
+};
+
+const TensorInfo* Catalog::Find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+namespace {
+
+constexpr uint64_t kMaxIndexBytes = 256ull << 20;
+
+Result<std::string> ReadSmallFile(const std::string& path, uint64_t limit_bytes) {
+  HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(path));
+  if (file.size_bytes() > limit_bytes) {
+    return Corruption(path + ": " + std::to_string(file.size_bytes()) + " bytes is too large for this kind of file");
+  }
+  std::string text(file.size_bytes(), '\0');
+  HOIST_RETURN_IF_ERROR(file.ReadAt(0, text.data(), text.size()));
+  return text;
+}
+
+// A shard name from an index must stay inside the checkpoint directory.
+bool IsSafeRelativePath(const std::string& name) {
+  if (name.empty() || name.front() == '/') return false;
+  fs::path p(name);
+  for (const auto& part : p) {
+    if (part == "..") return false;
+  }
+  return true;
+}
+
+Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) {
+  HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
+  if (!IsValidUtf8(text)) return Corruption(index_path + ": not valid UTF-8");
+  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(index_path, text));
+  if (!doc.is_object()) return Corruption(index_path + ": not a JSON object");
+  auto wm = doc.find("weight_map");
+  if (wm == doc.end() || !wm->is_object()) {
+    return Corruption(index_path + ": no \"weight_map\" object");
+  }
+  // Shards in order of first mention; the name -> shard map for cross-checks.
+  std::vector<std::string> shards;
+  std::unordered_map<std::string, std::string> shard_of;
+  std::set<std::string> seen;
+  for (auto it = wm->begin(); it != wm->end(); ++it) {
+    if (!it->is_string()) {
+      return Corruption(index_path + ": weight_map entry for " + QuoteName(it.key()) + " is not a file name");
+    }
+    const std::string& shard = it->get_ref<const std::string&>();
+    if (!IsSafeRelativePath(shard)) {
+      return Corruption(index_path + ": weight_map sends " + QuoteName(it.key()) + " to " + QuoteName(shard) +
+                        ", which is not a file inside the checkpoint directory");
+    }
+    if (seen.insert(shard).second) shards.push_back(shard);
+    shard_of.emplace(it.key(), shard);
+  }
+  std::sort(shards.begin(), shards.end());
+
+  CatalogBuilder builder;
+  for (const std::string& shard : shards) {
+    std::string path = (dir / shard).string();
+    HOIST_RETURN_IF_ERROR(builder.AddFile(path));
+  }
+  const Catalog& cat = builder.catalog();
+  for (const TensorInfo& t : cat.tensors()) {
+    const std::string& file = cat.files()[t.file_index].path;
+    auto it = shard_of.find(t.name);
+    if (it == shard_of.end()) {
+      return Corruption(file + ": tensor " + QuoteName(t.name) + " is in this shard but not in " + index_path);
+    }
+    if ((dir / it->second).string() != file) {
+      return Corruption(index_path + ": tensor " + QuoteName(t.name) + " is listed in " + it->second +
+                        " but found in " + file);
+    }
+  }
+  for (const auto& [name, shard] : shard_of) {
+    if (cat.Find(name) == nullptr) {
+      return Corruption(index_path + ": tensor " + QuoteName(name) + " is listed in " + shard +
+                        " but that shard does not contain it");
+    }
+  }
+  auto meta = doc.find("metadata");
+  if (meta != doc.end() && meta->is_object()) {
+    auto ts = meta->find("total_size");
+    if (ts != meta->end()) {
+      uint64_t total = 0;
+      bool integral = ts->is_number_unsigned() || (ts->is_number_integer() && ts->get<int64_t>() >= 0);
+      if (integral) {
+        total = ts->get<uint64_t>();
+      } else if (ts->is_number_float() && ts->get<double>() >= 0 && ts->get<double>() < 1.8e19 &&
+                 static_cast<double>(static_cast<uint64_t>(ts->get<double>())) == ts->get<double>()) {
+        total = static_cast<uint64_t>(ts->get<double>());
+        integral = true;
+      }
+      if (!integral) return Corruption(index_path + ": metadata.total_size is not a non-negative integer");
+      if (total != cat.total_bytes()) {
+        return Corruption(index_path + ": metadata.total_size says " + std::to_string(total) +
+                          " bytes but the shards hold " + std::to_string(cat.total_bytes()) + " bytes of tensors");
+      }
+    }
+  }
+  return builder.Finish();
+}
+
+Result<Catalog> OpenDirectory(const fs::path& dir) {
+  std::error_code ec;
+  std::string index_path = (dir / kIndexFileName).string();
+  if (fs::exists(index_path, ec)) return OpenIndexed(dir, index_path);
+  std::vector<std::string> files;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const fs::path& p = it->path();
+    if (p.extension() == ".safetensors" && it->is_regular_file(ec)) files.push_back(p.string());
+  }
+  if (ec) return IoError(dir.string() + ": cannot list directory: " + ec.message());
+  if (files.empty()) return NotFound(dir.string() + ": no .safetensors files and no " + kIndexFileName);
+  std::sort(files.begin(), files.end());
+  CatalogBuilder builder;
+  for (const std::string& f : files) HOIST_RETURN_IF_ERROR(builder.AddFile(f));
+  return builder.Finish();
+}
+
+}  // namespace
+
+Result<Catalog> OpenCatalog(const std::string& path) {
+  std::error_code ec;
+  fs::file_status st = fs::status(path, ec);
+  if (ec || !fs::exists(st)) return NotFound(path + ": no such file or directory");
+  if (fs::is_directory(st)) return OpenDirectory(path);
+  CatalogBuilder builder;
+  HOIST_RETURN_IF_ERROR(builder.AddFile(path));
+  return builder.Finish();
+}
+
+}  // namespace hoist

@@ -1,0 +1,110 @@
+#include "io/file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+namespace hoist {
+namespace {
+Status Errno(const std::string& path, const char* what) {
+  int err = errno;
+  return IoError(path + ": " + what + ": " + std::strerror(err));
+}
+// Keep each syscall well under the kernel's 2 GiB per-call cap.
+constexpr uint64_t kMaxIoBytes = uint64_t{1} << 30;
+}  // namespace
+
+File::~File() {
+  if (fd_ >= 0) ::close(fd_);
+}
+File::File(File&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), size_bytes_(other.size_bytes_), path_(std::move(other.path_)) {}
+File& File::operator=(File&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+    size_bytes_ = other.size_bytes_;
+    path_ = std::move(other.path_);
+  }
+  return *this;
+}
+
+Result<File> File::OpenRead(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return NotFound(path + ": no such file");
+    return Errno(path, "cannot open");
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    Status s = Errno(path, "cannot stat");
+    ::close(fd);
+    return s;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return InvalidArgument(path + ": not a regular file");
+  }
+  return File(fd, path, static_cast<uint64_t>(st.st_size));
+}
+
+Result<File> File::Create(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno(path, "cannot create");
+  return File(fd, path, 0);
+}
+
+Status File::ReadAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes) const {
+  auto* out = static_cast<char*>(dst);
+  while (size_bytes > 0) {
+    size_t want = static_cast<size_t>(size_bytes < kMaxIoBytes ? size_bytes : kMaxIoBytes);
+    ssize_t got = ::pread(fd_, out, want, static_cast<off_t>(offset_bytes));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return Errno(path_, "read failed");
+    }
+    if (got == 0) {
+      return IoError(path_ + ": unexpected end of file at offset " + std::to_string(offset_bytes) +
+                     " (the file shrank while being read?)");
+    }
+    out += got;
+    offset_bytes += static_cast<uint64_t>(got);
+    size_bytes -= static_cast<uint64_t>(got);
+  }
+  return Status::Ok();
+}
+
+Status File::WriteAt(uint64_t offset_bytes, const void* src, uint64_t size_bytes) const {
+  const auto* in = static_cast<const char*>(src);
+  while (size_bytes > 0) {
+    size_t want = static_cast<size_t>(size_bytes < kMaxIoBytes ? size_bytes : kMaxIoBytes);
+    ssize_t put = ::pwrite(fd_, in, want, static_cast<off_t>(offset_bytes));
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return Errno(path_, "write failed");
+    }
+    in += put;
+    offset_bytes += static_cast<uint64_t>(put);
+    size_bytes -= static_cast<uint64_t>(put);
+  }
+  return Status::Ok();
+}
+
+Status File::Truncate(uint64_t size_bytes) {
+  if (::ftruncate(fd_, static_cast<off_t>(size_bytes)) != 0) return Errno(path_, "cannot set size");
+  size_bytes_ = size_bytes;
+  return Status::Ok();
+}
+
+Status File::Close() {
+  if (fd_ < 0) return Status::Ok();
+  int fd = std::exchange(fd_, -1);
+  if (::close(fd) != 0) return Errno(path_, "close failed");
+  return Status::Ok();
+}
+
+}  // namespace hoist

@@ -1,0 +1,46 @@
+// File: a move-only owner of a POSIX file descriptor with positional I/O.
+//
+// ReadAt/WriteAt loop over short transfers and EINTR, so a successful return
+// means every byte moved. Positional calls are safe from many threads at once
+// on one File (pread/pwrite do not share a file offset).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "hoist/status.h"
+
+namespace hoist {
+
+class File {
+ public:
+  File() = default;
+  ~File();
+  File(File&& other) noexcept;
+  File& operator=(File&& other) noexcept;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+
+  static Result<File> OpenRead(const std::string& path);
+  // Creates or truncates.
+  static Result<File> Create(const std::string& path);
+
+  const std::string& path() const { return path_; }
+  int fd() const { return fd_; }
+  uint64_t size_bytes() const { return size_bytes_; }
+
+  // Reads exactly size_bytes at offset_bytes; fails on EOF before that.
+  Status ReadAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes) const;
+  Status WriteAt(uint64_t offset_bytes, const void* src, uint64_t size_bytes) const;
+  // Sets the length (makes holes when growing).
+  Status Truncate(uint64_t size_bytes);
+  Status Close();
+
+ private:
+  File(int fd, std::string path, uint64_t size) : fd_(fd), size_bytes_(size), path_(std::move(path)) {}
+  int fd_ = -1;
+  uint64_t size_bytes_ = 0;
+  std::string path_;
+};
+
+}  // namespace hoist

@@ -1,0 +1,28 @@
+// Helpers shared by the loader and the converter: which tensors a load
+// takes and which dtype each one ends up in.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hoist/catalog.h"
+#include "hoist/dtype.h"
+#include "hoist/status.h"
+
+namespace hoist {
+
+// Tensors whose name contains a match of `regex` (all when empty), in
+// catalog order. Fails with InvalidArgument on a malformed regex.
+Result<std::vector<const TensorInfo*>> SelectTensors(const Catalog& catalog, const std::string& regex);
+
+// The dtype a tensor stored as `stored` has after a cast to `cast_to`:
+// only F16/BF16/F32/F64 are cast.
+inline DType TargetDType(DType stored, std::optional<DType> cast_to) {
+  return cast_to && IsCastableFloat(stored) ? *cast_to : stored;
+}
+
+// Byte size of `info` once cast (element count times the new element size).
+uint64_t TargetBytes(const TensorInfo& info, DType target);
+
+}  // namespace hoist
