@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "cast/cast.h"
+#include "format/safetensors.h"
 #include "hoist/loader.h"
 #include "io/file.h"
 #include "load/select.h"
@@ -48,6 +49,7 @@ namespace {
 
 // One positional read, and where its bytes go.
 struct ReadItem {
+  uint32_t tensor_index;  // into the selection, for messages
   uint32_t file_index;
   uint64_t file_offset_bytes;
   uint64_t size_bytes;
@@ -110,7 +112,7 @@ Result<LoadedModel> LoadToHost(const Catalog& catalog, const LoadOptions& option
     for (uint64_t done = 0; done < t.size_bytes; done += piece) {
       uint64_t len = std::min(piece, t.size_bytes - done);
       uint64_t dst_off = v.dtype == t.dtype ? done : done / src_elem * (DTypeBits(v.dtype) / 8);
-      items.push_back({t.file_index, t.offset_bytes + done, len, arena.data() + v.offset_bytes + dst_off,
+      items.push_back({static_cast<uint32_t>(i), t.file_index, t.offset_bytes + done, len, arena.data() + v.offset_bytes + dst_off,
                        t.dtype, v.dtype});
     }
   }
@@ -147,6 +149,7 @@ Result<LoadedModel> LoadToHost(const Catalog& catalog, const LoadOptions& option
         }
       }
       if (!s.ok()) {
+        s = Status(s.code(), "tensor " + QuoteName(selected[it.tensor_index]->name) + " in " + s.message());
         std::lock_guard<std::mutex> lock(error_mu);
         if (!failed.exchange(true)) first_error = std::move(s);
         return;

@@ -1,0 +1,171 @@
+#include "cast/cast.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace hoist {
+namespace {
+
+uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+float FromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Reference: the exact value of a half, computed in double from its fields.
+double HalfValue(uint16_t h) {
+  int exp = (h >> 10) & 0x1F;
+  int mant = h & 0x3FF;
+  double sign = (h & 0x8000) ? -1.0 : 1.0;
+  if (exp == 0) return sign * std::ldexp(mant, -24);
+  if (exp == 31) return mant ? std::numeric_limits<double>::quiet_NaN() : sign * INFINITY;
+  return sign * std::ldexp(1024 + mant, exp - 25);
+}
+
+TEST(CastTest, HalfToFloatIsExactForEveryHalf) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    float f = F16ToF32(static_cast<uint16_t>(h));
+    double want = HalfValue(static_cast<uint16_t>(h));
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(f)) << h;
+    } else {
+      EXPECT_EQ(static_cast<double>(f), want) << h;
+      EXPECT_EQ(std::signbit(f), (h & 0x8000) != 0) << h;
+    }
+  }
+}
+
+TEST(CastTest, FloatToHalfRoundTripsEveryHalf) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    uint16_t half = static_cast<uint16_t>(h);
+    float f = F16ToF32(half);
+    if (std::isnan(f)) {
+      EXPECT_EQ(F32ToF16(f) & 0x7E00, 0x7E00) << h;  // still a (quiet) NaN
+      continue;
+    }
+    EXPECT_EQ(F32ToF16(f), half) << h;
+  }
+}
+
+// Brute-force reference: the nearest half by exact comparison, ties to even.
+uint16_t NearestHalf(float x) {
+  if (std::isnan(x)) return 0x7E00;
+  uint16_t sign = std::signbit(x) ? 0x8000 : 0;
+  double a = std::fabs(static_cast<double>(x));
+  if (a >= 65520.0) return sign | 0x7C00;
+  uint16_t best = 0;
+  double best_err = INFINITY;
+  // Binary search over the monotone positive halves 0..0x7BFF.
+  uint16_t lo = 0, hi = 0x7BFF;
+  while (hi - lo > 1) {
+    uint16_t mid = static_cast<uint16_t>((lo + hi) / 2);
+    if (HalfValue(mid) <= a) lo = mid; else hi = mid;
+  }
+  for (uint16_t c : {lo, hi}) {
+    double err = std::fabs(HalfValue(c) - a);
+    if (err < best_err || (err == best_err && (c & 1) == 0)) best = c, best_err = err;
+  }
+  return sign | best;
+}
+
+TEST(CastTest, FloatToHalfMatchesNearestEvenOnRandomFloats) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<uint32_t> any;
+  for (int i = 0; i < 200000; ++i) {
+    // Bias exponents into and around the half range so ties and subnormals occur.
+    uint32_t bits = any(rng);
+    uint32_t exp = 100 + (bits % 50);  // 2^-27 .. 2^22
+    uint32_t u = (bits & 0x807FFFFF) | (exp << 23);
+    if (i % 4 == 0) u &= 0xFFFFE000 | 0x00001000;  // exact ties at the half mantissa boundary
+    float x = FromBits(u);
+    ASSERT_EQ(F32ToF16(x), NearestHalf(x)) << std::hex << u;
+  }
+}
+
+TEST(CastTest, FloatToHalfSpecials) {
+  EXPECT_EQ(F32ToF16(INFINITY), 0x7C00);
+  EXPECT_EQ(F32ToF16(-INFINITY), 0xFC00);
+  EXPECT_EQ(F32ToF16(65504.0f), 0x7BFF);
+  EXPECT_EQ(F32ToF16(65519.99f), 0x7BFF);
+  EXPECT_EQ(F32ToF16(65520.0f), 0x7C00);
+  EXPECT_EQ(F32ToF16(-0.0f), 0x8000);
+  EXPECT_EQ(F32ToF16(std::ldexp(1.0f, -24)), 0x0001);
+  EXPECT_EQ(F32ToF16(std::ldexp(1.0f, -25)), 0x0000);  // tie -> even (zero)
+  EXPECT_EQ(F32ToF16(std::ldexp(3.0f, -25)), 0x0002);  // 1.5 ulp -> 2 (even)
+  EXPECT_EQ(F32ToF16(-std::numeric_limits<float>::quiet_NaN()), 0xFE00);
+}
+
+TEST(CastTest, FloatToBf16RoundsToNearestEven) {
+  EXPECT_EQ(F32ToBf16(1.0f), 0x3F80);
+  EXPECT_EQ(F32ToBf16(FromBits(0x3F808000)), 0x3F80);  // tie, even stays
+  EXPECT_EQ(F32ToBf16(FromBits(0x3F818000)), 0x3F82);  // tie, odd rounds up
+  EXPECT_EQ(F32ToBf16(FromBits(0x3F808001)), 0x3F81);  // above tie
+  EXPECT_EQ(F32ToBf16(FromBits(0x7F7FFFFF)), 0x7F80);  // max float overflows to inf
+  EXPECT_EQ(F32ToBf16(INFINITY), 0x7F80);
+  EXPECT_EQ(F32ToBf16(-INFINITY), 0xFF80);
+  EXPECT_EQ(F32ToBf16(std::numeric_limits<float>::quiet_NaN()), 0x7FC0);
+  EXPECT_EQ(F32ToBf16(FromBits(0x7F800001)), 0x7FC0);  // signalling NaN stays NaN
+  EXPECT_EQ(F32ToBf16(FromBits(0x00010000)), 0x0001);  // subnormals are kept
+}
+
+TEST(CastTest, Bf16RoundTripsThroughFloat) {
+  for (uint32_t b = 0; b < 65536; ++b) {
+    float f = Bf16ToF32(static_cast<uint16_t>(b));
+    EXPECT_EQ(Bits(f), b << 16);
+    if (!std::isnan(f)) EXPECT_EQ(F32ToBf16(f), b);
+  }
+}
+
+TEST(CastTest, CastFloatsHandlesUnalignedBuffersAndAllPairs) {
+  const float values[] = {0.0f, -0.0f, 1.0f, -2.5f, 3.14159f, 1e-6f, 65504.0f, 1e30f, INFINITY,
+                          std::numeric_limits<float>::quiet_NaN()};
+  const size_t n = sizeof(values) / sizeof(values[0]);
+  const DType types[] = {DType::kF16, DType::kBF16, DType::kF32, DType::kF64};
+  for (DType src : types) {
+    for (DType dst : types) {
+      size_t src_elem = static_cast<size_t>(DTypeBits(src) / 8), dst_elem = static_cast<size_t>(DTypeBits(dst) / 8);
+      // Encode the values in src at an odd offset, cast to an odd offset of dst.
+      std::vector<unsigned char> in(1 + n * src_elem), out(3 + n * dst_elem);
+      for (size_t i = 0; i < n; ++i) CastFloats(DType::kF32, &values[i], src, in.data() + 1 + i * src_elem, 1);
+      CastFloats(src, in.data() + 1, dst, out.data() + 3, n);
+      for (size_t i = 0; i < n; ++i) {
+        float through_src, got;
+        CastFloats(src, in.data() + 1 + i * src_elem, DType::kF32, &through_src, 1);
+        CastFloats(dst, out.data() + 3 + i * dst_elem, DType::kF32, &got, 1);
+        // Casting src->dst equals casting src's value to dst through f32.
+        float want;
+        std::vector<unsigned char> tmp(dst_elem);
+        CastFloats(DType::kF32, &through_src, dst, tmp.data(), 1);
+        CastFloats(dst, tmp.data(), DType::kF32, &want, 1);
+        if (std::isnan(want)) {
+          EXPECT_TRUE(std::isnan(got));
+        } else {
+          EXPECT_EQ(Bits(got), Bits(want)) << DTypeName(src) << "->" << DTypeName(dst) << " value " << values[i];
+        }
+      }
+    }
+  }
+}
+
+TEST(CastTest, DoubleGoesThroughFloatLikeC10) {
+  // 1 + 2^-8 + 2^-30 in double: straight to bf16 it would round up (above the
+  // tie); through float the 2^-30 is lost first and the tie rounds to even.
+  double d = 1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -30);
+  uint16_t out;
+  CastFloats(DType::kF64, &d, DType::kBF16, &out, 1);
+  EXPECT_EQ(out, F32ToBf16(static_cast<float>(d)));
+  EXPECT_EQ(out, 0x3F80);
+}
+
+}  // namespace
+}  // namespace hoist

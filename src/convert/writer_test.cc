@@ -1,0 +1,158 @@
+#include "hoist/writer.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "format/safetensors.h"
+#include "hoist/catalog.h"
+#include "hoist/loader.h"
+#include "testing/temp_dir.h"
+
+namespace hoist {
+namespace {
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+FillFn IndexFill() {
+  return [](size_t index, uint64_t offset, uint64_t size, unsigned char* out) {
+    for (uint64_t k = 0; k < size; ++k) out[k] = static_cast<unsigned char>(index * 7 + offset + k);
+    return Status::Ok();
+  };
+}
+
+TEST(WriterTest, HeaderIsPaddedToEightBytes) {
+  for (size_t name_len = 1; name_len < 20; ++name_len) {
+    OutTensor t{std::string(name_len, 'x'), DType::kU8, {3}, 3};
+    std::string header = BuildHeader({&t}, {});
+    EXPECT_EQ((8 + header.size()) % 8, 0u) << name_len;
+    Result<ParsedHeader> parsed = ParseHeaderJson("h", header, 3);
+    ASSERT_TRUE(parsed.ok()) << parsed.status().message();
+    EXPECT_EQ(parsed->tensors[0].name, t.name);
+  }
+}
+
+TEST(WriterTest, ParseByteSizeUnits) {
+  EXPECT_EQ(*ParseByteSize("5GB"), 5'000'000'000u);
+  EXPECT_EQ(*ParseByteSize("5gb"), 5'000'000'000u);
+  EXPECT_EQ(*ParseByteSize("2GiB"), 2ull << 30);
+  EXPECT_EQ(*ParseByteSize("500MB"), 500'000'000u);
+  EXPECT_EQ(*ParseByteSize("100KB"), 100'000u);
+  EXPECT_EQ(*ParseByteSize("1.5GB"), 1'500'000'000u);
+  EXPECT_EQ(*ParseByteSize("4096"), 4096u);
+  for (const char* bad : {"", "GB", "5XB", "-1GB", "0", "1e3", "5 GB"}) {
+    EXPECT_FALSE(ParseByteSize(bad).ok()) << bad;
+  }
+}
+
+TEST(WriterTest, SingleFileRoundTripsWithMetadata) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"w", DType::kF16, {2, 3}, 12}, {"b", DType::kI32, {2}, 8}};
+  Result<WriteResult> r = WriteCheckpoint(dir / "one.safetensors", tensors, {{"k", "v"}}, {}, IndexFill());
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ASSERT_EQ(r->files, std::vector<std::string>{dir / "one.safetensors"});
+  Result<Catalog> cat = OpenCatalog(dir / "one.safetensors");
+  ASSERT_TRUE(cat.ok()) << cat.status().message();
+  EXPECT_EQ(cat->metadata().at("k"), "v");
+  EXPECT_EQ(cat->files()[0].data_offset_bytes % 8, 0u);
+  std::string bytes = ReadAll(dir / "one.safetensors");
+  const TensorInfo* b = cat->Find("b");
+  ASSERT_NE(b, nullptr);
+  for (uint64_t k = 0; k < 8; ++k) {
+    EXPECT_EQ(static_cast<unsigned char>(bytes[b->offset_bytes + k]), static_cast<unsigned char>(7 + k));
+  }
+}
+
+TEST(WriterTest, ShardsGreedilyWithIndex) {
+  testing::TempDir dir;
+  // 60 + 60 > 100 -> new shard; 60 + 30 fits; 150 alone exceeds the limit and gets its own shard.
+  std::vector<OutTensor> tensors = {{"t0", DType::kU8, {60}, 60},
+                                    {"t1", DType::kU8, {60}, 60},
+                                    {"t2", DType::kU8, {30}, 30},
+                                    {"t3", DType::kU8, {150}, 150}};
+  WriteOptions wo;
+  wo.max_shard_bytes = 100;
+  Result<WriteResult> r = WriteCheckpoint(dir / "out", tensors, {}, wo, IndexFill());
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ASSERT_EQ(r->files.size(), 4u);  // three shards and the index
+  EXPECT_EQ(r->files[0], dir / "out/model-00001-of-00003.safetensors");
+  nlohmann::json index = nlohmann::json::parse(ReadAll(dir / "out/model.safetensors.index.json"));
+  EXPECT_EQ(index["metadata"]["total_size"], 300);
+  EXPECT_EQ(index["weight_map"]["t0"], "model-00001-of-00003.safetensors");
+  EXPECT_EQ(index["weight_map"]["t1"], "model-00002-of-00003.safetensors");
+  EXPECT_EQ(index["weight_map"]["t2"], "model-00002-of-00003.safetensors");
+  EXPECT_EQ(index["weight_map"]["t3"], "model-00003-of-00003.safetensors");
+  Result<Catalog> cat = OpenCatalog(dir / "out");
+  ASSERT_TRUE(cat.ok()) << cat.status().message();
+  EXPECT_EQ(cat->tensors().size(), 4u);
+  EXPECT_EQ(cat->total_bytes(), 300u);
+}
+
+TEST(WriterTest, OneShardInADirectoryIsModelSafetensors) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"t", DType::kU8, {4}, 4}};
+  Result<WriteResult> r = WriteCheckpoint(dir / "d", tensors, {}, {}, IndexFill());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->files, std::vector<std::string>{dir / "d/model.safetensors"});
+}
+
+TEST(WriterTest, RefusesShardsIntoAFileName) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"a", DType::kU8, {8}, 8}, {"b", DType::kU8, {8}, 8}};
+  WriteOptions wo;
+  wo.max_shard_bytes = 8;
+  Result<WriteResult> r = WriteCheckpoint(dir / "x.safetensors", tensors, {}, wo, IndexFill());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(WriterTest, FillErrorsPropagate) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"a", DType::kU8, {8}, 8}};
+  FillFn failing = [](size_t, uint64_t, uint64_t, unsigned char*) { return IoError("source went away"); };
+  Result<WriteResult> r = WriteCheckpoint(dir / "x.safetensors", tensors, {}, {}, failing);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "source went away");
+}
+
+TEST(WriterTest, ConvertCastsAndKeepsMetadata) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"f", DType::kF32, {1000}, 4000}, {"i", DType::kI16, {5}, 10}};
+  FillFn fill = [](size_t index, uint64_t offset, uint64_t size, unsigned char* out) {
+    for (uint64_t k = 0; k < size; k += 4) {
+      float v = static_cast<float>((offset + k) / 4 % 64) * 0.25f - 7.0f;  // exact in bf16
+      std::memcpy(out + k, &v, std::min<uint64_t>(4, size - k));
+    }
+    return Status::Ok();
+  };
+  ASSERT_TRUE(WriteCheckpoint(dir / "src.safetensors", tensors, {{"format", "pt"}}, {}, fill).ok());
+  Result<Catalog> src = OpenCatalog(dir / "src.safetensors");
+  ASSERT_TRUE(src.ok());
+  ConvertOptions co;
+  co.cast_to = DType::kBF16;
+  co.write.piece_bytes = 256;  // many pieces per tensor
+  ASSERT_TRUE(ConvertCheckpoint(*src, dir / "dst.safetensors", co).ok());
+  Result<Catalog> dst = OpenCatalog(dir / "dst.safetensors");
+  ASSERT_TRUE(dst.ok()) << dst.status().message();
+  EXPECT_EQ(dst->metadata().at("format"), "pt");
+  EXPECT_EQ(dst->Find("f")->dtype, DType::kBF16);
+  EXPECT_EQ(dst->Find("f")->size_bytes, 2000u);
+  EXPECT_EQ(dst->Find("i")->dtype, DType::kI16);
+  LoadOptions lo;
+  lo.cast_to = DType::kF32;
+  Result<LoadedModel> back = LoadToHost(*dst, lo);
+  ASSERT_TRUE(back.ok());
+  auto values = back->Find("f")->as<float>();
+  ASSERT_EQ(values.size(), 1000u);
+  for (size_t e = 0; e < values.size(); ++e) EXPECT_EQ(values[e], static_cast<float>(e % 64) * 0.25f - 7.0f) << e;
+}
+
+}  // namespace
+}  // namespace hoist

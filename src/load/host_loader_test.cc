@@ -1,0 +1,181 @@
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "cast/cast.h"
+#include "hoist/catalog.h"
+#include "hoist/loader.h"
+#include "hoist/synth.h"
+#include "hoist/writer.h"
+#include "testing/temp_dir.h"
+
+namespace hoist {
+namespace {
+
+// Writes tensors whose byte k is a function of (tensor index, k), so any
+// misplaced byte shows.
+unsigned char PatternByte(size_t index, uint64_t k) {
+  return static_cast<unsigned char>((k * 131 + index * 17 + (k >> 8)) & 0xFF);
+}
+
+Status WritePattern(const std::string& dst, const std::vector<OutTensor>& tensors, uint64_t max_shard_bytes) {
+  WriteOptions wo;
+  wo.max_shard_bytes = max_shard_bytes;
+  wo.piece_bytes = 4096;
+  FillFn fill = [](size_t index, uint64_t offset, uint64_t size, unsigned char* out) {
+    for (uint64_t k = 0; k < size; ++k) out[k] = PatternByte(index, offset + k);
+    return Status::Ok();
+  };
+  Result<WriteResult> r = WriteCheckpoint(dst, tensors, {{"format", "pt"}}, wo, fill);
+  return r.ok() ? Status::Ok() : r.status();
+}
+
+std::vector<OutTensor> MixedTensors() {
+  return {
+      {"a.weight", DType::kBF16, {300, 7}, 300 * 7 * 2},  // spans several 4 KiB chunks
+      {"a.bias", DType::kF32, {7}, 28},
+      {"b.counts", DType::kI64, {3}, 24},
+      {"b.mask", DType::kBool, {5}, 5},
+      {"c.q", DType::kF8_E4M3, {33}, 33},
+      {"c.packed", DType::kF4, {2, 3}, 3},
+      {"d.empty", DType::kF16, {0, 4}, 0},
+      {"d.scalar", DType::kF64, {}, 8},
+  };
+}
+
+TEST(HostLoaderTest, LoadsEveryByteIntoOneAlignedArena) {
+  testing::TempDir dir;
+  auto tensors = MixedTensors();
+  ASSERT_TRUE(WritePattern(dir / "ckpt", tensors, 2000).ok());  // several shards
+  Result<Catalog> cat = OpenCatalog(dir / "ckpt");
+  ASSERT_TRUE(cat.ok()) << cat.status().message();
+  ASSERT_GT(cat->files().size(), 1u);
+  for (int threads : {1, 2, 5}) {
+    LoadOptions opt;
+    opt.threads = threads;
+    opt.chunk_bytes = 4096;
+    Result<LoadedModel> model = LoadToHost(*cat, opt);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    EXPECT_EQ(model->stats().driver_allocs, 1);
+    EXPECT_EQ(model->tensors().size(), tensors.size());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const TensorView* v = model->Find(tensors[i].name);
+      ASSERT_NE(v, nullptr) << tensors[i].name;
+      EXPECT_EQ(v->dtype, tensors[i].dtype);
+      EXPECT_EQ(v->shape, tensors[i].shape);
+      EXPECT_EQ(v->size_bytes, tensors[i].size_bytes);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(v->data) % kHostTensorAlignBytes, 0u) << v->name;
+      for (uint64_t k = 0; k < v->size_bytes; ++k) {
+        ASSERT_EQ(v->data[k], PatternByte(i, k)) << v->name << " byte " << k << " threads " << threads;
+      }
+    }
+    EXPECT_EQ(model->stats().bytes_read, cat->total_bytes());
+    EXPECT_EQ(model->Find("absent"), nullptr);
+  }
+}
+
+TEST(HostLoaderTest, CastsOnlyFloatingPointTensors) {
+  testing::TempDir dir;
+  auto tensors = MixedTensors();
+  ASSERT_TRUE(WritePattern(dir / "m.safetensors", tensors, 1ull << 40).ok());
+  Result<Catalog> cat = OpenCatalog(dir / "m.safetensors");
+  ASSERT_TRUE(cat.ok());
+  LoadOptions opt;
+  opt.cast_to = DType::kF32;
+  opt.chunk_bytes = 4096;
+  Result<LoadedModel> model = LoadToHost(*cat, opt);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+
+  const TensorView* w = model->Find("a.weight");
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->dtype, DType::kF32);
+  EXPECT_EQ(w->stored_dtype, DType::kBF16);
+  EXPECT_EQ(w->size_bytes, 300u * 7 * 4);
+  auto floats = w->as<float>();
+  for (size_t e = 0; e < floats.size(); ++e) {
+    uint16_t raw = static_cast<uint16_t>(PatternByte(0, 2 * e) | (PatternByte(0, 2 * e + 1) << 8));
+    float want = Bf16ToF32(raw);
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(floats[e]));
+    } else {
+      ASSERT_EQ(floats[e], want) << e;
+    }
+  }
+  EXPECT_EQ(model->Find("d.scalar")->dtype, DType::kF32);
+  EXPECT_EQ(model->Find("d.empty")->size_bytes, 0u);
+  for (const char* kept : {"b.counts", "b.mask", "c.q", "c.packed"}) {
+    const TensorView* v = model->Find(kept);
+    ASSERT_NE(v, nullptr);
+    EXPECT_EQ(v->dtype, v->stored_dtype) << kept;
+  }
+}
+
+TEST(HostLoaderTest, OnlySelectsByRegexSearch) {
+  testing::TempDir dir;
+  ASSERT_TRUE(WritePattern(dir / "m.safetensors", MixedTensors(), 1ull << 40).ok());
+  Result<Catalog> cat = OpenCatalog(dir / "m.safetensors");
+  ASSERT_TRUE(cat.ok());
+  LoadOptions opt;
+  opt.only_regex = R"(^b\.|bias$)";
+  Result<LoadedModel> model = LoadToHost(*cat, opt);
+  ASSERT_TRUE(model.ok());
+  std::vector<std::string> names;
+  for (const TensorView& v : model->tensors()) names.push_back(v.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"a.bias", "b.counts", "b.mask"}));
+
+  opt.only_regex = "nothing-matches";
+  model = LoadToHost(*cat, opt);
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ(model->tensors().size(), 0u);
+  EXPECT_EQ(model->stats().driver_allocs, 0);
+
+  opt.only_regex = "([unclosed";
+  model = LoadToHost(*cat, opt);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(HostLoaderTest, FileThatShrankAfterCatalogueFailsNamingTensor) {
+  testing::TempDir dir;
+  ASSERT_TRUE(WritePattern(dir / "m.safetensors", MixedTensors(), 1ull << 40).ok());
+  Result<Catalog> cat = OpenCatalog(dir / "m.safetensors");
+  ASSERT_TRUE(cat.ok());
+  std::filesystem::resize_file(dir / "m.safetensors", cat->files()[0].data_offset_bytes + 100);
+  Result<LoadedModel> model = LoadToHost(*cat, LoadOptions{});
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), StatusCode::kIoError);
+  EXPECT_NE(model.status().message().find("m.safetensors"), std::string::npos) << model.status().message();
+  EXPECT_NE(model.status().message().find("tensor '"), std::string::npos) << model.status().message();
+}
+
+TEST(HostLoaderTest, RejectsNonFloatCastTarget) {
+  testing::TempDir dir;
+  ASSERT_TRUE(WritePattern(dir / "m.safetensors", MixedTensors(), 1ull << 40).ok());
+  Result<Catalog> cat = OpenCatalog(dir / "m.safetensors");
+  ASSERT_TRUE(cat.ok());
+  LoadOptions opt;
+  opt.cast_to = DType::kI32;
+  EXPECT_EQ(LoadToHost(*cat, opt).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(HostLoaderTest, LoadsSynthesizedModelMatchingItsGenerator) {
+  testing::TempDir dir;
+  SynthOptions so;
+  so.arch = "tiny-llama";
+  ASSERT_TRUE(WriteSynthCheckpoint(so, dir / "tiny").ok());
+  Result<Catalog> cat = OpenCatalog(dir / "tiny");
+  ASSERT_TRUE(cat.ok()) << cat.status().message();
+  Result<LoadedModel> model = LoadToHost(*cat, LoadOptions{});
+  ASSERT_TRUE(model.ok());
+  for (const TensorView& v : model->tensors()) {
+    std::vector<unsigned char> want(v.size_bytes);
+    SynthFill(v.name, v.dtype, 0, v.size_bytes, want.data());
+    ASSERT_EQ(std::memcmp(want.data(), v.data, v.size_bytes), 0) << v.name;
+  }
+}
+
+}  // namespace
+}  // namespace hoist
