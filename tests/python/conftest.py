@@ -1,0 +1,66 @@
+"""Shared fixtures for the tests that run the built `hoist` binary.
+
+The binary is found through $HOIST_BIN, else <repo>/build/hoist. A missing
+binary is a test failure with a message saying how to build it, never a skip:
+these tests exist to exercise it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Let the test modules import hoist_testlib whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BIN = REPO_ROOT / "build" / "hoist"
+CONFORMANCE_DIR = REPO_ROOT / "testdata" / "conformance"
+
+# Generous: the slowest single command in the suite takes well under a second.
+COMMAND_TIMEOUT_S = 120
+
+
+def _find_hoist() -> Path:
+    env = os.environ.get("HOIST_BIN")
+    path = Path(env) if env else DEFAULT_BIN
+    return path
+
+
+@pytest.fixture(scope="session")
+def hoist_bin() -> Path:
+    path = _find_hoist()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        how = "set HOIST_BIN" if not os.environ.get("HOIST_BIN") else "HOIST_BIN points at nothing runnable"
+        pytest.fail(
+            f"hoist binary not found at {path} ({how}); build it with "
+            f"`cmake -S {REPO_ROOT} -B {REPO_ROOT}/build -G Ninja && ninja -C {REPO_ROOT}/build hoist` "
+            f"or set HOIST_BIN=/path/to/hoist",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def run_hoist(hoist_bin):
+    """run_hoist(*args, timeout=...) -> CompletedProcess with text stdout/stderr."""
+
+    def run(*args, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(hoist_bin), *[str(a) for a in args]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def conformance() -> Path:
+    assert CONFORMANCE_DIR.is_dir(), f"missing {CONFORMANCE_DIR}"
+    return CONFORMANCE_DIR

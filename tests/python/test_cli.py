@@ -1,0 +1,794 @@
+"""The `hoist` command line: arguments, exit codes, output shapes and values.
+
+Expected values come from testdata/conformance/README.md (files written by the
+reference safetensors implementation), from the published Hugging Face
+configs of each architecture, or from parsing files with the standard library;
+never from hoist itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from hoist_testlib import inspect_json, ok, read_header, stderr_error_line, tensor_bytes, write_raw
+
+SUBCOMMANDS = ["inspect", "load", "convert", "synth"]
+
+# ------------------------------------------------------------ conformance data
+# testdata/conformance/README.md: nine tensors of shape [6] holding -3..2.
+CONF_DTYPES = {"B": "U8", "H": "U16", "I": "U32", "b": "I8", "h": "I16", "i": "I32", "e": "F16", "f": "F32", "d": "F64"}
+DTYPE_BYTES = {"U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "F64": 8}
+STRUCT_CODE = {"U8": "B", "I8": "b", "U16": "H", "I16": "h", "U32": "I", "I32": "i", "F16": "e", "F32": "f", "F64": "d"}
+
+
+def conf_values(dtype: str) -> bytes:
+    """-3..2 stored little-endian in `dtype`, unsigned types wrapping."""
+    code = STRUCT_CODE[dtype]
+    vals = list(range(-3, 3))
+    if dtype.startswith("U"):
+        vals = [v % (1 << (8 * DTYPE_BYTES[dtype])) for v in vals]
+    if dtype.startswith("F"):
+        vals = [float(v) for v in vals]
+    return struct.pack("<" + code * 6, *vals)
+
+
+# --------------------------------------------------------------- help/version
+
+
+def test_app_help(run_hoist):
+    proc = ok(run_hoist("--help"))
+    for sub in SUBCOMMANDS:
+        assert sub in proc.stdout, f"--help does not list {sub}:\n{proc.stdout}"
+    assert "--version" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "sub,flags",
+    [
+        ("inspect", ["--json"]),
+        ("load", ["--device", "--dtype", "--threads", "--only", "--report", "--quiet"]),
+        ("convert", ["--dtype", "--max-shard-size", "--only"]),
+        ("synth", ["--arch", "--dtype", "--layers", "--sparse"]),
+    ],
+)
+def test_subcommand_help(run_hoist, sub, flags):
+    proc = ok(run_hoist(sub, "--help"))
+    for flag in flags:
+        assert flag in proc.stdout, f"`hoist {sub} --help` does not mention {flag}:\n{proc.stdout}"
+
+
+def test_synth_help_lists_architectures(run_hoist):
+    proc = ok(run_hoist("synth", "--help"))
+    for arch in ["tiny-llama", "llama-3.2-1b", "llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "mixtral-8x7b", "mixtral-8x22b"]:
+        assert arch in proc.stdout
+
+
+def test_version(run_hoist):
+    proc = ok(run_hoist("--version"))
+    assert proc.stdout.startswith("hoist "), proc.stdout
+    assert re.fullmatch(r"hoist \d+\.\d+\.\d+\S*\n?", proc.stdout), proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--bogus"],
+        ["frobnicate"],
+        ["inspect"],  # missing PATH
+        ["inspect", "--bogus", "{conf}"],
+        ["inspect", "{conf}", "extra-positional"],
+        ["load", "--threads", "0", "{conf}"],
+        ["load", "--threads", "many", "{conf}"],
+        ["convert", "{conf}"],  # missing DST
+        ["synth", "{tmp}/out"],  # missing --arch
+        ["synth", "--arch", "tiny-llama", "--layers", "0", "{tmp}/out"],
+    ],
+    ids=lambda a: " ".join(a) or "no-args",
+)
+def test_bad_arguments_exit_2(run_hoist, args, tmp_path, conformance):
+    """Argument errors only: every path given is valid, so the flag is the reason."""
+    conf = str(conformance / "overall.safetensors")
+    proc = run_hoist(*[a.replace("{conf}", conf).replace("{tmp}", str(tmp_path)) for a in args])
+    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stderr}"
+    assert proc.stderr.startswith("error:"), proc.stderr
+    assert proc.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------- inspect
+
+
+def expected_overall(path: Path) -> list[dict]:
+    """The conformance file's tensors, from the README plus a stdlib header parse."""
+    n, header = read_header(path)
+    assert n == 526  # README: data section starts at 8 + 526
+    out = []
+    for name, dtype in CONF_DTYPES.items():
+        begin, end = header[name]["data_offsets"]
+        out.append({"name": name, "dtype": dtype, "shape": [6], "offset": 8 + n + begin, "nbytes": 6 * DTYPE_BYTES[dtype]})
+        assert end - begin == 6 * DTYPE_BYTES[dtype]
+    out.sort(key=lambda t: t["offset"])
+    return out
+
+
+def test_inspect_json_overall_exact(run_hoist, conformance):
+    path = conformance / "overall.safetensors"
+    doc = inspect_json(run_hoist, path)
+    assert list(doc.keys()) == ["files", "tensors", "total_bytes", "metadata"]
+    assert len(doc["files"]) == 1 and os.path.samefile(doc["files"][0], path)
+    assert doc["total_bytes"] == 168
+    assert doc["metadata"] == {"test": "a"}
+    want = expected_overall(path)
+    # README: back to back at 534 + 0, 6, 18, 42, ...
+    assert [t["offset"] - 534 for t in want][:4] == [0, 6, 18, 42]
+    assert len(doc["tensors"]) == 9
+    for got, exp in zip(doc["tensors"], want):
+        assert set(got.keys()) == {"name", "dtype", "shape", "file", "offset", "nbytes"}, got
+        assert os.path.samefile(got["file"], path)
+        assert {k: got[k] for k in exp} == exp
+    # The offsets point at the README's values.
+    raw = path.read_bytes()
+    for t in doc["tensors"]:
+        assert raw[t["offset"] : t["offset"] + t["nbytes"]] == conf_values(t["dtype"]), t["name"]
+
+
+@pytest.mark.parametrize("name", sorted(CONF_DTYPES))
+def test_inspect_json_each_conformance_file(run_hoist, conformance, name):
+    path = conformance / f"{name}.safetensors"
+    doc = inspect_json(run_hoist, path)
+    dtype = CONF_DTYPES[name]
+    assert doc["metadata"] == {"test": "a"}
+    assert doc["total_bytes"] == 6 * DTYPE_BYTES[dtype]
+    [t] = doc["tensors"]
+    assert (t["name"], t["dtype"], t["shape"], t["nbytes"]) == (name, dtype, [6], 6 * DTYPE_BYTES[dtype])
+    n, _ = read_header(path)
+    assert t["offset"] == 8 + n
+    raw = path.read_bytes()
+    assert raw[t["offset"] : t["offset"] + t["nbytes"]] == conf_values(dtype)
+
+
+def test_inspect_table(run_hoist, conformance):
+    path = conformance / "overall.safetensors"
+    proc = ok(run_hoist("inspect", path))
+    lines = proc.stdout.splitlines()
+    for exp in expected_overall(path):
+        row = [ln for ln in lines if ln.split()[:1] == [exp["name"]]]
+        assert len(row) == 1, f"no single row for {exp['name']}:\n{proc.stdout}"
+        cols = row[0].split()
+        assert cols[1] == exp["dtype"]
+        assert "[6]" in row[0]
+        assert str(exp["nbytes"]) in cols and str(exp["offset"]) in cols, row[0]
+    assert "9 tensors" in proc.stdout
+    assert "168" in proc.stdout
+    assert re.search(r"\btest\b.*\ba\b", proc.stdout), "metadata not shown"
+
+
+def test_inspect_missing_path(run_hoist, tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    proc = run_hoist("inspect", missing)
+    assert proc.returncode == 2
+    assert str(missing) in stderr_error_line(proc)
+    assert proc.stdout == ""
+
+
+# ---------------------------------------------------------- malformed files
+
+GOOD_HEADER = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "U8", "shape": [4], "data_offsets": [8, 12]}}
+
+
+def _malformed_cases():
+    """(id, builder(path) -> None, tensor name the message must contain or None)."""
+    cases = []
+
+    def add(case_id, tensor=None):
+        def deco(fn):
+            cases.append(pytest.param(fn, tensor, id=case_id))
+            return fn
+
+        return deco
+
+    @add("empty")
+    def _(p):
+        p.write_bytes(b"")
+
+    @add("shorter-than-8")
+    def _(p):
+        p.write_bytes(b"\x10\x00\x00")
+
+    @add("truncated-header")
+    def _(p):
+        write_raw(p, GOOD_HEADER, bytes(12), length=500)
+
+    @add("truncated-data")
+    def _(p):
+        write_raw(p, GOOD_HEADER, bytes(7))
+
+    @add("header-too-large")
+    def _(p):
+        write_raw(p, "{}", b"", length=100_000_001)
+
+    @add("header-length-huge")
+    def _(p):
+        write_raw(p, "{}", b"", length=2**64 - 1)
+
+    @add("lfs-pointer")
+    def _(p):
+        p.write_text(
+            "version https://git-lfs.github.com/spec/v1\n"
+            "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+            "size 90868376\n"
+        )
+
+    @add("bad-json")
+    def _(p):
+        write_raw(p, '{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]', bytes(8))
+
+    @add("not-utf8")
+    def _(p):
+        write_raw(p, b'{"\xff\xfe": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}', bytes(1))
+
+    @add("json-array")
+    def _(p):
+        write_raw(p, "[1, 2]", b"")
+
+    @add("gap", tensor="b")
+    def _(p):
+        h = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "U8", "shape": [4], "data_offsets": [10, 14]}}
+        write_raw(p, h, bytes(14))
+
+    @add("overlap", tensor="b")
+    def _(p):
+        h = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "U8", "shape": [4], "data_offsets": [6, 10]}}
+        write_raw(p, h, bytes(10))
+
+    @add("trailing-bytes")
+    def _(p):
+        write_raw(p, GOOD_HEADER, bytes(20))
+
+    @add("size-mismatch", tensor="a")
+    def _(p):
+        h = {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}
+        write_raw(p, h, bytes(8))
+
+    @add("unknown-dtype", tensor="a")
+    def _(p):
+        h = {"a": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}
+        write_raw(p, h, bytes(16))
+
+    @add("negative-dim", tensor="a")
+    def _(p):
+        h = {"a": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 0]}}
+        write_raw(p, h, b"")
+
+    @add("begin-after-end", tensor="a")
+    def _(p):
+        h = {"a": {"dtype": "U8", "shape": [0], "data_offsets": [4, 0]}}
+        write_raw(p, h, bytes(4))
+
+    @add("shape-overflow", tensor="a")
+    def _(p):
+        h = {"a": {"dtype": "F64", "shape": [2**32, 2**32, 2], "data_offsets": [0, 8]}}
+        write_raw(p, h, bytes(8))
+
+    @add("duplicate-name", tensor="a")
+    def _(p):
+        write_raw(
+            p,
+            '{"a": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]},'
+            ' "a": {"dtype": "U8", "shape": [2], "data_offsets": [2, 4]}}',
+            bytes(4),
+        )
+
+    @add("metadata-not-string")
+    def _(p):
+        h = {"__metadata__": {"k": 1}, "a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}
+        write_raw(p, h, bytes(1))
+
+    @add("sub-byte-partial", tensor="a")
+    def _(p):
+        h = {"a": {"dtype": "F4", "shape": [3], "data_offsets": [0, 1]}}
+        write_raw(p, h, bytes(1))
+
+    return cases
+
+
+@pytest.mark.parametrize("build,tensor", _malformed_cases())
+@pytest.mark.parametrize("command", ["inspect", "load"])
+def test_malformed_file_exit_2_one_line(run_hoist, tmp_path, build, tensor, command):
+    path = tmp_path / "bad.safetensors"
+    build(path)
+    proc = run_hoist(command, path)
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    line = stderr_error_line(proc)
+    assert str(path) in line, f"message does not name the file: {line}"
+    if tensor is not None:
+        assert re.search(rf"(?<![\w.]){re.escape(tensor)}(?![\w.])", line.replace(str(path), "")), (
+            f"message does not name tensor {tensor!r}: {line}"
+        )
+    assert proc.stdout == ""
+
+
+def test_lfs_pointer_message_says_lfs(run_hoist, tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n")
+    line = stderr_error_line(run_hoist("inspect", path))
+    assert "LFS" in line or "lfs" in line, line
+
+
+def test_valid_edge_files_are_accepted(run_hoist, tmp_path):
+    """Rules that must not over-reject: whitespace around the JSON, empty
+    header, zero-size tensors, unaligned data section, no metadata."""
+    p1 = write_raw(tmp_path / "ws.safetensors", "  \n" + json.dumps(GOOD_HEADER) + " \t\n  ", bytes(12))
+    doc = inspect_json(run_hoist, p1)
+    assert [t["name"] for t in doc["tensors"]] == ["a", "b"] and doc["metadata"] == {}
+    p2 = write_raw(tmp_path / "empty.safetensors", "{}", b"")
+    doc = inspect_json(run_hoist, p2)
+    assert doc["tensors"] == [] and doc["total_bytes"] == 0
+    h = {"z": {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]}, "s": {"dtype": "F64", "shape": [], "data_offsets": [0, 8]}}
+    p3 = write_raw(tmp_path / "zero.safetensors", h, bytes(8))
+    doc = inspect_json(run_hoist, p3)
+    got = {t["name"]: (t["shape"], t["nbytes"]) for t in doc["tensors"]}
+    assert got == {"z": ([0, 3], 0), "s": ([], 8)}
+    ok(run_hoist("load", "--quiet", p3))
+
+
+# ---------------------------------------------------------- sharded inputs
+
+
+def _sharded(tmp_path, index_map=None, total=None):
+    """Two hand-written shards and an index (stdlib only)."""
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    write_raw(d / "model-00001-of-00002.safetensors", {"x": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}, b"\1\2\3\4")
+    write_raw(d / "model-00002-of-00002.safetensors", {"y": {"dtype": "I16", "shape": [2], "data_offsets": [0, 4]}}, b"\x05\x06\x07\x08")
+    wm = index_map or {"x": "model-00001-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 8 if total is None else total}, "weight_map": wm}))
+    return d
+
+
+def test_sharded_directory_inspects(run_hoist, tmp_path):
+    d = _sharded(tmp_path)
+    doc = inspect_json(run_hoist, d)
+    assert {t["name"]: (t["dtype"], t["shape"], t["nbytes"], Path(t["file"]).name) for t in doc["tensors"]} == {
+        "x": ("U8", [4], 4, "model-00001-of-00002.safetensors"),
+        "y": ("I16", [2], 4, "model-00002-of-00002.safetensors"),
+    }
+    assert doc["total_bytes"] == 8 and len(doc["files"]) == 2
+
+
+@pytest.mark.parametrize(
+    "case,index_map,total,needle",
+    [
+        ("listed-but-absent", {"x": "model-00001-of-00002.safetensors", "y": "model-00002-of-00002.safetensors", "z": "model-00001-of-00002.safetensors"}, None, "z"),
+        ("not-in-index", {"x": "model-00001-of-00002.safetensors"}, None, "y"),
+        ("wrong-shard", {"x": "model-00002-of-00002.safetensors", "y": "model-00002-of-00002.safetensors"}, None, "x"),
+        ("total-size", None, 9, "total_size"),
+    ],
+)
+def test_sharded_index_inconsistent(run_hoist, tmp_path, case, index_map, total, needle):
+    d = _sharded(tmp_path, index_map, total)
+    proc = run_hoist("inspect", d)
+    assert proc.returncode == 2, f"{case}: exit {proc.returncode} {proc.stderr}"
+    line = stderr_error_line(proc)
+    assert str(d) in line, line
+    assert needle in line.replace(str(d), ""), line
+
+
+def test_directory_without_index(run_hoist, tmp_path, conformance):
+    d = tmp_path / "noindex"
+    d.mkdir()
+    for n in ["b", "f"]:
+        (d / f"{n}.safetensors").write_bytes((conformance / f"{n}.safetensors").read_bytes())
+    doc = inspect_json(run_hoist, d)
+    assert sorted(t["name"] for t in doc["tensors"]) == ["b", "f"]
+    assert doc["total_bytes"] == 6 + 24
+
+
+# ---------------------------------------------------------------------- load
+
+
+def _report(run_hoist, tmp_path, path, *flags) -> dict:
+    rep = tmp_path / "report.json"
+    ok(run_hoist("load", path, "--report", rep, "--quiet", *flags))
+    return json.loads(rep.read_text())
+
+
+def test_load_report(run_hoist, tmp_path, conformance):
+    r = _report(run_hoist, tmp_path, conformance / "overall.safetensors")
+    assert r["total_bytes"] == 168
+    assert isinstance(r["seconds"], (int, float)) and 0 <= r["seconds"] < 60
+    got = {t["name"]: t for t in r["tensors"]}
+    assert set(got) == set(CONF_DTYPES)
+    for name, dtype in CONF_DTYPES.items():
+        t = got[name]
+        assert {k: t[k] for k in ["name", "device", "dtype", "shape", "nbytes"]} == {
+            "name": name, "device": "cpu", "dtype": dtype, "shape": [6], "nbytes": 6 * DTYPE_BYTES[dtype]}
+    cpu = r["devices"]["cpu"]
+    assert cpu["driver_allocs"] == 1
+    # One arena, each tensor 64-byte aligned in it: at least 8 * 64 + the last.
+    assert cpu["bytes"] >= 8 * 64 + 6
+
+
+@pytest.mark.parametrize(
+    "dtype,sizes",
+    [
+        ("f32", {"e": 24, "f": 24, "d": 24}),
+        ("bf16", {"e": 12, "f": 12, "d": 12}),
+        ("f16", {"e": 12, "f": 12, "d": 12}),
+    ],
+)
+def test_load_dtype_casts_floats_only(run_hoist, tmp_path, conformance, dtype, sizes):
+    r = _report(run_hoist, tmp_path, conformance / "overall.safetensors", "--dtype", dtype)
+    got = {t["name"]: t for t in r["tensors"]}
+    want_name = {"f32": "F32", "bf16": "BF16", "f16": "F16"}[dtype]
+    expected_total = 0
+    for name, src in CONF_DTYPES.items():
+        if name in sizes:
+            assert got[name]["dtype"] == want_name and got[name]["nbytes"] == sizes[name], got[name]
+            expected_total += sizes[name]
+        else:  # integers are never cast
+            assert got[name]["dtype"] == src and got[name]["nbytes"] == 6 * DTYPE_BYTES[src], got[name]
+            expected_total += 6 * DTYPE_BYTES[src]
+    assert r["total_bytes"] == expected_total
+
+
+@pytest.mark.parametrize(
+    "regex,names",
+    [
+        ("^[A-Z]$", {"B", "H", "I"}),
+        ("[ef]", {"e", "f"}),  # searched, not anchored
+        ("^(d|i)$", {"d", "i"}),
+        ("", set(CONF_DTYPES)),
+    ],
+)
+def test_load_only(run_hoist, tmp_path, conformance, regex, names):
+    flags = ["--only", regex]
+    r = _report(run_hoist, tmp_path, conformance / "overall.safetensors", *flags)
+    assert {t["name"] for t in r["tensors"]} == names
+    assert r["total_bytes"] == sum(6 * DTYPE_BYTES[CONF_DTYPES[n]] for n in names)
+    assert r["devices"]["cpu"]["driver_allocs"] == 1
+
+
+def test_load_only_search_semantics_on_real_names(run_hoist, tmp_path):
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", tmp_path / "m"))
+    r = _report(run_hoist, tmp_path, tmp_path / "m", "--only", r"layers\.1\..*proj")
+    want = {f"model.layers.1.self_attn.{p}_proj.weight" for p in "qkvo"} | {f"model.layers.1.mlp.{p}_proj.weight" for p in ["gate", "up", "down"]}
+    assert {t["name"] for t in r["tensors"]} == want
+
+
+@pytest.mark.parametrize("flags", [["--only", "("], ["--only", "[a-"], ["--dtype", "bad"], ["--dtype", "i8"], ["--device", "nonsense"]])
+def test_load_bad_flags_exit_2(run_hoist, conformance, flags):
+    proc = run_hoist("load", conformance / "overall.safetensors", *flags)
+    assert proc.returncode == 2, proc.stderr
+    stderr_error_line(proc)
+    assert proc.stdout == ""
+
+
+def test_load_quiet_and_summary(run_hoist, conformance):
+    path = conformance / "overall.safetensors"
+    quiet = ok(run_hoist("load", "--quiet", path))
+    assert quiet.stdout == "" and quiet.stderr == ""
+    q2 = ok(run_hoist("load", "-q", path))
+    assert q2.stdout == "" and q2.stderr == ""
+    loud = ok(run_hoist("load", path))
+    assert "9 tensors" in loud.stdout, loud.stdout
+    assert re.search(r"\b1 allocation\b", loud.stdout), loud.stdout
+    assert "GB/s" in loud.stdout
+
+
+def test_load_missing_path(run_hoist, tmp_path):
+    missing = tmp_path / "gone"
+    proc = run_hoist("load", missing)
+    assert proc.returncode == 2
+    assert str(missing) in stderr_error_line(proc)
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "7"])
+def test_load_threads(run_hoist, tmp_path, threads):
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", tmp_path / "m"))
+    r = _report(run_hoist, tmp_path, tmp_path / "m", "--threads", threads)
+    assert len(r["tensors"]) == 21 and r["total_bytes"] == TINY_BYTES
+
+
+# --------------------------------------------------------------------- synth
+# Published Hugging Face configs (the numbers in each config.json).
+PUBLISHED = {
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    "llama-3.1-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "mixtral-8x7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False, num_local_experts=8),
+    "mixtral-8x22b": dict(hidden_size=6144, intermediate_size=16384, num_hidden_layers=56, num_attention_heads=48, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False, num_local_experts=8),
+}
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False)
+# Published checkpoints: tensor count, index total_size (bf16), shard count.
+PUBLISHED_FACTS = {
+    "llama-3.2-1b": (146, 2_471_628_800, 1),
+    "llama-3.1-8b": (291, 16_060_522_496, 4),
+    "llama-3.1-70b": (723, 141_107_412_992, 30),
+    "qwen2.5-7b": (339, 15_231_233_024, 4),
+    "mixtral-8x7b": (995, 93_405_585_408, 19),
+    "mixtral-8x22b": (1739, 281_241_268_224, 59),
+}
+
+
+def expected_tensors(arch: str, cfg: dict, layers: int | None = None) -> dict[str, list[int]]:
+    """Hugging Face tensor names and shapes for a config (transformers' layout)."""
+    h, inter, heads, kv, vocab = (cfg[k] for k in ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "vocab_size"])
+    hd = cfg.get("head_dim", h // heads)
+    n_layers = cfg["num_hidden_layers"] if layers is None else layers
+    experts = cfg.get("num_local_experts", 0)
+    t = {"model.embed_tokens.weight": [vocab, h], "model.norm.weight": [h]}
+    if not cfg["tie_word_embeddings"]:
+        t["lm_head.weight"] = [vocab, h]
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = [h]
+        t[p + "post_attention_layernorm.weight"] = [h]
+        t[p + "self_attn.q_proj.weight"] = [heads * hd, h]
+        t[p + "self_attn.k_proj.weight"] = [kv * hd, h]
+        t[p + "self_attn.v_proj.weight"] = [kv * hd, h]
+        t[p + "self_attn.o_proj.weight"] = [h, heads * hd]
+        if arch.startswith("qwen"):
+            t[p + "self_attn.q_proj.bias"] = [heads * hd]
+            t[p + "self_attn.k_proj.bias"] = [kv * hd]
+            t[p + "self_attn.v_proj.bias"] = [kv * hd]
+        if experts:
+            t[p + "block_sparse_moe.gate.weight"] = [experts, h]
+            for e in range(experts):
+                q = p + f"block_sparse_moe.experts.{e}."
+                t[q + "w1.weight"] = [inter, h]
+                t[q + "w2.weight"] = [h, inter]
+                t[q + "w3.weight"] = [inter, h]
+        else:
+            t[p + "mlp.gate_proj.weight"] = [inter, h]
+            t[p + "mlp.up_proj.weight"] = [inter, h]
+            t[p + "mlp.down_proj.weight"] = [h, inter]
+    return t
+
+
+def total_bytes(tensors: dict[str, list[int]], elem: int = 2) -> int:
+    return sum(elem * math.prod(s) for s in tensors.values())
+
+
+TINY_BYTES = total_bytes(expected_tensors("tiny-llama", TINY))
+
+
+def test_expected_tables_match_published_numbers():
+    """Guards the test's own formula: it reproduces the published totals."""
+    for arch, (count, size, _) in PUBLISHED_FACTS.items():
+        t = expected_tensors(arch, PUBLISHED[arch])
+        assert (len(t), total_bytes(t)) == (count, size), arch
+    assert "lm_head.weight" not in expected_tensors("llama-3.2-1b", PUBLISHED["llama-3.2-1b"])
+
+
+def _shards(d: Path) -> list[Path]:
+    return sorted(d.glob("*.safetensors"))
+
+
+def check_synth_dir(run_hoist, d: Path, arch: str, cfg: dict, layers=None, elem=2, dtype="BF16"):
+    want = expected_tensors(arch, cfg, layers)
+    doc = inspect_json(run_hoist, d)
+    got = {t["name"]: t["shape"] for t in doc["tensors"]}
+    missing, extra = set(want) - set(got), set(got) - set(want)
+    assert not missing and not extra, f"missing {sorted(missing)[:5]} extra {sorted(extra)[:5]}"
+    assert len(doc["tensors"]) == len(want), "duplicate names"
+    assert got == want
+    assert {t["dtype"] for t in doc["tensors"]} == {dtype}
+    assert doc["total_bytes"] == total_bytes(want, elem)
+    config = json.loads((d / "config.json").read_text())
+    for k, v in cfg.items():
+        if k == "num_hidden_layers" and layers is not None:
+            v = layers
+        assert config.get(k) == v, f"config.json {k}: {config.get(k)} != {v}"
+    return doc
+
+
+@pytest.mark.parametrize("arch", list(PUBLISHED))
+def test_synth_sparse_matches_published(run_hoist, tmp_path, arch):
+    count, size, n_shards = PUBLISHED_FACTS[arch]
+    d = tmp_path / arch
+    ok(run_hoist("synth", "--arch", arch, "--sparse", "--quiet", d))
+    doc = check_synth_dir(run_hoist, d, arch, PUBLISHED[arch])
+    assert len(doc["tensors"]) == count
+    assert doc["total_bytes"] == size
+    shards = _shards(d)
+    assert len(shards) == n_shards, [s.name for s in shards]
+    index_path = d / "model.safetensors.index.json"
+    if n_shards == 1:
+        assert [s.name for s in shards] == ["model.safetensors"]
+        assert not index_path.exists()
+    else:
+        assert [s.name for s in shards] == [f"model-{k:05d}-of-{n_shards:05d}.safetensors" for k in range(1, n_shards + 1)]
+        index = json.loads(index_path.read_text())
+        assert index["metadata"]["total_size"] == size
+        assert set(index["weight_map"]) == set(expected_tensors(arch, PUBLISHED[arch]))
+        for name, shard in index["weight_map"].items():
+            _, header = read_header(d / shard)
+            assert name in header, f"{name} not in {shard}"
+    apparent = allocated = 0
+    for s in shards:
+        n, header = read_header(s)
+        assert (8 + n) % 8 == 0
+        data = sum(e["data_offsets"][1] - e["data_offsets"][0] for k, e in header.items() if k != "__metadata__")
+        assert data <= 5_000_000_000 or len(header) <= 2
+        st = s.stat()
+        assert st.st_size == 8 + n + data
+        apparent += st.st_size
+        allocated += st.st_blocks * 512
+    # --sparse: the data is holes; far less is allocated than the apparent size.
+    assert allocated < 64 * 2**20 + apparent // 1000, (allocated, apparent)
+
+
+def test_synth_llama_3_2_1b_ties_embeddings(run_hoist, tmp_path):
+    d = tmp_path / "m"
+    ok(run_hoist("synth", "--arch", "llama-3.2-1b", "--sparse", "--quiet", d))
+    doc = inspect_json(run_hoist, d)
+    names = [t["name"] for t in doc["tensors"]]
+    assert "lm_head.weight" not in names and len(names) == 146
+    assert json.loads((d / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+@pytest.mark.parametrize("arch", ["llama-3.1-8b", "qwen2.5-7b", "mixtral-8x7b"])
+def test_synth_layers_scales(run_hoist, tmp_path, arch):
+    d = tmp_path / "m"
+    ok(run_hoist("synth", "--arch", arch, "--sparse", "--layers", "2", "--quiet", d))
+    doc = check_synth_dir(run_hoist, d, arch, PUBLISHED[arch], layers=2)
+    per_layer = {"llama-3.1-8b": 9, "qwen2.5-7b": 12, "mixtral-8x7b": 31}[arch]
+    assert len(doc["tensors"]) == 3 + 2 * per_layer
+
+
+def test_synth_tiny_llama(run_hoist, tmp_path):
+    d = tmp_path / "tiny"
+    proc = ok(run_hoist("synth", "--arch", "tiny-llama", d))
+    assert "tiny-llama" in proc.stdout
+    check_synth_dir(run_hoist, d, "tiny-llama", TINY)
+    assert [p.name for p in _shards(d)] == ["model.safetensors"]
+    n, header = read_header(d / "model.safetensors")
+    assert (8 + n) % 8 == 0
+    # Real data (not holes, not zeros), finite and small bf16 values.
+    import array
+
+    for name, raw in tensor_bytes(d / "model.safetensors").items():
+        halves = array.array("H", raw)
+        assert any(halves), f"{name} is all zeros"
+        for hbits in halves:
+            f = struct.unpack("<f", struct.pack("<I", hbits << 16))[0]
+            assert math.isfinite(f) and abs(f) <= 1.0, (name, hex(hbits))
+
+
+@pytest.mark.parametrize("dtype,name,elem", [("f32", "F32", 4), ("f16", "F16", 2), ("bf16", "BF16", 2)])
+def test_synth_dtype(run_hoist, tmp_path, dtype, name, elem):
+    d = tmp_path / "m"
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--dtype", dtype, "--quiet", d))
+    check_synth_dir(run_hoist, d, "tiny-llama", TINY, elem=elem, dtype=name)
+    torch_name = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype]
+    config = json.loads((d / "config.json").read_text())
+    assert config.get("torch_dtype", config.get("dtype")) == torch_name
+
+
+def _digest_dir(d: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+
+
+def test_synth_deterministic(run_hoist, tmp_path):
+    runs = {}
+    for tag, extra in [("a", []), ("b", []), ("t1", ["--threads", "1"]), ("t3", ["--threads", "3"])]:
+        d = tmp_path / tag
+        proc = ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", *extra, d))
+        assert proc.stdout == "" and proc.stderr == "", "--quiet must print nothing"
+        runs[tag] = _digest_dir(d)
+    assert runs["a"] == runs["b"] == runs["t1"] == runs["t3"]
+    assert "model.safetensors" in runs["a"] and "config.json" in runs["a"]
+
+
+def test_synth_deterministic_across_shardings(run_hoist, tmp_path):
+    """Same tensors whatever the sharding and thread count."""
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", tmp_path / "one"))
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", "--max-shard-size", "50KB", "--threads", "2", tmp_path / "many"))
+    assert len(_shards(tmp_path / "many")) > 2
+    one = tensor_bytes(tmp_path / "one" / "model.safetensors")
+    many = {}
+    for s in _shards(tmp_path / "many"):
+        many.update(tensor_bytes(s))
+    assert one == many
+
+
+@pytest.mark.parametrize("args", [["--arch", "gpt-17"], ["--arch", "tiny-llama", "--dtype", "i8"], ["--arch", "tiny-llama", "--max-shard-size", "lots"]])
+def test_synth_bad_input_exit_2(run_hoist, tmp_path, args):
+    proc = run_hoist("synth", *args, tmp_path / "m")
+    assert proc.returncode == 2, proc.stderr
+    stderr_error_line(proc)
+
+
+# ------------------------------------------------------------------- convert
+
+
+def test_convert_reshard(run_hoist, tmp_path):
+    src = tmp_path / "src"
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", src))
+    src_tensors = tensor_bytes(src / "model.safetensors")
+    _, src_header = read_header(src / "model.safetensors")
+    dst = tmp_path / "dst"
+    ok(run_hoist("convert", src, dst, "--max-shard-size", "100KB"))
+    shards = _shards(dst)
+    n_shards = len(shards)
+    assert n_shards >= 3, [s.name for s in shards]
+    assert [s.name for s in shards] == [f"model-{k:05d}-of-{n_shards:05d}.safetensors" for k in range(1, n_shards + 1)]
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(src_tensors)
+    assert index["metadata"]["total_size"] == sum(len(b) for b in src_tensors.values()) == TINY_BYTES
+    got = {}
+    for s in shards:
+        n, header = read_header(s)
+        assert (8 + n) % 8 == 0, f"{s.name}: header not padded"
+        assert header.get("__metadata__") == src_header["__metadata__"], s.name
+        part = tensor_bytes(s)
+        assert sum(len(b) for b in part.values()) <= 100_000 or len(part) == 1, s.name
+        assert s.stat().st_size == 8 + n + sum(len(b) for b in part.values())
+        for name in part:
+            assert index["weight_map"][name] == s.name
+        got.update(part)
+    assert got == src_tensors
+    # hoist reads back its own shards, and converts them into one file again.
+    doc = inspect_json(run_hoist, dst)
+    assert doc["total_bytes"] == TINY_BYTES
+    ok(run_hoist("convert", dst, tmp_path / "one.safetensors"))
+    assert tensor_bytes(tmp_path / "one.safetensors") == src_tensors
+
+
+def test_convert_keeps_metadata_and_pads(run_hoist, tmp_path, conformance):
+    src = conformance / "overall.safetensors"
+    dst = tmp_path / "out.safetensors"
+    ok(run_hoist("convert", src, dst))
+    n, header = read_header(dst)
+    assert (8 + n) % 8 == 0
+    raw_header = dst.read_bytes()[8 : 8 + n]
+    assert raw_header.rstrip(b" ") == raw_header.rstrip(), "padding must be spaces"
+    assert header["__metadata__"] == {"test": "a"}
+    got = tensor_bytes(dst)
+    assert got == {name: conf_values(dt) for name, dt in CONF_DTYPES.items()}
+
+
+def test_convert_single_dir_output(run_hoist, tmp_path, conformance):
+    dst = tmp_path / "outdir"
+    ok(run_hoist("convert", conformance / "overall.safetensors", dst))
+    assert [p.name for p in _shards(dst)] == ["model.safetensors"]
+    assert tensor_bytes(dst / "model.safetensors") == {name: conf_values(dt) for name, dt in CONF_DTYPES.items()}
+
+
+def test_convert_copies_config_json(run_hoist, tmp_path):
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", tmp_path / "src"))
+    ok(run_hoist("convert", tmp_path / "src", tmp_path / "dst", "--dtype", "f32"))
+    assert (tmp_path / "dst" / "config.json").read_bytes() == (tmp_path / "src" / "config.json").read_bytes()
+
+
+def test_convert_only(run_hoist, tmp_path, conformance):
+    dst = tmp_path / "out.safetensors"
+    ok(run_hoist("convert", conformance / "overall.safetensors", dst, "--only", "^[hH]$"))
+    assert tensor_bytes(dst) == {"h": conf_values("I16"), "H": conf_values("U16")}
+
+
+@pytest.mark.parametrize("flags", [["--dtype", "bad"], ["--dtype", "u8"], ["--max-shard-size", "lots"], ["--only", "("]])
+def test_convert_bad_flags_exit_2(run_hoist, tmp_path, conformance, flags):
+    dst = tmp_path / "out.safetensors"
+    proc = run_hoist("convert", conformance / "overall.safetensors", dst, *flags)
+    assert proc.returncode == 2, proc.stderr
+    stderr_error_line(proc)
+    assert not dst.exists()
+
+
+def test_convert_missing_source(run_hoist, tmp_path):
+    missing = tmp_path / "missing.safetensors"
+    proc = run_hoist("convert", missing, tmp_path / "out.safetensors")
+    assert proc.returncode == 2
+    assert str(missing) in stderr_error_line(proc)
