@@ -7,50 +7,65 @@
 #include "format/safetensors.h"
 
 namespace hoist {
+namespace {
+
+using json = nlohmann::json;
+
+// nlohmann's DOM builder plus a check for repeated keys. sax_parse calls the
+// handler's members by name (no virtual dispatch), so hiding start_object,
+// end_object and key is enough. (nlohmann's own callback parser would do
+// this too, but it rescans the parent object at every object's end, which is
+// quadratic in the number of tensors.)
+class StrictDomParser : public nlohmann::detail::json_sax_dom_parser<json> {
+ public:
+  explicit StrictDomParser(json& root) : json_sax_dom_parser(root, /*allow_exceptions=*/false) {}
+
+  bool start_object(std::size_t n) {
+    open_keys_.emplace_back();
+    return json_sax_dom_parser::start_object(n);
+  }
+  bool end_object() {
+    open_keys_.pop_back();
+    return json_sax_dom_parser::end_object();
+  }
+  bool key(std::string& k) {
+    if (!open_keys_.back().insert(k).second) {
+      duplicate_ = k;
+      has_duplicate_ = true;
+      return false;  // stop parsing
+    }
+    return json_sax_dom_parser::key(k);
+  }
+  bool parse_error(std::size_t position, const std::string& token, const nlohmann::detail::exception& e) {
+    error_ = e.what();
+    return json_sax_dom_parser::parse_error(position, token, e);
+  }
+
+  bool has_duplicate() const { return has_duplicate_; }
+  const std::string& duplicate() const { return duplicate_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  std::vector<std::unordered_set<std::string>> open_keys_;
+  std::string duplicate_;
+  std::string error_;
+  bool has_duplicate_ = false;
+};
+
+}  // namespace
 
 Result<nlohmann::json> ParseJsonStrict(std::string_view label, std::string_view text) {
-  using json = nlohmann::json;
-  std::vector<std::unordered_set<std::string>> open_objects;
-  std::string duplicate;
-  bool has_duplicate = false;
-  json::parser_callback_t callback = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        open_objects.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        if (!open_objects.empty()) open_objects.pop_back();
-        break;
-      case json::parse_event_t::key:
-        if (!has_duplicate && !open_objects.empty() &&
-            !open_objects.back().insert(parsed.get<std::string>()).second) {
-          has_duplicate = true;
-          duplicate = parsed.get<std::string>();
-        }
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  json doc = json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/false,
-                         /*ignore_comments=*/false);
-  if (doc.is_discarded()) {
-    // Parse again with exceptions only to get the parser's position message.
-    std::string why = "syntax error";
-    try {
-      json unused = json::parse(text.begin(), text.end());
-      (void)unused;
-    } catch (const json::parse_error& e) {
-      why = e.what();
-      const std::string tag = "parse error";
-      auto at = why.find(tag);
-      if (at != std::string::npos) why = why.substr(at);
-    }
-    return Corruption(std::string(label) + ": not valid JSON: " + why);
+  json doc;
+  StrictDomParser handler(doc);
+  bool ok = json::sax_parse(text.begin(), text.end(), &handler, json::input_format_t::json, /*strict=*/true);
+  if (handler.has_duplicate()) {
+    return Corruption(std::string(label) + ": key " + QuoteName(handler.duplicate()) + " appears twice");
   }
-  if (has_duplicate) {
-    return Corruption(std::string(label) + ": key " + QuoteName(duplicate) + " appears twice");
+  if (!ok || handler.is_errored()) {
+    std::string why = handler.error().empty() ? "syntax error" : handler.error();
+    const std::string tag = "parse error";
+    if (auto at = why.find(tag); at != std::string::npos) why = why.substr(at);
+    return Corruption(std::string(label) + ": not valid JSON: " + why);
   }
   return doc;
 }

@@ -1,0 +1,82 @@
+// Micro-benchmarks of hoist's CPU hot spots. Figures quoted in notes come
+// from running this binary: build/hoist_bench [--benchmark_filter=...].
+#include <benchmark/benchmark.h>
+
+#include <string>
+#include <vector>
+
+#include "cast/cast.h"
+#include "format/safetensors.h"
+#include "hoist/synth.h"
+#include "hoist/writer.h"
+
+namespace hoist {
+namespace {
+
+// A header with n small tensors, as the reference writer lays them out.
+std::string MakeHeader(int n) {
+  std::vector<OutTensor> tensors;
+  tensors.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    tensors.push_back({"model.layers." + std::to_string(i / 10) + ".mlp.experts." + std::to_string(i % 10) +
+                           ".weight",
+                       DType::kBF16, {4, 2}, 16});
+  }
+  std::vector<const OutTensor*> ptrs;
+  for (const OutTensor& t : tensors) ptrs.push_back(&t);
+  return BuildHeader(ptrs, {{"format", "pt"}});
+}
+
+void BM_ParseHeader(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  std::string header = MakeHeader(n);
+  for (auto _ : state) {
+    Result<ParsedHeader> parsed = ParseHeaderJson("bench", header, static_cast<uint64_t>(n) * 16);
+    if (!parsed.ok()) state.SkipWithError(parsed.status().message().c_str());
+    benchmark::DoNotOptimize(parsed);
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(header.size()));
+  state.counters["tensors/s"] = benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_ParseHeader)->Arg(1000)->Arg(100000)->Unit(benchmark::kMillisecond);
+
+void BM_Cast(benchmark::State& state) {
+  const auto src = static_cast<DType>(state.range(0));
+  const auto dst = static_cast<DType>(state.range(1));
+  const size_t count = 1 << 22;
+  std::vector<unsigned char> in(count * static_cast<size_t>(DTypeBits(src) / 8));
+  std::vector<unsigned char> out(count * static_cast<size_t>(DTypeBits(dst) / 8));
+  SynthFill("x", src, 0, in.size(), in.data());
+  for (auto _ : state) {
+    CastFloats(src, in.data(), dst, out.data(), count);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel(std::string(DTypeName(src)) + "->" + std::string(DTypeName(dst)));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(out.size()));
+}
+void CastPairs(benchmark::internal::Benchmark* b) {
+  const DType types[] = {DType::kF16, DType::kBF16, DType::kF32, DType::kF64};
+  for (DType s : types) {
+    for (DType d : {DType::kF16, DType::kBF16, DType::kF32}) {
+      if (s != d) b->Args({static_cast<int64_t>(s), static_cast<int64_t>(d)});
+    }
+  }
+}
+BENCHMARK(BM_Cast)->Apply(CastPairs)->Unit(benchmark::kMillisecond);
+
+void BM_SynthFill(benchmark::State& state) {
+  std::vector<unsigned char> buf(8 << 20);
+  uint64_t offset = 0;
+  for (auto _ : state) {
+    SynthFill("model.layers.0.mlp.up_proj.weight", DType::kBF16, offset, buf.size(), buf.data());
+    offset += buf.size();
+    benchmark::DoNotOptimize(buf.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(buf.size()));
+}
+BENCHMARK(BM_SynthFill)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace hoist
+
+BENCHMARK_MAIN();
