@@ -80,7 +80,6 @@ bool IsSafeRelativePath(const std::string& name) {
 
 Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) {
   HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
-  if (!IsValidUtf8(text)) return Corruption(index_path + ": not valid UTF-8");
   HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(index_path, text));
   if (!doc.is_object()) return Corruption(index_path + ": not a JSON object");
   auto wm = doc.find("weight_map");
@@ -108,7 +107,11 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
   CatalogBuilder builder;
   for (const std::string& shard : shards) {
     std::string path = (dir / shard).string();
-    HOIST_RETURN_IF_ERROR(builder.AddFile(path));
+    Status added = builder.AddFile(path);
+    if (!added.ok() && added.code() == StatusCode::kNotFound) {
+      return NotFound(index_path + ": shard " + QuoteName(shard) + " does not exist");
+    }
+    HOIST_RETURN_IF_ERROR(added);
   }
   const Catalog& cat = builder.catalog();
   for (const TensorInfo& t : cat.tensors()) {
@@ -118,13 +121,13 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
       return Corruption(file + ": tensor " + QuoteName(t.name) + " is in this shard but not in " + index_path);
     }
     if ((dir / it->second).string() != file) {
-      return Corruption(index_path + ": tensor " + QuoteName(t.name) + " is listed in " + it->second +
+      return Corruption(index_path + ": tensor " + QuoteName(t.name) + " is listed in " + QuoteName(it->second) +
                         " but found in " + file);
     }
   }
   for (const auto& [name, shard] : shard_of) {
     if (cat.Find(name) == nullptr) {
-      return Corruption(index_path + ": tensor " + QuoteName(name) + " is listed in " + shard +
+      return Corruption(index_path + ": tensor " + QuoteName(name) + " is listed in " + QuoteName(shard) +
                         " but that shard does not contain it");
     }
   }

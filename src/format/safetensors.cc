@@ -165,16 +165,6 @@ Result<uint64_t> CheckHeaderLength(std::string_view label, std::string_view pref
 
 Result<ParsedHeader> ParseHeaderJson(std::string_view label, std::string_view json_text,
                                      uint64_t data_bytes) {
-  if (!IsValidUtf8(json_text)) return Corruption(std::string(label) + ": header is not valid UTF-8");
-  // JSON allows neither a raw NUL nor a byte order mark; nlohmann would stop
-  // at the first and skip the second, so check before it sees them.
-  if (json_text.find('\0') != std::string_view::npos) {
-    return Corruption(std::string(label) + ": header contains a NUL byte at position " +
-                      Num(json_text.find('\0')));
-  }
-  if (json_text.substr(0, 3) == "\xEF\xBB\xBF") {
-    return Corruption(std::string(label) + ": header begins with a UTF-8 byte order mark, which JSON does not allow");
-  }
   HOIST_ASSIGN_OR_RETURN(json doc, ParseJsonStrict(std::string(label) + ": header", json_text));
   if (!doc.is_object()) return Corruption(std::string(label) + ": header is not a JSON object");
 

@@ -38,7 +38,7 @@ struct ParsedHeader {
   uint64_t data_offset_bytes = 0; // 8 + N
   uint64_t data_bytes = 0;        // file size - 8 - N
   std::vector<HeaderTensor> tensors;  // sorted by begin_bytes
-  std::vector<std::pair<std::string, std::string>> metadata;  // in file order
+  std::vector<std::pair<std::string, std::string>> metadata;  // sorted by key
 };
 
 // Checks the 8-byte length prefix against the file size. `prefix` holds the
