@@ -103,7 +103,10 @@ int RunLoad(const LoadArgs& args) {
   if (!dtype.ok()) return Fail(dtype.status());
   Result<Catalog> cat = OpenCatalog(args.path);
   if (!cat.ok()) return Fail(cat.status());
+  Result<uint64_t> chunk = ParseByteSize(args.chunk_size);
+  if (!chunk.ok()) return Fail(chunk.status());
   LoadOptions options;
+  options.chunk_bytes = *chunk;
   options.cast_to = *dtype;
   options.only_regex = args.only;
   options.threads = args.threads;
@@ -119,6 +122,7 @@ int RunLoad(const LoadArgs& args) {
     report["seconds"] = st.seconds;
     report["gbps"] = Rate(st.bytes_read, st.seconds);
     report["threads"] = st.threads;
+    report["chunk_bytes"] = options.chunk_bytes;
     report["tensors"] = ordered_json::array();
     for (const TensorView& v : model->tensors()) {
       report["tensors"].push_back({{"name", v.name},

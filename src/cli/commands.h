@@ -19,6 +19,7 @@ struct LoadArgs {
   int threads = 0;
   std::string only;
   std::string report;
+  std::string chunk_size = "8MiB";
   bool quiet = false;
 };
 struct ConvertArgs {

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1024));
   c_load->add_option("--only", load.only, "Load only tensors whose name matches this regex");
   c_load->add_option("--report", load.report, "Write a JSON report to this file");
+  c_load->add_option("--chunk-size", load.chunk_size, "Largest single read (e.g. 8MiB)")->capture_default_str();
   c_load->add_flag("--quiet,-q", load.quiet, "Print nothing on success");
 
   ConvertArgs convert;
