@@ -1,16 +1,23 @@
-// Loading a checkpoint into host memory.
+// Loading a checkpoint onto devices.
 //
-// LoadToHost plans the load from the catalog alone (which tensors, in which
-// dtype, at which 64-byte-aligned offset of one arena), reserves the arena
-// once, then fills it with parallel positional reads, casting floating-point
-// tensors when asked. The returned LoadedModel owns the arena; TensorView
-// pointers stay valid as long as the model lives. On any error every byte
-// reserved is released before returning.
+// Load() carries out a LoadPlan: it checks every device's reservation
+// against its free memory (minus a margin) and any --max-memory limit before
+// allocating anything, makes one driver allocation per device (or one per
+// tensor with AllocStrategy::kPerTensor, the baseline), then fills them with
+// parallel positional reads: straight into memory the host can address, and
+// through pinned staging buffers and asynchronous copies for GPUs. The
+// returned LoadedModel owns every allocation; TensorView pointers stay valid
+// as long as it lives. On any error every byte reserved, on every device and
+// on the host, is returned before Load returns.
 //
-// Thread-safety: a LoadedModel is immutable after LoadToHost returns.
+// LoadToHost is the host-only shortcut: plan onto `cpu` and load.
+//
+// Thread-safety: a LoadedModel is immutable after it is returned.
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -19,50 +26,71 @@
 #include <vector>
 
 #include "hoist/catalog.h"
+#include "hoist/device.h"
 #include "hoist/dtype.h"
+#include "hoist/plan.h"
 #include "hoist/status.h"
 
 namespace hoist {
 
-class HostArena;
-
 inline constexpr uint64_t kHostTensorAlignBytes = 64;
 
+enum class AllocStrategy { kReserve, kPerTensor };
+
 struct LoadOptions {
-  // Cast F16/BF16/F32/F64 tensors to this type (BF16, F16 or F32). Other
-  // tensors keep their stored type.
+  // Planning (LoadToHost only).
   std::optional<DType> cast_to;
-  // ECMAScript regex searched in each name; empty selects every tensor.
   std::string only_regex;
-  // Reader threads; 0 picks a default from the core count.
-  int threads = 0;
-  // Largest single read; big tensors are split so threads share them.
-  uint64_t chunk_bytes = 8ull << 20;
+
+  AllocStrategy alloc = AllocStrategy::kReserve;
+  int threads = 0;                       // reader threads; 0: one per core, 2..32
+  uint64_t chunk_bytes = 8ull << 20;     // largest single read
+  int staging_slots = 4;                 // pinned buffers per GPU
+  uint64_t gpu_margin_bytes = kDefaultGpuMarginBytes;
+  std::map<DeviceId, uint64_t> max_memory;  // extra per-device limits
+  // Test hook: called before the k-th read (0-based); a non-OK status fails it.
+  std::function<Status(uint64_t read_index)> before_read;
 };
 
 struct TensorView {
   std::string name;
-  DType dtype = DType::kU8;        // after any cast
+  DeviceId device;
+  DType dtype = DType::kU8;         // after any cast
   DType stored_dtype = DType::kU8;  // in the file
   std::vector<uint64_t> shape;
+  // Device pointer (a host pointer for cpu); nullptr for disk tensors.
   const unsigned char* data = nullptr;
   uint64_t size_bytes = 0;
-  uint64_t offset_bytes = 0;  // in the arena
+  uint64_t offset_bytes = 0;  // in the device reservation
+  // Where the bytes are in the file (disk tensors are read from here).
+  std::string file;
+  uint64_t file_offset_bytes = 0;
+  bool tied = false;          // shares the storage of another tensor
 
-  // The elements as T. REQUIRES: sizeof(T) * 8 == DTypeBits(dtype).
+  // The elements as T. REQUIRES: host-addressable device, sizeof(T) * 8 == DTypeBits(dtype).
   template <typename T>
   std::span<const T> as() const {
     return {reinterpret_cast<const T*>(data), size_bytes / sizeof(T)};
   }
 };
 
+struct DeviceStats {
+  DeviceId device;
+  uint64_t bytes = 0;           // tensor bytes placed on it
+  uint64_t reserved_bytes = 0;  // held by the model
+  uint64_t peak_reserved_bytes = 0;
+  int driver_allocs = 0;
+};
+
 struct LoadStats {
   uint64_t bytes_read = 0;    // from files
-  uint64_t bytes_loaded = 0;  // tensor bytes in memory, after casts
-  uint64_t arena_bytes = 0;   // the reservation, alignment padding included
-  int driver_allocs = 0;
+  uint64_t bytes_loaded = 0;  // tensor bytes on devices, after casts
+  uint64_t arena_bytes = 0;   // host reservation, alignment padding included
+  int driver_allocs = 0;      // all devices
   int threads = 0;
-  double seconds = 0;          // whole load: plan, reserve, read
+  double seconds = 0;
+  double plan_seconds = 0, reserve_seconds = 0, read_seconds = 0;
+  std::vector<DeviceStats> devices;
 };
 
 class LoadedModel {
@@ -75,14 +103,20 @@ class LoadedModel {
   const std::vector<TensorView>& tensors() const { return tensors_; }
   const TensorView* Find(const std::string& name) const;
   const LoadStats& stats() const { return stats_; }
+  const LoadPlan& plan() const { return plan_; }
 
  private:
+  friend Result<LoadedModel> Load(const Catalog&, LoadPlan, const DeviceRegistry&, const LoadOptions&);
   friend Result<LoadedModel> LoadToHost(const Catalog&, const LoadOptions&);
-  std::unique_ptr<HostArena> arena_;
+  std::vector<DeviceAllocation> allocations_;
   std::vector<TensorView> tensors_;
   std::unordered_map<std::string, size_t> index_;
+  LoadPlan plan_;
   LoadStats stats_;
 };
+
+Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegistry& devices,
+                         const LoadOptions& options);
 
 Result<LoadedModel> LoadToHost(const Catalog& catalog, const LoadOptions& options);
 

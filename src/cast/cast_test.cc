@@ -122,7 +122,9 @@ TEST(CastTest, Bf16RoundTripsThroughFloat) {
   for (uint32_t b = 0; b < 65536; ++b) {
     float f = Bf16ToF32(static_cast<uint16_t>(b));
     EXPECT_EQ(Bits(f), b << 16);
-    if (!std::isnan(f)) EXPECT_EQ(F32ToBf16(f), b);
+    if (!std::isnan(f)) {
+      EXPECT_EQ(F32ToBf16(f), b);
+    }
   }
 }
 

@@ -12,15 +12,32 @@ struct InspectArgs {
   std::string path;
   bool json = false;
 };
-struct LoadArgs {
+// Planning flags shared by `load` and `plan`.
+struct PlanArgs {
   std::string path;
-  std::string device = "cpu";
+  std::string device;       // empty: the best device present (cuda:0, else cpu)
+  std::string device_map;
+  std::string max_memory;
   std::string dtype;
-  int threads = 0;
   std::string only;
+  std::vector<std::string> ties, renames, drops, no_split;
+  std::string compat;
+  std::string expect;
+  bool no_config_ties = false;
+};
+struct LoadArgs {
+  PlanArgs plan;
+  std::string alloc = "reserve";
+  std::string margin = "1.2GiB";
+  int threads = 0;
   std::string report;
   std::string chunk_size = "8MiB";
+  int staging_slots = 4;
   bool quiet = false;
+};
+struct PlanCmdArgs {
+  PlanArgs plan;
+  bool json = false;
 };
 struct ConvertArgs {
   std::string src, dst;
@@ -42,6 +59,7 @@ struct SynthArgs {
 
 int RunInspect(const InspectArgs& args);
 int RunLoad(const LoadArgs& args);
+int RunPlan(const PlanCmdArgs& args);
 int RunConvert(const ConvertArgs& args);
 int RunSynth(const SynthArgs& args);
 

@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 
 #include "cli/commands.h"
+#include "cli/probe.h"
 #include "hoist/synth.h"
 
 int main(int argc, char** argv) {
@@ -16,17 +17,46 @@ int main(int argc, char** argv) {
   c_inspect->add_option("PATH", inspect.path, ".safetensors file or checkpoint directory")->required();
   c_inspect->add_flag("--json", inspect.json, "Print JSON instead of a table");
 
+  auto add_plan_flags = [](CLI::App* c, PlanArgs& a) {
+    c->add_option("PATH", a.path, ".safetensors file or checkpoint directory")->required();
+    c->add_option("--device", a.device, "Put everything on one device: cpu, cuda, cuda:N (default: cuda:0 if present, else cpu)");
+    c->add_option("--device-map", a.device_map,
+                  "accelerate-style map (JSON inline or a file: {\"model.layers.0\": 0, \"\": \"cpu\"}) "
+                  "or auto|balanced|balanced_low_0|sequential");
+    c->add_option("--max-memory", a.max_memory, "Per-device limits: 0=20GiB,1=20GiB,cpu=64GiB");
+    c->add_option("--dtype", a.dtype, "Cast floating-point tensors to bf16, f16 or f32 (quantized data and scales never)");
+    c->add_option("--only", a.only, "Only tensors whose (mapped) name matches this regex");
+    c->add_option("--tie", a.ties, "DST=SRC: DST shares SRC's storage (repeatable)");
+    c->add_option("--rename", a.renames, "REGEX=REPLACEMENT, applied to names; first match wins (repeatable)");
+    c->add_option("--drop", a.drops, "Drop tensors whose name matches REGEX (repeatable)");
+    c->add_option("--compat", a.compat, "hf-legacy: gamma/beta -> weight/bias, drop rotary_emb.inv_freq");
+    c->add_option("--expect", a.expect, "JSON file: a list of names, or name -> {dtype, shape}");
+    c->add_option("--no-split", a.no_split, "REGEX naming modules a device-map strategy never splits (repeatable)");
+    c->add_flag("--no-config-ties", a.no_config_ties, "Ignore tie_word_embeddings in a config.json beside the checkpoint");
+  };
+
   LoadArgs load;
-  auto* c_load = app.add_subcommand("load", "Load a checkpoint into memory and report how fast");
-  c_load->add_option("PATH", load.path, ".safetensors file or checkpoint directory")->required();
-  c_load->add_option("--device", load.device, "Target device (cpu)")->capture_default_str();
-  c_load->add_option("--dtype", load.dtype, "Cast floating-point tensors to bf16, f16 or f32");
+  auto* c_load = app.add_subcommand("load", "Load a checkpoint onto devices and report how fast");
+  add_plan_flags(c_load, load.plan);
+  c_load->add_option("--alloc", load.alloc, "reserve: one allocation per device; per-tensor: the baseline")
+      ->check(CLI::IsMember({"reserve", "per-tensor"}))->capture_default_str();
+  c_load->add_option("--margin", load.margin, "Free memory left on each GPU")->capture_default_str();
   c_load->add_option("--threads", load.threads, "Reader threads (default: one per core, 2..32)")
       ->check(CLI::Range(1, 1024));
-  c_load->add_option("--only", load.only, "Load only tensors whose name matches this regex");
   c_load->add_option("--report", load.report, "Write a JSON report to this file");
   c_load->add_option("--chunk-size", load.chunk_size, "Largest single read (e.g. 8MiB)")->capture_default_str();
+  c_load->add_option("--staging-buffers", load.staging_slots, "Pinned staging buffers per GPU")
+      ->check(CLI::Range(1, 256))->capture_default_str();
   c_load->add_flag("--quiet,-q", load.quiet, "Print nothing on success");
+
+  PlanCmdArgs plan;
+  auto* c_plan = app.add_subcommand("plan", "Print where each tensor would go, without loading (no device needed)");
+  add_plan_flags(c_plan, plan.plan);
+  c_plan->add_flag("--json", plan.json, "Print JSON");
+
+  ProbeArgs probe;
+  auto* c_probe = app.add_subcommand("probe", "Measure each GPU: memory, host-to-device GB/s, cudaMalloc cost");
+  c_probe->add_flag("--json", probe.json, "Print JSON");
 
   ConvertArgs convert;
   auto* c_convert = app.add_subcommand("convert", "Rewrite a checkpoint: cast, filter, re-shard");
@@ -66,6 +96,8 @@ int main(int argc, char** argv) {
   }
   if (c_inspect->parsed()) return RunInspect(inspect);
   if (c_load->parsed()) return RunLoad(load);
+  if (c_plan->parsed()) return RunPlan(plan);
+  if (c_probe->parsed()) return RunProbe(probe);
   if (c_convert->parsed()) return RunConvert(convert);
   if (c_synth->parsed()) return RunSynth(synth);
   return 2;

@@ -1,0 +1,175 @@
+// Devices: where loaded tensors live, behind one small interface.
+//
+// The core defines Device and implements it for the host (`cpu`); the CUDA
+// backend (hoist_cuda, built when the toolkit is found) and the
+// fault-injecting test device implement it elsewhere. Nothing here includes a
+// CUDA header. Backends are registered explicitly into a DeviceRegistry by
+// whoever builds the program (the CLI, the Python module, a test); nothing
+// registers itself from a static initializer.
+//
+// Ownership: device memory and pinned host memory come back as move-only
+// RAII values (DeviceAllocation, PinnedBuffer) that return the bytes when
+// they die. Events are owned by unique_ptr.
+//
+// Thread-safety: a Device may be used from several threads at once, except
+// that copies and event records on it are ordered on its single copy stream
+// in the order the calls are made.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hoist/status.h"
+
+namespace hoist {
+
+enum class DeviceKind : uint8_t { kCpu, kCuda, kDisk };
+
+struct DeviceId {
+  DeviceKind kind = DeviceKind::kCpu;
+  int index = 0;  // cuda only
+
+  static DeviceId Cpu() { return {DeviceKind::kCpu, 0}; }
+  static DeviceId Disk() { return {DeviceKind::kDisk, 0}; }
+  static DeviceId Cuda(int i) { return {DeviceKind::kCuda, i}; }
+  std::string ToString() const;  // "cpu", "disk", "cuda:0"
+  bool operator==(const DeviceId& o) const { return kind == o.kind && index == o.index; }
+  bool operator!=(const DeviceId& o) const { return !(*this == o); }
+  bool operator<(const DeviceId& o) const { return kind != o.kind ? kind < o.kind : index < o.index; }
+};
+
+// "cpu", "disk", "cuda" (= cuda:0), "cuda:N", or a bare integer N (= cuda:N),
+// as accelerate's device maps write them.
+Result<DeviceId> ParseDeviceId(std::string_view text);
+
+struct MemoryInfo {
+  uint64_t free_bytes = 0;
+  uint64_t total_bytes = 0;
+};
+
+// An event on a device's copy stream.
+class Event {
+ public:
+  virtual ~Event() = default;
+  // Marks the point after every copy issued so far.
+  virtual Status Record() = 0;
+  // Blocks until the copies before the last Record() have finished.
+  virtual Status Wait() = 0;
+};
+
+class Device {
+ public:
+  virtual ~Device() = default;
+  virtual DeviceId id() const = 0;
+  virtual std::string name() const = 0;
+  virtual Result<MemoryInfo> GetMemoryInfo() = 0;
+  // True when device pointers are ordinary host pointers (cpu).
+  virtual bool host_addressable() const = 0;
+  // Device memory, at least 256-byte aligned. One call is one driver
+  // allocation in the load report.
+  virtual Result<void*> Allocate(uint64_t size_bytes) = 0;
+  virtual void Free(void* device_ptr) = 0;
+  // Page-locked host memory, for staging.
+  virtual Result<void*> AllocatePinned(uint64_t size_bytes) = 0;
+  virtual void FreePinned(void* host_ptr) = 0;
+  // Queues a host-to-device copy on the copy stream. `src` must stay
+  // unchanged until an Event recorded after this call has been waited on.
+  virtual Status CopyToDeviceAsync(void* device_dst, const void* host_src, uint64_t size_bytes) = 0;
+  // Synchronous device-to-host copy (verification, tests).
+  virtual Status CopyToHost(void* host_dst, const void* device_src, uint64_t size_bytes) = 0;
+  virtual Result<std::unique_ptr<Event>> CreateEvent() = 0;
+  // Waits for every queued copy.
+  virtual Status Synchronize() = 0;
+};
+
+// Device memory that returns itself to its device when destroyed.
+class DeviceAllocation {
+ public:
+  DeviceAllocation() = default;
+  DeviceAllocation(Device* device, void* ptr, uint64_t size_bytes)
+      : device_(device), ptr_(ptr), size_bytes_(size_bytes) {}
+  ~DeviceAllocation() { Reset(); }
+  DeviceAllocation(DeviceAllocation&& o) noexcept { *this = std::move(o); }
+  DeviceAllocation& operator=(DeviceAllocation&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      device_ = o.device_, ptr_ = o.ptr_, size_bytes_ = o.size_bytes_;
+      o.device_ = nullptr, o.ptr_ = nullptr, o.size_bytes_ = 0;
+    }
+    return *this;
+  }
+  DeviceAllocation(const DeviceAllocation&) = delete;
+  DeviceAllocation& operator=(const DeviceAllocation&) = delete;
+
+  static Result<DeviceAllocation> Make(Device* device, uint64_t size_bytes);
+  void* get() const { return ptr_; }
+  uint64_t size_bytes() const { return size_bytes_; }
+  void Reset() {
+    if (ptr_ != nullptr) device_->Free(ptr_);
+    ptr_ = nullptr;
+    size_bytes_ = 0;
+  }
+
+ private:
+  Device* device_ = nullptr;
+  void* ptr_ = nullptr;
+  uint64_t size_bytes_ = 0;
+};
+
+// Pinned host memory that unpins and frees itself when destroyed.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer() { Reset(); }
+  PinnedBuffer(PinnedBuffer&& o) noexcept { *this = std::move(o); }
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      device_ = o.device_, ptr_ = o.ptr_, size_bytes_ = o.size_bytes_;
+      o.device_ = nullptr, o.ptr_ = nullptr, o.size_bytes_ = 0;
+    }
+    return *this;
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  static Result<PinnedBuffer> Make(Device* device, uint64_t size_bytes);
+  unsigned char* data() const { return static_cast<unsigned char*>(ptr_); }
+  uint64_t size_bytes() const { return size_bytes_; }
+  void Reset() {
+    if (ptr_ != nullptr) device_->FreePinned(ptr_);
+    ptr_ = nullptr;
+    size_bytes_ = 0;
+  }
+
+ private:
+  Device* device_ = nullptr;
+  void* ptr_ = nullptr;
+  uint64_t size_bytes_ = 0;
+};
+
+// The devices a program can load onto. Owns them.
+class DeviceRegistry {
+ public:
+  void Add(std::unique_ptr<Device> device) { devices_.push_back(std::move(device)); }
+  // nullptr when absent.
+  Device* Find(DeviceId id) const;
+  std::vector<Device*> All() const;
+  int CudaCount() const;
+
+ private:
+  std::vector<std::unique_ptr<Device>> devices_;
+};
+
+// The host as a device: Allocate is one anonymous mapping (transparent huge
+// pages requested), copies are memcpy, events are no-ops. Free memory is
+// MemAvailable from /proc/meminfo.
+std::unique_ptr<Device> MakeCpuDevice();
+
+// A registry holding the cpu device only.
+DeviceRegistry MakeCpuRegistry();
+
+}  // namespace hoist

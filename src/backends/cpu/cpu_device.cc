@@ -1,0 +1,166 @@
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "hoist/device.h"
+
+namespace hoist {
+
+std::string DeviceId::ToString() const {
+  switch (kind) {
+    case DeviceKind::kCpu: return "cpu";
+    case DeviceKind::kDisk: return "disk";
+    case DeviceKind::kCuda: return "cuda:" + std::to_string(index);
+  }
+  return "?";
+}
+
+Result<DeviceId> ParseDeviceId(std::string_view text) {
+  auto bad = [&] {
+    return InvalidArgument("'" + std::string(text) + "' is not a device (expected cpu, disk, cuda, cuda:N or N)");
+  };
+  auto parse_index = [](std::string_view digits, int* out) {
+    if (digits.empty() || digits.size() > 6) return false;
+    int v = 0;
+    for (char c : digits) {
+      if (c < '0' || c > '9') return false;
+      v = v * 10 + (c - '0');
+    }
+    *out = v;
+    return true;
+  };
+  if (text == "cpu") return DeviceId::Cpu();
+  if (text == "disk") return DeviceId::Disk();
+  if (text == "cuda") return DeviceId::Cuda(0);
+  int index = 0;
+  if (text.substr(0, 5) == "cuda:") {
+    if (!parse_index(text.substr(5), &index)) return bad();
+    return DeviceId::Cuda(index);
+  }
+  if (parse_index(text, &index)) return DeviceId::Cuda(index);
+  return bad();
+}
+
+Result<DeviceAllocation> DeviceAllocation::Make(Device* device, uint64_t size_bytes) {
+  HOIST_ASSIGN_OR_RETURN(void* ptr, device->Allocate(size_bytes));
+  return DeviceAllocation(device, ptr, size_bytes);
+}
+
+Result<PinnedBuffer> PinnedBuffer::Make(Device* device, uint64_t size_bytes) {
+  HOIST_ASSIGN_OR_RETURN(void* ptr, device->AllocatePinned(size_bytes));
+  PinnedBuffer b;
+  b.device_ = device;
+  b.ptr_ = ptr;
+  b.size_bytes_ = size_bytes;
+  return b;
+}
+
+Device* DeviceRegistry::Find(DeviceId id) const {
+  for (const auto& d : devices_) {
+    if (d->id() == id) return d.get();
+  }
+  return nullptr;
+}
+
+std::vector<Device*> DeviceRegistry::All() const {
+  std::vector<Device*> out;
+  for (const auto& d : devices_) out.push_back(d.get());
+  return out;
+}
+
+int DeviceRegistry::CudaCount() const {
+  int n = 0;
+  for (const auto& d : devices_) n += d->id().kind == DeviceKind::kCuda ? 1 : 0;
+  return n;
+}
+
+namespace {
+
+class CpuEvent final : public Event {
+ public:
+  Status Record() override { return Status::Ok(); }
+  Status Wait() override { return Status::Ok(); }
+};
+
+// Host memory as a device. Allocations are anonymous mappings so that a
+// reservation of many gigabytes costs nothing until it is touched, and huge
+// pages cut the first-touch page faults.
+class CpuDevice final : public Device {
+ public:
+  DeviceId id() const override { return DeviceId::Cpu(); }
+  std::string name() const override { return "host memory"; }
+  bool host_addressable() const override { return true; }
+
+  Result<MemoryInfo> GetMemoryInfo() override {
+    std::ifstream in("/proc/meminfo");
+    std::string key, unit;
+    uint64_t kib = 0;
+    MemoryInfo info;
+    while (in >> key >> kib >> unit) {
+      if (key == "MemTotal:") info.total_bytes = kib * 1024;
+      if (key == "MemAvailable:") info.free_bytes = kib * 1024;
+    }
+    if (info.total_bytes == 0) {
+      long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+      info.total_bytes = info.free_bytes = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+    }
+    return info;
+  }
+
+  Result<void*> Allocate(uint64_t size_bytes) override {
+    if (size_bytes == 0) size_bytes = 1;
+    void* p = ::mmap(nullptr, size_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return OutOfMemory("cpu: cannot reserve " + std::to_string(size_bytes) + " bytes");
+    (void)::madvise(p, size_bytes, MADV_HUGEPAGE);
+    std::lock_guard<std::mutex> lock(mu_);
+    sizes_[p] = size_bytes;
+    return p;
+  }
+  void Free(void* ptr) override {
+    uint64_t size = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = sizes_.find(ptr);
+      if (it == sizes_.end()) return;
+      size = it->second;
+      sizes_.erase(it);
+    }
+    ::munmap(ptr, size);
+  }
+  // Host memory needs no pinning to be copied from by memcpy.
+  Result<void*> AllocatePinned(uint64_t size_bytes) override { return Allocate(size_bytes); }
+  void FreePinned(void* ptr) override { Free(ptr); }
+
+  Status CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) override {
+    std::memcpy(dst, src, size_bytes);
+    return Status::Ok();
+  }
+  Status CopyToHost(void* dst, const void* src, uint64_t size_bytes) override {
+    std::memcpy(dst, src, size_bytes);
+    return Status::Ok();
+  }
+  Result<std::unique_ptr<Event>> CreateEvent() override { return std::unique_ptr<Event>(new CpuEvent()); }
+  Status Synchronize() override { return Status::Ok(); }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<void*, uint64_t> sizes_;
+};
+
+}  // namespace
+
+std::unique_ptr<Device> MakeCpuDevice() { return std::make_unique<CpuDevice>(); }
+
+DeviceRegistry MakeCpuRegistry() {
+  DeviceRegistry r;
+  r.Add(MakeCpuDevice());
+  return r;
+}
+
+}  // namespace hoist

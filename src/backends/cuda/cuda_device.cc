@@ -1,0 +1,453 @@
+// The CUDA backend: hoist::Device over the CUDA runtime API, and the probe
+// behind `hoist probe`. Plain C++ (no device code), linked with the static
+// runtime. Contracts are in include/hoist/cuda.h.
+#include "hoist/cuda.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <fmt/core.h>
+
+namespace hoist {
+namespace {
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+std::string GiBText(uint64_t bytes) { return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / kGiB); }
+
+std::string CudaErrorText(cudaError_t err) {
+  return fmt::format("{} ({})", cudaGetErrorName(err), cudaGetErrorString(err));
+}
+
+// Clears the runtime's record of a non-sticky error, so that it is not
+// reported again by a later cudaGetLastError (ours or a caller's). The value
+// returned is the error we are already handling.
+void ForgetLastError() { (void)cudaGetLastError(); }
+
+// One line: "cuda:N: <what> failed: cudaErrorX (text)". kOutOfMemory for
+// cudaErrorMemoryAllocation, kDevice for anything else.
+Status CudaFailure(cudaError_t err, int device, std::string_view what) {
+  ForgetLastError();
+  std::string message = fmt::format("cuda:{}: {} failed: {}", device, what, CudaErrorText(err));
+  if (err == cudaErrorMemoryAllocation) return OutOfMemory(std::move(message));
+  return Status(StatusCode::kDevice, std::move(message));
+}
+
+// For the calls that cannot return a Status (Free, FreePinned, destructors).
+// cudaErrorCudartUnloading means the process is exiting and the runtime has
+// already released everything; that is not worth a warning.
+void WarnOnFailure(cudaError_t err, int device, std::string_view what) {
+  if (err == cudaSuccess) return;
+  ForgetLastError();
+  if (err == cudaErrorCudartUnloading) return;
+  fmt::print(stderr, "hoist: warning: cuda:{}: {} failed: {}\n", device, what, CudaErrorText(err));
+}
+
+// Sets `device` current on the calling thread. The current device is per
+// host thread, and a Device may be called from any thread, so every path that
+// talks to the GPU starts here.
+Status UseDevice(int device) {
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) return CudaFailure(err, device, "cudaSetDevice");
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------
+// Devices
+
+class CudaDevice final : public Device {
+ public:
+  CudaDevice(int index, std::string name) : index_(index), name_(std::move(name)) {}
+  ~CudaDevice() override {
+    if (stream_ == nullptr) return;
+    WarnOnFailure(cudaSetDevice(index_), index_, "cudaSetDevice");
+    WarnOnFailure(cudaStreamDestroy(stream_), index_, "cudaStreamDestroy of the copy stream");
+  }
+  CudaDevice(const CudaDevice&) = delete;
+  CudaDevice& operator=(const CudaDevice&) = delete;
+
+  DeviceId id() const override { return DeviceId::Cuda(index_); }
+  std::string name() const override { return name_; }
+  bool host_addressable() const override { return false; }
+
+  Result<MemoryInfo> GetMemoryInfo() override {
+    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaError_t err = cudaMemGetInfo(&free_bytes, &total_bytes);
+    if (err != cudaSuccess) return CudaFailure(err, index_, "cudaMemGetInfo");
+    return MemoryInfo{free_bytes, total_bytes};
+  }
+
+  Result<void*> Allocate(uint64_t size_bytes) override {
+    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    if (size_bytes == 0) size_bytes = 1;  // a null pointer would read as "no allocation"
+    void* ptr = nullptr;
+    cudaError_t err = cudaMalloc(&ptr, static_cast<size_t>(size_bytes));
+    if (err == cudaSuccess) return ptr;
+    std::string what = fmt::format("cudaMalloc of {} bytes ({})", size_bytes, GiBText(size_bytes));
+    if (err != cudaErrorMemoryAllocation) return CudaFailure(err, index_, what);
+    // Out of memory: say how much there was, which is what the user needs to
+    // pick a device map.
+    Status s = CudaFailure(err, index_, what);
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+      return OutOfMemory(s.message() + fmt::format("; {} of {} free", GiBText(free_bytes), GiBText(total_bytes)));
+    }
+    ForgetLastError();
+    return s;
+  }
+
+  void Free(void* device_ptr) override {
+    if (device_ptr == nullptr) return;
+    WarnOnFailure(cudaSetDevice(index_), index_, "cudaSetDevice");
+    WarnOnFailure(cudaFree(device_ptr), index_, "cudaFree");
+  }
+
+  Result<void*> AllocatePinned(uint64_t size_bytes) override {
+    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    if (size_bytes == 0) size_bytes = 1;
+    void* ptr = nullptr;
+    // Portable: a staging buffer may feed copies to any GPU, not only this one.
+    cudaError_t err = cudaHostAlloc(&ptr, static_cast<size_t>(size_bytes), cudaHostAllocPortable);
+    if (err != cudaSuccess) {
+      return CudaFailure(err, index_,
+                         fmt::format("cudaHostAlloc of {} bytes ({}) of pinned host memory", size_bytes,
+                                     GiBText(size_bytes)));
+    }
+    return ptr;
+  }
+
+  void FreePinned(void* host_ptr) override {
+    if (host_ptr == nullptr) return;
+    WarnOnFailure(cudaSetDevice(index_), index_, "cudaSetDevice");
+    WarnOnFailure(cudaFreeHost(host_ptr), index_, "cudaFreeHost");
+  }
+
+  Status CopyToDeviceAsync(void* device_dst, const void* host_src, uint64_t size_bytes) override {
+    if (size_bytes == 0) return Status::Ok();
+    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_ASSIGN_OR_RETURN(cudaStream_t stream, CopyStream());
+    cudaError_t err =
+        cudaMemcpyAsync(device_dst, host_src, static_cast<size_t>(size_bytes), cudaMemcpyHostToDevice, stream);
+    if (err != cudaSuccess) {
+      return CudaFailure(err, index_, fmt::format("cudaMemcpyAsync of {} bytes host to device", size_bytes));
+    }
+    return Status::Ok();
+  }
+
+  Status CopyToHost(void* host_dst, const void* device_src, uint64_t size_bytes) override {
+    if (size_bytes == 0) return Status::Ok();
+    // The copy stream does not synchronize with the legacy default stream that
+    // cudaMemcpy uses, so the queued copies are waited for first: the bytes
+    // read back are then the bytes copied in.
+    HOIST_RETURN_IF_ERROR(Synchronize());
+    cudaError_t err = cudaMemcpy(host_dst, device_src, static_cast<size_t>(size_bytes), cudaMemcpyDeviceToHost);
+    if (err != cudaSuccess) {
+      return CudaFailure(err, index_, fmt::format("cudaMemcpy of {} bytes device to host", size_bytes));
+    }
+    return Status::Ok();
+  }
+
+  Result<std::unique_ptr<Event>> CreateEvent() override;
+
+  Status Synchronize() override {
+    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    cudaStream_t stream = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stream = stream_;
+    }
+    if (stream == nullptr) return Status::Ok();  // nothing was ever queued
+    cudaError_t err = cudaStreamSynchronize(stream);
+    if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamSynchronize of the copy stream");
+    return Status::Ok();
+  }
+
+  // For CudaEvent.
+  Status RecordEvent(cudaEvent_t event) {
+    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_ASSIGN_OR_RETURN(cudaStream_t stream, CopyStream());
+    cudaError_t err = cudaEventRecord(event, stream);
+    if (err != cudaSuccess) return CudaFailure(err, index_, "cudaEventRecord on the copy stream");
+    return Status::Ok();
+  }
+  Status WaitEvent(cudaEvent_t event) {
+    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    cudaError_t err = cudaEventSynchronize(event);
+    if (err != cudaSuccess) return CudaFailure(err, index_, "cudaEventSynchronize");
+    return Status::Ok();
+  }
+  void DestroyEvent(cudaEvent_t event) {
+    WarnOnFailure(cudaSetDevice(index_), index_, "cudaSetDevice");
+    WarnOnFailure(cudaEventDestroy(event), index_, "cudaEventDestroy");
+  }
+
+ private:
+  // The copy stream, created on first use so that registering a GPU creates
+  // no CUDA context. REQUIRES: this device is current (UseDevice).
+  Result<cudaStream_t> CopyStream() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stream_ == nullptr) {
+      cudaStream_t stream = nullptr;
+      cudaError_t err = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+      if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamCreateWithFlags of the copy stream");
+      stream_ = stream;
+    }
+    return stream_;
+  }
+
+  const int index_;
+  const std::string name_;
+  std::mutex mu_;  // guards stream_'s creation
+  cudaStream_t stream_ = nullptr;
+};
+
+// A point on its device's copy stream. Owns the cudaEvent_t.
+class CudaEvent final : public Event {
+ public:
+  CudaEvent(CudaDevice* device, cudaEvent_t event) : device_(device), event_(event) {}
+  ~CudaEvent() override { device_->DestroyEvent(event_); }
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+
+  Status Record() override { return device_->RecordEvent(event_); }
+  // Before the first Record() there is nothing to wait for; CUDA returns at once.
+  Status Wait() override { return device_->WaitEvent(event_); }
+
+ private:
+  CudaDevice* device_;
+  cudaEvent_t event_;
+};
+
+Result<std::unique_ptr<Event>> CudaDevice::CreateEvent() {
+  HOIST_RETURN_IF_ERROR(UseDevice(index_));
+  cudaEvent_t event = nullptr;
+  cudaError_t err = cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
+  if (err != cudaSuccess) return CudaFailure(err, index_, "cudaEventCreateWithFlags");
+  return std::unique_ptr<Event>(new CudaEvent(this, event));
+}
+
+// ---------------------------------------------------------------------------
+// Probe
+
+// Runs `release` when the scope ends: the probe's short-lived CUDA handles.
+template <typename F>
+class Defer {
+ public:
+  explicit Defer(F release) : release_(std::move(release)) {}
+  ~Defer() { release_(); }
+  Defer(const Defer&) = delete;
+  Defer& operator=(const Defer&) = delete;
+
+ private:
+  F release_;
+};
+
+constexpr uint64_t kProbeCopyBytes = 256 * kMiB;
+constexpr uint64_t kProbePinBytes = 256 * kMiB;
+constexpr int kProbeTimedCopies = 5;
+constexpr int kProbeTimedPins = 3;
+// Left free on the GPU when deciding whether a timed cudaMalloc fits.
+constexpr uint64_t kProbeMallocMarginBytes = 256 * kMiB;
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// GB/s of host-to-device copies of `size_bytes` from `src`: one warm-up copy,
+// then the median of kProbeTimedCopies, each timed from issue to completion.
+Result<double> TimeHostToDevice(int device, void* dst, const void* src, uint64_t size_bytes, cudaStream_t stream,
+                                std::string_view kind) {
+  std::vector<double> seconds;
+  for (int i = 0; i <= kProbeTimedCopies; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    cudaError_t err = cudaMemcpyAsync(dst, src, static_cast<size_t>(size_bytes), cudaMemcpyHostToDevice, stream);
+    if (err != cudaSuccess) {
+      return CudaFailure(err, device,
+                         fmt::format("probe: cudaMemcpyAsync of {} bytes from {} memory", size_bytes, kind));
+    }
+    err = cudaStreamSynchronize(stream);
+    if (err != cudaSuccess) return CudaFailure(err, device, "probe: cudaStreamSynchronize");
+    double s = SecondsSince(t0);
+    if (i > 0) seconds.push_back(s);
+  }
+  double median = Median(seconds);
+  return median > 0 ? static_cast<double>(size_bytes) / median / 1e9 : 0.0;
+}
+
+// Pinned and pageable host-to-device bandwidth, and host pinning speed.
+Status ProbeCopies(int device, uint64_t copy_bytes, CudaProbe* probe) {
+  cudaStream_t stream = nullptr;
+  cudaError_t err = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  if (err != cudaSuccess) return CudaFailure(err, device, "probe: cudaStreamCreateWithFlags");
+  Defer stream_guard([&] { WarnOnFailure(cudaStreamDestroy(stream), device, "probe: cudaStreamDestroy"); });
+
+  void* dst = nullptr;
+  err = cudaMalloc(&dst, static_cast<size_t>(copy_bytes));
+  if (err != cudaSuccess) return CudaFailure(err, device, fmt::format("probe: cudaMalloc of {} bytes", copy_bytes));
+  Defer dst_guard([&] { WarnOnFailure(cudaFree(dst), device, "probe: cudaFree"); });
+
+  {
+    void* pinned = nullptr;
+    err = cudaHostAlloc(&pinned, static_cast<size_t>(copy_bytes), cudaHostAllocDefault);
+    if (err != cudaSuccess) {
+      return CudaFailure(err, device, fmt::format("probe: cudaHostAlloc of {} bytes", copy_bytes));
+    }
+    Defer pinned_guard([&] { WarnOnFailure(cudaFreeHost(pinned), device, "probe: cudaFreeHost"); });
+    std::memset(pinned, 0x5a, static_cast<size_t>(copy_bytes));
+    HOIST_ASSIGN_OR_RETURN(probe->h2d_pinned_gbps, TimeHostToDevice(device, dst, pinned, copy_bytes, stream, "pinned"));
+  }
+
+  // Ordinary memory, touched so that page faults are not timed. It serves the
+  // pageable copies first, then the pinning measurement.
+  uint64_t host_bytes = std::max(copy_bytes, kProbePinBytes);
+  void* host = std::aligned_alloc(4096, static_cast<size_t>(host_bytes));
+  if (host == nullptr) {
+    return OutOfMemory(fmt::format("cuda:{}: probe: cannot allocate {} bytes of host memory", device, host_bytes));
+  }
+  Defer host_guard([&] { std::free(host); });
+  std::memset(host, 0xa5, static_cast<size_t>(host_bytes));
+  HOIST_ASSIGN_OR_RETURN(probe->h2d_pageable_gbps, TimeHostToDevice(device, dst, host, copy_bytes, stream, "pageable"));
+
+  std::vector<double> seconds;
+  for (int i = 0; i < kProbeTimedPins; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    err = cudaHostRegister(host, static_cast<size_t>(kProbePinBytes), cudaHostRegisterDefault);
+    if (err != cudaSuccess) {
+      return CudaFailure(err, device, fmt::format("probe: cudaHostRegister of {} bytes", kProbePinBytes));
+    }
+    seconds.push_back(SecondsSince(t0));
+    err = cudaHostUnregister(host);
+    if (err != cudaSuccess) return CudaFailure(err, device, "probe: cudaHostUnregister");
+  }
+  double median = Median(seconds);
+  probe->pin_gbps = median > 0 ? static_cast<double>(kProbePinBytes) / median / 1e9 : 0.0;
+  return Status::Ok();
+}
+
+// Microseconds per cudaMalloc of `size_bytes`: the median of `timed` calls
+// after one warm-up, each freed outside the timed part. 0 when the size does
+// not fit in free memory with a margin.
+Result<double> ProbeMalloc(int device, uint64_t size_bytes, int timed) {
+  size_t free_bytes = 0, total_bytes = 0;
+  cudaError_t err = cudaMemGetInfo(&free_bytes, &total_bytes);
+  if (err != cudaSuccess) return CudaFailure(err, device, "probe: cudaMemGetInfo");
+  if (free_bytes < size_bytes + kProbeMallocMarginBytes) return 0.0;
+  std::vector<double> micros;
+  for (int i = 0; i <= timed; ++i) {
+    void* ptr = nullptr;
+    auto t0 = std::chrono::steady_clock::now();
+    err = cudaMalloc(&ptr, static_cast<size_t>(size_bytes));
+    double s = SecondsSince(t0);
+    if (err != cudaSuccess) return CudaFailure(err, device, fmt::format("probe: cudaMalloc of {} bytes", size_bytes));
+    err = cudaFree(ptr);
+    if (err != cudaSuccess) return CudaFailure(err, device, "probe: cudaFree");
+    if (i > 0) micros.push_back(s * 1e6);
+  }
+  return Median(micros);
+}
+
+Result<CudaProbe> ProbeOne(int device) {
+  CudaProbe probe;
+  probe.index = device;
+  HOIST_RETURN_IF_ERROR(UseDevice(device));
+  // Create the context now, so that its start-up cost lands in no figure.
+  cudaError_t err = cudaFree(nullptr);
+  if (err != cudaSuccess) return CudaFailure(err, device, "probe: context creation (cudaFree(nullptr))");
+  cudaDeviceProp prop;
+  err = cudaGetDeviceProperties(&prop, device);
+  if (err != cudaSuccess) return CudaFailure(err, device, "cudaGetDeviceProperties");
+  probe.name = prop.name;
+  size_t free_bytes = 0, total_bytes = 0;
+  err = cudaMemGetInfo(&free_bytes, &total_bytes);
+  if (err != cudaSuccess) return CudaFailure(err, device, "probe: cudaMemGetInfo");
+  probe.free_bytes = free_bytes;
+  probe.total_bytes = total_bytes;
+
+  // A GPU with little free memory gets a smaller copy buffer, not an error.
+  uint64_t copy_bytes = kProbeCopyBytes;
+  if (free_bytes < 4 * copy_bytes) copy_bytes = std::max<uint64_t>(kMiB, free_bytes / 4 / kMiB * kMiB);
+  HOIST_RETURN_IF_ERROR(ProbeCopies(device, copy_bytes, &probe));
+
+  HOIST_ASSIGN_OR_RETURN(probe.malloc_us_1mib, ProbeMalloc(device, kMiB, 21));
+  HOIST_ASSIGN_OR_RETURN(probe.malloc_us_64mib, ProbeMalloc(device, 64 * kMiB, 11));
+  HOIST_ASSIGN_OR_RETURN(probe.malloc_us_1gib, ProbeMalloc(device, kGiB, 5));
+  return probe;
+}
+
+// The number of visible GPUs; 0 with `why` set when CUDA is unusable.
+int VisibleGpuCount(std::string* why) {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    ForgetLastError();
+    if (why != nullptr) {
+      *why = fmt::format("cudaGetDeviceCount returned {}: {}", cudaGetErrorName(err), cudaGetErrorString(err));
+    }
+    return 0;
+  }
+  if (count == 0 && why != nullptr) {
+    const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+    *why = "the CUDA driver reports no device";
+    if (visible != nullptr) *why += fmt::format(" (CUDA_VISIBLE_DEVICES='{}')", visible);
+  }
+  return count;
+}
+
+}  // namespace
+
+Status RegisterCudaDevices(DeviceRegistry* registry, int* count_out) {
+  *count_out = 0;
+  if (registry->CudaCount() > 0) {
+    return InvalidArgument("RegisterCudaDevices: this registry already holds CUDA devices");
+  }
+  int count = VisibleGpuCount(nullptr);
+  // Query every GPU before adding any, so that a failure adds nothing.
+  std::vector<std::unique_ptr<Device>> devices;
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop;
+    cudaError_t err = cudaGetDeviceProperties(&prop, i);
+    if (err != cudaSuccess) return CudaFailure(err, i, "cudaGetDeviceProperties");
+    devices.push_back(std::make_unique<CudaDevice>(i, std::string(prop.name)));
+  }
+  for (auto& d : devices) registry->Add(std::move(d));
+  *count_out = count;
+  return Status::Ok();
+}
+
+std::string CudaUnavailableReason() {
+  std::string why;
+  VisibleGpuCount(&why);
+  return why;
+}
+
+Result<std::vector<CudaProbe>> ProbeCudaDevices() {
+  std::vector<CudaProbe> out;
+  int count = VisibleGpuCount(nullptr);
+  for (int i = 0; i < count; ++i) {
+    HOIST_ASSIGN_OR_RETURN(CudaProbe probe, ProbeOne(i));
+    out.push_back(std::move(probe));
+  }
+  return out;
+}
+
+}  // namespace hoist

@@ -1,0 +1,259 @@
+// Tests of the CUDA backend on a real GPU. Every test skips, with the reason,
+// on a machine without one (ctest label `gpu`).
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "hoist/cuda.h"
+#include "hoist/device.h"
+
+namespace hoist {
+namespace {
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+// How far free device memory may drift between two readings taken around an
+// allocation that has been returned (driver bookkeeping, other processes).
+constexpr uint64_t kFreeSlackBytes = 4 * kMiB;
+
+std::vector<unsigned char> RandomBytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<unsigned char> v(n);
+  for (auto& b : v) b = static_cast<unsigned char>(rng());
+  return v;
+}
+
+uint64_t AbsDiff(uint64_t a, uint64_t b) { return a > b ? a - b : b - a; }
+
+class CudaDeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int count = -1;
+    Status s = RegisterCudaDevices(&registry_, &count);
+    ASSERT_TRUE(s.ok()) << s.message();
+    ASSERT_EQ(count, registry_.CudaCount());
+    if (count == 0) GTEST_SKIP() << "no CUDA GPU: " << CudaUnavailableReason();
+    device_ = registry_.Find(DeviceId::Cuda(0));
+    ASSERT_NE(device_, nullptr);
+    // Create the context and the copy stream, and let the driver set up its
+    // small-allocation pools, before any test reads free memory.
+    Result<DeviceAllocation> warm = DeviceAllocation::Make(device_, 1);
+    ASSERT_TRUE(warm.ok()) << warm.status().message();
+    ASSERT_TRUE(device_->Synchronize().ok());
+  }
+
+  uint64_t FreeBytes() {
+    Result<MemoryInfo> info = device_->GetMemoryInfo();
+    EXPECT_TRUE(info.ok()) << info.status().message();
+    return info.ok() ? info->free_bytes : 0;
+  }
+
+  // Copies `size` bytes from host_src to device_dst, waits on an event, reads
+  // them back into a fresh buffer and returns it.
+  std::vector<unsigned char> RoundTrip(Device* device, void* device_dst, const unsigned char* host_src, size_t size) {
+    std::vector<unsigned char> back(size, 0);
+    Status s = device->CopyToDeviceAsync(device_dst, host_src, size);
+    EXPECT_TRUE(s.ok()) << s.message();
+    Result<std::unique_ptr<Event>> event = device->CreateEvent();
+    EXPECT_TRUE(event.ok()) << event.status().message();
+    if (!event.ok()) return back;
+    s = (*event)->Record();
+    EXPECT_TRUE(s.ok()) << s.message();
+    s = (*event)->Wait();
+    EXPECT_TRUE(s.ok()) << s.message();
+    s = device->CopyToHost(back.data(), device_dst, size);
+    EXPECT_TRUE(s.ok()) << s.message();
+    return back;
+  }
+
+  DeviceRegistry registry_;
+  Device* device_ = nullptr;
+};
+
+TEST_F(CudaDeviceTest, DevicesAreNamedAndNumbered) {
+  for (int i = 0; i < registry_.CudaCount(); ++i) {
+    Device* d = registry_.Find(DeviceId::Cuda(i));
+    ASSERT_NE(d, nullptr) << "cuda:" << i;
+    EXPECT_EQ(d->id().ToString(), "cuda:" + std::to_string(i));
+    EXPECT_FALSE(d->name().empty());
+    EXPECT_FALSE(d->host_addressable());
+    Result<MemoryInfo> info = d->GetMemoryInfo();
+    ASSERT_TRUE(info.ok()) << info.status().message();
+    EXPECT_GT(info->total_bytes, 0u);
+    EXPECT_LE(info->free_bytes, info->total_bytes);
+  }
+  // A second registration into the same registry would duplicate devices.
+  int count = 0;
+  EXPECT_FALSE(RegisterCudaDevices(&registry_, &count).ok());
+}
+
+TEST_F(CudaDeviceTest, AllocationIsAlignedAndReturnedWhenItDies) {
+  const uint64_t before = FreeBytes();
+  {
+    Result<DeviceAllocation> big = DeviceAllocation::Make(device_, 256 * kMiB);
+    ASSERT_TRUE(big.ok()) << big.status().message();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(big->get()) % 256, 0u);
+    EXPECT_LE(FreeBytes() + 256 * kMiB, before + kFreeSlackBytes) << "256 MiB allocated but free memory barely moved";
+    std::vector<DeviceAllocation> odd;
+    for (uint64_t size : {uint64_t{1}, uint64_t{3}, uint64_t{255}, uint64_t{257}, kMiB + 3, 7 * kMiB + 1}) {
+      Result<DeviceAllocation> a = DeviceAllocation::Make(device_, size);
+      ASSERT_TRUE(a.ok()) << a.status().message();
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(a->get()) % 256, 0u) << size << " bytes";
+      odd.push_back(std::move(*a));
+    }
+  }
+  EXPECT_LE(AbsDiff(FreeBytes(), before), kFreeSlackBytes);
+}
+
+TEST_F(CudaDeviceTest, PinnedBufferRoundTrip) {
+  const size_t size = kMiB + 13;
+  Result<PinnedBuffer> pinned = PinnedBuffer::Make(device_, size);
+  ASSERT_TRUE(pinned.ok()) << pinned.status().message();
+  std::vector<unsigned char> want = RandomBytes(size, 1);
+  std::memcpy(pinned->data(), want.data(), size);
+  Result<DeviceAllocation> dev = DeviceAllocation::Make(device_, size);
+  ASSERT_TRUE(dev.ok()) << dev.status().message();
+  std::vector<unsigned char> got = RoundTrip(device_, dev->get(), pinned->data(), size);
+  EXPECT_TRUE(got == want);
+}
+
+TEST_F(CudaDeviceTest, CopiesFromUnalignedHostOffsetsAndOddSizes) {
+  const size_t host_size = 4 * kMiB + 64;
+  std::vector<unsigned char> pageable = RandomBytes(host_size, 2);
+  Result<PinnedBuffer> pinned = PinnedBuffer::Make(device_, host_size);
+  ASSERT_TRUE(pinned.ok()) << pinned.status().message();
+  std::memcpy(pinned->data(), pageable.data(), host_size);
+  Result<DeviceAllocation> dev = DeviceAllocation::Make(device_, host_size);
+  ASSERT_TRUE(dev.ok()) << dev.status().message();
+  auto* dev_bytes = static_cast<unsigned char*>(dev->get());
+
+  struct Case {
+    size_t host_offset, device_offset, size;
+  };
+  for (Case c : {Case{1, 0, 1}, Case{3, 5, 4093}, Case{7, 256, 65537}, Case{13, 1, kMiB + 5}, Case{63, 17, 4 * kMiB}}) {
+    for (bool from_pinned : {false, true}) {
+      const unsigned char* src = (from_pinned ? pinned->data() : pageable.data()) + c.host_offset;
+      std::vector<unsigned char> got = RoundTrip(device_, dev_bytes + c.device_offset, src, c.size);
+      EXPECT_EQ(std::memcmp(got.data(), src, c.size), 0)
+          << (from_pinned ? "pinned" : "pageable") << " host offset " << c.host_offset << ", device offset "
+          << c.device_offset << ", " << c.size << " bytes";
+    }
+  }
+}
+
+TEST_F(CudaDeviceTest, ManyQueuedCopiesThenSynchronize) {
+  const size_t chunk = 64 * 1024 + 3;
+  const int chunks = 256;
+  const size_t total = chunk * chunks;
+  Result<PinnedBuffer> pinned = PinnedBuffer::Make(device_, total);
+  ASSERT_TRUE(pinned.ok()) << pinned.status().message();
+  std::vector<unsigned char> want = RandomBytes(total, 3);
+  std::memcpy(pinned->data(), want.data(), total);
+  Result<DeviceAllocation> dev = DeviceAllocation::Make(device_, total);
+  ASSERT_TRUE(dev.ok()) << dev.status().message();
+  auto* dev_bytes = static_cast<unsigned char*>(dev->get());
+  // Queued in reverse so that a copy dropped or misplaced shows.
+  for (int i = chunks - 1; i >= 0; --i) {
+    Status s = device_->CopyToDeviceAsync(dev_bytes + i * chunk, pinned->data() + i * chunk, chunk);
+    ASSERT_TRUE(s.ok()) << s.message();
+  }
+  ASSERT_TRUE(device_->Synchronize().ok());
+  std::vector<unsigned char> got(total, 0);
+  Status s = device_->CopyToHost(got.data(), dev_bytes, total);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(got == want);
+}
+
+// Each call sets its device, so threads that never called cudaSetDevice
+// themselves can use every GPU.
+TEST_F(CudaDeviceTest, CopiesFromSeveralThreadsOnEveryDevice) {
+  const size_t per_thread = 3 * kMiB + 11;
+  const int threads_per_device = 4;
+  for (Device* d : registry_.All()) {
+    if (d->id().kind != DeviceKind::kCuda) continue;
+    Result<DeviceAllocation> dev = DeviceAllocation::Make(d, per_thread * threads_per_device);
+    ASSERT_TRUE(dev.ok()) << dev.status().message();
+    auto* dev_bytes = static_cast<unsigned char*>(dev->get());
+    std::vector<std::vector<unsigned char>> want(threads_per_device);
+    std::vector<std::thread> threads;
+    std::vector<std::string> errors(threads_per_device);
+    for (int t = 0; t < threads_per_device; ++t) {
+      want[t] = RandomBytes(per_thread, 10 + t);
+      threads.emplace_back([&, t] {
+        Status s = d->CopyToDeviceAsync(dev_bytes + t * per_thread, want[t].data(), per_thread);
+        Result<std::unique_ptr<Event>> e = d->CreateEvent();
+        if (s.ok() && !e.ok()) s = e.status();
+        if (s.ok()) s = (*e)->Record();
+        if (s.ok()) s = (*e)->Wait();
+        if (!s.ok()) errors[t] = s.message();
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (const std::string& e : errors) EXPECT_EQ(e, "");
+    for (int t = 0; t < threads_per_device; ++t) {
+      std::vector<unsigned char> got(per_thread, 0);
+      Status s = d->CopyToHost(got.data(), dev_bytes + t * per_thread, per_thread);
+      ASSERT_TRUE(s.ok()) << s.message();
+      EXPECT_TRUE(got == want[t]) << d->id().ToString() << " thread " << t;
+    }
+  }
+}
+
+TEST_F(CudaDeviceTest, OutOfMemoryIsReportedAndLeavesMemoryAlone) {
+  Result<MemoryInfo> info = device_->GetMemoryInfo();
+  ASSERT_TRUE(info.ok()) << info.status().message();
+  const uint64_t asked = info->total_bytes * 2;
+  Result<void*> r = device_->Allocate(asked);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kOutOfMemory) << r.status().message();
+  const std::string& m = r.status().message();
+  EXPECT_NE(m.find(device_->id().ToString()), std::string::npos) << m;
+  EXPECT_NE(m.find(std::to_string(asked)), std::string::npos) << m;
+  EXPECT_NE(m.find("cudaErrorMemoryAllocation"), std::string::npos) << m;
+  EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  EXPECT_LE(AbsDiff(FreeBytes(), info->free_bytes), kFreeSlackBytes);
+  // The error is not sticky: the device still works.
+  Result<DeviceAllocation> after = DeviceAllocation::Make(device_, kMiB);
+  EXPECT_TRUE(after.ok()) << after.status().message();
+  Result<PinnedBuffer> pinned = PinnedBuffer::Make(device_, kMiB);
+  ASSERT_TRUE(pinned.ok()) << pinned.status().message();
+  std::vector<unsigned char> want = RandomBytes(kMiB, 4);
+  std::memcpy(pinned->data(), want.data(), kMiB);
+  EXPECT_TRUE(RoundTrip(device_, after->get(), pinned->data(), kMiB) == want);
+}
+
+TEST_F(CudaDeviceTest, ProbeReturnsPlausibleNumbers) {
+  Result<std::vector<CudaProbe>> probes = ProbeCudaDevices();
+  ASSERT_TRUE(probes.ok()) << probes.status().message();
+  ASSERT_EQ(static_cast<int>(probes->size()), registry_.CudaCount());
+  for (size_t i = 0; i < probes->size(); ++i) {
+    const CudaProbe& p = (*probes)[i];
+    SCOPED_TRACE("cuda:" + std::to_string(p.index));
+    EXPECT_EQ(p.index, static_cast<int>(i));
+    EXPECT_EQ(p.name, registry_.Find(DeviceId::Cuda(p.index))->name());
+    EXPECT_GT(p.total_bytes, 0u);
+    EXPECT_LE(p.free_bytes, p.total_bytes);
+    // Generous bounds: anything outside them is a unit or timing bug.
+    EXPECT_GT(p.h2d_pinned_gbps, 0.1);
+    EXPECT_LT(p.h2d_pinned_gbps, 1000.0);
+    EXPECT_GT(p.h2d_pageable_gbps, 0.01);
+    EXPECT_LT(p.h2d_pageable_gbps, 1000.0);
+    EXPECT_GT(p.pin_gbps, 0.0);
+    EXPECT_GT(p.malloc_us_1mib, 0.0);
+    EXPECT_GT(p.malloc_us_64mib, 0.0);
+    if (p.free_bytes > 2 * 1024 * kMiB) {
+      EXPECT_GT(p.malloc_us_1gib, 0.0);
+    }
+    EXPECT_LT(p.malloc_us_1mib, 1e6);
+  }
+  // The probe returns everything it allocated.
+  EXPECT_LE(AbsDiff(FreeBytes(), (*probes)[0].free_bytes), 64 * kMiB);
+}
+
+}  // namespace
+}  // namespace hoist

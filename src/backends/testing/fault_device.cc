@@ -1,0 +1,122 @@
+#include "backends/testing/fault_device.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace hoist::testing {
+
+namespace {
+
+class FaultEvent final : public Event {
+ public:
+  explicit FaultEvent(FaultDevice* device) : device_(device) { ++device_->live_events_; }
+  ~FaultEvent() override { --device_->live_events_; }
+  Status Record() override { return device_->Hit(FaultPoint::kEventRecord); }
+  Status Wait() override { return device_->Hit(FaultPoint::kEventWait); }
+
+ private:
+  FaultDevice* device_;
+};
+
+const char* PointName(FaultPoint p) {
+  switch (p) {
+    case FaultPoint::kAllocate: return "allocate";
+    case FaultPoint::kAllocatePinned: return "allocate pinned";
+    case FaultPoint::kCopy: return "copy";
+    case FaultPoint::kEventRecord: return "event record";
+    case FaultPoint::kEventWait: return "event wait";
+    case FaultPoint::kSynchronize: return "synchronize";
+  }
+  return "?";
+}
+
+}  // namespace
+
+FaultDevice::~FaultDevice() {
+  for (auto& [p, n] : device_blocks_) std::free(p);
+  for (auto& [p, n] : pinned_blocks_) std::free(p);
+}
+
+Status FaultDevice::Hit(FaultPoint point) {
+  int i = static_cast<int>(point);
+  int n = ++calls_[i];
+  if (fail_at_[i] != 0 && n == fail_at_[i]) {
+    StatusCode code = point == FaultPoint::kAllocate ? StatusCode::kOutOfMemory : StatusCode::kDevice;
+    return Status(code, id_.ToString() + ": injected failure of " + PointName(point) + " call " + std::to_string(n));
+  }
+  return Status::Ok();
+}
+
+uint64_t FaultDevice::outstanding_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return device_bytes_;
+}
+uint64_t FaultDevice::outstanding_pinned_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pinned_bytes_;
+}
+
+Result<MemoryInfo> FaultDevice::GetMemoryInfo() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return MemoryInfo{capacity_bytes_ - device_bytes_, capacity_bytes_};
+}
+
+Result<void*> FaultDevice::Allocate(uint64_t size_bytes) {
+  HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kAllocate));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (device_bytes_ + size_bytes > capacity_bytes_) {
+    return OutOfMemory(id_.ToString() + ": out of memory allocating " + std::to_string(size_bytes) + " bytes");
+  }
+  void* p = std::aligned_alloc(256, (size_bytes + 255) / 256 * 256 + 256);
+  if (p == nullptr) return OutOfMemory("test device: host allocation failed");
+  device_blocks_[p] = size_bytes;
+  device_bytes_ += size_bytes;
+  return p;
+}
+
+void FaultDevice::Free(void* ptr) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = device_blocks_.find(ptr);
+  if (it == device_blocks_.end()) std::abort();  // a double free or a stranger's pointer is a test failure
+  device_bytes_ -= it->second;
+  device_blocks_.erase(it);
+  std::free(ptr);
+}
+
+Result<void*> FaultDevice::AllocatePinned(uint64_t size_bytes) {
+  HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kAllocatePinned));
+  void* p = std::aligned_alloc(4096, (size_bytes + 4095) / 4096 * 4096);
+  if (p == nullptr) return OutOfMemory("test device: pinned allocation failed");
+  std::lock_guard<std::mutex> lock(mu_);
+  pinned_blocks_[p] = size_bytes;
+  pinned_bytes_ += size_bytes;
+  return p;
+}
+
+void FaultDevice::FreePinned(void* ptr) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = pinned_blocks_.find(ptr);
+  if (it == pinned_blocks_.end()) std::abort();
+  pinned_bytes_ -= it->second;
+  pinned_blocks_.erase(it);
+  std::free(ptr);
+}
+
+Status FaultDevice::CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) {
+  HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kCopy));
+  std::memcpy(dst, src, size_bytes);
+  return Status::Ok();
+}
+
+Status FaultDevice::CopyToHost(void* dst, const void* src, uint64_t size_bytes) {
+  std::memcpy(dst, src, size_bytes);
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Event>> FaultDevice::CreateEvent() {
+  return std::unique_ptr<Event>(new FaultEvent(this));
+}
+
+Status FaultDevice::Synchronize() { return Hit(FaultPoint::kSynchronize); }
+
+}  // namespace hoist::testing

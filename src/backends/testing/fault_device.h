@@ -1,0 +1,66 @@
+// FaultDevice: a pretend accelerator for tests on machines without one.
+//
+// Its memory is host memory the loader must not write directly
+// (host_addressable() is false), so loads take the staged path with pinned
+// buffers, asynchronous copies and events, as they do on a GPU. It has a
+// configurable capacity, counts every byte and call, and can fail the k-th
+// call of any kind, so every error path of a load can be driven and checked
+// for leaks (outstanding_bytes() must return to zero).
+//
+// Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "hoist/device.h"
+
+namespace hoist::testing {
+
+enum class FaultPoint { kAllocate, kAllocatePinned, kCopy, kEventRecord, kEventWait, kSynchronize };
+
+class FaultDevice final : public Device {
+ public:
+  FaultDevice(DeviceId id, uint64_t capacity_bytes) : id_(id), capacity_bytes_(capacity_bytes) {}
+  ~FaultDevice() override;
+
+  // The `nth` call (1-based) at `point` fails; 0 disables.
+  void FailAt(FaultPoint point, int nth) { fail_at_[static_cast<int>(point)] = nth; }
+  int calls(FaultPoint point) const { return calls_[static_cast<int>(point)].load(); }
+  // Device and pinned bytes currently held.
+  uint64_t outstanding_bytes() const;
+  uint64_t outstanding_pinned_bytes() const;
+  int live_events() const { return live_events_.load(); }
+
+  DeviceId id() const override { return id_; }
+  std::string name() const override { return "fault-injecting test device"; }
+  bool host_addressable() const override { return false; }
+  Result<MemoryInfo> GetMemoryInfo() override;
+  Result<void*> Allocate(uint64_t size_bytes) override;
+  void Free(void* ptr) override;
+  Result<void*> AllocatePinned(uint64_t size_bytes) override;
+  void FreePinned(void* ptr) override;
+  Status CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) override;
+  Status CopyToHost(void* dst, const void* src, uint64_t size_bytes) override;
+  Result<std::unique_ptr<Event>> CreateEvent() override;
+  Status Synchronize() override;
+
+  // Internal: counts a call at `point`, failing it when asked.
+  Status Hit(FaultPoint point);
+  std::atomic<int> live_events_{0};
+
+ private:
+  DeviceId id_;
+  uint64_t capacity_bytes_;
+  std::atomic<int> fail_at_[6] = {};
+  std::atomic<int> calls_[6] = {};
+  mutable std::mutex mu_;
+  std::unordered_map<void*, uint64_t> device_blocks_, pinned_blocks_;
+  uint64_t device_bytes_ = 0, pinned_bytes_ = 0;
+};
+
+}  // namespace hoist::testing

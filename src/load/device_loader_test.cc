@@ -1,0 +1,257 @@
+// Loads onto a pretend GPU (FaultDevice): the staged path, placements across
+// devices, the refusal before allocation, and every error path.
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "backends/testing/fault_device.h"
+#include "cast/cast.h"
+#include "hoist/loader.h"
+#include "hoist/writer.h"
+#include "testing/temp_dir.h"
+
+namespace hoist {
+namespace {
+
+using hoist::testing::FaultDevice;
+using hoist::testing::FaultPoint;
+
+unsigned char PatternByte(size_t index, uint64_t k) {
+  return static_cast<unsigned char>((k * 29 + index * 101 + (k >> 9)) & 0xFF);
+}
+
+class DeviceLoaderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tensors_ = {{"model.embed_tokens.weight", DType::kBF16, {64, 100}, 64 * 100 * 2},
+                {"model.layers.0.w", DType::kF32, {3000}, 12000},
+                {"model.layers.0.q", DType::kI8, {77}, 77},
+                {"model.layers.1.w", DType::kF16, {5000}, 10000},
+                {"model.norm.weight", DType::kBF16, {64}, 128},
+                {"lm_head.weight", DType::kBF16, {64, 100}, 64 * 100 * 2}};
+    WriteOptions wo;
+    wo.max_shard_bytes = 15000;  // several shards
+    FillFn fill = [](size_t index, uint64_t offset, uint64_t size, unsigned char* out) {
+      for (uint64_t k = 0; k < size; ++k) out[k] = PatternByte(index, offset + k);
+      return Status::Ok();
+    };
+    ASSERT_TRUE(WriteCheckpoint(dir_ / "ckpt", tensors_, {}, wo, fill).ok());
+    auto cat = OpenCatalog(dir_ / "ckpt");
+    ASSERT_TRUE(cat.ok());
+    catalog_ = std::make_unique<Catalog>(std::move(cat).value());
+    auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), 64ull << 20);
+    gpu_ = gpu.get();
+    registry_.Add(MakeCpuDevice());
+    registry_.Add(std::move(gpu));
+    options_.chunk_bytes = 4096;  // many pieces, tensors straddle chunks
+    options_.staging_slots = 2;
+    options_.gpu_margin_bytes = 0;
+    options_.threads = 3;
+  }
+
+  Result<LoadedModel> LoadWith(PlanOptions po) {
+    auto plan = BuildPlan(*catalog_, po);
+    if (!plan.ok()) return plan.status();
+    return Load(*catalog_, std::move(plan).value(), registry_, options_);
+  }
+
+  // The bytes of tensor `name` as the device holds them.
+  std::vector<unsigned char> DeviceBytes(const TensorView& v) {
+    std::vector<unsigned char> out(v.size_bytes);
+    Device* d = registry_.Find(v.device);
+    EXPECT_TRUE(d->CopyToHost(out.data(), v.data, v.size_bytes).ok());
+    return out;
+  }
+
+  size_t IndexOf(const std::string& name) {
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      if (tensors_[i].name == name) return i;
+    }
+    return SIZE_MAX;
+  }
+
+  void ExpectAllReturned() {
+    EXPECT_EQ(gpu_->outstanding_bytes(), 0u);
+    EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);
+    EXPECT_EQ(gpu_->live_events(), 0);
+  }
+
+  hoist::testing::TempDir dir_;
+  std::vector<OutTensor> tensors_;
+  std::unique_ptr<Catalog> catalog_;
+  DeviceRegistry registry_;
+  FaultDevice* gpu_ = nullptr;
+  LoadOptions options_;
+};
+
+TEST_F(DeviceLoaderTest, StagedLoadIsByteExactWithOneAllocation) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  {
+    auto model = LoadWith(po);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    EXPECT_EQ(model->stats().driver_allocs, 1);
+    EXPECT_GT(gpu_->calls(FaultPoint::kCopy), 10);  // the staged path ran
+    EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);  // staging is released after the load
+    for (const TensorView& v : model->tensors()) {
+      EXPECT_EQ(v.device, DeviceId::Cuda(0));
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data) % 256, 0u);
+      std::vector<unsigned char> got = DeviceBytes(v);
+      size_t i = IndexOf(v.name);
+      for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name << " byte " << k;
+    }
+  }
+  ExpectAllReturned();
+}
+
+TEST_F(DeviceLoaderTest, PerTensorMakesOneAllocationPerTensor) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  options_.alloc = AllocStrategy::kPerTensor;
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  EXPECT_EQ(model->stats().driver_allocs, static_cast<int>(tensors_.size()));
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), static_cast<int>(tensors_.size()));
+}
+
+TEST_F(DeviceLoaderTest, CastOnTheStagedPathMatchesTheCpuCast) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  po.cast_to = DType::kF32;
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  const TensorView* v = model->Find("model.layers.1.w");
+  ASSERT_NE(v, nullptr);
+  EXPECT_EQ(v->dtype, DType::kF32);
+  std::vector<unsigned char> got = DeviceBytes(*v);
+  size_t i = IndexOf("model.layers.1.w");
+  for (size_t e = 0; e < 5000; ++e) {
+    uint16_t h = static_cast<uint16_t>(PatternByte(i, 2 * e) | PatternByte(i, 2 * e + 1) << 8);
+    float want = F16ToF32(h), g;
+    std::memcpy(&g, &got[e * 4], 4);
+    if (std::isnan(want)) {
+      ASSERT_TRUE(std::isnan(g));
+    } else {
+      ASSERT_EQ(g, want) << e;
+    }
+  }
+  EXPECT_EQ(model->Find("model.layers.0.q")->dtype, DType::kI8);  // never cast
+}
+
+TEST_F(DeviceLoaderTest, DeviceMapSplitsAcrossGpuCpuAndDisk) {
+  PlanOptions po;
+  po.device_map = R"({"model.layers": 0, "lm_head": "disk", "": "cpu"})";
+  po.ties = {};
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  const TensorView* w0 = model->Find("model.layers.0.w");
+  const TensorView* emb = model->Find("model.embed_tokens.weight");
+  const TensorView* head = model->Find("lm_head.weight");
+  ASSERT_TRUE(w0 && emb && head);
+  EXPECT_EQ(w0->device, DeviceId::Cuda(0));
+  EXPECT_EQ(emb->device, DeviceId::Cpu());
+  EXPECT_EQ(head->device, DeviceId::Disk());
+  EXPECT_EQ(head->data, nullptr);
+  // cpu tensors are host memory holding the file's bytes.
+  size_t ei = IndexOf("model.embed_tokens.weight");
+  for (uint64_t k = 0; k < emb->size_bytes; ++k) ASSERT_EQ(emb->data[k], PatternByte(ei, k));
+  // disk tensors point at their bytes in the file, which were not read.
+  std::ifstream f(head->file, std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(head->file_offset_bytes));
+  char c0;
+  f.read(&c0, 1);
+  EXPECT_EQ(static_cast<unsigned char>(c0), PatternByte(IndexOf("lm_head.weight"), 0));
+  EXPECT_EQ(model->stats().bytes_read, 12000u + 77u + 10000u + 12800u + 128u);
+  EXPECT_EQ(model->stats().driver_allocs, 2);  // one per device
+}
+
+TEST_F(DeviceLoaderTest, TiedAliasSharesStorage) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  po.ties = {{"lm_head.weight", "model.embed_tokens.weight"}};
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ(model->Find("lm_head.weight")->data, model->Find("model.embed_tokens.weight")->data);
+  EXPECT_TRUE(model->Find("lm_head.weight")->tied);
+}
+
+TEST_F(DeviceLoaderTest, RefusesBeforeAllocatingWhenThePlanDoesNotFit) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  options_.max_memory[DeviceId::Cuda(0)] = 30000;
+  auto model = LoadWith(po);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), StatusCode::kOutOfMemory);
+  const std::string& m = model.status().message();
+  EXPECT_NE(m.find("cuda:0"), std::string::npos) << m;
+  EXPECT_NE(m.find("--device-map"), std::string::npos) << m;
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 0);
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 0);
+
+  // The margin counts: 64 MiB free minus a 64 MiB margin leaves nothing.
+  options_.max_memory.clear();
+  options_.gpu_margin_bytes = 64ull << 20;
+  model = LoadWith(po);
+  ASSERT_FALSE(model.ok());
+  EXPECT_NE(model.status().message().find("margin"), std::string::npos) << model.status().message();
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 0);
+}
+
+TEST_F(DeviceLoaderTest, AbsentDeviceIsAnError) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(3);
+  auto model = LoadWith(po);
+  ASSERT_FALSE(model.ok());
+  EXPECT_NE(model.status().message().find("cuda:3"), std::string::npos);
+}
+
+TEST_F(DeviceLoaderTest, EveryFailureReturnsEveryByte) {
+  PlanOptions po;
+  po.device_map = R"({"model.layers": 0, "": "cpu"})";
+  // Count each kind of call in a successful load, then fail each one in turn.
+  int successful[6];
+  {
+    auto model = LoadWith(po);
+    ASSERT_TRUE(model.ok());
+    for (int p = 0; p < 6; ++p) successful[p] = gpu_->calls(static_cast<FaultPoint>(p));
+  }
+  ExpectAllReturned();
+  int injected = 0;
+  for (int p = 0; p < 6; ++p) {
+    for (int k = 1; k <= successful[p]; ++k) {
+      SCOPED_TRACE("point " + std::to_string(p) + " call " + std::to_string(k));
+      auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), 64ull << 20);
+      FaultDevice* dev = gpu.get();
+      registry_ = DeviceRegistry();
+      registry_.Add(MakeCpuDevice());
+      registry_.Add(std::move(gpu));
+      gpu_ = dev;
+      dev->FailAt(static_cast<FaultPoint>(p), k);
+      auto model = LoadWith(po);
+      ASSERT_FALSE(model.ok());
+      EXPECT_NE(model.status().message().find("injected failure"), std::string::npos) << model.status().message();
+      ExpectAllReturned();
+      ++injected;
+    }
+  }
+  EXPECT_GT(injected, 20);
+}
+
+TEST_F(DeviceLoaderTest, ReadFailureReturnsEveryByte) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  for (uint64_t k : {0u, 1u, 5u, 12u}) {
+    options_.before_read = [k](uint64_t i) { return i == k ? IoError("disk on fire") : Status::Ok(); };
+    auto model = LoadWith(po);
+    ASSERT_FALSE(model.ok());
+    EXPECT_NE(model.status().message().find("disk on fire"), std::string::npos);
+    EXPECT_NE(model.status().message().find("tensor '"), std::string::npos);
+    ExpectAllReturned();
+  }
+}
+
+}  // namespace
+}  // namespace hoist

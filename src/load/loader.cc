@@ -1,0 +1,363 @@
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <regex>
+#include <thread>
+
+#include "cast/cast.h"
+#include "format/safetensors.h"
+#include "hoist/loader.h"
+#include "io/file.h"
+#include "load/select.h"
+
+namespace hoist {
+
+Result<std::vector<const TensorInfo*>> SelectTensors(const Catalog& catalog, const std::string& regex) {
+  std::vector<const TensorInfo*> out;
+  out.reserve(catalog.tensors().size());
+  if (regex.empty()) {
+    for (const TensorInfo& t : catalog.tensors()) out.push_back(&t);
+    return out;
+  }
+  std::regex re;
+  try {
+    re = std::regex(regex, std::regex::ECMAScript | std::regex::optimize);
+  } catch (const std::regex_error& e) {
+    return InvalidArgument("--only " + regex + ": not a valid regular expression (" + e.what() + ")");
+  }
+  for (const TensorInfo& t : catalog.tensors()) {
+    if (std::regex_search(t.name, re)) out.push_back(&t);
+  }
+  return out;
+}
+
+uint64_t TargetBytes(const TensorInfo& info, DType target) {
+  if (target == info.dtype) return info.size_bytes;
+  // Only whole-byte float types are cast, so the element count is exact.
+  uint64_t numel = info.size_bytes / static_cast<uint64_t>(DTypeBits(info.dtype) / 8);
+  return numel * static_cast<uint64_t>(DTypeBits(target) / 8);
+}
+
+int DefaultReadThreads() {
+  unsigned hw = std::thread::hardware_concurrency();
+  return static_cast<int>(std::clamp(hw == 0 ? 4u : hw, 2u, 32u));
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string GiB(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024 * 1024));
+  return buf;
+}
+
+// One positional read, and where its bytes go.
+struct ReadItem {
+  uint32_t tensor;  // index into the plan
+  uint32_t device;  // index into the per-device state
+  uint64_t file_offset_bytes;
+  uint64_t size_bytes;     // in the file
+  unsigned char* dst;      // device address of the piece
+  uint64_t dst_bytes;      // after any cast
+};
+
+// Pinned buffers a GPU's copies go through. A slot is reusable once the
+// event recorded after its copy has completed.
+struct StagingSlot {
+  PinnedBuffer buffer;
+  std::unique_ptr<Event> event;
+  bool pending = false;  // a copy from it may still be running
+};
+
+struct DeviceState {
+  Device* device = nullptr;
+  DeviceStats stats;
+  unsigned char* base = nullptr;  // reservation (kReserve)
+  bool staged = false;
+  std::vector<StagingSlot> slots;
+  std::deque<size_t> free_slots;
+  std::mutex mu;               // guards free_slots
+  std::condition_variable cv;
+  std::mutex copy_mu;          // orders copy + record on the stream
+};
+
+Status CheckFits(const DevicePlan& d, Device* device, uint64_t needed, const LoadOptions& options) {
+  HOIST_ASSIGN_OR_RETURN(MemoryInfo mem, device->GetMemoryInfo());
+  uint64_t margin = d.device.kind == DeviceKind::kCuda ? options.gpu_margin_bytes : 0;
+  uint64_t available = mem.free_bytes > margin ? mem.free_bytes - margin : 0;
+  std::string why = "free " + GiB(mem.free_bytes) + (margin ? " minus a " + GiB(margin) + " margin" : "");
+  auto limit = options.max_memory.find(d.device);
+  if (limit != options.max_memory.end() && limit->second < available) {
+    available = limit->second;
+    why = "--max-memory";
+  }
+  if (needed > available) {
+    return OutOfMemory(d.device.ToString() + ": the plan needs " + GiB(needed) + " but only " + GiB(available) +
+                       " is available (" + why + "); spread the model with --device-map auto --max-memory " +
+                       "0=...,cpu=..., or shrink it with --dtype");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+LoadedModel::LoadedModel() = default;
+LoadedModel::~LoadedModel() = default;
+LoadedModel::LoadedModel(LoadedModel&&) noexcept = default;
+LoadedModel& LoadedModel::operator=(LoadedModel&&) noexcept = default;
+
+const TensorView* LoadedModel::Find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegistry& registry,
+                         const LoadOptions& options) {
+  const auto start = Clock::now();
+  if (options.chunk_bytes < 4096) return InvalidArgument("chunk size must be at least 4096 bytes");
+  if (options.staging_slots < 1) return InvalidArgument("at least one staging buffer is needed");
+  LoadedModel model;
+
+  // Devices in the plan must exist, and each reservation must fit, before
+  // anything is allocated.
+  std::vector<std::unique_ptr<DeviceState>> states;
+  std::map<DeviceId, uint32_t> state_of;
+  for (const DevicePlan& d : plan.devices) {
+    if (d.device.kind == DeviceKind::kDisk) continue;
+    Device* device = registry.Find(d.device);
+    if (device == nullptr) {
+      return InvalidArgument(d.device.ToString() + " is not present on this machine (" +
+                             std::to_string(registry.CudaCount()) + " CUDA GPUs found)");
+    }
+    uint64_t needed = d.reserve_bytes;
+    if (options.alloc == AllocStrategy::kPerTensor) {
+      needed = 0;
+      for (const PlannedTensor& t : plan.tensors) {
+        if (t.device == d.device && t.alias_of < 0) needed += t.size_bytes;
+      }
+    }
+    HOIST_RETURN_IF_ERROR(CheckFits(d, device, needed, options));
+    auto state = std::make_unique<DeviceState>();
+    state->device = device;
+    state->stats.device = d.device;
+    state->staged = !device->host_addressable();
+    state_of[d.device] = static_cast<uint32_t>(states.size());
+    states.push_back(std::move(state));
+  }
+
+  // Reserve: one allocation per device, or one per tensor.
+  const auto reserve_start = Clock::now();
+  std::vector<unsigned char*> tensor_ptr(plan.tensors.size(), nullptr);
+  for (const DevicePlan& d : plan.devices) {
+    if (d.device.kind == DeviceKind::kDisk || options.alloc != AllocStrategy::kReserve || d.reserve_bytes == 0) {
+      continue;
+    }
+    DeviceState& s = *states[state_of[d.device]];
+    HOIST_ASSIGN_OR_RETURN(DeviceAllocation a, DeviceAllocation::Make(s.device, d.reserve_bytes));
+    s.base = static_cast<unsigned char*>(a.get());
+    s.stats.reserved_bytes += a.size_bytes();
+    s.stats.driver_allocs += 1;
+    model.allocations_.push_back(std::move(a));
+  }
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& t = plan.tensors[i];
+    if (t.device.kind == DeviceKind::kDisk || t.alias_of >= 0) continue;
+    DeviceState& s = *states[state_of[t.device]];
+    if (options.alloc == AllocStrategy::kReserve) {
+      tensor_ptr[i] = s.base + t.offset_bytes;
+    } else if (t.size_bytes > 0) {
+      HOIST_ASSIGN_OR_RETURN(DeviceAllocation a, DeviceAllocation::Make(s.device, t.size_bytes));
+      tensor_ptr[i] = static_cast<unsigned char*>(a.get());
+      s.stats.reserved_bytes += a.size_bytes();
+      s.stats.driver_allocs += 1;
+      model.allocations_.push_back(std::move(a));
+    }
+    s.stats.bytes += t.size_bytes;
+  }
+  for (auto& s : states) s->stats.peak_reserved_bytes = s->stats.reserved_bytes;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    if (plan.tensors[i].alias_of >= 0) tensor_ptr[i] = tensor_ptr[static_cast<size_t>(plan.tensors[i].alias_of)];
+  }
+
+  // Staging for devices the host cannot write directly. Casts happen on the
+  // host for now, so a slot holds a chunk after its cast.
+  const uint64_t chunk = options.chunk_bytes;
+  uint64_t slot_bytes = chunk * 2;  // widest cast: 16-bit -> 32-bit
+  for (auto& s : states) {
+    if (!s->staged) continue;
+    for (int k = 0; k < options.staging_slots; ++k) {
+      StagingSlot slot;
+      HOIST_ASSIGN_OR_RETURN(slot.buffer, PinnedBuffer::Make(s->device, slot_bytes));
+      HOIST_ASSIGN_OR_RETURN(slot.event, s->device->CreateEvent());
+      s->slots.push_back(std::move(slot));
+      s->free_slots.push_back(s->slots.size() - 1);
+    }
+  }
+  const double reserve_seconds = Since(reserve_start);
+
+  // Reads, cut on element boundaries so a cast can work on each piece alone.
+  const auto read_start = Clock::now();
+  std::vector<ReadItem> items;
+  uint64_t bytes_read = 0;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& t = plan.tensors[i];
+    if (t.device.kind == DeviceKind::kDisk || t.alias_of >= 0) continue;
+    const TensorInfo& src = *t.source;
+    uint64_t src_elem = static_cast<uint64_t>(std::max(1, DTypeBits(src.dtype) / 8));
+    uint64_t dst_elem = t.dtype == src.dtype ? src_elem : static_cast<uint64_t>(DTypeBits(t.dtype) / 8);
+    uint64_t piece = std::max<uint64_t>(chunk / src_elem, 1) * src_elem;
+    bytes_read += src.size_bytes;
+    for (uint64_t done = 0; done < src.size_bytes; done += piece) {
+      uint64_t len = std::min(piece, src.size_bytes - done);
+      uint64_t dst_off = done / src_elem * dst_elem;
+      items.push_back({static_cast<uint32_t>(i), state_of[t.device], src.offset_bytes + done, len,
+                       tensor_ptr[i] + dst_off, len / src_elem * dst_elem});
+    }
+  }
+  std::vector<File> files;
+  files.reserve(catalog.files().size());
+  for (const CatalogFile& f : catalog.files()) {
+    HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(f.path));
+    files.push_back(std::move(file));
+  }
+
+  int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
+  threads = static_cast<int>(std::min<size_t>(static_cast<size_t>(threads), std::max<size_t>(items.size(), 1)));
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex error_mu;
+  Status first_error;
+  auto fail = [&](Status s) {
+    std::lock_guard<std::mutex> lock(error_mu);
+    if (!failed.exchange(true)) first_error = std::move(s);
+  };
+
+  auto process = [&](const ReadItem& it, std::vector<unsigned char>& scratch) -> Status {
+    const PlannedTensor& t = plan.tensors[it.tensor];
+    const File& file = files[t.source->file_index];
+    const bool cast = t.dtype != t.source->dtype;
+    DeviceState& s = *states[it.device];
+    auto read_into = [&](unsigned char* dst) { return file.ReadAt(it.file_offset_bytes, dst, it.size_bytes); };
+    auto cast_into = [&](unsigned char* dst) -> Status {
+      scratch.resize(it.size_bytes);
+      HOIST_RETURN_IF_ERROR(read_into(scratch.data()));
+      CastFloats(t.source->dtype, scratch.data(), t.dtype, dst,
+                 it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
+      return Status::Ok();
+    };
+    if (!s.staged) return cast ? cast_into(it.dst) : read_into(it.dst);
+
+    size_t slot_index;
+    {
+      std::unique_lock<std::mutex> lock(s.mu);
+      s.cv.wait(lock, [&] { return !s.free_slots.empty() || failed.load(); });
+      if (failed.load()) return Status::Ok();
+      slot_index = s.free_slots.front();
+      s.free_slots.pop_front();
+    }
+    StagingSlot& slot = s.slots[slot_index];
+    Status st;
+    if (slot.pending) st = slot.event->Wait();
+    slot.pending = false;
+    if (st.ok()) st = cast ? cast_into(slot.buffer.data()) : read_into(slot.buffer.data());
+    if (st.ok()) {
+      std::lock_guard<std::mutex> lock(s.copy_mu);
+      st = s.device->CopyToDeviceAsync(it.dst, slot.buffer.data(), it.dst_bytes);
+      if (st.ok()) st = slot.event->Record();
+      slot.pending = st.ok();
+    }
+    {
+      std::lock_guard<std::mutex> lock(s.mu);
+      s.free_slots.push_back(slot_index);
+    }
+    s.cv.notify_one();
+    return st;
+  };
+
+  auto worker = [&] {
+    std::vector<unsigned char> scratch;
+    for (;;) {
+      size_t k = next.fetch_add(1, std::memory_order_relaxed);
+      if (k >= items.size() || failed.load(std::memory_order_relaxed)) return;
+      const ReadItem& it = items[k];
+      Status s = options.before_read ? options.before_read(k) : Status::Ok();
+      if (s.ok()) s = process(it, scratch);
+      if (!s.ok()) {
+        fail(Status(s.code(), "tensor " + QuoteName(plan.tensors[it.tensor].source->name) + " in " + s.message()));
+        for (auto& st : states) st->cv.notify_all();
+        return;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(static_cast<size_t>(threads));
+  for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
+  worker();
+  for (std::thread& th : pool) th.join();
+  // Copies may still be reading the staging buffers: wait for every device
+  // before anything is released, on success and on failure alike.
+  for (auto& s : states) {
+    if (!s->staged) continue;
+    Status st = s->device->Synchronize();
+    if (!st.ok() && !failed.load()) fail(st);
+  }
+  if (failed.load()) return first_error;  // allocations and staging are released on return
+
+  // Views.
+  model.tensors_.reserve(plan.tensors.size());
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& t = plan.tensors[i];
+    TensorView v;
+    v.name = t.name;
+    v.device = t.device;
+    v.dtype = t.dtype;
+    v.stored_dtype = t.source->dtype;
+    v.shape = t.source->shape;
+    v.data = tensor_ptr[i];
+    v.size_bytes = t.alias_of >= 0 ? plan.tensors[static_cast<size_t>(t.alias_of)].size_bytes : t.size_bytes;
+    v.offset_bytes = t.offset_bytes;
+    v.file = catalog.files()[t.source->file_index].path;
+    v.file_offset_bytes = t.source->offset_bytes;
+    v.tied = t.alias_of >= 0;
+    model.index_.emplace(v.name, model.tensors_.size());
+    model.tensors_.push_back(std::move(v));
+  }
+
+  LoadStats& st = model.stats_;
+  st.bytes_read = bytes_read;
+  st.threads = threads;
+  for (auto& s : states) {
+    st.bytes_loaded += s->stats.bytes;
+    st.driver_allocs += s->stats.driver_allocs;
+    if (s->stats.device == DeviceId::Cpu()) st.arena_bytes = s->stats.reserved_bytes;
+    st.devices.push_back(s->stats);
+  }
+  st.reserve_seconds = reserve_seconds;
+  st.read_seconds = Since(read_start);
+  st.seconds = Since(start);
+  model.plan_ = std::move(plan);
+  return model;
+}
+
+Result<LoadedModel> LoadToHost(const Catalog& catalog, const LoadOptions& options) {
+  const auto start = Clock::now();
+  PlanOptions po;
+  po.cast_to = options.cast_to;
+  po.only_regex = options.only_regex;
+  po.device = DeviceId::Cpu();
+  HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(catalog, po));
+  const double plan_seconds = Since(start);
+  static const DeviceRegistry* cpu = new DeviceRegistry(MakeCpuRegistry());
+  HOIST_ASSIGN_OR_RETURN(LoadedModel model, Load(catalog, std::move(plan), *cpu, options));
+  model.stats_.plan_seconds = plan_seconds;
+  model.stats_.seconds += plan_seconds;
+  return model;
+}
+
+}  // namespace hoist

@@ -1,0 +1,184 @@
+#include "plan/device_map.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "format/json_util.h"
+#include "format/safetensors.h"
+
+namespace hoist {
+
+namespace {
+
+bool CoversName(const std::string& key, const std::string& name) {
+  if (key.empty()) return true;
+  return name.size() >= key.size() && name.compare(0, key.size(), key) == 0 &&
+         (name.size() == key.size() || name[key.size()] == '.');
+}
+
+std::string GiB(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024 * 1024));
+  return buf;
+}
+
+}  // namespace
+
+bool IsDeviceMapStrategy(const std::string& text) {
+  return text == "auto" || text == "balanced" || text == "balanced_low_0" || text == "sequential";
+}
+
+Result<DeviceMapEntries> ParseDeviceMap(const std::string& text) {
+  std::string json_text = text, label = "--device-map";
+  size_t first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos || text[first] != '{') {
+    std::ifstream in(text, std::ios::binary);
+    if (!in) return InvalidArgument("--device-map '" + text + "': not JSON, a strategy, or a readable file");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    json_text = ss.str();
+    label = text;
+  }
+  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(label, json_text));
+  if (!doc.is_object()) return InvalidArgument(label + ": a device map is a JSON object of prefix -> device");
+  DeviceMapEntries out;
+  for (auto it = doc.begin(); it != doc.end(); ++it) {
+    std::string device_text;
+    if (it->is_number_unsigned() || (it->is_number_integer() && it->get<int64_t>() >= 0)) {
+      device_text = std::to_string(it->get<uint64_t>());
+    } else if (it->is_string()) {
+      device_text = it->get<std::string>();
+    } else {
+      return InvalidArgument(label + ": the device for " + QuoteName(it.key()) + " is not a GPU index or a device name");
+    }
+    Result<DeviceId> id = ParseDeviceId(device_text);
+    if (!id.ok()) return InvalidArgument(label + ": key " + QuoteName(it.key()) + ": " + id.status().message());
+    out.emplace_back(it.key(), *id);
+  }
+  return out;
+}
+
+Result<std::vector<DeviceId>> PlaceByMap(const std::vector<std::string>& names, const DeviceMapEntries& map,
+                                         std::vector<std::string>* warnings) {
+  std::vector<DeviceId> out(names.size());
+  std::vector<bool> used(map.size(), false);
+  for (size_t i = 0; i < names.size(); ++i) {
+    int best = -1;
+    for (size_t k = 0; k < map.size(); ++k) {
+      if (CoversName(map[k].first, names[i]) &&
+          (best < 0 || map[k].first.size() > map[static_cast<size_t>(best)].first.size())) {
+        best = static_cast<int>(k);
+      }
+    }
+    if (best < 0) {
+      return InvalidArgument("device map: no key covers tensor " + QuoteName(names[i]) +
+                             " (add its module, a prefix of it, or \"\" for everything else)");
+    }
+    used[static_cast<size_t>(best)] = true;
+    out[i] = map[static_cast<size_t>(best)].second;
+  }
+  for (size_t k = 0; k < map.size(); ++k) {
+    if (!used[k]) warnings->push_back("device map key " + QuoteName(map[k].first) + " matches no tensor");
+  }
+  return out;
+}
+
+std::string SplitUnitOf(const std::string& name, const std::vector<std::regex>& no_split) {
+  // Dot-boundary prefixes, shortest first.
+  std::vector<size_t> cuts;
+  for (size_t i = 0; i < name.size(); ++i) {
+    if (name[i] == '.') cuts.push_back(i);
+  }
+  if (!no_split.empty()) {
+    for (size_t cut : cuts) {
+      std::string prefix = name.substr(0, cut);
+      for (const std::regex& re : no_split) {
+        if (std::regex_match(prefix, re)) return prefix;
+      }
+    }
+  }
+  // The first all-digit component closes the repeated block.
+  size_t start = 0;
+  for (size_t k = 0; k <= cuts.size(); ++k) {
+    size_t end = k < cuts.size() ? cuts[k] : name.size();
+    bool digits = end > start;
+    for (size_t i = start; i < end && digits; ++i) digits = name[i] >= '0' && name[i] <= '9';
+    if (digits && k < cuts.size()) return name.substr(0, end);
+    start = end + 1;
+  }
+  return cuts.empty() ? name : name.substr(0, cuts.back());
+}
+
+Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& names,
+                                              const std::vector<uint64_t>& sizes, const std::string& strategy,
+                                              const std::map<DeviceId, uint64_t>& capacity_bytes,
+                                              const std::vector<std::regex>& no_split) {
+  // Units in order of first appearance.
+  std::vector<std::string> unit_names;
+  std::vector<uint64_t> unit_bytes;
+  std::vector<size_t> unit_of(names.size());
+  std::map<std::string, size_t> unit_index;
+  uint64_t total = 0, largest = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::string unit = SplitUnitOf(names[i], no_split);
+    auto [it, inserted] = unit_index.emplace(unit, unit_names.size());
+    if (inserted) {
+      unit_names.push_back(unit);
+      unit_bytes.push_back(0);
+    }
+    unit_of[i] = it->second;
+    unit_bytes[it->second] += sizes[i];
+    total += sizes[i];
+  }
+  for (uint64_t b : unit_bytes) largest = std::max(largest, b);
+
+  std::vector<DeviceId> gpus;
+  for (const auto& [id, cap] : capacity_bytes) {
+    if (id.kind == DeviceKind::kCuda) gpus.push_back(id);
+  }
+  std::sort(gpus.begin(), gpus.end());
+  // Budgets: what each device may take in this strategy.
+  std::vector<std::pair<DeviceId, uint64_t>> order;
+  const size_t n = gpus.size();
+  for (size_t g = 0; g < n; ++g) {
+    uint64_t cap = capacity_bytes.at(gpus[g]);
+    uint64_t budget = cap;
+    if (strategy != "sequential" && n > 1 && g + 1 < n) {
+      if (strategy == "balanced_low_0") {
+        // GPU 0 keeps room for work (generation): it takes at most one unit's
+        // worth; the others share the rest evenly.
+        uint64_t rest = total > largest ? total - largest : 0;
+        budget = std::min(cap, g == 0 ? largest : rest / (n - 1) + largest / 2);
+      } else {
+        // An even share, rounded to the nearest unit; the last GPU takes
+        // whatever rounding leaves.
+        budget = std::min(cap, total / n + largest / 2);
+      }
+    }
+    order.emplace_back(gpus[g], budget);
+  }
+  auto cpu = capacity_bytes.find(DeviceId::Cpu());
+  order.emplace_back(DeviceId::Cpu(), cpu != capacity_bytes.end() ? cpu->second : 0);
+  auto disk = capacity_bytes.find(DeviceId::Disk());
+  order.emplace_back(DeviceId::Disk(), disk != capacity_bytes.end() ? disk->second : UINT64_MAX);
+
+  std::vector<DeviceId> unit_device(unit_names.size());
+  std::vector<uint64_t> used(order.size(), 0);
+  size_t d = 0;  // devices are filled in order and never revisited
+  for (size_t u = 0; u < unit_names.size(); ++u) {
+    while (d < order.size() && used[d] + unit_bytes[u] > order[d].second) ++d;
+    if (d == order.size()) {
+      return OutOfMemory("device map " + strategy + ": unit " + QuoteName(unit_names[u]) + " (" + GiB(unit_bytes[u]) +
+                         ") fits on no device");
+    }
+    used[d] += unit_bytes[u];
+    unit_device[u] = order[d].first;
+  }
+  std::vector<DeviceId> out(names.size());
+  for (size_t i = 0; i < names.size(); ++i) out[i] = unit_device[unit_of[i]];
+  return out;
+}
+
+}  // namespace hoist

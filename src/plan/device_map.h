@@ -1,0 +1,46 @@
+// Device maps, as Hugging Face accelerate users write them, and the
+// strategies that compute one ("auto", "balanced", "balanced_low_0",
+// "sequential"). See docs/planning.md for the semantics.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <regex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "hoist/device.h"
+#include "hoist/status.h"
+
+namespace hoist {
+
+using DeviceMapEntries = std::vector<std::pair<std::string, DeviceId>>;
+
+// Parses {"prefix": 0 | "cuda:1" | "cpu" | "disk", ...}. `text` is inline
+// JSON, or else the path of a file holding it.
+Result<DeviceMapEntries> ParseDeviceMap(const std::string& text);
+
+bool IsDeviceMapStrategy(const std::string& text);
+
+// Explicit map: the longest key that is a dot-boundary prefix of the name
+// wins ("" covers everything). A name no key covers is an error; keys that
+// cover nothing become warnings.
+Result<std::vector<DeviceId>> PlaceByMap(const std::vector<std::string>& names, const DeviceMapEntries& map,
+                                         std::vector<std::string>* warnings);
+
+// The unit a strategy never splits: the longest dot-boundary prefix matching
+// one of `no_split` in full, else the repeated numbered block
+// (model.layers.N, transformer.h.N, ...), else the module (name without its
+// last component).
+std::string SplitUnitOf(const std::string& name, const std::vector<std::regex>& no_split);
+
+// Strategy placement: walks units in order and fills devices up to their
+// capacities: GPUs in index order, then cpu, then disk (unbounded). `sizes`
+// are the bytes each tensor takes on a device (0 for aliases).
+Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& names,
+                                              const std::vector<uint64_t>& sizes, const std::string& strategy,
+                                              const std::map<DeviceId, uint64_t>& capacity_bytes,
+                                              const std::vector<std::regex>& no_split);
+
+}  // namespace hoist

@@ -1,0 +1,276 @@
+#include "hoist/plan.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include "format/json_util.h"
+#include "format/safetensors.h"
+#include "hoist/writer.h"
+#include "load/select.h"
+#include "plan/device_map.h"
+
+namespace hoist {
+
+namespace {
+
+uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+Result<std::regex> CompileRegex(const std::string& flag, const std::string& pattern) {
+  try {
+    return std::regex(pattern, std::regex::ECMAScript | std::regex::optimize);
+  } catch (const std::regex_error& e) {
+    return InvalidArgument(flag + " " + pattern + ": not a valid regular expression (" + e.what() + ")");
+  }
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+bool IsQuantizationAuxiliary(const std::string& name) {
+  std::string last = name.substr(name.rfind('.') + 1);
+  static const char* kNames[] = {"scale", "scales", "weight_scale", "weight_scale_inv", "input_scale",
+                                 "output_scale", "absmax", "nested_absmax", "qzeros", "zeros", "g_idx",
+                                 "quant_map", "nested_quant_map", "zero_point", "weight_zero_point"};
+  for (const char* n : kNames) {
+    if (last == n) return true;
+  }
+  return EndsWith(last, "_scale") || EndsWith(last, "_scale_inv") || name.find(".quant_state.") != std::string::npos;
+}
+
+const DevicePlan* LoadPlan::FindDevice(DeviceId id) const {
+  for (const DevicePlan& d : devices) {
+    if (d.device == id) return &d;
+  }
+  return nullptr;
+}
+
+Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text) {
+  std::map<DeviceId, uint64_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.empty()) continue;
+    size_t eq = item.find('=');
+    if (eq == std::string::npos) return InvalidArgument("--max-memory '" + item + "': expected DEVICE=SIZE (0=20GiB)");
+    HOIST_ASSIGN_OR_RETURN(DeviceId id, ParseDeviceId(item.substr(0, eq)));
+    std::string size = item.substr(eq + 1);
+    uint64_t bytes = 0;
+    if (size != "0") {
+      HOIST_ASSIGN_OR_RETURN(bytes, ParseByteSize(size));
+    }
+    out[id] = bytes;
+  }
+  return out;
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> TiesFromConfig(const std::string& checkpoint_path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path dir = fs::is_directory(checkpoint_path, ec) ? fs::path(checkpoint_path) : fs::path(checkpoint_path).parent_path();
+  fs::path config = dir / "config.json";
+  std::vector<std::pair<std::string, std::string>> ties;
+  if (!fs::exists(config, ec)) return ties;
+  std::ifstream in(config, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(config.string(), text.str()));
+  if (!doc.is_object()) return Corruption(config.string() + ": not a JSON object");
+  auto tie = doc.find("tie_word_embeddings");
+  // transformers' default for tie_word_embeddings is true.
+  bool tied = tie == doc.end() ? true : (tie->is_boolean() && tie->get<bool>());
+  if (tied) ties.emplace_back("lm_head.weight", "model.embed_tokens.weight");
+  return ties;
+}
+
+Result<std::vector<ExpectedTensor>> ParseExpect(const std::string& json_text, const std::string& label) {
+  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(label, json_text));
+  std::vector<ExpectedTensor> out;
+  if (doc.is_array()) {
+    for (const auto& v : doc) {
+      if (!v.is_string()) return InvalidArgument(label + ": a list of expected names must hold strings only");
+      out.push_back({v.get<std::string>(), std::nullopt, std::nullopt});
+    }
+    return out;
+  }
+  if (!doc.is_object()) return InvalidArgument(label + ": expected a list of names or an object name -> {dtype, shape}");
+  for (auto it = doc.begin(); it != doc.end(); ++it) {
+    ExpectedTensor e{it.key(), std::nullopt, std::nullopt};
+    if (it->is_object()) {
+      if (auto d = it->find("dtype"); d != it->end()) {
+        std::optional<DType> dt = d->is_string() ? ParseDTypeName(d->get<std::string>()) : std::nullopt;
+        if (!dt && d->is_string()) dt = ParseCastTarget(d->get<std::string>());
+        if (!dt) return InvalidArgument(label + ": " + QuoteName(it.key()) + ": unknown dtype");
+        e.dtype = dt;
+      }
+      if (auto s = it->find("shape"); s != it->end()) {
+        if (!s->is_array()) return InvalidArgument(label + ": " + QuoteName(it.key()) + ": shape is not a list");
+        std::vector<uint64_t> shape;
+        for (const auto& dim : *s) {
+          if (!dim.is_number_unsigned()) return InvalidArgument(label + ": " + QuoteName(it.key()) + ": bad shape");
+          shape.push_back(dim.get<uint64_t>());
+        }
+        e.shape = shape;
+      }
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
+  if (options.cast_to && !IsCastableFloat(*options.cast_to)) return InvalidArgument("--dtype must be bf16, f16 or f32");
+  LoadPlan plan;
+
+  // 1. Key mapping: compat, drops, renames.
+  std::vector<std::regex> drops;
+  for (const std::string& d : options.drops) {
+    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--drop", d));
+    drops.push_back(std::move(re));
+  }
+  std::vector<std::pair<std::regex, std::string>> renames;
+  for (const RenameRule& r : options.renames) {
+    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--rename", r.pattern));
+    renames.emplace_back(std::move(re), r.replacement);
+  }
+  std::optional<std::regex> only;
+  if (!options.only_regex.empty()) {
+    HOIST_ASSIGN_OR_RETURN(only, CompileRegex("--only", options.only_regex));
+  }
+  std::unordered_map<std::string, const ExpectedTensor*> expected;
+  if (options.expect) {
+    for (const ExpectedTensor& e : *options.expect) expected.emplace(e.name, &e);
+  }
+
+  std::unordered_map<std::string, size_t> by_name;
+  for (const TensorInfo& t : catalog.tensors()) {
+    std::string name = t.name;
+    if (options.compat_hf_legacy) {
+      if (EndsWith(name, "rotary_emb.inv_freq")) continue;
+      if (EndsWith(name, ".gamma")) name = name.substr(0, name.size() - 6) + ".weight";
+      else if (EndsWith(name, ".beta")) name = name.substr(0, name.size() - 5) + ".bias";
+    }
+    bool dropped = false;
+    for (const std::regex& re : drops) dropped = dropped || std::regex_search(name, re);
+    if (dropped) continue;
+    for (const auto& [re, replacement] : renames) {
+      if (std::regex_search(name, re)) {
+        name = std::regex_replace(name, re, replacement, std::regex_constants::format_first_only);
+        break;
+      }
+    }
+    if (only && !std::regex_search(name, *only)) continue;
+    if (options.expect && expected.find(name) == expected.end()) {
+      plan.unexpected.push_back(name);  // never allocated or read
+      continue;
+    }
+    auto [it, inserted] = by_name.emplace(name, plan.tensors.size());
+    if (!inserted) {
+      return InvalidArgument("key mapping sends both " + QuoteName(plan.tensors[it->second].source->name) + " and " +
+                             QuoteName(t.name) + " to " + QuoteName(name));
+    }
+    PlannedTensor p;
+    p.name = name;
+    p.source = &t;
+    bool castable = IsCastableFloat(t.dtype) && !IsQuantizationAuxiliary(name);
+    p.dtype = castable ? TargetDType(t.dtype, options.cast_to) : t.dtype;
+    p.size_bytes = TargetBytes(t, p.dtype);
+    plan.tensors.push_back(std::move(p));
+  }
+
+  // 2. Ties: an alias shares its source's storage and costs nothing.
+  for (const auto& [alias, source] : options.ties) {
+    auto src = by_name.find(source);
+    if (src == by_name.end()) {
+      plan.warnings.push_back("tie " + alias + "=" + source + ": the source is not loaded; nothing tied");
+      continue;
+    }
+    auto existing = by_name.find(alias);
+    if (existing != by_name.end()) {
+      PlannedTensor& a = plan.tensors[existing->second];
+      const PlannedTensor& s = plan.tensors[src->second];
+      if (a.source->shape != s.source->shape) {
+        return InvalidArgument("tie " + alias + "=" + source + ": the shapes differ");
+      }
+      a.alias_of = static_cast<int>(src->second);
+      a.size_bytes = 0;
+      continue;
+    }
+    if (options.expect && expected.find(alias) == expected.end()) continue;
+    PlannedTensor a = plan.tensors[src->second];
+    a.name = alias;
+    a.alias_of = static_cast<int>(src->second);
+    a.size_bytes = 0;
+    by_name.emplace(alias, plan.tensors.size());
+    plan.tensors.push_back(std::move(a));
+  }
+
+  // 3. Expectations.
+  if (options.expect) {
+    for (const ExpectedTensor& e : *options.expect) {
+      auto it = by_name.find(e.name);
+      if (it == by_name.end()) {
+        plan.missing.push_back(e.name);
+        continue;
+      }
+      const PlannedTensor& p = plan.tensors[it->second];
+      if ((e.shape && *e.shape != p.source->shape) || (e.dtype && *e.dtype != p.dtype)) {
+        plan.mismatched.push_back(e.name);
+      }
+    }
+  }
+
+  // 4. Placement.
+  std::vector<std::string> names;
+  std::vector<uint64_t> sizes;
+  for (const PlannedTensor& p : plan.tensors) {
+    names.push_back(p.name);
+    sizes.push_back(AlignUp(p.size_bytes, kDeviceTensorAlignBytes));
+  }
+  std::vector<DeviceId> placement(plan.tensors.size(), options.device.value_or(DeviceId::Cpu()));
+  if (!options.device_map.empty()) {
+    if (options.device) return InvalidArgument("give --device or --device-map, not both");
+    if (IsDeviceMapStrategy(options.device_map)) {
+      std::vector<std::regex> no_split;
+      for (const std::string& r : options.no_split) {
+        HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--no-split", r));
+        no_split.push_back(std::move(re));
+      }
+      HOIST_ASSIGN_OR_RETURN(placement,
+                             PlaceByStrategy(names, sizes, options.device_map, options.capacity_bytes, no_split));
+    } else {
+      HOIST_ASSIGN_OR_RETURN(DeviceMapEntries map, ParseDeviceMap(options.device_map));
+      HOIST_ASSIGN_OR_RETURN(placement, PlaceByMap(names, map, &plan.warnings));
+    }
+  }
+  // An alias lives with its source.
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    int src = plan.tensors[i].alias_of;
+    plan.tensors[i].device = src >= 0 ? placement[static_cast<size_t>(src)] : placement[i];
+  }
+
+  // 5. Offsets inside each device's single reservation.
+  std::map<DeviceId, DevicePlan> devices;
+  for (PlannedTensor& p : plan.tensors) {
+    DevicePlan& d = devices[p.device];
+    d.device = p.device;
+    ++d.tensor_count;
+    if (p.alias_of >= 0 || p.device.kind == DeviceKind::kDisk) continue;
+    p.offset_bytes = AlignUp(d.reserve_bytes, kDeviceTensorAlignBytes);
+    d.reserve_bytes = p.offset_bytes + p.size_bytes;
+  }
+  for (PlannedTensor& p : plan.tensors) {
+    if (p.alias_of >= 0) p.offset_bytes = plan.tensors[static_cast<size_t>(p.alias_of)].offset_bytes;
+  }
+  for (auto& [id, d] : devices) plan.devices.push_back(d);
+  return plan;
+}
+
+}  // namespace hoist

@@ -1,0 +1,327 @@
+#include "hoist/plan.h"
+
+#include <fstream>
+#include <regex>
+
+#include <gtest/gtest.h>
+
+#include "hoist/synth.h"
+#include "hoist/writer.h"
+#include "plan/device_map.h"
+#include "testing/temp_dir.h"
+
+namespace hoist {
+namespace {
+
+// Writes a header-only (sparse) checkpoint and opens its catalogue.
+class PlanTest : public ::testing::Test {
+ protected:
+  const Catalog& Make(const std::vector<OutTensor>& tensors) {
+    WriteOptions wo;
+    wo.sparse = true;
+    std::string path = dir_ / ("m" + std::to_string(n_++) + ".safetensors");
+    auto written = WriteCheckpoint(path, tensors, {}, wo, nullptr);
+    EXPECT_TRUE(written.ok()) << written.status().message();
+    auto cat = OpenCatalog(path);
+    EXPECT_TRUE(cat.ok()) << cat.status().message();
+    catalogs_.push_back(std::make_unique<Catalog>(std::move(cat).value()));
+    return *catalogs_.back();
+  }
+  const Catalog& Synth(const std::string& arch, int layers = -1) {
+    SynthOptions so;
+    so.arch = arch;
+    so.layers = layers;
+    so.sparse = true;
+    std::string out = dir_ / (arch + std::to_string(n_++));
+    EXPECT_TRUE(WriteSynthCheckpoint(so, out).ok());
+    auto cat = OpenCatalog(out);
+    EXPECT_TRUE(cat.ok());
+    catalogs_.push_back(std::make_unique<Catalog>(std::move(cat).value()));
+    paths_.push_back(out);
+    return *catalogs_.back();
+  }
+  static const PlannedTensor* Find(const LoadPlan& p, const std::string& name) {
+    for (const PlannedTensor& t : p.tensors) {
+      if (t.name == name) return &t;
+    }
+    return nullptr;
+  }
+  static OutTensor T(const std::string& name, DType dt, std::vector<uint64_t> shape) {
+    uint64_t n = 1;
+    for (uint64_t d : shape) n *= d;
+    return {name, dt, shape, n * static_cast<uint64_t>(DTypeBits(dt)) / 8};
+  }
+
+  hoist::testing::TempDir dir_;
+  std::vector<std::unique_ptr<Catalog>> catalogs_;
+  std::vector<std::string> paths_;
+  int n_ = 0;
+};
+
+TEST_F(PlanTest, OneDeviceOffsetsAreAlignedAndReservationExact) {
+  const Catalog& cat = Make({T("a", DType::kBF16, {3}), T("b", DType::kF32, {100}), T("c", DType::kU8, {1})});
+  PlanOptions o;
+  o.device = DeviceId::Cuda(0);
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  ASSERT_EQ(plan->devices.size(), 1u);
+  EXPECT_EQ(plan->devices[0].device, DeviceId::Cuda(0));
+  EXPECT_EQ(Find(*plan, "a")->offset_bytes, 0u);
+  EXPECT_EQ(Find(*plan, "b")->offset_bytes, 256u);
+  EXPECT_EQ(Find(*plan, "c")->offset_bytes, 768u);  // 256 + 400 rounded up to 512
+  EXPECT_EQ(plan->devices[0].reserve_bytes, 769u);
+  for (const PlannedTensor& t : plan->tensors) EXPECT_EQ(t.offset_bytes % kDeviceTensorAlignBytes, 0u);
+}
+
+TEST_F(PlanTest, QuantizedAndScaleTensorsKeepStoredSizeUnderCast) {
+  const Catalog& cat = Make({T("q.weight", DType::kI8, {64, 64}), T("q.weight_scale", DType::kF32, {64}),
+                             T("f.weight", DType::kF8_E4M3, {32}), T("f.weight_scale_inv", DType::kBF16, {1}),
+                             T("p.weight", DType::kF4, {16, 16}), T("p.absmax", DType::kF32, {4}),
+                             T("n.weight", DType::kF32, {10}), T("g.qweight", DType::kI32, {8, 4})});
+  PlanOptions o;
+  o.device = DeviceId::Cuda(0);
+  o.cast_to = DType::kBF16;
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(Find(*plan, "q.weight")->size_bytes, 4096u);
+  EXPECT_EQ(Find(*plan, "q.weight_scale")->dtype, DType::kF32);
+  EXPECT_EQ(Find(*plan, "q.weight_scale")->size_bytes, 256u);
+  EXPECT_EQ(Find(*plan, "f.weight")->size_bytes, 32u);
+  EXPECT_EQ(Find(*plan, "f.weight_scale_inv")->dtype, DType::kBF16);
+  EXPECT_EQ(Find(*plan, "p.weight")->size_bytes, 128u);  // 256 x 4 bits
+  EXPECT_EQ(Find(*plan, "p.absmax")->dtype, DType::kF32);
+  EXPECT_EQ(Find(*plan, "n.weight")->dtype, DType::kBF16);  // an ordinary float is cast
+  EXPECT_EQ(Find(*plan, "n.weight")->size_bytes, 20u);
+  EXPECT_EQ(Find(*plan, "g.qweight")->size_bytes, 128u);
+}
+
+TEST_F(PlanTest, TiedWeightsAreCountedOnce) {
+  const Catalog& cat = Make({T("model.embed_tokens.weight", DType::kBF16, {100, 8}),
+                             T("lm_head.weight", DType::kBF16, {100, 8}), T("model.norm.weight", DType::kBF16, {8})});
+  PlanOptions o;
+  o.device = DeviceId::Cuda(0);
+  auto untied = BuildPlan(cat, o);
+  o.ties = {{"lm_head.weight", "model.embed_tokens.weight"}};
+  auto tied = BuildPlan(cat, o);
+  ASSERT_TRUE(tied.ok() && untied.ok());
+  // The alias's 1600 bytes (256-aligned: 1792) are no longer reserved.
+  EXPECT_EQ(untied->devices[0].reserve_bytes - tied->devices[0].reserve_bytes, 1792u);
+  const PlannedTensor* head = Find(*tied, "lm_head.weight");
+  ASSERT_NE(head, nullptr);
+  EXPECT_GE(head->alias_of, 0);
+  EXPECT_EQ(head->size_bytes, 0u);
+  EXPECT_EQ(head->offset_bytes, Find(*tied, "model.embed_tokens.weight")->offset_bytes);
+}
+
+TEST_F(PlanTest, TieAddsAliasMissingFromCheckpointAndReadsConfig) {
+  const Catalog& cat = Synth("llama-3.2-1b", 1);
+  auto ties = TiesFromConfig(paths_.back());
+  ASSERT_TRUE(ties.ok());
+  ASSERT_EQ(ties->size(), 1u);
+  EXPECT_EQ((*ties)[0].first, "lm_head.weight");
+  PlanOptions o;
+  o.device = DeviceId::Cuda(0);
+  o.ties = *ties;
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  uint64_t sum = 0;
+  for (const PlannedTensor& t : plan->tensors) sum += t.size_bytes;
+  EXPECT_EQ(sum, cat.total_bytes());  // the alias adds nothing
+  ASSERT_NE(Find(*plan, "lm_head.weight"), nullptr);
+  EXPECT_EQ(plan->tensors.size(), cat.tensors().size() + 1);
+
+  Synth("llama-3.1-8b", 1);
+  auto untied = TiesFromConfig(paths_.back());
+  ASSERT_TRUE(untied.ok());
+  EXPECT_TRUE(untied->empty());
+}
+
+TEST_F(PlanTest, LongestDotBoundaryPrefixWins) {
+  std::vector<OutTensor> ts;
+  for (int layer : {1, 10, 11}) ts.push_back(T("model.layers." + std::to_string(layer) + ".mlp.up_proj.weight", DType::kU8, {4}));
+  ts.push_back(T("model.embed_tokens.weight", DType::kU8, {4}));
+  ts.push_back(T("lm_head.weight", DType::kU8, {4}));
+  const Catalog& cat = Make(ts);
+  PlanOptions o;
+  o.device_map = R"({"model.layers.1": 1, "model": 0, "lm_head": "cpu", "model.layers.1.mlp.gate": "disk"})";
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_EQ(Find(*plan, "model.layers.1.mlp.up_proj.weight")->device, DeviceId::Cuda(1));
+  EXPECT_EQ(Find(*plan, "model.layers.10.mlp.up_proj.weight")->device, DeviceId::Cuda(0));
+  EXPECT_EQ(Find(*plan, "model.layers.11.mlp.up_proj.weight")->device, DeviceId::Cuda(0));
+  EXPECT_EQ(Find(*plan, "model.embed_tokens.weight")->device, DeviceId::Cuda(0));
+  EXPECT_EQ(Find(*plan, "lm_head.weight")->device, DeviceId::Cpu());
+  ASSERT_EQ(plan->warnings.size(), 1u);  // the gate key covers nothing
+  EXPECT_NE(plan->warnings[0].find("model.layers.1.mlp.gate"), std::string::npos);
+}
+
+TEST_F(PlanTest, UncoveredTensorIsAnErrorNamingIt) {
+  const Catalog& cat = Make({T("model.a", DType::kU8, {1}), T("other.b", DType::kU8, {1})});
+  PlanOptions o;
+  o.device_map = R"({"model": 0})";
+  auto plan = BuildPlan(cat, o);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(plan.status().message().find("'other.b'"), std::string::npos);
+  o.device_map = R"({"model": 0, "": "cpu"})";
+  plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(Find(*plan, "other.b")->device, DeviceId::Cpu());
+}
+
+TEST_F(PlanTest, DiskCountsAgainstNoDevice) {
+  const Catalog& cat = Make({T("a.w", DType::kF32, {1000}), T("b.w", DType::kF32, {10})});
+  PlanOptions o;
+  o.device_map = R"({"a": "disk", "b": "cuda:0"})";
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->FindDevice(DeviceId::Cuda(0))->reserve_bytes, 40u);
+  EXPECT_EQ(plan->FindDevice(DeviceId::Disk())->reserve_bytes, 0u);
+}
+
+TEST_F(PlanTest, BadDeviceMapsAreRejected) {
+  const Catalog& cat = Make({T("a", DType::kU8, {1})});
+  for (const char* bad : {R"({"a": "tpu"})", R"({"a": -1})", R"({"a": 1.5})", R"(["a"])", R"({"a": 0, "a": 1})"}) {
+    PlanOptions o;
+    o.device_map = bad;
+    EXPECT_FALSE(BuildPlan(cat, o).ok()) << bad;
+  }
+}
+
+uint64_t Gib(double g) { return static_cast<uint64_t>(g * 1024 * 1024 * 1024); }
+
+std::map<DeviceId, uint64_t> PlacedBytes(const LoadPlan& p) {
+  std::map<DeviceId, uint64_t> out;
+  for (const DevicePlan& d : p.devices) out[d.device] = d.reserve_bytes;
+  return out;
+}
+
+TEST_F(PlanTest, StrategiesSpreadWholeLayers) {
+  const Catalog& cat = Synth("llama-3.1-8b");  // 16.06 GB, 32 layers of ~436 MB
+  for (const char* strategy : {"sequential", "balanced", "auto", "balanced_low_0"}) {
+    SCOPED_TRACE(strategy);
+    PlanOptions o;
+    o.device_map = strategy;
+    o.capacity_bytes = {{DeviceId::Cuda(0), Gib(12)}, {DeviceId::Cuda(1), Gib(12)}, {DeviceId::Cpu(), Gib(64)}};
+    auto plan = BuildPlan(cat, o);
+    ASSERT_TRUE(plan.ok()) << plan.status().message();
+    // A layer never spans two devices.
+    std::map<std::string, DeviceId> layer_device;
+    for (const PlannedTensor& t : plan->tensors) {
+      std::smatch m;
+      if (std::regex_search(t.name, m, std::regex(R"(^model\.layers\.(\d+)\.)"))) {
+        auto [it, inserted] = layer_device.emplace(m[1], t.device);
+        EXPECT_EQ(it->second, t.device) << t.name;
+      }
+    }
+    auto placed = PlacedBytes(*plan);
+    uint64_t gpu0 = placed[DeviceId::Cuda(0)], gpu1 = placed[DeviceId::Cuda(1)];
+    EXPECT_LE(gpu0, Gib(12));
+    EXPECT_LE(gpu1, Gib(12));
+    if (std::string(strategy) == "sequential") {
+      EXPECT_GT(gpu0, Gib(11));  // GPU 0 filled first
+      EXPECT_EQ(placed.count(DeviceId::Cpu()), 0u);  // 16 GB fits in 24 GiB of GPUs
+    } else if (std::string(strategy) == "balanced_low_0") {
+      EXPECT_LT(gpu0, Gib(1.5));  // GPU 0 kept light; what GPU 1 cannot hold goes to the cpu
+      EXPECT_GT(gpu1, Gib(11));
+    } else {
+      EXPECT_EQ(placed.count(DeviceId::Cpu()), 0u);
+      EXPECT_LT(gpu0 > gpu1 ? gpu0 - gpu1 : gpu1 - gpu0, Gib(1.5));  // even
+    }
+  }
+}
+
+TEST_F(PlanTest, StrategyOverflowsToCpuThenDiskAndFailsWhenNothingFits) {
+  const Catalog& cat = Synth("llama-3.1-8b", 4);
+  PlanOptions o;
+  o.device_map = "sequential";
+  o.capacity_bytes = {{DeviceId::Cuda(0), Gib(1.5)}, {DeviceId::Cpu(), Gib(1)}};
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  auto placed = PlacedBytes(*plan);
+  EXPECT_GT(placed[DeviceId::Cuda(0)], 0u);
+  EXPECT_GT(placed[DeviceId::Cpu()], 0u);
+  EXPECT_TRUE(plan->FindDevice(DeviceId::Disk()) != nullptr);
+  o.capacity_bytes[DeviceId::Disk()] = 0;
+  plan = BuildPlan(cat, o);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.status().code(), StatusCode::kOutOfMemory);
+  EXPECT_NE(plan.status().message().find("fits on no device"), std::string::npos);
+}
+
+TEST_F(PlanTest, SplitUnits) {
+  std::vector<std::regex> none;
+  EXPECT_EQ(SplitUnitOf("model.layers.10.mlp.up_proj.weight", none), "model.layers.10");
+  EXPECT_EQ(SplitUnitOf("transformer.h.3.attn.c_attn.weight", none), "transformer.h.3");
+  EXPECT_EQ(SplitUnitOf("model.layers.3.block_sparse_moe.experts.5.w1.weight", none), "model.layers.3");
+  EXPECT_EQ(SplitUnitOf("model.embed_tokens.weight", none), "model.embed_tokens");
+  EXPECT_EQ(SplitUnitOf("bias", none), "bias");
+  std::vector<std::regex> experts = {std::regex(R"(model\.layers\.\d+\.block_sparse_moe\.experts\.\d+)")};
+  EXPECT_EQ(SplitUnitOf("model.layers.3.block_sparse_moe.experts.5.w1.weight", experts),
+            "model.layers.3.block_sparse_moe.experts.5");
+}
+
+TEST_F(PlanTest, KeyMappingRenamesDropsAndCompat) {
+  const Catalog& cat = Make({T("bert.encoder.LayerNorm.gamma", DType::kF32, {4}),
+                             T("bert.encoder.LayerNorm.beta", DType::kF32, {4}),
+                             T("model.layers.0.self_attn.rotary_emb.inv_freq", DType::kF32, {2}),
+                             T("transformer.wte.weight", DType::kF32, {2}), T("junk.x", DType::kF32, {1})});
+  PlanOptions o;
+  o.compat_hf_legacy = true;
+  o.drops = {"^junk\\."};
+  o.renames = {{R"(^transformer\.wte)", "model.embed_tokens"}, {R"(^transformer)", "never"}};
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  std::vector<std::string> names;
+  for (const PlannedTensor& t : plan->tensors) names.push_back(t.name);
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"bert.encoder.LayerNorm.bias", "bert.encoder.LayerNorm.weight",
+                                             "model.embed_tokens.weight"}));
+}
+
+TEST_F(PlanTest, RenameCollisionIsAnError) {
+  const Catalog& cat = Make({T("a.x", DType::kU8, {1}), T("b.x", DType::kU8, {1})});
+  PlanOptions o;
+  o.renames = {{R"(^[ab]\.)", "c."}};
+  auto plan = BuildPlan(cat, o);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.status().message().find("'c.x'"), std::string::npos);
+}
+
+TEST_F(PlanTest, ExpectReportsAndNeverPlansUnexpected) {
+  const Catalog& cat = Make({T("a", DType::kF32, {2}), T("b", DType::kF32, {3}), T("extra", DType::kF32, {1000})});
+  auto expect = ParseExpect(R"({"a": {"dtype": "F32", "shape": [2]}, "b": {"shape": [4]}, "c": {}})", "expect");
+  ASSERT_TRUE(expect.ok());
+  PlanOptions o;
+  o.expect = *expect;
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->missing, std::vector<std::string>{"c"});
+  EXPECT_EQ(plan->unexpected, std::vector<std::string>{"extra"});
+  EXPECT_EQ(plan->mismatched, std::vector<std::string>{"b"});
+  EXPECT_EQ(Find(*plan, "extra"), nullptr);
+  EXPECT_EQ(plan->devices[0].reserve_bytes, 256u + 12u);
+  auto list = ParseExpect(R"(["a", "zz"])", "expect");
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->size(), 2u);
+  EXPECT_FALSE(ParseExpect(R"([1, 2])", "expect").ok());
+}
+
+TEST_F(PlanTest, ParseMaxMemoryAndDeviceIds) {
+  auto mm = ParseMaxMemory("0=20GiB,1=500MB,cpu=64GiB,disk=0");
+  ASSERT_TRUE(mm.ok()) << mm.status().message();
+  EXPECT_EQ(mm->at(DeviceId::Cuda(0)), 20ull << 30);
+  EXPECT_EQ(mm->at(DeviceId::Cuda(1)), 500'000'000u);
+  EXPECT_EQ(mm->at(DeviceId::Cpu()), 64ull << 30);
+  EXPECT_EQ(mm->at(DeviceId::Disk()), 0u);
+  EXPECT_FALSE(ParseMaxMemory("gpu=1GB").ok());
+  EXPECT_FALSE(ParseMaxMemory("0:1GB").ok());
+  EXPECT_EQ(*ParseDeviceId("cuda:3"), DeviceId::Cuda(3));
+  EXPECT_EQ(*ParseDeviceId("cuda"), DeviceId::Cuda(0));
+  EXPECT_EQ(*ParseDeviceId("7"), DeviceId::Cuda(7));
+  EXPECT_EQ(ParseDeviceId("cuda:0")->ToString(), "cuda:0");
+  for (const char* bad : {"", "cuda:", "cuda:x", "gpu", "-1", "cuda:-1", "CPU"}) EXPECT_FALSE(ParseDeviceId(bad).ok()) << bad;
+}
+
+}  // namespace
+}  // namespace hoist
