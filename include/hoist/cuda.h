@@ -16,7 +16,7 @@
 // cudaErrorMemoryAllocation, kDevice otherwise. Free and FreePinned cannot
 // return a Status; a failure there is reported on stderr.
 //
-// REQUIRES: every Event, DeviceAllocation and PinnedBuffer of a CUDA device
+// REQUIRES: every Event and DeviceMemory of a CUDA device
 // dies before the device (that is, before its DeviceRegistry).
 #pragma once
 

@@ -8,8 +8,7 @@
 // registers itself from a static initializer.
 //
 // Ownership: device memory and pinned host memory come back as move-only
-// RAII values (DeviceAllocation, PinnedBuffer) that return the bytes when
-// they die. Events are owned by unique_ptr.
+// RAII values (DeviceMemory) that return the bytes when they die. Events are owned by unique_ptr.
 //
 // Thread-safety: a Device may be used from several threads at once, except
 // that copies and event records on it are ordered on its single copy stream
@@ -85,62 +84,34 @@ class Device {
   virtual Status Synchronize() = 0;
 };
 
-// Device memory that returns itself to its device when destroyed.
-class DeviceAllocation {
+// Device memory, or pinned host memory, that returns itself to its device
+// when destroyed.
+class DeviceMemory {
  public:
-  DeviceAllocation() = default;
-  DeviceAllocation(Device* device, void* ptr, uint64_t size_bytes)
-      : device_(device), ptr_(ptr), size_bytes_(size_bytes) {}
-  ~DeviceAllocation() { Reset(); }
-  DeviceAllocation(DeviceAllocation&& o) noexcept { *this = std::move(o); }
-  DeviceAllocation& operator=(DeviceAllocation&& o) noexcept {
+  DeviceMemory() = default;
+  ~DeviceMemory() { Reset(); }
+  DeviceMemory(DeviceMemory&& o) noexcept { *this = std::move(o); }
+  DeviceMemory& operator=(DeviceMemory&& o) noexcept {
     if (this != &o) {
       Reset();
-      device_ = o.device_, ptr_ = o.ptr_, size_bytes_ = o.size_bytes_;
+      device_ = o.device_, ptr_ = o.ptr_, size_bytes_ = o.size_bytes_, pinned_ = o.pinned_;
       o.device_ = nullptr, o.ptr_ = nullptr, o.size_bytes_ = 0;
     }
     return *this;
   }
-  DeviceAllocation(const DeviceAllocation&) = delete;
-  DeviceAllocation& operator=(const DeviceAllocation&) = delete;
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
 
-  static Result<DeviceAllocation> Make(Device* device, uint64_t size_bytes);
+  // Device memory (Device::Allocate).
+  static Result<DeviceMemory> Allocate(Device* device, uint64_t size_bytes);
+  // Page-locked host memory for staging (Device::AllocatePinned).
+  static Result<DeviceMemory> AllocatePinned(Device* device, uint64_t size_bytes);
+
   void* get() const { return ptr_; }
-  uint64_t size_bytes() const { return size_bytes_; }
-  void Reset() {
-    if (ptr_ != nullptr) device_->Free(ptr_);
-    ptr_ = nullptr;
-    size_bytes_ = 0;
-  }
-
- private:
-  Device* device_ = nullptr;
-  void* ptr_ = nullptr;
-  uint64_t size_bytes_ = 0;
-};
-
-// Pinned host memory that unpins and frees itself when destroyed.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  ~PinnedBuffer() { Reset(); }
-  PinnedBuffer(PinnedBuffer&& o) noexcept { *this = std::move(o); }
-  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-    if (this != &o) {
-      Reset();
-      device_ = o.device_, ptr_ = o.ptr_, size_bytes_ = o.size_bytes_;
-      o.device_ = nullptr, o.ptr_ = nullptr, o.size_bytes_ = 0;
-    }
-    return *this;
-  }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-
-  static Result<PinnedBuffer> Make(Device* device, uint64_t size_bytes);
   unsigned char* data() const { return static_cast<unsigned char*>(ptr_); }
   uint64_t size_bytes() const { return size_bytes_; }
   void Reset() {
-    if (ptr_ != nullptr) device_->FreePinned(ptr_);
+    if (ptr_ != nullptr) pinned_ ? device_->FreePinned(ptr_) : device_->Free(ptr_);
     ptr_ = nullptr;
     size_bytes_ = 0;
   }
@@ -149,6 +120,7 @@ class PinnedBuffer {
   Device* device_ = nullptr;
   void* ptr_ = nullptr;
   uint64_t size_bytes_ = 0;
+  bool pinned_ = false;
 };
 
 // The devices a program can load onto. Owns them.

@@ -108,7 +108,7 @@ class LoadedModel {
  private:
   friend Result<LoadedModel> Load(const Catalog&, LoadPlan, const DeviceRegistry&, const LoadOptions&);
   friend Result<LoadedModel> LoadToHost(const Catalog&, const LoadOptions&);
-  std::vector<DeviceAllocation> allocations_;
+  std::vector<DeviceMemory> allocations_;
   std::vector<TensorView> tensors_;
   std::unordered_map<std::string, size_t> index_;
   LoadPlan plan_;

@@ -1,19 +1,17 @@
 #include "hoist/writer.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <mutex>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "hoist/catalog.h"
 #include "hoist/loader.h"
 #include "io/file.h"
+#include "util/parallel.h"
 
 namespace hoist {
 
@@ -156,32 +154,13 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
   }
 
   int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
-  threads = static_cast<int>(std::min<size_t>(static_cast<size_t>(threads), std::max<size_t>(pieces.size(), 1)));
-  std::atomic<size_t> next{0};
-  std::atomic<bool> failed{false};
-  std::mutex mu;
-  Status first_error;
-  auto worker = [&] {
-    std::vector<unsigned char> buffer;
-    for (;;) {
-      size_t k = next.fetch_add(1);
-      if (k >= pieces.size() || failed.load()) return;
-      const Piece& p = pieces[k];
-      buffer.resize(p.size_bytes);
-      Status s = fill(p.tensor, p.tensor_offset_bytes, p.size_bytes, buffer.data());
-      if (s.ok()) s = files[p.shard].WriteAt(p.file_offset_bytes, buffer.data(), p.size_bytes);
-      if (!s.ok()) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!failed.exchange(true)) first_error = std::move(s);
-        return;
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
-  worker();
-  for (std::thread& t : pool) t.join();
-  if (failed.load()) return first_error;
+  HOIST_RETURN_IF_ERROR(ParallelFor(pieces.size(), threads, [&](size_t k) -> Status {
+    thread_local std::vector<unsigned char> buffer;
+    const Piece& p = pieces[k];
+    buffer.resize(p.size_bytes);
+    HOIST_RETURN_IF_ERROR(fill(p.tensor, p.tensor_offset_bytes, p.size_bytes, buffer.data()));
+    return files[p.shard].WriteAt(p.file_offset_bytes, buffer.data(), p.size_bytes);
+  }));
   for (File& f : files) HOIST_RETURN_IF_ERROR(f.Close());
 
   WriteResult result;

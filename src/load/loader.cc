@@ -12,6 +12,7 @@
 #include "hoist/loader.h"
 #include "io/file.h"
 #include "load/select.h"
+#include "util/parallel.h"
 
 namespace hoist {
 
@@ -70,7 +71,7 @@ struct ReadItem {
 // Pinned buffers a GPU's copies go through. A slot is reusable once the
 // event recorded after its copy has completed.
 struct StagingSlot {
-  PinnedBuffer buffer;
+  DeviceMemory buffer;
   std::unique_ptr<Event> event;
   bool pending = false;  // a copy from it may still be running
 };
@@ -159,7 +160,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       continue;
     }
     DeviceState& s = *states[state_of[d.device]];
-    HOIST_ASSIGN_OR_RETURN(DeviceAllocation a, DeviceAllocation::Make(s.device, d.reserve_bytes));
+    HOIST_ASSIGN_OR_RETURN(DeviceMemory a, DeviceMemory::Allocate(s.device, d.reserve_bytes));
     s.base = static_cast<unsigned char*>(a.get());
     s.stats.reserved_bytes += a.size_bytes();
     s.stats.driver_allocs += 1;
@@ -172,7 +173,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (options.alloc == AllocStrategy::kReserve) {
       tensor_ptr[i] = s.base + t.offset_bytes;
     } else if (t.size_bytes > 0) {
-      HOIST_ASSIGN_OR_RETURN(DeviceAllocation a, DeviceAllocation::Make(s.device, t.size_bytes));
+      HOIST_ASSIGN_OR_RETURN(DeviceMemory a, DeviceMemory::Allocate(s.device, t.size_bytes));
       tensor_ptr[i] = static_cast<unsigned char*>(a.get());
       s.stats.reserved_bytes += a.size_bytes();
       s.stats.driver_allocs += 1;
@@ -193,7 +194,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (!s->staged) continue;
     for (int k = 0; k < options.staging_slots; ++k) {
       StagingSlot slot;
-      HOIST_ASSIGN_OR_RETURN(slot.buffer, PinnedBuffer::Make(s->device, slot_bytes));
+      HOIST_ASSIGN_OR_RETURN(slot.buffer, DeviceMemory::AllocatePinned(s->device, slot_bytes));
       HOIST_ASSIGN_OR_RETURN(slot.event, s->device->CreateEvent());
       s->slots.push_back(std::move(slot));
       s->free_slots.push_back(s->slots.size() - 1);
@@ -228,15 +229,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   }
 
   int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
-  threads = static_cast<int>(std::min<size_t>(static_cast<size_t>(threads), std::max<size_t>(items.size(), 1)));
-  std::atomic<size_t> next{0};
-  std::atomic<bool> failed{false};
-  std::mutex error_mu;
-  Status first_error;
-  auto fail = [&](Status s) {
-    std::lock_guard<std::mutex> lock(error_mu);
-    if (!failed.exchange(true)) first_error = std::move(s);
-  };
+  std::atomic<bool> stop{false};  // wakes workers waiting for a staging buffer
 
   auto process = [&](const ReadItem& it, std::vector<unsigned char>& scratch) -> Status {
     const PlannedTensor& t = plan.tensors[it.tensor];
@@ -256,8 +249,8 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     size_t slot_index;
     {
       std::unique_lock<std::mutex> lock(s.mu);
-      s.cv.wait(lock, [&] { return !s.free_slots.empty() || failed.load(); });
-      if (failed.load()) return Status::Ok();
+      s.cv.wait(lock, [&] { return !s.free_slots.empty() || stop.load(); });
+      if (stop.load()) return Status::Ok();
       slot_index = s.free_slots.front();
       s.free_slots.pop_front();
     }
@@ -280,34 +273,32 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     return st;
   };
 
-  auto worker = [&] {
-    std::vector<unsigned char> scratch;
-    for (;;) {
-      size_t k = next.fetch_add(1, std::memory_order_relaxed);
-      if (k >= items.size() || failed.load(std::memory_order_relaxed)) return;
-      const ReadItem& it = items[k];
-      Status s = options.before_read ? options.before_read(k) : Status::Ok();
-      if (s.ok()) s = process(it, scratch);
-      if (!s.ok()) {
-        fail(Status(s.code(), "tensor " + QuoteName(plan.tensors[it.tensor].source->name) + " in " + s.message()));
-        for (auto& st : states) st->cv.notify_all();
-        return;
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<size_t>(threads));
-  for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
-  worker();
-  for (std::thread& th : pool) th.join();
+  Status read_status = ParallelFor(
+      items.size(), threads,
+      [&](size_t k) -> Status {
+        thread_local std::vector<unsigned char> scratch;
+        const ReadItem& it = items[k];
+        Status s = options.before_read ? options.before_read(k) : Status::Ok();
+        if (s.ok()) s = process(it, scratch);
+        if (s.ok()) return s;
+        return Status(s.code(), "tensor " + QuoteName(plan.tensors[it.tensor].source->name) + " in " + s.message());
+      },
+      [&] {
+        stop.store(true);
+        for (auto& st : states) {
+          std::lock_guard<std::mutex> lock(st->mu);
+          st->cv.notify_all();
+        }
+      },
+      &threads);
   // Copies may still be reading the staging buffers: wait for every device
   // before anything is released, on success and on failure alike.
   for (auto& s : states) {
     if (!s->staged) continue;
     Status st = s->device->Synchronize();
-    if (!st.ok() && !failed.load()) fail(st);
+    if (!st.ok() && read_status.ok()) read_status = st;
   }
-  if (failed.load()) return first_error;  // allocations and staging are released on return
+  if (!read_status.ok()) return read_status;  // allocations and staging are released on return
 
   // Views.
   model.tensors_.reserve(plan.tensors.size());

@@ -47,18 +47,18 @@ Result<DeviceId> ParseDeviceId(std::string_view text) {
   return bad();
 }
 
-Result<DeviceAllocation> DeviceAllocation::Make(Device* device, uint64_t size_bytes) {
+Result<DeviceMemory> DeviceMemory::Allocate(Device* device, uint64_t size_bytes) {
   HOIST_ASSIGN_OR_RETURN(void* ptr, device->Allocate(size_bytes));
-  return DeviceAllocation(device, ptr, size_bytes);
+  DeviceMemory m;
+  m.device_ = device, m.ptr_ = ptr, m.size_bytes_ = size_bytes, m.pinned_ = false;
+  return m;
 }
 
-Result<PinnedBuffer> PinnedBuffer::Make(Device* device, uint64_t size_bytes) {
+Result<DeviceMemory> DeviceMemory::AllocatePinned(Device* device, uint64_t size_bytes) {
   HOIST_ASSIGN_OR_RETURN(void* ptr, device->AllocatePinned(size_bytes));
-  PinnedBuffer b;
-  b.device_ = device;
-  b.ptr_ = ptr;
-  b.size_bytes_ = size_bytes;
-  return b;
+  DeviceMemory m;
+  m.device_ = device, m.ptr_ = ptr, m.size_bytes_ = size_bytes, m.pinned_ = true;
+  return m;
 }
 
 Device* DeviceRegistry::Find(DeviceId id) const {

@@ -42,7 +42,7 @@ class CudaDeviceTest : public ::testing::Test {
     ASSERT_NE(device_, nullptr);
     // Create the context and the copy stream, and let the driver set up its
     // small-allocation pools, before any test reads free memory.
-    Result<DeviceAllocation> warm = DeviceAllocation::Make(device_, 1);
+    Result<DeviceMemory> warm = DeviceMemory::Allocate(device_, 1);
     ASSERT_TRUE(warm.ok()) << warm.status().message();
     ASSERT_TRUE(device_->Synchronize().ok());
   }
@@ -95,13 +95,13 @@ TEST_F(CudaDeviceTest, DevicesAreNamedAndNumbered) {
 TEST_F(CudaDeviceTest, AllocationIsAlignedAndReturnedWhenItDies) {
   const uint64_t before = FreeBytes();
   {
-    Result<DeviceAllocation> big = DeviceAllocation::Make(device_, 256 * kMiB);
+    Result<DeviceMemory> big = DeviceMemory::Allocate(device_, 256 * kMiB);
     ASSERT_TRUE(big.ok()) << big.status().message();
     EXPECT_EQ(reinterpret_cast<uintptr_t>(big->get()) % 256, 0u);
     EXPECT_LE(FreeBytes() + 256 * kMiB, before + kFreeSlackBytes) << "256 MiB allocated but free memory barely moved";
-    std::vector<DeviceAllocation> odd;
+    std::vector<DeviceMemory> odd;
     for (uint64_t size : {uint64_t{1}, uint64_t{3}, uint64_t{255}, uint64_t{257}, kMiB + 3, 7 * kMiB + 1}) {
-      Result<DeviceAllocation> a = DeviceAllocation::Make(device_, size);
+      Result<DeviceMemory> a = DeviceMemory::Allocate(device_, size);
       ASSERT_TRUE(a.ok()) << a.status().message();
       EXPECT_EQ(reinterpret_cast<uintptr_t>(a->get()) % 256, 0u) << size << " bytes";
       odd.push_back(std::move(*a));
@@ -112,11 +112,11 @@ TEST_F(CudaDeviceTest, AllocationIsAlignedAndReturnedWhenItDies) {
 
 TEST_F(CudaDeviceTest, PinnedBufferRoundTrip) {
   const size_t size = kMiB + 13;
-  Result<PinnedBuffer> pinned = PinnedBuffer::Make(device_, size);
+  Result<DeviceMemory> pinned = DeviceMemory::AllocatePinned(device_, size);
   ASSERT_TRUE(pinned.ok()) << pinned.status().message();
   std::vector<unsigned char> want = RandomBytes(size, 1);
   std::memcpy(pinned->data(), want.data(), size);
-  Result<DeviceAllocation> dev = DeviceAllocation::Make(device_, size);
+  Result<DeviceMemory> dev = DeviceMemory::Allocate(device_, size);
   ASSERT_TRUE(dev.ok()) << dev.status().message();
   std::vector<unsigned char> got = RoundTrip(device_, dev->get(), pinned->data(), size);
   EXPECT_TRUE(got == want);
@@ -125,10 +125,10 @@ TEST_F(CudaDeviceTest, PinnedBufferRoundTrip) {
 TEST_F(CudaDeviceTest, CopiesFromUnalignedHostOffsetsAndOddSizes) {
   const size_t host_size = 4 * kMiB + 64;
   std::vector<unsigned char> pageable = RandomBytes(host_size, 2);
-  Result<PinnedBuffer> pinned = PinnedBuffer::Make(device_, host_size);
+  Result<DeviceMemory> pinned = DeviceMemory::AllocatePinned(device_, host_size);
   ASSERT_TRUE(pinned.ok()) << pinned.status().message();
   std::memcpy(pinned->data(), pageable.data(), host_size);
-  Result<DeviceAllocation> dev = DeviceAllocation::Make(device_, host_size);
+  Result<DeviceMemory> dev = DeviceMemory::Allocate(device_, host_size);
   ASSERT_TRUE(dev.ok()) << dev.status().message();
   auto* dev_bytes = static_cast<unsigned char*>(dev->get());
 
@@ -150,11 +150,11 @@ TEST_F(CudaDeviceTest, ManyQueuedCopiesThenSynchronize) {
   const size_t chunk = 64 * 1024 + 3;
   const int chunks = 256;
   const size_t total = chunk * chunks;
-  Result<PinnedBuffer> pinned = PinnedBuffer::Make(device_, total);
+  Result<DeviceMemory> pinned = DeviceMemory::AllocatePinned(device_, total);
   ASSERT_TRUE(pinned.ok()) << pinned.status().message();
   std::vector<unsigned char> want = RandomBytes(total, 3);
   std::memcpy(pinned->data(), want.data(), total);
-  Result<DeviceAllocation> dev = DeviceAllocation::Make(device_, total);
+  Result<DeviceMemory> dev = DeviceMemory::Allocate(device_, total);
   ASSERT_TRUE(dev.ok()) << dev.status().message();
   auto* dev_bytes = static_cast<unsigned char*>(dev->get());
   // Queued in reverse so that a copy dropped or misplaced shows.
@@ -176,7 +176,7 @@ TEST_F(CudaDeviceTest, CopiesFromSeveralThreadsOnEveryDevice) {
   const int threads_per_device = 4;
   for (Device* d : registry_.All()) {
     if (d->id().kind != DeviceKind::kCuda) continue;
-    Result<DeviceAllocation> dev = DeviceAllocation::Make(d, per_thread * threads_per_device);
+    Result<DeviceMemory> dev = DeviceMemory::Allocate(d, per_thread * threads_per_device);
     ASSERT_TRUE(dev.ok()) << dev.status().message();
     auto* dev_bytes = static_cast<unsigned char*>(dev->get());
     std::vector<std::vector<unsigned char>> want(threads_per_device);
@@ -218,9 +218,9 @@ TEST_F(CudaDeviceTest, OutOfMemoryIsReportedAndLeavesMemoryAlone) {
   EXPECT_EQ(m.find('\n'), std::string::npos) << m;
   EXPECT_LE(AbsDiff(FreeBytes(), info->free_bytes), kFreeSlackBytes);
   // The error is not sticky: the device still works.
-  Result<DeviceAllocation> after = DeviceAllocation::Make(device_, kMiB);
+  Result<DeviceMemory> after = DeviceMemory::Allocate(device_, kMiB);
   EXPECT_TRUE(after.ok()) << after.status().message();
-  Result<PinnedBuffer> pinned = PinnedBuffer::Make(device_, kMiB);
+  Result<DeviceMemory> pinned = DeviceMemory::AllocatePinned(device_, kMiB);
   ASSERT_TRUE(pinned.ok()) << pinned.status().message();
   std::vector<unsigned char> want = RandomBytes(kMiB, 4);
   std::memcpy(pinned->data(), want.data(), kMiB);
