@@ -18,9 +18,7 @@
 #include "hoist/loader.h"
 #include "hoist/synth.h"
 #include "hoist/writer.h"
-#ifdef HOIST_WITH_CUDA
-#include "hoist/cuda.h"
-#endif
+#include "api/session.h"
 
 namespace hoist::cli {
 namespace {
@@ -46,13 +44,6 @@ std::string ShapeText(const std::vector<uint64_t>& shape) {
 }
 
 double Rate(uint64_t bytes, double seconds) { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0; }
-
-Result<std::optional<DType>> ParseDtypeFlag(const std::string& text) {
-  if (text.empty()) return std::optional<DType>();
-  auto d = ParseCastTarget(text);
-  if (!d) return InvalidArgument("--dtype '" + text + "': expected bf16, f16 or f32");
-  return std::optional<DType>(*d);
-}
 
 Status WriteTextFile(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -105,125 +96,26 @@ int RunInspect(const InspectArgs& args) {
 
 namespace {
 
-DeviceRegistry MakeRegistry() {
-  DeviceRegistry registry = MakeCpuRegistry();
-#ifdef HOIST_WITH_CUDA
-  int count = 0;
-  Status s = RegisterCudaDevices(&registry, &count);
-  if (!s.ok()) fmt::print(stderr, "warning: {}\n", s.message());
-#endif
-  return registry;
-}
-
-Result<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot read");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& flag, const std::string& text) {
-  size_t eq = text.find('=');
-  if (eq == std::string::npos || eq == 0) return InvalidArgument(flag + " '" + text + "': expected A=B");
-  return std::make_pair(text.substr(0, eq), text.substr(eq + 1));
-}
-
-// Turns the flags into PlanOptions; `margin` is subtracted from GPUs' free
-// memory when capacities for a device-map strategy are computed.
-Result<PlanOptions> MakePlanOptions(const PlanArgs& a, const DeviceRegistry& registry, uint64_t margin,
-                                    std::map<DeviceId, uint64_t>* max_memory) {
-  PlanOptions o;
-  HOIST_ASSIGN_OR_RETURN(o.cast_to, ParseDtypeFlag(a.dtype));
-  o.only_regex = a.only;
-  o.drops = a.drops;
-  o.no_split = a.no_split;
-  if (!a.compat.empty() && a.compat != "hf-legacy") {
-    return InvalidArgument("--compat '" + a.compat + "': the only mode is hf-legacy");
-  }
-  o.compat_hf_legacy = a.compat == "hf-legacy";
-  for (const std::string& r : a.renames) {
-    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--rename", r));
-    o.renames.push_back({kv.first, kv.second});
-  }
-  if (!a.no_config_ties) {
-    HOIST_ASSIGN_OR_RETURN(o.ties, TiesFromConfig(a.path));
-  }
-  for (const std::string& t : a.ties) {
-    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--tie", t));
-    o.ties.push_back(kv);
-  }
-  if (!a.expect.empty()) {
-    HOIST_ASSIGN_OR_RETURN(std::string text, ReadText(a.expect));
-    HOIST_ASSIGN_OR_RETURN(o.expect, ParseExpect(text, a.expect));
-  }
-  if (!a.max_memory.empty()) {
-    HOIST_ASSIGN_OR_RETURN(*max_memory, ParseMaxMemory(a.max_memory));
-  }
-  if (!a.device.empty() && !a.device_map.empty()) return InvalidArgument("give --device or --device-map, not both");
-  if (!a.device_map.empty()) {
-    o.device_map = a.device_map;
-    // Capacities: free memory (less the margin on GPUs), capped by --max-memory;
-    // devices named only in --max-memory count with that size (planning for
-    // a machine this is not).
-    for (Device* d : registry.All()) {
-      Result<MemoryInfo> mem = d->GetMemoryInfo();
-      if (!mem.ok()) return mem.status();
-      uint64_t m = d->id().kind == DeviceKind::kCuda ? margin : 0;
-      o.capacity_bytes[d->id()] = mem->free_bytes > m ? mem->free_bytes - m : 0;
-    }
-    for (const auto& [id, limit] : *max_memory) {
-      auto it = o.capacity_bytes.find(id);
-      o.capacity_bytes[id] = it == o.capacity_bytes.end() ? limit : std::min(it->second, limit);
-    }
-  } else if (!a.device.empty()) {
-    HOIST_ASSIGN_OR_RETURN(DeviceId id, ParseDeviceId(a.device));
-    o.device = id;
-  } else {
-    o.device = registry.Find(DeviceId::Cuda(0)) != nullptr ? DeviceId::Cuda(0) : DeviceId::Cpu();
-  }
-  return o;
-}
-
 void PrintWarnings(const LoadPlan& plan, bool quiet) {
   if (quiet) return;
   for (const std::string& w : plan.warnings) fmt::print(stderr, "warning: {}\n", w);
 }
 
-ordered_json PlanJson(const LoadPlan& plan) {
-  ordered_json out;
-  out["tensors"] = ordered_json::array();
-  for (const PlannedTensor& t : plan.tensors) {
-    ordered_json j = {{"name", t.name},
-                      {"device", t.device.ToString()},
-                      {"dtype", std::string(DTypeName(t.dtype))},
-                      {"nbytes", t.size_bytes},
-                      {"offset", t.offset_bytes}};
-    if (t.device.kind == DeviceKind::kDisk) j["offset"] = nullptr;
-    if (t.alias_of >= 0) j["tied_to"] = plan.tensors[static_cast<size_t>(t.alias_of)].name;
-    out["tensors"].push_back(j);
-  }
-  out["devices"] = ordered_json::object();
-  for (const DevicePlan& d : plan.devices) {
-    out["devices"][d.device.ToString()] = {{"bytes", d.reserve_bytes}, {"tensors", d.tensor_count}};
-  }
-  out["warnings"] = plan.warnings;
-  if (!plan.missing.empty() || !plan.unexpected.empty() || !plan.mismatched.empty()) {
-    out["missing"] = plan.missing;
-    out["unexpected"] = plan.unexpected;
-    out["mismatched"] = plan.mismatched;
-  }
-  return out;
+DeviceRegistry MakeRegistry() {
+  std::string warning;
+  DeviceRegistry registry = MakeDefaultRegistry(&warning);
+  if (!warning.empty()) fmt::print(stderr, "warning: {}\n", warning);
+  return registry;
 }
 
 }  // namespace
 
 int RunPlan(const PlanCmdArgs& args) {
-  Result<Catalog> cat = OpenCatalog(args.plan.path);
+  Result<Catalog> cat = OpenCatalog(args.request.path);
   if (!cat.ok()) return Fail(cat.status());
   DeviceRegistry registry = MakeRegistry();
   std::map<DeviceId, uint64_t> max_memory;
-  Result<PlanOptions> po = MakePlanOptions(args.plan, registry, kDefaultGpuMarginBytes, &max_memory);
+  Result<PlanOptions> po = MakePlanOptions(args.request, registry, kDefaultGpuMarginBytes, &max_memory);
   if (!po.ok()) return Fail(po.status());
   Result<LoadPlan> plan = BuildPlan(*cat, *po);
   if (!plan.ok()) return Fail(plan.status());
@@ -249,68 +141,15 @@ int RunPlan(const PlanCmdArgs& args) {
 }
 
 int RunLoad(const LoadArgs& args) {
-  Result<uint64_t> chunk = ParseByteSize(args.chunk_size);
-  if (!chunk.ok()) return Fail(chunk.status());
-  Result<uint64_t> margin = ParseByteSize(args.margin);
-  if (args.margin == "0") margin = uint64_t{0};
-  if (!margin.ok()) return Fail(margin.status());
-  Result<Catalog> cat = OpenCatalog(args.plan.path);
-  if (!cat.ok()) return Fail(cat.status());
   DeviceRegistry registry = MakeRegistry();
-  LoadOptions options;
-  Result<PlanOptions> po = MakePlanOptions(args.plan, registry, *margin, &options.max_memory);
-  if (!po.ok()) return Fail(po.status());
-  auto plan_start = std::chrono::steady_clock::now();
-  Result<LoadPlan> plan = BuildPlan(*cat, *po);
-  if (!plan.ok()) return Fail(plan.status());
-  double plan_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - plan_start).count();
-  PrintWarnings(*plan, args.quiet);
-
-  options.alloc = args.alloc == "per-tensor" ? AllocStrategy::kPerTensor : AllocStrategy::kReserve;
-  options.chunk_bytes = *chunk;
-  options.threads = args.threads;
-  options.staging_slots = args.staging_slots;
-  options.gpu_margin_bytes = *margin;
-  Result<LoadedModel> model = Load(*cat, std::move(plan).value(), registry, options);
-  if (!model.ok()) return Fail(model.status());
-  const LoadStats& st = model->stats();
-  const double seconds = st.seconds + plan_seconds;
-
+  Result<std::unique_ptr<LoadSession>> session = LoadFromRequest(args.request, registry);
+  if (!session.ok()) return Fail(session.status());
+  const LoadedModel& model = (*session)->model;
+  PrintWarnings(model.plan(), args.quiet);
+  const LoadStats& st = model.stats();
+  const double seconds = st.seconds + (*session)->plan_seconds;
   if (!args.report.empty()) {
-    ordered_json report;
-    report["path"] = args.plan.path;
-    report["total_bytes"] = st.bytes_loaded;
-    report["bytes_read"] = st.bytes_read;
-    report["seconds"] = seconds;
-    report["gbps"] = Rate(st.bytes_read, seconds);
-    report["alloc"] = args.alloc;
-    report["threads"] = st.threads;
-    report["chunk_bytes"] = options.chunk_bytes;
-    report["stages"] = {{"plan", plan_seconds}, {"reserve", st.reserve_seconds}, {"read", st.read_seconds}};
-    report["tensors"] = ordered_json::array();
-    for (const TensorView& v : model->tensors()) {
-      ordered_json j = {{"name", v.name},
-                        {"device", v.device.ToString()},
-                        {"dtype", std::string(DTypeName(v.dtype))},
-                        {"stored_dtype", std::string(DTypeName(v.stored_dtype))},
-                        {"shape", v.shape},
-                        {"nbytes", v.size_bytes},
-                        {"offset", v.offset_bytes}};
-      if (v.tied) j["tied"] = true;
-      report["tensors"].push_back(j);
-    }
-    report["devices"] = ordered_json::object();
-    for (const DeviceStats& d : st.devices) {
-      report["devices"][d.device.ToString()] = {{"bytes", d.reserved_bytes},
-                                                {"tensor_bytes", d.bytes},
-                                                {"driver_allocs", d.driver_allocs},
-                                                {"peak_reserved_bytes", d.peak_reserved_bytes}};
-    }
-    report["missing"] = model->plan().missing;
-    report["unexpected"] = model->plan().unexpected;
-    report["mismatched"] = model->plan().mismatched;
-    report["warnings"] = model->plan().warnings;
-    Status s = WriteTextFile(args.report, report.dump(2) + "\n");
+    Status s = WriteTextFile(args.report, ReportJson(**session).dump(2) + "\n");
     if (!s.ok()) return Fail(s);
   }
   if (!args.quiet) {
@@ -321,7 +160,7 @@ int RunLoad(const LoadArgs& args) {
     }
     if (where.empty()) where = "nowhere";
     fmt::print("loaded {} tensors, {} in {:.3f} s ({:.2f} GB/s) to {} with {} thread{}, {} allocation{}\n",
-               model->tensors().size(), HumanBytes(st.bytes_loaded), seconds, Rate(st.bytes_read, seconds), where,
+               model.tensors().size(), HumanBytes(st.bytes_loaded), seconds, Rate(st.bytes_read, seconds), where,
                st.threads, st.threads == 1 ? "" : "s", st.driver_allocs, st.driver_allocs == 1 ? "" : "s");
   }
   return 0;

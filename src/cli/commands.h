@@ -6,37 +6,21 @@
 #include <string>
 #include <vector>
 
+#include "api/session.h"
+
 namespace hoist::cli {
 
 struct InspectArgs {
   std::string path;
   bool json = false;
 };
-// Planning flags shared by `load` and `plan`.
-struct PlanArgs {
-  std::string path;
-  std::string device;       // empty: the best device present (cuda:0, else cpu)
-  std::string device_map;
-  std::string max_memory;
-  std::string dtype;
-  std::string only;
-  std::vector<std::string> ties, renames, drops, no_split;
-  std::string compat;
-  std::string expect;
-  bool no_config_ties = false;
-};
 struct LoadArgs {
-  PlanArgs plan;
-  std::string alloc = "reserve";
-  std::string margin = "1.2GiB";
-  int threads = 0;
+  LoadRequest request;
   std::string report;
-  std::string chunk_size = "8MiB";
-  int staging_slots = 4;
   bool quiet = false;
 };
 struct PlanCmdArgs {
-  PlanArgs plan;
+  PlanRequest request;
   bool json = false;
 };
 struct ConvertArgs {

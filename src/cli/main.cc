@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
   c_inspect->add_option("PATH", inspect.path, ".safetensors file or checkpoint directory")->required();
   c_inspect->add_flag("--json", inspect.json, "Print JSON instead of a table");
 
-  auto add_plan_flags = [](CLI::App* c, PlanArgs& a) {
+  auto add_plan_flags = [](CLI::App* c, hoist::PlanRequest& a) {
     c->add_option("PATH", a.path, ".safetensors file or checkpoint directory")->required();
     c->add_option("--device", a.device, "Put everything on one device: cpu, cuda, cuda:N (default: cuda:0 if present, else cpu)");
     c->add_option("--device-map", a.device_map,
@@ -30,28 +30,28 @@ int main(int argc, char** argv) {
     c->add_option("--rename", a.renames, "REGEX=REPLACEMENT, applied to names; first match wins (repeatable)");
     c->add_option("--drop", a.drops, "Drop tensors whose name matches REGEX (repeatable)");
     c->add_option("--compat", a.compat, "hf-legacy: gamma/beta -> weight/bias, drop rotary_emb.inv_freq");
-    c->add_option("--expect", a.expect, "JSON file: a list of names, or name -> {dtype, shape}");
+    c->add_option("--expect", a.expect_file, "JSON file: a list of names, or name -> {dtype, shape}");
     c->add_option("--no-split", a.no_split, "REGEX naming modules a device-map strategy never splits (repeatable)");
     c->add_flag("--no-config-ties", a.no_config_ties, "Ignore tie_word_embeddings in a config.json beside the checkpoint");
   };
 
   LoadArgs load;
   auto* c_load = app.add_subcommand("load", "Load a checkpoint onto devices and report how fast");
-  add_plan_flags(c_load, load.plan);
-  c_load->add_option("--alloc", load.alloc, "reserve: one allocation per device; per-tensor: the baseline")
+  add_plan_flags(c_load, load.request.plan);
+  c_load->add_option("--alloc", load.request.alloc, "reserve: one allocation per device; per-tensor: the baseline")
       ->check(CLI::IsMember({"reserve", "per-tensor"}))->capture_default_str();
-  c_load->add_option("--margin", load.margin, "Free memory left on each GPU")->capture_default_str();
-  c_load->add_option("--threads", load.threads, "Reader threads (default: one per core, 2..32)")
+  c_load->add_option("--margin", load.request.margin, "Free memory left on each GPU")->capture_default_str();
+  c_load->add_option("--threads", load.request.threads, "Reader threads (default: one per core, 2..32)")
       ->check(CLI::Range(1, 1024));
   c_load->add_option("--report", load.report, "Write a JSON report to this file");
-  c_load->add_option("--chunk-size", load.chunk_size, "Largest single read (e.g. 8MiB)")->capture_default_str();
-  c_load->add_option("--staging-buffers", load.staging_slots, "Pinned staging buffers per GPU")
+  c_load->add_option("--chunk-size", load.request.chunk_size, "Largest single read (e.g. 8MiB)")->capture_default_str();
+  c_load->add_option("--staging-buffers", load.request.staging_slots, "Pinned staging buffers per GPU")
       ->check(CLI::Range(1, 256))->capture_default_str();
   c_load->add_flag("--quiet,-q", load.quiet, "Print nothing on success");
 
   PlanCmdArgs plan;
   auto* c_plan = app.add_subcommand("plan", "Print where each tensor would go, without loading (no device needed)");
-  add_plan_flags(c_plan, plan.plan);
+  add_plan_flags(c_plan, plan.request);
   c_plan->add_flag("--json", plan.json, "Print JSON");
 
   ProbeArgs probe;

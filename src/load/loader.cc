@@ -52,9 +52,18 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::string GiB(uint64_t bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024 * 1024));
+// "279808 bytes (273.25 KiB)": exact, and readable at any size.
+std::string Bytes(uint64_t bytes) {
+  const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = -1;
+  while (v >= 1024 && u < 3) v /= 1024, ++u;
+  char buf[64];
+  if (u < 0) {
+    std::snprintf(buf, sizeof buf, "%llu bytes", static_cast<unsigned long long>(bytes));
+  } else {
+    std::snprintf(buf, sizeof buf, "%llu bytes (%.2f %s)", static_cast<unsigned long long>(bytes), v, units[u]);
+  }
   return buf;
 }
 
@@ -92,14 +101,14 @@ Status CheckFits(const DevicePlan& d, Device* device, uint64_t needed, const Loa
   HOIST_ASSIGN_OR_RETURN(MemoryInfo mem, device->GetMemoryInfo());
   uint64_t margin = d.device.kind == DeviceKind::kCuda ? options.gpu_margin_bytes : 0;
   uint64_t available = mem.free_bytes > margin ? mem.free_bytes - margin : 0;
-  std::string why = "free " + GiB(mem.free_bytes) + (margin ? " minus a " + GiB(margin) + " margin" : "");
+  std::string why = "free " + Bytes(mem.free_bytes) + (margin ? " minus a " + Bytes(margin) + " margin" : "");
   auto limit = options.max_memory.find(d.device);
   if (limit != options.max_memory.end() && limit->second < available) {
     available = limit->second;
     why = "--max-memory";
   }
   if (needed > available) {
-    return OutOfMemory(d.device.ToString() + ": the plan needs " + GiB(needed) + " but only " + GiB(available) +
+    return OutOfMemory(d.device.ToString() + ": the plan needs " + Bytes(needed) + " but only " + Bytes(available) +
                        " is available (" + why + "); spread the model with --device-map auto --max-memory " +
                        "0=...,cpu=..., or shrink it with --dtype");
   }

@@ -139,26 +139,37 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
     if (id.kind == DeviceKind::kCuda) gpus.push_back(id);
   }
   std::sort(gpus.begin(), gpus.end());
-  // Budgets: what each device may take in this strategy.
-  std::vector<std::pair<DeviceId, uint64_t>> order;
-  const size_t n = gpus.size();
-  for (size_t g = 0; g < n; ++g) {
-    uint64_t cap = capacity_bytes.at(gpus[g]);
-    uint64_t budget = cap;
-    if (strategy != "sequential" && n > 1 && g + 1 < n) {
-      if (strategy == "balanced_low_0") {
-        // GPU 0 keeps room for work (generation): it takes at most one unit's
-        // worth; the others share the rest evenly.
-        uint64_t rest = total > largest ? total - largest : 0;
-        budget = std::min(cap, g == 0 ? largest : rest / (n - 1) + largest / 2);
-      } else {
-        // An even share, rounded to the nearest unit; the last GPU takes
-        // whatever rounding leaves.
-        budget = std::min(cap, total / n + largest / 2);
-      }
-    }
-    order.emplace_back(gpus[g], budget);
+  // Budgets: what each GPU may take, as accelerate's get_balanced_memory
+  // computes them. An even share plus a buffer of one repeated block (so
+  // rounding does not push the last layers off the GPUs) for every GPU but
+  // the last, which keeps its whole capacity. balanced_low_0 shares the model
+  // among the GPUs after the first, and GPU 0 takes only what they cannot
+  // (plus one block).
+  uint64_t block = 0;
+  for (size_t u = 0; u < unit_names.size(); ++u) {
+    const std::string& name = unit_names[u];
+    if (!name.empty() && name.back() >= '0' && name.back() <= '9') block = std::max(block, unit_bytes[u]);
   }
+  if (block == 0 && !unit_bytes.empty()) block = total / unit_bytes.size();
+  const size_t n = gpus.size();
+  const bool low0 = strategy == "balanced_low_0";
+  std::vector<uint64_t> budget(n);
+  for (size_t g = 0; g < n; ++g) budget[g] = capacity_bytes.at(gpus[g]);
+  if (strategy != "sequential" && n > 1) {
+    uint64_t per_gpu = total / (low0 ? n - 1 : n) + block;
+    for (size_t g = 0; g + 1 < n; ++g) {
+      if (!(low0 && g == 0)) budget[g] = std::min(budget[g], per_gpu);
+    }
+    if (low0) {
+      uint64_t others = 0;
+      for (size_t g = 1; g < n; ++g) others += budget[g];
+      // Plus one block, so that rounding at unit boundaries does not spill
+      // the last units to the cpu while GPU 0 has room.
+      budget[0] = std::min(budget[0], (total > others ? total - others : 0) + block);
+    }
+  }
+  std::vector<std::pair<DeviceId, uint64_t>> order;
+  for (size_t g = 0; g < n; ++g) order.emplace_back(gpus[g], budget[g]);
   auto cpu = capacity_bytes.find(DeviceId::Cpu());
   order.emplace_back(DeviceId::Cpu(), cpu != capacity_bytes.end() ? cpu->second : 0);
   auto disk = capacity_bytes.find(DeviceId::Disk());

@@ -1,0 +1,200 @@
+#include "api/session.h"
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "hoist/writer.h"
+#ifdef HOIST_WITH_CUDA
+#include "hoist/cuda.h"
+#endif
+
+namespace hoist {
+
+namespace {
+
+Result<std::string> ReadText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound(path + ": cannot read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& flag, const std::string& text) {
+  size_t eq = text.find('=');
+  if (eq == std::string::npos || eq == 0) return InvalidArgument(flag + " '" + text + "': expected A=B");
+  return std::make_pair(text.substr(0, eq), text.substr(eq + 1));
+}
+
+}  // namespace
+
+DeviceRegistry MakeDefaultRegistry(std::string* warning) {
+  DeviceRegistry registry = MakeCpuRegistry();
+  warning->clear();
+#ifdef HOIST_WITH_CUDA
+  int count = 0;
+  Status s = RegisterCudaDevices(&registry, &count);
+  if (!s.ok()) *warning = s.message();
+#endif
+  return registry;
+}
+
+Result<std::optional<DType>> ParseDtypeFlag(const std::string& text) {
+  if (text.empty()) return std::optional<DType>();
+  auto d = ParseCastTarget(text);
+  if (!d) return InvalidArgument("--dtype '" + text + "': expected bf16, f16 or f32");
+  return std::optional<DType>(*d);
+}
+
+Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& registry, uint64_t margin,
+                                    std::map<DeviceId, uint64_t>* max_memory) {
+  PlanOptions o;
+  HOIST_ASSIGN_OR_RETURN(o.cast_to, ParseDtypeFlag(a.dtype));
+  o.only_regex = a.only;
+  o.drops = a.drops;
+  o.no_split = a.no_split;
+  if (!a.compat.empty() && a.compat != "hf-legacy") {
+    return InvalidArgument("--compat '" + a.compat + "': the only mode is hf-legacy");
+  }
+  o.compat_hf_legacy = a.compat == "hf-legacy";
+  for (const std::string& r : a.renames) {
+    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--rename", r));
+    o.renames.push_back({kv.first, kv.second});
+  }
+  if (!a.no_config_ties) {
+    HOIST_ASSIGN_OR_RETURN(o.ties, TiesFromConfig(a.path));
+  }
+  for (const std::string& t : a.ties) {
+    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--tie", t));
+    o.ties.push_back(kv);
+  }
+  if (!a.expect_file.empty()) {
+    HOIST_ASSIGN_OR_RETURN(std::string text, ReadText(a.expect_file));
+    HOIST_ASSIGN_OR_RETURN(o.expect, ParseExpect(text, a.expect_file));
+  } else if (!a.expect_json.empty()) {
+    HOIST_ASSIGN_OR_RETURN(o.expect, ParseExpect(a.expect_json, "expect"));
+  }
+  if (!a.max_memory.empty()) {
+    HOIST_ASSIGN_OR_RETURN(*max_memory, ParseMaxMemory(a.max_memory));
+  }
+  if (!a.device.empty() && !a.device_map.empty()) return InvalidArgument("give --device or --device-map, not both");
+  if (!a.device_map.empty()) {
+    o.device_map = a.device_map;
+    // Capacities: free memory (less the margin on GPUs), capped by --max-memory;
+    // devices named only in --max-memory count with that size (planning for
+    // a machine this is not).
+    for (Device* d : registry.All()) {
+      HOIST_ASSIGN_OR_RETURN(MemoryInfo mem, d->GetMemoryInfo());
+      uint64_t m = d->id().kind == DeviceKind::kCuda ? margin : 0;
+      o.capacity_bytes[d->id()] = mem.free_bytes > m ? mem.free_bytes - m : 0;
+    }
+    for (const auto& [id, limit] : *max_memory) {
+      auto it = o.capacity_bytes.find(id);
+      o.capacity_bytes[id] = it == o.capacity_bytes.end() ? limit : std::min(it->second, limit);
+    }
+  } else if (!a.device.empty()) {
+    HOIST_ASSIGN_OR_RETURN(DeviceId id, ParseDeviceId(a.device));
+    o.device = id;
+  } else {
+    o.device = registry.Find(DeviceId::Cuda(0)) != nullptr ? DeviceId::Cuda(0) : DeviceId::Cpu();
+  }
+  return o;
+}
+
+Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry) {
+  HOIST_ASSIGN_OR_RETURN(uint64_t chunk, ParseByteSize(request.chunk_size));
+  uint64_t margin = 0;
+  if (request.margin != "0") {
+    HOIST_ASSIGN_OR_RETURN(margin, ParseByteSize(request.margin));
+  }
+  if (request.alloc != "reserve" && request.alloc != "per-tensor") {
+    return InvalidArgument("--alloc '" + request.alloc + "': expected reserve or per-tensor");
+  }
+  auto session = std::make_unique<LoadSession>();
+  session->path = request.plan.path;
+  session->alloc = request.alloc;
+  HOIST_ASSIGN_OR_RETURN(Catalog catalog, OpenCatalog(request.plan.path));
+  session->catalog = std::make_unique<Catalog>(std::move(catalog));
+
+  LoadOptions options;
+  auto plan_start = std::chrono::steady_clock::now();
+  HOIST_ASSIGN_OR_RETURN(PlanOptions po, MakePlanOptions(request.plan, registry, margin, &options.max_memory));
+  HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(*session->catalog, po));
+  session->plan_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - plan_start).count();
+
+  options.alloc = request.alloc == "per-tensor" ? AllocStrategy::kPerTensor : AllocStrategy::kReserve;
+  options.chunk_bytes = chunk;
+  options.threads = request.threads;
+  options.staging_slots = request.staging_slots;
+  options.gpu_margin_bytes = margin;
+  HOIST_ASSIGN_OR_RETURN(session->model, Load(*session->catalog, std::move(plan), registry, options));
+  return session;
+}
+
+nlohmann::ordered_json PlanJson(const LoadPlan& plan) {
+  nlohmann::ordered_json out;
+  out["tensors"] = nlohmann::ordered_json::array();
+  for (const PlannedTensor& t : plan.tensors) {
+    nlohmann::ordered_json j = {{"name", t.name},
+                                {"device", t.device.ToString()},
+                                {"dtype", std::string(DTypeName(t.dtype))},
+                                {"nbytes", t.size_bytes},
+                                {"offset", t.offset_bytes}};
+    if (t.device.kind == DeviceKind::kDisk) j["offset"] = nullptr;
+    if (t.alias_of >= 0) j["tied_to"] = plan.tensors[static_cast<size_t>(t.alias_of)].name;
+    out["tensors"].push_back(j);
+  }
+  out["devices"] = nlohmann::ordered_json::object();
+  for (const DevicePlan& d : plan.devices) {
+    out["devices"][d.device.ToString()] = {{"bytes", d.reserve_bytes}, {"tensors", d.tensor_count}};
+  }
+  out["warnings"] = plan.warnings;
+  if (!plan.missing.empty() || !plan.unexpected.empty() || !plan.mismatched.empty()) {
+    out["missing"] = plan.missing;
+    out["unexpected"] = plan.unexpected;
+    out["mismatched"] = plan.mismatched;
+  }
+  return out;
+}
+
+nlohmann::ordered_json ReportJson(const LoadSession& session) {
+  const LoadedModel& model = session.model;
+  const LoadStats& st = model.stats();
+  const double seconds = st.seconds + session.plan_seconds;
+  nlohmann::ordered_json report;
+  report["path"] = session.path;
+  report["total_bytes"] = st.bytes_loaded;
+  report["bytes_read"] = st.bytes_read;
+  report["seconds"] = seconds;
+  report["gbps"] = seconds > 0 ? static_cast<double>(st.bytes_read) / seconds / 1e9 : 0.0;
+  report["alloc"] = session.alloc;
+  report["threads"] = st.threads;
+  report["stages"] = {{"plan", session.plan_seconds}, {"reserve", st.reserve_seconds}, {"read", st.read_seconds}};
+  report["tensors"] = nlohmann::ordered_json::array();
+  for (const TensorView& v : model.tensors()) {
+    nlohmann::ordered_json j = {{"name", v.name},
+                                {"device", v.device.ToString()},
+                                {"dtype", std::string(DTypeName(v.dtype))},
+                                {"stored_dtype", std::string(DTypeName(v.stored_dtype))},
+                                {"shape", v.shape},
+                                {"nbytes", v.size_bytes},
+                                {"offset", v.offset_bytes}};
+    if (v.tied) j["tied"] = true;
+    report["tensors"].push_back(j);
+  }
+  report["devices"] = nlohmann::ordered_json::object();
+  for (const DeviceStats& d : st.devices) {
+    report["devices"][d.device.ToString()] = {{"bytes", d.reserved_bytes},
+                                              {"tensor_bytes", d.bytes},
+                                              {"driver_allocs", d.driver_allocs},
+                                              {"peak_reserved_bytes", d.peak_reserved_bytes}};
+  }
+  report["missing"] = model.plan().missing;
+  report["unexpected"] = model.plan().unexpected;
+  report["mismatched"] = model.plan().mismatched;
+  report["warnings"] = model.plan().warnings;
+  return report;
+}
+
+}  // namespace hoist

@@ -1,0 +1,71 @@
+// The user-facing load, shared by the CLI and the Python module: requests
+// as the user writes them (flags, keyword arguments), turned into plan
+// options, carried out, and reported as JSON.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "hoist/catalog.h"
+#include "hoist/device.h"
+#include "hoist/loader.h"
+#include "hoist/plan.h"
+#include "hoist/status.h"
+
+namespace hoist {
+
+struct PlanRequest {
+  std::string path;
+  std::string device;       // empty: the best device present (cuda:0, else cpu)
+  std::string device_map;   // JSON text, a file, or a strategy name
+  std::string max_memory;   // "0=20GiB,cpu=64GiB"
+  std::string dtype;        // bf16, f16, f32 or empty
+  std::string only;
+  std::vector<std::string> ties, renames, drops, no_split;  // "A=B" for ties and renames
+  std::string compat;       // "" or "hf-legacy"
+  std::string expect_file;  // a JSON file, or
+  std::string expect_json;  // JSON text
+  bool no_config_ties = false;
+};
+
+struct LoadRequest {
+  PlanRequest plan;
+  std::string alloc = "reserve";  // or "per-tensor"
+  std::string margin = "1.2GiB";
+  int threads = 0;
+  std::string chunk_size = "8MiB";
+  int staging_slots = 4;
+};
+
+// The cpu, and every CUDA GPU when hoist was built with the CUDA backend.
+// Problems finding GPUs go to *warning (empty when none).
+DeviceRegistry MakeDefaultRegistry(std::string* warning);
+
+Result<std::optional<DType>> ParseDtypeFlag(const std::string& text);
+
+// `margin` is left free on GPUs when capacities for a strategy are computed;
+// --max-memory limits are returned in *max_memory.
+Result<PlanOptions> MakePlanOptions(const PlanRequest& request, const DeviceRegistry& registry, uint64_t margin,
+                                    std::map<DeviceId, uint64_t>* max_memory);
+
+// A finished load and what it came from. The catalogue outlives the model,
+// whose plan points into it.
+struct LoadSession {
+  std::string path;
+  std::string alloc;
+  double plan_seconds = 0;
+  std::unique_ptr<Catalog> catalog;
+  LoadedModel model;
+};
+
+Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry);
+
+nlohmann::ordered_json PlanJson(const LoadPlan& plan);
+nlohmann::ordered_json ReportJson(const LoadSession& session);
+
+}  // namespace hoist
