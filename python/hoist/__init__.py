@@ -1,0 +1,247 @@
+"""hoist: load model checkpoints (safetensors) at the speed of the hardware.
+
+    import hoist
+    state = hoist.load_file("model.safetensors")             # like safetensors.torch.load_file
+    model = hoist.load("ckpt_dir", device="cuda:0", dtype="bf16")
+    t = torch.from_dlpack(model["model.embed_tokens.weight"])  # zero-copy
+    report = hoist.load_into(torch_module, "ckpt_dir")          # fills parameters in place
+
+Tensors are DLPack arrays over hoist's own reservation (one per device):
+`torch.from_dlpack`, `numpy.from_dlpack`, `cupy.from_dlpack` and JAX take
+them without a copy. Device memory is returned when the Model and every
+tensor taken from it are gone. Errors raise ValueError (bad input),
+FileNotFoundError, MemoryError (the plan does not fit) or OSError (I/O),
+with the CLI's one-line messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+
+from . import _hoist
+
+__all__ = ["Model", "load", "load_file", "load_into"]
+__version__ = "0.1.0"
+
+# Stored dtype -> torch dtype name, for dtypes DLPack hands out as raw bytes.
+_FP8_TORCH = {
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+}
+
+
+def _dtype_text(dtype: Any) -> str:
+    """bf16/f16/f32 from a string or a torch/numpy dtype."""
+    if dtype is None:
+        return ""
+    text = str(dtype).replace("torch.", "")
+    aliases = {"bfloat16": "bf16", "float16": "f16", "half": "f16", "float32": "f32", "float": "f32"}
+    return aliases.get(text, text)
+
+
+def _device_text(device: Any) -> str:
+    if device is None:
+        return ""
+    if isinstance(device, int):
+        return f"cuda:{device}"
+    text = str(device)
+    return "cuda:0" if text == "cuda" else text
+
+
+def _max_memory_text(max_memory: Union[None, str, Mapping[Any, Any]]) -> str:
+    if max_memory is None:
+        return ""
+    if isinstance(max_memory, str):
+        return max_memory
+    parts = []
+    for key, value in max_memory.items():
+        size = f"{value}" if isinstance(value, str) else f"{int(value)}"
+        parts.append(f"{key}={size}")
+    return ",".join(parts)
+
+
+def _pairs(value: Union[None, Mapping[str, str], Iterable[Sequence[str]]]) -> List[str]:
+    if value is None:
+        return []
+    items = value.items() if isinstance(value, Mapping) else value
+    return [f"{a}={b}" for a, b in items]
+
+
+def _list(value: Union[None, str, Iterable[str]]) -> List[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+class Model:
+    """A loaded checkpoint: a read-only mapping name -> DLPack tensor."""
+
+    def __init__(self, native: "_hoist.Model"):
+        self._native = native
+        self._report: Optional[Dict[str, Any]] = None
+
+    def __getitem__(self, name: str):
+        info = self._native.info(name)
+        if info["device"] == "disk":
+            return _disk_array(info)
+        return self._native.tensor(name)
+
+    def info(self, name: str) -> Dict[str, Any]:
+        """name, device, dtype (after any cast), stored_dtype, shape, nbytes, file, file_offset, tied."""
+        return self._native.info(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._native
+
+    def __len__(self) -> int:
+        return len(self._native)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._native.keys())
+
+    def keys(self) -> List[str]:
+        return self._native.keys()
+
+    def items(self):
+        return ((k, self[k]) for k in self.keys())
+
+    @property
+    def report(self) -> Dict[str, Any]:
+        """The load report, as `hoist load --report` writes it."""
+        if self._report is None:
+            self._report = json.loads(self._native.report_json())
+        return self._report
+
+    def __repr__(self) -> str:
+        devices = ", ".join(sorted(self.report["devices"]))
+        return f"<hoist.Model: {len(self)} tensors on {devices or 'no device'}>"
+
+
+def _disk_array(info: Dict[str, Any]):
+    """A tensor left in its file: a read-only numpy memmap of its bytes."""
+    import numpy as np
+
+    raw = np.memmap(info["file"], dtype=np.uint8, mode="r", offset=info["file_offset"], shape=(info["nbytes"],))
+    np_types = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
+                "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "F16": np.float16,
+                "F32": np.float32, "F64": np.float64, "C64": np.complex64}
+    np_type = np_types.get(info["stored_dtype"])
+    return raw if np_type is None else raw.view(np_type).reshape(info["shape"])
+
+
+def load(
+    path: Union[str, os.PathLike],
+    device: Any = None,
+    device_map: Union[None, str, Mapping[str, Any]] = None,
+    max_memory: Union[None, str, Mapping[Any, Any]] = None,
+    dtype: Any = None,
+    rename: Union[None, Mapping[str, str], Iterable[Sequence[str]]] = None,
+    drop: Union[None, str, Iterable[str]] = None,
+    expect: Union[None, Iterable[str], Mapping[str, Any]] = None,
+    *,
+    tie: Union[None, Mapping[str, str], Iterable[Sequence[str]]] = None,
+    only: Optional[str] = None,
+    compat: Optional[str] = None,
+    config_ties: bool = True,
+    alloc: str = "reserve",
+    threads: int = 0,
+) -> Model:
+    """Loads a checkpoint (a .safetensors file or a directory) onto devices.
+
+    device: "cpu", "cuda", "cuda:N" or N; default cuda:0 when a GPU is present, else cpu.
+    device_map: accelerate's format ({"model.layers.0": 0, "": "cpu"}) or
+        "auto", "balanced", "balanced_low_0", "sequential"; max_memory: {0: "20GiB", "cpu": "64GiB"}.
+    dtype: cast floating-point tensors ("bf16", "f16", "f32" or a torch dtype); quantized data and scales never.
+    rename: {regex: replacement} (first match wins); drop: regex(es);
+    expect: names, or {name: {"dtype": ..., "shape": [...]}}; tensors not expected are never read,
+        and model.report lists missing, unexpected and mismatched.
+    """
+    if isinstance(device_map, Mapping):
+        device_map = json.dumps(dict(device_map))
+    expect_json = ""
+    if expect is not None:
+        expect_json = json.dumps(dict(expect) if isinstance(expect, Mapping) else list(expect))
+    native = _hoist.load(
+        os.fspath(path),
+        device=_device_text(device),
+        device_map=device_map or "",
+        max_memory=_max_memory_text(max_memory),
+        dtype=_dtype_text(dtype),
+        renames=_pairs(rename),
+        drops=_list(drop),
+        ties=_pairs(tie),
+        expect_json=expect_json,
+        only=only or "",
+        compat=compat or "",
+        no_config_ties=not config_ties,
+        alloc=alloc,
+        threads=threads,
+    )
+    return Model(native)
+
+
+def _to_torch(model: Model, name: str):
+    import torch
+
+    info = model.info(name)
+    tensor = torch.from_dlpack(model[name]) if info["device"] != "disk" else torch.from_numpy(model[name])
+    fp8 = _FP8_TORCH.get(info["stored_dtype"])
+    if fp8 is not None and hasattr(torch, fp8):
+        tensor = tensor.view(getattr(torch, fp8)).reshape(info["shape"])
+    return tensor
+
+
+def load_file(path: Union[str, os.PathLike], device: Any = "cpu", dtype: Any = None) -> Dict[str, "torch.Tensor"]:
+    """Drop-in for safetensors.torch.load_file: {name: torch.Tensor}, zero-copy.
+
+    Tied aliases from a config.json are not added, so the keys are the file's.
+    """
+    model = load(path, device=device, dtype=dtype, config_ties=False)
+    return {name: _to_torch(model, name) for name in model.keys()}
+
+
+def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwargs) -> Dict[str, Any]:
+    """Fills a torch.nn.Module's parameters and buffers in place from a checkpoint.
+
+    The names of module.state_dict() are the expected set: other tensors are
+    never read. Parameters that share storage (tied weights) stay tied. Where
+    dtype and device agree, a parameter takes the loaded memory zero-copy;
+    otherwise the values are copied into it. Returns the load report, with
+    its missing, unexpected and mismatched lists.
+    """
+    import torch
+
+    named = list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
+    groups: Dict[int, List[str]] = {}
+    tensors: Dict[int, torch.Tensor] = {}
+    for name, tensor in named:
+        groups.setdefault(id(tensor), []).append(name)
+        tensors[id(tensor)] = tensor
+    state = module.state_dict()
+    expect = {name: {"shape": list(t.shape)} for name, t in state.items()}
+    if device is None:
+        first = next(iter(tensors.values()), None)
+        device = str(first.device) if first is not None else None
+    model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
+    report = model.report
+    mismatched = set(report["mismatched"])
+    with torch.no_grad():
+        for key, names in groups.items():
+            target = tensors[key]
+            source_name = next((n for n in names if n in model and n not in mismatched), None)
+            if source_name is None:
+                continue
+            loaded = _to_torch(model, source_name)
+            if loaded.dtype == target.dtype and loaded.device == target.device:
+                target.data = loaded  # zero-copy; every tied name shares this one tensor object
+            else:
+                target.data.copy_(loaded)
+    # Names the module ties to a loaded tensor are not missing.
+    tied_names = {n for names in groups.values() if any(x in model for x in names) for n in names}
+    report["missing"] = [n for n in report["missing"] if n not in tied_names]
+    return report

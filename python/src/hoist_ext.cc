@@ -1,0 +1,197 @@
+// hoist._hoist: the C++ side of the Python package. It runs a load exactly as
+// the CLI does (api/session.h) and hands tensors out zero-copy as DLPack
+// arrays (nanobind ndarrays) whose owner is the Model object: device memory
+// is returned only when the Model and every array taken from it are gone.
+//
+// Loads synchronize every device before returning, so an array is complete
+// when it is handed out and a consumer's stream never has to wait.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "api/session.h"
+#include "format/safetensors.h"
+
+namespace nb = nanobind;
+
+namespace hoist {
+namespace {
+
+// Carries a Status across nanobind to the translator below.
+struct StatusError : std::exception {
+  explicit StatusError(Status s) : status(std::move(s)) {}
+  const char* what() const noexcept override { return status.message().c_str(); }
+  Status status;
+};
+
+template <typename T>
+T Unwrap(Result<T> r) {
+  if (!r.ok()) throw StatusError(r.status());
+  return std::move(r).value();
+}
+
+nb::dlpack::dtype DlpackDtype(DType t) {
+  using C = nb::dlpack::dtype_code;
+  auto make = [](C code, int bits) {
+    nb::dlpack::dtype d;
+    d.code = static_cast<uint8_t>(code);
+    d.bits = static_cast<uint8_t>(bits);
+    d.lanes = 1;
+    return d;
+  };
+  switch (t) {
+    case DType::kBool: return make(C::Bool, 8);
+    case DType::kU8: return make(C::UInt, 8);
+    case DType::kI8: return make(C::Int, 8);
+    case DType::kI16: return make(C::Int, 16);
+    case DType::kU16: return make(C::UInt, 16);
+    case DType::kI32: return make(C::Int, 32);
+    case DType::kU32: return make(C::UInt, 32);
+    case DType::kI64: return make(C::Int, 64);
+    case DType::kU64: return make(C::UInt, 64);
+    case DType::kF16: return make(C::Float, 16);
+    case DType::kBF16: return make(C::Bfloat, 16);
+    case DType::kF32: return make(C::Float, 32);
+    case DType::kF64: return make(C::Float, 64);
+    case DType::kC64: return make(C::Complex, 64);
+    default: return make(C::UInt, 8);  // fp8, fp6, fp4: raw bytes; the real dtype is in info()
+  }
+}
+
+// Whether the array keeps the tensor's shape (false: 1-D bytes).
+bool KeepsShape(DType t) { return DTypeBits(t) >= 8; }
+
+class Model {
+ public:
+  explicit Model(std::unique_ptr<LoadSession> session) : session_(std::move(session)) {}
+
+  size_t size() const { return session_->model.tensors().size(); }
+  std::vector<std::string> keys() const {
+    std::vector<std::string> out;
+    for (const TensorView& v : session_->model.tensors()) out.push_back(v.name);
+    return out;
+  }
+  bool contains(const std::string& name) const { return session_->model.Find(name) != nullptr; }
+  const TensorView& Get(const std::string& name) const {
+    const TensorView* v = session_->model.Find(name);
+    if (v == nullptr) throw nb::key_error(name.c_str());
+    return *v;
+  }
+  std::string report_json() const { return ReportJson(*session_).dump(); }
+
+ private:
+  std::unique_ptr<LoadSession> session_;
+};
+
+nb::dict Info(const TensorView& v) {
+  nb::dict d;
+  d["name"] = v.name;
+  d["device"] = v.device.ToString();
+  d["dtype"] = std::string(DTypeName(v.dtype));
+  d["stored_dtype"] = std::string(DTypeName(v.stored_dtype));
+  nb::list shape;
+  for (uint64_t s : v.shape) shape.append(s);
+  d["shape"] = shape;
+  d["nbytes"] = v.size_bytes;
+  d["file"] = v.file;
+  d["file_offset"] = v.file_offset_bytes;
+  d["tied"] = v.tied;
+  return d;
+}
+
+nb::object Tensor(nb::handle self, const std::string& name) {
+  const Model& model = nb::cast<const Model&>(self);
+  const TensorView& v = model.Get(name);
+  if (v.device.kind == DeviceKind::kDisk) {
+    throw StatusError(InvalidArgument("tensor " + QuoteName(v.name) + " stays on disk (" + v.file +
+                                      "); read it from there or place it on a device"));
+  }
+  std::vector<size_t> shape;
+  if (KeepsShape(v.dtype)) {
+    for (uint64_t s : v.shape) shape.push_back(static_cast<size_t>(s));
+  } else {
+    shape.push_back(static_cast<size_t>(v.size_bytes));
+  }
+  int device_type = v.device.kind == DeviceKind::kCuda ? nb::device::cuda::value : nb::device::cpu::value;
+  // The owner (the Model) keeps the memory alive as long as the array lives.
+  nb::ndarray<nb::array_api> array(const_cast<unsigned char*>(v.data), shape.size(), shape.data(), self, nullptr,
+                      DlpackDtype(v.dtype), device_type, v.device.index);
+  return nb::cast(array);
+}
+
+}  // namespace
+}  // namespace hoist
+
+NB_MODULE(_hoist, m) {
+  using namespace hoist;
+  m.doc() = "hoist: load model checkpoints at the speed of the hardware (C++ core)";
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const StatusError& e) {
+      PyObject* type = PyExc_RuntimeError;
+      switch (e.status.code()) {
+        case StatusCode::kInvalidArgument:
+        case StatusCode::kCorruption:
+        case StatusCode::kNotSupported: type = PyExc_ValueError; break;
+        case StatusCode::kNotFound: type = PyExc_FileNotFoundError; break;
+        case StatusCode::kIoError: type = PyExc_OSError; break;
+        case StatusCode::kOutOfMemory: type = PyExc_MemoryError; break;
+        default: break;
+      }
+      PyErr_SetString(type, e.status.message().c_str());
+    }
+  });
+
+  nb::class_<Model>(m, "Model")
+      .def("__len__", &Model::size)
+      .def("keys", &Model::keys)
+      .def("__contains__", &Model::contains)
+      .def("tensor", &Tensor, nb::arg("name"), "The tensor as a DLPack-capable array (zero-copy).")
+      .def("info", [](const Model& self, const std::string& name) { return Info(self.Get(name)); })
+      .def("report_json", &Model::report_json);
+
+  m.def(
+      "load",
+      [](const std::string& path, const std::string& device, const std::string& device_map,
+         const std::string& max_memory, const std::string& dtype, const std::vector<std::string>& renames,
+         const std::vector<std::string>& drops, const std::vector<std::string>& ties, const std::string& expect_json,
+         const std::string& only, const std::string& compat, bool no_config_ties, const std::string& alloc,
+         int threads) {
+        LoadRequest r;
+        r.plan.path = path;
+        r.plan.device = device;
+        r.plan.device_map = device_map;
+        r.plan.max_memory = max_memory;
+        r.plan.dtype = dtype;
+        r.plan.renames = renames;
+        r.plan.drops = drops;
+        r.plan.ties = ties;
+        r.plan.expect_json = expect_json;
+        r.plan.only = only;
+        r.plan.compat = compat;
+        r.plan.no_config_ties = no_config_ties;
+        r.alloc = alloc;
+        r.threads = threads;
+        std::unique_ptr<LoadSession> session;
+        {
+          nb::gil_scoped_release release;  // reads run on hoist's own threads
+          static std::string warning;
+          static const DeviceRegistry* registry = new DeviceRegistry(MakeDefaultRegistry(&warning));
+          session = Unwrap(LoadFromRequest(r, *registry));
+        }
+        return Model(std::move(session));
+      },
+      nb::arg("path"), nb::arg("device") = "", nb::arg("device_map") = "", nb::arg("max_memory") = "",
+      nb::arg("dtype") = "", nb::arg("renames") = std::vector<std::string>(),
+      nb::arg("drops") = std::vector<std::string>(), nb::arg("ties") = std::vector<std::string>(),
+      nb::arg("expect_json") = "", nb::arg("only") = "", nb::arg("compat") = "", nb::arg("no_config_ties") = false,
+      nb::arg("alloc") = "reserve", nb::arg("threads") = 0);
+}
