@@ -2,11 +2,14 @@
 // from running this binary: build/hoist_bench [--benchmark_filter=...].
 #include <benchmark/benchmark.h>
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
 #include "cast/cast.h"
 #include "format/safetensors.h"
+#include "hoist/catalog.h"
+#include "hoist/plan.h"
 #include "hoist/synth.h"
 #include "hoist/writer.h"
 
@@ -39,6 +42,36 @@ void BM_ParseHeader(benchmark::State& state) {
   state.counters["tensors/s"] = benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_ParseHeader)->Arg(1000)->Arg(100000)->Unit(benchmark::kMillisecond);
+
+// Planning 100k tensors onto two GPUs and the cpu with a balanced device map,
+// from a header-only checkpoint written once.
+void BM_Plan(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  std::vector<OutTensor> tensors;
+  for (int i = 0; i < n; ++i) {
+    tensors.push_back({"model.layers." + std::to_string(i / 100) + ".experts." + std::to_string(i % 100) + ".weight",
+                       DType::kBF16, {64, 64}, 64 * 64 * 2});
+  }
+  std::string path = "/tmp/hoist-bench-plan-" + std::to_string(n) + ".safetensors";
+  WriteOptions wo;
+  wo.sparse = true;
+  wo.max_shard_bytes = UINT64_MAX;
+  if (!WriteCheckpoint(path, tensors, {}, wo, nullptr).ok()) return state.SkipWithError("cannot write");
+  Result<Catalog> cat = OpenCatalog(path);
+  if (!cat.ok()) return state.SkipWithError(cat.status().message().c_str());
+  PlanOptions po;
+  po.device_map = "balanced";
+  po.cast_to = DType::kF32;
+  po.capacity_bytes = {{DeviceId::Cuda(0), 1ull << 30}, {DeviceId::Cuda(1), 1ull << 30}, {DeviceId::Cpu(), 1ull << 34}};
+  for (auto _ : state) {
+    Result<LoadPlan> plan = BuildPlan(*cat, po);
+    if (!plan.ok()) return state.SkipWithError(plan.status().message().c_str());
+    benchmark::DoNotOptimize(plan);
+  }
+  std::remove(path.c_str());
+  state.counters["tensors/s"] = benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Plan)->Arg(100000)->Unit(benchmark::kMillisecond);
 
 void BM_Cast(benchmark::State& state) {
   const auto src = static_cast<DType>(state.range(0));
