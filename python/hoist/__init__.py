@@ -39,6 +39,13 @@ def _dtype_text(dtype: Any) -> str:
     """bf16/f16/f32 from a string or a torch/numpy dtype."""
     if dtype is None:
         return ""
+    if not isinstance(dtype, str) and type(dtype).__module__.split(".")[0] != "torch":
+        try:  # numpy dtypes and scalar types
+            import numpy as np
+
+            dtype = np.dtype(dtype).name
+        except (ImportError, TypeError):
+            pass
     text = str(dtype).replace("torch.", "")
     aliases = {"bfloat16": "bf16", "float16": "f16", "half": "f16", "float32": "f32", "float": "f32"}
     return aliases.get(text, text)
@@ -129,8 +136,10 @@ def _disk_array(info: Dict[str, Any]):
     raw = np.memmap(info["file"], dtype=np.uint8, mode="r", offset=info["file_offset"], shape=(info["nbytes"],))
     np_types = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
                 "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "F16": np.float16,
-                "F32": np.float32, "F64": np.float64, "C64": np.complex64}
-    np_type = np_types.get(info["stored_dtype"])
+                "F32": np.float32, "F64": np.float64, "C64": np.complex64,
+                # No numpy type: the raw elements, shaped (bf16 as uint16, fp8 as uint8), as DLPack hands them out.
+                "BF16": np.uint16}
+    np_type = np_types.get(info["stored_dtype"], np.uint8 if info["stored_dtype"].startswith("F8_") else None)
     return raw if np_type is None else raw.view(np_type).reshape(info["shape"])
 
 
@@ -189,7 +198,12 @@ def _to_torch(model: Model, name: str):
     import torch
 
     info = model.info(name)
-    tensor = torch.from_dlpack(model[name]) if info["device"] != "disk" else torch.from_numpy(model[name])
+    if info["device"] == "disk":
+        tensor = torch.from_numpy(model[name])
+        if info["stored_dtype"] == "BF16":
+            tensor = tensor.view(torch.bfloat16)
+    else:
+        tensor = torch.from_dlpack(model[name])
     fp8 = _FP8_TORCH.get(info["stored_dtype"])
     if fp8 is not None and hasattr(torch, fp8):
         tensor = tensor.view(getattr(torch, fp8)).reshape(info["shape"])
@@ -224,8 +238,8 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
         tensors[id(tensor)] = tensor
     state = module.state_dict()
     expect = {name: {"shape": list(t.shape)} for name, t in state.items()}
-    if device is None:
-        first = next(iter(tensors.values()), None)
+    if device is None and "device_map" not in kwargs:
+        first = next((t for t in tensors.values() if t.device.type != "meta"), None)
         device = str(first.device) if first is not None else None
     model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
     report = model.report
@@ -237,7 +251,18 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
             if source_name is None:
                 continue
             loaded = _to_torch(model, source_name)
-            if loaded.dtype == target.dtype and loaded.device == target.device:
+            if target.device.type == "meta":
+                # Nothing to copy into: put the loaded tensor in place of the
+                # meta one under every name that shares it (as
+                # load_state_dict(assign=True) does), keeping ties.
+                value = loaded.to(dtype=target.dtype)
+                if isinstance(target, torch.nn.Parameter):
+                    value = torch.nn.Parameter(value, requires_grad=target.requires_grad)
+                for name in names:
+                    owner_name, _, attr = name.rpartition(".")
+                    owner = module.get_submodule(owner_name) if owner_name else module
+                    setattr(owner, attr, value)
+            elif loaded.dtype == target.dtype and loaded.device == target.device:
                 target.data = loaded  # zero-copy; every tied name shares this one tensor object
             else:
                 target.data.copy_(loaded)

