@@ -15,6 +15,7 @@
 // Thread-safety: a LoadedModel is immutable after it is returned.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -37,6 +38,12 @@ inline constexpr uint64_t kHostTensorAlignBytes = 64;
 
 enum class AllocStrategy { kReserve, kPerTensor };
 
+// Counters another thread may read while a load runs (a progress line).
+struct LoadProgress {
+  std::atomic<uint64_t> done{0};
+  std::atomic<uint64_t> total{0};
+};
+
 struct LoadOptions {
   // Planning (LoadToHost only).
   std::optional<DType> cast_to;
@@ -48,6 +55,12 @@ struct LoadOptions {
   int staging_slots = 4;                 // pinned buffers per GPU
   uint64_t gpu_margin_bytes = kDefaultGpuMarginBytes;
   std::map<DeviceId, uint64_t> max_memory;  // extra per-device limits
+  // false: read everything into host memory first, then copy each GPU's
+  // bytes over (the baseline the staged pipeline is measured against).
+  bool pipeline = true;
+  // When set, Load stores the bytes it will read in progress->total once the
+  // reads are planned, and adds to progress->done as reads finish.
+  LoadProgress* progress = nullptr;
   // Test hook: called before the k-th read (0-based); a non-OK status fails it.
   std::function<Status(uint64_t read_index)> before_read;
 };
@@ -90,6 +103,8 @@ struct LoadStats {
   int threads = 0;
   double seconds = 0;
   double plan_seconds = 0, reserve_seconds = 0, read_seconds = 0;
+  double copy_seconds = 0;            // copies after the reads (pipeline off); 0 when they overlap
+  double time_to_first_tensor = 0;    // from the start of Load until one tensor is complete
   std::vector<DeviceStats> devices;
 };
 

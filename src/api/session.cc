@@ -128,6 +128,9 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   options.threads = request.threads;
   options.staging_slots = request.staging_slots;
   options.gpu_margin_bytes = margin;
+  options.pipeline = request.pipeline;
+  options.progress = request.progress;
+  session->staging = {options.chunk_bytes, options.staging_slots, options.pipeline};
   HOIST_ASSIGN_OR_RETURN(session->model, Load(*session->catalog, std::move(plan), registry, options));
   return session;
 }
@@ -170,7 +173,14 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
   report["gbps"] = seconds > 0 ? static_cast<double>(st.bytes_read) / seconds / 1e9 : 0.0;
   report["alloc"] = session.alloc;
   report["threads"] = st.threads;
-  report["stages"] = {{"plan", session.plan_seconds}, {"reserve", st.reserve_seconds}, {"read", st.read_seconds}};
+  // Casts run on the host inside the reads; copies overlap them unless the
+  // pipeline is off.
+  report["stages"] = {{"plan", session.plan_seconds}, {"reserve", st.reserve_seconds}, {"read", st.read_seconds},
+                      {"copy", st.copy_seconds}, {"cast", 0.0}};
+  report["time_to_first_tensor"] = st.time_to_first_tensor + session.plan_seconds;
+  report["staging"] = {{"chunk_bytes", session.staging.chunk_bytes},
+                       {"buffers_per_gpu", session.staging.buffers},
+                       {"pipeline", session.staging.pipeline}};
   report["tensors"] = nlohmann::ordered_json::array();
   for (const TensorView& v : model.tensors()) {
     nlohmann::ordered_json j = {{"name", v.name},
@@ -188,6 +198,7 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
     report["devices"][d.device.ToString()] = {{"bytes", d.reserved_bytes},
                                               {"tensor_bytes", d.bytes},
                                               {"driver_allocs", d.driver_allocs},
+                                              {"gbps", st.seconds > 0 ? static_cast<double>(d.bytes) / st.seconds / 1e9 : 0.0},
                                               {"peak_reserved_bytes", d.peak_reserved_bytes}};
   }
   report["missing"] = model.plan().missing;

@@ -3,6 +3,7 @@
 // options, carried out, and reported as JSON.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <optional>
@@ -40,6 +41,8 @@ struct LoadRequest {
   int threads = 0;
   std::string chunk_size = "8MiB";
   int staging_slots = 4;
+  bool pipeline = true;
+  LoadProgress* progress = nullptr;  // when set, updated as the load runs
 };
 
 // The cpu, and every CUDA GPU when hoist was built with the CUDA backend.
@@ -58,6 +61,11 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& request, const DeviceRegi
 struct LoadSession {
   std::string path;
   std::string alloc;
+  struct Staging {
+    uint64_t chunk_bytes = 0;
+    int buffers = 0;
+    bool pipeline = true;
+  } staging;
   double plan_seconds = 0;
   std::unique_ptr<Catalog> catalog;
   LoadedModel model;

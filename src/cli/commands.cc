@@ -4,7 +4,11 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -140,9 +144,54 @@ int RunPlan(const PlanCmdArgs& args) {
   return 0;
 }
 
+// A progress line on a terminal, updated in place: bytes done, GB/s, ETA.
+// Nothing when stderr is not a terminal.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool enabled) {
+    if (enabled && ::isatty(STDERR_FILENO)) thread_ = std::thread([this] { Run(); });
+  }
+  ~ProgressLine() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    fmt::print(stderr, "\r\033[K");
+  }
+  LoadProgress* counters() { return thread_.joinable() ? &progress_ : nullptr; }
+
+ private:
+  void Run() {
+    auto start = std::chrono::steady_clock::now();
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stop_; })) {
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      uint64_t done = progress_.done.load(), total = progress_.total.load();
+      double gbps = s > 0 ? static_cast<double>(done) / s / 1e9 : 0;
+      double eta = gbps > 0 && total > done ? static_cast<double>(total - done) / 1e9 / gbps : 0;
+      fmt::print(stderr, "\r\033[K{} / {}  {:.2f} GB/s  ETA {:.1f} s", HumanBytes(done), HumanBytes(total), gbps, eta);
+      std::fflush(stderr);
+    }
+  }
+  LoadProgress progress_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 int RunLoad(const LoadArgs& args) {
   DeviceRegistry registry = MakeRegistry();
-  Result<std::unique_ptr<LoadSession>> session = LoadFromRequest(args.request, registry);
+  LoadRequest request = args.request;
+  Result<std::unique_ptr<LoadSession>> session = NotFound("");
+  {
+    ProgressLine progress(!args.quiet);
+    request.progress = progress.counters();
+    session = LoadFromRequest(request, registry);
+  }
   if (!session.ok()) return Fail(session.status());
   const LoadedModel& model = (*session)->model;
   PrintWarnings(model.plan(), args.quiet);

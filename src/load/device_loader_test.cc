@@ -1,5 +1,6 @@
 // Loads onto a pretend GPU (FaultDevice): the staged path, placements across
 // devices, the refusal before allocation, and every error path.
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -103,6 +104,36 @@ TEST_F(DeviceLoaderTest, StagedLoadIsByteExactWithOneAllocation) {
       size_t i = IndexOf(v.name);
       for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name << " byte " << k;
     }
+  }
+  ExpectAllReturned();
+}
+
+TEST_F(DeviceLoaderTest, PipelineOffReadsToHostThenCopies) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  po.cast_to = DType::kF32;
+  options_.pipeline = false;
+  LoadProgress progress;
+  options_.progress = &progress;
+  {
+    auto model = LoadWith(po);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 0);  // no staging ring
+    EXPECT_EQ(gpu_->calls(FaultPoint::kCopy), static_cast<int>(tensors_.size()));  // one copy per tensor
+    EXPECT_EQ(progress.done.load(), model->stats().bytes_read);
+    EXPECT_EQ(progress.total.load(), model->stats().bytes_read);
+    EXPECT_GT(model->stats().time_to_first_tensor, 0.0);
+    const TensorView* v = model->Find("model.layers.0.q");
+    std::vector<unsigned char> got = DeviceBytes(*v);
+    size_t i = IndexOf("model.layers.0.q");
+    for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k));
+    const TensorView* w = model->Find("model.layers.1.w");
+    std::vector<unsigned char> f32 = DeviceBytes(*w);
+    size_t wi = IndexOf("model.layers.1.w");
+    uint16_t h = static_cast<uint16_t>(PatternByte(wi, 0) | PatternByte(wi, 1) << 8);
+    float first;
+    std::memcpy(&first, f32.data(), 4);
+    if (!std::isnan(F16ToF32(h))) EXPECT_EQ(first, F16ToF32(h));
   }
   ExpectAllReturned();
 }

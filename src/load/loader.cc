@@ -90,7 +90,8 @@ struct DeviceState {
   Device* device = nullptr;
   DeviceStats stats;
   unsigned char* base = nullptr;  // reservation (kReserve)
-  bool staged = false;
+  bool staged = false;           // copies go through pinned staging buffers
+  DeviceMemory mirror;           // pipeline off: the device's bytes in host memory first
   std::vector<StagingSlot> slots;
   std::deque<size_t> free_slots;
   std::mutex mu;               // guards free_slots
@@ -135,6 +136,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   if (options.staging_slots < 1) return InvalidArgument("at least one staging buffer is needed");
   LoadedModel model;
 
+  // Host memory for the pipeline-off baseline; declared before the device
+  // states whose buffers it owns, so it outlives them.
+  std::unique_ptr<Device> host = MakeCpuDevice();
   // Devices in the plan must exist, and each reservation must fit, before
   // anything is allocated.
   std::vector<std::unique_ptr<DeviceState>> states;
@@ -202,6 +206,11 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   uint64_t slot_bytes = chunk * 2;  // widest cast: 16-bit -> 32-bit
   for (auto& s : states) {
     if (!s->staged) continue;
+    if (!options.pipeline) {
+      const DevicePlan* d = plan.FindDevice(s->stats.device);
+      HOIST_ASSIGN_OR_RETURN(s->mirror, DeviceMemory::Allocate(host.get(), std::max<uint64_t>(d->reserve_bytes, 1)));
+      continue;
+    }
     for (int k = 0; k < options.staging_slots; ++k) {
       StagingSlot slot;
       HOIST_ASSIGN_OR_RETURN(slot.buffer, DeviceMemory::AllocatePinned(s->device, slot_bytes));
@@ -227,10 +236,13 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     for (uint64_t done = 0; done < src.size_bytes; done += piece) {
       uint64_t len = std::min(piece, src.size_bytes - done);
       uint64_t dst_off = done / src_elem * dst_elem;
-      items.push_back({static_cast<uint32_t>(i), state_of[t.device], src.offset_bytes + done, len,
-                       tensor_ptr[i] + dst_off, len / src_elem * dst_elem});
+      DeviceState& st = *states[state_of[t.device]];
+      unsigned char* dst = st.staged && !options.pipeline ? st.mirror.data() + t.offset_bytes : tensor_ptr[i];
+      items.push_back({static_cast<uint32_t>(i), state_of[t.device], src.offset_bytes + done, len, dst + dst_off,
+                       len / src_elem * dst_elem});
     }
   }
+  if (options.progress != nullptr) options.progress->total.store(bytes_read);
   std::vector<File> files;
   files.reserve(catalog.files().size());
   for (const CatalogFile& f : catalog.files()) {
@@ -254,7 +266,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
                  it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
       return Status::Ok();
     };
-    if (!s.staged) return cast ? cast_into(it.dst) : read_into(it.dst);
+    if (!s.staged || !options.pipeline) return cast ? cast_into(it.dst) : read_into(it.dst);
 
     size_t slot_index;
     {
@@ -283,6 +295,12 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     return st;
   };
 
+  // Pieces left per tensor, for the time to the first complete tensor.
+  std::vector<std::atomic<uint32_t>> pieces_left(plan.tensors.size());
+  for (const ReadItem& it : items) pieces_left[it.tensor].fetch_add(1, std::memory_order_relaxed);
+  std::atomic<bool> first_done{false};
+  double time_to_first_tensor = 0;
+
   Status read_status = ParallelFor(
       items.size(), threads,
       [&](size_t k) -> Status {
@@ -290,7 +308,11 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         const ReadItem& it = items[k];
         Status s = options.before_read ? options.before_read(k) : Status::Ok();
         if (s.ok()) s = process(it, scratch);
-        if (s.ok()) return s;
+        if (s.ok()) {
+          if (options.progress != nullptr) options.progress->done.fetch_add(it.size_bytes, std::memory_order_relaxed);
+          if (pieces_left[it.tensor].fetch_sub(1) == 1 && !first_done.exchange(true)) time_to_first_tensor = Since(start);
+          return s;
+        }
         return Status(s.code(), "tensor " + QuoteName(plan.tensors[it.tensor].source->name) + " in " + s.message());
       },
       [&] {
@@ -301,6 +323,24 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         }
       },
       &threads);
+  // Pipeline off: now copy each GPU's bytes from host memory, tensor by tensor.
+  const auto copy_start = Clock::now();
+  double copy_seconds = 0;
+  bool any_staged = false;
+  for (auto& s : states) any_staged = any_staged || s->staged;
+  if (read_status.ok() && !options.pipeline && any_staged) {
+    for (size_t i = 0; i < plan.tensors.size() && read_status.ok(); ++i) {
+      const PlannedTensor& t = plan.tensors[i];
+      if (t.device.kind == DeviceKind::kDisk || t.alias_of >= 0 || t.size_bytes == 0) continue;
+      DeviceState& s = *states[state_of[t.device]];
+      if (!s.staged) continue;
+      read_status = s.device->CopyToDeviceAsync(tensor_ptr[i], s.mirror.data() + t.offset_bytes, t.size_bytes);
+    }
+    for (auto& s : states) {
+      if (s->staged && read_status.ok()) read_status = s->device->Synchronize();
+    }
+    copy_seconds = Since(copy_start);
+  }
   // Copies may still be reading the staging buffers: wait for every device
   // before anything is released, on success and on failure alike.
   for (auto& s : states) {
@@ -343,7 +383,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     st.devices.push_back(s->stats);
   }
   st.reserve_seconds = reserve_seconds;
-  st.read_seconds = Since(read_start);
+  st.copy_seconds = copy_seconds;
+  st.read_seconds = Since(read_start) - copy_seconds;
+  st.time_to_first_tensor = time_to_first_tensor;
   st.seconds = Since(start);
   model.plan_ = std::move(plan);
   return model;
