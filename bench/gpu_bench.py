@@ -1,0 +1,151 @@
+"""Times hoist against safetensors and transformers on one checkpoint.
+
+Every loader runs RUNS times; the table gives medians. Python loaders run
+in this process after a warm-up that creates the CUDA context, so no loader
+is charged for it; hoist runs both through its Python module in this process
+(same footing) and as the CLI (a whole process, context creation included).
+Used by scripts/gpu-bench; also runs on the cpu as a rehearsal.
+"""
+
+import argparse
+import datetime
+import gc
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def sync(device):
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def release(device):
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def timed(fn, device, runs):
+    times = []
+    for _ in range(runs):
+        release(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+        del result
+    release(device)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--hoist-bin", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--gpu-name", default="cpu")
+    ap.add_argument("--bound-gbps", type=float, default=0.0)
+    args = ap.parse_args()
+
+    import torch
+
+    device, runs = args.device, args.runs
+    shards = sorted(glob.glob(os.path.join(args.dir, "*.safetensors")))
+    total = sum(os.path.getsize(f) for f in shards)
+    if device.startswith("cuda"):
+        torch.zeros(1, device=device)  # CUDA context up before any timer
+    results = {}
+
+    def cli(name, *flags):
+        times, reports = [], []
+        for r in range(runs):
+            report = os.path.join(args.out, f"bench-{name}-{r}.json")
+            start = time.perf_counter()
+            subprocess.run([args.hoist_bin, "load", args.dir, "--device", device, "--report", report, "-q", *flags],
+                           check=True)
+            times.append(time.perf_counter() - start)
+            reports.append(json.load(open(report)))
+        rep = reports[len(reports) // 2]
+        results[name] = {"seconds": statistics.median(r["seconds"] for r in reports),
+                         "process_seconds": statistics.median(times), "times": [r["seconds"] for r in reports],
+                         "bytes": rep["total_bytes"], "driver_allocs": rep["devices"][device]["driver_allocs"]}
+
+    cli("hoist_cli")
+    cli("hoist_per_tensor", "--alloc", "per-tensor")
+    cli("hoist_no_pipeline", "--no-pipeline")
+    cli("hoist_cast_f32", "--dtype", "f32")
+
+    try:
+        import hoist
+
+        times = timed(lambda: hoist.load(args.dir, device=device), device, runs)
+        results["hoist"] = {"seconds": statistics.median(times), "times": times, "bytes": total}
+        times = timed(lambda: [hoist.load_file(f, device=device) for f in shards], device, runs)
+        results["hoist_load_file"] = {"seconds": statistics.median(times), "times": times, "bytes": total}
+    except ImportError as e:
+        print(f"hoist Python module not importable ({e}); the hoist row is the CLI's own timing", file=sys.stderr)
+        results["hoist"] = dict(results["hoist_cli"])
+
+    from safetensors.torch import load_file
+
+    times = timed(lambda: [load_file(f, device=device) for f in shards], device, runs)
+    results["safetensors"] = {"seconds": statistics.median(times), "times": times, "bytes": total}
+
+    try:
+        import transformers
+
+        # device_map needs accelerate (present on GPU machines); the cpu is the default anyway.
+        placement = {"device_map": device} if device != "cpu" else {}
+
+        def hf():
+            return transformers.AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.bfloat16, **placement)
+
+        times = timed(hf, device, runs)
+        results["transformers"] = {"seconds": statistics.median(times), "times": times, "bytes": total}
+    except Exception as e:  # report, never hide
+        print(f"transformers failed: {e!r}", file=sys.stderr)
+        results["transformers"] = {"seconds": None, "error": repr(e)}
+
+    base = results["hoist"]["seconds"]
+    lines = [f"| loader | seconds (median of {runs}) | GB/s | seconds / hoist's | fraction of pinned H2D bound |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        if r.get("seconds") is None:
+            lines.append(f"| {name} | failed | | | |")
+            continue
+        gbps = r["bytes"] / r["seconds"] / 1e9
+        r["gbps"] = gbps
+        frac = f"{gbps / args.bound_gbps:.2f}" if args.bound_gbps else "-"
+        lines.append(f"| {name} | {r['seconds']:.3f} | {gbps:.2f} | {r['seconds'] / base:.2f} | {frac} |")
+    cast = results["hoist_cast_f32"]
+    cast_note = (f"cast bf16->f32 delivers {cast['bytes'] / cast['seconds'] / 1e9:.2f} GB/s of output against "
+                 f"{results['hoist_cli']['bytes'] / results['hoist_cli']['seconds'] / 1e9:.2f} GB/s without a cast")
+    table = "\n".join(lines)
+    date = datetime.date.today().isoformat()
+    header = (f"# hoist load benchmark, {date}\n\nmachine: {args.gpu_name}; checkpoint: {args.dir} "
+              f"({total} bytes in {len(shards)} files, warm page cache); device {device}\n"
+              f"pinned host-to-device bound (hoist probe): {args.bound_gbps:.2f} GB/s\n\n")
+    md = header + table + "\n\n" + cast_note + "\n"
+    print(md)
+    doc = {"gpu": args.gpu_name, "date": date, "bytes": total, "h2d_pinned_gbps": args.bound_gbps,
+           "device": device, "runs": results}
+    slug = args.gpu_name.replace(" ", "-").replace("/", "-")
+    for folder in {args.out}:
+        json.dump(doc, open(os.path.join(folder, f"{date}-{slug}.json"), "w"), indent=2)
+        open(os.path.join(folder, f"{date}-{slug}.md"), "w").write(md)
+
+
+if __name__ == "__main__":
+    main()
