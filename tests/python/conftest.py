@@ -64,3 +64,16 @@ def run_hoist(hoist_bin):
 def conformance() -> Path:
     assert CONFORMANCE_DIR.is_dir(), f"missing {CONFORMANCE_DIR}"
     return CONFORMANCE_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, run_hoist) -> Path:
+    """hoist synth --arch tiny-llama: bf16, untied, one file with config.json beside it (about 280 kB).
+
+    Shared by the test files; tests copy it before changing anything."""
+    from hoist_testlib import ok
+
+    out = tmp_path_factory.mktemp("tiny") / "m"
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", out))
+    return out
+

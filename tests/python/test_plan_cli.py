@@ -190,14 +190,6 @@ def llama1b_1(run_hoist, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny(run_hoist, tmp_path_factory) -> Path:
-    """A small real checkpoint (tiny-llama, untied, about 280 kB of data)."""
-    d = tmp_path_factory.mktemp("tiny") / "m"
-    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", d))
-    return d
-
-
-@pytest.fixture(scope="module")
 def tiny_tied(tiny, tmp_path_factory) -> Path:
     """tiny-llama with tie_word_embeddings true: its lm_head.weight becomes an
     alias of model.embed_tokens.weight (same shape)."""

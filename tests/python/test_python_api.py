@@ -67,14 +67,6 @@ def transformers(torch):
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory, run_hoist) -> Path:
-    """hoist synth --arch tiny-llama (bf16, one file, config.json beside it)."""
-    out = tmp_path_factory.mktemp("py") / "tiny"
-    ok(run_hoist("synth", "--arch", "tiny-llama", "-q", out))
-    return out
-
-
-@pytest.fixture(scope="session")
 def tiny_f32(tmp_path_factory, run_hoist) -> Path:
     out = tmp_path_factory.mktemp("py") / "tiny_f32"
     ok(run_hoist("synth", "--arch", "tiny-llama", "--dtype", "f32", "-q", out))
@@ -445,7 +437,10 @@ def test_report_matches_cli_report(run_hoist, tiny, tmp_path):
     for key in ("path", "total_bytes", "bytes_read", "alloc", "missing", "unexpected", "mismatched", "warnings"):
         assert rep[key] == cli[key], f"report[{key!r}]: {rep[key]!r}, CLI {cli[key]!r}"
     assert rep["tensors"] == cli["tensors"]
-    assert rep["devices"] == cli["devices"]
+    def untimed(devices):  # GB/s differs from run to run
+        return {d: {k: v for k, v in stats.items() if k != "gbps"} for d, stats in devices.items()}
+
+    assert untimed(rep["devices"]) == untimed(cli["devices"])
     assert rep["devices"]["cpu"]["driver_allocs"] == 1
     assert rep["total_bytes"] == sum(t["nbytes"] for t in rep["tensors"]) == 279168
     assert rep["missing"] == [] and rep["unexpected"] == [] and rep["mismatched"] == []
