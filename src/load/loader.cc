@@ -399,6 +399,7 @@ Result<LoadedModel> LoadToHost(const Catalog& catalog, const LoadOptions& option
   po.device = DeviceId::Cpu();
   HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(catalog, po));
   const double plan_seconds = Since(start);
+  // Lives as long as the process: models loaded through it hold its device.
   static const DeviceRegistry* cpu = new DeviceRegistry(MakeCpuRegistry());
   HOIST_ASSIGN_OR_RETURN(LoadedModel model, Load(catalog, std::move(plan), *cpu, options));
   model.stats_.plan_seconds = plan_seconds;
