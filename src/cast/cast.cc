@@ -29,56 +29,79 @@ void Store(unsigned char* p, size_t i, T v) {
   std::memcpy(p + i * sizeof(T), &v, sizeof(T));
 }
 
-float LoadAsF32(DType src, const unsigned char* p, size_t i) {
-  switch (src) {
-    case DType::kF16: return F16ToF32(Load<uint16_t>(p, i));
-    case DType::kBF16: return Bf16ToF32(Load<uint16_t>(p, i));
-    case DType::kF32: return Load<float>(p, i);
-    case DType::kF64: return static_cast<float>(Load<double>(p, i));
-    default: assert(false); return 0.0f;
-  }
-}
-
 }  // namespace
 
+// The conversions below compute every case and select one at the end, with
+// no branches, so that the loops calling them vectorize.
+
 float F16ToF32(uint16_t h) {
-  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1F;
-  uint32_t mant = h & 0x3FF;
-  if (exp == 0x1F) return FloatOf(sign | 0x7F800000 | (mant << 13));  // inf / NaN (payload kept)
-  if (exp != 0) return FloatOf(sign | ((exp + 112) << 23) | (mant << 13));
-  if (mant == 0) return FloatOf(sign);
-  // Subnormal half: mant * 2^-24, exact in float.
-  float magnitude = static_cast<float>(mant) * 5.9604644775390625e-8f;
-  return sign ? -magnitude : magnitude;
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1F;
+  const uint32_t mant = h & 0x3FF;
+  const uint32_t inf_nan = sign | 0x7F800000 | (mant << 13);  // payload kept
+  const uint32_t normal = sign | ((exp + 112) << 23) | (mant << 13);
+  // Subnormal (and zero): mant * 2^-24, exact in float.
+  const uint32_t subnormal = sign | BitsOf(static_cast<float>(mant) * 5.9604644775390625e-8f);
+  return FloatOf(exp == 0x1F ? inf_nan : exp != 0 ? normal : subnormal);
 }
 
 uint16_t F32ToF16(float value) {
-  uint32_t x = BitsOf(value);
-  auto sign = static_cast<uint16_t>((x >> 16) & 0x8000);
-  x &= 0x7FFFFFFF;
-  if (x > 0x7F800000) return sign | 0x7E00;  // NaN
-  if (x >= 0x477FF000) return sign | 0x7C00;  // >= 65520 rounds to infinity (and inf itself)
-  if (x < 0x38800000) {
-    // Below 2^-14: half subnormal. Adding 0.5f lines the float's ulp up with
-    // the half subnormal ulp (2^-24), so the FPU's own round-to-nearest-even
-    // produces the result in the low mantissa bits.
-    float shifted = FloatOf(x) + 0.5f;
-    return sign | static_cast<uint16_t>(BitsOf(shifted) - 0x3F000000);
-  }
-  uint32_t odd = (x >> 13) & 1;
-  x += (static_cast<uint32_t>(15 - 127) << 23) + 0xFFF + odd;
-  return sign | static_cast<uint16_t>(x >> 13);
+  const uint32_t bits = BitsOf(value);
+  const uint32_t sign = (bits >> 16) & 0x8000;
+  const uint32_t x = bits & 0x7FFFFFFF;
+  // Normal halves: rebias the exponent and round the mantissa to nearest even.
+  const uint32_t normal = (x + (static_cast<uint32_t>(15 - 127) << 23) + 0xFFF + ((x >> 13) & 1)) >> 13;
+  // Below 2^-14: half subnormal. Adding 0.5f lines the float's ulp up with
+  // the half subnormal ulp (2^-24), so the FPU's own round-to-nearest-even
+  // leaves the result in the low mantissa bits.
+  const uint32_t subnormal = BitsOf(FloatOf(x) + 0.5f) - 0x3F000000;
+  const uint32_t magnitude = x > 0x7F800000    ? 0x7E00u      // NaN
+                             : x >= 0x477FF000 ? 0x7C00u      // >= 65520 rounds to infinity (and inf itself)
+                             : x < 0x38800000  ? subnormal
+                                               : normal;
+  return static_cast<uint16_t>(sign | magnitude);
 }
 
 float Bf16ToF32(uint16_t bits) { return FloatOf(static_cast<uint32_t>(bits) << 16); }
 
 uint16_t F32ToBf16(float value) {
-  uint32_t x = BitsOf(value);
-  if ((x & 0x7FFFFFFF) > 0x7F800000) return 0x7FC0;  // NaN, as c10::BFloat16 writes it
-  uint32_t rounding_bias = 0x7FFF + ((x >> 16) & 1);
-  return static_cast<uint16_t>((x + rounding_bias) >> 16);
+  const uint32_t x = BitsOf(value);
+  const uint32_t rounded = (x + 0x7FFF + ((x >> 16) & 1)) >> 16;
+  // NaN becomes 0x7FC0, as c10::BFloat16 writes it.
+  return static_cast<uint16_t>((x & 0x7FFFFFFF) > 0x7F800000 ? 0x7FC0u : rounded);
 }
+
+namespace {
+
+// One loop per (source, destination) pair, each element converted through
+// float: small bodies without a per-element switch or call, which the
+// compiler vectorizes (this file is built with -O3).
+template <typename In, typename Out, typename Convert>
+void CastLoop(const unsigned char* in, unsigned char* out, size_t count, Convert convert) {
+  for (size_t i = 0; i < count; ++i) Store<Out>(out, i, convert(Load<In>(in, i)));
+}
+
+template <typename In, typename ToF32>
+void CastFrom(DType dst, const unsigned char* in, unsigned char* out, size_t count, ToF32 to_f32) {
+  switch (dst) {
+    case DType::kF64:
+      CastLoop<In, double>(in, out, count, [&](In v) { return static_cast<double>(to_f32(v)); });
+      return;
+    case DType::kF32:
+      CastLoop<In, float>(in, out, count, [&](In v) { return to_f32(v); });
+      return;
+    case DType::kBF16:
+      CastLoop<In, uint16_t>(in, out, count, [&](In v) { return F32ToBf16(to_f32(v)); });
+      return;
+    case DType::kF16:
+      CastLoop<In, uint16_t>(in, out, count, [&](In v) { return F32ToF16(to_f32(v)); });
+      return;
+    default:
+      assert(false);
+  }
+}
+
+}  // namespace
 
 void CastFloats(DType src, const void* src_bytes, DType dst, void* dst_bytes, size_t count) {
   assert(IsCastableFloat(src) && IsCastableFloat(dst));
@@ -88,25 +111,13 @@ void CastFloats(DType src, const void* src_bytes, DType dst, void* dst_bytes, si
     std::memcpy(out, in, count * static_cast<size_t>(DTypeBits(src) / 8));
     return;
   }
-  switch (dst) {
-    case DType::kF64:
-      for (size_t i = 0; i < count; ++i) Store<double>(out, i, static_cast<double>(LoadAsF32(src, in, i)));
-      return;
-    case DType::kF32:
-      for (size_t i = 0; i < count; ++i) Store<float>(out, i, LoadAsF32(src, in, i));
-      return;
-    case DType::kBF16:
-      if (src == DType::kF32) {  // the common case, kept free of the switch
-        for (size_t i = 0; i < count; ++i) Store<uint16_t>(out, i, F32ToBf16(Load<float>(in, i)));
-        return;
-      }
-      for (size_t i = 0; i < count; ++i) Store<uint16_t>(out, i, F32ToBf16(LoadAsF32(src, in, i)));
-      return;
-    case DType::kF16:
-      for (size_t i = 0; i < count; ++i) Store<uint16_t>(out, i, F32ToF16(LoadAsF32(src, in, i)));
-      return;
-    default:
-      assert(false);
+  switch (src) {
+    // Lambdas, not function pointers, so each loop inlines its conversion.
+    case DType::kF16: return CastFrom<uint16_t>(dst, in, out, count, [](uint16_t v) { return F16ToF32(v); });
+    case DType::kBF16: return CastFrom<uint16_t>(dst, in, out, count, [](uint16_t v) { return Bf16ToF32(v); });
+    case DType::kF32: return CastFrom<float>(dst, in, out, count, [](float v) { return v; });
+    case DType::kF64: return CastFrom<double>(dst, in, out, count, [](double v) { return static_cast<float>(v); });
+    default: assert(false);
   }
 }
 
