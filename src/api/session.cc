@@ -3,6 +3,7 @@
 #include <chrono>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "hoist/writer.h"
 #ifdef HOIST_WITH_CUDA
@@ -114,11 +115,22 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   auto session = std::make_unique<LoadSession>();
   session->path = request.plan.path;
   session->alloc = request.alloc;
+
+  // Device start-up (a CUDA context takes from a fraction of a second to many
+  // seconds) runs while the headers are parsed and the load is planned: the
+  // first call on each device creates its context.
+  std::thread warm_up([&registry] {
+    for (Device* d : registry.All()) (void)d->GetMemoryInfo();
+  });
+  struct Joiner {
+    std::thread& t;
+    ~Joiner() { t.join(); }
+  } joiner{warm_up};
+
+  auto plan_start = std::chrono::steady_clock::now();
   HOIST_ASSIGN_OR_RETURN(Catalog catalog, OpenCatalog(request.plan.path));
   session->catalog = std::make_unique<Catalog>(std::move(catalog));
-
   LoadOptions options;
-  auto plan_start = std::chrono::steady_clock::now();
   HOIST_ASSIGN_OR_RETURN(PlanOptions po, MakePlanOptions(request.plan, registry, margin, &options.max_memory));
   HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(*session->catalog, po));
   session->plan_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - plan_start).count();
