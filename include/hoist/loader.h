@@ -34,8 +34,6 @@
 
 namespace hoist {
 
-inline constexpr uint64_t kHostTensorAlignBytes = 64;
-
 enum class AllocStrategy { kReserve, kPerTensor };
 
 // Counters another thread may read while a load runs (a progress line).
@@ -130,9 +128,13 @@ class LoadedModel {
   LoadStats stats_;
 };
 
+// REQUIRES: `plan` was built from `catalog`; `catalog` and `devices` outlive
+// the returned model (its plan points into the catalogue, its memory belongs
+// to the registry's devices).
 Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegistry& devices,
                          const LoadOptions& options);
 
+// REQUIRES: `catalog` outlives the returned model.
 Result<LoadedModel> LoadToHost(const Catalog& catalog, const LoadOptions& options);
 
 // The default number of reader threads for this machine.

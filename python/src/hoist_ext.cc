@@ -83,7 +83,7 @@ class Model {
     if (v == nullptr) throw nb::key_error(name.c_str());
     return *v;
   }
-  std::string report_json() const { return ReportJson(*session_).dump(); }
+  std::string report_json() const { return ReportJson(*session_).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
  private:
   std::unique_ptr<LoadSession> session_;

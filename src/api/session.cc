@@ -119,8 +119,18 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   // Device start-up (a CUDA context takes from a fraction of a second to many
   // seconds) runs while the headers are parsed and the load is planned: the
   // first call on each device creates its context.
-  std::thread warm_up([&registry] {
-    for (Device* d : registry.All()) (void)d->GetMemoryInfo();
+  // Only the devices this load can touch: one named device, cuda:0 by
+  // default, every device for a device map.
+  std::vector<Device*> warm;
+  if (!request.plan.device_map.empty()) {
+    warm = registry.All();
+  } else if (request.plan.device.empty()) {
+    if (Device* d = registry.Find(DeviceId::Cuda(0))) warm.push_back(d);
+  } else if (Result<DeviceId> id = ParseDeviceId(request.plan.device); id.ok() && registry.Find(*id)) {
+    warm.push_back(registry.Find(*id));
+  }
+  std::thread warm_up([warm] {
+    for (Device* d : warm) (void)d->GetMemoryInfo();
   });
   struct Joiner {
     std::thread& t;

@@ -78,7 +78,7 @@ int RunInspect(const InspectArgs& args) {
     }
     out["total_bytes"] = cat->total_bytes();
     out["metadata"] = cat->metadata();
-    fmt::print("{}\n", out.dump(2));
+    fmt::print("{}\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
   }
   size_t name_width = 4;
@@ -125,7 +125,7 @@ int RunPlan(const PlanCmdArgs& args) {
   if (!plan.ok()) return Fail(plan.status());
   PrintWarnings(*plan, args.json);
   if (args.json) {
-    fmt::print("{}\n", PlanJson(*plan).dump(2));
+    fmt::print("{}\n", PlanJson(*plan).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
   }
   size_t width = 4;
@@ -198,7 +198,7 @@ int RunLoad(const LoadArgs& args) {
   const LoadStats& st = model.stats();
   const double seconds = st.seconds + (*session)->plan_seconds;
   if (!args.report.empty()) {
-    Status s = WriteTextFile(args.report, ReportJson(**session).dump(2) + "\n");
+    Status s = WriteTextFile(args.report, ReportJson(**session).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
     if (!s.ok()) return Fail(s);
   }
   if (!args.quiet) {

@@ -1,7 +1,9 @@
 #include <algorithm>
+#include <filesystem>
 
 #include "cast/cast.h"
 #include "hoist/catalog.h"
+#include "hoist/plan.h"
 #include "hoist/writer.h"
 #include "io/file.h"
 #include "load/select.h"
@@ -13,11 +15,21 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
   if (options.cast_to && !IsCastableFloat(*options.cast_to)) {
     return InvalidArgument("--dtype must be bf16, f16 or f32");
   }
+  // Writing over the source would truncate it while it is being read.
+  for (const CatalogFile& f : catalog.files()) {
+    std::error_code ec;
+    const std::filesystem::path src(f.path);
+    if (std::filesystem::equivalent(src, dst, ec) ||
+        std::filesystem::equivalent(src.parent_path().empty() ? "." : src.parent_path(), dst, ec)) {
+      return InvalidArgument(dst + ": this is (or holds) the checkpoint being converted, " + f.path +
+                             "; write somewhere else");
+    }
+  }
   HOIST_ASSIGN_OR_RETURN(std::vector<const TensorInfo*> selected, SelectTensors(catalog, options.only_regex));
   std::vector<OutTensor> out;
   out.reserve(selected.size());
   for (const TensorInfo* t : selected) {
-    DType target = TargetDType(t->dtype, options.cast_to);
+    DType target = IsQuantizationAuxiliary(t->name) ? t->dtype : TargetDType(t->dtype, options.cast_to);
     out.push_back({t->name, target, t->shape, TargetBytes(*t, target)});
   }
   std::vector<File> files;

@@ -9,6 +9,7 @@
 #include "format/json_util.h"
 #include "format/safetensors.h"
 #include "io/file.h"
+#include "util/text.h"
 
 namespace hoist {
 
@@ -27,8 +28,8 @@ class CatalogBuilder {
       auto [it, inserted] = cat_.index_.emplace(t.name, cat_.tensors_.size());
       if (!inserted) {
         const TensorInfo& first = cat_.tensors_[it->second];
-        return Corruption(path + ": tensor " + QuoteName(t.name) + " is also in " +
-                          cat_.files_[first.file_index].path + " (one name in two files)");
+        return Corruption(Printable(path) + ": tensor " + QuoteName(t.name) + " is also in " +
+                          Printable(cat_.files_[first.file_index].path) + " (one name in two files)");
       }
       TensorInfo info;
       info.name = std::move(t.name);
@@ -37,7 +38,9 @@ class CatalogBuilder {
       info.file_index = file_index;
       info.offset_bytes = header.data_offset_bytes + t.begin_bytes;
       info.size_bytes = t.end_bytes - t.begin_bytes;
-      cat_.total_bytes_ += info.size_bytes;
+      if (__builtin_add_overflow(cat_.total_bytes_, info.size_bytes, &cat_.total_bytes_)) {
+        return Corruption(Printable(path) + ": tensor sizes add up to more than 64 bits");
+      }
       cat_.tensors_.push_back(std::move(info));
     }
     return Status::Ok();
@@ -61,7 +64,7 @@ constexpr uint64_t kMaxIndexBytes = 256ull << 20;
 Result<std::string> ReadSmallFile(const std::string& path, uint64_t limit_bytes) {
   HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(path));
   if (file.size_bytes() > limit_bytes) {
-    return Corruption(path + ": " + std::to_string(file.size_bytes()) + " bytes is too large for this kind of file");
+    return Corruption(Printable(path) + ": " + std::to_string(file.size_bytes()) + " bytes is too large for this kind of file");
   }
   std::string text(file.size_bytes(), '\0');
   HOIST_RETURN_IF_ERROR(file.ReadAt(0, text.data(), text.size()));
@@ -80,11 +83,11 @@ bool IsSafeRelativePath(const std::string& name) {
 
 Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) {
   HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
-  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(index_path, text));
-  if (!doc.is_object()) return Corruption(index_path + ": not a JSON object");
+  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(Printable(index_path), text));
+  if (!doc.is_object()) return Corruption(Printable(index_path) + ": not a JSON object");
   auto wm = doc.find("weight_map");
   if (wm == doc.end() || !wm->is_object()) {
-    return Corruption(index_path + ": no \"weight_map\" object");
+    return Corruption(Printable(index_path) + ": no \"weight_map\" object");
   }
   // Shards in order of first mention; the name -> shard map for cross-checks.
   std::vector<std::string> shards;
@@ -92,11 +95,11 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
   std::set<std::string> seen;
   for (auto it = wm->begin(); it != wm->end(); ++it) {
     if (!it->is_string()) {
-      return Corruption(index_path + ": weight_map entry for " + QuoteName(it.key()) + " is not a file name");
+      return Corruption(Printable(index_path) + ": weight_map entry for " + QuoteName(it.key()) + " is not a file name");
     }
     const std::string& shard = it->get_ref<const std::string&>();
     if (!IsSafeRelativePath(shard)) {
-      return Corruption(index_path + ": weight_map sends " + QuoteName(it.key()) + " to " + QuoteName(shard) +
+      return Corruption(Printable(index_path) + ": weight_map sends " + QuoteName(it.key()) + " to " + QuoteName(shard) +
                         ", which is not a file inside the checkpoint directory");
     }
     if (seen.insert(shard).second) shards.push_back(shard);
@@ -109,7 +112,7 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
     std::string path = (dir / shard).string();
     Status added = builder.AddFile(path);
     if (!added.ok() && added.code() == StatusCode::kNotFound) {
-      return NotFound(index_path + ": shard " + QuoteName(shard) + " does not exist");
+      return NotFound(Printable(index_path) + ": shard " + QuoteName(shard) + " does not exist");
     }
     HOIST_RETURN_IF_ERROR(added);
   }
@@ -118,16 +121,16 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
     const std::string& file = cat.files()[t.file_index].path;
     auto it = shard_of.find(t.name);
     if (it == shard_of.end()) {
-      return Corruption(file + ": tensor " + QuoteName(t.name) + " is in this shard but not in " + index_path);
+      return Corruption(Printable(file) + ": tensor " + QuoteName(t.name) + " is in this shard but not in " + Printable(index_path));
     }
     if ((dir / it->second).string() != file) {
-      return Corruption(index_path + ": tensor " + QuoteName(t.name) + " is listed in " + QuoteName(it->second) +
-                        " but found in " + file);
+      return Corruption(Printable(index_path) + ": tensor " + QuoteName(t.name) + " is listed in " + QuoteName(it->second) +
+                        " but found in " + Printable(file));
     }
   }
   for (const auto& [name, shard] : shard_of) {
     if (cat.Find(name) == nullptr) {
-      return Corruption(index_path + ": tensor " + QuoteName(name) + " is listed in " + QuoteName(shard) +
+      return Corruption(Printable(index_path) + ": tensor " + QuoteName(name) + " is listed in " + QuoteName(shard) +
                         " but that shard does not contain it");
     }
   }
@@ -144,9 +147,9 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
         total = static_cast<uint64_t>(ts->get<double>());
         integral = true;
       }
-      if (!integral) return Corruption(index_path + ": metadata.total_size is not a non-negative integer");
+      if (!integral) return Corruption(Printable(index_path) + ": metadata.total_size is not a non-negative integer");
       if (total != cat.total_bytes()) {
-        return Corruption(index_path + ": metadata.total_size says " + std::to_string(total) +
+        return Corruption(Printable(index_path) + ": metadata.total_size says " + std::to_string(total) +
                           " bytes but the shards hold " + std::to_string(cat.total_bytes()) + " bytes of tensors");
       }
     }
@@ -163,8 +166,8 @@ Result<Catalog> OpenDirectory(const fs::path& dir) {
     const fs::path& p = it->path();
     if (p.extension() == ".safetensors" && it->is_regular_file(ec)) files.push_back(p.string());
   }
-  if (ec) return IoError(dir.string() + ": cannot list directory: " + ec.message());
-  if (files.empty()) return NotFound(dir.string() + ": no .safetensors files and no " + kIndexFileName);
+  if (ec) return IoError(Printable(dir.string()) + ": cannot list directory: " + ec.message());
+  if (files.empty()) return NotFound(Printable(dir.string()) + ": no .safetensors files and no " + kIndexFileName);
   std::sort(files.begin(), files.end());
   CatalogBuilder builder;
   for (const std::string& f : files) HOIST_RETURN_IF_ERROR(builder.AddFile(f));
@@ -176,7 +179,7 @@ Result<Catalog> OpenDirectory(const fs::path& dir) {
 Result<Catalog> OpenCatalog(const std::string& path) {
   std::error_code ec;
   fs::file_status st = fs::status(path, ec);
-  if (ec || !fs::exists(st)) return NotFound(path + ": no such file or directory");
+  if (ec || !fs::exists(st)) return NotFound(Printable(path) + ": no such file or directory");
   if (fs::is_directory(st)) return OpenDirectory(path);
   CatalogBuilder builder;
   HOIST_RETURN_IF_ERROR(builder.AddFile(path));

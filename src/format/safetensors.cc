@@ -6,6 +6,7 @@
 
 #include "format/json_util.h"
 #include "io/file.h"
+#include "util/text.h"
 
 namespace hoist {
 namespace {
@@ -49,6 +50,9 @@ Status ParseTensorEntry(std::string_view label, const std::string& name, const j
   if (!dtype) return fail("unknown dtype " + QuoteName(dtype_name));
 
   if (!shape_it->is_array()) return fail("\"shape\" is not an array");
+  if (shape_it->size() > kMaxRank) {
+    return fail("shape has " + Num(shape_it->size()) + " dimensions, more than " + Num(kMaxRank));
+  }
   std::vector<uint64_t> shape;
   shape.reserve(shape_it->size());
   for (const json& dim : *shape_it) {
@@ -86,25 +90,12 @@ Status ParseTensorEntry(std::string_view label, const std::string& name, const j
 
 std::string QuoteName(std::string_view name) {
   constexpr size_t kMaxShown = 160;
-  std::string out = "'";
-  size_t shown = 0;
-  for (unsigned char c : name) {
-    if (shown == kMaxShown) {
-      out += "...";
-      break;
-    }
-    if (c < 0x20 || c == 0x7f) {
-      static const char* kHex = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    } else {
-      out += static_cast<char>(c);
-    }
-    ++shown;
+  size_t cut = name.size();
+  if (cut > kMaxShown) {
+    cut = kMaxShown;  // never inside a multi-byte UTF-8 character
+    while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;
   }
-  out += "'";
-  return out;
+  return "'" + Printable(name.substr(0, cut)) + (cut < name.size() ? "..." : "") + "'";
 }
 
 bool IsValidUtf8(std::string_view bytes) {
@@ -225,7 +216,7 @@ Result<ParsedHeader> ParseSafetensorsBuffer(std::string_view label, std::string_
 }
 
 Result<ParsedHeader> ReadSafetensorsHeader(const File& file) {
-  const std::string& label = file.path();
+  const std::string label = Printable(file.path());
   std::string prefix(std::min<uint64_t>(file.size_bytes(), kPrefixBytes), '\0');
   HOIST_RETURN_IF_ERROR(file.ReadAt(0, prefix.data(), prefix.size()));
   HOIST_ASSIGN_OR_RETURN(uint64_t n, CheckHeaderLength(label, prefix, file.size_bytes()));

@@ -24,6 +24,8 @@ namespace hoist {
 class File;
 
 inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// DLPack's and PyTorch's limit; also bounds the memory a hostile shape costs.
+inline constexpr uint64_t kMaxRank = 64;
 
 struct HeaderTensor {
   std::string name;

@@ -895,5 +895,22 @@ TEST(SafetensorsConformanceOverallTest, NineTensorsBackToBack) {
   }
 }
 
+TEST(ReviewFixesTest, RankAboveSixtyFourIsRefused) {
+  std::string dims;
+  for (int i = 0; i < 65; ++i) dims += (i ? ",1" : "1");
+  std::string json = "{\"t\":{\"dtype\":\"U8\",\"shape\":[" + dims + "],\"data_offsets\":[0,1]}}";
+  Result<ParsedHeader> r = ParseHeaderJson("f", json, 1);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("65 dimensions"), std::string::npos) << r.status().message();
+}
+
+TEST(ReviewFixesTest, QuoteNameCutsOnACharacterBoundary) {
+  std::string name = "a";
+  for (int i = 0; i < 100; ++i) name += "\xc3\xa9";  // é
+  std::string quoted = QuoteName(name);
+  EXPECT_TRUE(IsValidUtf8(quoted)) << quoted;
+  EXPECT_NE(quoted.find("..."), std::string::npos);
+}
+
 }  // namespace
 }  // namespace hoist

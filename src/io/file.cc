@@ -8,11 +8,13 @@
 #include <cstring>
 #include <utility>
 
+#include "util/text.h"
+
 namespace hoist {
 namespace {
 Status Errno(const std::string& path, const char* what) {
   int err = errno;
-  return IoError(path + ": " + what + ": " + std::strerror(err));
+  return IoError(Printable(path) + ": " + what + ": " + std::strerror(err));
 }
 // Keep each syscall well under the kernel's 2 GiB per-call cap.
 constexpr uint64_t kMaxIoBytes = uint64_t{1} << 30;
@@ -36,7 +38,7 @@ File& File::operator=(File&& other) noexcept {
 Result<File> File::OpenRead(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    if (errno == ENOENT) return NotFound(path + ": no such file");
+    if (errno == ENOENT) return NotFound(Printable(path) + ": no such file");
     return Errno(path, "cannot open");
   }
   struct stat st {};
@@ -47,7 +49,7 @@ Result<File> File::OpenRead(const std::string& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return InvalidArgument(path + ": not a regular file");
+    return InvalidArgument(Printable(path) + ": not a regular file");
   }
   return File(fd, path, static_cast<uint64_t>(st.st_size));
 }
@@ -68,7 +70,7 @@ Status File::ReadAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes) const
       return Errno(path_, "read failed");
     }
     if (got == 0) {
-      return IoError(path_ + ": unexpected end of file at offset " + std::to_string(offset_bytes) +
+      return IoError(Printable(path_) + ": unexpected end of file at offset " + std::to_string(offset_bytes) +
                      " (the file shrank while being read?)");
     }
     out += got;

@@ -67,7 +67,8 @@ TEST(HostLoaderTest, LoadsEveryByteIntoOneAlignedArena) {
       EXPECT_EQ(v->dtype, tensors[i].dtype);
       EXPECT_EQ(v->shape, tensors[i].shape);
       EXPECT_EQ(v->size_bytes, tensors[i].size_bytes);
-      EXPECT_EQ(reinterpret_cast<uintptr_t>(v->data) % kHostTensorAlignBytes, 0u) << v->name;
+      // 256-byte aligned, so also the 64 bytes the host path promises.
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(v->data) % kDeviceTensorAlignBytes, 0u) << v->name;
       for (uint64_t k = 0; k < v->size_bytes; ++k) {
         ASSERT_EQ(v->data[k], PatternByte(i, k)) << v->name << " byte " << k << " threads " << threads;
       }
@@ -138,7 +139,7 @@ TEST(HostLoaderTest, OnlySelectsByRegexSearch) {
   EXPECT_EQ(model.status().code(), StatusCode::kInvalidArgument);
 }
 
-TEST(HostLoaderTest, FileThatShrankAfterCatalogueFailsNamingTensor) {
+TEST(HostLoaderTest, FileThatChangedAfterCatalogueIsRefused) {
   testing::TempDir dir;
   ASSERT_TRUE(WritePattern(dir / "m.safetensors", MixedTensors(), 1ull << 40).ok());
   Result<Catalog> cat = OpenCatalog(dir / "m.safetensors");
@@ -148,7 +149,8 @@ TEST(HostLoaderTest, FileThatShrankAfterCatalogueFailsNamingTensor) {
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().code(), StatusCode::kIoError);
   EXPECT_NE(model.status().message().find("m.safetensors"), std::string::npos) << model.status().message();
-  EXPECT_NE(model.status().message().find("tensor '"), std::string::npos) << model.status().message();
+  EXPECT_NE(model.status().message().find("changed since its header was read"), std::string::npos)
+      << model.status().message();
 }
 
 TEST(HostLoaderTest, RejectsNonFloatCastTarget) {

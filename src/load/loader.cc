@@ -247,6 +247,10 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   files.reserve(catalog.files().size());
   for (const CatalogFile& f : catalog.files()) {
     HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(f.path));
+    if (file.size_bytes() != f.size_bytes) {
+      return IoError(QuoteName(f.path) + " changed since its header was read (" + std::to_string(f.size_bytes) +
+                     " bytes then, " + std::to_string(file.size_bytes()) + " now)");
+    }
     files.push_back(std::move(file));
   }
 

@@ -29,8 +29,8 @@ bool IsDeviceMapStrategy(const std::string& text);
 Result<std::vector<DeviceId>> PlaceByMap(const std::vector<std::string>& names, const DeviceMapEntries& map,
                                          std::vector<std::string>* warnings);
 
-// The unit a strategy never splits: the longest dot-boundary prefix matching
-// one of `no_split` in full, else the repeated numbered block
+// The unit a strategy never splits: the shortest (outermost) dot-boundary
+// prefix matching one of `no_split` in full, else the repeated numbered block
 // (model.layers.N, transformer.h.N, ...), else the module (name without its
 // last component).
 std::string SplitUnitOf(const std::string& name, const std::vector<std::regex>& no_split);

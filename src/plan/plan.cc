@@ -83,9 +83,10 @@ Result<std::vector<std::pair<std::string, std::string>>> TiesFromConfig(const st
   text << in.rdbuf();
   HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(config.string(), text.str()));
   if (!doc.is_object()) return Corruption(config.string() + ": not a JSON object");
+  // Only an explicit true: transformers' default differs from one model
+  // class to the next (PretrainedConfig: true; LlamaConfig: false).
   auto tie = doc.find("tie_word_embeddings");
-  // transformers' default for tie_word_embeddings is true.
-  bool tied = tie == doc.end() ? true : (tie->is_boolean() && tie->get<bool>());
+  bool tied = tie != doc.end() && tie->is_boolean() && tie->get<bool>();
   if (tied) ties.emplace_back("lm_head.weight", "model.embed_tokens.weight");
   return ties;
 }
@@ -127,6 +128,13 @@ Result<std::vector<ExpectedTensor>> ParseExpect(const std::string& json_text, co
 
 Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   if (options.cast_to && !IsCastableFloat(*options.cast_to)) return InvalidArgument("--dtype must be bf16, f16 or f32");
+  // Every size below (casts at most double a tensor, alignment adds at most
+  // 256 bytes per tensor) then stays far from 64-bit overflow.
+  constexpr uint64_t kMaxPlanBytes = uint64_t{1} << 60;
+  if (catalog.total_bytes() > kMaxPlanBytes) {
+    return Corruption("the checkpoint claims " + std::to_string(catalog.total_bytes()) +
+                      " bytes of tensors, more than hoist plans (1 EiB): its files are sparse or corrupt");
+  }
   LoadPlan plan;
 
   // 1. Key mapping: compat, drops, renames.
@@ -187,6 +195,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
 
   // 2. Ties: an alias shares its source's storage and costs nothing.
   for (const auto& [alias, source] : options.ties) {
+    if (alias == source) return InvalidArgument("tie " + alias + "=" + source + ": a tensor cannot be tied to itself");
     auto src = by_name.find(source);
     if (src == by_name.end()) {
       plan.warnings.push_back("tie " + alias + "=" + source + ": the source is not loaded; nothing tied");
@@ -196,9 +205,12 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     if (existing != by_name.end()) {
       PlannedTensor& a = plan.tensors[existing->second];
       const PlannedTensor& s = plan.tensors[src->second];
-      if (a.source->shape != s.source->shape) {
-        return InvalidArgument("tie " + alias + "=" + source + ": the shapes differ");
+      if (a.source->shape != s.source->shape || a.source->dtype != s.source->dtype) {
+        return InvalidArgument("tie " + alias + "=" + source + ": the shapes or dtypes differ (" +
+                               std::string(DTypeName(a.source->dtype)) + " vs " +
+                               std::string(DTypeName(s.source->dtype)) + ")");
       }
+      a.dtype = s.dtype;
       a.alias_of = static_cast<int>(src->second);
       a.size_bytes = 0;
       continue;
@@ -210,6 +222,16 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     a.size_bytes = 0;
     by_name.emplace(alias, plan.tensors.size());
     plan.tensors.push_back(std::move(a));
+  }
+
+  // Ties may chain (c=b, b=a) or loop (a=b, b=a): point every alias at the
+  // tensor that really holds the bytes, and refuse loops.
+  for (PlannedTensor& p : plan.tensors) {
+    size_t steps = 0;
+    while (p.alias_of >= 0 && plan.tensors[static_cast<size_t>(p.alias_of)].alias_of >= 0) {
+      p.alias_of = plan.tensors[static_cast<size_t>(p.alias_of)].alias_of;
+      if (++steps > plan.tensors.size()) return InvalidArgument("--tie: the ties of " + QuoteName(p.name) + " form a loop");
+    }
   }
 
   // 3. Expectations.
@@ -250,10 +272,14 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
       HOIST_ASSIGN_OR_RETURN(placement, PlaceByMap(names, map, &plan.warnings));
     }
   }
-  // An alias lives with its source.
+  // An alias lives with its source. Disk tensors stay as stored: never cast.
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
-    int src = plan.tensors[i].alias_of;
-    plan.tensors[i].device = src >= 0 ? placement[static_cast<size_t>(src)] : placement[i];
+    PlannedTensor& p = plan.tensors[i];
+    p.device = p.alias_of >= 0 ? placement[static_cast<size_t>(p.alias_of)] : placement[i];
+    if (p.device.kind == DeviceKind::kDisk) {
+      p.dtype = p.source->dtype;
+      if (p.alias_of < 0) p.size_bytes = p.source->size_bytes;
+    }
   }
 
   // 5. Offsets inside each device's single reservation.

@@ -136,6 +136,54 @@ TEST_F(PlanTest, TieAddsAliasMissingFromCheckpointAndReadsConfig) {
   EXPECT_TRUE(untied->empty());
 }
 
+TEST_F(PlanTest, BadTiesAreRefusedAndChainsResolve) {
+  const Catalog& cat = Make({T("a", DType::kBF16, {4}), T("b", DType::kBF16, {4}), T("c", DType::kBF16, {4}),
+                             T("f", DType::kF32, {4})});
+  PlanOptions o;
+  o.device = DeviceId::Cpu();
+  o.ties = {{"a", "a"}};
+  EXPECT_EQ(BuildPlan(cat, o).status().code(), StatusCode::kInvalidArgument);
+  o.ties = {{"f", "a"}};  // same shape, other dtype: an alias would misread the bytes
+  auto plan = BuildPlan(cat, o);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.status().message().find("dtypes"), std::string::npos);
+  o.ties = {{"a", "b"}, {"b", "a"}};
+  plan = BuildPlan(cat, o);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.status().message().find("loop"), std::string::npos) << plan.status().message();
+  o.ties = {{"c", "b"}, {"b", "a"}};  // c -> b -> a: both read a's bytes
+  plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_EQ(plan->tensors[static_cast<size_t>(Find(*plan, "c")->alias_of)].name, "a");
+  EXPECT_EQ(plan->tensors[static_cast<size_t>(Find(*plan, "b")->alias_of)].name, "a");
+  EXPECT_EQ(plan->devices[0].reserve_bytes, 256u + 16u);  // a (at 0) and f (at 256) only
+}
+
+TEST_F(PlanTest, ConfigTiesOnlyWhenExplicitlyTrue) {
+  Synth("llama-3.1-8b", 1);
+  std::string dir = paths_.back();
+  for (const char* config : {"{}", R"({"tie_word_embeddings": false})", R"({"tie_word_embeddings": "yes"})"}) {
+    std::ofstream(dir + "/config.json") << config;
+    auto ties = TiesFromConfig(dir);
+    ASSERT_TRUE(ties.ok());
+    EXPECT_TRUE(ties->empty()) << config;
+  }
+  std::ofstream(dir + "/config.json") << R"({"tie_word_embeddings": true})";
+  EXPECT_EQ(TiesFromConfig(dir)->size(), 1u);
+}
+
+TEST_F(PlanTest, DiskTensorsAreNeverCast) {
+  const Catalog& cat = Make({T("a.w", DType::kBF16, {8}), T("b.w", DType::kBF16, {8})});
+  PlanOptions o;
+  o.device_map = R"({"a": "disk", "b": "cpu"})";
+  o.cast_to = DType::kF32;
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(Find(*plan, "a.w")->dtype, DType::kBF16);
+  EXPECT_EQ(Find(*plan, "a.w")->size_bytes, 16u);
+  EXPECT_EQ(Find(*plan, "b.w")->dtype, DType::kF32);
+}
+
 TEST_F(PlanTest, LongestDotBoundaryPrefixWins) {
   std::vector<OutTensor> ts;
   for (int layer : {1, 10, 11}) ts.push_back(T("model.layers." + std::to_string(layer) + ".mlp.up_proj.weight", DType::kU8, {4}));

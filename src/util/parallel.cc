@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -34,7 +35,14 @@ Status ParallelFor(size_t count, int threads, const std::function<Status(size_t)
   };
   std::vector<std::thread> pool;
   pool.reserve(n - 1);
-  for (size_t i = 1; i < n; ++i) pool.emplace_back(worker);
+  for (size_t i = 1; i < n; ++i) {
+    try {
+      pool.emplace_back(worker);
+    } catch (const std::system_error&) {
+      break;  // the system has no more threads to give: go on with those started
+    }
+  }
+  if (threads_used != nullptr) *threads_used = static_cast<int>(pool.size() + 1);
   worker();
   for (std::thread& t : pool) t.join();
   return first_error;

@@ -1,0 +1,14 @@
+// Text for one-line messages.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace hoist {
+
+// `text` with control characters written as \xNN, so that whatever a file or
+// a file name contains, a message stays on one line and sends no terminal
+// escape sequences.
+std::string Printable(std::string_view text);
+
+}  // namespace hoist

@@ -1,0 +1,42 @@
+"""Paths and names a hostile or careless user can give: messages stay one
+line, JSON output never aborts, and convert never overwrites its source."""
+
+import json
+import os
+
+from hoist_testlib import stderr_error_line
+
+
+def test_convert_onto_itself_is_refused(run_hoist, tiny, tmp_path):
+    src = tmp_path / "m.safetensors"
+    src.write_bytes((tiny / "model.safetensors").read_bytes())
+    before = src.read_bytes()
+    proc = run_hoist("convert", src, src)
+    assert proc.returncode == 2
+    assert "being converted" in stderr_error_line(proc)
+    assert src.read_bytes() == before
+    proc = run_hoist("convert", tiny, tiny)  # into the checkpoint's own directory
+    assert proc.returncode == 2
+
+
+def test_json_output_survives_non_utf8_paths(run_hoist, tiny, tmp_path):
+    odd = tmp_path / os.fsdecode(b"bad\xff")
+    odd.mkdir()
+    (odd / "model.safetensors").write_bytes((tiny / "model.safetensors").read_bytes())
+    proc = run_hoist("inspect", "--json", odd)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["tensors"]) == 21
+    report = tmp_path / "r.json"
+    proc = run_hoist("load", odd, "--report", report, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(report.read_text())["devices"]["cpu"]["driver_allocs"] == 1
+
+
+def test_newline_in_a_path_keeps_the_error_on_one_line(run_hoist, tmp_path):
+    bad = tmp_path / "x\nerror: all good.safetensors"
+    bad.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{bad}")
+    proc = run_hoist("inspect", bad)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "\\x0a" in lines[0]
