@@ -11,11 +11,20 @@ class FaultEvent final : public Event {
  public:
   explicit FaultEvent(FaultDevice* device) : device_(device) { ++device_->live_events_; }
   ~FaultEvent() override { --device_->live_events_; }
-  Status Record() override { return device_->Hit(FaultPoint::kEventRecord); }
-  Status Wait() override { return device_->Hit(FaultPoint::kEventWait); }
+  Status Record() override {
+    HOIST_RETURN_IF_ERROR(device_->Hit(FaultPoint::kEventRecord));
+    seq_ = device_->QueuedCopies();
+    return Status::Ok();
+  }
+  Status Wait() override {
+    HOIST_RETURN_IF_ERROR(device_->Hit(FaultPoint::kEventWait));
+    device_->RunCopiesUpTo(seq_);
+    return Status::Ok();
+  }
 
  private:
   FaultDevice* device_;
+  uint64_t seq_ = 0;
 };
 
 const char* PointName(FaultPoint p) {
@@ -102,13 +111,28 @@ void FaultDevice::FreePinned(void* ptr) {
   std::free(ptr);
 }
 
+uint64_t FaultDevice::QueuedCopies() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queue_.size();
+}
+
+void FaultDevice::RunCopiesUpTo(uint64_t seq) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (; done_ < seq && done_ < queue_.size(); ++done_) {
+    const PendingCopy& c = queue_[done_];
+    std::memcpy(c.dst, c.src, c.size_bytes);
+  }
+}
+
 Status FaultDevice::CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) {
   HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kCopy));
-  std::memcpy(dst, src, size_bytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  queue_.push_back({dst, src, size_bytes});
   return Status::Ok();
 }
 
 Status FaultDevice::CopyToHost(void* dst, const void* src, uint64_t size_bytes) {
+  RunCopiesUpTo(UINT64_MAX);
   std::memcpy(dst, src, size_bytes);
   return Status::Ok();
 }
@@ -117,6 +141,10 @@ Result<std::unique_ptr<Event>> FaultDevice::CreateEvent() {
   return std::unique_ptr<Event>(new FaultEvent(this));
 }
 
-Status FaultDevice::Synchronize() { return Hit(FaultPoint::kSynchronize); }
+Status FaultDevice::Synchronize() {
+  HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kSynchronize));
+  RunCopiesUpTo(UINT64_MAX);
+  return Status::Ok();
+}
 
 }  // namespace hoist::testing

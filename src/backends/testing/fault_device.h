@@ -2,7 +2,11 @@
 //
 // Its memory is host memory the loader must not write directly
 // (host_addressable() is false), so loads take the staged path with pinned
-// buffers, asynchronous copies and events, as they do on a GPU. It has a
+// buffers, asynchronous copies and events, as they do on a GPU. Copies are
+// really asynchronous: they are queued and carried out only when an event
+// recorded after them is waited on (or the device is synchronized), reading
+// their source then, so a staging buffer reused too early shows up as wrong
+// bytes. It has a
 // configurable capacity, counts every byte and call, and can fail the k-th
 // call of any kind, so every error path of a load can be driven and checked
 // for leaks (outstanding_bytes() must return to zero).
@@ -16,6 +20,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "hoist/device.h"
 
@@ -51,6 +56,9 @@ class FaultDevice final : public Device {
 
   // Internal: counts a call at `point`, failing it when asked.
   Status Hit(FaultPoint point);
+  // Internal: the number of copies queued so far; runs queued copies up to `seq`.
+  uint64_t QueuedCopies();
+  void RunCopiesUpTo(uint64_t seq);
   std::atomic<int> live_events_{0};
 
  private:
@@ -60,6 +68,13 @@ class FaultDevice final : public Device {
   std::atomic<int> calls_[6] = {};
   mutable std::mutex mu_;
   std::unordered_map<void*, uint64_t> device_blocks_, pinned_blocks_;
+  struct PendingCopy {
+    void* dst;
+    const void* src;
+    uint64_t size_bytes;
+  };
+  std::vector<PendingCopy> queue_;  // copies issued, in order
+  uint64_t done_ = 0;               // how many of them have run
   uint64_t device_bytes_ = 0, pinned_bytes_ = 0;
 };
 
