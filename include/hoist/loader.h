@@ -36,6 +36,12 @@ namespace hoist {
 
 enum class AllocStrategy { kReserve, kPerTensor };
 
+// How files are read: kAuto uses O_DIRECT for a file mostly outside the page
+// cache (where the file system allows it) and buffered reads otherwise. The
+// default is kOff: on the virtio disk it was measured on, buffered reads with
+// more threads beat O_DIRECT (docs/loading.md); NVMe is still to be measured.
+enum class DirectIo { kAuto, kOn, kOff };
+
 // Counters another thread may read while a load runs (a progress line).
 struct LoadProgress {
   std::atomic<uint64_t> done{0};
@@ -48,7 +54,9 @@ struct LoadOptions {
   std::string only_regex;
 
   AllocStrategy alloc = AllocStrategy::kReserve;
-  int threads = 0;                       // reader threads; 0: one per core, 2..32
+  // Reader threads; 0: one per core (2..32), at least 8 when a file is mostly
+  // outside the page cache (the reads then wait on the disk, not the CPU).
+  int threads = 0;
   uint64_t chunk_bytes = 8ull << 20;     // largest single read
   int staging_slots = 4;                 // pinned buffers per GPU
   uint64_t gpu_margin_bytes = kDefaultGpuMarginBytes;
@@ -56,6 +64,7 @@ struct LoadOptions {
   // false: read everything into host memory first, then copy each GPU's
   // bytes over (the baseline the staged pipeline is measured against).
   bool pipeline = true;
+  DirectIo direct = DirectIo::kOff;
   // When set, Load stores the bytes it will read in progress->total once the
   // reads are planned, and adds to progress->done as reads finish.
   LoadProgress* progress = nullptr;
@@ -99,6 +108,7 @@ struct LoadStats {
   uint64_t arena_bytes = 0;   // host reservation, alignment padding included
   int driver_allocs = 0;      // all devices
   int threads = 0;
+  int direct_files = 0;       // files read with O_DIRECT (the rest buffered)
   double seconds = 0;
   double plan_seconds = 0, reserve_seconds = 0, read_seconds = 0;
   double copy_seconds = 0;            // copies after the reads (pipeline off); 0 when they overlap

@@ -109,6 +109,9 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   if (request.margin != "0") {
     HOIST_ASSIGN_OR_RETURN(margin, ParseByteSize(request.margin));
   }
+  if (request.direct != "auto" && request.direct != "on" && request.direct != "off") {
+    return InvalidArgument("--direct '" + request.direct + "': expected auto, on or off");
+  }
   if (request.alloc != "reserve" && request.alloc != "per-tensor") {
     return InvalidArgument("--alloc '" + request.alloc + "': expected reserve or per-tensor");
   }
@@ -151,6 +154,7 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   options.staging_slots = request.staging_slots;
   options.gpu_margin_bytes = margin;
   options.pipeline = request.pipeline;
+  options.direct = request.direct == "on" ? DirectIo::kOn : request.direct == "off" ? DirectIo::kOff : DirectIo::kAuto;
   options.progress = request.progress;
   session->staging = {options.chunk_bytes, options.staging_slots, options.pipeline};
   HOIST_ASSIGN_OR_RETURN(session->model, Load(*session->catalog, std::move(plan), registry, options));
@@ -195,6 +199,7 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
   report["gbps"] = seconds > 0 ? static_cast<double>(st.bytes_read) / seconds / 1e9 : 0.0;
   report["alloc"] = session.alloc;
   report["threads"] = st.threads;
+  report["direct_io_files"] = st.direct_files;
   // Casts run on the host inside the reads; copies overlap them unless the
   // pipeline is off.
   report["stages"] = {{"plan", session.plan_seconds}, {"reserve", st.reserve_seconds}, {"read", st.read_seconds},

@@ -42,6 +42,7 @@ struct LoadRequest {
   std::string chunk_size = "8MiB";
   int staging_slots = 4;
   bool pipeline = true;
+  std::string direct = "off";  // auto, on, off
   LoadProgress* progress = nullptr;  // when set, updated as the load runs
 };
 

@@ -47,6 +47,9 @@ int main(int argc, char** argv) {
   c_load->add_option("--chunk-size", load.request.chunk_size, "Largest single read (e.g. 8MiB)")->capture_default_str();
   c_load->add_option("--staging-buffers", load.request.staging_slots, "Pinned staging buffers per GPU")
       ->check(CLI::Range(1, 256))->capture_default_str();
+  c_load->add_option("--direct", load.request.direct,
+                     "O_DIRECT reads: off, auto (for files outside the page cache), on")
+      ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
   c_load->add_flag("--no-pipeline", [&load](int64_t) { load.request.pipeline = false; },
                    "Read everything into host memory, then copy (the baseline for benchmarks)");
   c_load->add_flag("--quiet,-q", load.quiet, "Print nothing on success (and no progress line)");

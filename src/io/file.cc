@@ -1,9 +1,11 @@
 #include "io/file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -52,6 +54,69 @@ Result<File> File::OpenRead(const std::string& path) {
     return InvalidArgument(Printable(path) + ": not a regular file");
   }
   return File(fd, path, static_cast<uint64_t>(st.st_size));
+}
+
+Result<File> File::OpenReadDirect(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+  if (fd < 0) {
+    if (errno == EINVAL) return NotSupported(Printable(path) + ": O_DIRECT is not supported here");
+    return Errno(path, "cannot open");
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    Status s = Errno(path, "cannot stat");
+    ::close(fd);
+    return s;
+  }
+  return File(fd, path, static_cast<uint64_t>(st.st_size));
+}
+
+Status File::ReadDirectAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes,
+                          std::vector<unsigned char>* bounce) const {
+  const uint64_t a = kDirectAlignBytes;
+  const uint64_t begin = offset_bytes / a * a;
+  const uint64_t end = (offset_bytes + size_bytes + a - 1) / a * a;
+  const uint64_t span = end - begin;
+  if (bounce->size() < span + a) bounce->resize(span + a);
+  // The vector's data is aligned by hand: offset into it.
+  auto* base = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(bounce->data()) + a - 1) / a * a);
+  uint64_t got = 0;
+  while (got < span) {
+    ssize_t n = ::pread(fd_, base + got, static_cast<size_t>(std::min<uint64_t>(span - got, kMaxIoBytes)),
+                        static_cast<off_t>(begin + got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno(path_, "direct read failed");
+    }
+    if (n == 0) break;  // end of file inside the last aligned block
+    got += static_cast<uint64_t>(n);
+  }
+  if (got < offset_bytes - begin + size_bytes) {
+    return IoError(Printable(path_) + ": unexpected end of file at offset " + std::to_string(begin + got) +
+                   " (the file shrank while being read?)");
+  }
+  std::memcpy(dst, base + (offset_bytes - begin), size_bytes);
+  return Status::Ok();
+}
+
+double File::CachedFraction() const {
+  const long page = ::sysconf(_SC_PAGESIZE);
+  if (size_bytes_ == 0 || page <= 0) return 1.0;
+  void* map = ::mmap(nullptr, size_bytes_, PROT_READ, MAP_SHARED, fd_, 0);
+  if (map == MAP_FAILED) return 1.0;  // cannot tell: treat as cached (buffered reads)
+  const uint64_t pages = (size_bytes_ + static_cast<uint64_t>(page) - 1) / static_cast<uint64_t>(page);
+  const uint64_t samples = std::min<uint64_t>(pages, 4096);
+  uint64_t resident = 0;
+  for (uint64_t i = 0; i < samples; ++i) {
+    uint64_t p = i * pages / samples;
+    unsigned char vec = 0;
+    if (::mincore(static_cast<char*>(map) + p * static_cast<uint64_t>(page), static_cast<size_t>(page), &vec) == 0 &&
+        (vec & 1)) {
+      ++resident;
+    }
+  }
+  ::munmap(map, size_bytes_);
+  return static_cast<double>(resident) / static_cast<double>(samples);
 }
 
 Result<File> File::Create(const std::string& path) {

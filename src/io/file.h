@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "hoist/status.h"
 
@@ -22,6 +23,9 @@ class File {
   File& operator=(const File&) = delete;
 
   static Result<File> OpenRead(const std::string& path);
+  // O_DIRECT: reads bypass the page cache. Fails (NotSupported) where the
+  // file system refuses it (tmpfs, some overlays).
+  static Result<File> OpenReadDirect(const std::string& path);
   // Creates or truncates.
   static Result<File> Create(const std::string& path);
 
@@ -32,6 +36,15 @@ class File {
   // Reads exactly size_bytes at offset_bytes; fails on EOF before that.
   Status ReadAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes) const;
   Status WriteAt(uint64_t offset_bytes, const void* src, uint64_t size_bytes) const;
+  // O_DIRECT reads need this alignment of offset, length and buffer.
+  static constexpr uint64_t kDirectAlignBytes = 4096;
+  // For a file opened with OpenReadDirect: reads [offset, offset + size) into
+  // dst through `bounce`, a buffer aligned to kDirectAlignBytes that it grows
+  // as needed (one per thread).
+  Status ReadDirectAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes, std::vector<unsigned char>* bounce) const;
+  // The fraction (0..1) of the file's pages in the page cache, from a sample
+  // of at most 4096 pages (mincore).
+  double CachedFraction() const;
   // Sets the length (makes holes when growing).
   Status Truncate(uint64_t size_bytes);
   Status Close();

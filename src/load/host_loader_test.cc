@@ -1,6 +1,10 @@
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -10,6 +14,7 @@
 #include "hoist/loader.h"
 #include "hoist/synth.h"
 #include "hoist/writer.h"
+#include "io/file.h"
 #include "testing/temp_dir.h"
 
 namespace hoist {
@@ -151,6 +156,53 @@ TEST(HostLoaderTest, FileThatChangedAfterCatalogueIsRefused) {
   EXPECT_NE(model.status().message().find("m.safetensors"), std::string::npos) << model.status().message();
   EXPECT_NE(model.status().message().find("changed since its header was read"), std::string::npos)
       << model.status().message();
+}
+
+// Drops a file's pages from the page cache (they are clean after fsync).
+void Evict(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ::fsync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+}
+
+TEST(HostLoaderTest, DirectReadsAreByteExactAndChosenForUncachedFiles) {
+  testing::TempDir dir;
+  auto tensors = MixedTensors();
+  ASSERT_TRUE(WritePattern(dir / "ckpt", tensors, 2000).ok());
+  Result<Catalog> cat = OpenCatalog(dir / "ckpt");
+  ASSERT_TRUE(cat.ok());
+  {
+    Result<File> probe = File::OpenReadDirect(cat->files()[0].path);
+    if (!probe.ok()) GTEST_SKIP() << "no O_DIRECT on this file system: " << probe.status().message();
+  }
+  for (DirectIo mode : {DirectIo::kOn, DirectIo::kAuto}) {
+    for (const CatalogFile& f : cat->files()) Evict(f.path);
+    LoadOptions opt;
+    opt.direct = mode;
+    opt.chunk_bytes = 4096;  // reads at every alignment
+    Result<LoadedModel> model = LoadToHost(*cat, opt);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    EXPECT_EQ(model->stats().direct_files, static_cast<int>(cat->files().size()));
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const TensorView* v = model->Find(tensors[i].name);
+      for (uint64_t k = 0; k < v->size_bytes; ++k) ASSERT_EQ(v->data[k], PatternByte(i, k)) << v->name << " " << k;
+    }
+  }
+  // Cached files are read through the page cache. (Direct reads bypass it,
+  // so bring the files in first.)
+  for (const CatalogFile& f : cat->files()) {
+    std::ifstream in(f.path, std::ios::binary);
+    std::vector<char> all(f.size_bytes);
+    in.read(all.data(), static_cast<std::streamsize>(all.size()));
+  }
+  LoadOptions opt;
+  opt.direct = DirectIo::kAuto;
+  Result<LoadedModel> model = LoadToHost(*cat, opt);
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ(model->stats().direct_files, 0);
+  EXPECT_EQ(model->stats().threads, std::min(DefaultReadThreads(), model->stats().threads));  // no cold boost
 }
 
 TEST(HostLoaderTest, RejectsNonFloatCastTarget) {

@@ -243,26 +243,49 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     }
   }
   if (options.progress != nullptr) options.progress->total.store(bytes_read);
-  std::vector<File> files;
+  // Files outside the page cache are read with O_DIRECT (no double copy
+  // through the cache); cached ones with buffered reads.
+  std::vector<File> files, direct_files(catalog.files().size());
   files.reserve(catalog.files().size());
-  for (const CatalogFile& f : catalog.files()) {
+  int direct_count = 0;
+  bool any_cold = false;
+  for (size_t k = 0; k < catalog.files().size(); ++k) {
+    const CatalogFile& f = catalog.files()[k];
     HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(f.path));
     if (file.size_bytes() != f.size_bytes) {
       return IoError(QuoteName(f.path) + " changed since its header was read (" + std::to_string(f.size_bytes) +
                      " bytes then, " + std::to_string(file.size_bytes()) + " now)");
     }
+    const bool cold = options.threads == 0 || options.direct == DirectIo::kAuto ? file.CachedFraction() < 0.5 : false;
+    any_cold = any_cold || cold;
+    bool direct = options.direct == DirectIo::kOn || (options.direct == DirectIo::kAuto && cold);
+    if (direct) {
+      Result<File> d = File::OpenReadDirect(f.path);
+      if (d.ok()) {
+        direct_files[k] = std::move(d).value();
+        ++direct_count;
+      } else if (d.status().code() != StatusCode::kNotSupported) {
+        return d.status();
+      }
+    }
     files.push_back(std::move(file));
   }
 
   int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
+  if (options.threads == 0 && any_cold) threads = std::max(threads, 8);
   std::atomic<bool> stop{false};  // wakes workers waiting for a staging buffer
 
   auto process = [&](const ReadItem& it, std::vector<unsigned char>& scratch) -> Status {
     const PlannedTensor& t = plan.tensors[it.tensor];
     const File& file = files[t.source->file_index];
+    const File& direct = direct_files[t.source->file_index];
     const bool cast = t.dtype != t.source->dtype;
     DeviceState& s = *states[it.device];
-    auto read_into = [&](unsigned char* dst) { return file.ReadAt(it.file_offset_bytes, dst, it.size_bytes); };
+    auto read_into = [&](unsigned char* dst) {
+      if (direct.fd() < 0) return file.ReadAt(it.file_offset_bytes, dst, it.size_bytes);
+      thread_local std::vector<unsigned char> bounce;
+      return direct.ReadDirectAt(it.file_offset_bytes, dst, it.size_bytes, &bounce);
+    };
     auto cast_into = [&](unsigned char* dst) -> Status {
       scratch.resize(it.size_bytes);
       HOIST_RETURN_IF_ERROR(read_into(scratch.data()));
@@ -380,6 +403,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   LoadStats& st = model.stats_;
   st.bytes_read = bytes_read;
   st.threads = threads;
+  st.direct_files = direct_count;
   for (auto& s : states) {
     st.bytes_loaded += s->stats.bytes;
     st.driver_allocs += s->stats.driver_allocs;
