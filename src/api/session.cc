@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "hoist/writer.h"
+#include "io/file.h"
 #ifdef HOIST_WITH_CUDA
 #include "hoist/cuda.h"
 #endif
@@ -13,14 +14,6 @@
 namespace hoist {
 
 namespace {
-
-Result<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot read");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& flag, const std::string& text) {
   size_t eq = text.find('=');
@@ -71,7 +64,7 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
     o.ties.push_back(kv);
   }
   if (!a.expect_file.empty()) {
-    HOIST_ASSIGN_OR_RETURN(std::string text, ReadText(a.expect_file));
+    HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(a.expect_file));
     HOIST_ASSIGN_OR_RETURN(o.expect, ParseExpect(text, a.expect_file));
   } else if (!a.expect_json.empty()) {
     HOIST_ASSIGN_OR_RETURN(o.expect, ParseExpect(a.expect_json, "expect"));

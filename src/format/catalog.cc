@@ -61,16 +61,6 @@ namespace {
 
 constexpr uint64_t kMaxIndexBytes = 256ull << 20;
 
-Result<std::string> ReadSmallFile(const std::string& path, uint64_t limit_bytes) {
-  HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(path));
-  if (file.size_bytes() > limit_bytes) {
-    return Corruption(Printable(path) + ": " + std::to_string(file.size_bytes()) + " bytes is too large for this kind of file");
-  }
-  std::string text(file.size_bytes(), '\0');
-  HOIST_RETURN_IF_ERROR(file.ReadAt(0, text.data(), text.size()));
-  return text;
-}
-
 // A shard name from an index must stay inside the checkpoint directory.
 bool IsSafeRelativePath(const std::string& name) {
   if (name.empty() || name.front() == '/') return false;

@@ -119,6 +119,17 @@ double File::CachedFraction() const {
   return static_cast<double>(resident) / static_cast<double>(samples);
 }
 
+Result<std::string> ReadSmallFile(const std::string& path, uint64_t limit_bytes) {
+  HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(path));
+  if (file.size_bytes() > limit_bytes) {
+    return Corruption(Printable(path) + ": " + std::to_string(file.size_bytes()) +
+                      " bytes is too large for this kind of file");
+  }
+  std::string text(file.size_bytes(), '\0');
+  HOIST_RETURN_IF_ERROR(file.ReadAt(0, text.data(), text.size()));
+  return text;
+}
+
 Result<File> File::Create(const std::string& path) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return Errno(path, "cannot create");

@@ -56,4 +56,8 @@ class File {
   std::string path_;
 };
 
+// The whole of a small file (an index, a config, a device map), refusing one
+// larger than `limit_bytes` instead of allocating for it.
+Result<std::string> ReadSmallFile(const std::string& path, uint64_t limit_bytes = 256ull << 20);
+
 }  // namespace hoist

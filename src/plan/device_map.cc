@@ -7,6 +7,8 @@
 
 #include "format/json_util.h"
 #include "format/safetensors.h"
+#include "io/file.h"
+#include "util/text.h"
 
 namespace hoist {
 
@@ -34,12 +36,13 @@ Result<DeviceMapEntries> ParseDeviceMap(const std::string& text) {
   std::string json_text = text, label = "--device-map";
   size_t first = text.find_first_not_of(" \t\r\n");
   if (first == std::string::npos || text[first] != '{') {
-    std::ifstream in(text, std::ios::binary);
-    if (!in) return InvalidArgument("--device-map '" + text + "': not JSON, a strategy, or a readable file");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    json_text = ss.str();
-    label = text;
+    Result<std::string> file = ReadSmallFile(text);
+    if (!file.ok()) {
+      return InvalidArgument("--device-map " + QuoteName(text) + ": not JSON, a strategy, or a readable file (" +
+                             file.status().message() + ")");
+    }
+    json_text = std::move(file).value();
+    label = Printable(text);
   }
   HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(label, json_text));
   if (!doc.is_object()) return InvalidArgument(label + ": a device map is a JSON object of prefix -> device");

@@ -10,6 +10,8 @@
 
 #include "format/json_util.h"
 #include "format/safetensors.h"
+#include "io/file.h"
+#include "util/text.h"
 #include "hoist/writer.h"
 #include "load/select.h"
 #include "plan/device_map.h"
@@ -78,11 +80,9 @@ Result<std::vector<std::pair<std::string, std::string>>> TiesFromConfig(const st
   fs::path config = dir / "config.json";
   std::vector<std::pair<std::string, std::string>> ties;
   if (!fs::exists(config, ec)) return ties;
-  std::ifstream in(config, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(config.string(), text.str()));
-  if (!doc.is_object()) return Corruption(config.string() + ": not a JSON object");
+  HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(config.string()));
+  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(Printable(config.string()), text));
+  if (!doc.is_object()) return Corruption(Printable(config.string()) + ": not a JSON object");
   // Only an explicit true: transformers' default differs from one model
   // class to the next (PretrainedConfig: true; LlamaConfig: false).
   auto tie = doc.find("tie_word_embeddings");

@@ -1,6 +1,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -82,6 +83,49 @@ int DeviceRegistry::CudaCount() const {
 
 namespace {
 
+uint64_t ReadNumber(const std::string& path) {
+  std::ifstream in(path);
+  std::string text;
+  if (!(in >> text) || text == "max") return UINT64_MAX;
+  uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return UINT64_MAX;
+    if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, static_cast<uint64_t>(c - '0'), &v)) {
+      return UINT64_MAX;
+    }
+  }
+  return v;
+}
+
+// What this process's memory cgroup (v2, or v1) still allows; UINT64_MAX
+// when there is no limit or it cannot be read. A container's limit is often
+// far below MemAvailable, and a load past it is killed, not refused.
+uint64_t CgroupHeadroomBytes() {
+  std::ifstream in("/proc/self/cgroup");
+  std::string line;
+  uint64_t headroom = UINT64_MAX;
+  while (std::getline(in, line)) {
+    std::string limit_file, usage_file;
+    if (line.rfind("0::", 0) == 0) {
+      std::string dir = "/sys/fs/cgroup" + line.substr(3);
+      limit_file = dir + "/memory.max";
+      usage_file = dir + "/memory.current";
+    } else if (size_t at = line.find(":memory:"); at != std::string::npos) {
+      std::string dir = "/sys/fs/cgroup/memory" + line.substr(at + 8);
+      limit_file = dir + "/memory.limit_in_bytes";
+      usage_file = dir + "/memory.usage_in_bytes";
+    } else {
+      continue;
+    }
+    uint64_t limit = ReadNumber(limit_file);
+    if (limit >= (uint64_t{1} << 60)) continue;  // "max", or v1's page-rounded 2^63
+    uint64_t usage = ReadNumber(usage_file);
+    if (usage == UINT64_MAX) continue;
+    headroom = std::min(headroom, limit > usage ? limit - usage : 0);
+  }
+  return headroom;
+}
+
 class CpuEvent final : public Event {
  public:
   Status Record() override { return Status::Ok(); }
@@ -110,6 +154,7 @@ class CpuDevice final : public Device {
       long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
       info.total_bytes = info.free_bytes = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
     }
+    info.free_bytes = std::min(info.free_bytes, CgroupHeadroomBytes());
     return info;
   }
 
