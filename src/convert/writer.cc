@@ -12,6 +12,7 @@
 #include "hoist/loader.h"
 #include "io/file.h"
 #include "util/parallel.h"
+#include "util/text.h"
 
 namespace hoist {
 
@@ -72,10 +73,6 @@ struct Piece {
   uint64_t file_offset_bytes;
   uint64_t size_bytes;
 };
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 }  // namespace
 

@@ -37,10 +37,17 @@ File& File::operator=(File&& other) noexcept {
   return *this;
 }
 
-Result<File> File::OpenRead(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+Result<File> File::OpenRead(const std::string& path) { return OpenForReading(path, 0); }
+
+Result<File> File::OpenReadDirect(const std::string& path) { return OpenForReading(path, O_DIRECT); }
+
+Result<File> File::OpenForReading(const std::string& path, int extra_flags) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | extra_flags);
   if (fd < 0) {
     if (errno == ENOENT) return NotFound(Printable(path) + ": no such file");
+    if (errno == EINVAL && (extra_flags & O_DIRECT) != 0) {
+      return NotSupported(Printable(path) + ": O_DIRECT is not supported here");
+    }
     return Errno(path, "cannot open");
   }
   struct stat st {};
@@ -52,21 +59,6 @@ Result<File> File::OpenRead(const std::string& path) {
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
     return InvalidArgument(Printable(path) + ": not a regular file");
-  }
-  return File(fd, path, static_cast<uint64_t>(st.st_size));
-}
-
-Result<File> File::OpenReadDirect(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
-  if (fd < 0) {
-    if (errno == EINVAL) return NotSupported(Printable(path) + ": O_DIRECT is not supported here");
-    return Errno(path, "cannot open");
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    Status s = Errno(path, "cannot stat");
-    ::close(fd);
-    return s;
   }
   return File(fd, path, static_cast<uint64_t>(st.st_size));
 }

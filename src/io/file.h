@@ -50,6 +50,8 @@ class File {
   Status Close();
 
  private:
+  // Opens read-only with O_CLOEXEC | extra_flags; a regular file only.
+  static Result<File> OpenForReading(const std::string& path, int extra_flags);
   File(int fd, std::string path, uint64_t size) : fd_(fd), size_bytes_(size), path_(std::move(path)) {}
   int fd_ = -1;
   uint64_t size_bytes_ = 0;

@@ -17,6 +17,14 @@
 
 namespace hoist {
 
+Result<std::regex> CompileRegex(const std::string& flag, const std::string& pattern) {
+  try {
+    return std::regex(pattern, std::regex::ECMAScript | std::regex::optimize);
+  } catch (const std::regex_error& e) {
+    return InvalidArgument(flag + " " + pattern + ": not a valid regular expression (" + e.what() + ")");
+  }
+}
+
 Result<std::vector<const TensorInfo*>> SelectTensors(const Catalog& catalog, const std::string& regex) {
   std::vector<const TensorInfo*> out;
   out.reserve(catalog.tensors().size());
@@ -24,12 +32,7 @@ Result<std::vector<const TensorInfo*>> SelectTensors(const Catalog& catalog, con
     for (const TensorInfo& t : catalog.tensors()) out.push_back(&t);
     return out;
   }
-  std::regex re;
-  try {
-    re = std::regex(regex, std::regex::ECMAScript | std::regex::optimize);
-  } catch (const std::regex_error& e) {
-    return InvalidArgument("--only " + regex + ": not a valid regular expression (" + e.what() + ")");
-  }
+  HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--only", regex));
   for (const TensorInfo& t : catalog.tensors()) {
     if (std::regex_search(t.name, re)) out.push_back(&t);
   }

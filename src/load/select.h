@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,9 @@
 #include "hoist/status.h"
 
 namespace hoist {
+
+// An ECMAScript regex; InvalidArgument naming `flag` when malformed.
+Result<std::regex> CompileRegex(const std::string& flag, const std::string& pattern);
 
 // Tensors whose name contains a match of `regex` (all when empty), in
 // catalog order. Fails with InvalidArgument on a malformed regex.

@@ -22,18 +22,6 @@ namespace {
 
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
-Result<std::regex> CompileRegex(const std::string& flag, const std::string& pattern) {
-  try {
-    return std::regex(pattern, std::regex::ECMAScript | std::regex::optimize);
-  } catch (const std::regex_error& e) {
-    return InvalidArgument(flag + " " + pattern + ": not a valid regular expression (" + e.what() + ")");
-  }
-}
-
-bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 }  // namespace
 
 bool IsQuantizationAuxiliary(const std::string& name) {

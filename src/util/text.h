@@ -11,4 +11,8 @@ namespace hoist {
 // escape sequences.
 std::string Printable(std::string_view text);
 
+inline bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
 }  // namespace hoist
