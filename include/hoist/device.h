@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "hoist/dtype.h"
 #include "hoist/status.h"
 
 namespace hoist {
@@ -77,6 +78,13 @@ class Device {
   // Queues a host-to-device copy on the copy stream. `src` must stay
   // unchanged until an Event recorded after this call has been waited on.
   virtual Status CopyToDeviceAsync(void* device_dst, const void* host_src, uint64_t size_bytes) = 0;
+  // Queues on the copy stream, after the copies before it, a cast of `count`
+  // elements from `src` (device memory holding `from`) into `dst` (device
+  // memory, `to`), bit-identical to the host's cast of the same bytes (round
+  // to nearest even, NaN stays NaN; src/cast/convert.h). REQUIRES: both types
+  // are F16, BF16, F32 or F64; the pointers are aligned to their element
+  // sizes and the ranges do not overlap.
+  virtual Status CastAsync(void* device_dst, DType to, const void* device_src, DType from, uint64_t count) = 0;
   // Synchronous device-to-host copy (verification, tests).
   virtual Status CopyToHost(void* host_dst, const void* device_src, uint64_t size_bytes) = 0;
   virtual Result<std::unique_ptr<Event>> CreateEvent() = 0;

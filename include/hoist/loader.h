@@ -112,6 +112,11 @@ struct LoadStats {
   double seconds = 0;
   double plan_seconds = 0, reserve_seconds = 0, read_seconds = 0;
   double copy_seconds = 0;            // copies after the reads (pipeline off); 0 when they overlap
+  // Casts on the host (cpu tensors, or the pipeline-off baseline): CPU
+  // seconds summed over the reader threads. Casts on a GPU run on its copy
+  // stream, overlapped with the reads, and are counted in pieces instead.
+  double host_cast_seconds = 0;
+  int device_cast_pieces = 0;
   double time_to_first_tensor = 0;    // from the start of Load until one tensor is complete
   std::vector<DeviceStats> devices;
 };

@@ -1,21 +1,21 @@
-// Floating-point casts between F16, BF16, F32 and F64, bit-compatible with
-// PyTorch's CPU casts: round to nearest even; NaN stays NaN (BF16 NaN becomes
-// 0x7FC0 and F16 NaN becomes sign|0x7E00, as c10 writes them); infinities
-// stay; overflow becomes infinity. F64 -> F16/BF16 goes through F32, as
-// c10::Half and c10::BFloat16 do (they are constructed from float).
+// Floating-point casts between F16, BF16, F32 and F64 on the host,
+// bit-compatible with PyTorch's CPU casts and with hoist's GPU cast kernel:
+// both use the conversions in convert.h (rounding and NaN rules there).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "cast/convert.h"
 #include "hoist/dtype.h"
 
 namespace hoist {
 
-float F16ToF32(uint16_t bits);
-uint16_t F32ToF16(float value);
-float Bf16ToF32(uint16_t bits);
-uint16_t F32ToBf16(float value);
+// The scalar conversions, shared with the CUDA cast kernel (convert.h).
+using convert::Bf16ToF32;
+using convert::F16ToF32;
+using convert::F32ToBf16;
+using convert::F32ToF16;
 
 // Converts `count` elements. Source and destination must not overlap; neither
 // needs any alignment. REQUIRES: IsCastableFloat(src) && IsCastableFloat(dst).

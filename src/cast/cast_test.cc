@@ -169,5 +169,35 @@ TEST(CastTest, DoubleGoesThroughFloatLikeC10) {
   EXPECT_EQ(out, 0x3F80);
 }
 
+TEST(CastTest, DoubleFloatNaNsKeepSignAndPayloadAsX86Does) {
+  // The bitwise NaN rule in convert.h (which the GPU kernel shares) must
+  // write what the host's own conversion writes, payload and sign included.
+  const uint64_t nans[] = {0x7FF8000000000000ull, 0xFFF8000000000000ull, 0x7FF0000000000001ull,
+                           0x7FF4000000000000ull, 0xFFFFFFFFFFFFFFFFull, 0x7FF00000E0000000ull,
+                           0x7FFABCDEF1234567ull};
+  for (uint64_t n : nans) {
+    double d;
+    std::memcpy(&d, &n, 8);
+    volatile double vd = d;  // keep the compiler from folding the conversion
+    float want = static_cast<float>(vd);
+    EXPECT_EQ(Bits(convert::F64ToF32(d)), Bits(want)) << std::hex << n;
+  }
+  const uint32_t fnans[] = {0x7FC00000u, 0xFFC00000u, 0x7F800001u, 0x7FA12345u, 0xFFFFFFFFu};
+  for (uint32_t n : fnans) {
+    float f;
+    std::memcpy(&f, &n, 4);
+    volatile float vf = f;
+    double want = static_cast<double>(vf), got = convert::F32ToF64(f);
+    uint64_t wb, gb;
+    std::memcpy(&wb, &want, 8);
+    std::memcpy(&gb, &got, 8);
+    EXPECT_EQ(gb, wb) << std::hex << n;
+  }
+  // Ordinary values, subnormals and infinities convert as the hardware does.
+  for (double v : {0.0, -0.0, 1.0 / 3, 1e-40, -1e-310, 3.5e38, 1e300, -static_cast<double>(INFINITY)}) {
+    EXPECT_EQ(Bits(convert::F64ToF32(v)), Bits(static_cast<float>(v))) << v;
+  }
+}
+
 }  // namespace
 }  // namespace hoist

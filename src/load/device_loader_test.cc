@@ -133,7 +133,9 @@ TEST_F(DeviceLoaderTest, PipelineOffReadsToHostThenCopies) {
     uint16_t h = static_cast<uint16_t>(PatternByte(wi, 0) | PatternByte(wi, 1) << 8);
     float first;
     std::memcpy(&first, f32.data(), 4);
-    if (!std::isnan(F16ToF32(h))) EXPECT_EQ(first, F16ToF32(h));
+    if (!std::isnan(F16ToF32(h))) {
+      EXPECT_EQ(first, F16ToF32(h));
+    }
   }
   ExpectAllReturned();
 }
@@ -148,28 +150,50 @@ TEST_F(DeviceLoaderTest, PerTensorMakesOneAllocationPerTensor) {
   EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), static_cast<int>(tensors_.size()));
 }
 
-TEST_F(DeviceLoaderTest, CastOnTheStagedPathMatchesTheCpuCast) {
+TEST_F(DeviceLoaderTest, CastOnTheDeviceMatchesTheHostCastBitForBit) {
   PlanOptions po;
   po.device = DeviceId::Cuda(0);
   po.cast_to = DType::kF32;
   auto model = LoadWith(po);
   ASSERT_TRUE(model.ok()) << model.status().message();
-  const TensorView* v = model->Find("model.layers.1.w");
-  ASSERT_NE(v, nullptr);
-  EXPECT_EQ(v->dtype, DType::kF32);
-  std::vector<unsigned char> got = DeviceBytes(*v);
-  size_t i = IndexOf("model.layers.1.w");
-  for (size_t e = 0; e < 5000; ++e) {
-    uint16_t h = static_cast<uint16_t>(PatternByte(i, 2 * e) | PatternByte(i, 2 * e + 1) << 8);
-    float want = F16ToF32(h), g;
-    std::memcpy(&g, &got[e * 4], 4);
-    if (std::isnan(want)) {
-      ASSERT_TRUE(std::isnan(g));
+  // File bytes went to the device raw and were cast there, piece by piece.
+  EXPECT_GT(gpu_->calls(FaultPoint::kCast), 3);
+  for (const TensorView& v : model->tensors()) {
+    SCOPED_TRACE(v.name);
+    size_t i = IndexOf(v.name);
+    std::vector<unsigned char> file(tensors_[i].size_bytes);
+    for (uint64_t k = 0; k < file.size(); ++k) file[k] = PatternByte(i, k);
+    std::vector<unsigned char> want = file;
+    if (IsCastableFloat(v.stored_dtype)) {
+      EXPECT_EQ(v.dtype, DType::kF32);
+      size_t n = file.size() / static_cast<size_t>(DTypeBits(v.stored_dtype) / 8);
+      want.assign(n * 4, 0);
+      CastFloats(v.stored_dtype, file.data(), DType::kF32, want.data(), n);
     } else {
-      ASSERT_EQ(g, want) << e;
+      EXPECT_EQ(v.dtype, v.stored_dtype);  // never cast
     }
+    ASSERT_EQ(DeviceBytes(v), want);
   }
-  EXPECT_EQ(model->Find("model.layers.0.q")->dtype, DType::kI8);  // never cast
+  // The scratch the casts went through was one more allocation, for the load
+  // only: the model holds its reservation and nothing else.
+  const DeviceStats* gpu = nullptr;
+  for (const DeviceStats& d : model->stats().devices) {
+    if (d.device == DeviceId::Cuda(0)) gpu = &d;
+  }
+  ASSERT_NE(gpu, nullptr);
+  EXPECT_EQ(gpu->driver_allocs, 2);
+  EXPECT_GT(gpu->peak_reserved_bytes, gpu->reserved_bytes);
+  EXPECT_EQ(gpu_->outstanding_bytes(), gpu->reserved_bytes);
+  EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);
+}
+
+TEST_F(DeviceLoaderTest, NoCastNoScratch) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  EXPECT_EQ(gpu_->calls(FaultPoint::kCast), 0);
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 1);
 }
 
 TEST_F(DeviceLoaderTest, DeviceMapSplitsAcrossGpuCpuAndDisk) {
@@ -239,19 +263,25 @@ TEST_F(DeviceLoaderTest, AbsentDeviceIsAnError) {
   EXPECT_NE(model.status().message().find("cuda:3"), std::string::npos);
 }
 
-TEST_F(DeviceLoaderTest, EveryFailureReturnsEveryByte) {
+class DeviceLoaderFaultTest : public DeviceLoaderTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(DeviceLoaderFaultTest, EveryFailureReturnsEveryByte) {
   PlanOptions po;
   po.device_map = R"({"model.layers": 0, "": "cpu"})";
+  if (GetParam()) po.cast_to = DType::kF32;  // the device-cast path: scratch, copies and casts
   // Count each kind of call in a successful load, then fail each one in turn.
-  int successful[6];
+  int successful[hoist::testing::kFaultPointCount];
   {
     auto model = LoadWith(po);
     ASSERT_TRUE(model.ok());
-    for (int p = 0; p < 6; ++p) successful[p] = gpu_->calls(static_cast<FaultPoint>(p));
+    for (int p = 0; p < hoist::testing::kFaultPointCount; ++p) {
+      successful[p] = gpu_->calls(static_cast<FaultPoint>(p));
+    }
   }
+  EXPECT_EQ(successful[static_cast<int>(FaultPoint::kCast)] > 0, GetParam());
   ExpectAllReturned();
   int injected = 0;
-  for (int p = 0; p < 6; ++p) {
+  for (int p = 0; p < hoist::testing::kFaultPointCount; ++p) {
     for (int k = 1; k <= successful[p]; ++k) {
       SCOPED_TRACE("point " + std::to_string(p) + " call " + std::to_string(k));
       auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), 64ull << 20);
@@ -270,6 +300,8 @@ TEST_F(DeviceLoaderTest, EveryFailureReturnsEveryByte) {
   }
   EXPECT_GT(injected, 20);
 }
+
+INSTANTIATE_TEST_SUITE_P(WithAndWithoutCast, DeviceLoaderFaultTest, ::testing::Bool());
 
 TEST_F(DeviceLoaderTest, ReadFailureReturnsEveryByte) {
   PlanOptions po;

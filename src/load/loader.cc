@@ -94,7 +94,13 @@ struct DeviceState {
   DeviceStats stats;
   unsigned char* base = nullptr;  // reservation (kReserve)
   bool staged = false;           // copies go through pinned staging buffers
+  bool device_casts = false;     // staged, and some tensor is cast on the device
   DeviceMemory mirror;           // pipeline off: the device's bytes in host memory first
+  // Device casts: a chunk's file bytes land here and a kernel casts them
+  // into place. One chunk is enough: the device runs copies and casts in
+  // the order they are issued, so the next copy into it waits for the cast
+  // before it. Freed when the load ends.
+  DeviceMemory scratch;
   std::vector<StagingSlot> slots;
   std::deque<size_t> free_slots;
   std::mutex mu;               // guards free_slots
@@ -102,23 +108,33 @@ struct DeviceState {
   std::mutex copy_mu;          // orders copy + record on the stream
 };
 
-Status CheckFits(const DevicePlan& d, Device* device, uint64_t needed, const LoadOptions& options) {
+// `needed` bytes of which `limited` count against --max-memory (the
+// tensors); the rest (staging, cast scratch) only against free memory.
+Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited, const LoadOptions& options) {
+  if (needed == 0) return Status::Ok();
   HOIST_ASSIGN_OR_RETURN(MemoryInfo mem, device->GetMemoryInfo());
-  uint64_t margin = d.device.kind == DeviceKind::kCuda ? options.gpu_margin_bytes : 0;
+  uint64_t margin = id.kind == DeviceKind::kCuda ? options.gpu_margin_bytes : 0;
   uint64_t available = mem.free_bytes > margin ? mem.free_bytes - margin : 0;
   std::string why = "free " + Bytes(mem.free_bytes) + (margin ? " minus a " + Bytes(margin) + " margin" : "");
-  auto limit = options.max_memory.find(d.device);
-  if (limit != options.max_memory.end() && limit->second < available) {
-    available = limit->second;
+  auto limit = options.max_memory.find(id);
+  if (limit != options.max_memory.end() && limit->second + (needed - limited) < available) {
+    available = limit->second + (needed - limited);
     why = "--max-memory";
   }
   if (needed > available) {
-    return OutOfMemory(d.device.ToString() + ": the plan needs " + Bytes(needed) + " but only " + Bytes(available) +
-                       " is available (" + why + "); spread the model with --device-map auto --max-memory " +
-                       "0=...,cpu=..., or shrink it with --dtype");
+    std::string what = needed == limited ? "the plan needs " + Bytes(needed)
+                                         : "the load needs " + Bytes(needed) + " (" + Bytes(needed - limited) +
+                                               " of it staging and cast buffers)";
+    return OutOfMemory(id.ToString() + ": " + what + " but only " + Bytes(available) + " is available (" + why +
+                       "); spread the model with --device-map auto --max-memory 0=...,cpu=..., or shrink it with " +
+                       "--dtype");
   }
   return Status::Ok();
 }
+
+// Staging slots and cast scratch areas are this many bytes apart, so each
+// holds a chunk and starts aligned for any element type.
+uint64_t SlotStride(uint64_t chunk_bytes) { return (chunk_bytes + 255) / 256 * 256; }
 
 }  // namespace
 
@@ -146,6 +162,10 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   // anything is allocated.
   std::vector<std::unique_ptr<DeviceState>> states;
   std::map<DeviceId, uint32_t> state_of;
+  const uint64_t stride = SlotStride(options.chunk_bytes);
+  const uint64_t ring_bytes = stride * static_cast<uint64_t>(options.staging_slots);
+  uint64_t host_extra = 0;  // staging (or the pipeline-off copy) in host memory
+  uint64_t host_tensors = 0;
   for (const DevicePlan& d : plan.devices) {
     if (d.device.kind == DeviceKind::kDisk) continue;
     Device* device = registry.Find(d.device);
@@ -160,14 +180,30 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         if (t.device == d.device && t.alias_of < 0) needed += t.size_bytes;
       }
     }
-    HOIST_RETURN_IF_ERROR(CheckFits(d, device, needed, options));
     auto state = std::make_unique<DeviceState>();
     state->device = device;
     state->stats.device = d.device;
     state->staged = !device->host_addressable();
+    uint64_t scratch = 0;
+    if (state->staged) {
+      host_extra += options.pipeline ? ring_bytes : d.reserve_bytes;
+      for (const PlannedTensor& t : plan.tensors) {
+        state->device_casts = state->device_casts || (options.pipeline && t.device == d.device && t.alias_of < 0 &&
+                                                      t.dtype != t.source->dtype);
+      }
+      if (state->device_casts) scratch = stride;
+    }
+    if (device->host_addressable() && d.device == DeviceId::Cpu()) host_tensors = needed;
+    if (!device->host_addressable() || d.device != DeviceId::Cpu()) {
+      HOIST_RETURN_IF_ERROR(CheckFits(d.device, device, needed + scratch, needed, options));
+    }
     state_of[d.device] = static_cast<uint32_t>(states.size());
     states.push_back(std::move(state));
   }
+  // The host holds its own tensors plus every GPU's staging buffers.
+  Device* cpu = registry.Find(DeviceId::Cpu());
+  if (cpu == nullptr) cpu = host.get();
+  HOIST_RETURN_IF_ERROR(CheckFits(DeviceId::Cpu(), cpu, host_tensors + host_extra, host_tensors, options));
 
   // Reserve: one allocation per device, or one per tensor.
   const auto reserve_start = Clock::now();
@@ -198,15 +234,20 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     }
     s.stats.bytes += t.size_bytes;
   }
-  for (auto& s : states) s->stats.peak_reserved_bytes = s->stats.reserved_bytes;
+  // Cast scratch: one more allocation on a GPU that casts, for this load only.
+  for (auto& s : states) {
+    if (!s->device_casts) continue;
+    HOIST_ASSIGN_OR_RETURN(s->scratch, DeviceMemory::Allocate(s->device, stride));
+    s->stats.driver_allocs += 1;
+  }
+  for (auto& s : states) s->stats.peak_reserved_bytes = s->stats.reserved_bytes + s->scratch.size_bytes();
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     if (plan.tensors[i].alias_of >= 0) tensor_ptr[i] = tensor_ptr[static_cast<size_t>(plan.tensors[i].alias_of)];
   }
 
-  // Staging for devices the host cannot write directly. Casts happen on the
-  // host for now, so a slot holds a chunk after its cast.
+  // Staging for devices the host cannot write directly: a slot holds one
+  // chunk of file bytes (casts happen on the device, after the copy).
   const uint64_t chunk = options.chunk_bytes;
-  uint64_t slot_bytes = chunk * 2;  // widest cast: 16-bit -> 32-bit
   for (auto& s : states) {
     if (!s->staged) continue;
     if (!options.pipeline) {
@@ -216,7 +257,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     }
     for (int k = 0; k < options.staging_slots; ++k) {
       StagingSlot slot;
-      HOIST_ASSIGN_OR_RETURN(slot.buffer, DeviceMemory::AllocatePinned(s->device, slot_bytes));
+      HOIST_ASSIGN_OR_RETURN(slot.buffer, DeviceMemory::AllocatePinned(s->device, stride));
       HOIST_ASSIGN_OR_RETURN(slot.event, s->device->CreateEvent());
       s->slots.push_back(std::move(slot));
       s->free_slots.push_back(s->slots.size() - 1);
@@ -277,6 +318,12 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
   if (options.threads == 0 && any_cold) threads = std::max(threads, 8);
   std::atomic<bool> stop{false};  // wakes workers waiting for a staging buffer
+  std::atomic<uint64_t> host_cast_ns{0};
+  int device_cast_pieces = 0;
+  for (const ReadItem& it : items) {
+    const PlannedTensor& t = plan.tensors[it.tensor];
+    device_cast_pieces += t.dtype != t.source->dtype && states[it.device]->device_casts ? 1 : 0;
+  }
 
   auto process = [&](const ReadItem& it, std::vector<unsigned char>& scratch) -> Status {
     const PlannedTensor& t = plan.tensors[it.tensor];
@@ -292,8 +339,11 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     auto cast_into = [&](unsigned char* dst) -> Status {
       scratch.resize(it.size_bytes);
       HOIST_RETURN_IF_ERROR(read_into(scratch.data()));
+      const auto cast_start = Clock::now();
       CastFloats(t.source->dtype, scratch.data(), t.dtype, dst,
                  it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
+      host_cast_ns.fetch_add(static_cast<uint64_t>(std::chrono::nanoseconds(Clock::now() - cast_start).count()),
+                             std::memory_order_relaxed);
       return Status::Ok();
     };
     if (!s.staged || !options.pipeline) return cast ? cast_into(it.dst) : read_into(it.dst);
@@ -310,10 +360,21 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     Status st;
     if (slot.pending) st = slot.event->Wait();
     slot.pending = false;
-    if (st.ok()) st = cast ? cast_into(slot.buffer.data()) : read_into(slot.buffer.data());
+    if (st.ok()) st = read_into(slot.buffer.data());
     if (st.ok()) {
       std::lock_guard<std::mutex> lock(s.copy_mu);
-      st = s.device->CopyToDeviceAsync(it.dst, slot.buffer.data(), it.dst_bytes);
+      if (cast) {
+        // File bytes to the scratch area, then the kernel casts them into
+        // place; the event after both frees the slot.
+        unsigned char* raw = s.scratch.data();
+        st = s.device->CopyToDeviceAsync(raw, slot.buffer.data(), it.size_bytes);
+        if (st.ok()) {
+          st = s.device->CastAsync(it.dst, t.dtype, raw, t.source->dtype,
+                                   it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
+        }
+      } else {
+        st = s.device->CopyToDeviceAsync(it.dst, slot.buffer.data(), it.dst_bytes);
+      }
       if (st.ok()) st = slot.event->Record();
       slot.pending = st.ok();
     }
@@ -415,6 +476,8 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   }
   st.reserve_seconds = reserve_seconds;
   st.copy_seconds = copy_seconds;
+  st.host_cast_seconds = static_cast<double>(host_cast_ns.load()) / 1e9;
+  st.device_cast_pieces = device_cast_pieces;
   st.read_seconds = Since(read_start) - copy_seconds;
   st.time_to_first_tensor = time_to_first_tensor;
   st.seconds = Since(start);

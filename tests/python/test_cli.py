@@ -441,6 +441,18 @@ def test_load_dtype_casts_floats_only(run_hoist, tmp_path, conformance, dtype, s
     assert r["total_bytes"] == expected_total
 
 
+def test_load_report_stages(run_hoist, tmp_path, tiny):
+    keys = {"plan", "reserve", "read", "copy", "cast"}
+    plain = _report(run_hoist, tmp_path, tiny)
+    assert set(plain["stages"]) == keys
+    assert plain["stages"]["read"] > 0 and plain["stages"]["cast"] == 0 and plain["stages"]["copy"] == 0
+    assert plain["device_cast_pieces"] == 0
+    assert 0 < plain["time_to_first_tensor"] <= plain["seconds"]
+    cast = _report(run_hoist, tmp_path, tiny, "--dtype", "f32")
+    assert cast["stages"]["cast"] > 0  # on the cpu, casts run on the host
+    assert cast["device_cast_pieces"] == 0
+
+
 @pytest.mark.parametrize(
     "regex,names",
     [

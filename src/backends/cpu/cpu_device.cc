@@ -9,6 +9,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "cast/cast.h"
 #include "hoist/device.h"
 
 namespace hoist {
@@ -184,6 +185,10 @@ class CpuDevice final : public Device {
 
   Status CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) override {
     std::memcpy(dst, src, size_bytes);
+    return Status::Ok();
+  }
+  Status CastAsync(void* dst, DType to, const void* src, DType from, uint64_t count) override {
+    CastFloats(from, src, to, dst, count);
     return Status::Ok();
   }
   Status CopyToHost(void* dst, const void* src, uint64_t size_bytes) override {

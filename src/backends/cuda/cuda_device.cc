@@ -1,6 +1,6 @@
 // The CUDA backend: hoist::Device over the CUDA runtime API, and the probe
-// behind `hoist probe`. Plain C++ (no device code), linked with the static
-// runtime. Contracts are in include/hoist/cuda.h.
+// behind `hoist probe`. Plain C++ (the cast kernel is in cast_kernel.cu),
+// linked with the static runtime. Contracts are in include/hoist/cuda.h.
 #include "hoist/cuda.h"
 
 #include <cuda_runtime_api.h>
@@ -18,6 +18,8 @@
 #include <vector>
 
 #include <fmt/core.h>
+
+#include "backends/cuda/cast_kernel.h"
 
 namespace hoist {
 namespace {
@@ -62,6 +64,16 @@ Status UseDevice(int device) {
   cudaError_t err = cudaSetDevice(device);
   if (err != cudaSuccess) return CudaFailure(err, device, "cudaSetDevice");
   return Status::Ok();
+}
+
+// The kernel's name for a castable dtype. REQUIRES: IsCastableFloat(t).
+cuda::FloatType KernelType(DType t) {
+  switch (t) {
+    case DType::kF16: return cuda::FloatType::kF16;
+    case DType::kBF16: return cuda::FloatType::kBF16;
+    case DType::kF32: return cuda::FloatType::kF32;
+    default: return cuda::FloatType::kF64;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -143,6 +155,27 @@ class CudaDevice final : public Device {
         cudaMemcpyAsync(device_dst, host_src, static_cast<size_t>(size_bytes), cudaMemcpyHostToDevice, stream);
     if (err != cudaSuccess) {
       return CudaFailure(err, index_, fmt::format("cudaMemcpyAsync of {} bytes host to device", size_bytes));
+    }
+    return Status::Ok();
+  }
+
+  Status CastAsync(void* device_dst, DType to, const void* device_src, DType from, uint64_t count) override {
+    if (count == 0) return Status::Ok();
+    if (!IsCastableFloat(from) || !IsCastableFloat(to) || from == to) {
+      return InvalidArgument(fmt::format("cuda:{}: no GPU cast from {} to {}", index_, DTypeName(from), DTypeName(to)));
+    }
+    const auto misaligned = [](const void* p, DType t) {
+      return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(DTypeBits(t) / 8) != 0;
+    };
+    if (misaligned(device_src, from) || misaligned(device_dst, to)) {
+      return InvalidArgument(fmt::format("cuda:{}: cast buffers must be aligned to their element sizes", index_));
+    }
+    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_ASSIGN_OR_RETURN(cudaStream_t stream, CopyStream());
+    cudaError_t err = cuda::LaunchCast(KernelType(from), device_src, KernelType(to), device_dst, count, stream);
+    if (err != cudaSuccess) {
+      return CudaFailure(err, index_,
+                         fmt::format("the cast kernel ({} -> {}, {} elements)", DTypeName(from), DTypeName(to), count));
     }
     return Status::Ok();
   }

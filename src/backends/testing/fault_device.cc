@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cast/cast.h"
+
 namespace hoist::testing {
 
 namespace {
@@ -32,6 +34,7 @@ const char* PointName(FaultPoint p) {
     case FaultPoint::kAllocate: return "allocate";
     case FaultPoint::kAllocatePinned: return "allocate pinned";
     case FaultPoint::kCopy: return "copy";
+    case FaultPoint::kCast: return "cast";
     case FaultPoint::kEventRecord: return "event record";
     case FaultPoint::kEventWait: return "event wait";
     case FaultPoint::kSynchronize: return "synchronize";
@@ -120,7 +123,11 @@ void FaultDevice::RunCopiesUpTo(uint64_t seq) {
   std::lock_guard<std::mutex> lock(mu_);
   for (; done_ < seq && done_ < queue_.size(); ++done_) {
     const PendingCopy& c = queue_[done_];
-    std::memcpy(c.dst, c.src, c.size_bytes);
+    if (c.cast) {
+      CastFloats(c.from, c.src, c.to, c.dst, c.size_bytes);
+    } else {
+      std::memcpy(c.dst, c.src, c.size_bytes);
+    }
   }
 }
 
@@ -128,6 +135,14 @@ Status FaultDevice::CopyToDeviceAsync(void* dst, const void* src, uint64_t size_
   HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kCopy));
   std::lock_guard<std::mutex> lock(mu_);
   queue_.push_back({dst, src, size_bytes});
+  return Status::Ok();
+}
+
+Status FaultDevice::CastAsync(void* dst, DType to, const void* src, DType from, uint64_t count) {
+  HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kCast));
+  if (!IsCastableFloat(from) || !IsCastableFloat(to)) return InvalidArgument("test device: not a float cast");
+  std::lock_guard<std::mutex> lock(mu_);
+  queue_.push_back({dst, src, count, true, from, to});
   return Status::Ok();
 }
 

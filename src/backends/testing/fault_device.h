@@ -26,7 +26,8 @@
 
 namespace hoist::testing {
 
-enum class FaultPoint { kAllocate, kAllocatePinned, kCopy, kEventRecord, kEventWait, kSynchronize };
+enum class FaultPoint { kAllocate, kAllocatePinned, kCopy, kCast, kEventRecord, kEventWait, kSynchronize };
+inline constexpr int kFaultPointCount = 7;
 
 class FaultDevice final : public Device {
  public:
@@ -50,13 +51,15 @@ class FaultDevice final : public Device {
   Result<void*> AllocatePinned(uint64_t size_bytes) override;
   void FreePinned(void* ptr) override;
   Status CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) override;
+  // Queued like a copy; run on the host with CastFloats when its turn comes.
+  Status CastAsync(void* dst, DType to, const void* src, DType from, uint64_t count) override;
   Status CopyToHost(void* dst, const void* src, uint64_t size_bytes) override;
   Result<std::unique_ptr<Event>> CreateEvent() override;
   Status Synchronize() override;
 
   // Internal: counts a call at `point`, failing it when asked.
   Status Hit(FaultPoint point);
-  // Internal: the number of copies queued so far; runs queued copies up to `seq`.
+  // Internal: the number of operations queued so far; runs them up to `seq`.
   uint64_t QueuedCopies();
   void RunCopiesUpTo(uint64_t seq);
   std::atomic<int> live_events_{0};
@@ -64,16 +67,19 @@ class FaultDevice final : public Device {
  private:
   DeviceId id_;
   uint64_t capacity_bytes_;
-  std::atomic<int> fail_at_[6] = {};
-  std::atomic<int> calls_[6] = {};
+  std::atomic<int> fail_at_[kFaultPointCount] = {};
+  std::atomic<int> calls_[kFaultPointCount] = {};
   mutable std::mutex mu_;
   std::unordered_map<void*, uint64_t> device_blocks_, pinned_blocks_;
+  // A queued copy, or a cast when `cast` is set.
   struct PendingCopy {
     void* dst;
     const void* src;
-    uint64_t size_bytes;
+    uint64_t size_bytes;  // copies: bytes; casts: elements
+    bool cast = false;
+    DType from = DType::kU8, to = DType::kU8;
   };
-  std::vector<PendingCopy> queue_;  // copies issued, in order
+  std::vector<PendingCopy> queue_;  // copies and casts issued, in order
   uint64_t done_ = 0;               // how many of them have run
   uint64_t device_bytes_ = 0, pinned_bytes_ = 0;
 };
