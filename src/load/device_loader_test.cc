@@ -255,6 +255,29 @@ TEST_F(DeviceLoaderTest, RefusesBeforeAllocatingWhenThePlanDoesNotFit) {
   EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 0);
 }
 
+TEST_F(DeviceLoaderTest, CastScratchCountsInTheCheckBeforeAllocating) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  po.cast_to = DType::kF32;
+  auto plan = BuildPlan(*catalog_, po);
+  ASSERT_TRUE(plan.ok());
+  const uint64_t reserve = plan->FindDevice(DeviceId::Cuda(0))->reserve_bytes;
+  // Room for the tensors but not for one chunk (4096 bytes) of cast scratch.
+  auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), reserve + 1000);
+  gpu_ = gpu.get();
+  registry_ = DeviceRegistry();
+  registry_.Add(MakeCpuDevice());
+  registry_.Add(std::move(gpu));
+  auto model = LoadWith(po);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), StatusCode::kOutOfMemory);
+  EXPECT_NE(model.status().message().find("staging and cast buffers"), std::string::npos) << model.status().message();
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 0);
+  // The same plan without a cast needs no scratch, and fits.
+  po.cast_to.reset();
+  EXPECT_TRUE(LoadWith(po).ok());
+}
+
 TEST_F(DeviceLoaderTest, AbsentDeviceIsAnError) {
   PlanOptions po;
   po.device = DeviceId::Cuda(3);
