@@ -20,12 +20,6 @@ bool CoversName(const std::string& key, const std::string& name) {
          (name.size() == key.size() || name[key.size()] == '.');
 }
 
-std::string GiB(uint64_t bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f GiB", static_cast<double>(bytes) / (1024.0 * 1024 * 1024));
-  return buf;
-}
-
 }  // namespace
 
 bool IsDeviceMapStrategy(const std::string& text) {
@@ -184,7 +178,7 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
   for (size_t u = 0; u < unit_names.size(); ++u) {
     while (d < order.size() && used[d] + unit_bytes[u] > order[d].second) ++d;
     if (d == order.size()) {
-      return OutOfMemory("device map " + strategy + ": unit " + QuoteName(unit_names[u]) + " (" + GiB(unit_bytes[u]) +
+      return OutOfMemory("device map " + strategy + ": unit " + QuoteName(unit_names[u]) + " (" + ByteText(unit_bytes[u]) +
                          ") fits on no device");
     }
     used[d] += unit_bytes[u];

@@ -1,5 +1,7 @@
 #include "util/text.h"
 
+#include <cstdio>
+
 namespace hoist {
 
 std::string Printable(std::string_view text) {
@@ -16,6 +18,20 @@ std::string Printable(std::string_view text) {
     }
   }
   return out;
+}
+
+std::string ByteText(uint64_t bytes) {
+  const char* units[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double v = static_cast<double>(bytes);
+  int u = -1;
+  while (v >= 1024 && u < 5) v /= 1024, ++u;
+  char buf[64];
+  if (u < 0) {
+    std::snprintf(buf, sizeof buf, "%llu bytes", static_cast<unsigned long long>(bytes));
+  } else {
+    std::snprintf(buf, sizeof buf, "%llu bytes (%.2f %s)", static_cast<unsigned long long>(bytes), v, units[u]);
+  }
+  return buf;
 }
 
 }  // namespace hoist

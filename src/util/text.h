@@ -1,6 +1,7 @@
 // Text for one-line messages.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -10,6 +11,11 @@ namespace hoist {
 // a file name contains, a message stays on one line and sends no terminal
 // escape sequences.
 std::string Printable(std::string_view text);
+
+// "279808 bytes (273.25 KiB)": exact, and readable at any size; for error
+// messages about memory. (Summaries for people use decimal units, as GB/s
+// does: the CLI's HumanBytes.)
+std::string ByteText(uint64_t bytes);
 
 inline bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;

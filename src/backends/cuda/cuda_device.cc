@@ -20,6 +20,7 @@
 #include <fmt/core.h>
 
 #include "backends/cuda/cast_kernel.h"
+#include "util/text.h"
 
 namespace hoist {
 namespace {
@@ -27,7 +28,6 @@ namespace {
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 
-std::string GiBText(uint64_t bytes) { return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / kGiB); }
 
 std::string CudaErrorText(cudaError_t err) {
   return fmt::format("{} ({})", cudaGetErrorName(err), cudaGetErrorString(err));
@@ -108,14 +108,14 @@ class CudaDevice final : public Device {
     void* ptr = nullptr;
     cudaError_t err = cudaMalloc(&ptr, static_cast<size_t>(size_bytes));
     if (err == cudaSuccess) return ptr;
-    std::string what = fmt::format("cudaMalloc of {} bytes ({})", size_bytes, GiBText(size_bytes));
+    std::string what = "cudaMalloc of " + ByteText(size_bytes);
     if (err != cudaErrorMemoryAllocation) return CudaFailure(err, index_, what);
     // Out of memory: say how much there was, which is what the user needs to
     // pick a device map.
     Status s = CudaFailure(err, index_, what);
     size_t free_bytes = 0, total_bytes = 0;
     if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
-      return OutOfMemory(s.message() + fmt::format("; {} of {} free", GiBText(free_bytes), GiBText(total_bytes)));
+      return OutOfMemory(s.message() + "; " + ByteText(free_bytes) + " of " + ByteText(total_bytes) + " free");
     }
     ForgetLastError();
     return s;
@@ -135,8 +135,7 @@ class CudaDevice final : public Device {
     cudaError_t err = cudaHostAlloc(&ptr, static_cast<size_t>(size_bytes), cudaHostAllocPortable);
     if (err != cudaSuccess) {
       return CudaFailure(err, index_,
-                         fmt::format("cudaHostAlloc of {} bytes ({}) of pinned host memory", size_bytes,
-                                     GiBText(size_bytes)));
+                         "cudaHostAlloc of " + ByteText(size_bytes) + " of pinned host memory");
     }
     return ptr;
   }
