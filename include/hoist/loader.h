@@ -42,6 +42,13 @@ enum class AllocStrategy { kReserve, kPerTensor };
 // more threads beat O_DIRECT (docs/loading.md); NVMe is still to be measured.
 enum class DirectIo { kAuto, kOn, kOff };
 
+// What moves the bytes: pread from each reader thread, or io_uring, each
+// thread keeping several reads of a chunk in flight (src/io/uring.h). kAuto
+// (the default) uses io_uring for files mostly outside the page cache, where
+// it measured faster, and pread for cached ones, where it did not
+// (docs/loading.md); pread everywhere when io_uring is unavailable.
+enum class IoEngine { kAuto, kPread, kUring };
+
 // Counters another thread may read while a load runs (a progress line).
 struct LoadProgress {
   std::atomic<uint64_t> done{0};
@@ -65,6 +72,7 @@ struct LoadOptions {
   // bytes over (the baseline the staged pipeline is measured against).
   bool pipeline = true;
   DirectIo direct = DirectIo::kOff;
+  IoEngine io = IoEngine::kAuto;
   // When set, Load stores the bytes it will read in progress->total once the
   // reads are planned, and adds to progress->done as reads finish.
   LoadProgress* progress = nullptr;
@@ -109,6 +117,7 @@ struct LoadStats {
   int driver_allocs = 0;      // all devices
   int threads = 0;
   int direct_files = 0;       // files read with O_DIRECT (the rest buffered)
+  int uring_files = 0;        // files read through io_uring (the rest with pread)
   double seconds = 0;
   double plan_seconds = 0, reserve_seconds = 0, read_seconds = 0;
   double copy_seconds = 0;            // copies after the reads (pipeline off); 0 when they overlap

@@ -105,12 +105,16 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   if (request.direct != "auto" && request.direct != "on" && request.direct != "off") {
     return InvalidArgument("--direct '" + request.direct + "': expected auto, on or off");
   }
+  if (request.io != "auto" && request.io != "pread" && request.io != "uring") {
+    return InvalidArgument("--io '" + request.io + "': expected auto, pread or uring");
+  }
   if (request.alloc != "reserve" && request.alloc != "per-tensor") {
     return InvalidArgument("--alloc '" + request.alloc + "': expected reserve or per-tensor");
   }
   auto session = std::make_unique<LoadSession>();
   session->path = request.plan.path;
   session->alloc = request.alloc;
+  session->io = request.io;
 
   // Device start-up (a CUDA context takes from a fraction of a second to many
   // seconds) runs while the headers are parsed and the load is planned: the
@@ -148,6 +152,7 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   options.gpu_margin_bytes = margin;
   options.pipeline = request.pipeline;
   options.direct = request.direct == "on" ? DirectIo::kOn : request.direct == "off" ? DirectIo::kOff : DirectIo::kAuto;
+  options.io = request.io == "uring" ? IoEngine::kUring : request.io == "pread" ? IoEngine::kPread : IoEngine::kAuto;
   options.progress = request.progress;
   session->staging = {options.chunk_bytes, options.staging_slots, options.pipeline};
   HOIST_ASSIGN_OR_RETURN(session->model, Load(*session->catalog, std::move(plan), registry, options));
@@ -193,6 +198,8 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
   report["alloc"] = session.alloc;
   report["threads"] = st.threads;
   report["direct_io_files"] = st.direct_files;
+  report["io"] = session.io;
+  report["uring_files"] = st.uring_files;
   // With the pipeline, reads, copies and casts overlap: `read` is the whole
   // streaming phase, `copy` is non-zero only when the pipeline is off, and
   // `cast` is CPU time spent casting on the host (GPU casts run on the copy

@@ -43,6 +43,7 @@ struct LoadRequest {
   int staging_slots = 4;
   bool pipeline = true;
   std::string direct = "off";  // auto, on, off
+  std::string io = "auto";      // auto, pread, uring
   LoadProgress* progress = nullptr;  // when set, updated as the load runs
 };
 
@@ -62,6 +63,7 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& request, const DeviceRegi
 struct LoadSession {
   std::string path;
   std::string alloc;
+  std::string io;  // the --io engine asked for
   struct Staging {
     uint64_t chunk_bytes = 0;
     int buffers = 0;

@@ -50,6 +50,10 @@ int main(int argc, char** argv) {
   c_load->add_option("--direct", load.request.direct,
                      "O_DIRECT reads: off, auto (for files outside the page cache), on")
       ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();
+  c_load->add_option("--io", load.request.io,
+                     "What issues the reads: pread, uring (io_uring, several reads in flight per thread), or auto "
+                     "(uring for files outside the page cache)")
+      ->check(CLI::IsMember({"auto", "pread", "uring"}))->capture_default_str();
   c_load->add_flag("--no-pipeline", [&load](int64_t) { load.request.pipeline = false; },
                    "Read everything into host memory, then copy (the baseline for benchmarks)");
   c_load->add_flag("--quiet,-q", load.quiet, "Print nothing on success (and no progress line)");

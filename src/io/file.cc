@@ -63,8 +63,8 @@ Result<File> File::OpenForReading(const std::string& path, int extra_flags) {
   return File(fd, path, static_cast<uint64_t>(st.st_size));
 }
 
-Status File::ReadDirectAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes,
-                          std::vector<unsigned char>* bounce) const {
+Status File::ReadDirectAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes, std::vector<unsigned char>* bounce,
+                          BlockReader* via) const {
   const uint64_t a = kDirectAlignBytes;
   const uint64_t begin = offset_bytes / a * a;
   const uint64_t end = (offset_bytes + size_bytes + a - 1) / a * a;
@@ -72,17 +72,9 @@ Status File::ReadDirectAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes,
   if (bounce->size() < span + a) bounce->resize(span + a);
   // The vector's data is aligned by hand: offset into it.
   auto* base = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(bounce->data()) + a - 1) / a * a);
-  uint64_t got = 0;
-  while (got < span) {
-    ssize_t n = ::pread(fd_, base + got, static_cast<size_t>(std::min<uint64_t>(span - got, kMaxIoBytes)),
-                        static_cast<off_t>(begin + got));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Errno(path_, "direct read failed");
-    }
-    if (n == 0) break;  // end of file inside the last aligned block
-    got += static_cast<uint64_t>(n);
-  }
+  // The last aligned block may run past the end of the file: fine, as long
+  // as the bytes asked for were there.
+  HOIST_ASSIGN_OR_RETURN(uint64_t got, via ? via->ReadUpTo(*this, begin, base, span) : PreadUpTo(begin, base, span));
   if (got < offset_bytes - begin + size_bytes) {
     return IoError(Printable(path_) + ": unexpected end of file at offset " + std::to_string(begin + got) +
                    " (the file shrank while being read?)");
@@ -128,22 +120,28 @@ Result<File> File::Create(const std::string& path) {
   return File(fd, path, 0);
 }
 
-Status File::ReadAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes) const {
-  auto* out = static_cast<char*>(dst);
-  while (size_bytes > 0) {
-    size_t want = static_cast<size_t>(size_bytes < kMaxIoBytes ? size_bytes : kMaxIoBytes);
-    ssize_t got = ::pread(fd_, out, want, static_cast<off_t>(offset_bytes));
+Result<uint64_t> File::PreadUpTo(uint64_t offset_bytes, unsigned char* dst, uint64_t size_bytes) const {
+  uint64_t done = 0;
+  while (done < size_bytes) {
+    size_t want = static_cast<size_t>(std::min(size_bytes - done, kMaxIoBytes));
+    ssize_t got = ::pread(fd_, dst + done, want, static_cast<off_t>(offset_bytes + done));
     if (got < 0) {
       if (errno == EINTR) continue;
       return Errno(path_, "read failed");
     }
-    if (got == 0) {
-      return IoError(Printable(path_) + ": unexpected end of file at offset " + std::to_string(offset_bytes) +
-                     " (the file shrank while being read?)");
-    }
-    out += got;
-    offset_bytes += static_cast<uint64_t>(got);
-    size_bytes -= static_cast<uint64_t>(got);
+    if (got == 0) break;
+    done += static_cast<uint64_t>(got);
+  }
+  return done;
+}
+
+Status File::ReadAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes, BlockReader* via) const {
+  auto* out = static_cast<unsigned char*>(dst);
+  HOIST_ASSIGN_OR_RETURN(uint64_t got,
+                         via ? via->ReadUpTo(*this, offset_bytes, out, size_bytes) : PreadUpTo(offset_bytes, out, size_bytes));
+  if (got < size_bytes) {
+    return IoError(Printable(path_) + ": unexpected end of file at offset " + std::to_string(offset_bytes + got) +
+                   " (the file shrank while being read?)");
   }
   return Status::Ok();
 }

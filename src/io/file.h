@@ -13,6 +13,19 @@
 
 namespace hoist {
 
+class File;
+
+// A way to move a file's bytes other than pread (io_uring, src/io/uring.h).
+// File::ReadAt and ReadDirectAt do the checks and alignment around it.
+class BlockReader {
+ public:
+  virtual ~BlockReader() = default;
+  // Reads [offset, offset + size) of `file` into dst and returns the number
+  // of bytes read, fewer than `size` only at the end of the file.
+  virtual Result<uint64_t> ReadUpTo(const File& file, uint64_t offset_bytes, unsigned char* dst,
+                                    uint64_t size_bytes) = 0;
+};
+
 class File {
  public:
   File() = default;
@@ -34,14 +47,18 @@ class File {
   uint64_t size_bytes() const { return size_bytes_; }
 
   // Reads exactly size_bytes at offset_bytes; fails on EOF before that.
-  Status ReadAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes) const;
+  // With `via`, the bytes move through it instead of pread.
+  Status ReadAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes, BlockReader* via = nullptr) const;
+  // pread until `size_bytes` or the end of the file; the bytes read.
+  Result<uint64_t> PreadUpTo(uint64_t offset_bytes, unsigned char* dst, uint64_t size_bytes) const;
   Status WriteAt(uint64_t offset_bytes, const void* src, uint64_t size_bytes) const;
   // O_DIRECT reads need this alignment of offset, length and buffer.
   static constexpr uint64_t kDirectAlignBytes = 4096;
   // For a file opened with OpenReadDirect: reads [offset, offset + size) into
   // dst through `bounce`, a buffer aligned to kDirectAlignBytes that it grows
   // as needed (one per thread).
-  Status ReadDirectAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes, std::vector<unsigned char>* bounce) const;
+  Status ReadDirectAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes, std::vector<unsigned char>* bounce,
+                      BlockReader* via = nullptr) const;
   // The fraction (0..1) of the file's pages in the page cache, from a sample
   // of at most 4096 pages (mincore).
   double CachedFraction() const;

@@ -223,6 +223,36 @@ TEST_F(DeviceLoaderTest, DeviceMapSplitsAcrossGpuCpuAndDisk) {
   EXPECT_EQ(model->stats().driver_allocs, 2);  // one per device
 }
 
+TEST_F(DeviceLoaderTest, TwoGpusAreFedAtOnce) {
+  auto second = std::make_unique<FaultDevice>(DeviceId::Cuda(1), 64ull << 20);
+  FaultDevice* gpu1 = second.get();
+  registry_.Add(std::move(second));
+  PlanOptions po;
+  // In plan order, cuda:0's tensors all come before cuda:1's.
+  po.device_map = R"({"model.embed_tokens": 0, "model.layers": 0, "": 1})";
+  options_.threads = 1;  // reads in the loader's order
+  std::vector<std::pair<int, int>> copies_before_read;
+  options_.before_read = [&](uint64_t) {
+    copies_before_read.emplace_back(gpu_->calls(FaultPoint::kCopy), gpu1->calls(FaultPoint::kCopy));
+    return Status::Ok();
+  };
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  const int gpu0_total = gpu_->calls(FaultPoint::kCopy);
+  ASSERT_GT(gpu0_total, 4);
+  ASSERT_GT(gpu1->calls(FaultPoint::kCopy), 1);
+  // cuda:1 had copies queued while cuda:0 still had most of its own to come.
+  bool overlapped = false;
+  for (auto [c0, c1] : copies_before_read) overlapped = overlapped || (c1 > 0 && c0 < gpu0_total / 2);
+  EXPECT_TRUE(overlapped);
+  for (const TensorView& v : model->tensors()) {
+    size_t i = IndexOf(v.name);
+    std::vector<unsigned char> got(v.size_bytes);
+    ASSERT_TRUE(registry_.Find(v.device)->CopyToHost(got.data(), v.data, v.size_bytes).ok());
+    for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
+  }
+}
+
 TEST_F(DeviceLoaderTest, TiedAliasSharesStorage) {
   PlanOptions po;
   po.device = DeviceId::Cuda(0);

@@ -15,6 +15,7 @@
 #include "hoist/synth.h"
 #include "hoist/writer.h"
 #include "io/file.h"
+#include "io/uring.h"
 #include "testing/temp_dir.h"
 
 namespace hoist {
@@ -185,6 +186,8 @@ TEST(HostLoaderTest, DirectReadsAreByteExactAndChosenForUncachedFiles) {
     Result<LoadedModel> model = LoadToHost(*cat, opt);
     ASSERT_TRUE(model.ok()) << model.status().message();
     EXPECT_EQ(model->stats().direct_files, static_cast<int>(cat->files().size()));
+    // --io auto (the default) reads the cold files through io_uring.
+    EXPECT_EQ(model->stats().uring_files, UringAvailable() ? static_cast<int>(cat->files().size()) : 0);
     for (size_t i = 0; i < tensors.size(); ++i) {
       const TensorView* v = model->Find(tensors[i].name);
       for (uint64_t k = 0; k < v->size_bytes; ++k) ASSERT_EQ(v->data[k], PatternByte(i, k)) << v->name << " " << k;
@@ -202,7 +205,44 @@ TEST(HostLoaderTest, DirectReadsAreByteExactAndChosenForUncachedFiles) {
   Result<LoadedModel> model = LoadToHost(*cat, opt);
   ASSERT_TRUE(model.ok());
   EXPECT_EQ(model->stats().direct_files, 0);
+  EXPECT_EQ(model->stats().uring_files, 0);
   EXPECT_EQ(model->stats().threads, std::min(DefaultReadThreads(), model->stats().threads));  // no cold boost
+}
+
+TEST(HostLoaderTest, UringReadsAreByteExactBufferedAndDirect) {
+  if (!UringAvailable()) GTEST_SKIP() << MakeUringReader().status().message();
+  testing::TempDir dir;
+  auto tensors = MixedTensors();
+  ASSERT_TRUE(WritePattern(dir / "ckpt", tensors, 2000).ok());
+  Result<Catalog> cat = OpenCatalog(dir / "ckpt");
+  ASSERT_TRUE(cat.ok());
+  for (DirectIo mode : {DirectIo::kOff, DirectIo::kOn}) {
+    for (std::optional<DType> cast : {std::optional<DType>(), std::optional<DType>(DType::kF32)}) {
+      LoadOptions opt;
+      opt.io = IoEngine::kUring;
+      opt.direct = mode;
+      opt.cast_to = cast;
+      opt.chunk_bytes = 4096;
+      Result<LoadedModel> model = LoadToHost(*cat, opt);
+      ASSERT_TRUE(model.ok()) << model.status().message();
+      EXPECT_EQ(model->stats().uring_files, static_cast<int>(cat->files().size()));
+      if (cast) continue;  // the cast values are checked against pread below
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        const TensorView* v = model->Find(tensors[i].name);
+        for (uint64_t k = 0; k < v->size_bytes; ++k) ASSERT_EQ(v->data[k], PatternByte(i, k)) << v->name << " " << k;
+      }
+    }
+  }
+  LoadOptions a, b;
+  a.cast_to = b.cast_to = DType::kF32;
+  b.io = IoEngine::kUring;
+  Result<LoadedModel> ma = LoadToHost(*cat, a), mb = LoadToHost(*cat, b);
+  ASSERT_TRUE(ma.ok() && mb.ok());
+  for (const TensorView& v : ma->tensors()) {
+    const TensorView* w = mb->Find(v.name);
+    ASSERT_EQ(std::vector<unsigned char>(v.data, v.data + v.size_bytes),
+              std::vector<unsigned char>(w->data, w->data + w->size_bytes));
+  }
 }
 
 TEST(HostLoaderTest, RejectsNonFloatCastTarget) {

@@ -12,8 +12,10 @@
 #include "format/safetensors.h"
 #include "hoist/loader.h"
 #include "io/file.h"
+#include "io/uring.h"
 #include "load/select.h"
 #include "util/parallel.h"
+#include "util/text.h"
 
 namespace hoist {
 
@@ -56,21 +58,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// "279808 bytes (273.25 KiB)": exact, and readable at any size.
-std::string Bytes(uint64_t bytes) {
-  const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = -1;
-  while (v >= 1024 && u < 3) v /= 1024, ++u;
-  char buf[64];
-  if (u < 0) {
-    std::snprintf(buf, sizeof buf, "%llu bytes", static_cast<unsigned long long>(bytes));
-  } else {
-    std::snprintf(buf, sizeof buf, "%llu bytes (%.2f %s)", static_cast<unsigned long long>(bytes), v, units[u]);
-  }
-  return buf;
-}
-
 // One positional read, and where its bytes go.
 struct ReadItem {
   uint32_t tensor;  // index into the plan
@@ -110,22 +97,53 @@ struct DeviceState {
 
 // `needed` bytes of which `limited` count against --max-memory (the
 // tensors); the rest (staging, cast scratch) only against free memory.
+// Reads in plan order, but devices interleaved so each progresses at the
+// same rate (the one furthest behind, as a fraction of its bytes, goes
+// next): with a model split over several GPUs, all of their copy streams are
+// busy at once instead of one after the other.
+std::vector<ReadItem> InterleaveByDevice(std::vector<ReadItem> items, size_t devices) {
+  if (devices < 2) return items;
+  std::vector<std::vector<ReadItem>> per(devices);
+  std::vector<uint64_t> total(devices, 0), issued(devices, 0);
+  for (const ReadItem& it : items) {
+    per[it.device].push_back(it);
+    total[it.device] += it.size_bytes;
+  }
+  std::vector<size_t> next(devices, 0);
+  std::vector<ReadItem> out;
+  out.reserve(items.size());
+  while (out.size() < items.size()) {
+    size_t best = devices;
+    for (size_t d = 0; d < devices; ++d) {
+      if (next[d] == per[d].size()) continue;
+      // issued[d] / total[d] < issued[best] / total[best], without division.
+      if (best == devices || static_cast<unsigned __int128>(issued[d]) * total[best] <
+                                 static_cast<unsigned __int128>(issued[best]) * total[d]) {
+        best = d;
+      }
+    }
+    issued[best] += per[best][next[best]].size_bytes;
+    out.push_back(per[best][next[best]++]);
+  }
+  return out;
+}
+
 Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited, const LoadOptions& options) {
   if (needed == 0) return Status::Ok();
   HOIST_ASSIGN_OR_RETURN(MemoryInfo mem, device->GetMemoryInfo());
   uint64_t margin = id.kind == DeviceKind::kCuda ? options.gpu_margin_bytes : 0;
   uint64_t available = mem.free_bytes > margin ? mem.free_bytes - margin : 0;
-  std::string why = "free " + Bytes(mem.free_bytes) + (margin ? " minus a " + Bytes(margin) + " margin" : "");
+  std::string why = "free " + ByteText(mem.free_bytes) + (margin ? " minus a " + ByteText(margin) + " margin" : "");
   auto limit = options.max_memory.find(id);
   if (limit != options.max_memory.end() && limit->second + (needed - limited) < available) {
     available = limit->second + (needed - limited);
     why = "--max-memory";
   }
   if (needed > available) {
-    std::string what = needed == limited ? "the plan needs " + Bytes(needed)
-                                         : "the load needs " + Bytes(needed) + " (" + Bytes(needed - limited) +
+    std::string what = needed == limited ? "the plan needs " + ByteText(needed)
+                                         : "the load needs " + ByteText(needed) + " (" + ByteText(needed - limited) +
                                                " of it staging and cast buffers)";
-    return OutOfMemory(id.ToString() + ": " + what + " but only " + Bytes(available) + " is available (" + why +
+    return OutOfMemory(id.ToString() + ": " + what + " but only " + ByteText(available) + " is available (" + why +
                        "); spread the model with --device-map auto --max-memory 0=...,cpu=..., or shrink it with " +
                        "--dtype");
   }
@@ -153,6 +171,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   const auto start = Clock::now();
   if (options.chunk_bytes < 4096) return InvalidArgument("chunk size must be at least 4096 bytes");
   if (options.staging_slots < 1) return InvalidArgument("at least one staging buffer is needed");
+  if (options.io == IoEngine::kUring) {
+    if (Result<std::unique_ptr<BlockReader>> probe = MakeUringReader(); !probe.ok()) return probe.status();
+  }
   LoadedModel model;
 
   // Host memory for the pipeline-off baseline; declared before the device
@@ -286,10 +307,13 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
                        len / src_elem * dst_elem});
     }
   }
+  items = InterleaveByDevice(std::move(items), states.size());
   if (options.progress != nullptr) options.progress->total.store(bytes_read);
   // Files outside the page cache are read with O_DIRECT (no double copy
   // through the cache); cached ones with buffered reads.
   std::vector<File> files, direct_files(catalog.files().size());
+  std::vector<char> uring_file(catalog.files().size(), 0);
+  int uring_count = 0;
   files.reserve(catalog.files().size());
   int direct_count = 0;
   bool any_cold = false;
@@ -300,8 +324,12 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       return IoError(QuoteName(f.path) + " changed since its header was read (" + std::to_string(f.size_bytes) +
                      " bytes then, " + std::to_string(file.size_bytes()) + " now)");
     }
-    const bool cold = options.threads == 0 || options.direct == DirectIo::kAuto ? file.CachedFraction() < 0.5 : false;
+    const bool cold = options.threads == 0 || options.direct == DirectIo::kAuto || options.io == IoEngine::kAuto
+                          ? file.CachedFraction() < 0.5
+                          : false;
     any_cold = any_cold || cold;
+    uring_file[k] = options.io == IoEngine::kUring || (options.io == IoEngine::kAuto && cold && UringAvailable());
+    uring_count += uring_file[k];
     bool direct = options.direct == DirectIo::kOn || (options.direct == DirectIo::kAuto && cold);
     if (direct) {
       Result<File> d = File::OpenReadDirect(f.path);
@@ -331,10 +359,19 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     const File& direct = direct_files[t.source->file_index];
     const bool cast = t.dtype != t.source->dtype;
     DeviceState& s = *states[it.device];
-    auto read_into = [&](unsigned char* dst) {
-      if (direct.fd() < 0) return file.ReadAt(it.file_offset_bytes, dst, it.size_bytes);
+    auto read_into = [&](unsigned char* dst) -> Status {
+      BlockReader* via = nullptr;
+      if (uring_file[t.source->file_index]) {
+        // One ring per reader thread, kept for the thread's life.
+        thread_local std::unique_ptr<BlockReader> ring;
+        if (ring == nullptr) {
+          HOIST_ASSIGN_OR_RETURN(ring, MakeUringReader());
+        }
+        via = ring.get();
+      }
+      if (direct.fd() < 0) return file.ReadAt(it.file_offset_bytes, dst, it.size_bytes, via);
       thread_local std::vector<unsigned char> bounce;
-      return direct.ReadDirectAt(it.file_offset_bytes, dst, it.size_bytes, &bounce);
+      return direct.ReadDirectAt(it.file_offset_bytes, dst, it.size_bytes, &bounce, via);
     };
     auto cast_into = [&](unsigned char* dst) -> Status {
       scratch.resize(it.size_bytes);
@@ -468,6 +505,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   st.bytes_read = bytes_read;
   st.threads = threads;
   st.direct_files = direct_count;
+  st.uring_files = uring_count;
   for (auto& s : states) {
     st.bytes_loaded += s->stats.bytes;
     st.driver_allocs += s->stats.driver_allocs;

@@ -441,6 +441,15 @@ def test_load_dtype_casts_floats_only(run_hoist, tmp_path, conformance, dtype, s
     assert r["total_bytes"] == expected_total
 
 
+@pytest.mark.parametrize("io", ["pread", "uring", "auto"])
+def test_load_io_engine_is_reported(run_hoist, tmp_path, tiny, io):
+    r = _report(run_hoist, tmp_path, tiny, "--io", io)
+    assert r["io"] == io
+    # auto: the fixture was just written, so its files are in the page cache.
+    assert r["uring_files"] == (1 if io == "uring" else 0)
+    assert r["total_bytes"] == r["bytes_read"] > 0
+
+
 def test_load_report_stages(run_hoist, tmp_path, tiny):
     keys = {"plan", "reserve", "read", "copy", "cast"}
     plain = _report(run_hoist, tmp_path, tiny)
@@ -477,7 +486,7 @@ def test_load_only_search_semantics_on_real_names(run_hoist, tmp_path):
     assert {t["name"] for t in r["tensors"]} == want
 
 
-@pytest.mark.parametrize("flags", [["--only", "("], ["--only", "[a-"], ["--dtype", "bad"], ["--dtype", "i8"], ["--device", "nonsense"]])
+@pytest.mark.parametrize("flags", [["--only", "("], ["--only", "[a-"], ["--dtype", "bad"], ["--dtype", "i8"], ["--device", "nonsense"], ["--io", "mmap"]])
 def test_load_bad_flags_exit_2(run_hoist, conformance, flags):
     proc = run_hoist("load", conformance / "overall.safetensors", *flags)
     assert proc.returncode == 2, proc.stderr

@@ -1,0 +1,98 @@
+// Positional reads: pread and io_uring through the same checks, buffered and
+// O_DIRECT, at unaligned offsets, across many pieces, and at the end of file.
+#include <fstream>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "io/file.h"
+#include "io/uring.h"
+#include "testing/temp_dir.h"
+
+namespace hoist {
+namespace {
+
+class FileReadTest : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    std::mt19937 rng(11);
+    bytes_.resize(300'001);  // not a multiple of the block size
+    for (auto& b : bytes_) b = static_cast<unsigned char>(rng());
+    path_ = dir_ / "data.bin";
+    std::ofstream(path_, std::ios::binary).write(reinterpret_cast<const char*>(bytes_.data()),
+                                                 static_cast<std::streamsize>(bytes_.size()));
+    if (GetParam()) {
+      // Small pieces and a shallow queue: many reads per call, resubmitted
+      // as the queue frees up.
+      UringOptions o;
+      o.queue_depth = 3;
+      o.piece_bytes = 4096;
+      Result<std::unique_ptr<BlockReader>> r = MakeUringReader(o);
+      if (!r.ok()) GTEST_SKIP() << r.status().message();
+      via_ = std::move(r).value();
+    }
+  }
+
+  std::vector<unsigned char> Expect(uint64_t offset, uint64_t size) {
+    return {bytes_.begin() + static_cast<long>(offset), bytes_.begin() + static_cast<long>(offset + size)};
+  }
+
+  hoist::testing::TempDir dir_;
+  std::string path_;
+  std::vector<unsigned char> bytes_;
+  std::unique_ptr<BlockReader> via_;
+};
+
+TEST_P(FileReadTest, ReadAtIsByteExactAnywhere) {
+  auto f = File::OpenRead(path_);
+  ASSERT_TRUE(f.ok());
+  for (auto [offset, size] : std::vector<std::pair<uint64_t, uint64_t>>{
+           {0, 1}, {1, 4095}, {7, 65'537}, {4096, 8192}, {12'345, 200'000}, {0, 300'001}, {299'000, 1001}, {5, 0}}) {
+    std::vector<unsigned char> got(size);
+    Status s = f->ReadAt(offset, got.data(), size, via_.get());
+    ASSERT_TRUE(s.ok()) << s.message();
+    ASSERT_EQ(got, Expect(offset, size)) << offset << "+" << size;
+  }
+}
+
+TEST_P(FileReadTest, ReadPastTheEndIsAnError) {
+  auto f = File::OpenRead(path_);
+  ASSERT_TRUE(f.ok());
+  std::vector<unsigned char> got(5000);
+  Status s = f->ReadAt(298'000, got.data(), got.size(), via_.get());
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("unexpected end of file at offset 300001"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("data.bin"), std::string::npos) << s.message();
+}
+
+TEST_P(FileReadTest, DirectReadsAreByteExactAndStopAtTheEnd) {
+  auto f = File::OpenReadDirect(path_);
+  if (!f.ok() && f.status().code() == StatusCode::kNotSupported) GTEST_SKIP() << f.status().message();
+  ASSERT_TRUE(f.ok()) << f.status().message();
+  std::vector<unsigned char> bounce;
+  for (auto [offset, size] : std::vector<std::pair<uint64_t, uint64_t>>{
+           {0, 4096}, {3, 10}, {4095, 2}, {10'000, 150'000}, {296'000, 4001}, {0, 300'001}}) {
+    std::vector<unsigned char> got(size);
+    Status s = f->ReadDirectAt(offset, got.data(), size, &bounce, via_.get());
+    ASSERT_TRUE(s.ok()) << s.message();
+    ASSERT_EQ(got, Expect(offset, size)) << offset << "+" << size;
+  }
+  std::vector<unsigned char> got(10);
+  EXPECT_FALSE(f->ReadDirectAt(299'995, got.data(), got.size(), &bounce, via_.get()).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(PreadAndUring, FileReadTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "uring" : "pread"; });
+
+TEST(UringTest, RejectsBadOptions) {
+  UringOptions o;
+  o.piece_bytes = 1000;  // not a multiple of 4096
+  EXPECT_FALSE(MakeUringReader(o).ok());
+  o.piece_bytes = 4096;
+  o.queue_depth = 0;
+  EXPECT_FALSE(MakeUringReader(o).ok());
+}
+
+}  // namespace
+}  // namespace hoist

@@ -1,0 +1,124 @@
+#include "io/uring.h"
+
+#ifdef HOIST_HAVE_URING
+#include <liburing.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "util/text.h"
+#endif
+
+namespace hoist {
+
+#ifdef HOIST_HAVE_URING
+namespace {
+
+class UringReader final : public BlockReader {
+ public:
+  explicit UringReader(const UringOptions& options) : options_(options) {}
+  ~UringReader() override {
+    if (ready_) io_uring_queue_exit(&ring_);
+  }
+  UringReader(const UringReader&) = delete;
+  UringReader& operator=(const UringReader&) = delete;
+
+  Status Init() {
+    int rc = io_uring_queue_init(options_.queue_depth, &ring_, 0);
+    if (rc < 0) return NotSupported(std::string("io_uring is not available here: ") + std::strerror(-rc));
+    ready_ = true;
+    return Status::Ok();
+  }
+
+  Result<uint64_t> ReadUpTo(const File& file, uint64_t offset_bytes, unsigned char* dst,
+                            uint64_t size_bytes) override {
+    struct Piece {
+      uint64_t offset, size, done;
+    };
+    std::vector<Piece> pieces;
+    for (uint64_t at = 0; at < size_bytes; at += options_.piece_bytes) {
+      pieces.push_back({offset_bytes + at, std::min(options_.piece_bytes, size_bytes - at), 0});
+    }
+    std::deque<size_t> to_submit;
+    for (size_t i = 0; i < pieces.size(); ++i) to_submit.push_back(i);
+    unsigned in_flight = 0;
+    uint64_t eof_at = UINT64_MAX;  // where a read found the end of the file
+    Status error;
+    // Until every piece is done, and always until nothing is in flight: the
+    // kernel may still be writing into dst.
+    while (in_flight > 0 || (error.ok() && !to_submit.empty())) {
+      while (error.ok() && in_flight < options_.queue_depth && !to_submit.empty()) {
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+        if (sqe == nullptr) break;
+        const size_t i = to_submit.front();
+        to_submit.pop_front();
+        const Piece& p = pieces[i];
+        const uint64_t left = p.size - p.done;
+        io_uring_prep_read(sqe, file.fd(), dst + (p.offset - offset_bytes) + p.done,
+                           static_cast<unsigned>(std::min<uint64_t>(left, 1u << 30)), p.offset + p.done);
+        io_uring_sqe_set_data64(sqe, i);
+        ++in_flight;
+      }
+      int rc = io_uring_submit_and_wait(&ring_, 1);
+      if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+        if (error.ok()) error = IoError(Printable(file.path()) + ": io_uring submit failed: " + std::strerror(-rc));
+        if (in_flight == 0) break;
+      }
+      io_uring_cqe* cqe = nullptr;
+      while (io_uring_peek_cqe(&ring_, &cqe) == 0 && cqe != nullptr) {
+        const size_t i = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
+        const int res = cqe->res;
+        io_uring_cqe_seen(&ring_, cqe);
+        --in_flight;
+        Piece& p = pieces[i];
+        if (res == -EINTR || res == -EAGAIN) {
+          to_submit.push_back(i);
+        } else if (res < 0) {
+          if (error.ok()) error = IoError(Printable(file.path()) + ": read failed: " + std::strerror(-res));
+        } else if (res == 0) {
+          eof_at = std::min(eof_at, p.offset + p.done);
+        } else {
+          p.done += static_cast<uint64_t>(res);
+          if (p.done < p.size) to_submit.push_back(i);  // a short read: the rest again
+        }
+      }
+    }
+    if (!error.ok()) return error;
+    return eof_at == UINT64_MAX ? size_bytes : std::min(size_bytes, eof_at - offset_bytes);
+  }
+
+ private:
+  UringOptions options_;
+  io_uring ring_{};
+  bool ready_ = false;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<BlockReader>> MakeUringReader(const UringOptions& options) {
+  if (options.queue_depth == 0 || options.piece_bytes == 0 || options.piece_bytes % 4096 != 0) {
+    return InvalidArgument("io_uring: the queue depth must be positive and the piece size a multiple of 4096");
+  }
+  auto reader = std::make_unique<UringReader>(options);
+  HOIST_RETURN_IF_ERROR(reader->Init());
+  return std::unique_ptr<BlockReader>(std::move(reader));
+}
+
+#else
+
+Result<std::unique_ptr<BlockReader>> MakeUringReader(const UringOptions&) {
+  return NotSupported("this hoist was built without io_uring (liburing was not found)");
+}
+
+#endif
+
+bool UringAvailable() {
+  static const bool available = MakeUringReader().ok();
+  return available;
+}
+
+}  // namespace hoist
