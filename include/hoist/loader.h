@@ -65,7 +65,7 @@ struct LoadOptions {
   // outside the page cache (the reads then wait on the disk, not the CPU).
   int threads = 0;
   uint64_t chunk_bytes = 8ull << 20;     // largest single read
-  int staging_slots = 4;                 // pinned buffers per GPU
+  int staging_slots = 0;                 // pinned buffers per GPU; 0: reader threads + 2
   uint64_t gpu_margin_bytes = kDefaultGpuMarginBytes;
   std::map<DeviceId, uint64_t> max_memory;  // extra per-device limits
   // false: read everything into host memory first, then copy each GPU's
@@ -118,6 +118,7 @@ struct LoadStats {
   int threads = 0;
   int direct_files = 0;       // files read with O_DIRECT (the rest buffered)
   int uring_files = 0;        // files read through io_uring (the rest with pread)
+  int staging_slots = 0;      // pinned buffers per GPU (0: none were needed)
   double seconds = 0;
   double plan_seconds = 0, reserve_seconds = 0, read_seconds = 0;
   double copy_seconds = 0;            // copies after the reads (pipeline off); 0 when they overlap

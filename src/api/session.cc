@@ -154,7 +154,7 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   options.direct = request.direct == "on" ? DirectIo::kOn : request.direct == "off" ? DirectIo::kOff : DirectIo::kAuto;
   options.io = request.io == "uring" ? IoEngine::kUring : request.io == "pread" ? IoEngine::kPread : IoEngine::kAuto;
   options.progress = request.progress;
-  session->staging = {options.chunk_bytes, options.staging_slots, options.pipeline};
+  session->staging = {options.chunk_bytes, options.pipeline};
   HOIST_ASSIGN_OR_RETURN(session->model, Load(*session->catalog, std::move(plan), registry, options));
   return session;
 }
@@ -209,7 +209,7 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
   report["device_cast_pieces"] = st.device_cast_pieces;
   report["time_to_first_tensor"] = st.time_to_first_tensor + session.plan_seconds;
   report["staging"] = {{"chunk_bytes", session.staging.chunk_bytes},
-                       {"buffers_per_gpu", session.staging.buffers},
+                       {"buffers_per_gpu", st.staging_slots},
                        {"pipeline", session.staging.pipeline}};
   report["tensors"] = nlohmann::ordered_json::array();
   for (const TensorView& v : model.tensors()) {

@@ -40,7 +40,7 @@ struct LoadRequest {
   std::string margin = "1.2GiB";
   int threads = 0;
   std::string chunk_size = "8MiB";
-  int staging_slots = 4;
+  int staging_slots = 0;  // 0: reader threads + 2
   bool pipeline = true;
   std::string direct = "off";  // auto, on, off
   std::string io = "auto";      // auto, pread, uring
@@ -66,9 +66,8 @@ struct LoadSession {
   std::string io;  // the --io engine asked for
   struct Staging {
     uint64_t chunk_bytes = 0;
-    int buffers = 0;
     bool pipeline = true;
-  } staging;
+  } staging;  // the buffer count is in the model's stats
   double plan_seconds = 0;
   std::unique_ptr<Catalog> catalog;
   LoadedModel model;

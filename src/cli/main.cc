@@ -45,8 +45,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1024));
   c_load->add_option("--report", load.report, "Write a JSON report to this file");
   c_load->add_option("--chunk-size", load.request.chunk_size, "Largest single read (e.g. 8MiB)")->capture_default_str();
-  c_load->add_option("--staging-buffers", load.request.staging_slots, "Pinned staging buffers per GPU")
-      ->check(CLI::Range(1, 256))->capture_default_str();
+  c_load->add_option("--staging-buffers", load.request.staging_slots,
+                     "Pinned staging buffers per GPU (default 0: reader threads + 2)")
+      ->check(CLI::Range(0, 256));
   c_load->add_option("--direct", load.request.direct,
                      "O_DIRECT reads: off, auto (for files outside the page cache), on")
       ->check(CLI::IsMember({"auto", "on", "off"}))->capture_default_str();

@@ -187,6 +187,17 @@ TEST_F(DeviceLoaderTest, CastOnTheDeviceMatchesTheHostCastBitForBit) {
   EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);
 }
 
+TEST_F(DeviceLoaderTest, DefaultStagingIsReaderThreadsPlusTwo) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  options_.staging_slots = 0;
+  options_.threads = 3;
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  EXPECT_EQ(model->stats().staging_slots, 5);
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 5);
+}
+
 TEST_F(DeviceLoaderTest, NoCastNoScratch) {
   PlanOptions po;
   po.device = DeviceId::Cuda(0);

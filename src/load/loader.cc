@@ -97,6 +97,50 @@ struct DeviceState {
 
 // `needed` bytes of which `limited` count against --max-memory (the
 // tensors); the rest (staging, cast scratch) only against free memory.
+// The checkpoint's files, open, each with how it will be read.
+struct OpenFiles {
+  std::vector<File> files;         // buffered
+  std::vector<File> direct;        // O_DIRECT where chosen (fd -1 otherwise)
+  std::vector<char> uring;         // read through io_uring
+  int direct_count = 0, uring_count = 0;
+  bool any_cold = false;           // some file is mostly outside the page cache
+};
+
+// Files outside the page cache may be read with O_DIRECT (no double copy
+// through the cache) and through io_uring; cached ones with buffered pread.
+Result<OpenFiles> OpenForLoad(const Catalog& catalog, const LoadOptions& options) {
+  OpenFiles out;
+  const size_t n = catalog.files().size();
+  out.direct.resize(n);
+  out.uring.assign(n, 0);
+  out.files.reserve(n);
+  for (size_t k = 0; k < n; ++k) {
+    const CatalogFile& f = catalog.files()[k];
+    HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(f.path));
+    if (file.size_bytes() != f.size_bytes) {
+      return IoError(QuoteName(f.path) + " changed since its header was read (" + std::to_string(f.size_bytes) +
+                     " bytes then, " + std::to_string(file.size_bytes()) + " now)");
+    }
+    const bool cold = options.threads == 0 || options.direct == DirectIo::kAuto || options.io == IoEngine::kAuto
+                          ? file.CachedFraction() < 0.5
+                          : false;
+    out.any_cold = out.any_cold || cold;
+    out.uring[k] = options.io == IoEngine::kUring || (options.io == IoEngine::kAuto && cold && UringAvailable());
+    out.uring_count += out.uring[k];
+    if (options.direct == DirectIo::kOn || (options.direct == DirectIo::kAuto && cold)) {
+      Result<File> d = File::OpenReadDirect(f.path);
+      if (d.ok()) {
+        out.direct[k] = std::move(d).value();
+        ++out.direct_count;
+      } else if (d.status().code() != StatusCode::kNotSupported) {
+        return d.status();
+      }
+    }
+    out.files.push_back(std::move(file));
+  }
+  return out;
+}
+
 // Reads in plan order, but devices interleaved so each progresses at the
 // same rate (the one furthest behind, as a fraction of its bytes, goes
 // next): with a model split over several GPUs, all of their copy streams are
@@ -170,7 +214,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
                          const LoadOptions& options) {
   const auto start = Clock::now();
   if (options.chunk_bytes < 4096) return InvalidArgument("chunk size must be at least 4096 bytes");
-  if (options.staging_slots < 1) return InvalidArgument("at least one staging buffer is needed");
+  if (options.staging_slots < 0) return InvalidArgument("the number of staging buffers cannot be negative");
   if (options.io == IoEngine::kUring) {
     if (Result<std::unique_ptr<BlockReader>> probe = MakeUringReader(); !probe.ok()) return probe.status();
   }
@@ -183,8 +227,13 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   // anything is allocated.
   std::vector<std::unique_ptr<DeviceState>> states;
   std::map<DeviceId, uint32_t> state_of;
+  HOIST_ASSIGN_OR_RETURN(OpenFiles open, OpenForLoad(catalog, options));
+  int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
+  if (options.threads == 0 && open.any_cold) threads = std::max(threads, 8);
+  // Enough staging buffers for every reader to fill one while two copies run.
+  const int slots = options.staging_slots > 0 ? options.staging_slots : threads + 2;
   const uint64_t stride = SlotStride(options.chunk_bytes);
-  const uint64_t ring_bytes = stride * static_cast<uint64_t>(options.staging_slots);
+  const uint64_t ring_bytes = stride * static_cast<uint64_t>(slots);
   uint64_t host_extra = 0;  // staging (or the pipeline-off copy) in host memory
   uint64_t host_tensors = 0;
   for (const DevicePlan& d : plan.devices) {
@@ -276,7 +325,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       HOIST_ASSIGN_OR_RETURN(s->mirror, DeviceMemory::Allocate(host.get(), std::max<uint64_t>(d->reserve_bytes, 1)));
       continue;
     }
-    for (int k = 0; k < options.staging_slots; ++k) {
+    for (int k = 0; k < slots; ++k) {
       StagingSlot slot;
       HOIST_ASSIGN_OR_RETURN(slot.buffer, DeviceMemory::AllocatePinned(s->device, stride));
       HOIST_ASSIGN_OR_RETURN(slot.event, s->device->CreateEvent());
@@ -309,42 +358,6 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   }
   items = InterleaveByDevice(std::move(items), states.size());
   if (options.progress != nullptr) options.progress->total.store(bytes_read);
-  // Files outside the page cache are read with O_DIRECT (no double copy
-  // through the cache); cached ones with buffered reads.
-  std::vector<File> files, direct_files(catalog.files().size());
-  std::vector<char> uring_file(catalog.files().size(), 0);
-  int uring_count = 0;
-  files.reserve(catalog.files().size());
-  int direct_count = 0;
-  bool any_cold = false;
-  for (size_t k = 0; k < catalog.files().size(); ++k) {
-    const CatalogFile& f = catalog.files()[k];
-    HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(f.path));
-    if (file.size_bytes() != f.size_bytes) {
-      return IoError(QuoteName(f.path) + " changed since its header was read (" + std::to_string(f.size_bytes) +
-                     " bytes then, " + std::to_string(file.size_bytes()) + " now)");
-    }
-    const bool cold = options.threads == 0 || options.direct == DirectIo::kAuto || options.io == IoEngine::kAuto
-                          ? file.CachedFraction() < 0.5
-                          : false;
-    any_cold = any_cold || cold;
-    uring_file[k] = options.io == IoEngine::kUring || (options.io == IoEngine::kAuto && cold && UringAvailable());
-    uring_count += uring_file[k];
-    bool direct = options.direct == DirectIo::kOn || (options.direct == DirectIo::kAuto && cold);
-    if (direct) {
-      Result<File> d = File::OpenReadDirect(f.path);
-      if (d.ok()) {
-        direct_files[k] = std::move(d).value();
-        ++direct_count;
-      } else if (d.status().code() != StatusCode::kNotSupported) {
-        return d.status();
-      }
-    }
-    files.push_back(std::move(file));
-  }
-
-  int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
-  if (options.threads == 0 && any_cold) threads = std::max(threads, 8);
   std::atomic<bool> stop{false};  // wakes workers waiting for a staging buffer
   std::atomic<uint64_t> host_cast_ns{0};
   int device_cast_pieces = 0;
@@ -355,13 +368,13 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
 
   auto process = [&](const ReadItem& it, std::vector<unsigned char>& scratch) -> Status {
     const PlannedTensor& t = plan.tensors[it.tensor];
-    const File& file = files[t.source->file_index];
-    const File& direct = direct_files[t.source->file_index];
+    const File& file = open.files[t.source->file_index];
+    const File& direct = open.direct[t.source->file_index];
     const bool cast = t.dtype != t.source->dtype;
     DeviceState& s = *states[it.device];
     auto read_into = [&](unsigned char* dst) -> Status {
       BlockReader* via = nullptr;
-      if (uring_file[t.source->file_index]) {
+      if (open.uring[t.source->file_index]) {
         // One ring per reader thread, kept for the thread's life.
         thread_local std::unique_ptr<BlockReader> ring;
         if (ring == nullptr) {
@@ -504,8 +517,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   LoadStats& st = model.stats_;
   st.bytes_read = bytes_read;
   st.threads = threads;
-  st.direct_files = direct_count;
-  st.uring_files = uring_count;
+  st.direct_files = open.direct_count;
+  st.uring_files = open.uring_count;
+  st.staging_slots = any_staged && options.pipeline ? slots : 0;
   for (auto& s : states) {
     st.bytes_loaded += s->stats.bytes;
     st.driver_allocs += s->stats.driver_allocs;
