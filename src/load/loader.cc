@@ -68,10 +68,10 @@ struct ReadItem {
   uint64_t dst_bytes;      // after any cast
 };
 
-// Pinned buffers a GPU's copies go through. A slot is reusable once the
-// event recorded after its copy has completed.
+// A pinned buffer a GPU's copies go through: one chunk of the device's ring.
+// A slot is reusable once the event recorded after its copy has completed.
 struct StagingSlot {
-  DeviceMemory buffer;
+  unsigned char* buffer = nullptr;
   std::unique_ptr<Event> event;
   bool pending = false;  // a copy from it may still be running
 };
@@ -88,6 +88,7 @@ struct DeviceState {
   // the order they are issued, so the next copy into it waits for the cast
   // before it. Freed when the load ends.
   DeviceMemory scratch;
+  DeviceMemory ring;  // pinned host memory: one allocation, cut into slots
   std::vector<StagingSlot> slots;
   std::deque<size_t> free_slots;
   std::mutex mu;               // guards free_slots
@@ -325,9 +326,11 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       HOIST_ASSIGN_OR_RETURN(s->mirror, DeviceMemory::Allocate(host.get(), std::max<uint64_t>(d->reserve_bytes, 1)));
       continue;
     }
+    // One pinning call for the whole ring: each call has a fixed cost.
+    HOIST_ASSIGN_OR_RETURN(s->ring, DeviceMemory::AllocatePinned(s->device, ring_bytes));
     for (int k = 0; k < slots; ++k) {
       StagingSlot slot;
-      HOIST_ASSIGN_OR_RETURN(slot.buffer, DeviceMemory::AllocatePinned(s->device, stride));
+      slot.buffer = s->ring.data() + static_cast<uint64_t>(k) * stride;
       HOIST_ASSIGN_OR_RETURN(slot.event, s->device->CreateEvent());
       s->slots.push_back(std::move(slot));
       s->free_slots.push_back(s->slots.size() - 1);
@@ -410,20 +413,20 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     Status st;
     if (slot.pending) st = slot.event->Wait();
     slot.pending = false;
-    if (st.ok()) st = read_into(slot.buffer.data());
+    if (st.ok()) st = read_into(slot.buffer);
     if (st.ok()) {
       std::lock_guard<std::mutex> lock(s.copy_mu);
       if (cast) {
         // File bytes to the scratch area, then the kernel casts them into
         // place; the event after both frees the slot.
         unsigned char* raw = s.scratch.data();
-        st = s.device->CopyToDeviceAsync(raw, slot.buffer.data(), it.size_bytes);
+        st = s.device->CopyToDeviceAsync(raw, slot.buffer, it.size_bytes);
         if (st.ok()) {
           st = s.device->CastAsync(it.dst, t.dtype, raw, t.source->dtype,
                                    it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
         }
       } else {
-        st = s.device->CopyToDeviceAsync(it.dst, slot.buffer.data(), it.dst_bytes);
+        st = s.device->CopyToDeviceAsync(it.dst, slot.buffer, it.dst_bytes);
       }
       if (st.ok()) st = slot.event->Record();
       slot.pending = st.ok();
