@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <regex>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -73,6 +75,38 @@ struct Piece {
   uint64_t file_offset_bytes;
   uint64_t size_bytes;
 };
+
+}  // namespace
+
+namespace {
+
+// A name hoist's directory output uses: model.safetensors, the index, or a
+// shard model-NNNNN-of-NNNNN.safetensors.
+bool IsOutputName(const std::string& name) {
+  if (name == "model.safetensors" || name == kIndexFileName) return true;
+  static const std::regex shard(R"(model-\d{5}-of-\d{5}\.safetensors)");
+  return std::regex_match(name, shard);
+}
+
+// Removes what an earlier write left in `dir` under an output name and this
+// one did not write: a stale index would otherwise still be read in place of
+// a new single file, and a stale model.safetensors in place of new shards
+// (transformers looks for it first), as Hugging Face's save_pretrained
+// cleans up too. Other files are left alone.
+Status RemoveStaleOutputs(const std::string& dir, const std::vector<std::string>& written) {
+  std::error_code ec;
+  std::set<std::string> keep;
+  for (const std::string& w : written) keep.insert(fs::path(w).filename().string());
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!IsOutputName(name) || keep.count(name) > 0) continue;
+    std::error_code rm;
+    fs::remove(e.path(), rm);
+    if (rm) return IoError(Printable(e.path().string()) + ": cannot remove a stale output file: " + rm.message());
+  }
+  if (ec) return IoError(Printable(dir) + ": cannot list: " + ec.message());
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -177,6 +211,7 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
     HOIST_RETURN_IF_ERROR(file.Close());
     result.files.push_back(path);
   }
+  if (!single_file) HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(dir, result.files));
   result.data_bytes = total;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

@@ -1,5 +1,6 @@
 #include "hoist/writer.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -101,6 +102,34 @@ TEST(WriterTest, OneShardInADirectoryIsModelSafetensors) {
   Result<WriteResult> r = WriteCheckpoint(dir / "d", tensors, {}, {}, IndexFill());
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->files, std::vector<std::string>{dir / "d/model.safetensors"});
+}
+
+TEST(WriterTest, RewritingADirectoryRemovesStaleOutputsOnly) {
+  testing::TempDir dir;
+  std::vector<OutTensor> big = {{"a", DType::kU8, {60}, 60}, {"b", DType::kU8, {60}, 60}, {"c", DType::kU8, {60}, 60}};
+  std::vector<OutTensor> small = {{"x", DType::kU8, {8}, 8}};
+  WriteOptions sharded;
+  sharded.max_shard_bytes = 100;
+  ASSERT_TRUE(WriteCheckpoint(dir / "d", big, {}, sharded, IndexFill()).ok());
+  std::ofstream(dir / "d/config.json") << "{}";
+  std::ofstream(dir / "d/model-1-of-2.safetensors") << "not ours";  // not an output name
+  // Shards, then one file: the old index would still win, and its shards linger.
+  ASSERT_TRUE(WriteCheckpoint(dir / "d", small, {}, {}, IndexFill()).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir / "d/model.safetensors.index.json"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "d/model-00001-of-00003.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "d/model-00003-of-00003.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "d/config.json"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "d/model-1-of-2.safetensors"));
+  Result<Catalog> cat = OpenCatalog(dir / "d/model.safetensors");
+  ASSERT_TRUE(cat.ok());
+  EXPECT_EQ(cat->tensors().size(), 1u);
+  // One file, then shards: the old model.safetensors goes (transformers reads
+  // it before an index).
+  ASSERT_TRUE(WriteCheckpoint(dir / "d", big, {}, sharded, IndexFill()).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir / "d/model.safetensors"));
+  cat = OpenCatalog(dir / "d");
+  ASSERT_TRUE(cat.ok()) << cat.status().message();
+  EXPECT_EQ(cat->tensors().size(), 3u);
 }
 
 TEST(WriterTest, RefusesShardsIntoAFileName) {
