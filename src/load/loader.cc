@@ -98,6 +98,17 @@ struct DeviceState {
 
 // `needed` bytes of which `limited` count against --max-memory (the
 // tensors); the rest (staging, cast scratch) only against free memory.
+// What a reader thread keeps between its reads: the cast's input, the
+// O_DIRECT bounce buffer and its io_uring ring. Worker threads' copies die
+// with them; the calling thread's is emptied when Load ends, so nothing
+// stays held between loads.
+struct ReaderLocal {
+  std::vector<unsigned char> scratch;
+  std::vector<unsigned char> bounce;
+  std::unique_ptr<BlockReader> ring;
+};
+thread_local ReaderLocal reader_local;
+
 // The checkpoint's files, open, each with how it will be read.
 struct OpenFiles {
   std::vector<File> files;         // buffered
@@ -369,7 +380,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     device_cast_pieces += t.dtype != t.source->dtype && states[it.device]->device_casts ? 1 : 0;
   }
 
-  auto process = [&](const ReadItem& it, std::vector<unsigned char>& scratch) -> Status {
+  auto process = [&](const ReadItem& it, ReaderLocal& local) -> Status {
     const PlannedTensor& t = plan.tensors[it.tensor];
     const File& file = open.files[t.source->file_index];
     const File& direct = open.direct[t.source->file_index];
@@ -378,22 +389,19 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     auto read_into = [&](unsigned char* dst) -> Status {
       BlockReader* via = nullptr;
       if (open.uring[t.source->file_index]) {
-        // One ring per reader thread, kept for the thread's life.
-        thread_local std::unique_ptr<BlockReader> ring;
-        if (ring == nullptr) {
-          HOIST_ASSIGN_OR_RETURN(ring, MakeUringReader());
+        if (local.ring == nullptr) {
+          HOIST_ASSIGN_OR_RETURN(local.ring, MakeUringReader());
         }
-        via = ring.get();
+        via = local.ring.get();
       }
       if (direct.fd() < 0) return file.ReadAt(it.file_offset_bytes, dst, it.size_bytes, via);
-      thread_local std::vector<unsigned char> bounce;
-      return direct.ReadDirectAt(it.file_offset_bytes, dst, it.size_bytes, &bounce, via);
+      return direct.ReadDirectAt(it.file_offset_bytes, dst, it.size_bytes, &local.bounce, via);
     };
     auto cast_into = [&](unsigned char* dst) -> Status {
-      scratch.resize(it.size_bytes);
-      HOIST_RETURN_IF_ERROR(read_into(scratch.data()));
+      local.scratch.resize(it.size_bytes);
+      HOIST_RETURN_IF_ERROR(read_into(local.scratch.data()));
       const auto cast_start = Clock::now();
-      CastFloats(t.source->dtype, scratch.data(), t.dtype, dst,
+      CastFloats(t.source->dtype, local.scratch.data(), t.dtype, dst,
                  it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
       host_cast_ns.fetch_add(static_cast<uint64_t>(std::chrono::nanoseconds(Clock::now() - cast_start).count()),
                              std::memory_order_relaxed);
@@ -448,10 +456,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   Status read_status = ParallelFor(
       items.size(), threads,
       [&](size_t k) -> Status {
-        thread_local std::vector<unsigned char> scratch;
         const ReadItem& it = items[k];
         Status s = options.before_read ? options.before_read(k) : Status::Ok();
-        if (s.ok()) s = process(it, scratch);
+        if (s.ok()) s = process(it, reader_local);
         if (s.ok()) {
           if (options.progress != nullptr) options.progress->done.fetch_add(it.size_bytes, std::memory_order_relaxed);
           if (pieces_left[it.tensor].fetch_sub(1) == 1 && !first_done.exchange(true)) time_to_first_tensor = Since(start);
@@ -467,6 +474,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         }
       },
       &threads);
+  reader_local = ReaderLocal();
   // Pipeline off: now copy each GPU's bytes from host memory, tensor by tensor.
   const auto copy_start = Clock::now();
   double copy_seconds = 0;
