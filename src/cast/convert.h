@@ -12,9 +12,6 @@
 #pragma once
 
 #include <cstdint>
-#ifndef __CUDA_ARCH__
-#include <cstring>
-#endif
 
 #if defined(__CUDACC__)
 #define HOIST_HD __host__ __device__ __forceinline__
@@ -24,25 +21,20 @@
 
 namespace hoist::convert {
 
-HOIST_HD uint32_t BitsOf(float f) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
+// The bits of a value as another type of the same size (std::bit_cast,
+// which device code cannot call). memcpy of a register-sized value compiles
+// to a move on both sides.
+template <typename To, typename From>
+HOIST_HD To BitCast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "BitCast needs types of one size");
+  To to;
+  __builtin_memcpy(&to, &from, sizeof(To));
+  return to;
 }
-
-HOIST_HD float FloatOf(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
+HOIST_HD uint32_t BitsOf(float f) { return BitCast<uint32_t>(f); }
+HOIST_HD float FloatOf(uint32_t u) { return BitCast<float>(u); }
+HOIST_HD uint64_t BitsOf(double d) { return BitCast<uint64_t>(d); }
+HOIST_HD double DoubleOf(uint64_t u) { return BitCast<double>(u); }
 
 // a + b rounded to nearest even, never contracted or flushed.
 HOIST_HD float AddRn(float a, float b) {
@@ -88,26 +80,6 @@ HOIST_HD uint16_t F32ToBf16(float value) {
   const uint32_t rounded = (x + 0x7FFF + ((x >> 16) & 1)) >> 16;
   // NaN becomes 0x7FC0, as c10::BFloat16 writes it.
   return static_cast<uint16_t>((x & 0x7FFFFFFF) > 0x7F800000 ? 0x7FC0u : rounded);
-}
-
-HOIST_HD uint64_t BitsOf(double d) {
-#ifdef __CUDA_ARCH__
-  return static_cast<uint64_t>(__double_as_longlong(d));
-#else
-  uint64_t u;
-  std::memcpy(&u, &d, 8);
-  return u;
-#endif
-}
-
-HOIST_HD double DoubleOf(uint64_t u) {
-#ifdef __CUDA_ARCH__
-  return __longlong_as_double(static_cast<long long>(u));
-#else
-  double d;
-  std::memcpy(&d, &u, 8);
-  return d;
-#endif
 }
 
 // F64 -> F32 rounds to nearest even. A NaN keeps its sign and the top of its
