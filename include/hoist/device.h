@@ -85,6 +85,9 @@ class Device {
   // are F16, BF16, F32 or F64; the pointers are aligned to their element
   // sizes and the ranges do not overlap.
   virtual Status CastAsync(void* device_dst, DType to, const void* device_src, DType from, uint64_t count) = 0;
+  // Whether CastAsync can run here (a CUDA build may lack code for this
+  // GPU's architecture); loads cast on the host where it cannot.
+  virtual bool SupportsCast() = 0;
   // Synchronous device-to-host copy (verification, tests).
   virtual Status CopyToHost(void* host_dst, const void* device_src, uint64_t size_bytes) = 0;
   virtual Result<std::unique_ptr<Event>> CreateEvent() = 0;

@@ -197,6 +197,40 @@ TEST_F(DeviceLoaderTest, DefaultStagingIsReaderThreadsPlusTwo) {
   EXPECT_EQ(model->stats().staging_slots, 5);
   EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 1);  // one ring, cut into slots
   EXPECT_EQ(gpu_->live_events(), 0);
+  // Two GPUs share the readers: ceil(3 / 2) + 2 each.
+  auto second = std::make_unique<FaultDevice>(DeviceId::Cuda(1), 64ull << 20);
+  registry_.Add(std::move(second));
+  po = PlanOptions();
+  po.device_map = R"({"model.layers": 1, "": 0})";
+  model = LoadWith(po);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  EXPECT_EQ(model->stats().staging_slots, 4);
+}
+
+TEST_F(DeviceLoaderTest, WithoutACastKernelCastsRunOnTheHost) {
+  gpu_->set_supports_cast(false);
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  po.cast_to = DType::kF32;
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  EXPECT_EQ(gpu_->calls(FaultPoint::kCast), 0);
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 1);  // no scratch
+  EXPECT_EQ(model->stats().device_cast_pieces, 0);
+  EXPECT_GT(model->stats().host_cast_seconds, 0);
+  for (const TensorView& v : model->tensors()) {
+    size_t i = IndexOf(v.name);
+    std::vector<unsigned char> file(tensors_[i].size_bytes);
+    for (uint64_t k = 0; k < file.size(); ++k) file[k] = PatternByte(i, k);
+    std::vector<unsigned char> want = file;
+    if (IsCastableFloat(v.stored_dtype)) {
+      size_t n = file.size() / static_cast<size_t>(DTypeBits(v.stored_dtype) / 8);
+      want.assign(n * 4, 0);
+      CastFloats(v.stored_dtype, file.data(), DType::kF32, want.data(), n);
+    }
+    ASSERT_EQ(DeviceBytes(v), want) << v.name;
+  }
+  EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);  // the staging ring is gone; the model holds its reservation
 }
 
 TEST_F(DeviceLoaderTest, NoCastNoScratch) {
@@ -328,12 +362,15 @@ TEST_F(DeviceLoaderTest, AbsentDeviceIsAnError) {
   EXPECT_NE(model.status().message().find("cuda:3"), std::string::npos);
 }
 
-class DeviceLoaderFaultTest : public DeviceLoaderTest, public ::testing::WithParamInterface<bool> {};
+// 0: no cast; 1: casts on the device; 2: casts on the host (no cast kernel).
+class DeviceLoaderFaultTest : public DeviceLoaderTest, public ::testing::WithParamInterface<int> {};
 
 TEST_P(DeviceLoaderFaultTest, EveryFailureReturnsEveryByte) {
   PlanOptions po;
   po.device_map = R"({"model.layers": 0, "": "cpu"})";
-  if (GetParam()) po.cast_to = DType::kF32;  // the device-cast path: scratch, copies and casts
+  if (GetParam() > 0) po.cast_to = DType::kF32;
+  const bool kernel = GetParam() != 2;
+  gpu_->set_supports_cast(kernel);
   // Count each kind of call in a successful load, then fail each one in turn.
   int successful[hoist::testing::kFaultPointCount];
   {
@@ -343,7 +380,7 @@ TEST_P(DeviceLoaderFaultTest, EveryFailureReturnsEveryByte) {
       successful[p] = gpu_->calls(static_cast<FaultPoint>(p));
     }
   }
-  EXPECT_EQ(successful[static_cast<int>(FaultPoint::kCast)] > 0, GetParam());
+  EXPECT_EQ(successful[static_cast<int>(FaultPoint::kCast)] > 0, GetParam() == 1);
   ExpectAllReturned();
   int injected = 0;
   for (int p = 0; p < hoist::testing::kFaultPointCount; ++p) {
@@ -356,6 +393,7 @@ TEST_P(DeviceLoaderFaultTest, EveryFailureReturnsEveryByte) {
       registry_.Add(std::move(gpu));
       gpu_ = dev;
       dev->FailAt(static_cast<FaultPoint>(p), k);
+      dev->set_supports_cast(kernel);
       auto model = LoadWith(po);
       ASSERT_FALSE(model.ok());
       EXPECT_NE(model.status().message().find("injected failure"), std::string::npos) << model.status().message();
@@ -366,7 +404,7 @@ TEST_P(DeviceLoaderFaultTest, EveryFailureReturnsEveryByte) {
   EXPECT_GT(injected, 20);
 }
 
-INSTANTIATE_TEST_SUITE_P(WithAndWithoutCast, DeviceLoaderFaultTest, ::testing::Bool());
+INSTANTIATE_TEST_SUITE_P(NoCastDeviceCastHostCast, DeviceLoaderFaultTest, ::testing::Values(0, 1, 2));
 
 TEST_F(DeviceLoaderTest, ReadFailureReturnsEveryByte) {
   PlanOptions po;

@@ -82,6 +82,7 @@ struct DeviceState {
   unsigned char* base = nullptr;  // reservation (kReserve)
   bool staged = false;           // copies go through pinned staging buffers
   bool device_casts = false;     // staged, and some tensor is cast on the device
+  uint64_t slot_stride = 0;      // bytes per staging slot
   DeviceMemory mirror;           // pipeline off: the device's bytes in host memory first
   // Device casts: a chunk's file bytes land here and a kernel casts them
   // into place. One chunk is enough: the device runs copies and casts in
@@ -210,6 +211,18 @@ Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited,
 // holds a chunk and starts aligned for any element type.
 uint64_t SlotStride(uint64_t chunk_bytes) { return (chunk_bytes + 255) / 256 * 256; }
 
+// The default staging ring never exceeds this many slots per GPU (64 chunks
+// of 8 MiB: 512 MiB pinned), however many reader threads there are.
+constexpr int kMaxDefaultSlots = 64;
+
+// Whether some tensor placed on `device` is cast.
+bool HasCast(const LoadPlan& plan, DeviceId device) {
+  for (const PlannedTensor& t : plan.tensors) {
+    if (t.device == device && t.alias_of < 0 && t.dtype != t.source->dtype) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 LoadedModel::LoadedModel() = default;
@@ -242,10 +255,16 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   HOIST_ASSIGN_OR_RETURN(OpenFiles open, OpenForLoad(catalog, options));
   int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
   if (options.threads == 0 && open.any_cold) threads = std::max(threads, 8);
-  // Enough staging buffers for every reader to fill one while two copies run.
-  const int slots = options.staging_slots > 0 ? options.staging_slots : threads + 2;
+  // Enough staging buffers for every reader to fill one while two copies run,
+  // the readers shared out over the GPUs (they take the GPUs in turn).
+  int gpus = 0;
+  for (const DevicePlan& d : plan.devices) {
+    Device* device = registry.Find(d.device);
+    gpus += device != nullptr && !device->host_addressable() ? 1 : 0;
+  }
+  const int slots = options.staging_slots > 0 ? options.staging_slots
+                                              : std::min(kMaxDefaultSlots, (threads + gpus - 1) / std::max(gpus, 1) + 2);
   const uint64_t stride = SlotStride(options.chunk_bytes);
-  const uint64_t ring_bytes = stride * static_cast<uint64_t>(slots);
   uint64_t host_extra = 0;  // staging (or the pipeline-off copy) in host memory
   uint64_t host_tensors = 0;
   for (const DevicePlan& d : plan.devices) {
@@ -268,11 +287,17 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     state->staged = !device->host_addressable();
     uint64_t scratch = 0;
     if (state->staged) {
-      host_extra += options.pipeline ? ring_bytes : d.reserve_bytes;
+      // Casts run on the device when it can (a kernel, after a raw copy
+      // into its scratch); otherwise on the host, into a slot wide enough
+      // for the widest cast.
+      uint64_t widen = 1;
       for (const PlannedTensor& t : plan.tensors) {
-        state->device_casts = state->device_casts || (options.pipeline && t.device == d.device && t.alias_of < 0 &&
-                                                      t.dtype != t.source->dtype);
+        if (t.device != d.device || t.alias_of >= 0 || t.dtype == t.source->dtype) continue;
+        widen = std::max<uint64_t>(widen, static_cast<uint64_t>(DTypeBits(t.dtype) / DTypeBits(t.source->dtype)));
       }
+      state->device_casts = options.pipeline && HasCast(plan, d.device) && device->SupportsCast();
+      state->slot_stride = state->device_casts ? stride : SlotStride(options.chunk_bytes * widen);
+      host_extra += options.pipeline ? state->slot_stride * static_cast<uint64_t>(slots) : d.reserve_bytes;
       if (state->device_casts) scratch = stride;
     }
     if (device->host_addressable() && d.device == DeviceId::Cpu()) host_tensors = needed;
@@ -338,10 +363,11 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       continue;
     }
     // One pinning call for the whole ring: each call has a fixed cost.
-    HOIST_ASSIGN_OR_RETURN(s->ring, DeviceMemory::AllocatePinned(s->device, ring_bytes));
+    HOIST_ASSIGN_OR_RETURN(s->ring,
+                           DeviceMemory::AllocatePinned(s->device, s->slot_stride * static_cast<uint64_t>(slots)));
     for (int k = 0; k < slots; ++k) {
       StagingSlot slot;
-      slot.buffer = s->ring.data() + static_cast<uint64_t>(k) * stride;
+      slot.buffer = s->ring.data() + static_cast<uint64_t>(k) * s->slot_stride;
       HOIST_ASSIGN_OR_RETURN(slot.event, s->device->CreateEvent());
       s->slots.push_back(std::move(slot));
       s->free_slots.push_back(s->slots.size() - 1);
@@ -421,25 +447,32 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     Status st;
     if (slot.pending) st = slot.event->Wait();
     slot.pending = false;
-    if (st.ok()) st = read_into(slot.buffer);
+    const bool device_cast = cast && s.device_casts;
+    if (st.ok()) st = cast && !device_cast ? cast_into(slot.buffer) : read_into(slot.buffer);
+    bool queued = false;  // something on the stream may still read the slot
     if (st.ok()) {
       std::lock_guard<std::mutex> lock(s.copy_mu);
-      if (cast) {
+      if (device_cast) {
         // File bytes to the scratch area, then the kernel casts them into
         // place; the event after both frees the slot.
         unsigned char* raw = s.scratch.data();
         st = s.device->CopyToDeviceAsync(raw, slot.buffer, it.size_bytes);
+        queued = st.ok();
         if (st.ok()) {
           st = s.device->CastAsync(it.dst, t.dtype, raw, t.source->dtype,
                                    it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
         }
       } else {
         st = s.device->CopyToDeviceAsync(it.dst, slot.buffer, it.dst_bytes);
+        queued = st.ok();
       }
       if (st.ok()) st = slot.event->Record();
       slot.pending = st.ok();
     }
-    {
+    // A slot whose copy was queued but not covered by an event is not
+    // handed out again: the load is failing, and the final synchronize
+    // waits for the copy before anything is released.
+    if (st.ok() || !queued) {
       std::lock_guard<std::mutex> lock(s.mu);
       s.free_slots.push_back(slot_index);
     }

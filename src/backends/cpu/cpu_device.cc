@@ -187,6 +187,7 @@ class CpuDevice final : public Device {
     std::memcpy(dst, src, size_bytes);
     return Status::Ok();
   }
+  bool SupportsCast() override { return true; }
   Status CastAsync(void* dst, DType to, const void* src, DType from, uint64_t count) override {
     CastFloats(from, src, to, dst, count);
     return Status::Ok();

@@ -65,6 +65,11 @@ cudaError_t LaunchFrom(const void* src, FloatType to, void* dst, uint64_t count,
 
 }  // namespace
 
+cudaError_t CastKernelUsable() {
+  cudaFuncAttributes attributes;
+  return cudaFuncGetAttributes(&attributes, CastKernel<uint16_t, float, FromBf16, ToF32>);
+}
+
 cudaError_t LaunchCast(FloatType from, const void* src, FloatType to, void* dst, uint64_t count, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   switch (from) {

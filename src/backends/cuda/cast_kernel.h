@@ -20,4 +20,8 @@ enum class FloatType : uint8_t { kF16, kBF16, kF32, kF64 };
 cudaError_t LaunchCast(FloatType from, const void* src, FloatType to, void* dst, uint64_t count,
                        cudaStream_t stream);
 
+// cudaSuccess when the current device can run the kernels (the build holds
+// code its architecture can use), else the error that says why not.
+cudaError_t CastKernelUsable();
+
 }  // namespace hoist::cuda

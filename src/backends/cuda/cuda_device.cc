@@ -158,6 +158,21 @@ class CudaDevice final : public Device {
     return Status::Ok();
   }
 
+  bool SupportsCast() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cast_usable_ < 0) {
+      cudaError_t err = cudaSetDevice(index_);
+      if (err == cudaSuccess) err = cuda::CastKernelUsable();
+      if (err != cudaSuccess) {
+        ForgetLastError();
+        fmt::print(stderr, "hoist: warning: cuda:{}: the cast kernel cannot run here ({}); casts run on the host\n",
+                   index_, CudaErrorText(err));
+      }
+      cast_usable_ = err == cudaSuccess ? 1 : 0;
+    }
+    return cast_usable_ == 1;
+  }
+
   Status CastAsync(void* device_dst, DType to, const void* device_src, DType from, uint64_t count) override {
     if (count == 0) return Status::Ok();
     if (!IsCastableFloat(from) || !IsCastableFloat(to) || from == to) {
@@ -242,8 +257,9 @@ class CudaDevice final : public Device {
 
   const int index_;
   const std::string name_;
-  std::mutex mu_;  // guards stream_'s creation
+  std::mutex mu_;  // guards stream_'s creation and cast_usable_
   cudaStream_t stream_ = nullptr;
+  int cast_usable_ = -1;  // -1: not asked yet
 };
 
 // A point on its device's copy stream. Owns the cudaEvent_t.

@@ -140,7 +140,14 @@ Status FaultDevice::CopyToDeviceAsync(void* dst, const void* src, uint64_t size_
 
 Status FaultDevice::CastAsync(void* dst, DType to, const void* src, DType from, uint64_t count) {
   HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kCast));
-  if (!IsCastableFloat(from) || !IsCastableFloat(to)) return InvalidArgument("test device: not a float cast");
+  if (!supports_cast_) return NotSupported("test device: no cast kernel");
+  if (!IsCastableFloat(from) || !IsCastableFloat(to) || from == to) {
+    return InvalidArgument("test device: not a cast between two float types");
+  }
+  const auto misaligned = [](const void* p, DType t) {
+    return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(DTypeBits(t) / 8) != 0;
+  };
+  if (misaligned(src, from) || misaligned(dst, to)) return InvalidArgument("test device: misaligned cast buffers");
   std::lock_guard<std::mutex> lock(mu_);
   queue_.push_back({dst, src, count, true, from, to});
   return Status::Ok();

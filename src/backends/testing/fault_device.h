@@ -27,7 +27,7 @@
 namespace hoist::testing {
 
 enum class FaultPoint { kAllocate, kAllocatePinned, kCopy, kCast, kEventRecord, kEventWait, kSynchronize };
-inline constexpr int kFaultPointCount = 7;
+inline constexpr int kFaultPointCount = static_cast<int>(FaultPoint::kSynchronize) + 1;
 
 class FaultDevice final : public Device {
  public:
@@ -52,7 +52,11 @@ class FaultDevice final : public Device {
   void FreePinned(void* ptr) override;
   Status CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) override;
   // Queued like a copy; run on the host with CastFloats when its turn comes.
+  // Refuses what the CUDA backend refuses (same types, misaligned buffers).
   Status CastAsync(void* dst, DType to, const void* src, DType from, uint64_t count) override;
+  bool SupportsCast() override { return supports_cast_; }
+  // A device without a cast kernel: loads must cast on the host.
+  void set_supports_cast(bool v) { supports_cast_ = v; }
   Status CopyToHost(void* dst, const void* src, uint64_t size_bytes) override;
   Result<std::unique_ptr<Event>> CreateEvent() override;
   Status Synchronize() override;
@@ -67,6 +71,7 @@ class FaultDevice final : public Device {
  private:
   DeviceId id_;
   uint64_t capacity_bytes_;
+  bool supports_cast_ = true;
   std::atomic<int> fail_at_[kFaultPointCount] = {};
   std::atomic<int> calls_[kFaultPointCount] = {};
   mutable std::mutex mu_;
