@@ -39,6 +39,8 @@ struct WriteOptions {
   bool sparse = false;
   int threads = 0;  // 0: default
   uint64_t piece_bytes = 8ull << 20;
+  // Files never removed as stale outputs (a conversion's own sources).
+  std::vector<std::string> keep_files;
 };
 
 struct WriteResult {

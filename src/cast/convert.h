@@ -49,7 +49,9 @@ HOIST_HD float F16ToF32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
   const uint32_t exp = (h >> 10) & 0x1F;
   const uint32_t mant = h & 0x3FF;
-  const uint32_t inf_nan = sign | 0x7F800000 | (mant << 13);  // payload kept
+  // A NaN keeps its sign and payload and becomes quiet, as x86's F16C
+  // conversion (and the F64/F32 rules below) do.
+  const uint32_t inf_nan = sign | 0x7F800000 | (mant << 13) | (static_cast<uint32_t>(mant != 0) << 22);
   const uint32_t normal = sign | ((exp + 112) << 23) | (mant << 13);
   // Subnormal (and zero): mant * 2^-24, exact in float.
   const uint32_t subnormal = sign | BitsOf(static_cast<float>(mant) * 5.9604644775390625e-8f);

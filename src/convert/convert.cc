@@ -51,7 +51,9 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
     CastFloats(src.dtype, scratch.data(), target, dst_bytes, count);
     return Status::Ok();
   };
-  return WriteCheckpoint(dst, out, catalog.metadata(), options.write, fill);
+  WriteOptions write = options.write;
+  for (const CatalogFile& f : catalog.files()) write.keep_files.push_back(f.path);  // never remove a source
+  return WriteCheckpoint(dst, out, catalog.metadata(), write, fill);
 }
 
 }  // namespace hoist

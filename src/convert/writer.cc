@@ -93,16 +93,24 @@ bool IsOutputName(const std::string& name) {
 // a new single file, and a stale model.safetensors in place of new shards
 // (transformers looks for it first), as Hugging Face's save_pretrained
 // cleans up too. Other files are left alone.
-Status RemoveStaleOutputs(const std::string& dir, const std::vector<std::string>& written) {
+Status RemoveStaleOutputs(const std::string& dir, const std::vector<std::string>& written,
+                          const std::vector<std::string>& keep_files) {
   std::error_code ec;
   std::set<std::string> keep;
   for (const std::string& w : written) keep.insert(fs::path(w).filename().string());
-  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (!IsOutputName(name) || keep.count(name) > 0) continue;
+  fs::directory_iterator it(dir.empty() ? "." : dir, ec);
+  for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const fs::path& path = it->path();
+    if (!IsOutputName(path.filename().string()) || keep.count(path.filename().string()) > 0) continue;
+    bool protected_file = false;
+    for (const std::string& k : keep_files) {
+      std::error_code eq;
+      protected_file = protected_file || fs::equivalent(path, k, eq);
+    }
+    if (protected_file) continue;
     std::error_code rm;
-    fs::remove(e.path(), rm);
-    if (rm) return IoError(Printable(e.path().string()) + ": cannot remove a stale output file: " + rm.message());
+    fs::remove(path, rm);
+    if (rm) return IoError(Printable(path.string()) + ": cannot remove a stale output file: " + rm.message());
   }
   if (ec) return IoError(Printable(dir) + ": cannot list: " + ec.message());
   return Status::Ok();
@@ -211,7 +219,13 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
     HOIST_RETURN_IF_ERROR(file.Close());
     result.files.push_back(path);
   }
-  if (!single_file) HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(dir, result.files));
+  // A directory's old outputs go; so do those beside a new model.safetensors,
+  // where an old index or shards would shadow it.
+  if (!single_file) {
+    HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(dir, result.files, options.keep_files));
+  } else if (fs::path(dst).filename() == "model.safetensors") {
+    HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(fs::path(dst).parent_path().string(), result.files, options.keep_files));
+  }
   result.data_bytes = total;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

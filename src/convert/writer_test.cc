@@ -132,6 +132,39 @@ TEST(WriterTest, RewritingADirectoryRemovesStaleOutputsOnly) {
   EXPECT_EQ(cat->tensors().size(), 3u);
 }
 
+TEST(WriterTest, ANewModelSafetensorsRemovesAnOldIndexBesideIt) {
+  testing::TempDir dir;
+  std::vector<OutTensor> big = {{"a", DType::kU8, {60}, 60}, {"b", DType::kU8, {60}, 60}};
+  WriteOptions sharded;
+  sharded.max_shard_bytes = 100;
+  ASSERT_TRUE(WriteCheckpoint(dir / "d", big, {}, sharded, IndexFill()).ok());
+  std::vector<OutTensor> small = {{"x", DType::kU8, {8}, 8}};
+  ASSERT_TRUE(WriteCheckpoint(dir / "d/model.safetensors", small, {}, {}, IndexFill()).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir / "d/model.safetensors.index.json"));
+  Result<Catalog> cat = OpenCatalog(dir / "d");
+  ASSERT_TRUE(cat.ok()) << cat.status().message();
+  EXPECT_EQ(cat->tensors().size(), 1u);
+  // Another name is not an output name: nothing beside it is touched.
+  ASSERT_TRUE(WriteCheckpoint(dir / "d", big, {}, sharded, IndexFill()).ok());
+  ASSERT_TRUE(WriteCheckpoint(dir / "d/other.safetensors", small, {}, {}, IndexFill()).ok());
+  EXPECT_TRUE(std::filesystem::exists(dir / "d/model.safetensors.index.json"));
+}
+
+TEST(WriterTest, ConvertNeverRemovesItsSource) {
+  testing::TempDir dir;
+  std::vector<OutTensor> big = {{"a", DType::kF32, {15}, 60}, {"b", DType::kF32, {15}, 60}};
+  WriteOptions sharded;
+  sharded.max_shard_bytes = 100;
+  ASSERT_TRUE(WriteCheckpoint(dir / "d", big, {}, sharded, IndexFill()).ok());
+  Result<Catalog> src = OpenCatalog(dir / "d");
+  ASSERT_TRUE(src.ok());
+  // Consolidate the shards into one file beside them.
+  ConvertOptions co;
+  ASSERT_TRUE(ConvertCheckpoint(*src, dir / "d/model.safetensors", co).ok());
+  EXPECT_TRUE(std::filesystem::exists(dir / "d/model-00001-of-00002.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "d/model-00002-of-00002.safetensors"));
+}
+
 TEST(WriterTest, RefusesShardsIntoAFileName) {
   testing::TempDir dir;
   std::vector<OutTensor> tensors = {{"a", DType::kU8, {8}, 8}, {"b", DType::kU8, {8}, 8}};

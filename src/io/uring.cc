@@ -36,6 +36,7 @@ class UringReader final : public BlockReader {
 
   Result<uint64_t> ReadUpTo(const File& file, uint64_t offset_bytes, unsigned char* dst,
                             uint64_t size_bytes) override {
+    if (broken_) return IoError(Printable(file.path()) + ": io_uring: this ring failed earlier and is not reused");
     struct Piece {
       uint64_t offset, size, done;
     };
@@ -45,13 +46,14 @@ class UringReader final : public BlockReader {
     }
     std::deque<size_t> to_submit;
     for (size_t i = 0; i < pieces.size(); ++i) to_submit.push_back(i);
-    unsigned in_flight = 0;
+    unsigned prepared = 0;   // in the submission queue, not yet taken by the kernel
+    unsigned in_kernel = 0;  // taken, not yet completed: may still write into dst
     uint64_t eof_at = UINT64_MAX;  // where a read found the end of the file
     Status error;
-    // Until every piece is done, and always until nothing is in flight: the
-    // kernel may still be writing into dst.
-    while (in_flight > 0 || (error.ok() && !to_submit.empty())) {
-      while (error.ok() && in_flight < options_.queue_depth && !to_submit.empty()) {
+    // Until every piece is done, and always until nothing is left with the
+    // kernel: it may still be writing into dst.
+    while (in_kernel > 0 || (error.ok() && (prepared > 0 || !to_submit.empty()))) {
+      while (error.ok() && prepared + in_kernel < options_.queue_depth && !to_submit.empty()) {
         io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
         if (sqe == nullptr) break;
         const size_t i = to_submit.front();
@@ -61,19 +63,28 @@ class UringReader final : public BlockReader {
         io_uring_prep_read(sqe, file.fd(), dst + (p.offset - offset_bytes) + p.done,
                            static_cast<unsigned>(std::min<uint64_t>(left, 1u << 30)), p.offset + p.done);
         io_uring_sqe_set_data64(sqe, i);
-        ++in_flight;
+        ++prepared;
       }
-      int rc = io_uring_submit_and_wait(&ring_, 1);
-      if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+      // Submit what is prepared (none after an error) and wait for one.
+      int rc = io_uring_submit_and_wait(&ring_, error.ok() || in_kernel > 0 ? 1 : 0);
+      if (rc >= 0) {
+        const unsigned taken = std::min(static_cast<unsigned>(rc), prepared);
+        prepared -= taken;
+        in_kernel += taken;
+      } else if (rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+        // The ring cannot be trusted with its unsubmitted entries: never again.
+        broken_ = true;
         if (error.ok()) error = IoError(Printable(file.path()) + ": io_uring submit failed: " + std::strerror(-rc));
-        if (in_flight == 0) break;
+        if (in_kernel == 0) break;
+        io_uring_cqe* cqe = nullptr;
+        if (io_uring_wait_cqe(&ring_, &cqe) < 0) break;  // nothing more can come back
       }
       io_uring_cqe* cqe = nullptr;
       while (io_uring_peek_cqe(&ring_, &cqe) == 0 && cqe != nullptr) {
         const size_t i = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
         const int res = cqe->res;
         io_uring_cqe_seen(&ring_, cqe);
-        --in_flight;
+        --in_kernel;
         Piece& p = pieces[i];
         if (res == -EINTR || res == -EAGAIN) {
           to_submit.push_back(i);
@@ -87,6 +98,7 @@ class UringReader final : public BlockReader {
         }
       }
     }
+    if (prepared > 0) broken_ = true;  // entries the kernel never took must not run on a later call
     if (!error.ok()) return error;
     return eof_at == UINT64_MAX ? size_bytes : std::min(size_bytes, eof_at - offset_bytes);
   }
@@ -95,6 +107,7 @@ class UringReader final : public BlockReader {
   UringOptions options_;
   io_uring ring_{};
   bool ready_ = false;
+  bool broken_ = false;
 };
 
 }  // namespace

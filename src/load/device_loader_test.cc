@@ -348,6 +348,7 @@ TEST_F(DeviceLoaderTest, CastScratchCountsInTheCheckBeforeAllocating) {
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().code(), StatusCode::kOutOfMemory);
   EXPECT_NE(model.status().message().find("staging and cast buffers"), std::string::npos) << model.status().message();
+  EXPECT_NE(model.status().message().find("--chunk-size"), std::string::npos) << model.status().message();
   EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 0);
   // The same plan without a cast needs no scratch, and fits.
   po.cast_to.reset();

@@ -107,6 +107,7 @@ struct ReaderLocal {
   std::vector<unsigned char> scratch;
   std::vector<unsigned char> bounce;
   std::unique_ptr<BlockReader> ring;
+  bool no_ring = false;  // a ring could not be made on this thread
 };
 thread_local ReaderLocal reader_local;
 
@@ -200,9 +201,13 @@ Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited,
     std::string what = needed == limited ? "the plan needs " + ByteText(needed)
                                          : "the load needs " + ByteText(needed) + " (" + ByteText(needed - limited) +
                                                " of it staging and cast buffers)";
+    // When the tensors alone would fit, the load's own buffers are the excess.
+    std::string advice = needed > limited && limited <= available
+                             ? "use fewer or smaller buffers with --staging-buffers N or --chunk-size"
+                             : "spread the model with --device-map auto --max-memory 0=...,cpu=..., or shrink it "
+                               "with --dtype";
     return OutOfMemory(id.ToString() + ": " + what + " but only " + ByteText(available) + " is available (" + why +
-                       "); spread the model with --device-map auto --max-memory 0=...,cpu=..., or shrink it with " +
-                       "--dtype");
+                       "); " + advice);
   }
   return Status::Ok();
 }
@@ -415,8 +420,15 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     auto read_into = [&](unsigned char* dst) -> Status {
       BlockReader* via = nullptr;
       if (open.uring[t.source->file_index]) {
-        if (local.ring == nullptr) {
-          HOIST_ASSIGN_OR_RETURN(local.ring, MakeUringReader());
+        if (local.ring == nullptr && !local.no_ring) {
+          Result<std::unique_ptr<BlockReader>> ring = MakeUringReader();
+          if (ring.ok()) {
+            local.ring = std::move(ring).value();
+          } else if (options.io == IoEngine::kUring) {
+            return Status(ring.status().code(), Printable(file.path()) + ": " + ring.status().message());
+          } else {
+            local.no_ring = true;  // auto: this thread reads with pread (e.g. out of file descriptors)
+          }
         }
         via = local.ring.get();
       }
