@@ -1,3 +1,4 @@
+#include "util/text.h"
 #include "api/session.h"
 
 #include <chrono>
@@ -17,7 +18,7 @@ namespace {
 
 Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& flag, const std::string& text) {
   size_t eq = text.find('=');
-  if (eq == std::string::npos || eq == 0) return InvalidArgument(flag + " '" + text + "': expected A=B");
+  if (eq == std::string::npos || eq == 0) return InvalidArgument(flag + " " + QuoteName(text) + ": expected A=B");
   return std::make_pair(text.substr(0, eq), text.substr(eq + 1));
 }
 
@@ -37,7 +38,7 @@ DeviceRegistry MakeDefaultRegistry(std::string* warning) {
 Result<std::optional<DType>> ParseDtypeFlag(const std::string& text) {
   if (text.empty()) return std::optional<DType>();
   auto d = ParseCastTarget(text);
-  if (!d) return InvalidArgument("--dtype '" + text + "': expected bf16, f16 or f32");
+  if (!d) return InvalidArgument("--dtype " + QuoteName(text) + ": expected bf16, f16 or f32");
   return std::optional<DType>(*d);
 }
 
@@ -49,7 +50,7 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   o.drops = a.drops;
   o.no_split = a.no_split;
   if (!a.compat.empty() && a.compat != "hf-legacy") {
-    return InvalidArgument("--compat '" + a.compat + "': the only mode is hf-legacy");
+    return InvalidArgument("--compat " + QuoteName(a.compat) + ": the only mode is hf-legacy");
   }
   o.compat_hf_legacy = a.compat == "hf-legacy";
   for (const std::string& r : a.renames) {
@@ -103,13 +104,13 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
     HOIST_ASSIGN_OR_RETURN(margin, ParseByteSize(request.margin));
   }
   if (request.direct != "auto" && request.direct != "on" && request.direct != "off") {
-    return InvalidArgument("--direct '" + request.direct + "': expected auto, on or off");
+    return InvalidArgument("--direct " + QuoteName(request.direct) + ": expected auto, on or off");
   }
   if (request.io != "auto" && request.io != "pread" && request.io != "uring") {
-    return InvalidArgument("--io '" + request.io + "': expected auto, pread or uring");
+    return InvalidArgument("--io " + QuoteName(request.io) + ": expected auto, pread or uring");
   }
   if (request.alloc != "reserve" && request.alloc != "per-tensor") {
-    return InvalidArgument("--alloc '" + request.alloc + "': expected reserve or per-tensor");
+    return InvalidArgument("--alloc " + QuoteName(request.alloc) + ": expected reserve or per-tensor");
   }
   auto session = std::make_unique<LoadSession>();
   session->path = request.plan.path;

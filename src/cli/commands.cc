@@ -1,3 +1,4 @@
+#include "util/text.h"
 #include "cli/commands.h"
 
 #include <unistd.h>
@@ -249,7 +250,7 @@ int RunSynth(const SynthArgs& args) {
   options.sparse = args.sparse;
   options.threads = args.threads;
   auto dtype = ParseCastTarget(args.dtype);
-  if (!dtype) return Fail(InvalidArgument("--dtype '" + args.dtype + "': expected bf16, f16 or f32"));
+  if (!dtype) return Fail(InvalidArgument("--dtype " + QuoteName(args.dtype) + ": expected bf16, f16 or f32"));
   options.dtype = *dtype;
   Result<uint64_t> shard = ParseByteSize(args.max_shard_size);
   if (!shard.ok()) return Fail(shard.status());

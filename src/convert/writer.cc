@@ -54,7 +54,7 @@ Result<uint64_t> ParseByteSize(const std::string& text) {
   char* end = nullptr;
   double value = number.empty() ? -1 : std::strtod(number.c_str(), &end);
   if (scale == 0 || value <= 0 || end != number.c_str() + number.size() || value * scale > 9e18) {
-    return InvalidArgument("'" + text + "' is not a size (examples: 5GB, 500MB, 2GiB)");
+    return InvalidArgument(QuoteName(text) + " is not a size (examples: 5GB, 500MB, 2GiB)");
   }
   return static_cast<uint64_t>(value * scale);
 }

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 #include <set>
 #include <string>
 #include <system_error>
 
+#include "format/index.h"
 #include "format/json_util.h"
 #include "format/safetensors.h"
 #include "io/file.h"
@@ -71,32 +73,54 @@ bool IsSafeRelativePath(const std::string& name) {
   return true;
 }
 
-Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) {
-  HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
-  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(Printable(index_path), text));
-  if (!doc.is_object()) return Corruption(Printable(index_path) + ": not a JSON object");
+}  // namespace
+
+Result<ParsedIndex> ParseIndexJson(const std::string& label, std::string_view text) {
+  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(label, text));
+  if (!doc.is_object()) return Corruption(label + ": not a JSON object");
   auto wm = doc.find("weight_map");
-  if (wm == doc.end() || !wm->is_object()) {
-    return Corruption(Printable(index_path) + ": no \"weight_map\" object");
-  }
-  // Shards in order of first mention; the name -> shard map for cross-checks.
-  std::vector<std::string> shards;
-  std::unordered_map<std::string, std::string> shard_of;
+  if (wm == doc.end() || !wm->is_object()) return Corruption(label + ": no \"weight_map\" object");
+  ParsedIndex out;
   std::set<std::string> seen;
   for (auto it = wm->begin(); it != wm->end(); ++it) {
     if (!it->is_string()) {
-      return Corruption(Printable(index_path) + ": weight_map entry for " + QuoteName(it.key()) + " is not a file name");
+      return Corruption(label + ": weight_map entry for " + QuoteName(it.key()) + " is not a file name");
     }
     const std::string& shard = it->get_ref<const std::string&>();
     if (!IsSafeRelativePath(shard)) {
-      return Corruption(Printable(index_path) + ": weight_map sends " + QuoteName(it.key()) + " to " + QuoteName(shard) +
+      return Corruption(label + ": weight_map sends " + QuoteName(it.key()) + " to " + QuoteName(shard) +
                         ", which is not a file inside the checkpoint directory");
     }
-    if (seen.insert(shard).second) shards.push_back(shard);
-    shard_of.emplace(it.key(), shard);
+    if (seen.insert(shard).second) out.shards.push_back(shard);
+    out.shard_of.emplace(it.key(), shard);
   }
-  std::sort(shards.begin(), shards.end());
+  std::sort(out.shards.begin(), out.shards.end());
+  auto meta = doc.find("metadata");
+  if (meta != doc.end() && meta->is_object()) {
+    auto ts = meta->find("total_size");
+    if (ts != meta->end()) {
+      bool integral = ts->is_number_unsigned() || (ts->is_number_integer() && ts->get<int64_t>() >= 0);
+      uint64_t total = integral ? ts->get<uint64_t>() : 0;
+      // 1.6e10 written as a float (some writers do) is still a byte count.
+      if (!integral && ts->is_number_float() && ts->get<double>() >= 0 && ts->get<double>() < 1.8e19 &&
+          static_cast<double>(static_cast<uint64_t>(ts->get<double>())) == ts->get<double>()) {
+        total = static_cast<uint64_t>(ts->get<double>());
+        integral = true;
+      }
+      if (!integral) return Corruption(label + ": metadata.total_size is not a non-negative integer");
+      out.total_size = total;
+    }
+  }
+  return out;
+}
 
+namespace {
+
+Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) {
+  HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
+  HOIST_ASSIGN_OR_RETURN(ParsedIndex index, ParseIndexJson(Printable(index_path), text));
+  const std::vector<std::string>& shards = index.shards;
+  const std::map<std::string, std::string>& shard_of = index.shard_of;
   CatalogBuilder builder;
   for (const std::string& shard : shards) {
     std::string path = (dir / shard).string();
@@ -124,25 +148,9 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
                         " but that shard does not contain it");
     }
   }
-  auto meta = doc.find("metadata");
-  if (meta != doc.end() && meta->is_object()) {
-    auto ts = meta->find("total_size");
-    if (ts != meta->end()) {
-      uint64_t total = 0;
-      bool integral = ts->is_number_unsigned() || (ts->is_number_integer() && ts->get<int64_t>() >= 0);
-      if (integral) {
-        total = ts->get<uint64_t>();
-      } else if (ts->is_number_float() && ts->get<double>() >= 0 && ts->get<double>() < 1.8e19 &&
-                 static_cast<double>(static_cast<uint64_t>(ts->get<double>())) == ts->get<double>()) {
-        total = static_cast<uint64_t>(ts->get<double>());
-        integral = true;
-      }
-      if (!integral) return Corruption(Printable(index_path) + ": metadata.total_size is not a non-negative integer");
-      if (total != cat.total_bytes()) {
-        return Corruption(Printable(index_path) + ": metadata.total_size says " + std::to_string(total) +
-                          " bytes but the shards hold " + std::to_string(cat.total_bytes()) + " bytes of tensors");
-      }
-    }
+  if (index.total_size && *index.total_size != cat.total_bytes()) {
+    return Corruption(Printable(index_path) + ": metadata.total_size says " + std::to_string(*index.total_size) +
+                      " bytes but the shards hold " + std::to_string(cat.total_bytes()) + " bytes of tensors");
   }
   return builder.Finish();
 }

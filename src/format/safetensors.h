@@ -18,6 +18,7 @@
 
 #include "hoist/dtype.h"
 #include "hoist/status.h"
+#include "util/text.h"  // QuoteName
 
 namespace hoist {
 
@@ -60,9 +61,6 @@ Result<ParsedHeader> ParseSafetensorsBuffer(std::string_view label, std::string_
 // Reads the prefix and the header of an open file, then parses it.
 Result<ParsedHeader> ReadSafetensorsHeader(const File& file);
 
-// For messages: the name in quotes, control characters escaped, long names
-// shortened, so an error stays on one line whatever a file contains.
-std::string QuoteName(std::string_view name);
 
 // True when `bytes` is well-formed UTF-8 (no overlongs, no surrogates).
 bool IsValidUtf8(std::string_view bytes);

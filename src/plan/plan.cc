@@ -49,7 +49,7 @@ Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text) {
   while (std::getline(ss, item, ',')) {
     if (item.empty()) continue;
     size_t eq = item.find('=');
-    if (eq == std::string::npos) return InvalidArgument("--max-memory '" + item + "': expected DEVICE=SIZE (0=20GiB)");
+    if (eq == std::string::npos) return InvalidArgument("--max-memory " + QuoteName(item) + ": expected DEVICE=SIZE (0=20GiB)");
     HOIST_ASSIGN_OR_RETURN(DeviceId id, ParseDeviceId(item.substr(0, eq)));
     std::string size = item.substr(eq + 1);
     uint64_t bytes = 0;

@@ -373,5 +373,15 @@ TEST_F(PlanTest, ParseMaxMemoryAndDeviceIds) {
   for (const char* bad : {"", "cuda:", "cuda:x", "gpu", "-1", "cuda:-1", "CPU"}) EXPECT_FALSE(ParseDeviceId(bad).ok()) << bad;
 }
 
+TEST_F(PlanTest, FlagErrorsStayOnOneLine) {
+  // Found by fuzz/fuzz_json_inputs.cc: the text was echoed raw.
+  for (const char* bad : {"NcSl\n0", "0=\n1GB", "cu\nda=1GB", "\x1b[2J"}) {
+    Result<std::map<DeviceId, uint64_t>> r = ParseMaxMemory(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().message().find('\n'), std::string::npos) << r.status().message();
+    EXPECT_EQ(r.status().message().find('\x1b'), std::string::npos) << r.status().message();
+  }
+}
+
 }  // namespace
 }  // namespace hoist

@@ -1,3 +1,4 @@
+#include "util/text.h"
 #include "hoist/synth.h"
 
 #include <cstring>
@@ -52,7 +53,7 @@ Result<const ArchSpec*> ResolveArch(const SynthOptions& options) {
   if (arch == nullptr) {
     std::string known;
     for (const std::string& n : SynthArchNames()) known += (known.empty() ? "" : ", ") + n;
-    return InvalidArgument("unknown --arch '" + options.arch + "' (known: " + known + ")");
+    return InvalidArgument("unknown --arch " + QuoteName(options.arch) + " (known: " + known + ")");
   }
   if (options.dtype != DType::kBF16 && options.dtype != DType::kF16 && options.dtype != DType::kF32) {
     return InvalidArgument("synth --dtype must be bf16, f16 or f32");

@@ -34,4 +34,14 @@ std::string ByteText(uint64_t bytes) {
   return buf;
 }
 
+std::string QuoteName(std::string_view name) {
+  constexpr size_t kMaxShown = 160;
+  size_t cut = name.size();
+  if (cut > kMaxShown) {
+    cut = kMaxShown;  // never inside a multi-byte UTF-8 character
+    while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;
+  }
+  return "'" + Printable(name.substr(0, cut)) + (cut < name.size() ? "..." : "") + "'";
+}
+
 }  // namespace hoist

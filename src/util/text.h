@@ -12,6 +12,10 @@ namespace hoist {
 // escape sequences.
 std::string Printable(std::string_view text);
 
+// For messages: the name in quotes, control characters escaped, long names
+// shortened, so an error stays on one line whatever a file contains.
+std::string QuoteName(std::string_view name);
+
 // "279808 bytes (273.25 KiB)": exact, and readable at any size; for error
 // messages about memory. (Summaries for people use decimal units, as GB/s
 // does: the CLI's HumanBytes.)

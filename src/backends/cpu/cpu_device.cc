@@ -9,6 +9,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "util/text.h"
 #include "cast/cast.h"
 #include "hoist/device.h"
 
@@ -25,7 +26,7 @@ std::string DeviceId::ToString() const {
 
 Result<DeviceId> ParseDeviceId(std::string_view text) {
   auto bad = [&] {
-    return InvalidArgument("'" + std::string(text) + "' is not a device (expected cpu, disk, cuda, cuda:N or N)");
+    return InvalidArgument(QuoteName(text) + " is not a device (expected cpu, disk, cuda, cuda:N or N)");
   };
   auto parse_index = [](std::string_view digits, int* out) {
     if (digits.empty() || digits.size() > 6) return false;
