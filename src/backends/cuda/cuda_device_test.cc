@@ -304,14 +304,25 @@ TEST_F(CudaDeviceTest, CastKernelIsBitIdenticalToTheHostCast) {
       Result<DeviceMemory> out = DeviceMemory::Allocate(device_, out_bytes);
       ASSERT_TRUE(in.ok() && out.ok());
       ASSERT_TRUE(device_->CopyToDeviceAsync(in->get(), c.data, in_bytes).ok());
-      Status s = device_->CastAsync(out->get(), to, in->get(), c.from, c.count);
-      ASSERT_TRUE(s.ok()) << s.message();
-      std::vector<unsigned char> got(out_bytes), want(out_bytes);
-      ASSERT_TRUE(device_->CopyToHost(got.data(), out->get(), out_bytes).ok());
-      CastFloats(c.from, c.data, to, want.data(), c.count);
+      const size_t in_elem = static_cast<size_t>(DTypeBits(c.from) / 8);
       const size_t elem = static_cast<size_t>(DTypeBits(to) / 8);
-      for (size_t i = 0; i < c.count; ++i) {
-        ASSERT_EQ(std::memcmp(&got[i * elem], &want[i * elem], elem), 0) << "element " << i;
+      std::vector<unsigned char> want(out_bytes);
+      CastFloats(c.from, c.data, to, want.data(), c.count);
+      // All of it (the vector kernel), then a ragged tail (vector and scalar
+      // kernels), then a start one element in (the scalar kernel alone).
+      struct Range {
+        size_t first, count;
+      };
+      for (Range r : {Range{0, c.count}, Range{0, c.count - 3}, Range{1, c.count - 1}}) {
+        SCOPED_TRACE("elements " + std::to_string(r.first) + " + " + std::to_string(r.count));
+        Status s = device_->CastAsync(out->data() + r.first * elem, to, in->data() + r.first * in_elem, c.from,
+                                      r.count);
+        ASSERT_TRUE(s.ok()) << s.message();
+        std::vector<unsigned char> got(out_bytes);
+        ASSERT_TRUE(device_->CopyToHost(got.data(), out->get(), out_bytes).ok());
+        for (size_t i = r.first; i < r.first + r.count; ++i) {
+          ASSERT_EQ(std::memcmp(&got[i * elem], &want[i * elem], elem), 0) << "element " << i;
+        }
       }
     }
   }
