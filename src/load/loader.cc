@@ -220,13 +220,6 @@ uint64_t SlotStride(uint64_t chunk_bytes) { return (chunk_bytes + 255) / 256 * 2
 // of 8 MiB: 512 MiB pinned), however many reader threads there are.
 constexpr int kMaxDefaultSlots = 64;
 
-// Whether some tensor placed on `device` is cast.
-bool HasCast(const LoadPlan& plan, DeviceId device) {
-  for (const PlannedTensor& t : plan.tensors) {
-    if (t.device == device && t.alias_of < 0 && t.dtype != t.source->dtype) return true;
-  }
-  return false;
-}
 
 }  // namespace
 
@@ -295,12 +288,14 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       // Casts run on the device when it can (a kernel, after a raw copy
       // into its scratch); otherwise on the host, into a slot wide enough
       // for the widest cast.
+      bool casts = false;
       uint64_t widen = 1;
       for (const PlannedTensor& t : plan.tensors) {
         if (t.device != d.device || t.alias_of >= 0 || t.dtype == t.source->dtype) continue;
+        casts = true;
         widen = std::max<uint64_t>(widen, static_cast<uint64_t>(DTypeBits(t.dtype) / DTypeBits(t.source->dtype)));
       }
-      state->device_casts = options.pipeline && HasCast(plan, d.device) && device->SupportsCast();
+      state->device_casts = options.pipeline && casts && device->SupportsCast();
       state->slot_stride = state->device_casts ? stride : SlotStride(options.chunk_bytes * widen);
       host_extra += options.pipeline ? state->slot_stride * static_cast<uint64_t>(slots) : d.reserve_bytes;
       if (state->device_casts) scratch = stride;
@@ -358,7 +353,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   }
 
   // Staging for devices the host cannot write directly: a slot holds one
-  // chunk of file bytes (casts happen on the device, after the copy).
+  // chunk of file bytes, or of cast output where casts run on the host.
   const uint64_t chunk = options.chunk_bytes;
   for (auto& s : states) {
     if (!s->staged) continue;
