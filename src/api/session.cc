@@ -66,7 +66,7 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   }
   if (!a.expect_file.empty()) {
     HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(a.expect_file));
-    HOIST_ASSIGN_OR_RETURN(o.expect, ParseExpect(text, a.expect_file));
+    HOIST_ASSIGN_OR_RETURN(o.expect, ParseExpect(text, Printable(a.expect_file)));
   } else if (!a.expect_json.empty()) {
     HOIST_ASSIGN_OR_RETURN(o.expect, ParseExpect(a.expect_json, "expect"));
   }

@@ -52,7 +52,11 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
     return Status::Ok();
   };
   WriteOptions write = options.write;
-  for (const CatalogFile& f : catalog.files()) write.keep_files.push_back(f.path);  // never remove a source
+  // Never remove a source, nor the index that makes its shards a checkpoint.
+  for (const CatalogFile& f : catalog.files()) {
+    write.keep_files.push_back(f.path);
+    write.keep_files.push_back((std::filesystem::path(f.path).parent_path() / kIndexFileName).string());
+  }
   return WriteCheckpoint(dst, out, catalog.metadata(), write, fill);
 }
 

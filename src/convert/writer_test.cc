@@ -163,6 +163,7 @@ TEST(WriterTest, ConvertNeverRemovesItsSource) {
   ASSERT_TRUE(ConvertCheckpoint(*src, dir / "d/model.safetensors", co).ok());
   EXPECT_TRUE(std::filesystem::exists(dir / "d/model-00001-of-00002.safetensors"));
   EXPECT_TRUE(std::filesystem::exists(dir / "d/model-00002-of-00002.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "d/model.safetensors.index.json"));
 }
 
 TEST(WriterTest, RefusesShardsIntoAFileName) {

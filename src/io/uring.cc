@@ -65,7 +65,8 @@ class UringReader final : public BlockReader {
         io_uring_sqe_set_data64(sqe, i);
         ++prepared;
       }
-      // Submit what is prepared (none after an error) and wait for one.
+      // Submit what is prepared (entries prepared before an error still go,
+      // and are waited for) and wait for one completion.
       int rc = io_uring_submit_and_wait(&ring_, error.ok() || in_kernel > 0 ? 1 : 0);
       if (rc >= 0) {
         const unsigned taken = std::min(static_cast<unsigned>(rc), prepared);
@@ -77,7 +78,11 @@ class UringReader final : public BlockReader {
         if (error.ok()) error = IoError(Printable(file.path()) + ": io_uring submit failed: " + std::strerror(-rc));
         if (in_kernel == 0) break;
         io_uring_cqe* cqe = nullptr;
-        if (io_uring_wait_cqe(&ring_, &cqe) < 0) break;  // nothing more can come back
+        int wait = 0;
+        do {
+          wait = io_uring_wait_cqe(&ring_, &cqe);
+        } while (wait == -EINTR || wait == -EAGAIN);
+        if (wait < 0) break;  // the ring itself failed: nothing more can come back
       }
       io_uring_cqe* cqe = nullptr;
       while (io_uring_peek_cqe(&ring_, &cqe) == 0 && cqe != nullptr) {

@@ -201,11 +201,14 @@ Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited,
     std::string what = needed == limited ? "the plan needs " + ByteText(needed)
                                          : "the load needs " + ByteText(needed) + " (" + ByteText(needed - limited) +
                                                " of it staging and cast buffers)";
-    // When the tensors alone would fit, the load's own buffers are the excess.
-    std::string advice = needed > limited && limited <= available
-                             ? "use fewer or smaller buffers with --staging-buffers N or --chunk-size"
-                             : "spread the model with --device-map auto --max-memory 0=...,cpu=..., or shrink it "
-                               "with --dtype";
+    // When free memory (not --max-memory) is the limit and the tensors alone
+    // would fit, the load's own buffers are the excess.
+    const bool buffers = why != "--max-memory" && needed > limited && limited <= available;
+    std::string advice = !buffers ? "spread the model with --device-map auto --max-memory 0=...,cpu=..., or shrink it "
+                                    "with --dtype"
+                         : id.kind == DeviceKind::kCuda
+                             ? "use a smaller --chunk-size (the GPU holds one chunk of cast scratch)"
+                             : "use fewer or smaller staging buffers (--staging-buffers N, --chunk-size)";
     return OutOfMemory(id.ToString() + ": " + what + " but only " + ByteText(available) + " is available (" + why +
                        "); " + advice);
   }
@@ -217,7 +220,8 @@ Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited,
 uint64_t SlotStride(uint64_t chunk_bytes) { return (chunk_bytes + 255) / 256 * 256; }
 
 // The default staging ring never exceeds this many slots per GPU (64 chunks
-// of 8 MiB: 512 MiB pinned), however many reader threads there are.
+// of 8 MiB: 512 MiB pinned; twice that where casts widen on the host),
+// however many reader threads there are.
 constexpr int kMaxDefaultSlots = 64;
 
 

@@ -315,13 +315,19 @@ TEST_F(CudaDeviceTest, CastKernelIsBitIdenticalToTheHostCast) {
       };
       for (Range r : {Range{0, c.count}, Range{0, c.count - 3}, Range{1, c.count - 1}}) {
         SCOPED_TRACE("elements " + std::to_string(r.first) + " + " + std::to_string(r.count));
+        // A sentinel everywhere first: a missed write, or one outside the
+        // range, shows.
+        const std::vector<unsigned char> sentinel(out_bytes, 0xA5);
+        ASSERT_TRUE(device_->CopyToDeviceAsync(out->get(), sentinel.data(), out_bytes).ok());
         Status s = device_->CastAsync(out->data() + r.first * elem, to, in->data() + r.first * in_elem, c.from,
                                       r.count);
         ASSERT_TRUE(s.ok()) << s.message();
         std::vector<unsigned char> got(out_bytes);
         ASSERT_TRUE(device_->CopyToHost(got.data(), out->get(), out_bytes).ok());
-        for (size_t i = r.first; i < r.first + r.count; ++i) {
-          ASSERT_EQ(std::memcmp(&got[i * elem], &want[i * elem], elem), 0) << "element " << i;
+        for (size_t i = 0; i < c.count; ++i) {
+          const bool inside = i >= r.first && i < r.first + r.count;
+          ASSERT_EQ(std::memcmp(&got[i * elem], inside ? &want[i * elem] : &sentinel[i * elem], elem), 0)
+              << (inside ? "element " : "written outside the range: element ") << i;
         }
       }
     }
