@@ -159,6 +159,11 @@ def load(
     config_ties: bool = True,
     alloc: str = "reserve",
     threads: int = 0,
+    io: str = "auto",
+    direct: str = "off",
+    chunk_size: str = "8MiB",
+    staging_buffers: int = 0,
+    pipeline: bool = True,
 ) -> Model:
     """Loads a checkpoint (a .safetensors file or a directory) onto devices.
 
@@ -169,6 +174,9 @@ def load(
     rename: {regex: replacement} (first match wins); drop: regex(es);
     expect: names, or {name: {"dtype": ..., "shape": [...]}}; tensors not expected are never read,
         and model.report lists missing, unexpected and mismatched.
+    The rest are the CLI's `hoist load` options: alloc ("reserve" or "per-tensor"), threads (0: default),
+    io ("auto", "pread", "uring"), direct ("off", "auto", "on"), chunk_size ("8MiB"),
+    staging_buffers (0: readers + 2 per GPU), pipeline (False: read everything to host memory first).
     """
     if isinstance(device_map, Mapping):
         device_map = json.dumps(dict(device_map))
@@ -190,6 +198,11 @@ def load(
         no_config_ties=not config_ties,
         alloc=alloc,
         threads=threads,
+        io=io,
+        direct=direct,
+        chunk_size=chunk_size,
+        staging_buffers=staging_buffers,
+        pipeline=pipeline,
     )
     return Model(native)
 

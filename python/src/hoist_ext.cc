@@ -168,7 +168,8 @@ NB_MODULE(_hoist, m) {
          const std::string& max_memory, const std::string& dtype, const std::vector<std::string>& renames,
          const std::vector<std::string>& drops, const std::vector<std::string>& ties, const std::string& expect_json,
          const std::string& only, const std::string& compat, bool no_config_ties, const std::string& alloc,
-         int threads) {
+         int threads, const std::string& io, const std::string& direct, const std::string& chunk_size,
+         int staging_buffers, bool pipeline) {
         LoadRequest r;
         r.plan.path = path;
         r.plan.device = device;
@@ -184,6 +185,11 @@ NB_MODULE(_hoist, m) {
         r.plan.no_config_ties = no_config_ties;
         r.alloc = alloc;
         r.threads = threads;
+        r.io = io;
+        r.direct = direct;
+        r.chunk_size = chunk_size;
+        r.staging_slots = staging_buffers;
+        r.pipeline = pipeline;
         std::unique_ptr<LoadSession> session;
         {
           nb::gil_scoped_release release;  // reads run on hoist's own threads
@@ -197,5 +203,6 @@ NB_MODULE(_hoist, m) {
       nb::arg("dtype") = "", nb::arg("renames") = std::vector<std::string>(),
       nb::arg("drops") = std::vector<std::string>(), nb::arg("ties") = std::vector<std::string>(),
       nb::arg("expect_json") = "", nb::arg("only") = "", nb::arg("compat") = "", nb::arg("no_config_ties") = false,
-      nb::arg("alloc") = "reserve", nb::arg("threads") = 0);
+      nb::arg("alloc") = "reserve", nb::arg("threads") = 0, nb::arg("io") = "auto", nb::arg("direct") = "off",
+      nb::arg("chunk_size") = "8MiB", nb::arg("staging_buffers") = 0, nb::arg("pipeline") = true);
 }

@@ -527,6 +527,29 @@ def test_dtype_option(torch, st, tiny):
     assert torch.equal(torch.from_dlpack(model["model.norm.weight"]), want["model.norm.weight"].half())
 
 
+@pytest.mark.parametrize("opts", [
+    {"io": "uring"}, {"io": "pread", "direct": "on"}, {"chunk_size": "4KiB", "threads": 3},
+    {"alloc": "per-tensor"}, {"pipeline": False, "staging_buffers": 2},
+])
+def test_load_options_change_how_not_what(torch, st, tiny, opts):
+    want = st.load_file(str(tiny / "model.safetensors"))
+    model = hoist.load(str(tiny), device="cpu", **opts)
+    for name in model:
+        assert torch.equal(torch.from_dlpack(model[name]), want[name]), name
+    rep = model.report
+    if "io" in opts:
+        assert rep["io"] == opts["io"] and rep["uring_files"] == (1 if opts["io"] == "uring" else 0)
+    if "chunk_size" in opts:
+        assert rep["staging"]["chunk_bytes"] == 4096 and rep["threads"] == 3
+    if "alloc" in opts:
+        assert rep["devices"]["cpu"]["driver_allocs"] == len(model)
+
+
+def test_load_bad_option_raises_value_error(tiny):
+    with pytest.raises(ValueError, match="--io"):
+        hoist.load(str(tiny), device="cpu", io="mmap")
+
+
 def test_rename_and_drop(torch, st, tiny):
     want = st.load_file(str(tiny / "model.safetensors"))
     model = hoist.load(str(tiny), device="cpu", rename={r"^model\.": "base."}, drop=[r"layers\.1\.", r"^lm_head"])
