@@ -21,7 +21,7 @@ MODES = {
     "io_uring": ["--io", "uring"],
     "pread O_DIRECT": ["--io", "pread", "--direct", "on"],
     "io_uring O_DIRECT": ["--io", "uring", "--direct", "on"],
-    "default (auto)": [],
+    "auto": ["--io", "auto"],
 }
 
 

@@ -42,11 +42,13 @@ enum class AllocStrategy { kReserve, kPerTensor };
 // more threads beat O_DIRECT (docs/loading.md); NVMe is still to be measured.
 enum class DirectIo { kAuto, kOn, kOff };
 
-// What moves the bytes: pread from each reader thread, or io_uring, each
-// thread keeping several reads of a chunk in flight (src/io/uring.h). kAuto
-// (the default) uses io_uring for files mostly outside the page cache, where
-// it measured faster, and pread for cached ones, where it did not
-// (docs/loading.md); pread everywhere when io_uring is unavailable.
+// What moves the bytes: pread from each reader thread (the default), or
+// io_uring, each thread keeping several reads of a chunk in flight
+// (src/io/uring.h); kAuto uses io_uring for files mostly outside the page
+// cache and pread for cached ones (pread everywhere when io_uring is
+// unavailable). pread stays the default: on the disk measured so far
+// neither won reliably from a cold cache, and io_uring lost from a warm one
+// (docs/loading.md).
 enum class IoEngine { kAuto, kPread, kUring };
 
 // Counters another thread may read while a load runs (a progress line).
@@ -72,7 +74,7 @@ struct LoadOptions {
   // bytes over (the baseline the staged pipeline is measured against).
   bool pipeline = true;
   DirectIo direct = DirectIo::kOff;
-  IoEngine io = IoEngine::kAuto;
+  IoEngine io = IoEngine::kPread;
   // When set, Load stores the bytes it will read in progress->total once the
   // reads are planned, and adds to progress->done as reads finish.
   LoadProgress* progress = nullptr;

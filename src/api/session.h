@@ -43,7 +43,7 @@ struct LoadRequest {
   int staging_slots = 0;  // 0: reader threads + 2
   bool pipeline = true;
   std::string direct = "off";  // auto, on, off
-  std::string io = "auto";      // auto, pread, uring
+  std::string io = "pread";     // pread, auto, uring
   LoadProgress* progress = nullptr;  // when set, updated as the load runs
 };
 

@@ -182,11 +182,12 @@ TEST(HostLoaderTest, DirectReadsAreByteExactAndChosenForUncachedFiles) {
     for (const CatalogFile& f : cat->files()) Evict(f.path);
     LoadOptions opt;
     opt.direct = mode;
+    opt.io = IoEngine::kAuto;
     opt.chunk_bytes = 4096;  // reads at every alignment
     Result<LoadedModel> model = LoadToHost(*cat, opt);
     ASSERT_TRUE(model.ok()) << model.status().message();
     EXPECT_EQ(model->stats().direct_files, static_cast<int>(cat->files().size()));
-    // --io auto (the default) reads the cold files through io_uring.
+    // --io auto (set below) reads the cold files through io_uring.
     EXPECT_EQ(model->stats().uring_files, UringAvailable() ? static_cast<int>(cat->files().size()) : 0);
     for (size_t i = 0; i < tensors.size(); ++i) {
       const TensorView* v = model->Find(tensors[i].name);
@@ -202,6 +203,7 @@ TEST(HostLoaderTest, DirectReadsAreByteExactAndChosenForUncachedFiles) {
   }
   LoadOptions opt;
   opt.direct = DirectIo::kAuto;
+  opt.io = IoEngine::kAuto;
   Result<LoadedModel> model = LoadToHost(*cat, opt);
   ASSERT_TRUE(model.ok());
   EXPECT_EQ(model->stats().direct_files, 0);
