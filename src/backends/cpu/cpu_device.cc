@@ -11,6 +11,7 @@
 
 #include "util/text.h"
 #include "cast/cast.h"
+#include "backends/cpu/cgroup.h"
 #include "hoist/device.h"
 
 namespace hoist {
@@ -99,21 +100,20 @@ uint64_t ReadNumber(const std::string& path) {
   return v;
 }
 
-// What this process's memory cgroup (v2, or v1) still allows; UINT64_MAX
-// when there is no limit or it cannot be read. A container's limit is often
-// far below MemAvailable, and a load past it is killed, not refused.
-uint64_t CgroupHeadroomBytes() {
-  std::ifstream in("/proc/self/cgroup");
+}  // namespace
+
+uint64_t CgroupHeadroomBytes(const std::string& proc_cgroup, const std::string& sys_cgroup) {
+  std::ifstream in(proc_cgroup);
   std::string line;
   uint64_t headroom = UINT64_MAX;
   while (std::getline(in, line)) {
     std::string limit_file, usage_file;
     if (line.rfind("0::", 0) == 0) {
-      std::string dir = "/sys/fs/cgroup" + line.substr(3);
+      std::string dir = sys_cgroup + line.substr(3);
       limit_file = dir + "/memory.max";
       usage_file = dir + "/memory.current";
     } else if (size_t at = line.find(":memory:"); at != std::string::npos) {
-      std::string dir = "/sys/fs/cgroup/memory" + line.substr(at + 8);
+      std::string dir = sys_cgroup + "/memory" + line.substr(at + 8);
       limit_file = dir + "/memory.limit_in_bytes";
       usage_file = dir + "/memory.usage_in_bytes";
     } else {
@@ -127,6 +127,8 @@ uint64_t CgroupHeadroomBytes() {
   }
   return headroom;
 }
+
+namespace {
 
 class CpuEvent final : public Event {
  public:
@@ -156,7 +158,7 @@ class CpuDevice final : public Device {
       long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
       info.total_bytes = info.free_bytes = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
     }
-    info.free_bytes = std::min(info.free_bytes, CgroupHeadroomBytes());
+    info.free_bytes = std::min(info.free_bytes, CgroupHeadroomBytes("/proc/self/cgroup", "/sys/fs/cgroup"));
     return info;
   }
 
