@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
   c_load->add_option("--report", load.report, "Write a JSON report to this file");
   c_load->add_option("--chunk-size", load.request.chunk_size, "Largest single read (e.g. 8MiB)")->capture_default_str();
   c_load->add_option("--staging-buffers", load.request.staging_slots,
-                     "Pinned staging buffers per GPU (default 0: reader threads + 2)")
+                     "Pinned staging buffers per GPU (default 0: its share of the reader threads + 2, at most 64)")
       ->check(CLI::Range(0, 256));
   c_load->add_option("--direct", load.request.direct,
                      "O_DIRECT reads: off, auto (for files outside the page cache), on")
