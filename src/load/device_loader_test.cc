@@ -74,6 +74,19 @@ class DeviceLoaderTest : public ::testing::Test {
     return SIZE_MAX;
   }
 
+  // The file's bytes of `v` as a load with --dtype f32 must leave them:
+  // floats cast on the host, everything else as stored.
+  std::vector<unsigned char> FileBytesAsF32(const TensorView& v) {
+    size_t i = IndexOf(v.name);
+    std::vector<unsigned char> file(tensors_[i].size_bytes);
+    for (uint64_t k = 0; k < file.size(); ++k) file[k] = PatternByte(i, k);
+    if (!IsCastableFloat(v.stored_dtype)) return file;
+    size_t n = file.size() / static_cast<size_t>(DTypeBits(v.stored_dtype) / 8);
+    std::vector<unsigned char> want(n * 4);
+    CastFloats(v.stored_dtype, file.data(), DType::kF32, want.data(), n);
+    return want;
+  }
+
   void ExpectAllReturned() {
     EXPECT_EQ(gpu_->outstanding_bytes(), 0u);
     EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);
@@ -160,19 +173,8 @@ TEST_F(DeviceLoaderTest, CastOnTheDeviceMatchesTheHostCastBitForBit) {
   EXPECT_GT(gpu_->calls(FaultPoint::kCast), 3);
   for (const TensorView& v : model->tensors()) {
     SCOPED_TRACE(v.name);
-    size_t i = IndexOf(v.name);
-    std::vector<unsigned char> file(tensors_[i].size_bytes);
-    for (uint64_t k = 0; k < file.size(); ++k) file[k] = PatternByte(i, k);
-    std::vector<unsigned char> want = file;
-    if (IsCastableFloat(v.stored_dtype)) {
-      EXPECT_EQ(v.dtype, DType::kF32);
-      size_t n = file.size() / static_cast<size_t>(DTypeBits(v.stored_dtype) / 8);
-      want.assign(n * 4, 0);
-      CastFloats(v.stored_dtype, file.data(), DType::kF32, want.data(), n);
-    } else {
-      EXPECT_EQ(v.dtype, v.stored_dtype);  // never cast
-    }
-    ASSERT_EQ(DeviceBytes(v), want);
+    EXPECT_EQ(v.dtype, IsCastableFloat(v.stored_dtype) ? DType::kF32 : v.stored_dtype);  // others never cast
+    ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v));
   }
   // The scratch the casts went through was one more allocation, for the load
   // only: the model holds its reservation and nothing else.
@@ -218,18 +220,7 @@ TEST_F(DeviceLoaderTest, WithoutACastKernelCastsRunOnTheHost) {
   EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 1);  // no scratch
   EXPECT_EQ(model->stats().device_cast_pieces, 0);
   EXPECT_GT(model->stats().host_cast_seconds, 0);
-  for (const TensorView& v : model->tensors()) {
-    size_t i = IndexOf(v.name);
-    std::vector<unsigned char> file(tensors_[i].size_bytes);
-    for (uint64_t k = 0; k < file.size(); ++k) file[k] = PatternByte(i, k);
-    std::vector<unsigned char> want = file;
-    if (IsCastableFloat(v.stored_dtype)) {
-      size_t n = file.size() / static_cast<size_t>(DTypeBits(v.stored_dtype) / 8);
-      want.assign(n * 4, 0);
-      CastFloats(v.stored_dtype, file.data(), DType::kF32, want.data(), n);
-    }
-    ASSERT_EQ(DeviceBytes(v), want) << v.name;
-  }
+  for (const TensorView& v : model->tensors()) ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v)) << v.name;
   EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);  // the staging ring is gone; the model holds its reservation
 }
 
