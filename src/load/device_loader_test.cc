@@ -1,9 +1,11 @@
 // Loads onto a pretend GPU (FaultDevice): the staged path, placements across
 // devices, the refusal before allocation, and every error path.
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -197,7 +199,10 @@ TEST_F(DeviceLoaderTest, DefaultStagingIsReaderThreadsPlusTwo) {
   auto model = LoadWith(po);
   ASSERT_TRUE(model.ok()) << model.status().message();
   EXPECT_EQ(model->stats().staging_slots, 5);
-  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 1);  // one ring, cut into slots
+  // Two slots pinned before the reads, the other three two at a time while
+  // they run; all returned when the load ends.
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 3);
+  EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);
   EXPECT_EQ(gpu_->live_events(), 0);
   // Two GPUs share the readers: ceil(3 / 2) + 2 each.
   auto second = std::make_unique<FaultDevice>(DeviceId::Cuda(1), 64ull << 20);
@@ -397,6 +402,52 @@ TEST_P(DeviceLoaderFaultTest, EveryFailureReturnsEveryByte) {
 }
 
 INSTANTIATE_TEST_SUITE_P(NoCastDeviceCastHostCast, DeviceLoaderFaultTest, ::testing::Values(0, 1, 2));
+
+TEST_F(DeviceLoaderTest, BackgroundPinningFailureFailsTheLoadAndReturnsEveryByte) {
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  options_.staging_slots = 7;  // 2 pinned first, then 2 + 2 + 1 in the background
+  // The pinner stops once the reads are done; hold the first read until it
+  // has made `calls` attempts, so the outcome does not depend on timing.
+  auto hold_until_pinned = [this](int calls) {
+    return [this, calls](uint64_t read) {
+      for (int spin = 0; read == 0 && gpu_->calls(FaultPoint::kAllocatePinned) < calls && spin < 5000; ++spin) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      return Status::Ok();
+    };
+  };
+  for (int k = 2; k <= 4; ++k) {
+    SCOPED_TRACE("pinned allocation " + std::to_string(k));
+    auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), 64ull << 20);
+    gpu_ = gpu.get();
+    registry_ = DeviceRegistry();
+    registry_.Add(MakeCpuDevice());
+    registry_.Add(std::move(gpu));
+    gpu_->FailAt(FaultPoint::kAllocatePinned, k);
+    options_.before_read = hold_until_pinned(k);
+    auto model = LoadWith(po);
+    ASSERT_FALSE(model.ok());
+    EXPECT_NE(model.status().message().find("injected failure of allocate pinned call"), std::string::npos)
+        << model.status().message();
+    ExpectAllReturned();
+  }
+  // And with every pin working, all seven slots serve the load.
+  auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), 64ull << 20);
+  gpu_ = gpu.get();
+  registry_ = DeviceRegistry();
+  registry_.Add(MakeCpuDevice());
+  registry_.Add(std::move(gpu));
+  options_.before_read = hold_until_pinned(4);
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 4);
+  for (const TensorView& v : model->tensors()) {
+    size_t i = IndexOf(v.name);
+    std::vector<unsigned char> got = DeviceBytes(v);
+    for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
+  }
+}
 
 TEST_F(DeviceLoaderTest, ReadFailureReturnsEveryByte) {
   PlanOptions po;

@@ -89,10 +89,12 @@ struct DeviceState {
   // the order they are issued, so the next copy into it waits for the cast
   // before it. Freed when the load ends.
   DeviceMemory scratch;
-  DeviceMemory ring;  // pinned host memory: one allocation, cut into slots
-  std::vector<StagingSlot> slots;
+  // Pinned host memory, a few allocations cut into slots: the first before
+  // the reads start, the rest pinned in the background while they run.
+  std::vector<DeviceMemory> ring;
+  std::vector<StagingSlot> slots;  // sized up front; a slot is usable once its index is in free_slots
   std::deque<size_t> free_slots;
-  std::mutex mu;               // guards free_slots
+  std::mutex mu;               // guards free_slots and ring
   std::condition_variable cv;
   std::mutex copy_mu;          // orders copy + record on the stream
 };
@@ -218,6 +220,46 @@ Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited,
 // Staging slots and cast scratch areas are this many bytes apart, so each
 // holds a chunk and starts aligned for any element type.
 uint64_t SlotStride(uint64_t chunk_bytes) { return (chunk_bytes + 255) / 256 * 256; }
+
+// Pins slots [begin, end) of `s`'s ring in one allocation and hands them to
+// the readers. Nothing is published unless all of it worked.
+Status PinSlots(DeviceState& s, int begin, int end) {
+  if (begin >= end) return Status::Ok();
+  HOIST_ASSIGN_OR_RETURN(DeviceMemory part,
+                         DeviceMemory::AllocatePinned(s.device, s.slot_stride * static_cast<uint64_t>(end - begin)));
+  for (int k = begin; k < end; ++k) {
+    StagingSlot& slot = s.slots[static_cast<size_t>(k)];
+    slot.buffer = part.data() + static_cast<uint64_t>(k - begin) * s.slot_stride;
+    HOIST_ASSIGN_OR_RETURN(slot.event, s.device->CreateEvent());
+  }
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    s.ring.push_back(std::move(part));
+    for (int k = begin; k < end; ++k) s.free_slots.push_back(static_cast<size_t>(k));
+  }
+  s.cv.notify_all();
+  return Status::Ok();
+}
+
+// Pinning costs about 1-2 GB/s (docs/planning.md): a whole ring pinned
+// before the first read would hold up a load that streams at 50 GB/s. So
+// this many slots are pinned first, and the rest this many per allocation
+// on a background thread while the reads run.
+constexpr int kFirstSlots = 2;
+constexpr int kSlotsPerPin = 2;
+
+// Joins the background pinner, asking it to stop first, on every way out.
+struct BackgroundPinner {
+  std::atomic<bool>* stop = nullptr;
+  std::thread thread;
+  void Join() {
+    if (thread.joinable()) thread.join();
+  }
+  ~BackgroundPinner() {
+    if (stop != nullptr) stop->store(true);
+    Join();
+  }
+};
 
 // The default staging ring never exceeds this many slots per GPU (64 chunks
 // of 8 MiB: 512 MiB pinned; twice that where casts widen on the host),
@@ -366,16 +408,36 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       HOIST_ASSIGN_OR_RETURN(s->mirror, DeviceMemory::Allocate(host.get(), std::max<uint64_t>(d->reserve_bytes, 1)));
       continue;
     }
-    // One pinning call for the whole ring: each call has a fixed cost.
-    HOIST_ASSIGN_OR_RETURN(s->ring,
-                           DeviceMemory::AllocatePinned(s->device, s->slot_stride * static_cast<uint64_t>(slots)));
-    for (int k = 0; k < slots; ++k) {
-      StagingSlot slot;
-      slot.buffer = s->ring.data() + static_cast<uint64_t>(k) * s->slot_stride;
-      HOIST_ASSIGN_OR_RETURN(slot.event, s->device->CreateEvent());
-      s->slots.push_back(std::move(slot));
-      s->free_slots.push_back(s->slots.size() - 1);
-    }
+    s->slots.resize(static_cast<size_t>(slots));
+    HOIST_RETURN_IF_ERROR(PinSlots(*s, 0, std::min(slots, kFirstSlots)));
+  }
+  std::atomic<bool> stop{false};  // wakes workers waiting for a staging buffer
+  // The rest of each ring, pinned while the reads run. A failure stops the
+  // load like a failed read.
+  std::mutex pin_mu;
+  Status pin_status;
+  BackgroundPinner pinner;
+  pinner.stop = &stop;
+  if (options.pipeline && slots > kFirstSlots) {
+    pinner.thread = std::thread([&] {
+      for (auto& s : states) {
+        if (!s->staged) continue;
+        for (int k = kFirstSlots; k < slots && !stop.load(); k += kSlotsPerPin) {
+          Status st = PinSlots(*s, k, std::min(slots, k + kSlotsPerPin));
+          if (st.ok()) continue;
+          {
+            std::lock_guard<std::mutex> lock(pin_mu);
+            pin_status = std::move(st);
+          }
+          stop.store(true);
+          for (auto& w : states) {
+            std::lock_guard<std::mutex> lock(w->mu);
+            w->cv.notify_all();
+          }
+          return;
+        }
+      }
+    });
   }
   const double reserve_seconds = Since(reserve_start);
 
@@ -402,7 +464,6 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   }
   items = InterleaveByDevice(std::move(items), states.size());
   if (options.progress != nullptr) options.progress->total.store(bytes_read);
-  std::atomic<bool> stop{false};  // wakes workers waiting for a staging buffer
   std::atomic<uint64_t> host_cast_ns{0};
   int device_cast_pieces = 0;
   for (const ReadItem& it : items) {
@@ -518,6 +579,11 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         }
       },
       &threads);
+  // Done reading: the pinner need not pin more. Its failure fails the load
+  // (readers it stopped may have left their pieces unread).
+  stop.store(true);
+  pinner.Join();
+  if (read_status.ok() && !pin_status.ok()) read_status = pin_status;
   reader_local = ReaderLocal();
   // Pipeline off: now copy each GPU's bytes from host memory, tensor by tensor.
   const auto copy_start = Clock::now();
