@@ -63,23 +63,36 @@ Result<File> File::OpenForReading(const std::string& path, int extra_flags) {
   return File(fd, path, static_cast<uint64_t>(st.st_size));
 }
 
-Status File::ReadDirectAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes, std::vector<unsigned char>* bounce,
-                          BlockReader* via) const {
+uint64_t File::DirectSpanBytes(uint64_t offset_bytes, uint64_t size_bytes) {
+  const uint64_t a = kDirectAlignBytes;
+  return (offset_bytes + size_bytes + a - 1) / a * a - offset_bytes / a * a;
+}
+
+Result<const unsigned char*> File::ReadDirectInto(uint64_t offset_bytes, uint64_t size_bytes, unsigned char* aligned,
+                                                  BlockReader* via) const {
   const uint64_t a = kDirectAlignBytes;
   const uint64_t begin = offset_bytes / a * a;
-  const uint64_t end = (offset_bytes + size_bytes + a - 1) / a * a;
-  const uint64_t span = end - begin;
-  if (bounce->size() < span + a) bounce->resize(span + a);
-  // The vector's data is aligned by hand: offset into it.
-  auto* base = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(bounce->data()) + a - 1) / a * a);
+  const uint64_t span = DirectSpanBytes(offset_bytes, size_bytes);
   // The last aligned block may run past the end of the file: fine, as long
   // as the bytes asked for were there.
-  HOIST_ASSIGN_OR_RETURN(uint64_t got, via ? via->ReadUpTo(*this, begin, base, span) : PreadUpTo(begin, base, span));
+  HOIST_ASSIGN_OR_RETURN(uint64_t got,
+                         via ? via->ReadUpTo(*this, begin, aligned, span) : PreadUpTo(begin, aligned, span));
   if (got < offset_bytes - begin + size_bytes) {
     return IoError(Printable(path_) + ": unexpected end of file at offset " + std::to_string(begin + got) +
                    " (the file shrank while being read?)");
   }
-  std::memcpy(dst, base + (offset_bytes - begin), size_bytes);
+  return aligned + (offset_bytes - begin);
+}
+
+Status File::ReadDirectAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes, std::vector<unsigned char>* bounce,
+                          BlockReader* via) const {
+  const uint64_t a = kDirectAlignBytes;
+  const uint64_t span = DirectSpanBytes(offset_bytes, size_bytes);
+  if (bounce->size() < span + a) bounce->resize(span + a);
+  // The vector's data is aligned by hand: offset into it.
+  auto* base = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(bounce->data()) + a - 1) / a * a);
+  HOIST_ASSIGN_OR_RETURN(const unsigned char* bytes, ReadDirectInto(offset_bytes, size_bytes, base, via));
+  std::memcpy(dst, bytes, size_bytes);
   return Status::Ok();
 }
 

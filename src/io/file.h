@@ -59,6 +59,13 @@ class File {
   // as needed (one per thread).
   Status ReadDirectAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes, std::vector<unsigned char>* bounce,
                       BlockReader* via = nullptr) const;
+  // Without the copy: reads the aligned blocks around [offset, offset + size)
+  // into `aligned` (kDirectAlignBytes-aligned, DirectSpanBytes(offset, size)
+  // long) and returns where in it the bytes asked for begin.
+  Result<const unsigned char*> ReadDirectInto(uint64_t offset_bytes, uint64_t size_bytes, unsigned char* aligned,
+                                              BlockReader* via = nullptr) const;
+  // How many bytes an O_DIRECT read of [offset, offset + size) moves.
+  static uint64_t DirectSpanBytes(uint64_t offset_bytes, uint64_t size_bytes);
   // The fraction (0..1) of the file's pages in the page cache, from a sample
   // of at most 4096 pages (mincore).
   double CachedFraction() const;

@@ -1,5 +1,6 @@
 // Positional reads: pread and io_uring through the same checks, buffered and
 // O_DIRECT, at unaligned offsets, across many pieces, and at the end of file.
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <vector>
@@ -77,6 +78,17 @@ TEST_P(FileReadTest, DirectReadsAreByteExactAndStopAtTheEnd) {
     Status s = f->ReadDirectAt(offset, got.data(), size, &bounce, via_.get());
     ASSERT_TRUE(s.ok()) << s.message();
     ASSERT_EQ(got, Expect(offset, size)) << offset << "+" << size;
+    // The same without the copy, into an aligned buffer of the span's size.
+    const uint64_t span = File::DirectSpanBytes(offset, size);
+    EXPECT_EQ(span % File::kDirectAlignBytes, 0u);
+    EXPECT_GE(span, size);
+    void* raw = std::aligned_alloc(File::kDirectAlignBytes, span);
+    auto* aligned = static_cast<unsigned char*>(raw);
+    Result<const unsigned char*> at = f->ReadDirectInto(offset, size, aligned, via_.get());
+    ASSERT_TRUE(at.ok()) << at.status().message();
+    EXPECT_EQ(*at, aligned + offset % File::kDirectAlignBytes);
+    EXPECT_EQ(std::vector<unsigned char>(*at, *at + size), Expect(offset, size)) << offset << "+" << size;
+    std::free(raw);
   }
   std::vector<unsigned char> got(10);
   EXPECT_FALSE(f->ReadDirectAt(299'995, got.data(), got.size(), &bounce, via_.get()).ok());

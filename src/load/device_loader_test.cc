@@ -14,6 +14,7 @@
 #include "cast/cast.h"
 #include "hoist/loader.h"
 #include "hoist/writer.h"
+#include "io/file.h"
 #include "testing/temp_dir.h"
 
 namespace hoist {
@@ -446,6 +447,38 @@ TEST_F(DeviceLoaderTest, BackgroundPinningFailureFailsTheLoadAndReturnsEveryByte
     size_t i = IndexOf(v.name);
     std::vector<unsigned char> got = DeviceBytes(v);
     for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
+  }
+}
+
+TEST_F(DeviceLoaderTest, DirectReadsLandInTheStagingSlots) {
+  {
+    Result<File> probe = File::OpenReadDirect(catalog_->files()[0].path);
+    if (!probe.ok()) GTEST_SKIP() << "no O_DIRECT here: " << probe.status().message();
+  }
+  options_.direct = DirectIo::kOn;
+  for (uint64_t chunk : {4096u, 5000u, 12288u}) {
+    for (bool cast : {false, true}) {
+      for (bool kernel : {true, false}) {
+        SCOPED_TRACE("chunk " + std::to_string(chunk) + (cast ? " cast" : "") + (kernel ? "" : " on the host"));
+        gpu_->set_supports_cast(kernel);
+        options_.chunk_bytes = chunk;
+        PlanOptions po;
+        po.device = DeviceId::Cuda(0);
+        if (cast) po.cast_to = DType::kF32;
+        auto model = LoadWith(po);
+        ASSERT_TRUE(model.ok()) << model.status().message();
+        EXPECT_EQ(model->stats().direct_files, static_cast<int>(catalog_->files().size()));
+        for (const TensorView& v : model->tensors()) {
+          if (cast) {
+            ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v)) << v.name;
+          } else {
+            size_t i = IndexOf(v.name);
+            std::vector<unsigned char> got = DeviceBytes(v);
+            for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
+          }
+        }
+      }
+    }
   }
 }
 

@@ -343,6 +343,12 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       }
       state->device_casts = options.pipeline && casts && device->SupportsCast();
       state->slot_stride = state->device_casts ? stride : SlotStride(options.chunk_bytes * widen);
+      if (open.direct_count > 0) {
+        // O_DIRECT reads land in the slot whole: page-aligned slots with
+        // room for the blocks around a chunk.
+        const uint64_t a = File::kDirectAlignBytes;
+        state->slot_stride = (std::max(state->slot_stride, options.chunk_bytes + 2 * a) + a - 1) / a * a;
+      }
       host_extra += options.pipeline ? state->slot_stride * static_cast<uint64_t>(slots) : d.reserve_bytes;
       if (state->device_casts) scratch = stride;
     }
@@ -477,21 +483,23 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     const File& direct = open.direct[t.source->file_index];
     const bool cast = t.dtype != t.source->dtype;
     DeviceState& s = *states[it.device];
-    auto read_into = [&](unsigned char* dst) -> Status {
-      BlockReader* via = nullptr;
-      if (open.uring[t.source->file_index]) {
-        if (local.ring == nullptr && !local.no_ring) {
-          Result<std::unique_ptr<BlockReader>> ring = MakeUringReader();
-          if (ring.ok()) {
-            local.ring = std::move(ring).value();
-          } else if (options.io == IoEngine::kUring) {
-            return Status(ring.status().code(), Printable(file.path()) + ": " + ring.status().message());
-          } else {
-            local.no_ring = true;  // auto: this thread reads with pread (e.g. out of file descriptors)
-          }
+    // This thread's io_uring ring for this file, or nullptr for pread.
+    auto reader = [&]() -> Result<BlockReader*> {
+      if (!open.uring[t.source->file_index]) return nullptr;
+      if (local.ring == nullptr && !local.no_ring) {
+        Result<std::unique_ptr<BlockReader>> ring = MakeUringReader();
+        if (ring.ok()) {
+          local.ring = std::move(ring).value();
+        } else if (options.io == IoEngine::kUring) {
+          return Status(ring.status().code(), Printable(file.path()) + ": " + ring.status().message());
+        } else {
+          local.no_ring = true;  // auto: this thread reads with pread (e.g. out of file descriptors)
         }
-        via = local.ring.get();
       }
+      return local.ring.get();
+    };
+    auto read_into = [&](unsigned char* dst) -> Status {
+      HOIST_ASSIGN_OR_RETURN(BlockReader* via, reader());
       if (direct.fd() < 0) return file.ReadAt(it.file_offset_bytes, dst, it.size_bytes, via);
       return direct.ReadDirectAt(it.file_offset_bytes, dst, it.size_bytes, &local.bounce, via);
     };
@@ -520,7 +528,24 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (slot.pending) st = slot.event->Wait();
     slot.pending = false;
     const bool device_cast = cast && s.device_casts;
-    if (st.ok()) st = cast && !device_cast ? cast_into(slot.buffer) : read_into(slot.buffer);
+    // Where the piece's file bytes are once read: O_DIRECT reads land in the
+    // (page-aligned) slot with the blocks around them, and are copied from
+    // there, with no bounce buffer.
+    const unsigned char* bytes = slot.buffer;
+    if (st.ok()) {
+      if (cast && !device_cast) {
+        st = cast_into(slot.buffer);
+      } else if (direct.fd() >= 0 && reinterpret_cast<uintptr_t>(slot.buffer) % File::kDirectAlignBytes == 0) {
+        Result<BlockReader*> via = reader();
+        Result<const unsigned char*> got =
+            via.ok() ? direct.ReadDirectInto(it.file_offset_bytes, it.size_bytes, slot.buffer, *via)
+                     : Result<const unsigned char*>(via.status());
+        st = got.status();
+        if (got.ok()) bytes = *got;
+      } else {
+        st = read_into(slot.buffer);
+      }
+    }
     bool queued = false;  // something on the stream may still read the slot
     if (st.ok()) {
       std::lock_guard<std::mutex> lock(s.copy_mu);
@@ -528,14 +553,14 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         // File bytes to the scratch area, then the kernel casts them into
         // place; the event after both frees the slot.
         unsigned char* raw = s.scratch.data();
-        st = s.device->CopyToDeviceAsync(raw, slot.buffer, it.size_bytes);
+        st = s.device->CopyToDeviceAsync(raw, bytes, it.size_bytes);
         queued = st.ok();
         if (st.ok()) {
           st = s.device->CastAsync(it.dst, t.dtype, raw, t.source->dtype,
                                    it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
         }
       } else {
-        st = s.device->CopyToDeviceAsync(it.dst, slot.buffer, it.dst_bytes);
+        st = s.device->CopyToDeviceAsync(it.dst, bytes, it.dst_bytes);
         queued = st.ok();
       }
       if (st.ok()) st = slot.event->Record();
