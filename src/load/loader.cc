@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <mutex>
 #include <regex>
+#include <system_error>
 #include <thread>
 
 #include "cast/cast.h"
@@ -425,7 +426,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   BackgroundPinner pinner;
   pinner.stop = &stop;
   if (options.pipeline && slots > kFirstSlots) {
-    pinner.thread = std::thread([&] {
+    auto pin_rest = [&] {
       for (auto& s : states) {
         if (!s->staged) continue;
         for (int k = kFirstSlots; k < slots && !stop.load(); k += kSlotsPerPin) {
@@ -443,7 +444,13 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
           return;
         }
       }
-    });
+    };
+    try {
+      pinner.thread = std::thread(pin_rest);
+    } catch (const std::system_error&) {
+      pin_rest();  // no thread to be had: pin the rest now
+      HOIST_RETURN_IF_ERROR(pin_status);
+    }
   }
   const double reserve_seconds = Since(reserve_start);
 
