@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -75,6 +76,18 @@ class DeviceLoaderTest : public ::testing::Test {
       if (tensors_[i].name == name) return i;
     }
     return SIZE_MAX;
+  }
+
+  // The background pinner stops once the reads are done: a before_read hook
+  // that holds the first read until `calls` pinned allocations were tried,
+  // so what a test counts does not depend on timing.
+  std::function<Status(uint64_t)> HoldUntilPinned(int calls) {
+    return [this, calls](uint64_t read) {
+      for (int spin = 0; read == 0 && gpu_->calls(FaultPoint::kAllocatePinned) < calls && spin < 5000; ++spin) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      return Status::Ok();
+    };
   }
 
   // The file's bytes of `v` as a load with --dtype f32 must leave them:
@@ -197,6 +210,7 @@ TEST_F(DeviceLoaderTest, DefaultStagingIsReaderThreadsPlusTwo) {
   po.device = DeviceId::Cuda(0);
   options_.staging_slots = 0;
   options_.threads = 3;
+  options_.before_read = HoldUntilPinned(3);
   auto model = LoadWith(po);
   ASSERT_TRUE(model.ok()) << model.status().message();
   EXPECT_EQ(model->stats().staging_slots, 5);
@@ -408,16 +422,6 @@ TEST_F(DeviceLoaderTest, BackgroundPinningFailureFailsTheLoadAndReturnsEveryByte
   PlanOptions po;
   po.device = DeviceId::Cuda(0);
   options_.staging_slots = 7;  // 2 pinned first, then 2 + 2 + 1 in the background
-  // The pinner stops once the reads are done; hold the first read until it
-  // has made `calls` attempts, so the outcome does not depend on timing.
-  auto hold_until_pinned = [this](int calls) {
-    return [this, calls](uint64_t read) {
-      for (int spin = 0; read == 0 && gpu_->calls(FaultPoint::kAllocatePinned) < calls && spin < 5000; ++spin) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-      return Status::Ok();
-    };
-  };
   for (int k = 2; k <= 4; ++k) {
     SCOPED_TRACE("pinned allocation " + std::to_string(k));
     auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), 64ull << 20);
@@ -426,7 +430,7 @@ TEST_F(DeviceLoaderTest, BackgroundPinningFailureFailsTheLoadAndReturnsEveryByte
     registry_.Add(MakeCpuDevice());
     registry_.Add(std::move(gpu));
     gpu_->FailAt(FaultPoint::kAllocatePinned, k);
-    options_.before_read = hold_until_pinned(k);
+    options_.before_read = HoldUntilPinned(k);
     auto model = LoadWith(po);
     ASSERT_FALSE(model.ok());
     EXPECT_NE(model.status().message().find("injected failure of allocate pinned call"), std::string::npos)
@@ -439,7 +443,7 @@ TEST_F(DeviceLoaderTest, BackgroundPinningFailureFailsTheLoadAndReturnsEveryByte
   registry_ = DeviceRegistry();
   registry_.Add(MakeCpuDevice());
   registry_.Add(std::move(gpu));
-  options_.before_read = hold_until_pinned(4);
+  options_.before_read = HoldUntilPinned(4);
   auto model = LoadWith(po);
   ASSERT_TRUE(model.ok()) << model.status().message();
   EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 4);
