@@ -47,14 +47,20 @@ class DeviceLoaderTest : public ::testing::Test {
     auto cat = OpenCatalog(dir_ / "ckpt");
     ASSERT_TRUE(cat.ok());
     catalog_ = std::make_unique<Catalog>(std::move(cat).value());
-    auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), 64ull << 20);
-    gpu_ = gpu.get();
-    registry_.Add(MakeCpuDevice());
-    registry_.Add(std::move(gpu));
+    ResetDevices();
     options_.chunk_bytes = 4096;  // many pieces, tensors straddle chunks
     options_.staging_slots = 2;
     options_.gpu_margin_bytes = 0;
     options_.threads = 3;
+  }
+
+  // A fresh registry: the cpu and a new test GPU (gpu_) of `capacity` bytes.
+  void ResetDevices(uint64_t capacity = 64ull << 20) {
+    auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), capacity);
+    gpu_ = gpu.get();
+    registry_ = DeviceRegistry();
+    registry_.Add(MakeCpuDevice());
+    registry_.Add(std::move(gpu));
   }
 
   Result<LoadedModel> LoadWith(PlanOptions po) {
@@ -350,11 +356,7 @@ TEST_F(DeviceLoaderTest, CastScratchCountsInTheCheckBeforeAllocating) {
   ASSERT_TRUE(plan.ok());
   const uint64_t reserve = plan->FindDevice(DeviceId::Cuda(0))->reserve_bytes;
   // Room for the tensors but not for one chunk (4096 bytes) of cast scratch.
-  auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), reserve + 1000);
-  gpu_ = gpu.get();
-  registry_ = DeviceRegistry();
-  registry_.Add(MakeCpuDevice());
-  registry_.Add(std::move(gpu));
+  ResetDevices(reserve + 1000);
   auto model = LoadWith(po);
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().code(), StatusCode::kOutOfMemory);
@@ -398,14 +400,9 @@ TEST_P(DeviceLoaderFaultTest, EveryFailureReturnsEveryByte) {
   for (int p = 0; p < hoist::testing::kFaultPointCount; ++p) {
     for (int k = 1; k <= successful[p]; ++k) {
       SCOPED_TRACE("point " + std::to_string(p) + " call " + std::to_string(k));
-      auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), 64ull << 20);
-      FaultDevice* dev = gpu.get();
-      registry_ = DeviceRegistry();
-      registry_.Add(MakeCpuDevice());
-      registry_.Add(std::move(gpu));
-      gpu_ = dev;
-      dev->FailAt(static_cast<FaultPoint>(p), k);
-      dev->set_supports_cast(kernel);
+      ResetDevices();
+      gpu_->FailAt(static_cast<FaultPoint>(p), k);
+      gpu_->set_supports_cast(kernel);
       auto model = LoadWith(po);
       ASSERT_FALSE(model.ok());
       EXPECT_NE(model.status().message().find("injected failure"), std::string::npos) << model.status().message();
@@ -424,11 +421,7 @@ TEST_F(DeviceLoaderTest, BackgroundPinningFailureFailsTheLoadAndReturnsEveryByte
   options_.staging_slots = 7;  // 2 pinned first, then 2 + 2 + 1 in the background
   for (int k = 2; k <= 4; ++k) {
     SCOPED_TRACE("pinned allocation " + std::to_string(k));
-    auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), 64ull << 20);
-    gpu_ = gpu.get();
-    registry_ = DeviceRegistry();
-    registry_.Add(MakeCpuDevice());
-    registry_.Add(std::move(gpu));
+    ResetDevices();
     gpu_->FailAt(FaultPoint::kAllocatePinned, k);
     options_.before_read = HoldUntilPinned(k);
     auto model = LoadWith(po);
@@ -438,11 +431,7 @@ TEST_F(DeviceLoaderTest, BackgroundPinningFailureFailsTheLoadAndReturnsEveryByte
     ExpectAllReturned();
   }
   // And with every pin working, all seven slots serve the load.
-  auto gpu = std::make_unique<FaultDevice>(DeviceId::Cuda(0), 64ull << 20);
-  gpu_ = gpu.get();
-  registry_ = DeviceRegistry();
-  registry_.Add(MakeCpuDevice());
-  registry_.Add(std::move(gpu));
+  ResetDevices();
   options_.before_read = HoldUntilPinned(4);
   auto model = LoadWith(po);
   ASSERT_TRUE(model.ok()) << model.status().message();
