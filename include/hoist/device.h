@@ -155,4 +155,21 @@ std::unique_ptr<Device> MakeCpuDevice();
 // A registry holding the cpu device only.
 DeviceRegistry MakeCpuRegistry();
 
+// What the host offers a load onto `cpu` (`hoist probe`), measured with
+// `threads` threads over `bytes` of new memory mapped as a load's arena is.
+struct HostProbe {
+  uint64_t bytes = 0;
+  int threads = 0;
+  // First touch of fresh memory: the kernel supplies and zeroes each page.
+  // A CPU load pays this for its whole arena, besides the copy.
+  double fresh_seconds = 0;
+  double fresh_gbps = 0;
+  // memcpy between pages already touched.
+  double memcpy_gbps = 0;
+};
+// REQUIRES: 1 <= threads <= 1024 and bytes >= two pages per thread (else
+// InvalidArgument); OutOfMemory when bytes exceed the cpu device's free
+// memory or cannot be mapped.
+Result<HostProbe> ProbeHost(uint64_t bytes, int threads);
+
 }  // namespace hoist

@@ -65,8 +65,14 @@ int main(int argc, char** argv) {
   c_plan->add_flag("--json", plan.json, "Print JSON");
 
   ProbeArgs probe;
-  auto* c_probe = app.add_subcommand("probe", "Measure each GPU: memory, host-to-device GB/s, cudaMalloc cost");
+  auto* c_probe = app.add_subcommand(
+      "probe", "Measure what this machine offers a load: each GPU's memory, host-to-device GB/s and cudaMalloc "
+               "cost; the host's fresh-memory and memcpy GB/s");
   c_probe->add_flag("--json", probe.json, "Print JSON");
+  c_probe->add_option("--host-bytes", probe.host_bytes,
+                      "Fresh host memory to measure (e.g. 2GiB; default 1GiB, at most half the free memory)");
+  c_probe->add_option("--threads", probe.threads, "Threads for the host measurement (default: a load's)")
+      ->check(CLI::Range(1, 1024));
 
   ConvertArgs convert;
   auto* c_convert = app.add_subcommand("convert", "Rewrite a checkpoint: cast, filter, re-shard");

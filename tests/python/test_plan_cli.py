@@ -948,8 +948,23 @@ def test_load_unmatched_key_warns(run_hoist, tiny):
 # -------------------------------------------------------------------- probe
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--host-bytes", "lots"], "is not a size"),
+    (["--host-bytes", "4KiB"], "too small"),
+    (["--host-bytes", "1000TB"], "available"),
+    (["--threads", "0"], "--threads"),
+])
+def test_probe_rejects_bad_host_arguments(run_hoist, args, message):
+    proc = run_hoist("probe", *args)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert message in proc.stderr and proc.stderr.startswith("error:"), proc.stderr
+    assert proc.stdout == "", proc.stdout  # nothing measured or printed before the error
+
+
 def test_probe_text(run_hoist, gpu_count):
-    proc = ok(run_hoist("probe"))
+    proc = ok(run_hoist("probe", "--host-bytes", "32MiB"))
+    assert re.search(r"^host  \d+ cores$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^  fresh memory, first touch +[\d.]+ GB/s  \(0\.03 GiB, \d+ threads", proc.stdout, re.M), proc.stdout
     if gpu_count:
         assert re.search(r"^cuda:0\b", proc.stdout, re.M), proc.stdout
     else:
@@ -958,9 +973,13 @@ def test_probe_text(run_hoist, gpu_count):
 
 
 def test_probe_json(run_hoist, gpu_count):
-    proc = ok(run_hoist("probe", "--json"))
+    proc = ok(run_hoist("probe", "--json", "--host-bytes", "64MiB", "--threads", "3"))
     doc = json.loads(proc.stdout)
-    assert set(doc) <= {"gpus", "cuda"} and isinstance(doc["gpus"], list)
+    assert set(doc) <= {"gpus", "cuda", "host"} and isinstance(doc["gpus"], list)
+    host = doc["host"]
+    assert host["bytes"] == 64 << 20 and host["threads"] == 3 and host["cores"] >= 1, host
+    assert host["fresh_memory_seconds"] > 0 and host["fresh_memory_gbps"] > 0 and host["memcpy_gbps"] > 0, host
+    assert abs(host["fresh_memory_gbps"] - host["bytes"] / host["fresh_memory_seconds"] / 1e9) < 1e-6 * host["fresh_memory_gbps"]
     if not gpu_count:
         assert doc["gpus"] == []
         assert doc.get("cuda", False) is False
