@@ -41,13 +41,14 @@ def main():
     ap.add_argument("--hoist-bin", required=True)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--reports", help="where the per-run load report goes (default: --out)")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--budget", type=float, default=120.0, help="seconds for all runs; later modes are skipped")
     args = ap.parse_args()
     files = sorted(glob.glob(os.path.join(args.dir, "*.safetensors")))
     total = sum(os.path.getsize(f) for f in files)
     results = {}
-    report = os.path.join(args.out, "cold-read-report.json")
+    report = os.path.join(args.reports or args.out, "cold-read-report.json")
     section_start = time.perf_counter()
     for name, flags in MODES.items():
         times, read_times, how = [], [], ""

@@ -376,12 +376,16 @@ Status ProbeCopies(int device, uint64_t copy_bytes, CudaProbe* probe) {
   std::memset(host, 0xa5, static_cast<size_t>(host_bytes));
   HOIST_ASSIGN_OR_RETURN(probe->h2d_pageable_gbps, TimeHostToDevice(device, dst, host, copy_bytes, stream, "pageable"));
 
+  // Pinning is the one figure a load does without (it allocates its staging
+  // pinned): where registering memory fails, say so and report 0.
   std::vector<double> seconds;
   for (int i = 0; i < kProbeTimedPins; ++i) {
     auto t0 = std::chrono::steady_clock::now();
     err = cudaHostRegister(host, static_cast<size_t>(kProbePinBytes), cudaHostRegisterDefault);
     if (err != cudaSuccess) {
-      return CudaFailure(err, device, fmt::format("probe: cudaHostRegister of {} bytes", kProbePinBytes));
+      WarnOnFailure(err, device, fmt::format("probe: cudaHostRegister of {} bytes", kProbePinBytes));
+      probe->pin_gbps = 0;
+      return Status::Ok();
     }
     seconds.push_back(SecondsSince(t0));
     err = cudaHostUnregister(host);

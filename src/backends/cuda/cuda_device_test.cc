@@ -12,6 +12,7 @@
 
 #include "cast/cast.h"
 #include "hoist/cuda.h"
+#include "testing/gpu.h"
 #include "hoist/device.h"
 
 namespace hoist {
@@ -38,7 +39,10 @@ class CudaDeviceTest : public ::testing::Test {
     Status s = RegisterCudaDevices(&registry_, &count);
     ASSERT_TRUE(s.ok()) << s.message();
     ASSERT_EQ(count, registry_.CudaCount());
-    if (count == 0) GTEST_SKIP() << "no CUDA GPU: " << CudaUnavailableReason();
+    if (count == 0) {
+      if (hoist::testing::GpuRequired()) FAIL() << "HOIST_REQUIRE_GPU=1 but no CUDA GPU: " << CudaUnavailableReason();
+      GTEST_SKIP() << "no CUDA GPU: " << CudaUnavailableReason();
+    }
     device_ = registry_.Find(DeviceId::Cuda(0));
     ASSERT_NE(device_, nullptr);
     // Create the context and the copy stream, and let the driver set up its

@@ -8,6 +8,7 @@
 
 #include "cast/cast.h"
 #include "hoist/cuda.h"
+#include "testing/gpu.h"
 #include "hoist/loader.h"
 #include "hoist/synth.h"
 #include "hoist/writer.h"
@@ -23,7 +24,10 @@ class CudaLoadTest : public ::testing::Test {
     registry_ = MakeCpuRegistry();
     int count = 0;
     ASSERT_TRUE(RegisterCudaDevices(&registry_, &count).ok());
-    if (count == 0) GTEST_SKIP() << "no CUDA GPU: " << CudaUnavailableReason();
+    if (count == 0) {
+      if (hoist::testing::GpuRequired()) FAIL() << "HOIST_REQUIRE_GPU=1 but no CUDA GPU: " << CudaUnavailableReason();
+      GTEST_SKIP() << "no CUDA GPU: " << CudaUnavailableReason();
+    }
     // A real layout (sharded, unaligned sizes) plus odd dtypes and tiny tensors.
     SynthOptions so;
     so.arch = "tiny-llama";
