@@ -123,6 +123,26 @@ def main():
     attempt("hoist_no_pipeline", cli, "hoist_no_pipeline", "--no-pipeline")
     attempt("hoist_cast_f32", cli, "hoist_cast_f32", "--dtype", "f32")
 
+    # One run each of the read settings around the defaults, to settle them
+    # on this machine: chunk (= staging buffer) size and reader threads.
+    sweep = {}
+    settings = [("--chunk-size", c) for c in ("8MiB", "16MiB", "32MiB", "64MiB")]
+    settings += [("--threads", t) for t in ("8", "16", "32")]
+    for flag, value in settings:
+        if args.deadline and time.time() > args.deadline - 240:
+            print("sweep cut short: too close to the deadline", file=sys.stderr)
+            break
+        report = os.path.join(reports_dir, f"sweep{flag}-{value}.json")
+        try:
+            subprocess.run([args.hoist_bin, "load", args.dir, "--device", device, "--report", report, "-q", flag, value],
+                           check=True, timeout=120)
+            rep = json.load(open(report))
+            sweep[f"{flag} {value}"] = {"seconds": rep["seconds"], "gbps": rep["total_bytes"] / rep["seconds"] / 1e9,
+                                        "threads": rep["threads"], "chunk_bytes": rep["staging"]["chunk_bytes"],
+                                        "buffers_per_gpu": rep["staging"]["buffers_per_gpu"]}
+        except Exception as e:
+            sweep[f"{flag} {value}"] = {"seconds": None, "error": repr(e)}
+
     try:
         import hoist
 
@@ -186,10 +206,16 @@ def main():
     header = (f"# hoist load benchmark, {date}\n\nmachine: {args.gpu_name}; checkpoint: {args.dir} "
               f"({total} bytes in {len(shards)} files, warm page cache); device {device}\n"
               f"pinned host-to-device bound (hoist probe): {args.bound_gbps:.2f} GB/s\n\n")
-    md = header + table + "\n\n" + cast_note + "\n"
+    sweep_lines = ["| hoist load, one run | seconds | GB/s | threads | staging buffers |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, r in sweep.items():
+        if r.get("seconds") is None:
+            sweep_lines.append(f"| {name} | failed | | | |")
+        else:
+            sweep_lines.append(f"| {name} | {r['seconds']:.3f} | {r['gbps']:.2f} | {r['threads']} | {r['buffers_per_gpu']} |")
+    md = header + table + "\n\n" + cast_note + "\n\n" + "\n".join(sweep_lines) + "\n"
     print(md)
     doc = {"gpu": args.gpu_name, "date": date, "bytes": total, "h2d_pinned_gbps": args.bound_gbps,
-           "device": device, "runs": results}
+           "device": device, "runs": results, "sweep": sweep}
     slug = args.gpu_name.replace(" ", "-").replace("/", "-")
     for folder in {args.out}:
         json.dump(doc, open(os.path.join(folder, f"{date}-{slug}.json"), "w"), indent=2)

@@ -66,8 +66,8 @@ struct LoadOptions {
   // Reader threads; 0: one per core (2..32), at least 8 when a file is mostly
   // outside the page cache (the reads then wait on the disk, not the CPU).
   int threads = 0;
-  uint64_t chunk_bytes = 8ull << 20;     // largest single read
-  int staging_slots = 0;                 // pinned buffers per GPU; 0: reader threads + 2
+  uint64_t chunk_bytes = 16ull << 20;    // largest single read; a staging slot's size
+  int staging_slots = 0;                 // pinned buffers per GPU; 0: its share of the readers + 2, at most 32
   uint64_t gpu_margin_bytes = kDefaultGpuMarginBytes;
   std::map<DeviceId, uint64_t> max_memory;  // extra per-device limits
   // false: read everything into host memory first, then copy each GPU's

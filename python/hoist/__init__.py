@@ -161,7 +161,7 @@ def load(
     threads: int = 0,
     io: str = "pread",
     direct: str = "off",
-    chunk_size: str = "8MiB",
+    chunk_size: str = "16MiB",
     staging_buffers: int = 0,
     pipeline: bool = True,
 ) -> Model:
@@ -175,7 +175,7 @@ def load(
     expect: names, or {name: {"dtype": ..., "shape": [...]}}; tensors not expected are never read,
         and model.report lists missing, unexpected and mismatched.
     The rest are the CLI's `hoist load` options: alloc ("reserve" or "per-tensor"), threads (0: default),
-    io ("pread", "auto", "uring"), direct ("off", "auto", "on"), chunk_size ("8MiB"),
+    io ("pread", "auto", "uring"), direct ("off", "auto", "on"), chunk_size ("16MiB"),
     staging_buffers (0: readers + 2 per GPU), pipeline (False: read everything to host memory first).
     """
     if isinstance(device_map, Mapping):

@@ -204,5 +204,5 @@ NB_MODULE(_hoist, m) {
       nb::arg("drops") = std::vector<std::string>(), nb::arg("ties") = std::vector<std::string>(),
       nb::arg("expect_json") = "", nb::arg("only") = "", nb::arg("compat") = "", nb::arg("no_config_ties") = false,
       nb::arg("alloc") = "reserve", nb::arg("threads") = 0, nb::arg("io") = "pread", nb::arg("direct") = "off",
-      nb::arg("chunk_size") = "8MiB", nb::arg("staging_buffers") = 0, nb::arg("pipeline") = true);
+      nb::arg("chunk_size") = "16MiB", nb::arg("staging_buffers") = 0, nb::arg("pipeline") = true);
 }

@@ -39,7 +39,7 @@ struct LoadRequest {
   std::string alloc = "reserve";  // or "per-tensor"
   std::string margin = "1.2GiB";
   int threads = 0;
-  std::string chunk_size = "8MiB";
+  std::string chunk_size = "16MiB";
   int staging_slots = 0;  // 0: reader threads + 2
   bool pipeline = true;
   std::string direct = "off";  // auto, on, off

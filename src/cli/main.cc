@@ -44,9 +44,9 @@ int main(int argc, char** argv) {
   c_load->add_option("--threads", load.request.threads, "Reader threads (default: one per core, 2..32)")
       ->check(CLI::Range(1, 1024));
   c_load->add_option("--report", load.report, "Write a JSON report to this file");
-  c_load->add_option("--chunk-size", load.request.chunk_size, "Largest single read (e.g. 8MiB)")->capture_default_str();
+  c_load->add_option("--chunk-size", load.request.chunk_size, "Largest single read, and the size of a staging buffer (e.g. 32MiB)")->capture_default_str();
   c_load->add_option("--staging-buffers", load.request.staging_slots,
-                     "Pinned staging buffers per GPU (default 0: its share of the reader threads + 2, at most 64)")
+                     "Pinned staging buffers per GPU (default 0: its share of the reader threads + 2, at most 32)")
       ->check(CLI::Range(0, 256));
   c_load->add_option("--direct", load.request.direct,
                      "O_DIRECT reads: off, auto (for files outside the page cache), on")

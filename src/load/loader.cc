@@ -262,10 +262,10 @@ struct BackgroundPinner {
   }
 };
 
-// The default staging ring never exceeds this many slots per GPU (64 chunks
-// of 8 MiB: 512 MiB pinned; twice that where casts widen on the host),
+// The default staging ring never exceeds this many slots per GPU (32 chunks
+// of 16 MiB: 512 MiB pinned; twice that where casts widen on the host),
 // however many reader threads there are.
-constexpr int kMaxDefaultSlots = 64;
+constexpr int kMaxDefaultSlots = 32;
 
 
 }  // namespace
