@@ -119,7 +119,7 @@ struct LoadStats {
   int driver_allocs = 0;      // all devices
   int threads = 0;
   int direct_files = 0;       // files read with O_DIRECT (the rest buffered)
-  int uring_files = 0;        // files read through io_uring (the rest with pread)
+  int uring_files = 0;        // files read, at least in part, through io_uring (the rest with pread)
   int staging_slots = 0;      // pinned buffers per GPU (0: none were needed)
   double seconds = 0;
   double plan_seconds = 0, reserve_seconds = 0, read_seconds = 0;

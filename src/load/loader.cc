@@ -118,8 +118,11 @@ thread_local ReaderLocal reader_local;
 struct OpenFiles {
   std::vector<File> files;         // buffered
   std::vector<File> direct;        // O_DIRECT where chosen (fd -1 otherwise)
-  std::vector<char> uring;         // read through io_uring
-  int direct_count = 0, uring_count = 0;
+  std::vector<char> uring;         // to be read through io_uring
+  // Set by the first read of each file that a ring served (a thread that
+  // could not make one reads with pread).
+  std::unique_ptr<std::atomic<bool>[]> uring_used;
+  int direct_count = 0;
   bool any_cold = false;           // some file is mostly outside the page cache
 };
 
@@ -130,6 +133,7 @@ Result<OpenFiles> OpenForLoad(const Catalog& catalog, const LoadOptions& options
   const size_t n = catalog.files().size();
   out.direct.resize(n);
   out.uring.assign(n, 0);
+  out.uring_used = std::make_unique<std::atomic<bool>[]>(n);
   out.files.reserve(n);
   for (size_t k = 0; k < n; ++k) {
     const CatalogFile& f = catalog.files()[k];
@@ -143,7 +147,6 @@ Result<OpenFiles> OpenForLoad(const Catalog& catalog, const LoadOptions& options
                           : false;
     out.any_cold = out.any_cold || cold;
     out.uring[k] = options.io == IoEngine::kUring || (options.io == IoEngine::kAuto && cold && UringAvailable());
-    out.uring_count += out.uring[k];
     if (options.direct == DirectIo::kOn || (options.direct == DirectIo::kAuto && cold)) {
       Result<File> d = File::OpenReadDirect(f.path);
       if (d.ok()) {
@@ -507,6 +510,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     };
     auto read_into = [&](unsigned char* dst) -> Status {
       HOIST_ASSIGN_OR_RETURN(BlockReader* via, reader());
+      if (via != nullptr) open.uring_used[t.source->file_index].store(true, std::memory_order_relaxed);
       if (direct.fd() < 0) return file.ReadAt(it.file_offset_bytes, dst, it.size_bytes, via);
       return direct.ReadDirectAt(it.file_offset_bytes, dst, it.size_bytes, &local.bounce, via);
     };
@@ -671,7 +675,8 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   st.bytes_read = bytes_read;
   st.threads = threads;
   st.direct_files = open.direct_count;
-  st.uring_files = open.uring_count;
+  st.uring_files = 0;
+  for (size_t k = 0; k < open.files.size(); ++k) st.uring_files += open.uring_used[k].load() ? 1 : 0;
   st.staging_slots = any_staged && options.pipeline ? slots : 0;
   for (auto& s : states) {
     st.bytes_loaded += s->stats.bytes;
