@@ -9,9 +9,11 @@
 // where it simply finds zero GPUs.
 //
 // Devices: each CUDA device makes its GPU current (cudaSetDevice) at the start
-// of every call, so it may be used from any thread. Copies and event records
-// go to one non-blocking copy stream per device, created on first use, in the
-// order the calls are made. Every CUDA failure becomes a one-line Status that
+// of every call, so it may be used from any thread. Copies go to one
+// non-blocking copy stream per device, created on first use, in the order the
+// calls are made; casts to a second stream that waits for the copies issued
+// before each cast, so the copy engine goes on while a kernel runs; events
+// mark a point after both. Every CUDA failure becomes a one-line Status that
 // names the device ("cuda:N"), the call and the CUDA error: kOutOfMemory for
 // cudaErrorMemoryAllocation, kDevice otherwise. Free and FreePinned cannot
 // return a Status; a failure there is reported on stderr.

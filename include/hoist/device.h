@@ -10,9 +10,9 @@
 // Ownership: device memory and pinned host memory come back as move-only
 // RAII values (DeviceMemory) that return the bytes when they die. Events are owned by unique_ptr.
 //
-// Thread-safety: a Device may be used from several threads at once, except
-// that copies and event records on it are ordered on its single copy stream
-// in the order the calls are made.
+// Thread-safety: a Device may be used from several threads at once; its
+// copies run in the order the calls are made, on one copy stream, and its
+// casts likewise on one cast stream.
 #pragma once
 
 #include <cstdint>
@@ -50,13 +50,13 @@ struct MemoryInfo {
   uint64_t total_bytes = 0;
 };
 
-// An event on a device's copy stream.
+// A point in a device's queued work.
 class Event {
  public:
   virtual ~Event() = default;
-  // Marks the point after every copy issued so far.
+  // Marks the point after every copy and cast issued so far.
   virtual Status Record() = 0;
-  // Blocks until the copies before the last Record() have finished.
+  // Blocks until the copies and casts before the last Record() have finished.
   virtual Status Wait() = 0;
 };
 
@@ -78,12 +78,16 @@ class Device {
   // Queues a host-to-device copy on the copy stream. `src` must stay
   // unchanged until an Event recorded after this call has been waited on.
   virtual Status CopyToDeviceAsync(void* device_dst, const void* host_src, uint64_t size_bytes) = 0;
-  // Queues on the copy stream, after the copies before it, a cast of `count`
-  // elements from `src` (device memory holding `from`) into `dst` (device
-  // memory, `to`), bit-identical to the host's cast of the same bytes (round
-  // to nearest even, NaN stays NaN; src/cast/convert.h). REQUIRES: both types
-  // are F16, BF16, F32 or F64; the pointers are aligned to their element
-  // sizes and the ranges do not overlap.
+  // Queues a cast of `count` elements from `src` (device memory holding
+  // `from`) into `dst` (device memory, `to`), bit-identical to the host's
+  // cast of the same bytes (round to nearest even, NaN stays NaN;
+  // src/cast/convert.h). It runs after the copies issued before it, and
+  // after the casts before it, but copies issued after it do not wait for it
+  // (a GPU casts on a second stream while its copy engine goes on): they
+  // must not overwrite `src` or `dst` until an Event recorded after the cast
+  // has been waited on. REQUIRES: both types are F16, BF16, F32 or F64; the
+  // pointers are aligned to their element sizes and the ranges do not
+  // overlap.
   virtual Status CastAsync(void* device_dst, DType to, const void* device_src, DType from, uint64_t count) = 0;
   // Whether CastAsync can run here (a CUDA build may lack code for this
   // GPU's architecture); loads cast on the host where it cannot.
@@ -91,7 +95,7 @@ class Device {
   // Synchronous device-to-host copy (verification, tests).
   virtual Status CopyToHost(void* host_dst, const void* device_src, uint64_t size_bytes) = 0;
   virtual Result<std::unique_ptr<Event>> CreateEvent() = 0;
-  // Waits for every queued copy.
+  // Waits for every queued copy and cast.
   virtual Status Synchronize() = 0;
 };
 

@@ -211,6 +211,35 @@ TEST_F(DeviceLoaderTest, CastOnTheDeviceMatchesTheHostCastBitForBit) {
   EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);
 }
 
+// Casts run on their own stream, so the copy engine may fill the next
+// chunks' scratch before a kernel has read its own: each staging slot has
+// its own chunk of scratch, reused only after the slot's event.
+TEST_F(DeviceLoaderTest, CopiesOvertakingCastsNeverOverwriteACastsInput) {
+  gpu_->set_copies_overtake_casts(true);
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  po.cast_to = DType::kF32;
+  for (int slots : {2, 5}) {
+    for (int threads : {1, 3}) {
+      SCOPED_TRACE("slots " + std::to_string(slots) + ", threads " + std::to_string(threads));
+      options_.staging_slots = slots;
+      options_.threads = threads;
+      auto model = LoadWith(po);
+      ASSERT_TRUE(model.ok()) << model.status().message();
+      for (const TensorView& v : model->tensors()) {
+        SCOPED_TRACE(v.name);
+        ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v));
+      }
+    }
+  }
+  // The scratch is one chunk per slot, counted in the peak.
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok());
+  for (const DeviceStats& d : model->stats().devices) {
+    if (d.device == DeviceId::Cuda(0)) EXPECT_EQ(d.peak_reserved_bytes - d.reserved_bytes, 5u * 4096);
+  }
+}
+
 TEST_F(DeviceLoaderTest, DefaultStagingIsReaderThreadsPlusTwo) {
   PlanOptions po;
   po.device = DeviceId::Cuda(0);

@@ -86,10 +86,12 @@ struct DeviceState {
   uint64_t slot_stride = 0;      // bytes per staging slot
   DeviceMemory mirror;           // pipeline off: the device's bytes in host memory first
   // Device casts: a chunk's file bytes land here and a kernel casts them
-  // into place. One chunk is enough: the device runs copies and casts in
-  // the order they are issued, so the next copy into it waits for the cast
-  // before it. Freed when the load ends.
+  // into place. One chunk per staging slot (at slot_index * scratch_stride):
+  // copies do not wait for casts, so a chunk is written again only once its
+  // slot's event, recorded after the cast, has completed. Freed when the
+  // load ends.
   DeviceMemory scratch;
+  uint64_t scratch_stride = 0;
   // Pinned host memory, a few allocations cut into slots: the first before
   // the reads start, the rest pinned in the background while they run.
   std::vector<DeviceMemory> ring;
@@ -354,7 +356,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         state->slot_stride = (std::max(state->slot_stride, options.chunk_bytes + 2 * a) + a - 1) / a * a;
       }
       host_extra += options.pipeline ? state->slot_stride * static_cast<uint64_t>(slots) : d.reserve_bytes;
-      if (state->device_casts) scratch = stride;
+      if (state->device_casts) scratch = stride * static_cast<uint64_t>(slots);
     }
     if (device->host_addressable() && d.device == DeviceId::Cpu()) host_tensors = needed;
     if (!device->host_addressable() || d.device != DeviceId::Cpu()) {
@@ -400,7 +402,8 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   // Cast scratch: one more allocation on a GPU that casts, for this load only.
   for (auto& s : states) {
     if (!s->device_casts) continue;
-    HOIST_ASSIGN_OR_RETURN(s->scratch, DeviceMemory::Allocate(s->device, stride));
+    HOIST_ASSIGN_OR_RETURN(s->scratch, DeviceMemory::Allocate(s->device, stride * static_cast<uint64_t>(slots)));
+    s->scratch_stride = stride;
     s->stats.driver_allocs += 1;
   }
   for (auto& s : states) s->stats.peak_reserved_bytes = s->stats.reserved_bytes + s->scratch.size_bytes();
@@ -561,9 +564,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (st.ok()) {
       std::lock_guard<std::mutex> lock(s.copy_mu);
       if (device_cast) {
-        // File bytes to the scratch area, then the kernel casts them into
-        // place; the event after both frees the slot.
-        unsigned char* raw = s.scratch.data();
+        // File bytes to the slot's scratch chunk, then the kernel casts them
+        // into place; the event after both frees the slot and its scratch.
+        unsigned char* raw = s.scratch.data() + slot_index * s.scratch_stride;
         st = s.device->CopyToDeviceAsync(raw, bytes, it.size_bytes);
         queued = st.ok();
         if (st.ok()) {

@@ -3,7 +3,8 @@
 // is memory-bound: where both buffers are aligned for it, each thread loads
 // 16 bytes of input at once and stores its outputs together (the loader's
 // chunks always are); otherwise one element per thread. The kernel runs on
-// the copy stream between copies, so its time adds to the load's.
+// a cast stream of its own, so the copy engine moves the next chunks while
+// it runs.
 #include "backends/cuda/cast_kernel.h"
 
 #include "cast/convert.h"

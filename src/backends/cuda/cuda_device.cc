@@ -83,9 +83,13 @@ class CudaDevice final : public Device {
  public:
   CudaDevice(int index, std::string name) : index_(index), name_(std::move(name)) {}
   ~CudaDevice() override {
-    if (stream_ == nullptr) return;
+    if (stream_ == nullptr && cast_stream_ == nullptr) return;
     WarnOnFailure(cudaSetDevice(index_), index_, "cudaSetDevice");
-    WarnOnFailure(cudaStreamDestroy(stream_), index_, "cudaStreamDestroy of the copy stream");
+    if (stream_ != nullptr) WarnOnFailure(cudaStreamDestroy(stream_), index_, "cudaStreamDestroy of the copy stream");
+    if (cast_stream_ != nullptr) {
+      WarnOnFailure(cudaStreamDestroy(cast_stream_), index_, "cudaStreamDestroy of the cast stream");
+      WarnOnFailure(cudaEventDestroy(after_copies_), index_, "cudaEventDestroy");
+    }
   }
   CudaDevice(const CudaDevice&) = delete;
   CudaDevice& operator=(const CudaDevice&) = delete;
@@ -185,8 +189,10 @@ class CudaDevice final : public Device {
       return InvalidArgument(fmt::format("cuda:{}: cast buffers must be aligned to their element sizes", index_));
     }
     HOIST_RETURN_IF_ERROR(UseDevice(index_));
-    HOIST_ASSIGN_OR_RETURN(cudaStream_t stream, CopyStream());
-    cudaError_t err = cuda::LaunchCast(KernelType(from), device_src, KernelType(to), device_dst, count, stream);
+    HOIST_ASSIGN_OR_RETURN(cudaStream_t copies, CopyStream());
+    std::lock_guard<std::mutex> order(order_mu_);
+    HOIST_ASSIGN_OR_RETURN(cudaStream_t casts, CastStreamAfterCopies(copies));
+    cudaError_t err = cuda::LaunchCast(KernelType(from), device_src, KernelType(to), device_dst, count, casts);
     if (err != cudaSuccess) {
       return CudaFailure(err, index_,
                          fmt::format("the cast kernel ({} -> {}, {} elements)", DTypeName(from), DTypeName(to), count));
@@ -211,23 +217,39 @@ class CudaDevice final : public Device {
 
   Status Synchronize() override {
     HOIST_RETURN_IF_ERROR(UseDevice(index_));
-    cudaStream_t stream = nullptr;
+    cudaStream_t copies = nullptr, casts = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stream = stream_;
+      copies = stream_;
     }
-    if (stream == nullptr) return Status::Ok();  // nothing was ever queued
-    cudaError_t err = cudaStreamSynchronize(stream);
-    if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamSynchronize of the copy stream");
+    {
+      std::lock_guard<std::mutex> order(order_mu_);
+      casts = cast_stream_;
+    }
+    if (copies != nullptr) {
+      cudaError_t err = cudaStreamSynchronize(copies);
+      if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamSynchronize of the copy stream");
+    }
+    if (casts != nullptr) {
+      cudaError_t err = cudaStreamSynchronize(casts);
+      if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamSynchronize of the cast stream");
+    }
     return Status::Ok();
   }
 
-  // For CudaEvent.
+  // For CudaEvent: a point after every copy and cast issued so far. Before
+  // the first cast that is a point on the copy stream; after it, a point on
+  // the cast stream once that has caught up with the copies.
   Status RecordEvent(cudaEvent_t event) {
     HOIST_RETURN_IF_ERROR(UseDevice(index_));
-    HOIST_ASSIGN_OR_RETURN(cudaStream_t stream, CopyStream());
+    HOIST_ASSIGN_OR_RETURN(cudaStream_t copies, CopyStream());
+    std::lock_guard<std::mutex> order(order_mu_);
+    cudaStream_t stream = copies;
+    if (cast_stream_ != nullptr) {
+      HOIST_ASSIGN_OR_RETURN(stream, CastStreamAfterCopies(copies));
+    }
     cudaError_t err = cudaEventRecord(event, stream);
-    if (err != cudaSuccess) return CudaFailure(err, index_, "cudaEventRecord on the copy stream");
+    if (err != cudaSuccess) return CudaFailure(err, index_, "cudaEventRecord");
     return Status::Ok();
   }
   Status WaitEvent(cudaEvent_t event) {
@@ -255,14 +277,45 @@ class CudaDevice final : public Device {
     return stream_;
   }
 
+  // The cast stream, made to wait for every copy issued so far: casts run
+  // on a stream of their own so that the copy engine goes on with the next
+  // copies while a kernel casts. Created with the first cast. REQUIRES:
+  // order_mu_ held; this device is current.
+  Result<cudaStream_t> CastStreamAfterCopies(cudaStream_t copies) {
+    if (cast_stream_ == nullptr) {
+      cudaEvent_t event = nullptr;
+      cudaError_t err = cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
+      if (err != cudaSuccess) return CudaFailure(err, index_, "cudaEventCreateWithFlags");
+      cudaStream_t stream = nullptr;
+      err = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+      if (err != cudaSuccess) {
+        WarnOnFailure(cudaEventDestroy(event), index_, "cudaEventDestroy");
+        return CudaFailure(err, index_, "cudaStreamCreateWithFlags of the cast stream");
+      }
+      after_copies_ = event;
+      cast_stream_ = stream;
+    }
+    cudaError_t err = cudaEventRecord(after_copies_, copies);
+    if (err != cudaSuccess) return CudaFailure(err, index_, "cudaEventRecord on the copy stream");
+    err = cudaStreamWaitEvent(cast_stream_, after_copies_, 0);
+    if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamWaitEvent of the cast stream");
+    return cast_stream_;
+  }
+
   const int index_;
   const std::string name_;
   std::mutex mu_;  // guards stream_'s creation and cast_usable_
   cudaStream_t stream_ = nullptr;
   int cast_usable_ = -1;  // -1: not asked yet
+  // Orders the cast stream after the copy stream: guards cast_stream_ and
+  // after_copies_, and keeps a record of after_copies_ together with the
+  // wait or launch that follows it.
+  std::mutex order_mu_;
+  cudaStream_t cast_stream_ = nullptr;
+  cudaEvent_t after_copies_ = nullptr;
 };
 
-// A point on its device's copy stream. Owns the cudaEvent_t.
+// A point after its device's copies and casts. Owns the cudaEvent_t.
 class CudaEvent final : public Event {
  public:
   CudaEvent(CudaDevice* device, cudaEvent_t event) : device_(device), event_(event) {}

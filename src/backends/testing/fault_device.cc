@@ -15,18 +15,18 @@ class FaultEvent final : public Event {
   ~FaultEvent() override { --device_->live_events_; }
   Status Record() override {
     HOIST_RETURN_IF_ERROR(device_->Hit(FaultPoint::kEventRecord));
-    seq_ = device_->QueuedCopies();
+    point_ = device_->Queued();
     return Status::Ok();
   }
   Status Wait() override {
     HOIST_RETURN_IF_ERROR(device_->Hit(FaultPoint::kEventWait));
-    device_->RunCopiesUpTo(seq_);
+    device_->RunUpTo(point_);
     return Status::Ok();
   }
 
  private:
   FaultDevice* device_;
-  uint64_t seq_ = 0;
+  FaultDevice::QueuePoint point_;
 };
 
 const char* PointName(FaultPoint p) {
@@ -114,27 +114,31 @@ void FaultDevice::FreePinned(void* ptr) {
   std::free(ptr);
 }
 
-uint64_t FaultDevice::QueuedCopies() {
+FaultDevice::QueuePoint FaultDevice::Queued() {
   std::lock_guard<std::mutex> lock(mu_);
-  return queue_.size();
+  return {copies_.size(), casts_.size()};
 }
 
-void FaultDevice::RunCopiesUpTo(uint64_t seq) {
+void FaultDevice::RunUpTo(QueuePoint point) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (; done_ < seq && done_ < queue_.size(); ++done_) {
-    const PendingCopy& c = queue_[done_];
-    if (c.cast) {
-      CastFloats(c.from, c.src, c.to, c.dst, c.size_bytes);
-    } else {
-      std::memcpy(c.dst, c.src, c.size_bytes);
-    }
+  // Every cast was issued after the copies it must follow, so running the
+  // copies first keeps that order; copies issued after a cast may run
+  // before it, as they may on a GPU.
+  if (copies_overtake_casts_) point.copies = UINT64_MAX;
+  for (; done_.copies < point.copies && done_.copies < copies_.size(); ++done_.copies) {
+    const PendingCopy& c = copies_[done_.copies];
+    std::memcpy(c.dst, c.src, c.size_bytes);
+  }
+  for (; done_.casts < point.casts && done_.casts < casts_.size(); ++done_.casts) {
+    const PendingCast& c = casts_[done_.casts];
+    CastFloats(c.from, c.src, c.to, c.dst, c.count);
   }
 }
 
 Status FaultDevice::CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) {
   HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kCopy));
   std::lock_guard<std::mutex> lock(mu_);
-  queue_.push_back({dst, src, size_bytes});
+  copies_.push_back({dst, src, size_bytes});
   return Status::Ok();
 }
 
@@ -149,12 +153,12 @@ Status FaultDevice::CastAsync(void* dst, DType to, const void* src, DType from, 
   };
   if (misaligned(src, from) || misaligned(dst, to)) return InvalidArgument("test device: misaligned cast buffers");
   std::lock_guard<std::mutex> lock(mu_);
-  queue_.push_back({dst, src, count, true, from, to});
+  casts_.push_back({dst, src, count, from, to});
   return Status::Ok();
 }
 
 Status FaultDevice::CopyToHost(void* dst, const void* src, uint64_t size_bytes) {
-  RunCopiesUpTo(UINT64_MAX);
+  RunUpTo({UINT64_MAX, UINT64_MAX});
   std::memcpy(dst, src, size_bytes);
   return Status::Ok();
 }
@@ -165,7 +169,7 @@ Result<std::unique_ptr<Event>> FaultDevice::CreateEvent() {
 
 Status FaultDevice::Synchronize() {
   HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kSynchronize));
-  RunCopiesUpTo(UINT64_MAX);
+  RunUpTo({UINT64_MAX, UINT64_MAX});
   return Status::Ok();
 }
 

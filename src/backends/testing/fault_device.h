@@ -6,7 +6,10 @@
 // really asynchronous: they are queued and carried out only when an event
 // recorded after them is waited on (or the device is synchronized), reading
 // their source then, so a staging buffer reused too early shows up as wrong
-// bytes. It has a
+// bytes. Casts queue apart from copies, as on a GPU's second stream, and run
+// after every copy due at that point, including copies issued after them:
+// the latest order a GPU allows, so a cast input overwritten by a later copy
+// shows up too. It has a
 // configurable capacity, counts every byte and call, and can fail the k-th
 // call of any kind, so every error path of a load can be driven and checked
 // for leaks (outstanding_bytes() must return to zero).
@@ -51,41 +54,56 @@ class FaultDevice final : public Device {
   Result<void*> AllocatePinned(uint64_t size_bytes) override;
   void FreePinned(void* ptr) override;
   Status CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) override;
-  // Queued like a copy; run on the host with CastFloats when its turn comes.
-  // Refuses what the CUDA backend refuses (same types, misaligned buffers).
+  // Queued apart from copies; run on the host with CastFloats when its turn
+  // comes (after the copies due with it). Refuses what the CUDA backend
+  // refuses (same types, misaligned buffers).
   Status CastAsync(void* dst, DType to, const void* src, DType from, uint64_t count) override;
   bool SupportsCast() override { return supports_cast_; }
   // A device without a cast kernel: loads must cast on the host.
   void set_supports_cast(bool v) { supports_cast_ = v; }
+  // Copies overtake casts: whenever queued work runs, every copy issued so
+  // far runs before the casts due, as a GPU's copy engine may run ahead of
+  // its cast stream. A cast input that a later copy overwrites then shows
+  // up as wrong bytes, however the loader's waits fall.
+  void set_copies_overtake_casts(bool v) { copies_overtake_casts_ = v; }
   Status CopyToHost(void* dst, const void* src, uint64_t size_bytes) override;
   Result<std::unique_ptr<Event>> CreateEvent() override;
   Status Synchronize() override;
 
   // Internal: counts a call at `point`, failing it when asked.
   Status Hit(FaultPoint point);
-  // Internal: the number of operations queued so far; runs them up to `seq`.
-  uint64_t QueuedCopies();
-  void RunCopiesUpTo(uint64_t seq);
+  // Internal: how many copies and casts are queued so far; runs the copies
+  // up to `copies`, then the casts up to `casts`.
+  struct QueuePoint {
+    uint64_t copies = 0, casts = 0;
+  };
+  QueuePoint Queued();
+  void RunUpTo(QueuePoint point);
   std::atomic<int> live_events_{0};
 
  private:
   DeviceId id_;
   uint64_t capacity_bytes_;
   bool supports_cast_ = true;
+  bool copies_overtake_casts_ = false;
   std::atomic<int> fail_at_[kFaultPointCount] = {};
   std::atomic<int> calls_[kFaultPointCount] = {};
   mutable std::mutex mu_;
   std::unordered_map<void*, uint64_t> device_blocks_, pinned_blocks_;
-  // A queued copy, or a cast when `cast` is set.
   struct PendingCopy {
     void* dst;
     const void* src;
-    uint64_t size_bytes;  // copies: bytes; casts: elements
-    bool cast = false;
-    DType from = DType::kU8, to = DType::kU8;
+    uint64_t size_bytes;
   };
-  std::vector<PendingCopy> queue_;  // copies and casts issued, in order
-  uint64_t done_ = 0;               // how many of them have run
+  struct PendingCast {
+    void* dst;
+    const void* src;
+    uint64_t count;
+    DType from, to;
+  };
+  std::vector<PendingCopy> copies_;  // issued, in order
+  std::vector<PendingCast> casts_;
+  QueuePoint done_;                  // how many of each have run
   uint64_t device_bytes_ = 0, pinned_bytes_ = 0;
 };
 
