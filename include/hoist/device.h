@@ -85,7 +85,8 @@ class Device {
   // after the casts before it, but copies issued after it do not wait for it
   // (a GPU casts on a second stream while its copy engine goes on): they
   // must not overwrite `src` or `dst` until an Event recorded after the cast
-  // has been waited on. REQUIRES: both types are F16, BF16, F32 or F64; the
+  // has been waited on (Event::Wait) or waited for on the device
+  // (WaitOnDevice). REQUIRES: both types are F16, BF16, F32 or F64; the
   // pointers are aligned to their element sizes and the ranges do not
   // overlap.
   virtual Status CastAsync(void* device_dst, DType to, const void* device_src, DType from, uint64_t count) = 0;
@@ -95,6 +96,10 @@ class Device {
   // Synchronous device-to-host copy (verification, tests).
   virtual Status CopyToHost(void* host_dst, const void* device_src, uint64_t size_bytes) = 0;
   virtual Result<std::unique_ptr<Event>> CreateEvent() = 0;
+  // Copies and casts issued after this call start only once the work before
+  // `event`'s last Record() (on this device) has finished. The host does not
+  // wait: the device does.
+  virtual Status WaitOnDevice(Event* event) = 0;
   // Waits for every queued copy and cast.
   virtual Status Synchronize() = 0;
 };

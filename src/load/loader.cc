@@ -70,7 +70,8 @@ struct ReadItem {
 };
 
 // A pinned buffer a GPU's copies go through: one chunk of the device's ring.
-// A slot is reusable once the event recorded after its copy has completed.
+// A slot is reusable once the event recorded after its copy (and the cast
+// that follows it) has completed.
 struct StagingSlot {
   unsigned char* buffer = nullptr;
   std::unique_ptr<Event> event;
@@ -85,13 +86,16 @@ struct DeviceState {
   bool device_casts = false;     // staged, and some tensor is cast on the device
   uint64_t slot_stride = 0;      // bytes per staging slot
   DeviceMemory mirror;           // pipeline off: the device's bytes in host memory first
-  // Device casts: a chunk's file bytes land here and a kernel casts them
-  // into place. One chunk per staging slot (at slot_index * scratch_stride):
-  // copies do not wait for casts, so a chunk is written again only once its
-  // slot's event, recorded after the cast, has completed. Freed when the
-  // load ends.
+  // Device casts: a chunk's file bytes land in one of a few chunks of
+  // scratch, taken in turn, and a kernel casts them into place. Copies do
+  // not wait for casts, so the copy into a chunk first waits, on the device,
+  // for the event recorded after the chunk's last cast. Freed when the load
+  // ends. Guarded by copy_mu.
   DeviceMemory scratch;
   uint64_t scratch_stride = 0;
+  std::vector<std::unique_ptr<Event>> scratch_events;
+  std::vector<char> scratch_used;  // its event has been recorded
+  size_t next_scratch = 0;
   // Pinned host memory, a few allocations cut into slots: the first before
   // the reads start, the rest pinned in the background while they run.
   std::vector<DeviceMemory> ring;
@@ -99,7 +103,7 @@ struct DeviceState {
   std::deque<size_t> free_slots;
   std::mutex mu;               // guards free_slots and ring
   std::condition_variable cv;
-  std::mutex copy_mu;          // orders copy + record on the stream
+  std::mutex copy_mu;          // keeps a piece's copy, cast and record together
 };
 
 // `needed` bytes of which `limited` count against --max-memory (the
@@ -272,6 +276,11 @@ struct BackgroundPinner {
 // however many reader threads there are.
 constexpr int kMaxDefaultSlots = 32;
 
+// Chunks of device scratch for casts on a GPU. Two let a copy fill one
+// while a kernel casts from the other; more give slack when the copy
+// stream runs ahead.
+constexpr int kScratchChunks = 4;
+
 
 }  // namespace
 
@@ -356,7 +365,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         state->slot_stride = (std::max(state->slot_stride, options.chunk_bytes + 2 * a) + a - 1) / a * a;
       }
       host_extra += options.pipeline ? state->slot_stride * static_cast<uint64_t>(slots) : d.reserve_bytes;
-      if (state->device_casts) scratch = stride * static_cast<uint64_t>(slots);
+      if (state->device_casts) scratch = stride * kScratchChunks;
     }
     if (device->host_addressable() && d.device == DeviceId::Cpu()) host_tensors = needed;
     if (!device->host_addressable() || d.device != DeviceId::Cpu()) {
@@ -402,9 +411,14 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   // Cast scratch: one more allocation on a GPU that casts, for this load only.
   for (auto& s : states) {
     if (!s->device_casts) continue;
-    HOIST_ASSIGN_OR_RETURN(s->scratch, DeviceMemory::Allocate(s->device, stride * static_cast<uint64_t>(slots)));
+    HOIST_ASSIGN_OR_RETURN(s->scratch, DeviceMemory::Allocate(s->device, stride * kScratchChunks));
     s->scratch_stride = stride;
     s->stats.driver_allocs += 1;
+    for (int k = 0; k < kScratchChunks; ++k) {
+      HOIST_ASSIGN_OR_RETURN(std::unique_ptr<Event> e, s->device->CreateEvent());
+      s->scratch_events.push_back(std::move(e));
+    }
+    s->scratch_used.assign(kScratchChunks, 0);
   }
   for (auto& s : states) s->stats.peak_reserved_bytes = s->stats.reserved_bytes + s->scratch.size_bytes();
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
@@ -564,15 +578,21 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (st.ok()) {
       std::lock_guard<std::mutex> lock(s.copy_mu);
       if (device_cast) {
-        // File bytes to the slot's scratch chunk, then the kernel casts them
-        // into place; the event after both frees the slot and its scratch.
-        unsigned char* raw = s.scratch.data() + slot_index * s.scratch_stride;
-        st = s.device->CopyToDeviceAsync(raw, bytes, it.size_bytes);
+        // File bytes to the next chunk of scratch once the device is done
+        // with its last cast, then the kernel casts them into place; the
+        // events after both free the scratch chunk and the slot.
+        const size_t k = s.next_scratch;
+        s.next_scratch = (k + 1) % s.scratch_events.size();
+        unsigned char* raw = s.scratch.data() + k * s.scratch_stride;
+        if (s.scratch_used[k]) st = s.device->WaitOnDevice(s.scratch_events[k].get());
+        if (st.ok()) st = s.device->CopyToDeviceAsync(raw, bytes, it.size_bytes);
         queued = st.ok();
         if (st.ok()) {
           st = s.device->CastAsync(it.dst, t.dtype, raw, t.source->dtype,
                                    it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
         }
+        if (st.ok()) st = s.scratch_events[k]->Record();
+        s.scratch_used[k] = st.ok();
       } else {
         st = s.device->CopyToDeviceAsync(it.dst, bytes, it.dst_bytes);
         queued = st.ok();

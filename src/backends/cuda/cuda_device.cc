@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -159,6 +160,7 @@ class CudaDevice final : public Device {
     if (err != cudaSuccess) {
       return CudaFailure(err, index_, fmt::format("cudaMemcpyAsync of {} bytes host to device", size_bytes));
     }
+    copy_work_.fetch_add(1, std::memory_order_release);
     return Status::Ok();
   }
 
@@ -192,6 +194,7 @@ class CudaDevice final : public Device {
     HOIST_ASSIGN_OR_RETURN(cudaStream_t copies, CopyStream());
     std::lock_guard<std::mutex> order(order_mu_);
     HOIST_ASSIGN_OR_RETURN(cudaStream_t casts, CastStreamAfterCopies(copies));
+    ++casts_issued_;
     cudaError_t err = cuda::LaunchCast(KernelType(from), device_src, KernelType(to), device_dst, count, casts);
     if (err != cudaSuccess) {
       return CudaFailure(err, index_,
@@ -215,9 +218,12 @@ class CudaDevice final : public Device {
 
   Result<std::unique_ptr<Event>> CreateEvent() override;
 
+  // Both streams, each even when the other fails: the caller frees what
+  // the queued work uses once this returns.
   Status Synchronize() override {
     HOIST_RETURN_IF_ERROR(UseDevice(index_));
     cudaStream_t copies = nullptr, casts = nullptr;
+    uint64_t casts_issued = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       copies = stream_;
@@ -225,33 +231,52 @@ class CudaDevice final : public Device {
     {
       std::lock_guard<std::mutex> order(order_mu_);
       casts = cast_stream_;
+      casts_issued = casts_issued_;
     }
+    Status status;
     if (copies != nullptr) {
       cudaError_t err = cudaStreamSynchronize(copies);
-      if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamSynchronize of the copy stream");
+      if (err != cudaSuccess) status = CudaFailure(err, index_, "cudaStreamSynchronize of the copy stream");
     }
     if (casts != nullptr) {
       cudaError_t err = cudaStreamSynchronize(casts);
-      if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamSynchronize of the cast stream");
+      if (err != cudaSuccess && status.ok()) status = CudaFailure(err, index_, "cudaStreamSynchronize of the cast stream");
+      if (err == cudaSuccess) {
+        std::lock_guard<std::mutex> order(order_mu_);
+        casts_done_ = std::max(casts_done_, casts_issued);
+      }
     }
-    return Status::Ok();
+    return status;
   }
 
-  // For CudaEvent: a point after every copy and cast issued so far. Before
-  // the first cast that is a point on the copy stream; after it, a point on
-  // the cast stream once that has caught up with the copies.
+  // For CudaEvent: a point after every copy and cast issued so far. While
+  // casts may be outstanding that is a point on the cast stream once it has
+  // caught up with the copies; otherwise a point on the copy stream.
   Status RecordEvent(cudaEvent_t event) {
     HOIST_RETURN_IF_ERROR(UseDevice(index_));
     HOIST_ASSIGN_OR_RETURN(cudaStream_t copies, CopyStream());
     std::lock_guard<std::mutex> order(order_mu_);
     cudaStream_t stream = copies;
-    if (cast_stream_ != nullptr) {
+    if (casts_issued_ > casts_done_) {
       HOIST_ASSIGN_OR_RETURN(stream, CastStreamAfterCopies(copies));
     }
     cudaError_t err = cudaEventRecord(event, stream);
     if (err != cudaSuccess) return CudaFailure(err, index_, "cudaEventRecord");
     return Status::Ok();
   }
+
+  // For WaitOnDevice: the copy stream waits for `event`; casts wait for the
+  // copy stream, so they follow too.
+  Status CopyStreamWait(cudaEvent_t event) {
+    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_ASSIGN_OR_RETURN(cudaStream_t copies, CopyStream());
+    cudaError_t err = cudaStreamWaitEvent(copies, event, 0);
+    if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamWaitEvent of the copy stream");
+    copy_work_.fetch_add(1, std::memory_order_release);  // the next cast must wait for it
+    return Status::Ok();
+  }
+
+  Status WaitOnDevice(Event* event) override;
   Status WaitEvent(cudaEvent_t event) {
     HOIST_RETURN_IF_ERROR(UseDevice(index_));
     cudaError_t err = cudaEventSynchronize(event);
@@ -279,8 +304,10 @@ class CudaDevice final : public Device {
 
   // The cast stream, made to wait for every copy issued so far: casts run
   // on a stream of their own so that the copy engine goes on with the next
-  // copies while a kernel casts. Created with the first cast. REQUIRES:
-  // order_mu_ held; this device is current.
+  // copies while a kernel casts. Created with the first cast. The record
+  // and wait are skipped when the copy stream has had no work since the
+  // last time (a cast right after a cast, an event right after a cast).
+  // REQUIRES: order_mu_ held; this device is current.
   Result<cudaStream_t> CastStreamAfterCopies(cudaStream_t copies) {
     if (cast_stream_ == nullptr) {
       cudaEvent_t event = nullptr;
@@ -295,10 +322,13 @@ class CudaDevice final : public Device {
       after_copies_ = event;
       cast_stream_ = stream;
     }
+    const uint64_t work = copy_work_.load(std::memory_order_acquire);
+    if (work == copy_work_covered_) return cast_stream_;
     cudaError_t err = cudaEventRecord(after_copies_, copies);
     if (err != cudaSuccess) return CudaFailure(err, index_, "cudaEventRecord on the copy stream");
     err = cudaStreamWaitEvent(cast_stream_, after_copies_, 0);
     if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamWaitEvent of the cast stream");
+    copy_work_covered_ = work;
     return cast_stream_;
   }
 
@@ -313,6 +343,12 @@ class CudaDevice final : public Device {
   std::mutex order_mu_;
   cudaStream_t cast_stream_ = nullptr;
   cudaEvent_t after_copies_ = nullptr;
+  // Work queued on the copy stream (copies, waits), counted once queued;
+  // how much of it the cast stream was last made to wait for.
+  std::atomic<uint64_t> copy_work_{0};
+  uint64_t copy_work_covered_ = 0;
+  // Casts launched, and how many of them a Synchronize saw finish.
+  uint64_t casts_issued_ = 0, casts_done_ = 0;
 };
 
 // A point after its device's copies and casts. Owns the cudaEvent_t.
@@ -326,11 +362,21 @@ class CudaEvent final : public Event {
   Status Record() override { return device_->RecordEvent(event_); }
   // Before the first Record() there is nothing to wait for; CUDA returns at once.
   Status Wait() override { return device_->WaitEvent(event_); }
+  bool On(const CudaDevice* device) const { return device_ == device; }
+  cudaEvent_t get() const { return event_; }
 
  private:
   CudaDevice* device_;
   cudaEvent_t event_;
 };
+
+Status CudaDevice::WaitOnDevice(Event* event) {
+  auto* e = dynamic_cast<CudaEvent*>(event);
+  if (e == nullptr || !e->On(this)) {
+    return InvalidArgument(fmt::format("cuda:{}: WaitOnDevice needs an event of this device", index_));
+  }
+  return CopyStreamWait(e->get());
+}
 
 Result<std::unique_ptr<Event>> CudaDevice::CreateEvent() {
   HOIST_RETURN_IF_ERROR(UseDevice(index_));

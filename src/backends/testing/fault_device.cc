@@ -1,5 +1,6 @@
 #include "backends/testing/fault_device.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -24,6 +25,8 @@ class FaultEvent final : public Event {
     return Status::Ok();
   }
 
+  FaultDevice::QueuePoint point() const { return point_; }
+
  private:
   FaultDevice* device_;
   FaultDevice::QueuePoint point_;
@@ -37,6 +40,7 @@ const char* PointName(FaultPoint p) {
     case FaultPoint::kCast: return "cast";
     case FaultPoint::kEventRecord: return "event record";
     case FaultPoint::kEventWait: return "event wait";
+    case FaultPoint::kDeviceWait: return "device wait";
     case FaultPoint::kSynchronize: return "synchronize";
   }
   return "?";
@@ -125,20 +129,33 @@ void FaultDevice::RunUpTo(QueuePoint point) {
   // copies first keeps that order; copies issued after a cast may run
   // before it, as they may on a GPU.
   if (copies_overtake_casts_) point.copies = UINT64_MAX;
+  const auto run_casts_to = [this](uint64_t n) {
+    for (; done_.casts < n && done_.casts < casts_.size(); ++done_.casts) {
+      const PendingCast& c = casts_[done_.casts];
+      CastFloats(c.from, c.src, c.to, c.dst, c.count);
+    }
+  };
   for (; done_.copies < point.copies && done_.copies < copies_.size(); ++done_.copies) {
     const PendingCopy& c = copies_[done_.copies];
+    run_casts_to(c.after_casts);  // a device-side wait holds the copy back
     std::memcpy(c.dst, c.src, c.size_bytes);
   }
-  for (; done_.casts < point.casts && done_.casts < casts_.size(); ++done_.casts) {
-    const PendingCast& c = casts_[done_.casts];
-    CastFloats(c.from, c.src, c.to, c.dst, c.count);
-  }
+  run_casts_to(point.casts);
+}
+
+Status FaultDevice::WaitOnDevice(Event* event) {
+  HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kDeviceWait));
+  auto* e = dynamic_cast<FaultEvent*>(event);
+  if (e == nullptr) return InvalidArgument("test device: WaitOnDevice needs one of its own events");
+  std::lock_guard<std::mutex> lock(mu_);
+  copy_barrier_ = std::max(copy_barrier_, e->point().casts);
+  return Status::Ok();
 }
 
 Status FaultDevice::CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) {
   HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kCopy));
   std::lock_guard<std::mutex> lock(mu_);
-  copies_.push_back({dst, src, size_bytes});
+  copies_.push_back({dst, src, size_bytes, copy_barrier_});
   return Status::Ok();
 }
 

@@ -29,7 +29,16 @@
 
 namespace hoist::testing {
 
-enum class FaultPoint { kAllocate, kAllocatePinned, kCopy, kCast, kEventRecord, kEventWait, kSynchronize };
+enum class FaultPoint {
+  kAllocate,
+  kAllocatePinned,
+  kCopy,
+  kCast,
+  kEventRecord,
+  kEventWait,
+  kDeviceWait,
+  kSynchronize
+};
 inline constexpr int kFaultPointCount = static_cast<int>(FaultPoint::kSynchronize) + 1;
 
 class FaultDevice final : public Device {
@@ -68,6 +77,8 @@ class FaultDevice final : public Device {
   void set_copies_overtake_casts(bool v) { copies_overtake_casts_ = v; }
   Status CopyToHost(void* dst, const void* src, uint64_t size_bytes) override;
   Result<std::unique_ptr<Event>> CreateEvent() override;
+  // Copies issued after it run only after the casts before the event.
+  Status WaitOnDevice(Event* event) override;
   Status Synchronize() override;
 
   // Internal: counts a call at `point`, failing it when asked.
@@ -94,6 +105,7 @@ class FaultDevice final : public Device {
     void* dst;
     const void* src;
     uint64_t size_bytes;
+    uint64_t after_casts;  // the casts that must have run first (WaitOnDevice)
   };
   struct PendingCast {
     void* dst;
@@ -104,6 +116,7 @@ class FaultDevice final : public Device {
   std::vector<PendingCopy> copies_;  // issued, in order
   std::vector<PendingCast> casts_;
   QueuePoint done_;                  // how many of each have run
+  uint64_t copy_barrier_ = 0;        // after_casts for copies issued from now on
   uint64_t device_bytes_ = 0, pinned_bytes_ = 0;
 };
 
