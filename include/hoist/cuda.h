@@ -9,7 +9,9 @@
 // where it simply finds zero GPUs.
 //
 // Devices: each CUDA device makes its GPU current (cudaSetDevice) at the start
-// of every call, so it may be used from any thread. Copies go to one
+// of every call, so it may be used from any thread, and makes the calling
+// thread's previous context current again at its end, so a caller's current
+// device (PyTorch's, say) is as it was. Copies go to one
 // non-blocking copy stream per device, created on first use, in the order the
 // calls are made; casts to a second stream that waits for the copies issued
 // before each cast, so the copy engine goes on while a kernel runs; events

@@ -21,6 +21,7 @@
 #include <fmt/core.h>
 
 #include "backends/cuda/cast_kernel.h"
+#include "backends/cuda/context.h"
 #include "util/text.h"
 
 namespace hoist {
@@ -58,14 +59,40 @@ void WarnOnFailure(cudaError_t err, int device, std::string_view what) {
   fmt::print(stderr, "hoist: warning: cuda:{}: {} failed: {}\n", device, what, CudaErrorText(err));
 }
 
-// Sets `device` current on the calling thread. The current device is per
-// host thread, and a Device may be called from any thread, so every path that
-// talks to the GPU starts here.
-Status UseDevice(int device) {
-  cudaError_t err = cudaSetDevice(device);
-  if (err != cudaSuccess) return CudaFailure(err, device, "cudaSetDevice");
-  return Status::Ok();
-}
+// Makes `device` current on the calling thread for one call, and the
+// thread's previous context current again after it. The current device is
+// per host thread and a Device may be called from any thread, so every path
+// that talks to the GPU starts here; and a caller's own current device (say
+// PyTorch's, on the thread that loads) is left as it was, even when the load
+// went to another GPU. Where the driver's context calls are missing it only
+// sets the device.
+class ScopedDevice {
+ public:
+  explicit ScopedDevice(int device) {
+    restore_ = cuda::GetCurrentContext(&saved_);
+    error_ = cudaSetDevice(device);
+    if (error_ != cudaSuccess) status_ = CudaFailure(error_, device, "cudaSetDevice");
+  }
+  ~ScopedDevice() {
+    cuda::Context now = nullptr;
+    if (restore_ && cuda::GetCurrentContext(&now) && now != saved_) (void)cuda::SetCurrentContext(saved_);
+  }
+  ScopedDevice(const ScopedDevice&) = delete;
+  ScopedDevice& operator=(const ScopedDevice&) = delete;
+  const Status& status() const { return status_; }
+  cudaError_t error() const { return error_; }
+
+ private:
+  cudaError_t error_ = cudaSuccess;
+  cuda::Context saved_ = nullptr;
+  bool restore_ = false;
+  Status status_;
+};
+
+// Declares a ScopedDevice for the rest of the scope and returns its failure.
+#define HOIST_USE_DEVICE(device)        \
+  ScopedDevice scoped_device_(device);  \
+  HOIST_RETURN_IF_ERROR(scoped_device_.status())
 
 // The kernel's name for a castable dtype. REQUIRES: IsCastableFloat(t).
 cuda::FloatType KernelType(DType t) {
@@ -85,7 +112,8 @@ class CudaDevice final : public Device {
   CudaDevice(int index, std::string name) : index_(index), name_(std::move(name)) {}
   ~CudaDevice() override {
     if (stream_ == nullptr && cast_stream_ == nullptr) return;
-    WarnOnFailure(cudaSetDevice(index_), index_, "cudaSetDevice");
+    ScopedDevice scoped_device(index_);
+    WarnOnFailure(scoped_device.error(), index_, "cudaSetDevice");
     if (stream_ != nullptr) WarnOnFailure(cudaStreamDestroy(stream_), index_, "cudaStreamDestroy of the copy stream");
     if (cast_stream_ != nullptr) {
       WarnOnFailure(cudaStreamDestroy(cast_stream_), index_, "cudaStreamDestroy of the cast stream");
@@ -100,7 +128,7 @@ class CudaDevice final : public Device {
   bool host_addressable() const override { return false; }
 
   Result<MemoryInfo> GetMemoryInfo() override {
-    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_USE_DEVICE(index_);
     size_t free_bytes = 0, total_bytes = 0;
     cudaError_t err = cudaMemGetInfo(&free_bytes, &total_bytes);
     if (err != cudaSuccess) return CudaFailure(err, index_, "cudaMemGetInfo");
@@ -108,7 +136,7 @@ class CudaDevice final : public Device {
   }
 
   Result<void*> Allocate(uint64_t size_bytes) override {
-    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_USE_DEVICE(index_);
     if (size_bytes == 0) size_bytes = 1;  // a null pointer would read as "no allocation"
     void* ptr = nullptr;
     cudaError_t err = cudaMalloc(&ptr, static_cast<size_t>(size_bytes));
@@ -128,12 +156,13 @@ class CudaDevice final : public Device {
 
   void Free(void* device_ptr) override {
     if (device_ptr == nullptr) return;
-    WarnOnFailure(cudaSetDevice(index_), index_, "cudaSetDevice");
+    ScopedDevice scoped_device(index_);
+    WarnOnFailure(scoped_device.error(), index_, "cudaSetDevice");
     WarnOnFailure(cudaFree(device_ptr), index_, "cudaFree");
   }
 
   Result<void*> AllocatePinned(uint64_t size_bytes) override {
-    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_USE_DEVICE(index_);
     if (size_bytes == 0) size_bytes = 1;
     void* ptr = nullptr;
     // Portable: a staging buffer may feed copies to any GPU, not only this one.
@@ -147,13 +176,14 @@ class CudaDevice final : public Device {
 
   void FreePinned(void* host_ptr) override {
     if (host_ptr == nullptr) return;
-    WarnOnFailure(cudaSetDevice(index_), index_, "cudaSetDevice");
+    ScopedDevice scoped_device(index_);
+    WarnOnFailure(scoped_device.error(), index_, "cudaSetDevice");
     WarnOnFailure(cudaFreeHost(host_ptr), index_, "cudaFreeHost");
   }
 
   Status CopyToDeviceAsync(void* device_dst, const void* host_src, uint64_t size_bytes) override {
     if (size_bytes == 0) return Status::Ok();
-    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_USE_DEVICE(index_);
     HOIST_ASSIGN_OR_RETURN(cudaStream_t stream, CopyStream());
     cudaError_t err =
         cudaMemcpyAsync(device_dst, host_src, static_cast<size_t>(size_bytes), cudaMemcpyHostToDevice, stream);
@@ -167,7 +197,8 @@ class CudaDevice final : public Device {
   bool SupportsCast() override {
     std::lock_guard<std::mutex> lock(mu_);
     if (cast_usable_ < 0) {
-      cudaError_t err = cudaSetDevice(index_);
+      ScopedDevice scoped_device(index_);
+      cudaError_t err = scoped_device.error();
       if (err == cudaSuccess) err = cuda::CastKernelUsable();
       if (err != cudaSuccess) {
         ForgetLastError();
@@ -190,7 +221,7 @@ class CudaDevice final : public Device {
     if (misaligned(device_src, from) || misaligned(device_dst, to)) {
       return InvalidArgument(fmt::format("cuda:{}: cast buffers must be aligned to their element sizes", index_));
     }
-    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_USE_DEVICE(index_);
     HOIST_ASSIGN_OR_RETURN(cudaStream_t copies, CopyStream());
     std::lock_guard<std::mutex> order(order_mu_);
     HOIST_ASSIGN_OR_RETURN(cudaStream_t casts, CastStreamAfterCopies(copies));
@@ -221,7 +252,7 @@ class CudaDevice final : public Device {
   // Both streams, each even when the other fails: the caller frees what
   // the queued work uses once this returns.
   Status Synchronize() override {
-    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_USE_DEVICE(index_);
     cudaStream_t copies = nullptr, casts = nullptr;
     uint64_t casts_issued = 0;
     {
@@ -253,7 +284,7 @@ class CudaDevice final : public Device {
   // casts may be outstanding that is a point on the cast stream once it has
   // caught up with the copies; otherwise a point on the copy stream.
   Status RecordEvent(cudaEvent_t event) {
-    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_USE_DEVICE(index_);
     HOIST_ASSIGN_OR_RETURN(cudaStream_t copies, CopyStream());
     std::lock_guard<std::mutex> order(order_mu_);
     cudaStream_t stream = copies;
@@ -268,7 +299,7 @@ class CudaDevice final : public Device {
   // For WaitOnDevice: the copy stream waits for `event`; casts wait for the
   // copy stream, so they follow too.
   Status CopyStreamWait(cudaEvent_t event) {
-    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_USE_DEVICE(index_);
     HOIST_ASSIGN_OR_RETURN(cudaStream_t copies, CopyStream());
     cudaError_t err = cudaStreamWaitEvent(copies, event, 0);
     if (err != cudaSuccess) return CudaFailure(err, index_, "cudaStreamWaitEvent of the copy stream");
@@ -278,19 +309,20 @@ class CudaDevice final : public Device {
 
   Status WaitOnDevice(Event* event) override;
   Status WaitEvent(cudaEvent_t event) {
-    HOIST_RETURN_IF_ERROR(UseDevice(index_));
+    HOIST_USE_DEVICE(index_);
     cudaError_t err = cudaEventSynchronize(event);
     if (err != cudaSuccess) return CudaFailure(err, index_, "cudaEventSynchronize");
     return Status::Ok();
   }
   void DestroyEvent(cudaEvent_t event) {
-    WarnOnFailure(cudaSetDevice(index_), index_, "cudaSetDevice");
+    ScopedDevice scoped_device(index_);
+    WarnOnFailure(scoped_device.error(), index_, "cudaSetDevice");
     WarnOnFailure(cudaEventDestroy(event), index_, "cudaEventDestroy");
   }
 
  private:
   // The copy stream, created on first use so that registering a GPU creates
-  // no CUDA context. REQUIRES: this device is current (UseDevice).
+  // no CUDA context. REQUIRES: this device is current (HOIST_USE_DEVICE).
   Result<cudaStream_t> CopyStream() {
     std::lock_guard<std::mutex> lock(mu_);
     if (stream_ == nullptr) {
@@ -379,7 +411,7 @@ Status CudaDevice::WaitOnDevice(Event* event) {
 }
 
 Result<std::unique_ptr<Event>> CudaDevice::CreateEvent() {
-  HOIST_RETURN_IF_ERROR(UseDevice(index_));
+  HOIST_USE_DEVICE(index_);
   cudaEvent_t event = nullptr;
   // Blocking: a reader thread that waits for a staging slot sleeps instead of
   // spinning (the default with fewer GPUs than cores), so it leaves its core
@@ -524,7 +556,7 @@ Result<double> ProbeMalloc(int device, uint64_t size_bytes, int timed) {
 Result<CudaProbe> ProbeOne(int device) {
   CudaProbe probe;
   probe.index = device;
-  HOIST_RETURN_IF_ERROR(UseDevice(device));
+  HOIST_USE_DEVICE(device);
   // Create the context now, so that its start-up cost lands in no figure.
   cudaError_t err = cudaFree(nullptr);
   if (err != cudaSuccess) return CudaFailure(err, device, "probe: context creation (cudaFree(nullptr))");

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cast/cast.h"
+#include "backends/cuda/context.h"
 #include "hoist/cuda.h"
 #include "testing/gpu.h"
 #include "hoist/device.h"
@@ -230,6 +231,27 @@ TEST_F(CudaDeviceTest, OutOfMemoryIsReportedAndLeavesMemoryAlone) {
   std::vector<unsigned char> want = RandomBytes(kMiB, 4);
   std::memcpy(pinned->data(), want.data(), kMiB);
   EXPECT_TRUE(RoundTrip(device_, after->get(), pinned->data(), kMiB) == want);
+}
+
+// A caller's current context (PyTorch's current device, say) is as it was
+// after any call: here a thread with none current keeps none.
+TEST_F(CudaDeviceTest, LeavesTheCallersCurrentContextAlone) {
+  ASSERT_TRUE(cuda::ContextCallsAvailable()) << "a GPU but no cuCtxGetCurrent/cuCtxSetCurrent from the driver";
+  std::thread caller([&] {
+    cuda::Context before = reinterpret_cast<cuda::Context>(1), after = reinterpret_cast<cuda::Context>(1);
+    ASSERT_TRUE(cuda::GetCurrentContext(&before));
+    EXPECT_EQ(before, nullptr);  // a new thread has no current context
+    ASSERT_TRUE(device_->GetMemoryInfo().ok());
+    Result<DeviceMemory> mem = DeviceMemory::Allocate(device_, kMiB);
+    ASSERT_TRUE(mem.ok());
+    std::vector<unsigned char> bytes(kMiB, 7);
+    ASSERT_TRUE(device_->CopyToDeviceAsync(mem->get(), bytes.data(), kMiB).ok());
+    ASSERT_TRUE(device_->Synchronize().ok());
+    mem->Reset();
+    ASSERT_TRUE(cuda::GetCurrentContext(&after));
+    EXPECT_EQ(after, nullptr);
+  });
+  caller.join();
 }
 
 TEST_F(CudaDeviceTest, ProbeReturnsPlausibleNumbers) {
