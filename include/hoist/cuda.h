@@ -57,6 +57,7 @@ struct CudaProbe {
   double h2d_pinned_gbps = 0;    // cudaMemcpyAsync from cudaHostAlloc'd memory, 256 MiB
   double h2d_pageable_gbps = 0;  // the same from ordinary malloc'd memory
   double pin_gbps = 0;           // cudaHostRegister of 256 MiB of touched malloc'd memory; 0: refused
+  double pinned_alloc_gbps = 0;  // cudaHostAlloc of 256 MiB (portable), as the staging ring allocates
   double malloc_us_1mib = 0, malloc_us_64mib = 0, malloc_us_1gib = 0;  // one cudaMalloc
 };
 

@@ -67,6 +67,7 @@ Result<ordered_json> ProbeGpus(bool print) {
                     {"h2d_pinned_gbps", p.h2d_pinned_gbps},
                     {"h2d_pageable_gbps", p.h2d_pageable_gbps},
                     {"pin_gbps", p.pin_gbps},
+                    {"pinned_alloc_gbps", p.pinned_alloc_gbps},
                     {"malloc_us_1mib", MicrosOrNull(p.malloc_us_1mib)},
                     {"malloc_us_64mib", MicrosOrNull(p.malloc_us_64mib)},
                     {"malloc_us_1gib", MicrosOrNull(p.malloc_us_1gib)}});
@@ -76,6 +77,7 @@ Result<ordered_json> ProbeGpus(bool print) {
     fmt::print("  host-to-device pinned    {:10.2f} GB/s\n", p.h2d_pinned_gbps);
     fmt::print("  host-to-device pageable  {:10.2f} GB/s\n", p.h2d_pageable_gbps);
     fmt::print("  host pinning             {:10.2f} GB/s\n", p.pin_gbps);
+    fmt::print("  pinned allocation        {:10.2f} GB/s  (cudaHostAlloc, as the staging ring)\n", p.pinned_alloc_gbps);
     fmt::print("  cudaMalloc 1 MiB         {}\n", MicrosText(p.malloc_us_1mib));
     fmt::print("  cudaMalloc 64 MiB        {}\n", MicrosText(p.malloc_us_64mib));
     fmt::print("  cudaMalloc 1 GiB         {}\n\n", MicrosText(p.malloc_us_1gib));

@@ -491,10 +491,15 @@ Status ProbeCopies(int device, uint64_t copy_bytes, CudaProbe* probe) {
 
   {
     void* pinned = nullptr;
-    err = cudaHostAlloc(&pinned, static_cast<size_t>(copy_bytes), cudaHostAllocDefault);
+    // Timed: what a load's staging ring costs (one try, first touch
+    // included, as the ring's buffers get it).
+    const auto t0 = std::chrono::steady_clock::now();
+    err = cudaHostAlloc(&pinned, static_cast<size_t>(copy_bytes), cudaHostAllocPortable);
     if (err != cudaSuccess) {
       return CudaFailure(err, device, fmt::format("probe: cudaHostAlloc of {} bytes", copy_bytes));
     }
+    const double alloc_seconds = SecondsSince(t0);
+    probe->pinned_alloc_gbps = alloc_seconds > 0 ? static_cast<double>(copy_bytes) / alloc_seconds / 1e9 : 0.0;
     Defer pinned_guard([&] { WarnOnFailure(cudaFreeHost(pinned), device, "probe: cudaFreeHost"); });
     std::memset(pinned, 0x5a, static_cast<size_t>(copy_bytes));
     HOIST_ASSIGN_OR_RETURN(probe->h2d_pinned_gbps, TimeHostToDevice(device, dst, pinned, copy_bytes, stream, "pinned"));
