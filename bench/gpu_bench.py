@@ -212,7 +212,11 @@ def main():
             sweep_lines.append(f"| {name} | failed | | | |")
         else:
             sweep_lines.append(f"| {name} | {r['seconds']:.3f} | {r['gbps']:.2f} | {r['threads']} | {r['buffers_per_gpu']} |")
-    md = header + table + "\n\n" + cast_note + "\n\n" + "\n".join(sweep_lines) + "\n"
+    dlpack = results.get("dlpack_check")
+    dlpack_note = ("DLPack check: not run (no hoist Python module)" if dlpack is None else
+                   f"DLPack check: {len(dlpack['tensors'])} tensors equal safetensors' load" if dlpack.get("ok") else
+                   f"DLPack check: FAILED ({dlpack.get('error')})")
+    md = (header + table + "\n\n" + cast_note + "\n\n" + dlpack_note + "\n\n" + "\n".join(sweep_lines) + "\n")
     print(md)
     doc = {"gpu": args.gpu_name, "date": date, "bytes": total, "h2d_pinned_gbps": args.bound_gbps,
            "device": device, "runs": results, "sweep": sweep}
@@ -220,6 +224,9 @@ def main():
     for folder in {args.out}:
         json.dump(doc, open(os.path.join(folder, f"{date}-{slug}.json"), "w"), indent=2)
         open(os.path.join(folder, f"{date}-{slug}.md"), "w").write(md)
+    # The figures are written either way; a wrong tensor fails the run.
+    if dlpack is not None and not dlpack.get("ok"):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 out=${OUT:-bench/out}
 reports=build-gpu/reports
 mkdir -p "$out" "$reports"
+rm -f "$reports"/*.json  # a warm machine keeps build-gpu/: no report of an earlier call may stand in
 # transformers must not look for a hub it cannot reach.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
@@ -33,9 +34,10 @@ build_gpu() {
     return 1
   fi
   grep -E "hoist:" build-gpu/cmake.log || true
-  local want=() t
+  local want=() t targets
+  targets=$(ninja -C build-gpu -t targets all 2>/dev/null)
   for t in "$@"; do
-    ninja -C build-gpu -t targets all 2>/dev/null | grep -q "^$t:" && want+=("$t")
+    grep -q "^$t:" <<<"$targets" && want+=("$t")
   done
   if ! ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1; then
     tail -n 80 build-gpu/ninja.log
@@ -53,7 +55,14 @@ checkpoint() {
   local dir=$base/hoist-ckpt-$1${layers[1]:+-${layers[1]}}
   if [[ ! -f $dir.complete ]]; then
     rm -rf "$dir"
-    build-gpu/hoist synth --arch "$1" "${layers[@]}" --quiet "$dir" >&2 && touch "$dir.complete"
+    timeout 120 build-gpu/hoist synth --arch "$1" "${layers[@]}" --quiet "$dir" >&2 && touch "$dir.complete"
   fi
+  [[ -f $dir.complete ]] || return 1
   echo "$dir"
+}
+
+# seconds_left DEADLINE: seconds until DEADLINE (epoch seconds), at least 0.
+seconds_left() {
+  local left=$(( $1 - $(date +%s) ))
+  echo $(( left > 0 ? left : 0 ))
 }

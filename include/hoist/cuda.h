@@ -10,8 +10,11 @@
 //
 // Devices: each CUDA device makes its GPU current (cudaSetDevice) at the start
 // of every call, so it may be used from any thread, and makes the calling
-// thread's previous context current again at its end, so a caller's current
-// device (PyTorch's, say) is as it was. Copies go to one
+// thread's previous context current again at its end: a caller with a
+// current context (PyTorch after its first CUDA call) keeps it, so its
+// current device is as it was. A thread with none is left with none, but the
+// runtime may remember the device last set on it (cudaGetDevice), which
+// hoist cannot undo without creating a context. Copies go to one
 // non-blocking copy stream per device, created on first use, in the order the
 // calls are made; casts to a second stream that waits for the copies issued
 // before each cast, so the copy engine goes on while a kernel runs; events

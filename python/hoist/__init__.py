@@ -176,7 +176,7 @@ def load(
         and model.report lists missing, unexpected and mismatched.
     The rest are the CLI's `hoist load` options: alloc ("reserve" or "per-tensor"), threads (0: default),
     io ("pread", "auto", "uring"), direct ("off", "auto", "on"), chunk_size ("16MiB"),
-    staging_buffers (0: readers + 2 per GPU), pipeline (False: read everything to host memory first).
+    staging_buffers (0: each GPU's share of the readers + 2, at most 32), pipeline (False: read everything to host memory first).
     """
     if isinstance(device_map, Mapping):
         device_map = json.dumps(dict(device_map))

@@ -40,7 +40,7 @@ struct LoadRequest {
   std::string margin = "1.2GiB";
   int threads = 0;
   std::string chunk_size = "16MiB";
-  int staging_slots = 0;  // 0: reader threads + 2
+  int staging_slots = 0;  // 0: each GPU's share of the readers + 2, at most 32
   bool pipeline = true;
   std::string direct = "off";  // auto, on, off
   std::string io = "pread";     // pread, auto, uring

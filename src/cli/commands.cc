@@ -26,14 +26,15 @@
 #include "api/session.h"
 
 namespace hoist::cli {
-namespace {
-
-using nlohmann::ordered_json;
 
 int Fail(const Status& s) {
   fmt::print(stderr, "error: {}\n", s.message());
   return s.IsBadInput() ? 2 : 1;
 }
+
+namespace {
+
+using nlohmann::ordered_json;
 
 std::string HumanBytes(uint64_t n) {
   if (n >= 1'000'000'000) return fmt::format("{:.2f} GB", static_cast<double>(n) / 1e9);

@@ -10,6 +10,10 @@
 
 namespace hoist::cli {
 
+// Prints "error: <message>" on stderr and returns the exit code for `s`:
+// 2 for bad input, 1 otherwise.
+int Fail(const Status& s);
+
 struct InspectArgs {
   std::string path;
   bool json = false;

@@ -9,6 +9,7 @@
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
+#include "cli/commands.h"
 #include "hoist/device.h"
 #include "hoist/loader.h"
 #include "hoist/writer.h"
@@ -23,11 +24,6 @@ namespace {
 using nlohmann::ordered_json;
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-
-int Fail(const Status& s) {
-  fmt::print(stderr, "error: {}\n", s.message());
-  return s.IsBadInput() ? 2 : 1;
-}
 
 ordered_json HostJson(const HostProbe& h) {
   return {{"cores", std::thread::hardware_concurrency()},

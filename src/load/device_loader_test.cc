@@ -16,6 +16,7 @@
 #include "hoist/loader.h"
 #include "hoist/writer.h"
 #include "io/file.h"
+#include "io/uring.h"
 #include "testing/temp_dir.h"
 
 namespace hoist {
@@ -241,7 +242,9 @@ TEST_F(DeviceLoaderTest, CopiesOvertakingCastsNeverOverwriteACastsInput) {
   auto model = LoadWith(po);
   ASSERT_TRUE(model.ok());
   for (const DeviceStats& d : model->stats().devices) {
-    if (d.device == DeviceId::Cuda(0)) EXPECT_EQ(d.peak_reserved_bytes - d.reserved_bytes, 4u * 4096);
+    if (d.device == DeviceId::Cuda(0)) {
+      EXPECT_EQ(d.peak_reserved_bytes - d.reserved_bytes, 4u * 4096);
+    }
   }
 }
 
@@ -415,7 +418,9 @@ class DeviceLoaderFaultTest : public DeviceLoaderTest, public ::testing::WithPar
 
 TEST_P(DeviceLoaderFaultTest, EveryFailureReturnsEveryByte) {
   PlanOptions po;
-  po.device_map = R"({"model.layers": 0, "": "cpu"})";
+  // More cast pieces on the GPU (7) than chunks of cast scratch (4), so the
+  // device-side wait before refilling one runs too.
+  po.device_map = R"({"model.layers": 0, "model.embed_tokens": 0, "": "cpu"})";
   if (GetParam() > 0) po.cast_to = DType::kF32;
   const bool kernel = GetParam() != 2;
   gpu_->set_supports_cast(kernel);
@@ -429,6 +434,7 @@ TEST_P(DeviceLoaderFaultTest, EveryFailureReturnsEveryByte) {
     }
   }
   EXPECT_EQ(successful[static_cast<int>(FaultPoint::kCast)] > 0, GetParam() == 1);
+  EXPECT_EQ(successful[static_cast<int>(FaultPoint::kDeviceWait)] > 0, GetParam() == 1);
   ExpectAllReturned();
   int injected = 0;
   for (int p = 0; p < hoist::testing::kFaultPointCount; ++p) {
@@ -486,15 +492,20 @@ TEST_F(DeviceLoaderTest, DirectReadsLandInTheStagingSlots) {
   for (uint64_t chunk : {4096u, 5000u, 12288u}) {
     for (bool cast : {false, true}) {
       for (bool kernel : {true, false}) {
-        SCOPED_TRACE("chunk " + std::to_string(chunk) + (cast ? " cast" : "") + (kernel ? "" : " on the host"));
+        // The ring reads into the slot directly too (io_uring where it is here).
+        const bool uring = chunk == 5000u && UringAvailable();
+        SCOPED_TRACE("chunk " + std::to_string(chunk) + (cast ? " cast" : "") + (kernel ? "" : " on the host") +
+                     (uring ? " io_uring" : ""));
         gpu_->set_supports_cast(kernel);
         options_.chunk_bytes = chunk;
+        options_.io = uring ? IoEngine::kUring : IoEngine::kPread;
         PlanOptions po;
         po.device = DeviceId::Cuda(0);
         if (cast) po.cast_to = DType::kF32;
         auto model = LoadWith(po);
         ASSERT_TRUE(model.ok()) << model.status().message();
         EXPECT_EQ(model->stats().direct_files, static_cast<int>(catalog_->files().size()));
+        EXPECT_EQ(model->stats().uring_files, uring ? static_cast<int>(catalog_->files().size()) : 0);
         for (const TensorView& v : model->tensors()) {
           if (cast) {
             ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v)) << v.name;

@@ -219,7 +219,7 @@ Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited,
     std::string advice = !buffers ? "spread the model with --device-map auto --max-memory 0=...,cpu=..., or shrink it "
                                     "with --dtype"
                          : id.kind == DeviceKind::kCuda
-                             ? "use a smaller --chunk-size (the GPU holds one chunk of cast scratch)"
+                             ? "use a smaller --chunk-size (the GPU holds four chunks of cast scratch)"
                              : "use fewer or smaller staging buffers (--staging-buffers N, --chunk-size)";
     return OutOfMemory(id.ToString() + ": " + what + " but only " + ByteText(available) + " is available (" + why +
                        "); " + advice);
@@ -523,11 +523,11 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
           local.no_ring = true;  // auto: this thread reads with pread (e.g. out of file descriptors)
         }
       }
+      if (local.ring != nullptr) open.uring_used[t.source->file_index].store(true, std::memory_order_relaxed);
       return local.ring.get();
     };
     auto read_into = [&](unsigned char* dst) -> Status {
       HOIST_ASSIGN_OR_RETURN(BlockReader* via, reader());
-      if (via != nullptr) open.uring_used[t.source->file_index].store(true, std::memory_order_relaxed);
       if (direct.fd() < 0) return file.ReadAt(it.file_offset_bytes, dst, it.size_bytes, via);
       return direct.ReadDirectAt(it.file_offset_bytes, dst, it.size_bytes, &local.bounce, via);
     };
@@ -592,7 +592,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
                                    it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
         }
         if (st.ok()) st = s.scratch_events[k]->Record();
-        s.scratch_used[k] = st.ok();
+        if (st.ok()) s.scratch_used[k] = 1;
       } else {
         st = s.device->CopyToDeviceAsync(it.dst, bytes, it.dst_bytes);
         queued = st.ok();

@@ -62,10 +62,10 @@ void WarnOnFailure(cudaError_t err, int device, std::string_view what) {
 // Makes `device` current on the calling thread for one call, and the
 // thread's previous context current again after it. The current device is
 // per host thread and a Device may be called from any thread, so every path
-// that talks to the GPU starts here; and a caller's own current device (say
-// PyTorch's, on the thread that loads) is left as it was, even when the load
-// went to another GPU. Where the driver's context calls are missing it only
-// sets the device.
+// that talks to the GPU starts here; and a caller's own current context
+// (PyTorch's, on the thread that loads, once it has one) is left as it was,
+// even when the load went to another GPU. Where the driver's context calls
+// are missing it only sets the device.
 class ScopedDevice {
  public:
   explicit ScopedDevice(int device) {
@@ -236,6 +236,7 @@ class CudaDevice final : public Device {
 
   Status CopyToHost(void* host_dst, const void* device_src, uint64_t size_bytes) override {
     if (size_bytes == 0) return Status::Ok();
+    HOIST_USE_DEVICE(index_);
     // The copy stream does not synchronize with the legacy default stream that
     // cudaMemcpy uses, so the queued copies are waited for first: the bytes
     // read back are then the bytes copied in.

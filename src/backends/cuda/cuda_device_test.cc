@@ -270,7 +270,7 @@ TEST_F(CudaDeviceTest, ProbeReturnsPlausibleNumbers) {
     EXPECT_LT(p.h2d_pinned_gbps, 1000.0);
     EXPECT_GT(p.h2d_pageable_gbps, 0.01);
     EXPECT_LT(p.h2d_pageable_gbps, 1000.0);
-    EXPECT_GT(p.pin_gbps, 0.0);
+    EXPECT_GE(p.pin_gbps, 0.0);  // 0: cudaHostRegister refused (the probe warns; loads do not need it)
     EXPECT_GT(p.pinned_alloc_gbps, 0.0);
     EXPECT_GT(p.malloc_us_1mib, 0.0);
     EXPECT_GT(p.malloc_us_64mib, 0.0);

@@ -26,6 +26,7 @@ class FaultEvent final : public Event {
   }
 
   FaultDevice::QueuePoint point() const { return point_; }
+  const FaultDevice* device() const { return device_; }
 
  private:
   FaultDevice* device_;
@@ -146,7 +147,7 @@ void FaultDevice::RunUpTo(QueuePoint point) {
 Status FaultDevice::WaitOnDevice(Event* event) {
   HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kDeviceWait));
   auto* e = dynamic_cast<FaultEvent*>(event);
-  if (e == nullptr) return InvalidArgument("test device: WaitOnDevice needs one of its own events");
+  if (e == nullptr || e->device() != this) return InvalidArgument("test device: WaitOnDevice needs one of its own events");
   std::lock_guard<std::mutex> lock(mu_);
   copy_barrier_ = std::max(copy_barrier_, e->point().casts);
   return Status::Ok();
