@@ -8,6 +8,11 @@
 #include <vector>
 
 namespace hoist {
+namespace {
+thread_local bool parallel_for_worker = false;
+}  // namespace
+
+bool OnParallelForWorker() { return parallel_for_worker; }
 
 Status ParallelFor(size_t count, int threads, const std::function<Status(size_t)>& body,
                    const std::function<void()>& on_failure, int* threads_used) {
@@ -37,7 +42,10 @@ Status ParallelFor(size_t count, int threads, const std::function<Status(size_t)
   pool.reserve(n - 1);
   for (size_t i = 1; i < n; ++i) {
     try {
-      pool.emplace_back(worker);
+      pool.emplace_back([&worker] {
+        parallel_for_worker = true;
+        worker();
+      });
     } catch (const std::system_error&) {
       break;  // the system has no more threads to give: go on with those started
     }

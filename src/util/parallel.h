@@ -16,4 +16,9 @@ namespace hoist {
 Status ParallelFor(size_t count, int threads, const std::function<Status(size_t)>& body,
                    const std::function<void()>& on_failure = nullptr, int* threads_used = nullptr);
 
+// True on a thread ParallelFor started, false on the caller's (and any
+// other) thread. Such a thread is hoist's own: the CUDA backend leaves a
+// device current on it between calls rather than restoring what was there.
+bool OnParallelForWorker();
+
 }  // namespace hoist

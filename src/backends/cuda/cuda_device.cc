@@ -22,6 +22,7 @@
 
 #include "backends/cuda/cast_kernel.h"
 #include "backends/cuda/context.h"
+#include "util/parallel.h"
 #include "util/text.h"
 
 namespace hoist {
@@ -69,7 +70,8 @@ void WarnOnFailure(cudaError_t err, int device, std::string_view what) {
 class ScopedDevice {
  public:
   explicit ScopedDevice(int device) {
-    restore_ = cuda::GetCurrentContext(&saved_);
+    // hoist's own reader threads keep the device between calls.
+    restore_ = !OnParallelForWorker() && cuda::GetCurrentContext(&saved_);
     error_ = cudaSetDevice(device);
     if (error_ != cudaSuccess) status_ = CudaFailure(error_, device, "cudaSetDevice");
   }
