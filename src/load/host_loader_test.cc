@@ -120,6 +120,38 @@ TEST(HostLoaderTest, CastsOnlyFloatingPointTensors) {
   }
 }
 
+// A host cast reads and casts a piece in cache-sized blocks: pieces of
+// many blocks with a ragged last one, in both directions (narrowing and
+// widening), land whole and in order.
+TEST(HostLoaderTest, CastsLargePiecesBlockByBlock) {
+  testing::TempDir dir;
+  const std::vector<OutTensor> tensors = {{"big.f32", DType::kF32, {786'433}, 786'433 * 4},    // 3 MiB + 4 bytes
+                                          {"big.bf16", DType::kBF16, {700'001}, 700'001 * 2}};  // 1.3 MiB + 2
+  ASSERT_TRUE(WritePattern(dir / "m.safetensors", tensors, 1ull << 40).ok());
+  Result<Catalog> cat = OpenCatalog(dir / "m.safetensors");
+  ASSERT_TRUE(cat.ok());
+  for (uint64_t chunk : {uint64_t{16} << 20, uint64_t{1'000'004}}) {  // whole tensors, or pieces of ~2 blocks
+    SCOPED_TRACE("chunk " + std::to_string(chunk));
+    LoadOptions opt;
+    opt.cast_to = DType::kF16;
+    opt.chunk_bytes = chunk;
+    opt.threads = 2;
+    Result<LoadedModel> model = LoadToHost(*cat, opt);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      std::vector<unsigned char> file(tensors[i].size_bytes);
+      for (uint64_t k = 0; k < file.size(); ++k) file[k] = PatternByte(i, k);
+      const size_t n = file.size() / static_cast<size_t>(DTypeBits(tensors[i].dtype) / 8);
+      std::vector<unsigned char> want(n * 2);
+      CastFloats(tensors[i].dtype, file.data(), DType::kF16, want.data(), n);
+      const TensorView* v = model->Find(tensors[i].name);
+      ASSERT_NE(v, nullptr);
+      ASSERT_EQ(v->size_bytes, want.size());
+      ASSERT_EQ(std::memcmp(v->data, want.data(), want.size()), 0) << v->name;
+    }
+  }
+}
+
 TEST(HostLoaderTest, OnlySelectsByRegexSearch) {
   testing::TempDir dir;
   ASSERT_TRUE(WritePattern(dir / "m.safetensors", MixedTensors(), 1ull << 40).ok());

@@ -276,6 +276,10 @@ struct BackgroundPinner {
 // however many reader threads there are.
 constexpr int kMaxDefaultSlots = 32;
 
+// A host cast reads and casts this much at a time (a multiple of every
+// element size), so the bytes it casts are still in the core's cache.
+constexpr uint64_t kHostCastBlockBytes = 512 << 10;
+
 // Chunks of device scratch for casts on a GPU. Two let a copy fill one
 // while a kernel casts from the other; more give slack when the copy
 // stream runs ahead.
@@ -526,19 +530,28 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       if (local.ring != nullptr) open.uring_used[t.source->file_index].store(true, std::memory_order_relaxed);
       return local.ring.get();
     };
-    auto read_into = [&](unsigned char* dst) -> Status {
+    auto read_range = [&](uint64_t offset, unsigned char* dst, uint64_t size) -> Status {
       HOIST_ASSIGN_OR_RETURN(BlockReader* via, reader());
-      if (direct.fd() < 0) return file.ReadAt(it.file_offset_bytes, dst, it.size_bytes, via);
-      return direct.ReadDirectAt(it.file_offset_bytes, dst, it.size_bytes, &local.bounce, via);
+      if (direct.fd() < 0) return file.ReadAt(offset, dst, size, via);
+      return direct.ReadDirectAt(offset, dst, size, &local.bounce, via);
     };
+    auto read_into = [&](unsigned char* dst) { return read_range(it.file_offset_bytes, dst, it.size_bytes); };
+    // A cast on the host reads the piece a cache-sized block at a time and
+    // casts each block while it is still in cache.
     auto cast_into = [&](unsigned char* dst) -> Status {
-      local.scratch.resize(it.size_bytes);
-      HOIST_RETURN_IF_ERROR(read_into(local.scratch.data()));
-      const auto cast_start = Clock::now();
-      CastFloats(t.source->dtype, local.scratch.data(), t.dtype, dst,
-                 it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
-      host_cast_ns.fetch_add(static_cast<uint64_t>(std::chrono::nanoseconds(Clock::now() - cast_start).count()),
-                             std::memory_order_relaxed);
+      const uint64_t in_elem = static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8);
+      const uint64_t out_elem = static_cast<uint64_t>(DTypeBits(t.dtype) / 8);
+      const uint64_t block = std::min<uint64_t>(it.size_bytes, kHostCastBlockBytes);
+      local.scratch.resize(block);
+      uint64_t cast_ns = 0;
+      for (uint64_t done = 0; done < it.size_bytes; done += block) {
+        const uint64_t n = std::min(block, it.size_bytes - done);
+        HOIST_RETURN_IF_ERROR(read_range(it.file_offset_bytes + done, local.scratch.data(), n));
+        const auto cast_start = Clock::now();
+        CastFloats(t.source->dtype, local.scratch.data(), t.dtype, dst + done / in_elem * out_elem, n / in_elem);
+        cast_ns += static_cast<uint64_t>(std::chrono::nanoseconds(Clock::now() - cast_start).count());
+      }
+      host_cast_ns.fetch_add(cast_ns, std::memory_order_relaxed);
       return Status::Ok();
     };
     if (!s.staged || !options.pipeline) return cast ? cast_into(it.dst) : read_into(it.dst);
