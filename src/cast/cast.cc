@@ -4,15 +4,16 @@
 #include <cstring>
 
 // On x86-64 the loops are compiled twice, for AVX2 and for the baseline,
-// and the loader picks one when the program starts (GCC/Clang function
-// clones). The same C++ either way, so the same bits; AVX2 doubles the
-// vector width: F16 -> F32 3.9 -> 7.2 GB/s, F64 -> F16 0.29 -> 1.6 GB/s
-// on one core of the 2-core VM (build/hoist_bench --benchmark_filter=Cast).
+// and the first cast picks one for the CPU it runs on. The same C++ either
+// way, so the same bits; AVX2 doubles the vector width: F16 -> F32 3.9 ->
+// 7.2 GB/s, F64 -> F16 0.29 -> 1.6 GB/s on one core of the 2-core VM
+// (build/hoist_bench --benchmark_filter=Cast). A plain branch, not an ifunc
+// (target_clones), whose resolver would run before a sanitizer's runtime.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define HOIST_CAST_CLONES __attribute__((target_clones("avx2", "default")))
+#define HOIST_CAST_AVX2 1
 #define HOIST_CAST_INLINE __attribute__((always_inline)) inline
 #else
-#define HOIST_CAST_CLONES
+#define HOIST_CAST_AVX2 0
 #define HOIST_CAST_INLINE inline
 #endif
 
@@ -59,11 +60,7 @@ HOIST_CAST_INLINE void CastFrom(DType dst, const unsigned char* in, unsigned cha
   }
 }
 
-}  // namespace
-
-HOIST_CAST_CLONES
-void CastFloats(DType src, const void* src_bytes, DType dst, void* dst_bytes, size_t count) {
-  assert(IsCastableFloat(src) && IsCastableFloat(dst));
+HOIST_CAST_INLINE void CastFloatsImpl(DType src, const void* src_bytes, DType dst, void* dst_bytes, size_t count) {
   const auto* in = static_cast<const unsigned char*>(src_bytes);
   auto* out = static_cast<unsigned char*>(dst_bytes);
   if (src == dst) {
@@ -78,6 +75,29 @@ void CastFloats(DType src, const void* src_bytes, DType dst, void* dst_bytes, si
     case DType::kF64: return CastFrom<double>(dst, in, out, count, [](double v) { return convert::F64ToF32(v); });
     default: assert(false);
   }
+}
+
+#if HOIST_CAST_AVX2
+__attribute__((target("avx2"))) void CastFloatsAvx2(DType src, const void* src_bytes, DType dst, void* dst_bytes,
+                                                      size_t count) {
+  CastFloatsImpl(src, src_bytes, dst, dst_bytes, count);
+}
+#endif
+
+}  // namespace
+
+void CastFloatsBaseline(DType src, const void* src_bytes, DType dst, void* dst_bytes, size_t count) {
+  assert(IsCastableFloat(src) && IsCastableFloat(dst));
+  CastFloatsImpl(src, src_bytes, dst, dst_bytes, count);
+}
+
+void CastFloats(DType src, const void* src_bytes, DType dst, void* dst_bytes, size_t count) {
+  assert(IsCastableFloat(src) && IsCastableFloat(dst));
+#if HOIST_CAST_AVX2
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return CastFloatsAvx2(src, src_bytes, dst, dst_bytes, count);
+#endif
+  CastFloatsBaseline(src, src_bytes, dst, dst_bytes, count);
 }
 
 }  // namespace hoist

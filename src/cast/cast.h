@@ -21,4 +21,9 @@ using convert::F32ToF16;
 // needs any alignment. REQUIRES: IsCastableFloat(src) && IsCastableFloat(dst).
 void CastFloats(DType src, const void* src_bytes, DType dst, void* dst_bytes, size_t count);
 
+// The same cast through the loops built for baseline x86-64, whatever the
+// CPU (CastFloats takes the AVX2 build where the CPU has it): for tests
+// that hold the two builds to the same bits.
+void CastFloatsBaseline(DType src, const void* src_bytes, DType dst, void* dst_bytes, size_t count);
+
 }  // namespace hoist

@@ -566,7 +566,13 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     }
     StagingSlot& slot = s.slots[slot_index];
     Status st;
-    if (slot.pending) st = slot.event->Wait();
+    if (slot.pending) {
+      // Where the wait fails, the slot's last copy may still read it: it
+      // stays out of the ring, and the load fails (the final synchronize
+      // waits for that copy before anything is freed).
+      st = slot.event->Wait();
+      if (!st.ok()) return st;
+    }
     slot.pending = false;
     const bool device_cast = cast && s.device_casts;
     // Where the piece's file bytes are once read: O_DIRECT reads land in the
