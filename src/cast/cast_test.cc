@@ -1,4 +1,5 @@
 #include "cast/cast.h"
+#include "testing/cast_inputs.h"
 
 #include <cmath>
 #include <cstring>
@@ -161,26 +162,10 @@ TEST(CastTest, CastFloatsHandlesUnalignedBuffersAndAllPairs) {
 }
 
 // CastFloats runs the AVX2 build of the loops where the CPU has AVX2; the
-// baseline build must give the same bits for every pair: all F16 and BF16
-// patterns, and random F32 and F64 bit patterns (NaNs, subnormals and all).
+// baseline build must give the same bits for every pair (testing/cast_inputs.h).
 TEST(CastTest, BaselineAndAvx2BuildsAgreeBitForBit) {
-  std::mt19937_64 rng(7);
-  std::vector<uint16_t> halves(65536);
-  for (size_t i = 0; i < halves.size(); ++i) halves[i] = static_cast<uint16_t>(i);
-  std::vector<uint32_t> floats(200'003);
-  for (uint32_t& f : floats) f = static_cast<uint32_t>(rng());
-  std::vector<uint64_t> doubles(100'003);
-  for (uint64_t& d : doubles) d = rng();
-  struct Source {
-    DType type;
-    const void* data;
-    size_t count;
-  };
-  const Source sources[] = {{DType::kF16, halves.data(), halves.size()},
-                            {DType::kBF16, halves.data(), halves.size()},
-                            {DType::kF32, floats.data(), floats.size()},
-                            {DType::kF64, doubles.data(), doubles.size()}};
-  for (const Source& s : sources) {
+  const hoist::testing::CastInputs inputs;
+  for (const auto& s : inputs.Sources()) {
     for (DType to : {DType::kF16, DType::kBF16, DType::kF32, DType::kF64}) {
       const size_t bytes = s.count * static_cast<size_t>(DTypeBits(to) / 8);
       std::vector<unsigned char> a(bytes), b(bytes);

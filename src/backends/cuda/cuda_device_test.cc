@@ -13,6 +13,7 @@
 #include "cast/cast.h"
 #include "backends/cuda/context.h"
 #include "hoist/cuda.h"
+#include "testing/cast_inputs.h"
 #include "testing/gpu.h"
 #include "hoist/device.h"
 
@@ -283,58 +284,24 @@ TEST_F(CudaDeviceTest, ProbeReturnsPlausibleNumbers) {
   EXPECT_LE(AbsDiff(FreeBytes(), (*probes)[0].free_bytes), 64 * kMiB);
 }
 
-// The kernel against the host's CastFloats, byte for byte: every F16 and BF16
-// bit pattern, and F32/F64 inputs covering every exponent with varied
-// mantissas, NaNs with payloads, infinities, subnormals and both zeros.
+// The kernel against the host's CastFloats, byte for byte, on every input of
+// testing/cast_inputs.h.
 TEST_F(CudaDeviceTest, CastKernelIsBitIdenticalToTheHostCast) {
-  std::vector<uint16_t> halves(65536);
-  for (uint32_t i = 0; i < 65536; ++i) halves[i] = static_cast<uint16_t>(i);
-  std::vector<uint32_t> floats;
-  std::mt19937 rng(7);
-  for (uint32_t exp = 0; exp < 256; ++exp) {
-    for (uint32_t m : {0u, 1u, 0x1000u, 0x1FFFu, 0x2000u, 0x3FFFFFu, 0x400000u, 0x7FFFFFu, 0x7FE000u, 0x7FF000u}) {
-      floats.push_back(exp << 23 | m);
-      floats.push_back(0x80000000u | exp << 23 | m);
-    }
-    for (int k = 0; k < 64; ++k) floats.push_back(exp << 23 | (rng() & 0x807FFFFFu));
-  }
-  std::vector<uint64_t> doubles;
-  for (uint32_t f : floats) {
-    // Around each float: exactly it, and just above the rounding tie.
-    uint64_t d;
-    double v;
-    float x;
-    std::memcpy(&x, &f, 4);
-    v = static_cast<double>(x);
-    std::memcpy(&d, &v, 8);
-    doubles.push_back(d);
-    doubles.push_back(d | 0x10000000ull);
-  }
-  for (int k = 0; k < 20000; ++k) doubles.push_back(static_cast<uint64_t>(rng()) << 32 | rng());
-
-  struct Case {
-    DType from;
-    const void* data;
-    size_t count;
-  };
-  const Case cases[] = {{DType::kF16, halves.data(), halves.size()},
-                        {DType::kBF16, halves.data(), halves.size()},
-                        {DType::kF32, floats.data(), floats.size()},
-                        {DType::kF64, doubles.data(), doubles.size()}};
-  for (const Case& c : cases) {
+  const hoist::testing::CastInputs inputs;
+  for (const auto& c : inputs.Sources()) {
     for (DType to : {DType::kF16, DType::kBF16, DType::kF32, DType::kF64}) {
-      if (to == c.from) continue;
-      SCOPED_TRACE(std::string(DTypeName(c.from)) + " -> " + std::string(DTypeName(to)));
-      const size_t in_bytes = c.count * static_cast<size_t>(DTypeBits(c.from) / 8);
+      if (to == c.type) continue;
+      SCOPED_TRACE(std::string(DTypeName(c.type)) + " -> " + std::string(DTypeName(to)));
+      const size_t in_bytes = c.count * static_cast<size_t>(DTypeBits(c.type) / 8);
       const size_t out_bytes = c.count * static_cast<size_t>(DTypeBits(to) / 8);
       Result<DeviceMemory> in = DeviceMemory::Allocate(device_, in_bytes);
       Result<DeviceMemory> out = DeviceMemory::Allocate(device_, out_bytes);
       ASSERT_TRUE(in.ok() && out.ok());
       ASSERT_TRUE(device_->CopyToDeviceAsync(in->get(), c.data, in_bytes).ok());
-      const size_t in_elem = static_cast<size_t>(DTypeBits(c.from) / 8);
+      const size_t in_elem = static_cast<size_t>(DTypeBits(c.type) / 8);
       const size_t elem = static_cast<size_t>(DTypeBits(to) / 8);
       std::vector<unsigned char> want(out_bytes);
-      CastFloats(c.from, c.data, to, want.data(), c.count);
+      CastFloats(c.type, c.data, to, want.data(), c.count);
       // All of it (the vector kernel), then a ragged tail (vector and scalar
       // kernels), then a start one element in (the scalar kernel alone).
       struct Range {
@@ -346,7 +313,7 @@ TEST_F(CudaDeviceTest, CastKernelIsBitIdenticalToTheHostCast) {
         // range, shows.
         const std::vector<unsigned char> sentinel(out_bytes, 0xA5);
         ASSERT_TRUE(device_->CopyToDeviceAsync(out->get(), sentinel.data(), out_bytes).ok());
-        Status s = device_->CastAsync(out->data() + r.first * elem, to, in->data() + r.first * in_elem, c.from,
+        Status s = device_->CastAsync(out->data() + r.first * elem, to, in->data() + r.first * in_elem, c.type,
                                       r.count);
         ASSERT_TRUE(s.ok()) << s.message();
         std::vector<unsigned char> got(out_bytes);
