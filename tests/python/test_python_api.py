@@ -346,6 +346,40 @@ def test_numpy_from_dlpack(np, torch, st, all_dtypes):
     assert checked >= len(want) - 2  # all but the bf16 ones
 
 
+@pytest.fixture(scope="module")
+def jax():
+    jax = pytest.importorskip("jax", reason="jax is not installed (pip install jax)")
+    jax.config.update("jax_enable_x64", True)  # keep 64-bit tensors 64-bit, so they too can be zero-copy
+    return jax
+
+
+def test_jax_from_dlpack(jax, torch, st, all_dtypes, tiny):
+    """A third DLPack consumer, stricter than numpy: JAX asks for versioned
+    DLPack and takes bf16, which numpy cannot. Same bytes as safetensors, and
+    the same memory as hoist's reservation (no copy)."""
+    jnp = jax.numpy
+    want = {**st.load_file(str(all_dtypes)), **{"tiny." + k: v for k, v in st.load_file(str(tiny / "model.safetensors")).items()}}
+    models = {"": hoist.load(str(all_dtypes), device="cpu"), "tiny.": hoist.load(str(tiny), device="cpu")}
+    fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+    for name, w in want.items():
+        prefix = "tiny." if name.startswith("tiny.") else ""
+        model, key = models[prefix], name[len(prefix):]
+        arr = jnp.from_dlpack(model[key])
+        assert arr.shape == tuple(w.shape), f"{name}: jax shape {arr.shape}, expected {tuple(w.shape)}"
+        expect_dtype = "uint8" if w.dtype in fp8 else str(w.dtype).replace("torch.", "")
+        assert str(arr.dtype) == expect_dtype, f"{name}: jax dtype {arr.dtype}, expected {expect_dtype}"
+        assert _np_bytes(arr) == _raw(torch, w).numpy().tobytes(), f"{name}: jax sees different bytes"
+        if arr.size:
+            assert arr.unsafe_buffer_pointer() == torch.from_dlpack(model[key]).data_ptr(), f"{name}: jax copied"
+
+
+def _np_bytes(arr) -> bytes:
+    import numpy
+
+    host = numpy.asarray(arr.view("uint16") if str(arr.dtype) == "bfloat16" else arr)
+    return host.tobytes()
+
+
 def test_arrays_and_tensors_outlive_the_model(np, torch, st, all_dtypes, tiny):
     want = {**st.load_file(str(all_dtypes)), **{"tiny." + k: v for k, v in st.load_file(str(tiny / "model.safetensors")).items()}}
     m1 = hoist.load(str(all_dtypes), device="cpu")
