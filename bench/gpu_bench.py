@@ -80,9 +80,11 @@ def main():
     ap.add_argument("--out", required=True, help="where the results .json and .md go")
     ap.add_argument("--reports", help="where each run's load report goes (default: --out)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--run-timeout", type=float, default=60.0, help="seconds one CLI load may take")
     ap.add_argument("--gpu-name", default="cpu")
     ap.add_argument("--bound-gbps", type=float, default=0.0)
-    ap.add_argument("--deadline", type=float, default=0.0, help="epoch seconds; transformers runs fewer times near it")
+    ap.add_argument("--deadline", type=float, default=0.0,
+                    help="epoch seconds; loaders run fewer times near it and the sweep is cut short")
     args = ap.parse_args()
     reports_dir = args.reports or args.out
     os.makedirs(reports_dir, exist_ok=True)
@@ -94,21 +96,38 @@ def main():
     total = sum(os.path.getsize(f) for f in shards)
     if device.startswith("cuda"):
         torch.zeros(1, device=device)  # CUDA context up before any timer
-    results = {}
+    results, sweep = {}, {}
+
+    def seconds_left():
+        return args.deadline - time.time() if args.deadline else float("inf")
+
+    def runs_now(slack):
+        # Fewer runs (at least one) rather than run past the device's limit.
+        return runs if seconds_left() > slack else 1
+
+    def save():
+        # After every loader, so a run cut short still leaves its figures.
+        write_results(args, results, sweep, total, len(shards), device, runs)
 
     def cli(name, *flags):
         times, reports = [], []
         for r in range(runs):
+            if r and seconds_left() < 60:
+                break
             report = os.path.join(reports_dir, f"bench-{name}-{r}.json")
             start = time.perf_counter()
             subprocess.run([args.hoist_bin, "load", args.dir, "--device", device, "--report", report, "-q", *flags],
-                           check=True, timeout=180)
+                           check=True, timeout=args.run_timeout)
             times.append(time.perf_counter() - start)
             reports.append(json.load(open(report)))
         rep = reports[len(reports) // 2]
         results[name] = {"seconds": statistics.median(r["seconds"] for r in reports),
                          "process_seconds": statistics.median(times), "times": [r["seconds"] for r in reports],
                          "bytes": rep["total_bytes"], "driver_allocs": rep["devices"][device]["driver_allocs"]}
+
+    def in_process(name, fn, slack):
+        times = timed(fn, device, runs_now(slack))
+        results[name] = {"seconds": statistics.median(times), "times": times, "bytes": total}
 
     def attempt(name, fn, *fn_args):
         # One loader failing must not lose the others' figures: report it.
@@ -117,73 +136,74 @@ def main():
         except Exception as e:
             print(f"{name} failed: {e!r}", file=sys.stderr)
             results[name] = {"seconds": None, "error": repr(e)}
+        save()
 
+    # What the issue's targets compare first, then the variants, then the sweep.
     attempt("hoist_cli", cli, "hoist_cli")
+    try:
+        import hoist
+    except ImportError as e:
+        hoist = None
+        print(f"WARNING: the hoist Python module is not importable ({e}); the hoist row is the CLI's own timing "
+              "and nothing checked DLPack here", file=sys.stderr)
+        results["hoist"] = dict(results["hoist_cli"], python_module_missing=repr(e))
+    if hoist is not None:
+        attempt("hoist", in_process, "hoist", lambda: hoist.load(args.dir, device=device), 60)
+
+    def st():
+        from safetensors.torch import load_file
+
+        in_process("safetensors", lambda: [load_file(f, device=device) for f in shards], 150)
+
+    attempt("safetensors", st)
     attempt("hoist_per_tensor", cli, "hoist_per_tensor", "--alloc", "per-tensor")
     attempt("hoist_no_pipeline", cli, "hoist_no_pipeline", "--no-pipeline")
+
+    def hf():
+        import transformers
+
+        # device_map needs accelerate (present on GPU machines); the cpu is the default anyway.
+        placement = {"device_map": device} if device != "cpu" else {}
+        in_process("transformers", lambda: transformers.AutoModelForCausalLM.from_pretrained(
+            args.dir, dtype=torch.bfloat16, **placement), 150)
+
+    attempt("transformers", hf)
     attempt("hoist_cast_f32", cli, "hoist_cast_f32", "--dtype", "f32")
+    if hoist is not None:
+        attempt("hoist_load_file", in_process, "hoist_load_file",
+                lambda: [hoist.load_file(f, device=device) for f in shards], 60)
+        attempt("dlpack_check", lambda: results.update(dlpack_check=check_dlpack(hoist, args.dir, shards, device)))
 
     # One run each of the read settings around the defaults, to settle them
     # on this machine: chunk (= staging buffer) size and reader threads.
-    sweep = {}
     settings = [("--chunk-size", c) for c in ("8MiB", "16MiB", "32MiB", "64MiB")]
     settings += [("--threads", t) for t in ("8", "16", "32")]
     for flag, value in settings:
-        if args.deadline and time.time() > args.deadline - 240:
+        if seconds_left() < 45:
             print("sweep cut short: too close to the deadline", file=sys.stderr)
             break
         report = os.path.join(reports_dir, f"sweep{flag}-{value}.json")
         try:
             subprocess.run([args.hoist_bin, "load", args.dir, "--device", device, "--report", report, "-q", flag, value],
-                           check=True, timeout=120)
+                           check=True, timeout=args.run_timeout)
             rep = json.load(open(report))
             sweep[f"{flag} {value}"] = {"seconds": rep["seconds"], "gbps": rep["total_bytes"] / rep["seconds"] / 1e9,
                                         "threads": rep["threads"], "chunk_bytes": rep["staging"]["chunk_bytes"],
                                         "buffers_per_gpu": rep["staging"]["buffers_per_gpu"]}
         except Exception as e:
             sweep[f"{flag} {value}"] = {"seconds": None, "error": repr(e)}
+    md = write_results(args, results, sweep, total, len(shards), device, runs)
+    print(md)
+    # The figures are written either way; a wrong tensor fails the run.
+    dlpack = results.get("dlpack_check")
+    if dlpack is not None and not dlpack.get("ok"):
+        sys.exit(1)
 
-    try:
-        import hoist
 
-        times = timed(lambda: hoist.load(args.dir, device=device), device, runs)
-        results["hoist"] = {"seconds": statistics.median(times), "times": times, "bytes": total}
-        times = timed(lambda: [hoist.load_file(f, device=device) for f in shards], device, runs)
-        results["hoist_load_file"] = {"seconds": statistics.median(times), "times": times, "bytes": total}
-        attempt("dlpack_check", lambda: results.update(dlpack_check=check_dlpack(hoist, args.dir, shards, device)))
-    except ImportError as e:
-        print(f"WARNING: the hoist Python module is not importable ({e}); the hoist row is the CLI's own timing "
-              "and nothing checked DLPack here", file=sys.stderr)
-        results["hoist"] = dict(results["hoist_cli"], python_module_missing=repr(e))
-
-    def st():
-        from safetensors.torch import load_file
-
-        times = timed(lambda: [load_file(f, device=device) for f in shards], device, runs)
-        results["safetensors"] = {"seconds": statistics.median(times), "times": times, "bytes": total}
-
-    attempt("safetensors", st)
-
-    try:
-        import transformers
-
-        # device_map needs accelerate (present on GPU machines); the cpu is the default anyway.
-        placement = {"device_map": device} if device != "cpu" else {}
-
-        def hf():
-            return transformers.AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.bfloat16, **placement)
-
-        hf_runs = runs
-        if args.deadline and time.time() > args.deadline - 150:
-            hf_runs = 1  # the slowest loader: once, rather than run past the device's limit
-        times = timed(hf, device, hf_runs)
-        results["transformers"] = {"seconds": statistics.median(times), "times": times, "bytes": total}
-    except Exception as e:  # report, never hide
-        print(f"transformers failed: {e!r}", file=sys.stderr)
-        results["transformers"] = {"seconds": None, "error": repr(e)}
-
-    base = results["hoist"]["seconds"] or 1.0
-    lines = [f"| loader | seconds (median of {runs}) | GB/s | seconds / hoist's | fraction of pinned H2D bound |",
+def write_results(args, results, sweep, total, nfiles, device, runs):
+    """Writes <date>-<gpu>.json and .md to args.out; returns the markdown."""
+    base = next((results[k]["seconds"] for k in ("hoist", "hoist_cli") if (results.get(k) or {}).get("seconds")), None)
+    lines = [f"| loader | seconds (median of up to {runs}) | GB/s | seconds / hoist's | fraction of pinned H2D bound |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for name, r in results.items():
         if name == "dlpack_check":
@@ -194,17 +214,17 @@ def main():
         gbps = r["bytes"] / r["seconds"] / 1e9
         r["gbps"] = gbps
         frac = f"{gbps / args.bound_gbps:.2f}" if args.bound_gbps else "-"
-        lines.append(f"| {name} | {r['seconds']:.3f} | {gbps:.2f} | {r['seconds'] / base:.2f} | {frac} |")
-    cast, plain = results["hoist_cast_f32"], results["hoist_cli"]
-    cast_note = "cast bf16->f32: failed"
+        ratio = f"{r['seconds'] / base:.2f}" if base else "-"
+        lines.append(f"| {name} | {r['seconds']:.3f} | {gbps:.2f} | {ratio} | {frac} |")
+    cast, plain = results.get("hoist_cast_f32") or {}, results.get("hoist_cli") or {}
+    cast_note = "cast bf16->f32: not run" if not cast else "cast bf16->f32: failed"
     if cast.get("seconds") and plain.get("seconds"):
         cast_note = (f"cast bf16->f32 delivers {cast['bytes'] / cast['seconds'] / 1e9:.2f} GB/s of output against "
                      f"{plain['bytes'] / plain['seconds'] / 1e9:.2f} GB/s without a cast; it reads the same "
                      f"file bytes in {cast['seconds'] / plain['seconds']:.2f}x the time")
-    table = "\n".join(lines)
     date = datetime.date.today().isoformat()
     header = (f"# hoist load benchmark, {date}\n\nmachine: {args.gpu_name}; checkpoint: {args.dir} "
-              f"({total} bytes in {len(shards)} files, warm page cache); device {device}\n"
+              f"({total} bytes in {nfiles} files, warm page cache); device {device}\n"
               f"pinned host-to-device bound (hoist probe): {args.bound_gbps:.2f} GB/s\n\n")
     sweep_lines = ["| hoist load, one run | seconds | GB/s | threads | staging buffers |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, r in sweep.items():
@@ -213,20 +233,18 @@ def main():
         else:
             sweep_lines.append(f"| {name} | {r['seconds']:.3f} | {r['gbps']:.2f} | {r['threads']} | {r['buffers_per_gpu']} |")
     dlpack = results.get("dlpack_check")
-    dlpack_note = ("DLPack check: not run (no hoist Python module)" if dlpack is None else
+    dlpack_note = ("DLPack check: not run" if dlpack is None else
                    f"DLPack check: {len(dlpack['tensors'])} tensors equal safetensors' load" if dlpack.get("ok") else
                    f"DLPack check: FAILED ({dlpack.get('error')})")
-    md = (header + table + "\n\n" + cast_note + "\n\n" + dlpack_note + "\n\n" + "\n".join(sweep_lines) + "\n")
-    print(md)
+    md = header + "\n".join(lines) + "\n\n" + cast_note + "\n\n" + dlpack_note + "\n\n" + "\n".join(sweep_lines) + "\n"
     doc = {"gpu": args.gpu_name, "date": date, "bytes": total, "h2d_pinned_gbps": args.bound_gbps,
            "device": device, "runs": results, "sweep": sweep}
     slug = args.gpu_name.replace(" ", "-").replace("/", "-")
-    for folder in {args.out}:
-        json.dump(doc, open(os.path.join(folder, f"{date}-{slug}.json"), "w"), indent=2)
-        open(os.path.join(folder, f"{date}-{slug}.md"), "w").write(md)
-    # The figures are written either way; a wrong tensor fails the run.
-    if dlpack is not None and not dlpack.get("ok"):
-        sys.exit(1)
+    with open(os.path.join(args.out, f"{date}-{slug}.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    with open(os.path.join(args.out, f"{date}-{slug}.md"), "w") as f:
+        f.write(md)
+    return md
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 # Sourced by scripts/gpu-check and scripts/gpu-bench: what both need on a GPU
 # machine that has no network. Sets have_gpu, gpu, device, layers, out,
-# reports; defines build_gpu and checkpoint.
+# reports; defines build_gpu, checkpoint, seconds_left and machine_facts.
 #
 # At most 8 files come back from the device tool's $OUT, so $OUT receives
 # only the logs and the results; each run's load report goes to $reports.
@@ -11,13 +11,29 @@ rm -f "$reports"/*.json  # a warm machine keeps build-gpu/: no report of an earl
 # transformers must not look for a hub it cannot reach.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-have_gpu=0
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then have_gpu=1; fi
-gpu=cpu; device=cpu; layers=()
-if ((have_gpu)); then
+# A GPU is there when nvidia-smi lists one or, without nvidia-smi on PATH,
+# when the driver's device node exists.
+have_gpu=0 cuda_arch=""
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  have_gpu=1
   gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  # Build for this GPU alone (9.0 -> 90-real): half the device code to compile.
+  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+  [[ $cap =~ ^[0-9]+$ ]] && cuda_arch="$cap-real"
+elif [[ -e /dev/nvidia0 ]]; then
+  have_gpu=1
+  gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name(0))" 2>/dev/null || echo "NVIDIA GPU")
+fi
+device=cpu; layers=()
+if ((have_gpu)); then
   device=cuda:0
+elif [[ ${HOIST_EXPECT_GPU:-0} == 1 ]]; then
+  # On the device machine a missing GPU must fail at once, not rehearse on
+  # the cpu for minutes of device time and report "all passed".
+  echo "error: HOIST_EXPECT_GPU=1 but no GPU here (no nvidia-smi listing, no /dev/nvidia0)" >&2
+  exit 1
 else
+  gpu=cpu
   layers=(--layers 2)  # the rehearsal: a 2-layer model on the cpu
 fi
 
@@ -28,6 +44,7 @@ build_gpu() {
   local deps=()
   [[ -d .deps ]] && deps=(-DHOIST_DEPS_DIR="$PWD/.deps")
   mkdir -p build-gpu
+  [[ -n $cuda_arch ]] && deps+=(-DCMAKE_CUDA_ARCHITECTURES="$cuda_arch")
   if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DHOIST_BUILD_BENCH=OFF -DHOIST_BUILD_TESTS=ON \
       -DPython_EXECUTABLE="$(command -v python3)" "${deps[@]}" > build-gpu/cmake.log 2>&1; then
     tail -n 40 build-gpu/cmake.log
@@ -55,7 +72,7 @@ checkpoint() {
   local dir=$base/hoist-ckpt-$1${layers[1]:+-${layers[1]}}
   if [[ ! -f $dir.complete ]]; then
     rm -rf "$dir"
-    timeout 120 build-gpu/hoist synth --arch "$1" "${layers[@]}" --quiet "$dir" >&2 && touch "$dir.complete"
+    timeout 90 build-gpu/hoist synth --arch "$1" "${layers[@]}" --quiet "$dir" >&2 && touch "$dir.complete"
   fi
   [[ -f $dir.complete ]] || return 1
   echo "$dir"
@@ -65,4 +82,18 @@ checkpoint() {
 seconds_left() {
   local left=$(( $1 - $(date +%s) ))
   echo $(( left > 0 ? left : 0 ))
+}
+
+# machine_facts: what the run depends on, for the log.
+machine_facts() {
+  uname -srm
+  if ((have_gpu)) && command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader
+  fi
+  echo "$(nproc) cores; $(free -g | awk '/^Mem:/ {print $2 " GiB memory, " $7 " GiB available"}')"
+  df -h /dev/shm . | sed 1d
+  local t
+  for t in cmake ninja nvcc python3 timeout; do echo "$t: $(command -v $t || echo MISSING)"; done
+  python3 -c "import sys, sysconfig, os; inc = sysconfig.get_paths()['include']; \
+print('python', sys.version.split()[0], 'Python.h:', 'yes' if os.path.exists(os.path.join(inc, 'Python.h')) else 'NO (no hoist module)')"
 }
