@@ -203,8 +203,8 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
   report["uring_files"] = st.uring_files;
   // With the pipeline, reads, copies and casts overlap: `read` is the whole
   // streaming phase, `copy` is non-zero only when the pipeline is off, and
-  // `cast` is CPU time spent casting on the host (GPU casts run on the copy
-  // stream inside the read phase; device_cast_pieces counts them).
+  // `cast` is CPU time spent casting on the host (GPU casts run on their own
+  // stream, overlapped with the read phase; device_cast_pieces counts them).
   report["stages"] = {{"plan", session.plan_seconds}, {"reserve", st.reserve_seconds}, {"read", st.read_seconds},
                       {"copy", st.copy_seconds}, {"cast", st.host_cast_seconds}};
   report["device_cast_pieces"] = st.device_cast_pieces;
