@@ -110,10 +110,14 @@ class DeviceLoaderTest : public ::testing::Test {
     return want;
   }
 
-  void ExpectAllReturned() {
+  // `synchronized`: the load could still synchronize the device before
+  // freeing (false when synchronizing is what failed, or the device is
+  // spoiled): then nothing may have been freed while queued work used it.
+  void ExpectAllReturned(bool synchronized = true) {
     EXPECT_EQ(gpu_->outstanding_bytes(), 0u);
     EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);
     EXPECT_EQ(gpu_->live_events(), 0);
+    if (synchronized) EXPECT_EQ(gpu_->frees_with_queued_work(), 0);
   }
 
   hoist::testing::TempDir dir_;
@@ -124,24 +128,32 @@ class DeviceLoaderTest : public ::testing::Test {
   LoadOptions options_;
 };
 
+// Whether a GPU's copy reads its staging slot as soon as it is issued or as
+// late as it may, the device ends up with the file's bytes.
 TEST_F(DeviceLoaderTest, StagedLoadIsByteExactWithOneAllocation) {
   PlanOptions po;
   po.device = DeviceId::Cuda(0);
-  {
-    auto model = LoadWith(po);
-    ASSERT_TRUE(model.ok()) << model.status().message();
-    EXPECT_EQ(model->stats().driver_allocs, 1);
-    EXPECT_GT(gpu_->calls(FaultPoint::kCopy), 10);  // the staged path ran
-    EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);  // staging is released after the load
-    for (const TensorView& v : model->tensors()) {
-      EXPECT_EQ(v.device, DeviceId::Cuda(0));
-      EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data) % 256, 0u);
-      std::vector<unsigned char> got = DeviceBytes(v);
-      size_t i = IndexOf(v.name);
-      for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name << " byte " << k;
+  for (bool at_issue : {false, true}) {
+    SCOPED_TRACE(at_issue ? "copies read at issue" : "copies read late");
+    ResetDevices();
+    gpu_->set_copies_read_at_issue(at_issue);
+    {
+      auto model = LoadWith(po);
+      ASSERT_TRUE(model.ok()) << model.status().message();
+      EXPECT_EQ(model->stats().driver_allocs, 1);
+      EXPECT_GT(gpu_->calls(FaultPoint::kCopy), 10);  // the staged path ran
+      EXPECT_EQ(gpu_->pageable_copies(), 0);            // every copy from the pinned ring
+      EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);  // staging is released after the load
+      for (const TensorView& v : model->tensors()) {
+        EXPECT_EQ(v.device, DeviceId::Cuda(0));
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data) % 256, 0u);
+        std::vector<unsigned char> got = DeviceBytes(v);
+        size_t i = IndexOf(v.name);
+        for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name << " byte " << k;
+      }
     }
+    ExpectAllReturned();
   }
-  ExpectAllReturned();
 }
 
 TEST_F(DeviceLoaderTest, PipelineOffReadsToHostThenCopies) {
@@ -156,6 +168,7 @@ TEST_F(DeviceLoaderTest, PipelineOffReadsToHostThenCopies) {
     ASSERT_TRUE(model.ok()) << model.status().message();
     EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 0);  // no staging ring
     EXPECT_EQ(gpu_->calls(FaultPoint::kCopy), static_cast<int>(tensors_.size()));  // one copy per tensor
+    EXPECT_EQ(gpu_->pageable_copies(), static_cast<int>(tensors_.size()));  // from the host arena: the slow baseline
     EXPECT_EQ(progress.done.load(), model->stats().bytes_read);
     EXPECT_EQ(progress.total.load(), model->stats().bytes_read);
     EXPECT_GT(model->stats().time_to_first_tensor, 0.0);
@@ -190,15 +203,23 @@ TEST_F(DeviceLoaderTest, CastOnTheDeviceMatchesTheHostCastBitForBit) {
   PlanOptions po;
   po.device = DeviceId::Cuda(0);
   po.cast_to = DType::kF32;
+  for (bool at_issue : {true, false}) {  // the late-read load is the one checked further below
+    SCOPED_TRACE(at_issue ? "copies read at issue" : "copies read late");
+    ResetDevices();
+    gpu_->set_copies_read_at_issue(at_issue);
+    auto model = LoadWith(po);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    // File bytes went to the device raw and were cast there, piece by piece.
+    EXPECT_GT(gpu_->calls(FaultPoint::kCast), 3);
+    EXPECT_EQ(gpu_->pageable_copies(), 0);
+    for (const TensorView& v : model->tensors()) {
+      SCOPED_TRACE(v.name);
+      EXPECT_EQ(v.dtype, IsCastableFloat(v.stored_dtype) ? DType::kF32 : v.stored_dtype);  // others never cast
+      ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v));
+    }
+  }
   auto model = LoadWith(po);
   ASSERT_TRUE(model.ok()) << model.status().message();
-  // File bytes went to the device raw and were cast there, piece by piece.
-  EXPECT_GT(gpu_->calls(FaultPoint::kCast), 3);
-  for (const TensorView& v : model->tensors()) {
-    SCOPED_TRACE(v.name);
-    EXPECT_EQ(v.dtype, IsCastableFloat(v.stored_dtype) ? DType::kF32 : v.stored_dtype);  // others never cast
-    ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v));
-  }
   // The scratch the casts went through was one more allocation, for the load
   // only: the model holds its reservation and nothing else.
   const DeviceStats* gpu = nullptr;
@@ -436,21 +457,30 @@ TEST_P(DeviceLoaderFaultTest, EveryFailureReturnsEveryByte) {
   EXPECT_EQ(successful[static_cast<int>(FaultPoint::kCast)] > 0, GetParam() == 1);
   EXPECT_EQ(successful[static_cast<int>(FaultPoint::kDeviceWait)] > 0, GetParam() == 1);
   ExpectAllReturned();
+  // Once as a failure of that call alone, once sticky: every later call
+  // fails too, as on a GPU after a fault, so cleanup cannot lean on the
+  // device working again.
   int injected = 0;
-  for (int p = 0; p < hoist::testing::kFaultPointCount; ++p) {
-    for (int k = 1; k <= successful[p]; ++k) {
-      SCOPED_TRACE("point " + std::to_string(p) + " call " + std::to_string(k));
-      ResetDevices();
-      gpu_->FailAt(static_cast<FaultPoint>(p), k);
-      gpu_->set_supports_cast(kernel);
-      auto model = LoadWith(po);
-      ASSERT_FALSE(model.ok());
-      EXPECT_NE(model.status().message().find("injected failure"), std::string::npos) << model.status().message();
-      ExpectAllReturned();
-      ++injected;
+  for (bool sticky : {false, true}) {
+    for (int p = 0; p < hoist::testing::kFaultPointCount; ++p) {
+      for (int k = 1; k <= successful[p]; ++k) {
+        SCOPED_TRACE(std::string(sticky ? "sticky " : "") + "point " + std::to_string(p) + " call " + std::to_string(k));
+        ResetDevices();
+        gpu_->FailAt(static_cast<FaultPoint>(p), k);
+        gpu_->set_sticky_failures(sticky);
+        gpu_->set_supports_cast(kernel);
+        auto model = LoadWith(po);
+        ASSERT_FALSE(model.ok());
+        const std::string& message = model.status().message();
+        EXPECT_TRUE(message.find("injected failure") != std::string::npos ||
+                    (sticky && message.find("(sticky)") != std::string::npos))
+            << message;
+        ExpectAllReturned(!sticky && static_cast<FaultPoint>(p) != FaultPoint::kSynchronize);
+        ++injected;
+      }
     }
   }
-  EXPECT_GT(injected, 20);
+  EXPECT_GT(injected, 40);
 }
 
 INSTANTIATE_TEST_SUITE_P(NoCastDeviceCastHostCast, DeviceLoaderFaultTest, ::testing::Values(0, 1, 2));

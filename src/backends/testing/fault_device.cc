@@ -1,5 +1,7 @@
 #include "backends/testing/fault_device.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -50,14 +52,22 @@ const char* PointName(FaultPoint p) {
 }  // namespace
 
 FaultDevice::~FaultDevice() {
-  for (auto& [p, n] : device_blocks_) std::free(p);
-  for (auto& [p, n] : pinned_blocks_) std::free(p);
+  for (auto& [addr, b] : device_blocks_) {
+    ::munmap(reinterpret_cast<void*>(addr), b.mapped_bytes);
+    ::munmap(b.contents, b.mapped_bytes);
+  }
+  for (auto& [addr, n] : pinned_blocks_) std::free(reinterpret_cast<void*>(addr));
 }
 
 Status FaultDevice::Hit(FaultPoint point) {
   int i = static_cast<int>(point);
   int n = ++calls_[i];
+  if (sticky_ && spoiled_) {
+    return Status(StatusCode::kDevice, id_.ToString() + ": " + PointName(point) + " call " + std::to_string(n) +
+                                           " after an injected failure (sticky)");
+  }
   if (fail_at_[i] != 0 && n == fail_at_[i]) {
+    spoiled_ = true;
     StatusCode code = point == FaultPoint::kAllocate ? StatusCode::kOutOfMemory : StatusCode::kDevice;
     return Status(code, id_.ToString() + ": injected failure of " + PointName(point) + " call " + std::to_string(n));
   }
@@ -84,39 +94,85 @@ Result<void*> FaultDevice::Allocate(uint64_t size_bytes) {
   if (device_bytes_ + size_bytes > capacity_bytes_) {
     return OutOfMemory(id_.ToString() + ": out of memory allocating " + std::to_string(size_bytes) + " bytes");
   }
-  void* p = std::aligned_alloc(256, (size_bytes + 255) / 256 * 256 + 256);
-  if (p == nullptr) return OutOfMemory("test device: host allocation failed");
-  device_blocks_[p] = size_bytes;
+  // Page-aligned (so 256-aligned, as cudaMalloc's are); the handed-out view
+  // has no access at all, the contents live in a mapping of their own.
+  const uint64_t mapped = std::max<uint64_t>(4096, (size_bytes + 4095) / 4096 * 4096);
+  void* handle = ::mmap(nullptr, mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (handle == MAP_FAILED) return OutOfMemory("test device: cannot map address space");
+  void* contents = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (contents == MAP_FAILED) {
+    ::munmap(handle, mapped);
+    return OutOfMemory("test device: host allocation failed");
+  }
+  device_blocks_[reinterpret_cast<uintptr_t>(handle)] = {size_bytes, mapped, static_cast<unsigned char*>(contents)};
   device_bytes_ += size_bytes;
-  return p;
+  return handle;
 }
 
 void FaultDevice::Free(void* ptr) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = device_blocks_.find(ptr);
+  auto it = device_blocks_.find(reinterpret_cast<uintptr_t>(ptr));
   if (it == device_blocks_.end()) std::abort();  // a double free or a stranger's pointer is a test failure
-  device_bytes_ -= it->second;
+  DeviceBlock b = it->second;
+  DrainBeforeFreeLocked(b.contents, b.contents + b.mapped_bytes);
+  device_bytes_ -= b.size_bytes;
   device_blocks_.erase(it);
-  std::free(ptr);
+  ::munmap(ptr, b.mapped_bytes);
+  ::munmap(b.contents, b.mapped_bytes);
 }
 
 Result<void*> FaultDevice::AllocatePinned(uint64_t size_bytes) {
   HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kAllocatePinned));
-  void* p = std::aligned_alloc(4096, (size_bytes + 4095) / 4096 * 4096);
+  void* p = std::aligned_alloc(4096, std::max<uint64_t>(4096, (size_bytes + 4095) / 4096 * 4096));
   if (p == nullptr) return OutOfMemory("test device: pinned allocation failed");
   std::lock_guard<std::mutex> lock(mu_);
-  pinned_blocks_[p] = size_bytes;
+  pinned_blocks_[reinterpret_cast<uintptr_t>(p)] = size_bytes;
   pinned_bytes_ += size_bytes;
   return p;
 }
 
 void FaultDevice::FreePinned(void* ptr) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = pinned_blocks_.find(ptr);
+  auto it = pinned_blocks_.find(reinterpret_cast<uintptr_t>(ptr));
   if (it == pinned_blocks_.end()) std::abort();
+  const auto* begin = static_cast<const unsigned char*>(ptr);
+  DrainBeforeFreeLocked(begin, begin + it->second);
   pinned_bytes_ -= it->second;
   pinned_blocks_.erase(it);
   std::free(ptr);
+}
+
+unsigned char* FaultDevice::ContentsLocked(const void* ptr, uint64_t size_bytes) {
+  const auto addr = reinterpret_cast<uintptr_t>(ptr);
+  auto it = device_blocks_.upper_bound(addr);
+  if (it == device_blocks_.begin()) return nullptr;
+  --it;
+  const uint64_t offset = addr - it->first;
+  if (offset > it->second.size_bytes || size_bytes > it->second.size_bytes - offset) return nullptr;
+  return it->second.contents + offset;
+}
+
+void FaultDevice::DrainBeforeFreeLocked(const unsigned char* begin, const unsigned char* end) {
+  const auto touches = [&](const void* p, uint64_t n) {
+    const auto* q = static_cast<const unsigned char*>(p);
+    return q != nullptr && q < end && q + n > begin;
+  };
+  bool queued = false;
+  for (size_t i = done_.copies; i < copies_.size() && !queued; ++i) {
+    queued = touches(copies_[i].dst, copies_[i].size_bytes) || touches(copies_[i].src, copies_[i].size_bytes);
+  }
+  for (size_t i = done_.casts; i < casts_.size() && !queued; ++i) {
+    const PendingCast& c = casts_[i];
+    queued = touches(c.dst, c.count * static_cast<uint64_t>(DTypeBits(c.to) / 8)) ||
+             touches(c.src, c.count * static_cast<uint64_t>(DTypeBits(c.from) / 8));
+  }
+  if (!queued) return;
+  ++frees_with_queued_work_;
+  if (sticky_ && spoiled_) {
+    done_ = {copies_.size(), casts_.size()};  // a spoiled context runs nothing more
+  } else {
+    RunUpToLocked({UINT64_MAX, UINT64_MAX});
+  }
 }
 
 FaultDevice::QueuePoint FaultDevice::Queued() {
@@ -126,6 +182,10 @@ FaultDevice::QueuePoint FaultDevice::Queued() {
 
 void FaultDevice::RunUpTo(QueuePoint point) {
   std::lock_guard<std::mutex> lock(mu_);
+  RunUpToLocked(point);
+}
+
+void FaultDevice::RunUpToLocked(QueuePoint point) {
   // Every cast was issued after the copies it must follow, so running the
   // copies first keeps that order; copies issued after a cast may run
   // before it, as they may on a GPU.
@@ -137,9 +197,10 @@ void FaultDevice::RunUpTo(QueuePoint point) {
     }
   };
   for (; done_.copies < point.copies && done_.copies < copies_.size(); ++done_.copies) {
-    const PendingCopy& c = copies_[done_.copies];
+    PendingCopy& c = copies_[done_.copies];
     run_casts_to(c.after_casts);  // a device-side wait holds the copy back
-    std::memcpy(c.dst, c.src, c.size_bytes);
+    std::memcpy(c.dst, c.src != nullptr ? c.src : c.snapshot.data(), c.size_bytes);
+    std::vector<unsigned char>().swap(c.snapshot);
   }
   run_casts_to(point.casts);
 }
@@ -156,7 +217,22 @@ Status FaultDevice::WaitOnDevice(Event* event) {
 Status FaultDevice::CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) {
   HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kCopy));
   std::lock_guard<std::mutex> lock(mu_);
-  copies_.push_back({dst, src, size_bytes, copy_barrier_});
+  unsigned char* to = ContentsLocked(dst, size_bytes);
+  if (to == nullptr) {
+    return InvalidArgument("test device: copy of " + std::to_string(size_bytes) +
+                           " bytes to an address outside every device allocation");
+  }
+  const auto from = reinterpret_cast<uintptr_t>(src);
+  auto it = pinned_blocks_.upper_bound(from);
+  const bool pinned = it != pinned_blocks_.begin() && from - std::prev(it)->first + size_bytes <= std::prev(it)->second;
+  if (!pinned) ++pageable_copies_;
+  PendingCopy copy{to, src, {}, size_bytes, copy_barrier_};
+  if (copies_read_at_issue_) {
+    const auto* bytes = static_cast<const unsigned char*>(src);
+    copy.snapshot.assign(bytes, bytes + size_bytes);
+    copy.src = nullptr;
+  }
+  copies_.push_back(std::move(copy));
   return Status::Ok();
 }
 
@@ -171,13 +247,25 @@ Status FaultDevice::CastAsync(void* dst, DType to, const void* src, DType from, 
   };
   if (misaligned(src, from) || misaligned(dst, to)) return InvalidArgument("test device: misaligned cast buffers");
   std::lock_guard<std::mutex> lock(mu_);
-  casts_.push_back({dst, src, count, from, to});
+  unsigned char* out = ContentsLocked(dst, count * static_cast<uint64_t>(DTypeBits(to) / 8));
+  const unsigned char* in = ContentsLocked(src, count * static_cast<uint64_t>(DTypeBits(from) / 8));
+  if (out == nullptr || in == nullptr) {
+    return InvalidArgument("test device: cast of " + std::to_string(count) + " elements " +
+                           (in == nullptr ? "from" : "to") + " an address outside every device allocation");
+  }
+  casts_.push_back({out, in, count, from, to});
   return Status::Ok();
 }
 
 Status FaultDevice::CopyToHost(void* dst, const void* src, uint64_t size_bytes) {
-  RunUpTo({UINT64_MAX, UINT64_MAX});
-  std::memcpy(dst, src, size_bytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  RunUpToLocked({UINT64_MAX, UINT64_MAX});
+  const unsigned char* from = ContentsLocked(src, size_bytes);
+  if (from == nullptr) {
+    return InvalidArgument("test device: copy of " + std::to_string(size_bytes) +
+                           " bytes from an address outside every device allocation");
+  }
+  std::memcpy(dst, from, size_bytes);
   return Status::Ok();
 }
 

@@ -1,28 +1,44 @@
 // FaultDevice: a pretend accelerator for tests on machines without one.
 //
-// Its memory is host memory the loader must not write directly
-// (host_addressable() is false), so loads take the staged path with pinned
-// buffers, asynchronous copies and events, as they do on a GPU. Copies are
-// really asynchronous: they are queued and carried out only when an event
-// recorded after them is waited on (or the device is synchronized), reading
-// their source then, so a staging buffer reused too early shows up as wrong
-// bytes. Casts queue apart from copies, as on a GPU's second stream, and run
-// after every copy due at that point, including copies issued after them:
-// the latest order a GPU allows, so a cast input overwritten by a later copy
-// shows up too. It has a
-// configurable capacity, counts every byte and call, and can fail the k-th
-// call of any kind, so every error path of a load can be driven and checked
-// for leaks (outstanding_bytes() must return to zero).
+// Its memory is not the host's to touch: an allocation hands out addresses
+// the host cannot read or write (a PROT_NONE mapping; any host access is a
+// crash, as it would be on a GPU), and keeps the bytes in a second, private
+// mapping that only the device's own calls use. Loads therefore take the
+// staged path with pinned buffers, asynchronous copies and events, as they
+// do on a GPU. Every copy and cast is checked against the allocations it
+// touches (out of bounds is an error), and a copy from memory that is not
+// pinned is counted (on a GPU it would be synchronous and slow).
+//
+// Copies are really asynchronous: they are queued and carried out only when
+// an event recorded after them is waited on, or the device is synchronized.
+// By default they read their source then, as late as a GPU may, so a
+// staging buffer reused too early shows up as wrong bytes; with
+// set_copies_read_at_issue they read it when issued, as early as a GPU may,
+// so a copy issued before its buffer was filled shows up instead. Casts
+// queue apart from copies, as on a GPU's second stream, and run after every
+// copy due at that point; with set_copies_overtake_casts, after copies
+// issued later too (the latest order a GPU allows), so a cast input
+// overwritten by a later copy shows up as well.
+//
+// Freeing memory that queued work still touches runs that work first (as
+// cudaFree's implicit synchronization does; after a sticky failure, drops
+// it) and is counted: a load that frees before it synchronizes is a bug on
+// devices without that guarantee. Only a failed synchronization excuses it.
+//
+// It has a configurable capacity, counts every byte and call, and can fail
+// the k-th call of any kind, once or from then on (sticky, as a CUDA
+// context is after a kernel fault), so every error path of a load can be
+// driven and checked for leaks (outstanding_bytes() must return to zero).
 //
 // Thread-safe.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "hoist/device.h"
@@ -48,11 +64,20 @@ class FaultDevice final : public Device {
 
   // The `nth` call (1-based) at `point` fails; 0 disables.
   void FailAt(FaultPoint point, int nth) { fail_at_[static_cast<int>(point)] = nth; }
+  // After an injected failure, every later call of every kind fails too
+  // (frees still free), as on a GPU whose context a fault has spoiled.
+  void set_sticky_failures(bool v) { sticky_ = v; }
   int calls(FaultPoint point) const { return calls_[static_cast<int>(point)].load(); }
   // Device and pinned bytes currently held.
   uint64_t outstanding_bytes() const;
   uint64_t outstanding_pinned_bytes() const;
   int live_events() const { return live_events_.load(); }
+  // Copies whose source was not pinned memory of this device.
+  int pageable_copies() const { return pageable_copies_.load(); }
+  // Frees of memory that queued copies or casts still touched.
+  int frees_with_queued_work() const { return frees_with_queued_work_.load(); }
+  // Copies read their source when issued rather than when they run.
+  void set_copies_read_at_issue(bool v) { copies_read_at_issue_ = v; }
 
   DeviceId id() const override { return id_; }
   std::string name() const override { return "fault-injecting test device"; }
@@ -93,26 +118,45 @@ class FaultDevice final : public Device {
   std::atomic<int> live_events_{0};
 
  private:
+  struct DeviceBlock {
+    uint64_t size_bytes;
+    uint64_t mapped_bytes;     // both mappings' length
+    unsigned char* contents;   // the bytes, where only this class looks
+  };
+  struct PendingCopy {
+    unsigned char* dst;        // in a block's contents
+    const void* src;           // host memory, or nullptr when read at issue
+    std::vector<unsigned char> snapshot;
+    uint64_t size_bytes;
+    uint64_t after_casts;      // the casts that must have run first (WaitOnDevice)
+  };
+  struct PendingCast {
+    unsigned char* dst;        // both in blocks' contents
+    const unsigned char* src;
+    uint64_t count;
+    DType from, to;
+  };
+
+  // Where [ptr, ptr + size) of device memory keeps its bytes; nullptr when
+  // the range is not inside one live allocation. Needs mu_.
+  unsigned char* ContentsLocked(const void* ptr, uint64_t size_bytes);
+  void RunUpToLocked(QueuePoint point);
+  // Counts a free while queued work touches [begin, end), then runs it. Needs mu_.
+  void DrainBeforeFreeLocked(const unsigned char* begin, const unsigned char* end);
+
   DeviceId id_;
   uint64_t capacity_bytes_;
   bool supports_cast_ = true;
   bool copies_overtake_casts_ = false;
+  bool copies_read_at_issue_ = false;
+  bool sticky_ = false;
+  std::atomic<bool> spoiled_{false};
   std::atomic<int> fail_at_[kFaultPointCount] = {};
   std::atomic<int> calls_[kFaultPointCount] = {};
+  std::atomic<int> pageable_copies_{0}, frees_with_queued_work_{0};
   mutable std::mutex mu_;
-  std::unordered_map<void*, uint64_t> device_blocks_, pinned_blocks_;
-  struct PendingCopy {
-    void* dst;
-    const void* src;
-    uint64_t size_bytes;
-    uint64_t after_casts;  // the casts that must have run first (WaitOnDevice)
-  };
-  struct PendingCast {
-    void* dst;
-    const void* src;
-    uint64_t count;
-    DType from, to;
-  };
+  std::map<uintptr_t, DeviceBlock> device_blocks_;  // by the address handed out
+  std::map<uintptr_t, uint64_t> pinned_blocks_;      // address -> size
   std::vector<PendingCopy> copies_;  // issued, in order
   std::vector<PendingCast> casts_;
   QueuePoint done_;                  // how many of each have run
