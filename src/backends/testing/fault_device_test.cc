@@ -16,6 +16,7 @@ class FaultDeviceTest : public ::testing::Test {
 };
 
 TEST_F(FaultDeviceTest, HostCannotTouchDeviceMemory) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");  // other tests may have left threads behind
   auto p = gpu_.Allocate(1000);
   ASSERT_TRUE(p.ok());
   auto* bytes = static_cast<volatile unsigned char*>(*p);
