@@ -76,21 +76,28 @@ TEST_F(CudaLoadTest, ReserveAndPerTensorAreByteExact) {
 }
 
 TEST_F(CudaLoadTest, CastToF32MatchesCpuCast) {
-  PlanOptions po;
-  po.device = DeviceId::Cuda(0);
-  po.cast_to = DType::kF32;
-  auto plan = BuildPlan(*catalog_, po);
-  ASSERT_TRUE(plan.ok());
-  LoadOptions lo;
-  lo.chunk_bytes = 4096;  // many pieces through the device's cast scratch
-  auto model = Load(*catalog_, std::move(plan).value(), registry_, lo);
-  ASSERT_TRUE(model.ok()) << model.status().message();
-  EXPECT_EQ(model->stats().driver_allocs, 2);  // the reservation and the load's cast scratch
-  for (const TensorView& v : model->tensors()) {
-    std::vector<unsigned char> raw = FileBytes(v), got = GpuBytes(v);
-    std::vector<unsigned char> want(got.size());
-    CastFloats(v.stored_dtype, raw.data(), DType::kF32, want.data(), raw.size() / 2);
-    ASSERT_EQ(got, want) << v.name;
+  // The default staging, and more staging buffers than chunks of cast
+  // scratch, so that copies into a chunk queue up behind casts still to run.
+  for (int slots : {0, 12}) {
+    SCOPED_TRACE("staging buffers " + std::to_string(slots));
+    PlanOptions po;
+    po.device = DeviceId::Cuda(0);
+    po.cast_to = DType::kF32;
+    auto plan = BuildPlan(*catalog_, po);
+    ASSERT_TRUE(plan.ok());
+    LoadOptions lo;
+    lo.chunk_bytes = 4096;  // many pieces through the device's cast scratch
+    lo.staging_slots = slots;
+    lo.threads = 4;
+    auto model = Load(*catalog_, std::move(plan).value(), registry_, lo);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    EXPECT_EQ(model->stats().driver_allocs, 2);  // the reservation and the load's cast scratch
+    for (const TensorView& v : model->tensors()) {
+      std::vector<unsigned char> raw = FileBytes(v), got = GpuBytes(v);
+      std::vector<unsigned char> want(got.size());
+      CastFloats(v.stored_dtype, raw.data(), DType::kF32, want.data(), raw.size() / 2);
+      ASSERT_EQ(got, want) << v.name;
+    }
   }
 }
 
