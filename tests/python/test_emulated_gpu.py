@@ -1,0 +1,159 @@
+"""The `hoist` command onto GPUs, on any machine: build/hoist_emulated is the
+same command linked against the CUDA runtime emulated on the host
+(src/backends/cuda/emulator.cc: two 4 GiB GPUs, asynchronous streams, device
+memory the host cannot touch). The bytes that land are checked by the C++
+emulated.* tests; these check what the command says about a GPU load: the
+probe's JSON, the report, allocation counts, device maps over two GPUs,
+casts on the device, and refusals.
+
+The binary is $HOIST_EMULATED_BIN, else <repo>/build/hoist_emulated; the
+CUDA toolkit's headers are all it needs to build, so where the toolkit is
+installed a missing binary is a failure, elsewhere a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hoist_testlib import ok, stderr_error_line
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def emu_bin() -> Path:
+    path = Path(os.environ.get("HOIST_EMULATED_BIN", REPO_ROOT / "build" / "hoist_emulated"))
+    if not path.is_file():
+        if Path("/usr/local/cuda/include/cuda_runtime_api.h").is_file():
+            pytest.fail(f"{path} is missing: build it (scripts/build -DHOIST_BUILD_TESTS=ON)", pytrace=False)
+        pytest.skip("no CUDA toolkit headers: the emulated GPU command is not built")
+    return path
+
+
+@pytest.fixture(scope="module")
+def emu(emu_bin):
+    def run(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([str(emu_bin), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def ckpt(emu, tmp_path_factory) -> Path:
+    """tiny-llama in 3 shards (4 layers), written by the command itself."""
+    out = tmp_path_factory.mktemp("emu") / "tiny"
+    ok(emu("synth", "--arch", "tiny-llama", "--quiet", out))
+    return out
+
+
+def load_report(emu, ckpt, tmp_path, *flags) -> dict:
+    report = tmp_path / "report.json"
+    ok(emu("load", ckpt, "--quiet", "--report", report, *flags))
+    return json.loads(report.read_text())
+
+
+def plan_json(emu, ckpt, *flags) -> dict:
+    return json.loads(ok(emu("plan", ckpt, "--json", *flags)).stdout)
+
+
+def test_probe_lists_both_gpus_with_the_fields_gpu_bench_reads(emu):
+    doc = json.loads(ok(emu("probe", "--json", "--host-bytes", "16MiB")).stdout)
+    gpus = doc["gpus"]
+    assert [g["index"] for g in gpus] == [0, 1]
+    for g in gpus:
+        assert g["name"] == f"hoist CUDA emulator {g['index']}"
+        assert g["total_bytes"] == 4 * GIB
+        assert 0 < g["free_bytes"] <= g["total_bytes"]
+        # scripts/gpu-bench takes the bound from here.
+        assert g["h2d_pinned_gbps"] > 0 and g["h2d_pageable_gbps"] > 0
+        assert g["malloc_us_1mib"] > 0
+    assert doc["host"]["threads"] >= 1
+
+
+def test_load_onto_cuda0_reports_one_reservation(emu, ckpt, tmp_path):
+    plan = plan_json(emu, ckpt, "--device", "cuda:0")
+    stored = [t for t in plan["tensors"] if "tied_to" not in t]
+    rep = load_report(emu, ckpt, tmp_path, "--device", "cuda:0")
+    assert set(rep["devices"]) == {"cuda:0"}
+    gpu = rep["devices"]["cuda:0"]
+    assert gpu["driver_allocs"] == 1
+    assert gpu["tensor_bytes"] == sum(t["nbytes"] for t in stored)
+    assert gpu["bytes"] >= gpu["tensor_bytes"] and gpu["bytes"] % 256 == 0
+    assert gpu["peak_reserved_bytes"] == gpu["bytes"]  # no cast, no scratch
+    assert {t["device"] for t in rep["tensors"]} == {"cuda:0"}
+    # Each tensor where the plan put it, in the plan's order of offsets.
+    offsets = {t["name"]: t["offset"] for t in plan["tensors"]}
+    for t in rep["tensors"]:
+        assert t["offset"] == offsets[t["name"]], t["name"]
+    assert rep["staging"]["pipeline"] is True and rep["staging"]["buffers_per_gpu"] >= 2
+    assert rep["stages"]["read"] > 0 and rep["stages"]["copy"] == 0 and rep["device_cast_pieces"] == 0
+    assert 0 < rep["time_to_first_tensor"] <= rep["seconds"]
+
+
+def test_per_tensor_makes_one_driver_allocation_per_stored_tensor(emu, ckpt, tmp_path):
+    stored = [t for t in plan_json(emu, ckpt, "--device", "cuda:0")["tensors"] if "tied_to" not in t]
+    rep = load_report(emu, ckpt, tmp_path, "--device", "cuda:0", "--alloc", "per-tensor")
+    assert rep["alloc"] == "per-tensor"
+    assert rep["devices"]["cuda:0"]["driver_allocs"] == len(stored)
+
+
+def test_no_pipeline_reads_to_host_then_copies(emu, ckpt, tmp_path):
+    rep = load_report(emu, ckpt, tmp_path, "--device", "cuda:0", "--no-pipeline")
+    assert rep["staging"]["pipeline"] is False
+    assert rep["stages"]["copy"] > 0
+    assert rep["devices"]["cuda:0"]["driver_allocs"] == 1
+
+
+def test_device_map_spreads_blocks_over_two_gpus(emu, ckpt, tmp_path):
+    total = json.loads(ok(emu("inspect", "--json", ckpt)).stdout)["total_bytes"]
+    # Room for a little over half the model on each GPU: both are needed.
+    each = total * 6 // 10
+    flags = ["--device-map", "sequential", "--max-memory", f"0={each},1={each}"]
+    rep = load_report(emu, ckpt, tmp_path, *flags, "--margin", "0")
+    assert set(rep["devices"]) == {"cuda:0", "cuda:1"}
+    for dev in ("cuda:0", "cuda:1"):
+        assert rep["devices"][dev]["driver_allocs"] == 1
+        assert rep["devices"][dev]["bytes"] <= each
+    # A numbered block stays on one GPU; the command placed what plan placed.
+    placed = {t["name"]: t["device"] for t in rep["tensors"]}
+    blocks: dict[str, set] = {}
+    for name, dev in placed.items():
+        if name.startswith("model.layers."):
+            blocks.setdefault(".".join(name.split(".")[:3]), set()).add(dev)
+    assert blocks and all(len(devs) == 1 for devs in blocks.values()), blocks
+    planned = {t["name"]: t["device"] for t in plan_json(emu, ckpt, *flags)["tensors"]}
+    assert placed == {n: planned[n] for n in placed}
+
+
+def test_cast_runs_on_the_device(emu, ckpt, tmp_path):
+    plain = load_report(emu, ckpt, tmp_path, "--device", "cuda:0")
+    rep = load_report(emu, ckpt, tmp_path, "--device", "cuda:0", "--dtype", "f32", "--chunk-size", "64KiB")
+    assert rep["device_cast_pieces"] > 0
+    assert rep["stages"]["cast"] == 0  # no host casting
+    floats = [t for t in rep["tensors"] if t["stored_dtype"] in ("BF16", "F16")]
+    assert floats and all(t["dtype"] == "F32" and t["nbytes"] % 4 == 0 for t in floats)
+    gpu = rep["devices"]["cuda:0"]
+    assert gpu["tensor_bytes"] == 2 * plain["devices"]["cuda:0"]["tensor_bytes"]
+    # The reservation plus the load's cast scratch, which is returned after.
+    assert gpu["driver_allocs"] == 2 and gpu["peak_reserved_bytes"] > gpu["bytes"]
+
+
+def test_plan_larger_than_max_memory_exits_2_naming_the_gpu(emu, ckpt, tmp_path):
+    need = load_report(emu, ckpt, tmp_path, "--device", "cuda:1")["devices"]["cuda:1"]["bytes"]
+    proc = emu("load", ckpt, "--device", "cuda:1", "--max-memory", "1=100KB", "--quiet")
+    assert proc.returncode == 2
+    line = stderr_error_line(proc)
+    for part in ("cuda:1", f"needs {need} bytes", "100000 bytes", "--device-map"):
+        assert part in line, f"{part!r} not in {line!r}"
+
+
+def test_absent_gpu_exits_2(emu, ckpt):
+    proc = emu("load", ckpt, "--device", "cuda:2", "--quiet")
+    assert proc.returncode == 2
+    assert "cuda:2" in stderr_error_line(proc)
