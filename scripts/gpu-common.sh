@@ -22,7 +22,7 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   [[ $cap =~ ^[0-9]+$ ]] && cuda_arch="$cap-real"
 elif [[ -e /dev/nvidia0 ]]; then
   have_gpu=1
-  gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name(0))" 2>/dev/null || echo "NVIDIA GPU")
+  gpu=$(timeout 20 python3 -c "import torch; print(torch.cuda.get_device_name(0))" 2>/dev/null || echo "NVIDIA GPU")
 fi
 device=cpu; layers=()
 if ((have_gpu)); then

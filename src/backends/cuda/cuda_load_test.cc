@@ -78,7 +78,7 @@ TEST_F(CudaLoadTest, ReserveAndPerTensorAreByteExact) {
 TEST_F(CudaLoadTest, CastToF32MatchesCpuCast) {
   // The default staging, and more staging buffers than chunks of cast
   // scratch, so that copies into a chunk queue up behind casts still to run.
-  for (int slots : {0, 12}) {
+  for (int slots : {0, 8, 12, 16}) {
     SCOPED_TRACE("staging buffers " + std::to_string(slots));
     PlanOptions po;
     po.device = DeviceId::Cuda(0);

@@ -2,36 +2,39 @@
 // GPU: the subset of the runtime API (and of the driver's context calls)
 // that cuda_device.cc and context.cc use, and LaunchCast / CastKernelUsable
 // of cast_kernel.h, in place of libcudart and cast_kernel.cu. Linked into
-// hoist_cuda_emulated_tests, which runs the backend's own GPU tests on CPU in
-// every build (the real kernel's arithmetic is src/cast/convert.h, which the
-// host tests cover).
+// hoist_cuda_emulated_tests (the backend's own GPU tests) and hoist_emulated
+// (the command), which run in every build. The real kernel's arithmetic is
+// src/cast/convert.h, which the host tests cover.
 //
-// It keeps the semantics a GPU imposes on the backend, so that a backend bug
-// that only a GPU would show shows here too:
+// Where CUDA leaves a choice, the emulator takes the one least forgiving to
+// the backend, so that a bug only a GPU would show shows here too:
 // - device memory is not host memory: an allocation hands out addresses the
-//   host cannot touch (PROT_NONE; any host access crashes) and keeps the
-//   bytes in a second mapping that only copies and casts reach; copies and
-//   casts outside an allocation fail;
+//   host cannot touch (testing/shadow_memory.h; any host access crashes).
+//   A copy's kind says which side is device memory, and that side must lie
+//   inside one allocation;
 // - streams are asynchronous and ordered: each runs its work on a thread of
-//   its own, in issue order; a copy from pinned memory reads its source when
-//   it runs, not when issued; one from pageable memory waits for the stream
-//   and copies at once, as the driver does;
-// - events mark a point in a stream; cudaStreamWaitEvent holds a stream
-//   until the event's latest record has been reached, cudaEventSynchronize
-//   holds the host;
-// - streams made with cudaStreamNonBlocking do not synchronize with the
-//   legacy default stream: cudaMemcpy waits for no stream;
-// - cudaFree and cudaFreeHost wait for all work first;
-// - the current device and context are per host thread: a new thread has no
-//   current context until a runtime call binds device 0's (or cudaSetDevice
-//   another's); cuCtxGetCurrent / cuCtxSetCurrent come through
-//   cudaGetDriverEntryPointByVersion as from the real runtime;
-// - work lands late: each piece waits a random 0-300 us before it runs
-//   (kernels 0-2 ms).
+//   its own, in issue order, and lands it late, in slow and fast spells of
+//   its own, so either of two streams in turn runs far ahead of the other
+//   (HOIST_EMULATOR_SEED fixes the draws; thread timing still varies);
+// - a copy from pinned memory reads its source when it runs; one from
+//   pageable memory reads it at once (all CUDA promises) and still lands on
+//   the stream in turn, never sooner;
+// - events mark a point in a stream; cudaStreamWaitEvent and
+//   cudaEventSynchronize wait for the record made before them, not later
+//   ones; event and stream must be on one device, as must a kernel's stream
+//   and the current device;
+// - only non-blocking streams exist, and cudaMemcpy waits for none of them;
+// - cudaFree waits for its device's work; cudaFreeHost of memory that
+//   queued copies still read aborts (a load must synchronize first);
+// - the current device and context are per host thread: a new thread has
+//   no current context until a runtime call binds device 0's (or
+//   cudaSetDevice another's); cuCtxGetCurrent / cuCtxSetCurrent come
+//   through cudaGetDriverEntryPointByVersion as from the real runtime.
+// What it does not model: asynchronous, sticky faults (a bad kernel argument
+// fails at launch here), and anything about speed.
 // Two devices of 4 GiB each, so that multi-GPU paths run too.
 #include <cuda.h>
 #include <cuda_runtime_api.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
@@ -45,22 +48,36 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <set>
 #include <string_view>
 #include <thread>
 #include <vector>
 
 #include "backends/cuda/cast_kernel.h"
 #include "cast/cast.h"
+#include "testing/shadow_memory.h"
 
 namespace {
 
 constexpr int kDevices = 2;
 constexpr uint64_t kDeviceBytes = uint64_t{4} << 30;
 
-// A stream: work runs on its own thread, in order.
+// The seed of the lag draws: HOIST_EMULATOR_SEED, else random.
+uint32_t NextSeed() {
+  static std::mutex mu;
+  static std::minstd_rand seeds = [] {
+    const char* fixed = std::getenv("HOIST_EMULATOR_SEED");
+    return std::minstd_rand(fixed != nullptr ? static_cast<uint32_t>(std::strtoul(fixed, nullptr, 10))
+                                             : std::random_device{}());
+  }();
+  std::lock_guard<std::mutex> lock(mu);
+  return static_cast<uint32_t>(seeds());
+}
+
+// A stream: work runs on its own thread, in order, each piece late.
 class Stream {
  public:
-  explicit Stream(int device) : device_(device), worker_([this] { Run(); }) {}
+  explicit Stream(int device) : device_(device), rng_(NextSeed()), worker_([this] { Run(); }) {}
   ~Stream() {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -70,11 +87,10 @@ class Stream {
     worker_.join();
   }
   int device() const { return device_; }
-  // `max_lag_us`: how late, at most, the work lands after the work before it.
-  void Enqueue(std::function<void()> work, int max_lag_us = 300) {
+  void Enqueue(std::function<void()> work) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back({std::move(work), max_lag_us});
+      queue_.push_back(std::move(work));
     }
     cv_.notify_all();
   }
@@ -84,20 +100,29 @@ class Stream {
   }
 
  private:
+  // Each stream goes through slow and fast spells of its own random length
+  // (2-8 ms): in a slow spell each piece waits 0.3-1 ms, in a fast one at
+  // most 50 us. Two streams' spells drift against each other, so each in
+  // turn runs several pieces ahead of the other.
+  std::chrono::microseconds Lag() {
+    const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
+        std::chrono::steady_clock::now().time_since_epoch()).count();
+    const bool slow = ((now + phase_us_) / spell_us_) % 2 == 0;
+    const uint32_t draw = static_cast<uint32_t>(rng_());
+    return std::chrono::microseconds(slow ? 300 + draw % 701 : draw % 51);
+  }
   void Run() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, and nothing is left
-      Work work = std::move(queue_.front());
+      std::function<void()> work = std::move(queue_.front());
       queue_.pop_front();
       busy_ = true;
+      const auto lag = Lag();
       lock.unlock();
-      // A GPU's work lands some time after it was issued: a random lag
-      // before each piece, so that a missing wait shows as wrong bytes
-      // rather than hiding behind a fast worker thread.
-      std::this_thread::sleep_for(std::chrono::microseconds(rng_() % (work.max_lag_us + 1)));
-      work.run();
+      std::this_thread::sleep_for(lag);
+      work();
       lock.lock();
       busy_ = false;
       cv_.notify_all();
@@ -107,19 +132,19 @@ class Stream {
   const int device_;
   std::mutex mu_;
   std::condition_variable cv_;
-  struct Work {
-    std::function<void()> run;
-    int max_lag_us;
-  };
-  std::deque<Work> queue_;
+  std::deque<std::function<void()>> queue_;
   bool busy_ = false, stop_ = false;
-  std::minstd_rand rng_{std::random_device{}()};
+  std::minstd_rand rng_;
+  const int64_t spell_us_ = 2000 + static_cast<int64_t>(rng_() % 6001);
+  const int64_t phase_us_ = static_cast<int64_t>(rng_() % 8000);
   std::thread worker_;  // last: starts once the rest is constructed
 };
 
 // An event: records are numbered; a wait is for the record current when it
 // was asked for.
 struct EventState {
+  explicit EventState(int d) : device(d) {}
+  const int device;
   std::mutex mu;
   std::condition_variable cv;
   uint64_t recorded = 0, reached = 0;
@@ -134,12 +159,10 @@ struct EventState {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return reached >= record; });
   }
-};
-
-struct DeviceBlock {
-  int device;
-  uint64_t size_bytes, mapped_bytes;
-  unsigned char* contents;
+  uint64_t Latest() {
+    std::lock_guard<std::mutex> lock(mu);
+    return recorded;
+  }
 };
 
 // A context per device; its address is the CUcontext handed out.
@@ -147,20 +170,23 @@ struct Context {
   int device;
 };
 
-struct Runtime {
+// Everything the runtime keeps. Lock order: mu, then a stream's or an
+// event's own mutex; stream threads take mu only between pieces of work.
+struct RuntimeState {
   std::mutex mu;
   Context contexts[kDevices] = {{0}, {1}};
   uint64_t used_bytes[kDevices] = {};
-  std::map<uintptr_t, DeviceBlock> device_blocks;      // by handle
-  std::map<uintptr_t, uint64_t> pinned;                 // cudaHostAlloc'd or registered: address -> bytes
-  std::map<uintptr_t, bool> host_allocs;                // which pinned ranges cudaHostAlloc made
+  hoist::testing::ShadowMemory device_memory;  // owner: the device index
+  std::map<uintptr_t, uint64_t> pinned;        // cudaHostAlloc'd or registered: address -> bytes
+  std::set<uintptr_t> host_allocs;             // which of them cudaHostAlloc made
+  std::multimap<uintptr_t, uint64_t> queued_pinned_reads;  // sources of copies not yet run
   std::map<Stream*, std::shared_ptr<Stream>> streams;
   std::map<EventState*, std::shared_ptr<EventState>> events;
 };
 
-Runtime& R() {
-  static Runtime* runtime = new Runtime();  // never destroyed: streams may outlive static destructors
-  return *runtime;
+RuntimeState& State() {
+  static RuntimeState* state = new RuntimeState();  // never destroyed: streams may outlive static destructors
+  return *state;
 }
 
 thread_local int t_device = 0;
@@ -172,38 +198,15 @@ cudaError_t Fail(cudaError_t err) {
   return err;
 }
 
-// The device the runtime acts on; binds its context as the runtime does
-// when a thread has none current.
+// The device the runtime acts on; binds its context, as the runtime does
+// for a thread that has none current.
 int CurrentDevice() {
-  if (t_context == nullptr) t_context = &R().contexts[t_device];
+  if (t_context == nullptr) t_context = &State().contexts[t_device];
   return t_context->device;
 }
 
-// Where [p, p + n) of device memory keeps its bytes, or nullptr when it is
-// not inside one allocation. Needs R().mu.
-unsigned char* DeviceBytesLocked(const void* p, uint64_t n) {
-  auto& blocks = R().device_blocks;
-  const auto addr = reinterpret_cast<uintptr_t>(p);
-  auto it = blocks.upper_bound(addr);
-  if (it == blocks.begin()) return nullptr;
-  --it;
-  const uint64_t offset = addr - it->first;
-  if (offset >= it->second.mapped_bytes) return nullptr;  // not this block at all
-  if (offset > it->second.size_bytes || n > it->second.size_bytes - offset) return nullptr;
-  return it->second.contents + offset;
-}
-
-bool InsideAnyDeviceBlockLocked(const void* p) {
-  auto& blocks = R().device_blocks;
-  const auto addr = reinterpret_cast<uintptr_t>(p);
-  auto it = blocks.upper_bound(addr);
-  if (it == blocks.begin()) return false;
-  --it;
-  return addr - it->first < it->second.mapped_bytes;
-}
-
 bool PinnedLocked(const void* p, uint64_t n) {
-  auto& pinned = R().pinned;
+  auto& pinned = State().pinned;
   const auto addr = reinterpret_cast<uintptr_t>(p);
   auto it = pinned.upper_bound(addr);
   if (it == pinned.begin()) return false;
@@ -211,26 +214,33 @@ bool PinnedLocked(const void* p, uint64_t n) {
   return addr - it->first <= it->second && n <= it->second - (addr - it->first);
 }
 
-std::shared_ptr<Stream> FindStreamLocked(cudaStream_t s) {
-  auto it = R().streams.find(reinterpret_cast<Stream*>(s));
-  return it == R().streams.end() ? nullptr : it->second;
-}
-
-std::shared_ptr<EventState> FindEvent(cudaEvent_t e) {
-  std::lock_guard<std::mutex> lock(R().mu);
-  auto it = R().events.find(reinterpret_cast<EventState*>(e));
-  return it == R().events.end() ? nullptr : it->second;
-}
-
-// Waits for every stream: what cudaFree, cudaFreeHost and
-// cudaDeviceSynchronize do.
-void DrainAll() {
-  std::vector<std::shared_ptr<Stream>> all;
-  {
-    std::lock_guard<std::mutex> lock(R().mu);
-    for (auto& [p, s] : R().streams) all.push_back(s);
+bool OverlapsPinnedLocked(uintptr_t begin, uint64_t n) {
+  for (auto& [start, size] : State().pinned) {
+    if (start < begin + n && begin < start + size) return true;
   }
-  for (auto& s : all) s->Drain();
+  return false;
+}
+
+std::shared_ptr<Stream> FindStreamLocked(cudaStream_t s) {
+  auto it = State().streams.find(reinterpret_cast<Stream*>(s));
+  return it == State().streams.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<EventState> FindEventLocked(cudaEvent_t e) {
+  auto it = State().events.find(reinterpret_cast<EventState*>(e));
+  return it == State().events.end() ? nullptr : it->second;
+}
+
+// Waits for the work of `device`'s streams (every device's when -1).
+void Drain(int device) {
+  std::vector<std::shared_ptr<Stream>> streams;
+  {
+    std::lock_guard<std::mutex> lock(State().mu);
+    for (auto& [p, s] : State().streams) {
+      if (device < 0 || s->device() == device) streams.push_back(s);
+    }
+  }
+  for (auto& s : streams) s->Drain();
 }
 
 CUresult CtxGetCurrent(CUcontext* out) {
@@ -253,6 +263,53 @@ hoist::DType CoreType(hoist::cuda::FloatType t) {
   }
 }
 
+// A copy of `count` bytes: each side device memory or host memory as `kind`
+// says, on `stream` (nullptr: at once, as cudaMemcpy).
+cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
+  (void)CurrentDevice();
+  if (count == 0) return cudaSuccess;
+  RuntimeState& st = State();
+  std::unique_lock<std::mutex> lock(st.mu);
+  if (kind == cudaMemcpyDefault) {
+    kind = st.device_memory.OwnerOf(src) >= 0
+               ? (st.device_memory.OwnerOf(dst) >= 0 ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost)
+               : (st.device_memory.OwnerOf(dst) >= 0 ? cudaMemcpyHostToDevice : cudaMemcpyHostToHost);
+  }
+  const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  unsigned char* to = dst_device ? st.device_memory.Contents(dst, count) : static_cast<unsigned char*>(dst);
+  const unsigned char* from =
+      src_device ? st.device_memory.Contents(src, count) : static_cast<const unsigned char*>(src);
+  // A host side that is device memory is the caller's mistake too.
+  if (to == nullptr || from == nullptr || (!dst_device && st.device_memory.OwnerOf(dst) >= 0) ||
+      (!src_device && st.device_memory.OwnerOf(src) >= 0)) {
+    return Fail(cudaErrorInvalidValue);
+  }
+  if (stream == nullptr) {
+    lock.unlock();
+    std::memcpy(to, from, count);
+    return cudaSuccess;
+  }
+  std::shared_ptr<Stream> s = FindStreamLocked(stream);
+  if (s == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  if (!src_device && !PinnedLocked(src, count)) {
+    // Pageable: the source is read now; the bytes land in turn.
+    auto snapshot = std::make_shared<std::vector<unsigned char>>(from, from + count);
+    s->Enqueue([to, snapshot] { std::memcpy(to, snapshot->data(), snapshot->size()); });
+    return cudaSuccess;
+  }
+  auto read = src_device ? st.queued_pinned_reads.end()
+                         : st.queued_pinned_reads.emplace(reinterpret_cast<uintptr_t>(src), count);
+  s->Enqueue([to, from, count, read, src_device] {
+    std::memcpy(to, from, count);
+    if (!src_device) {
+      std::lock_guard<std::mutex> done(State().mu);
+      State().queued_pinned_reads.erase(read);
+    }
+  });
+  return cudaSuccess;
+}
+
 }  // namespace
 
 extern "C" {
@@ -265,7 +322,7 @@ cudaError_t cudaGetDeviceCount(int* count) {
 cudaError_t cudaSetDevice(int device) {
   if (device < 0 || device >= kDevices) return Fail(cudaErrorInvalidDevice);
   t_device = device;
-  t_context = &R().contexts[device];
+  t_context = &State().contexts[device];
   return cudaSuccess;
 }
 
@@ -294,6 +351,7 @@ const char* cudaGetErrorName(cudaError_t err) {
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorHostMemoryAlreadyRegistered: return "cudaErrorHostMemoryAlreadyRegistered";
     case cudaErrorHostMemoryNotRegistered: return "cudaErrorHostMemoryNotRegistered";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
     default: return "cudaErrorUnknown";
   }
 }
@@ -305,7 +363,10 @@ const char* cudaGetErrorString(cudaError_t err) {
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    default: return "emulated error";
+    case cudaErrorHostMemoryAlreadyRegistered: return "part or all of the requested memory range is already mapped";
+    case cudaErrorHostMemoryNotRegistered: return "pointer does not correspond to a registered memory region";
+    case cudaErrorNotSupported: return "operation not supported (by the emulator)";
+    default: return "unknown error";
   }
 }
 
@@ -321,26 +382,19 @@ cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** func, un
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   const int device = CurrentDevice();
-  std::lock_guard<std::mutex> lock(R().mu);
+  std::lock_guard<std::mutex> lock(State().mu);
   *total_bytes = kDeviceBytes;
-  *free_bytes = kDeviceBytes - R().used_bytes[device];
+  *free_bytes = kDeviceBytes - State().used_bytes[device];
   return cudaSuccess;
 }
 
 cudaError_t cudaMalloc(void** ptr, size_t size) {
   const int device = CurrentDevice();
-  std::lock_guard<std::mutex> lock(R().mu);
-  if (size > kDeviceBytes - R().used_bytes[device]) return Fail(cudaErrorMemoryAllocation);
-  const uint64_t mapped = std::max<uint64_t>(4096, (size + 4095) / 4096 * 4096);
-  void* handle = ::mmap(nullptr, mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (handle == MAP_FAILED) return Fail(cudaErrorMemoryAllocation);
-  void* contents = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (contents == MAP_FAILED) {
-    ::munmap(handle, mapped);
-    return Fail(cudaErrorMemoryAllocation);
-  }
-  R().device_blocks[reinterpret_cast<uintptr_t>(handle)] = {device, size, mapped, static_cast<unsigned char*>(contents)};
-  R().used_bytes[device] += size;
+  std::lock_guard<std::mutex> lock(State().mu);
+  if (size > kDeviceBytes - State().used_bytes[device]) return Fail(cudaErrorMemoryAllocation);
+  void* handle = State().device_memory.Allocate(size, device);
+  if (handle == nullptr) return Fail(cudaErrorMemoryAllocation);
+  State().used_bytes[device] += size;
   *ptr = handle;
   return cudaSuccess;
 }
@@ -348,14 +402,17 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
 cudaError_t cudaFree(void* ptr) {
   (void)CurrentDevice();
   if (ptr == nullptr) return cudaSuccess;  // the context-creation idiom
-  DrainAll();
-  std::lock_guard<std::mutex> lock(R().mu);
-  auto it = R().device_blocks.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == R().device_blocks.end()) return Fail(cudaErrorInvalidValue);
-  R().used_bytes[it->second.device] -= it->second.size_bytes;
-  ::munmap(ptr, it->second.mapped_bytes);
-  ::munmap(it->second.contents, it->second.mapped_bytes);
-  R().device_blocks.erase(it);
+  int owner = -1;
+  {
+    std::lock_guard<std::mutex> lock(State().mu);
+    owner = State().device_memory.OwnerOf(ptr);
+  }
+  if (owner < 0) return Fail(cudaErrorInvalidValue);
+  Drain(owner);  // as cudaFree synchronizes
+  std::lock_guard<std::mutex> lock(State().mu);
+  hoist::testing::ShadowMemory::Freed freed = State().device_memory.Free(ptr);
+  if (!freed.found) return Fail(cudaErrorInvalidValue);  // not the start of an allocation
+  State().used_bytes[freed.owner] -= freed.size_bytes;
   return cudaSuccess;
 }
 
@@ -363,59 +420,69 @@ cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) {
   (void)CurrentDevice();
   void* p = std::aligned_alloc(4096, std::max<size_t>(4096, (size + 4095) / 4096 * 4096));
   if (p == nullptr) return Fail(cudaErrorMemoryAllocation);
-  std::lock_guard<std::mutex> lock(R().mu);
-  R().pinned[reinterpret_cast<uintptr_t>(p)] = size;
-  R().host_allocs[reinterpret_cast<uintptr_t>(p)] = true;
+  std::lock_guard<std::mutex> lock(State().mu);
+  State().pinned[reinterpret_cast<uintptr_t>(p)] = size;
+  State().host_allocs.insert(reinterpret_cast<uintptr_t>(p));
   *ptr = p;
   return cudaSuccess;
 }
 
 cudaError_t cudaFreeHost(void* ptr) {
-  DrainAll();
-  std::lock_guard<std::mutex> lock(R().mu);
-  auto it = R().host_allocs.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == R().host_allocs.end()) return Fail(cudaErrorInvalidValue);
-  R().host_allocs.erase(it);
-  R().pinned.erase(reinterpret_cast<uintptr_t>(ptr));
+  (void)CurrentDevice();
+  std::lock_guard<std::mutex> lock(State().mu);
+  const auto addr = reinterpret_cast<uintptr_t>(ptr);
+  if (State().host_allocs.erase(addr) == 0) return Fail(cudaErrorInvalidValue);
+  const uint64_t size = State().pinned[addr];
+  for (auto& [start, n] : State().queued_pinned_reads) {
+    if (start < addr + size && addr < start + n) {
+      std::fprintf(stderr, "hoist CUDA emulator: cudaFreeHost of memory that a queued copy still reads\n");
+      std::abort();
+    }
+  }
+  State().pinned.erase(addr);
   std::free(ptr);
   return cudaSuccess;
 }
 
 cudaError_t cudaHostRegister(void* ptr, size_t size, unsigned int) {
-  std::lock_guard<std::mutex> lock(R().mu);
-  if (PinnedLocked(ptr, 1) || R().pinned.count(reinterpret_cast<uintptr_t>(ptr))) {
-    return Fail(cudaErrorHostMemoryAlreadyRegistered);
-  }
-  R().pinned[reinterpret_cast<uintptr_t>(ptr)] = size;
+  (void)CurrentDevice();
+  std::lock_guard<std::mutex> lock(State().mu);
+  if (OverlapsPinnedLocked(reinterpret_cast<uintptr_t>(ptr), size)) return Fail(cudaErrorHostMemoryAlreadyRegistered);
+  State().pinned[reinterpret_cast<uintptr_t>(ptr)] = size;
   return cudaSuccess;
 }
 
 cudaError_t cudaHostUnregister(void* ptr) {
-  std::lock_guard<std::mutex> lock(R().mu);
+  (void)CurrentDevice();
+  std::lock_guard<std::mutex> lock(State().mu);
   const auto addr = reinterpret_cast<uintptr_t>(ptr);
-  if (R().host_allocs.count(addr) || !R().pinned.count(addr)) return Fail(cudaErrorHostMemoryNotRegistered);
-  R().pinned.erase(addr);
+  if (State().host_allocs.count(addr) || !State().pinned.count(addr)) return Fail(cudaErrorHostMemoryNotRegistered);
+  State().pinned.erase(addr);
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) {
   const int device = CurrentDevice();
+  // A blocking stream would synchronize with the legacy stream, which is
+  // not emulated: refuse rather than behave differently.
+  if (flags != cudaStreamNonBlocking) return Fail(cudaErrorNotSupported);
   auto s = std::make_shared<Stream>(device);
   Stream* raw = s.get();
-  std::lock_guard<std::mutex> lock(R().mu);
-  R().streams[raw] = std::move(s);
+  std::lock_guard<std::mutex> lock(State().mu);
+  State().streams[raw] = std::move(s);
   *stream = reinterpret_cast<cudaStream_t>(raw);
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  (void)CurrentDevice();
   std::shared_ptr<Stream> s;
   {
-    std::lock_guard<std::mutex> lock(R().mu);
-    auto it = R().streams.find(reinterpret_cast<Stream*>(stream));
-    if (it == R().streams.end()) return Fail(cudaErrorInvalidResourceHandle);
+    std::lock_guard<std::mutex> lock(State().mu);
+    auto it = State().streams.find(reinterpret_cast<Stream*>(stream));
+    if (it == State().streams.end()) return Fail(cudaErrorInvalidResourceHandle);
     s = std::move(it->second);
-    R().streams.erase(it);
+    State().streams.erase(it);
   }
   s->Drain();  // the work already queued still completes
   return cudaSuccess;
@@ -426,7 +493,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (stream == nullptr) return cudaSuccess;  // nothing runs on the legacy stream here
   std::shared_ptr<Stream> s;
   {
-    std::lock_guard<std::mutex> lock(R().mu);
+    std::lock_guard<std::mutex> lock(State().mu);
     s = FindStreamLocked(stream);
   }
   if (s == nullptr) return Fail(cudaErrorInvalidResourceHandle);
@@ -435,101 +502,72 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
-  (void)CurrentDevice();
-  auto e = std::make_shared<EventState>();
-  std::lock_guard<std::mutex> lock(R().mu);
-  R().events[e.get()] = e;
+  auto e = std::make_shared<EventState>(CurrentDevice());
+  std::lock_guard<std::mutex> lock(State().mu);
+  State().events[e.get()] = e;
   *event = reinterpret_cast<cudaEvent_t>(e.get());
   return cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  std::lock_guard<std::mutex> lock(R().mu);
+  (void)CurrentDevice();
+  std::lock_guard<std::mutex> lock(State().mu);
   // Work already queued that records or waits on it keeps it alive.
-  if (R().events.erase(reinterpret_cast<EventState*>(event)) == 0) return Fail(cudaErrorInvalidResourceHandle);
+  if (State().events.erase(reinterpret_cast<EventState*>(event)) == 0) return Fail(cudaErrorInvalidResourceHandle);
   return cudaSuccess;
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  std::shared_ptr<EventState> e = FindEvent(event);
-  if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  (void)CurrentDevice();
+  if (stream == nullptr) return Fail(cudaErrorNotSupported);  // the legacy stream is not emulated
+  // Numbered and queued under one lock, so records reach the stream in
+  // their order.
+  std::lock_guard<std::mutex> lock(State().mu);
+  std::shared_ptr<EventState> e = FindEventLocked(event);
+  std::shared_ptr<Stream> s = FindStreamLocked(stream);
+  if (e == nullptr || s == nullptr || s->device() != e->device) return Fail(cudaErrorInvalidResourceHandle);
   uint64_t record = 0;
   {
-    std::lock_guard<std::mutex> lock(e->mu);
+    std::lock_guard<std::mutex> event_lock(e->mu);
     record = ++e->recorded;
   }
-  if (stream == nullptr) {
-    e->Reach(record);
-    return cudaSuccess;
-  }
-  std::lock_guard<std::mutex> lock(R().mu);
-  std::shared_ptr<Stream> s = FindStreamLocked(stream);
-  if (s == nullptr) return Fail(cudaErrorInvalidResourceHandle);
   s->Enqueue([e, record] { e->Reach(record); });
   return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  std::shared_ptr<EventState> e = FindEvent(event);
-  if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  (void)CurrentDevice();
+  std::shared_ptr<EventState> e;
   uint64_t record = 0;
   {
-    std::lock_guard<std::mutex> lock(e->mu);
-    record = e->recorded;
+    std::lock_guard<std::mutex> lock(State().mu);
+    e = FindEventLocked(event);
+    if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+    record = e->Latest();
   }
-  e->WaitFor(record);
+  e->WaitFor(record);  // never recorded: record 0, reached at once
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
-  std::shared_ptr<EventState> e = FindEvent(event);
-  if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
-  uint64_t record = 0;
-  {
-    std::lock_guard<std::mutex> lock(e->mu);
-    record = e->recorded;  // the record as of now; later ones do not count
-  }
-  std::lock_guard<std::mutex> lock(R().mu);
+  (void)CurrentDevice();
+  std::lock_guard<std::mutex> lock(State().mu);
+  std::shared_ptr<EventState> e = FindEventLocked(event);
   std::shared_ptr<Stream> s = FindStreamLocked(stream);
-  if (s == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  if (e == nullptr || s == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  const uint64_t record = e->Latest();  // the record as of now; later ones do not count
   s->Enqueue([e, record] { e->WaitFor(record); });
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind, cudaStream_t stream) {
-  (void)CurrentDevice();
-  if (count == 0) return cudaSuccess;
-  std::shared_ptr<Stream> s;
-  unsigned char* to = nullptr;
-  const unsigned char* from = nullptr;
-  bool pinned_source = false;
-  {
-    std::lock_guard<std::mutex> lock(R().mu);
-    if (stream != nullptr && (s = FindStreamLocked(stream)) == nullptr) return Fail(cudaErrorInvalidResourceHandle);
-    // Each side is device memory (translated) or host memory (as is); a
-    // pointer into an allocation but past its end is an error.
-    to = InsideAnyDeviceBlockLocked(dst) ? DeviceBytesLocked(dst, count) : static_cast<unsigned char*>(dst);
-    from = InsideAnyDeviceBlockLocked(src) ? DeviceBytesLocked(src, count) : static_cast<const unsigned char*>(src);
-    if (to == nullptr || from == nullptr) return Fail(cudaErrorInvalidValue);
-    pinned_source = from != src || PinnedLocked(src, count);
-  }
-  if (s == nullptr) {
-    std::memcpy(to, from, count);
-    return cudaSuccess;
-  }
-  if (!pinned_source) {
-    // Pageable: the driver waits for the stream and copies before returning.
-    s->Drain();
-    std::memcpy(to, from, count);
-    return cudaSuccess;
-  }
-  s->Enqueue([to, from, count] { std::memcpy(to, from, count); });
-  return cudaSuccess;
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
+  if (stream == nullptr) return Fail(cudaErrorNotSupported);  // the legacy stream is not emulated
+  return Copy(dst, src, count, kind, stream);
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
-  // The legacy default stream, which non-blocking streams do not wait for.
-  return cudaMemcpyAsync(dst, src, count, kind, nullptr);
+  // On the legacy default stream, which non-blocking streams do not wait for.
+  return Copy(dst, src, count, kind, nullptr);
 }
 
 }  // extern "C"
@@ -539,22 +577,30 @@ namespace hoist::cuda {
 cudaError_t CastKernelUsable() { return cudaSuccess; }
 
 cudaError_t LaunchCast(FloatType from, const void* src, FloatType to, void* dst, uint64_t count, cudaStream_t stream) {
+  const int device = CurrentDevice();
   if (count == 0) return cudaSuccess;
   const DType in_type = CoreType(from), out_type = CoreType(to);
+  const uint64_t in_size = static_cast<uint64_t>(DTypeBits(in_type) / 8);
+  const uint64_t out_size = static_cast<uint64_t>(DTypeBits(out_type) / 8);
+  const auto in_addr = reinterpret_cast<uintptr_t>(src), out_addr = reinterpret_cast<uintptr_t>(dst);
+  // What cast_kernel.h requires: aligned, not overlapping.
+  if (from == to || in_addr % in_size != 0 || out_addr % out_size != 0 ||
+      (in_addr < out_addr + count * out_size && out_addr < in_addr + count * in_size)) {
+    return Fail(cudaErrorInvalidValue);
+  }
   std::shared_ptr<Stream> s;
   const unsigned char* in = nullptr;
   unsigned char* out = nullptr;
   {
-    std::lock_guard<std::mutex> lock(R().mu);
+    std::lock_guard<std::mutex> lock(State().mu);
     s = FindStreamLocked(stream);
-    in = DeviceBytesLocked(src, count * static_cast<uint64_t>(DTypeBits(in_type) / 8));
-    out = DeviceBytesLocked(dst, count * static_cast<uint64_t>(DTypeBits(out_type) / 8));
+    in = State().device_memory.Contents(src, count * in_size);
+    out = State().device_memory.Contents(dst, count * out_size);
   }
-  if (s == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  // A kernel runs on a stream of the current device.
+  if (s == nullptr || s->device() != device) return Fail(cudaErrorInvalidResourceHandle);
   if (in == nullptr || out == nullptr) return Fail(cudaErrorInvalidValue);  // a GPU would fault
-  // Kernels lag longer than copies: the copy engine runs ahead of them, as
-  // it may on a GPU, and a copy that overwrites a cast's input too early shows.
-  s->Enqueue([=] { CastFloats(in_type, in, out_type, out, count); }, 2000);
+  s->Enqueue([=] { CastFloats(in_type, in, out_type, out, count); });
   return cudaSuccess;
 }
 

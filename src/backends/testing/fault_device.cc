@@ -1,7 +1,5 @@
 #include "backends/testing/fault_device.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -52,11 +50,14 @@ const char* PointName(FaultPoint p) {
 }  // namespace
 
 FaultDevice::~FaultDevice() {
-  for (auto& [addr, b] : device_blocks_) {
-    ::munmap(reinterpret_cast<void*>(addr), b.mapped_bytes);
-    ::munmap(b.contents, b.mapped_bytes);
-  }
   for (auto& [addr, n] : pinned_blocks_) std::free(reinterpret_cast<void*>(addr));
+}
+
+Status FaultDevice::SpoiledCheck(const char* what) const {
+  if (sticky_ && spoiled_) {
+    return Status(StatusCode::kDevice, id_.ToString() + ": " + what + " after an injected failure (sticky)");
+  }
+  return Status::Ok();
 }
 
 Status FaultDevice::Hit(FaultPoint point) {
@@ -84,6 +85,7 @@ uint64_t FaultDevice::outstanding_pinned_bytes() const {
 }
 
 Result<MemoryInfo> FaultDevice::GetMemoryInfo() {
+  HOIST_RETURN_IF_ERROR(SpoiledCheck("memory info"));
   std::lock_guard<std::mutex> lock(mu_);
   return MemoryInfo{capacity_bytes_ - device_bytes_, capacity_bytes_};
 }
@@ -94,31 +96,18 @@ Result<void*> FaultDevice::Allocate(uint64_t size_bytes) {
   if (device_bytes_ + size_bytes > capacity_bytes_) {
     return OutOfMemory(id_.ToString() + ": out of memory allocating " + std::to_string(size_bytes) + " bytes");
   }
-  // Page-aligned (so 256-aligned, as cudaMalloc's are); the handed-out view
-  // has no access at all, the contents live in a mapping of their own.
-  const uint64_t mapped = std::max<uint64_t>(4096, (size_bytes + 4095) / 4096 * 4096);
-  void* handle = ::mmap(nullptr, mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (handle == MAP_FAILED) return OutOfMemory("test device: cannot map address space");
-  void* contents = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (contents == MAP_FAILED) {
-    ::munmap(handle, mapped);
-    return OutOfMemory("test device: host allocation failed");
-  }
-  device_blocks_[reinterpret_cast<uintptr_t>(handle)] = {size_bytes, mapped, static_cast<unsigned char*>(contents)};
+  void* handle = device_memory_.Allocate(size_bytes);
+  if (handle == nullptr) return OutOfMemory("test device: cannot map " + std::to_string(size_bytes) + " bytes");
   device_bytes_ += size_bytes;
   return handle;
 }
 
 void FaultDevice::Free(void* ptr) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = device_blocks_.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == device_blocks_.end()) std::abort();  // a double free or a stranger's pointer is a test failure
-  DeviceBlock b = it->second;
-  DrainBeforeFreeLocked(b.contents, b.contents + b.mapped_bytes);
-  device_bytes_ -= b.size_bytes;
-  device_blocks_.erase(it);
-  ::munmap(ptr, b.mapped_bytes);
-  ::munmap(b.contents, b.mapped_bytes);
+  auto [contents, size] = device_memory_.Whole(ptr);
+  if (contents == nullptr) std::abort();  // a double free or a stranger's pointer is a test failure
+  DrainBeforeFreeLocked(contents, contents + size);
+  device_bytes_ -= device_memory_.Free(ptr).size_bytes;
 }
 
 Result<void*> FaultDevice::AllocatePinned(uint64_t size_bytes) {
@@ -140,16 +129,6 @@ void FaultDevice::FreePinned(void* ptr) {
   pinned_bytes_ -= it->second;
   pinned_blocks_.erase(it);
   std::free(ptr);
-}
-
-unsigned char* FaultDevice::ContentsLocked(const void* ptr, uint64_t size_bytes) {
-  const auto addr = reinterpret_cast<uintptr_t>(ptr);
-  auto it = device_blocks_.upper_bound(addr);
-  if (it == device_blocks_.begin()) return nullptr;
-  --it;
-  const uint64_t offset = addr - it->first;
-  if (offset > it->second.size_bytes || size_bytes > it->second.size_bytes - offset) return nullptr;
-  return it->second.contents + offset;
 }
 
 void FaultDevice::DrainBeforeFreeLocked(const unsigned char* begin, const unsigned char* end) {
@@ -217,7 +196,7 @@ Status FaultDevice::WaitOnDevice(Event* event) {
 Status FaultDevice::CopyToDeviceAsync(void* dst, const void* src, uint64_t size_bytes) {
   HOIST_RETURN_IF_ERROR(Hit(FaultPoint::kCopy));
   std::lock_guard<std::mutex> lock(mu_);
-  unsigned char* to = ContentsLocked(dst, size_bytes);
+  unsigned char* to = device_memory_.Contents(dst, size_bytes);
   if (to == nullptr) {
     return InvalidArgument("test device: copy of " + std::to_string(size_bytes) +
                            " bytes to an address outside every device allocation");
@@ -247,8 +226,8 @@ Status FaultDevice::CastAsync(void* dst, DType to, const void* src, DType from, 
   };
   if (misaligned(src, from) || misaligned(dst, to)) return InvalidArgument("test device: misaligned cast buffers");
   std::lock_guard<std::mutex> lock(mu_);
-  unsigned char* out = ContentsLocked(dst, count * static_cast<uint64_t>(DTypeBits(to) / 8));
-  const unsigned char* in = ContentsLocked(src, count * static_cast<uint64_t>(DTypeBits(from) / 8));
+  unsigned char* out = device_memory_.Contents(dst, count * static_cast<uint64_t>(DTypeBits(to) / 8));
+  const unsigned char* in = device_memory_.Contents(src, count * static_cast<uint64_t>(DTypeBits(from) / 8));
   if (out == nullptr || in == nullptr) {
     return InvalidArgument("test device: cast of " + std::to_string(count) + " elements " +
                            (in == nullptr ? "from" : "to") + " an address outside every device allocation");
@@ -258,9 +237,10 @@ Status FaultDevice::CastAsync(void* dst, DType to, const void* src, DType from, 
 }
 
 Status FaultDevice::CopyToHost(void* dst, const void* src, uint64_t size_bytes) {
+  HOIST_RETURN_IF_ERROR(SpoiledCheck("copy to host"));
   std::lock_guard<std::mutex> lock(mu_);
   RunUpToLocked({UINT64_MAX, UINT64_MAX});
-  const unsigned char* from = ContentsLocked(src, size_bytes);
+  const unsigned char* from = device_memory_.Contents(src, size_bytes);
   if (from == nullptr) {
     return InvalidArgument("test device: copy of " + std::to_string(size_bytes) +
                            " bytes from an address outside every device allocation");
@@ -270,6 +250,7 @@ Status FaultDevice::CopyToHost(void* dst, const void* src, uint64_t size_bytes) 
 }
 
 Result<std::unique_ptr<Event>> FaultDevice::CreateEvent() {
+  HOIST_RETURN_IF_ERROR(SpoiledCheck("event creation"));
   return std::unique_ptr<Event>(new FaultEvent(this));
 }
 

@@ -27,8 +27,10 @@
 //
 // It has a configurable capacity, counts every byte and call, and can fail
 // the k-th call of any kind, once or from then on (sticky, as a CUDA
-// context is after a kernel fault), so every error path of a load can be
-// driven and checked for leaks (outstanding_bytes() must return to zero).
+// context is after a kernel fault: every later call fails, events and
+// read-backs included, and nothing queued runs), so every error path of a
+// load can be driven and checked for leaks (outstanding_bytes() must return
+// to zero).
 //
 // Thread-safe.
 #pragma once
@@ -42,6 +44,7 @@
 #include <vector>
 
 #include "hoist/device.h"
+#include "testing/shadow_memory.h"
 
 namespace hoist::testing {
 
@@ -65,7 +68,8 @@ class FaultDevice final : public Device {
   // The `nth` call (1-based) at `point` fails; 0 disables.
   void FailAt(FaultPoint point, int nth) { fail_at_[static_cast<int>(point)] = nth; }
   // After an injected failure, every later call of every kind fails too
-  // (frees still free), as on a GPU whose context a fault has spoiled.
+  // (frees still free, and nothing queued runs any more), as on a GPU whose
+  // context a fault has spoiled.
   void set_sticky_failures(bool v) { sticky_ = v; }
   int calls(FaultPoint point) const { return calls_[static_cast<int>(point)].load(); }
   // Device and pinned bytes currently held.
@@ -118,11 +122,6 @@ class FaultDevice final : public Device {
   std::atomic<int> live_events_{0};
 
  private:
-  struct DeviceBlock {
-    uint64_t size_bytes;
-    uint64_t mapped_bytes;     // both mappings' length
-    unsigned char* contents;   // the bytes, where only this class looks
-  };
   struct PendingCopy {
     unsigned char* dst;        // in a block's contents
     const void* src;           // host memory, or nullptr when read at issue
@@ -137,9 +136,8 @@ class FaultDevice final : public Device {
     DType from, to;
   };
 
-  // Where [ptr, ptr + size) of device memory keeps its bytes; nullptr when
-  // the range is not inside one live allocation. Needs mu_.
-  unsigned char* ContentsLocked(const void* ptr, uint64_t size_bytes);
+  // Fails once the device is spoiled (sticky mode).
+  Status SpoiledCheck(const char* what) const;
   void RunUpToLocked(QueuePoint point);
   // Counts a free while queued work touches [begin, end), then runs it. Needs mu_.
   void DrainBeforeFreeLocked(const unsigned char* begin, const unsigned char* end);
@@ -155,8 +153,8 @@ class FaultDevice final : public Device {
   std::atomic<int> calls_[kFaultPointCount] = {};
   std::atomic<int> pageable_copies_{0}, frees_with_queued_work_{0};
   mutable std::mutex mu_;
-  std::map<uintptr_t, DeviceBlock> device_blocks_;  // by the address handed out
-  std::map<uintptr_t, uint64_t> pinned_blocks_;      // address -> size
+  ShadowMemory device_memory_;
+  std::map<uintptr_t, uint64_t> pinned_blocks_;  // address -> size
   std::vector<PendingCopy> copies_;  // issued, in order
   std::vector<PendingCast> casts_;
   QueuePoint done_;                  // how many of each have run
