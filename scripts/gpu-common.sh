@@ -1,6 +1,11 @@
 # Sourced by scripts/gpu-check and scripts/gpu-bench: what both need on a GPU
 # machine that has no network. Sets have_gpu, gpu, device, layers, out,
-# reports; defines build_gpu, checkpoint, seconds_left and machine_facts.
+# reports, hoist_bin, cuda_tests; defines build_gpu, checkpoint,
+# seconds_left and machine_facts.
+#
+# Without a GPU the scripts rehearse: on the cpu by default, or with
+# HOIST_EMULATE=1 onto cuda:0 of the CUDA runtime emulated on the host
+# (build-gpu/hoist_emulated), so that the GPU branch of every step runs.
 #
 # At most 8 files come back from the device tool's $OUT, so $OUT receives
 # only the logs and the results; each run's load report goes to $reports.
@@ -25,6 +30,7 @@ elif [[ -e /dev/nvidia0 ]]; then
   gpu=$(timeout 20 python3 -c "import torch; print(torch.cuda.get_device_name(0))" 2>/dev/null || echo "NVIDIA GPU")
 fi
 device=cpu; layers=()
+hoist_bin=build-gpu/hoist cuda_tests=build-gpu/hoist_cuda_tests emulated=0
 if ((have_gpu)); then
   device=cuda:0
 elif [[ ${HOIST_EXPECT_GPU:-0} == 1 ]]; then
@@ -32,6 +38,10 @@ elif [[ ${HOIST_EXPECT_GPU:-0} == 1 ]]; then
   # the cpu for minutes of device time and report "all passed".
   echo "error: HOIST_EXPECT_GPU=1 but no GPU here (no nvidia-smi listing, no /dev/nvidia0)" >&2
   exit 1
+elif [[ ${HOIST_EMULATE:-0} == 1 ]]; then
+  emulated=1 gpu="hoist CUDA emulator" device=cuda:0
+  hoist_bin=build-gpu/hoist_emulated cuda_tests=build-gpu/hoist_cuda_emulated_tests
+  layers=(--layers 2)
 else
   gpu=cpu
   layers=(--layers 2)  # the rehearsal: a 2-layer model on the cpu
@@ -51,9 +61,19 @@ build_gpu() {
     return 1
   fi
   grep -E "hoist:" build-gpu/cmake.log || true
-  local want=() t targets
+  local want=() t targets names=("$@")
+  if ((emulated)); then  # the emulator's command and tests stand in for the real ones
+    names=()
+    for t in "$@"; do
+      case $t in
+        hoist) names+=(hoist_emulated) ;;
+        hoist_cuda_tests) names+=(hoist_cuda_emulated_tests) ;;
+        *) names+=("$t") ;;
+      esac
+    done
+  fi
   targets=$(ninja -C build-gpu -t targets all 2>/dev/null)
-  for t in "$@"; do
+  for t in "${names[@]}"; do
     grep -q "^$t:" <<<"$targets" && want+=("$t")
   done
   if ! ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1; then
@@ -72,7 +92,7 @@ checkpoint() {
   local dir=$base/hoist-ckpt-$1${layers[1]:+-${layers[1]}}
   if [[ ! -f $dir.complete ]]; then
     rm -rf "$dir"
-    timeout 90 build-gpu/hoist synth --arch "$1" "${layers[@]}" --quiet "$dir" >&2 && touch "$dir.complete"
+    timeout 90 "$hoist_bin" synth --arch "$1" "${layers[@]}" --quiet "$dir" >&2 && touch "$dir.complete"
   fi
   [[ -f $dir.complete ]] || return 1
   echo "$dir"

@@ -1,6 +1,6 @@
 """The `hoist` command onto GPUs, on any machine: build/hoist_emulated is the
 same command linked against the CUDA runtime emulated on the host
-(src/backends/cuda/emulator.cc: two 4 GiB GPUs, asynchronous streams, device
+(src/backends/cuda/emulator.cc: two 16 GiB GPUs, asynchronous streams, device
 memory the host cannot touch). The bytes that land are checked by the C++
 emulated.* tests; these check what the command says about a GPU load: the
 probe's JSON, the report, allocation counts, device maps over two GPUs,
@@ -69,7 +69,7 @@ def test_probe_lists_both_gpus_with_the_fields_gpu_bench_reads(emu):
     assert [g["index"] for g in gpus] == [0, 1]
     for g in gpus:
         assert g["name"] == f"hoist CUDA emulator {g['index']}"
-        assert g["total_bytes"] == 4 * GIB
+        assert g["total_bytes"] == 16 * GIB
         assert 0 < g["free_bytes"] <= g["total_bytes"]
         # scripts/gpu-bench takes the bound from here.
         assert g["h2d_pinned_gbps"] > 0 and g["h2d_pageable_gbps"] > 0

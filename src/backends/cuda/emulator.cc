@@ -32,7 +32,8 @@
 //   through cudaGetDriverEntryPointByVersion as from the real runtime.
 // What it does not model: asynchronous, sticky faults (a bad kernel argument
 // fails at launch here), and anything about speed.
-// Two devices of 4 GiB each, so that multi-GPU paths run too.
+// Two devices of 16 GiB each (address space: only what is written takes
+// memory), so that multi-GPU paths run too.
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
@@ -60,7 +61,7 @@
 namespace {
 
 constexpr int kDevices = 2;
-constexpr uint64_t kDeviceBytes = uint64_t{4} << 30;
+constexpr uint64_t kDeviceBytes = uint64_t{16} << 30;
 
 // The seed of the lag draws: HOIST_EMULATOR_SEED, else random.
 uint32_t NextSeed() {
