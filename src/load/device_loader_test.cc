@@ -117,7 +117,9 @@ class DeviceLoaderTest : public ::testing::Test {
     EXPECT_EQ(gpu_->outstanding_bytes(), 0u);
     EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);
     EXPECT_EQ(gpu_->live_events(), 0);
-    if (synchronized) EXPECT_EQ(gpu_->frees_with_queued_work(), 0);
+    if (synchronized) {
+      EXPECT_EQ(gpu_->frees_with_queued_work(), 0);
+    }
   }
 
   hoist::testing::TempDir dir_;
