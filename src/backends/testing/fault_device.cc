@@ -53,7 +53,7 @@ FaultDevice::~FaultDevice() {
   for (auto& [addr, n] : pinned_blocks_) std::free(reinterpret_cast<void*>(addr));
 }
 
-Status FaultDevice::SpoiledCheck(const char* what) const {
+Status FaultDevice::SpoiledCheck(const std::string& what) const {
   if (sticky_ && spoiled_) {
     return Status(StatusCode::kDevice, id_.ToString() + ": " + what + " after an injected failure (sticky)");
   }
@@ -63,10 +63,7 @@ Status FaultDevice::SpoiledCheck(const char* what) const {
 Status FaultDevice::Hit(FaultPoint point) {
   int i = static_cast<int>(point);
   int n = ++calls_[i];
-  if (sticky_ && spoiled_) {
-    return Status(StatusCode::kDevice, id_.ToString() + ": " + PointName(point) + " call " + std::to_string(n) +
-                                           " after an injected failure (sticky)");
-  }
+  HOIST_RETURN_IF_ERROR(SpoiledCheck(std::string(PointName(point)) + " call " + std::to_string(n)));
   if (fail_at_[i] != 0 && n == fail_at_[i]) {
     spoiled_ = true;
     StatusCode code = point == FaultPoint::kAllocate ? StatusCode::kOutOfMemory : StatusCode::kDevice;

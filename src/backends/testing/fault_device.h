@@ -137,7 +137,7 @@ class FaultDevice final : public Device {
   };
 
   // Fails once the device is spoiled (sticky mode).
-  Status SpoiledCheck(const char* what) const;
+  Status SpoiledCheck(const std::string& what) const;
   void RunUpToLocked(QueuePoint point);
   // Counts a free while queued work touches [begin, end), then runs it. Needs mu_.
   void DrainBeforeFreeLocked(const unsigned char* begin, const unsigned char* end);
