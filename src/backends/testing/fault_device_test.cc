@@ -31,8 +31,18 @@ TEST_F(FaultDeviceDeathTest, HostCannotTouchDeviceMemory) {
   auto p = gpu_.Allocate(1000);
   ASSERT_TRUE(p.ok());
   auto* bytes = static_cast<volatile unsigned char*>(*p);
-  EXPECT_DEATH((NoCoreDump(), bytes[10] = 1), "");
-  EXPECT_DEATH((NoCoreDump(), (void)bytes[999]), "");
+  EXPECT_DEATH(
+      {
+        NoCoreDump();
+        bytes[10] = 1;
+      },
+      "");
+  EXPECT_DEATH(
+      {
+        NoCoreDump();
+        (void)bytes[999];
+      },
+      "");
   gpu_.Free(*p);
 }
 
