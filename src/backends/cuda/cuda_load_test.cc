@@ -101,6 +101,41 @@ TEST_F(CudaLoadTest, CastToF32MatchesCpuCast) {
   }
 }
 
+// Two GPUs fed at once, casting too: each reader thread switches between
+// devices, and every copy, cast and event must land on its own device's
+// streams (the emulated runtime refuses a kernel on another device's stream).
+TEST_F(CudaLoadTest, DeviceMapOverTwoGpusIsByteExact) {
+  if (registry_.CudaCount() < 2) GTEST_SKIP() << "one GPU here; this test needs two";
+  for (bool cast : {false, true}) {
+    SCOPED_TRACE(cast ? "cast to f32" : "no cast");
+    PlanOptions po;
+    po.device_map = R"({"model.layers.0": 1, "model.layers.2": 1, "lm_head": 1, "": 0})";
+    if (cast) po.cast_to = DType::kF32;
+    auto plan = BuildPlan(*catalog_, po);
+    ASSERT_TRUE(plan.ok()) << plan.status().message();
+    LoadOptions lo;
+    lo.chunk_bytes = 4096;
+    lo.threads = 4;
+    auto model = Load(*catalog_, std::move(plan).value(), registry_, lo);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    int on_second = 0;
+    for (const TensorView& v : model->tensors()) {
+      SCOPED_TRACE(v.name);
+      on_second += v.device == DeviceId::Cuda(1);
+      std::vector<unsigned char> raw = FileBytes(v), got = GpuBytes(v);
+      if (!cast || !IsCastableFloat(v.stored_dtype)) {
+        ASSERT_EQ(got, raw);
+        continue;
+      }
+      std::vector<unsigned char> want(got.size());
+      CastFloats(v.stored_dtype, raw.data(), DType::kF32, want.data(), raw.size() / (DTypeBits(v.stored_dtype) / 8));
+      ASSERT_EQ(got, want);
+    }
+    EXPECT_GT(on_second, 0);
+    EXPECT_LT(on_second, static_cast<int>(model->tensors().size()));
+  }
+}
+
 TEST_F(CudaLoadTest, RefusesAPlanLargerThanFreeMemory) {
   PlanOptions po;
   po.device = DeviceId::Cuda(0);
