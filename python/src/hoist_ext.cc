@@ -193,8 +193,14 @@ NB_MODULE(_hoist, m) {
         std::unique_ptr<LoadSession> session;
         {
           nb::gil_scoped_release release;  // reads run on hoist's own threads
+          // Made once each, on first need: a cpu load never starts the CUDA driver.
           static std::string warning;
-          static const DeviceRegistry* registry = new DeviceRegistry(MakeDefaultRegistry(&warning));
+          static const DeviceRegistry* cpu_only = new DeviceRegistry(MakeCpuRegistry());
+          const DeviceRegistry* registry = cpu_only;
+          if (MayUseGpus(r.plan)) {
+            static const DeviceRegistry* all = new DeviceRegistry(MakeDefaultRegistry(&warning));
+            registry = all;
+          }
           session = Unwrap(LoadFromRequest(r, *registry));
         }
         return Model(std::move(session));

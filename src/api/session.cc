@@ -35,6 +35,14 @@ DeviceRegistry MakeDefaultRegistry(std::string* warning) {
   return registry;
 }
 
+bool MayUseGpus(const PlanRequest& request) { return !(request.device == "cpu" && request.device_map.empty()); }
+
+DeviceRegistry MakeRegistryFor(const PlanRequest& request, std::string* warning) {
+  if (MayUseGpus(request)) return MakeDefaultRegistry(warning);
+  warning->clear();
+  return MakeCpuRegistry();
+}
+
 Result<std::optional<DType>> ParseDtypeFlag(const std::string& text) {
   if (text.empty()) return std::optional<DType>();
   auto d = ParseCastTarget(text);

@@ -51,6 +51,14 @@ struct LoadRequest {
 // Problems finding GPUs go to *warning (empty when none).
 DeviceRegistry MakeDefaultRegistry(std::string* warning);
 
+// Whether `request` can place anything on a GPU: false only for
+// --device cpu without a device map. Finding GPUs starts the CUDA driver
+// (a fraction of a second or more), which a load onto the cpu must not pay.
+bool MayUseGpus(const PlanRequest& request);
+
+// MakeDefaultRegistry where the request may use GPUs, else the cpu alone.
+DeviceRegistry MakeRegistryFor(const PlanRequest& request, std::string* warning);
+
 Result<std::optional<DType>> ParseDtypeFlag(const std::string& text);
 
 // `margin` is left free on GPUs when capacities for a strategy are computed;

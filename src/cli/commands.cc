@@ -107,9 +107,9 @@ void PrintWarnings(const LoadPlan& plan, bool quiet) {
   for (const std::string& w : plan.warnings) fmt::print(stderr, "warning: {}\n", w);
 }
 
-DeviceRegistry MakeRegistry() {
+DeviceRegistry MakeRegistry(const PlanRequest& request) {
   std::string warning;
-  DeviceRegistry registry = MakeDefaultRegistry(&warning);
+  DeviceRegistry registry = MakeRegistryFor(request, &warning);
   if (!warning.empty()) fmt::print(stderr, "warning: {}\n", warning);
   return registry;
 }
@@ -119,7 +119,7 @@ DeviceRegistry MakeRegistry() {
 int RunPlan(const PlanCmdArgs& args) {
   Result<Catalog> cat = OpenCatalog(args.request.path);
   if (!cat.ok()) return Fail(cat.status());
-  DeviceRegistry registry = MakeRegistry();
+  DeviceRegistry registry = MakeRegistry(args.request);
   std::map<DeviceId, uint64_t> max_memory;
   Result<PlanOptions> po = MakePlanOptions(args.request, registry, kDefaultGpuMarginBytes, &max_memory);
   if (!po.ok()) return Fail(po.status());
@@ -186,7 +186,7 @@ class ProgressLine {
 };
 
 int RunLoad(const LoadArgs& args) {
-  DeviceRegistry registry = MakeRegistry();
+  DeviceRegistry registry = MakeRegistry(args.request.plan);
   LoadRequest request = args.request;
   Result<std::unique_ptr<LoadSession>> session = NotFound("");
   {

@@ -39,8 +39,9 @@ def emu_bin() -> Path:
 
 @pytest.fixture(scope="module")
 def emu(emu_bin):
-    def run(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(emu_bin), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    def run(*args, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(emu_bin), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                              env=None if env is None else {**os.environ, **env})
 
     return run
 
@@ -158,3 +159,17 @@ def test_absent_gpu_exits_2(emu, ckpt):
     proc = emu("load", ckpt, "--device", "cuda:2", "--quiet")
     assert proc.returncode == 2
     assert "cuda:2" in stderr_error_line(proc)
+
+
+def test_cpu_loads_never_start_the_cuda_runtime(emu, ckpt, tmp_path):
+    """Finding GPUs starts the CUDA driver, which on a GPU machine costs a
+    cpu load a fraction of a second or more; with --device cpu nothing may
+    call the runtime (the emulator aborts on the first call under
+    HOIST_EMULATOR_UNREACHABLE)."""
+    unreachable = {"HOIST_EMULATOR_UNREACHABLE": "1"}
+    ok(emu("load", ckpt, "--device", "cpu", "--quiet", env=unreachable))
+    ok(emu("plan", ckpt, "--device", "cpu", env=unreachable))
+    # The hook itself: a load that may use a GPU reaches the runtime and dies.
+    for flags in (["--device", "cuda:0"], [], ["--device", "cpu", "--device-map", "auto"]):
+        proc = emu("load", ckpt, "--quiet", *flags, env=unreachable)
+        assert proc.returncode != 0 and "HOIST_EMULATOR_UNREACHABLE" in proc.stderr, (flags, proc.stderr)

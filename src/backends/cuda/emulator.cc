@@ -316,6 +316,12 @@ cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, 
 extern "C" {
 
 cudaError_t cudaGetDeviceCount(int* count) {
+  // For tests that a command never starts the driver: every path to a GPU
+  // begins by counting them.
+  if (std::getenv("HOIST_EMULATOR_UNREACHABLE") != nullptr) {
+    std::fprintf(stderr, "hoist CUDA emulator: the CUDA runtime was used (HOIST_EMULATOR_UNREACHABLE)\n");
+    std::abort();
+  }
   *count = kDevices;
   return cudaSuccess;
 }
