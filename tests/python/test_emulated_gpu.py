@@ -4,7 +4,9 @@ same command linked against the CUDA runtime emulated on the host
 memory the host cannot touch). The bytes that land are checked by the C++
 emulated.* tests; these check what the command says about a GPU load: the
 probe's JSON, the report, allocation counts, device maps over two GPUs,
-casts on the device, and refusals.
+casts on the device, and refusals; and, through the Python module built over
+the same emulator (build/python-emulated), the CUDA DLPack tensors
+hoist.load hands out and how its placement arguments reach the GPUs.
 
 The binary is $HOIST_EMULATED_BIN, else <repo>/build/hoist_emulated. The
 build configures it wherever the CUDA toolkit's headers are (it needs no
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +176,113 @@ def test_cpu_loads_never_start_the_cuda_runtime(emu, ckpt, tmp_path):
     for flags in (["--device", "cuda:0"], [], ["--device", "cpu", "--device-map", "auto"]):
         proc = emu("load", ckpt, "--quiet", *flags, env=unreachable)
         assert proc.returncode != 0 and "HOIST_EMULATOR_UNREACHABLE" in proc.stderr, (flags, proc.stderr)
+
+
+# ------------------------------------------------ the Python module on GPUs
+
+# Reads a DLPack capsule (the unversioned kind, "dltensor") with ctypes:
+# what torch or cupy would import from a hoist tensor on a GPU.
+DLPACK_READER = r"""
+import ctypes
+
+class DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+class DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+class DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+get_pointer.restype = ctypes.c_void_p
+get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+def dltensor(array):
+    capsule = array.__dlpack__()
+    t = DLTensor.from_address(get_pointer(capsule, b"dltensor"))
+    shape = [t.shape[i] for i in range(t.ndim)]
+    strides = None if not t.strides else [t.strides[i] for i in range(t.ndim)]
+    return {"data": t.data + t.byte_offset, "device": (t.device.device_type, t.device.device_id),
+            "dtype": (t.dtype.code, t.dtype.bits, t.dtype.lanes), "shape": shape, "strides": strides}
+"""
+
+
+@pytest.fixture(scope="module")
+def emu_py():
+    """emu_py(code) runs `code` in a fresh interpreter that imports the hoist
+    package built over the emulated runtime (it cannot share a process with
+    the real one); the code asserts, the test checks the exit status."""
+    package = REPO_ROOT / "build" / "python-emulated"
+    if not (package / "hoist").is_dir():
+        expected = (REPO_ROOT / "build" / "hoist_emulated.expected").is_file()
+        if expected and (REPO_ROOT / "build" / "python" / "hoist").is_dir():
+            pytest.fail(f"{package}/hoist is missing though the Python module is built", pytrace=False)
+        pytest.skip("no Python module over the emulated runtime in this build")
+
+    def run(code: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(package)}
+        proc = subprocess.run([sys.executable, "-c", DLPACK_READER + code], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        return proc
+
+    return run
+
+
+def test_python_tensors_on_a_gpu_export_cuda_dlpack(emu_py, emu, ckpt, tmp_path):
+    """hoist.load onto cuda:0: every tensor goes out as a CUDA DLPack tensor
+    (device type 2), with the dtype code, shape and contiguous layout torch
+    expects, at the address its offset in the one reservation says."""
+    rep = load_report(emu, ckpt, tmp_path, "--device", "cuda:0")
+    expect = {t["name"]: t for t in rep["tensors"]}
+    emu_py(f"""
+import hoist
+expect = {expect!r}
+codes = {{"BF16": (4, 16), "F16": (2, 16), "F32": (2, 32), "I64": (0, 64), "U8": (1, 8)}}
+model = hoist.load({str(ckpt)!r}, device="cuda:0")
+assert sorted(model.keys()) == sorted(expect), model.keys()
+base = None
+for name in model:
+    t = dltensor(model[name])
+    want = expect[name]
+    assert t["device"] == (2, 0), (name, t["device"])
+    assert t["shape"] == want["shape"], (name, t["shape"])
+    code, bits = codes[want["dtype"]]
+    assert t["dtype"] == (code, bits, 1), (name, t["dtype"])
+    if t["strides"] is not None:  # contiguous, row-major
+        expected, step = [], 1
+        for n in reversed(t["shape"]):
+            expected.insert(0, step)
+            step *= n
+        assert t["strides"] == expected, (name, t["strides"])
+    if base is None:
+        base = t["data"] - want["offset"]
+    assert t["data"] - base == want["offset"], (name, t["data"] - base, want["offset"])
+    assert model.info(name)["device"] == "cuda:0"
+assert model.report["devices"]["cuda:0"]["driver_allocs"] == 1
+""")
+
+
+def test_python_placement_arguments_reach_the_gpus(emu_py, ckpt):
+    """device as an int, device_map and max_memory as dicts with int keys."""
+    emu_py(f"""
+import hoist
+ckpt = {str(ckpt)!r}
+m = hoist.load(ckpt, device=1)
+assert {{m.info(k)["device"] for k in m}} == {{"cuda:1"}}
+assert dltensor(m[m.keys()[0]])["device"] == (2, 1)
+m = hoist.load(ckpt, device_map={{"model.layers.0": 1, "": 0}}, max_memory={{0: "8GiB", 1: "8GiB"}})
+placed = {{k: m.info(k)["device"] for k in m}}
+assert {{d for k, d in placed.items() if k.startswith("model.layers.0.")}} == {{"cuda:1"}}, placed
+assert {{d for k, d in placed.items() if not k.startswith("model.layers.0.")}} == {{"cuda:0"}}, placed
+assert set(m.report["devices"]) == {{"cuda:0", "cuda:1"}}
+try:
+    hoist.load(ckpt, device="cuda:0", max_memory={{0: 1000}})
+except MemoryError as e:
+    assert "cuda:0" in str(e), e
+else:
+    raise AssertionError("a plan over max_memory loaded")
+""")
