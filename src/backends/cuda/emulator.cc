@@ -13,8 +13,9 @@
 //   A copy's kind says which side is device memory, and that side must lie
 //   inside one allocation;
 // - streams are asynchronous and ordered: each runs its work on a thread of
-//   its own, in issue order, and lands it late, in slow and fast spells of
-//   its own, so either of two streams in turn runs far ahead of the other
+//   its own, in issue order, and lands it late, in slow and fast spells
+//   drawn apart for each stream, so either of two streams in turn runs far
+//   ahead of the other
 //   (HOIST_EMULATOR_SEED fixes the draws; thread timing still varies);
 // - a copy from pinned memory reads its source when it runs; one from
 //   pageable memory reads it at once (all CUDA promises) and still lands on
@@ -101,16 +102,18 @@ class Stream {
   }
 
  private:
-  // Each stream goes through slow and fast spells of its own random length
-  // (2-8 ms): in a slow spell each piece waits 0.3-1 ms, in a fast one at
-  // most 50 us. Two streams' spells drift against each other, so each in
-  // turn runs several pieces ahead of the other.
+  // Each stream goes through slow and fast spells, each of a fresh random
+  // length (1-6 ms): in a slow spell each piece waits 0.3-1 ms, in a fast
+  // one at most 50 us. Two streams' spells are independent, so each in turn
+  // runs several pieces ahead of the other.
   std::chrono::microseconds Lag() {
-    const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
-        std::chrono::steady_clock::now().time_since_epoch()).count();
-    const bool slow = ((now + phase_us_) / spell_us_) % 2 == 0;
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= spell_ends_) {
+      slow_ = rng_() % 2 == 0;
+      spell_ends_ = now + std::chrono::microseconds(1000 + rng_() % 5001);
+    }
     const uint32_t draw = static_cast<uint32_t>(rng_());
-    return std::chrono::microseconds(slow ? 300 + draw % 701 : draw % 51);
+    return std::chrono::microseconds(slow_ ? 300 + draw % 701 : draw % 51);
   }
   void Run() {
     std::unique_lock<std::mutex> lock(mu_);
@@ -136,8 +139,8 @@ class Stream {
   std::deque<std::function<void()>> queue_;
   bool busy_ = false, stop_ = false;
   std::minstd_rand rng_;
-  const int64_t spell_us_ = 2000 + static_cast<int64_t>(rng_() % 6001);
-  const int64_t phase_us_ = static_cast<int64_t>(rng_() % 8000);
+  bool slow_ = false;  // the spell the stream is in, until spell_ends_
+  std::chrono::steady_clock::time_point spell_ends_;
   std::thread worker_;  // last: starts once the rest is constructed
 };
 
