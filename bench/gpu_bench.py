@@ -72,6 +72,57 @@ def check_dlpack(hoist, folder, shards, device):
     return {"ok": True, "tensors": checked}
 
 
+def check_consumers(hoist, folder, shards, device):
+    """CuPy and JAX take hoist's DLPack tensors too, without a copy: for the
+    first and last tensor of the first shard, each consumer's array sits at
+    the address torch sees and, read back through DLPack into torch, equals
+    safetensors' load. A consumer that is not installed is reported, not
+    failed; wrong bytes or a copy are failures."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX must not take the GPU's memory
+    import torch
+    from safetensors import safe_open
+
+    consumers = {}
+    try:
+        import cupy
+
+        consumers["cupy"] = (cupy.from_dlpack, lambda a: a.data.ptr)
+    except Exception as e:  # not installed, or no CUDA for it
+        print(f"consumer check: no cupy ({e!r})", file=sys.stderr)
+    try:
+        import jax.numpy as jnp
+
+        consumers["jax"] = (jnp.from_dlpack, lambda a: a.unsafe_buffer_pointer())
+    except Exception as e:
+        print(f"consumer check: no jax ({e!r})", file=sys.stderr)
+    if device == "cpu":
+        consumers.pop("cupy", None)  # cupy holds GPU arrays only
+    model = hoist.load(folder, device=device)
+    out = {"ok": True, "tensors": []}
+    with safe_open(shards[0], framework="pt", device=device) as f:
+        names = sorted(f.keys())
+        for name in {names[0], names[-1]}:
+            ref = f.get_tensor(name)
+            ptr = torch.from_dlpack(model[name]).data_ptr()
+            for consumer, (take, address) in consumers.items():
+                row = {"consumer": consumer, "name": name}
+                try:
+                    arr = take(model[name])
+                    row["zero_copy"] = address(arr) == ptr
+                    row["equal"] = bool(torch.equal(torch.from_dlpack(arr).to(ref.device), ref))
+                except Exception as e:
+                    row["error"] = repr(e)
+                out["tensors"].append(row)
+                if not (row.get("zero_copy") and row.get("equal")):
+                    out["ok"] = False
+    good = sum(1 for r in out["tensors"] if r.get("zero_copy") and r.get("equal"))
+    print(f"consumer check ({', '.join(consumers) or 'none installed'}): {good} of {len(out['tensors'])} "
+          f"arrays zero-copy and equal to safetensors' load")
+    if not out["ok"]:
+        raise AssertionError(f"DLPack consumers: {out['tensors']}")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
@@ -184,6 +235,9 @@ def main():
         attempt("hoist_load_file", in_process, "hoist_load_file",
                 lambda: [hoist.load_file(f, device=device) for f in shards], 60)
         attempt("dlpack_check", lambda: results.update(dlpack_check=check_dlpack(hoist, args.dir, shards, device)))
+        if seconds_left() > 60:  # JAX's start-up takes seconds
+            attempt("consumer_check",
+                    lambda: results.update(consumer_check=check_consumers(hoist, args.dir, shards, device)))
 
     # One run each of the read settings around the defaults, to settle them
     # on this machine: chunk (= staging buffer) size and reader threads.
@@ -207,9 +261,25 @@ def main():
     md = write_results(args, results, sweep, total, len(shards), device, runs)
     print(md)
     # The figures are written either way; a wrong tensor fails the run.
-    dlpack = results.get("dlpack_check")
-    if dlpack is not None and not dlpack.get("ok"):
-        sys.exit(1)
+    for check in ("dlpack_check", "consumer_check"):
+        if results.get(check) is not None and not results[check].get("ok"):
+            sys.exit(1)
+
+
+def consumers_line(check):
+    """One line on CuPy's and JAX's arrays, for the .md."""
+    if check is None:
+        return "CuPy/JAX check: not run"
+    if "tensors" not in check:
+        return f"CuPy/JAX check: FAILED ({check.get('error')})"
+    parts = []
+    for r in check["tensors"]:
+        if r.get("zero_copy") and r.get("equal"):
+            verdict = "zero-copy, equal"
+        else:
+            verdict = r.get("error") or f"zero_copy={r.get('zero_copy')} equal={r.get('equal')}"
+        parts.append(f"{r['consumer']} {r['name']}: {verdict}")
+    return "CuPy/JAX check: " + ("; ".join(parts) or "no consumer installed")
 
 
 def write_results(args, results, sweep, total, nfiles, device, runs):
@@ -218,7 +288,7 @@ def write_results(args, results, sweep, total, nfiles, device, runs):
     lines = [f"| loader | seconds (median of up to {runs}) | GB/s | seconds / hoist's | fraction of pinned H2D bound |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for name, r in results.items():
-        if name == "dlpack_check":
+        if name in ("dlpack_check", "consumer_check"):
             continue
         if r.get("seconds") is None:
             lines.append(f"| {name} | {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed'} | | | |")
@@ -248,7 +318,9 @@ def write_results(args, results, sweep, total, nfiles, device, runs):
     dlpack_note = ("DLPack check: not run" if dlpack is None else
                    f"DLPack check: {len(dlpack['tensors'])} tensors equal safetensors' load" if dlpack.get("ok") else
                    f"DLPack check: FAILED ({dlpack.get('error')})")
-    md = header + "\n".join(lines) + "\n\n" + cast_note + "\n\n" + dlpack_note + "\n\n" + "\n".join(sweep_lines) + "\n"
+    consumer_note = consumers_line(results.get("consumer_check"))
+    md = (header + "\n".join(lines) + "\n\n" + cast_note + "\n\n" + dlpack_note + "\n\n" + consumer_note + "\n\n" +
+          "\n".join(sweep_lines) + "\n")
     doc = {"gpu": args.gpu_name, "date": date, "bytes": total, "h2d_pinned_gbps": args.bound_gbps,
            "device": device, "runs": results, "sweep": sweep}
     slug = args.gpu_name.replace(" ", "-").replace("/", "-")
