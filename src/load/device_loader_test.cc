@@ -64,6 +64,13 @@ class DeviceLoaderTest : public ::testing::Test {
     registry_.Add(std::move(gpu));
   }
 
+  // A fresh GPU whose copies read their source when issued, or as late as
+  // CUDA allows (when the stream gets to them).
+  void ResetDevicesWithCopiesReadAtIssue(bool at_issue) {
+    ResetDevices();
+    gpu_->set_copies_read_at_issue(at_issue);
+  }
+
   Result<LoadedModel> LoadWith(PlanOptions po) {
     auto plan = BuildPlan(*catalog_, po);
     if (!plan.ok()) return plan.status();
@@ -137,8 +144,7 @@ TEST_F(DeviceLoaderTest, StagedLoadIsByteExactWithOneAllocation) {
   po.device = DeviceId::Cuda(0);
   for (bool at_issue : {false, true}) {
     SCOPED_TRACE(at_issue ? "copies read at issue" : "copies read late");
-    ResetDevices();
-    gpu_->set_copies_read_at_issue(at_issue);
+    ResetDevicesWithCopiesReadAtIssue(at_issue);
     {
       auto model = LoadWith(po);
       ASSERT_TRUE(model.ok()) << model.status().message();
@@ -207,8 +213,7 @@ TEST_F(DeviceLoaderTest, CastOnTheDeviceMatchesTheHostCastBitForBit) {
   po.cast_to = DType::kF32;
   for (bool at_issue : {false, true}) {
     SCOPED_TRACE(at_issue ? "copies read at issue" : "copies read late");
-    ResetDevices();
-    gpu_->set_copies_read_at_issue(at_issue);
+    ResetDevicesWithCopiesReadAtIssue(at_issue);
     auto model = LoadWith(po);
     ASSERT_TRUE(model.ok()) << model.status().message();
     // File bytes went to the device raw and were cast there, piece by piece.
