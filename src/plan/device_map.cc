@@ -169,8 +169,11 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
   for (size_t g = 0; g < n; ++g) order.emplace_back(gpus[g], budget[g]);
   auto cpu = capacity_bytes.find(DeviceId::Cpu());
   order.emplace_back(DeviceId::Cpu(), cpu != capacity_bytes.end() ? cpu->second : 0);
+  // Disk offload only when asked for (--max-memory disk=SIZE): a model that
+  // does not fit the GPUs and the cpu is an error, never a silent spill.
   auto disk = capacity_bytes.find(DeviceId::Disk());
-  order.emplace_back(DeviceId::Disk(), disk != capacity_bytes.end() ? disk->second : UINT64_MAX);
+  const bool disk_allowed = disk != capacity_bytes.end() && disk->second > 0;
+  if (disk_allowed) order.emplace_back(DeviceId::Disk(), disk->second);
 
   std::vector<DeviceId> unit_device(unit_names.size());
   std::vector<uint64_t> used(order.size(), 0);
@@ -178,8 +181,16 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
   for (size_t u = 0; u < unit_names.size(); ++u) {
     while (d < order.size() && used[d] + unit_bytes[u] > order[d].second) ++d;
     if (d == order.size()) {
-      return OutOfMemory("device map " + strategy + ": unit " + QuoteName(unit_names[u]) + " (" + ByteText(unit_bytes[u]) +
-                         ") fits on no device");
+      uint64_t left = 0;
+      for (size_t v = u; v < unit_names.size(); ++v) left += unit_bytes[v];
+      std::string devices;
+      for (const auto& [id, cap] : order) devices += (devices.empty() ? "" : ", ") + id.ToString() + " " + ByteText(cap);
+      return OutOfMemory("device map " + strategy + ": unit " + QuoteName(unit_names[u]) + " (" +
+                         ByteText(unit_bytes[u]) + ") fits on no device (" + devices + "; " + ByteText(left) +
+                         " of the model left to place); " +
+                         (disk_allowed ? "raise --max-memory or shrink the model with --dtype"
+                                       : "raise --max-memory, shrink the model with --dtype, or leave the rest in "
+                                         "its file with --max-memory disk=SIZE"));
     }
     used[d] += unit_bytes[u];
     unit_device[u] = order[d].first;

@@ -281,22 +281,36 @@ TEST_F(PlanTest, StrategiesSpreadWholeLayers) {
   }
 }
 
-TEST_F(PlanTest, StrategyOverflowsToCpuThenDiskAndFailsWhenNothingFits) {
+TEST_F(PlanTest, StrategyOverflowsToCpuThenDiskOnlyWhereDiskIsAllowed) {
   const Catalog& cat = Synth("llama-3.1-8b", 4);
   PlanOptions o;
   o.device_map = "sequential";
   o.capacity_bytes = {{DeviceId::Cuda(0), Gib(1.5)}, {DeviceId::Cpu(), Gib(1)}};
+  // GPU and cpu full, disk not named: an error that says how to allow it.
+  for (uint64_t disk : {uint64_t{0}, uint64_t{1} << 62}) {
+    SCOPED_TRACE(disk ? "disk allowed" : "no disk");
+    if (disk) o.capacity_bytes[DeviceId::Disk()] = disk;
+    auto plan = BuildPlan(cat, o);
+    if (!disk) {
+      ASSERT_FALSE(plan.ok());
+      EXPECT_EQ(plan.status().code(), StatusCode::kOutOfMemory);
+      EXPECT_NE(plan.status().message().find("fits on no device"), std::string::npos) << plan.status().message();
+      EXPECT_NE(plan.status().message().find("--max-memory disk=SIZE"), std::string::npos) << plan.status().message();
+      EXPECT_EQ(plan.status().message().find("disk "), std::string::npos) << plan.status().message();
+      continue;
+    }
+    ASSERT_TRUE(plan.ok()) << plan.status().message();
+    auto placed = PlacedBytes(*plan);
+    EXPECT_GT(placed[DeviceId::Cuda(0)], 0u);
+    EXPECT_GT(placed[DeviceId::Cpu()], 0u);
+    EXPECT_TRUE(plan->FindDevice(DeviceId::Disk()) != nullptr);
+  }
+  // Disk allowed but too small: the same error, without the advice to allow it.
+  o.capacity_bytes[DeviceId::Disk()] = Gib(1);
   auto plan = BuildPlan(cat, o);
-  ASSERT_TRUE(plan.ok()) << plan.status().message();
-  auto placed = PlacedBytes(*plan);
-  EXPECT_GT(placed[DeviceId::Cuda(0)], 0u);
-  EXPECT_GT(placed[DeviceId::Cpu()], 0u);
-  EXPECT_TRUE(plan->FindDevice(DeviceId::Disk()) != nullptr);
-  o.capacity_bytes[DeviceId::Disk()] = 0;
-  plan = BuildPlan(cat, o);
   ASSERT_FALSE(plan.ok());
-  EXPECT_EQ(plan.status().code(), StatusCode::kOutOfMemory);
   EXPECT_NE(plan.status().message().find("fits on no device"), std::string::npos);
+  EXPECT_EQ(plan.status().message().find("disk=SIZE"), std::string::npos) << plan.status().message();
 }
 
 TEST_F(PlanTest, SplitUnits) {

@@ -471,17 +471,21 @@ def test_strategy_balanced_low_0_uses_gpu0_before_cpu_and_disk(run_hoist, llama8
 
 
 @pytest.mark.parametrize("strategy", STRATS)
-def test_strategy_nothing_fits_exit_2(run_hoist, llama8b, strategy):
-    proc = run_hoist("plan", "--json", "--device-map", strategy, "--max-memory", "0=1GiB,1=1GiB,cpu=1GiB,disk=0",
+@pytest.mark.parametrize("disk", ["", ",disk=0", ",disk=1GiB"])
+def test_strategy_nothing_fits_exit_2(run_hoist, llama8b, strategy, disk):
+    proc = run_hoist("plan", "--json", "--device-map", strategy, "--max-memory", "0=1GiB,1=1GiB,cpu=1GiB" + disk,
                      llama8b)
     assert proc.returncode == 2, proc.stdout[:500]
     line = stderr_error_line(proc)
     assert "fits on no device" in line, line
+    # Where disk was not allowed, the error says how to allow it.
+    assert ("--max-memory disk=SIZE" in line) == (disk != ",disk=1GiB"), line
     assert proc.stdout == ""
 
 
-def test_strategy_without_disk_limit_spills_to_disk(run_hoist, llama8b):
-    doc = plan_json(run_hoist, "--device-map", "sequential", "--max-memory", "0=1GiB,1=1GiB,cpu=1GiB", llama8b)
+def test_strategy_spills_to_disk_only_when_allowed(run_hoist, llama8b):
+    doc = plan_json(run_hoist, "--device-map", "sequential", "--max-memory", "0=1GiB,1=1GiB,cpu=1GiB,disk=1TB",
+                    llama8b)
     assert doc["devices"]["disk"]["bytes"] == 0
     assert len([t for t in doc["tensors"] if t["device"] == "disk"]) > 0
     check_reservations(doc)
@@ -922,7 +926,7 @@ def test_load_refusal_sizes_are_readable_for_small_plans(run_hoist, tiny):
 def test_load_auto_spills_to_disk(run_hoist, tiny, tmp_path, no_gpu):
     header = header_tensors(tiny)
     total = sum(h["nbytes"] for h in header.values())
-    report = load_report(run_hoist, tmp_path, "--device-map", "auto", "--max-memory", "cpu=100kB", tiny)
+    report = load_report(run_hoist, tmp_path, "--device-map", "auto", "--max-memory", "cpu=100kB,disk=1GB", tiny)
     devices = {t["name"]: t["device"] for t in report["tensors"]}
     assert sorted(devices) == sorted(header)
     disk = [n for n, d in devices.items() if d == "disk"]
