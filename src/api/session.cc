@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -103,6 +104,32 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
     o.device = registry.Find(DeviceId::Cuda(0)) != nullptr ? DeviceId::Cuda(0) : DeviceId::Cpu();
   }
   return o;
+}
+
+std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry& registry, uint64_t margin,
+                                     const std::map<DeviceId, uint64_t>& max_memory) {
+  std::vector<std::string> out;
+  for (const DevicePlan& d : plan.devices) {
+    if (d.device.kind == DeviceKind::kDisk || d.reserve_bytes == 0) continue;
+    std::optional<uint64_t> available;
+    std::string why;
+    if (Device* device = registry.Find(d.device)) {
+      if (Result<MemoryInfo> mem = device->GetMemoryInfo(); mem.ok()) {
+        const uint64_t m = d.device.kind == DeviceKind::kCuda ? margin : 0;
+        available = mem->free_bytes > m ? mem->free_bytes - m : 0;
+        why = m ? "free memory less a " + ByteText(m) + " margin" : "free memory";
+      }
+    }
+    if (auto it = max_memory.find(d.device); it != max_memory.end() && (!available || it->second < *available)) {
+      available = it->second;
+      why = "--max-memory";
+    }
+    if (available && d.reserve_bytes > *available) {
+      out.push_back(d.device.ToString() + ": the plan needs " + ByteText(d.reserve_bytes) + " but only " +
+                    ByteText(*available) + " is available (" + why + "); a load would stop before allocating");
+    }
+  }
+  return out;
 }
 
 Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry) {

@@ -81,6 +81,12 @@ struct LoadSession {
   LoadedModel model;
 };
 
+// For `hoist plan`: one warning per device whose reservation exceeds what
+// a load could have there (free memory less `margin` on GPUs, capped by
+// --max-memory), where that is known; a load would stop before allocating.
+std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry& registry, uint64_t margin,
+                                     const std::map<DeviceId, uint64_t>& max_memory);
+
 Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry);
 
 nlohmann::ordered_json PlanJson(const LoadPlan& plan);

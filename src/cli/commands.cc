@@ -125,6 +125,9 @@ int RunPlan(const PlanCmdArgs& args) {
   if (!po.ok()) return Fail(po.status());
   Result<LoadPlan> plan = BuildPlan(*cat, *po);
   if (!plan.ok()) return Fail(plan.status());
+  for (std::string& w : FitWarnings(*plan, registry, kDefaultGpuMarginBytes, max_memory)) {
+    plan->warnings.push_back(std::move(w));
+  }
   PrintWarnings(*plan, args.json);
   if (args.json) {
     fmt::print("{}\n", PlanJson(*plan).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));

@@ -295,6 +295,22 @@ def test_plan_device_flag_needs_no_device(run_hoist, llama8b_12):
     assert doc["devices"]["cuda:7"]["bytes"] == cpu["devices"]["cpu"]["bytes"]
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda:0", "cuda:3"])
+def test_plan_warns_when_a_reservation_exceeds_max_memory(run_hoist, llama8b_12, device):
+    short = "cpu" if device == "cpu" else device.split(":")[1]
+    doc = plan_json(run_hoist, "--device", device, "--max-memory", f"{short}=1GiB", llama8b_12)
+    need = doc["devices"][device]["bytes"]
+    assert need > GIB
+    warning = f"{device}: the plan needs {need} bytes"
+    assert [w for w in doc["warnings"] if w.startswith(warning)], doc["warnings"]
+    assert "only 1073741824 bytes" in doc["warnings"][-1] and "--max-memory" in doc["warnings"][-1]
+    # The table form says it on stderr; with room, nothing is said.
+    proc = ok(run_hoist("plan", "--device", device, "--max-memory", f"{short}=1GiB", llama8b_12))
+    assert f"warning: {warning}" in proc.stderr, proc.stderr
+    roomy = plan_json(run_hoist, "--device", device, "--max-memory", f"{short}={need}", llama8b_12)
+    assert not [w for w in roomy["warnings"] if "the plan needs" in w], roomy["warnings"]
+
+
 def test_plan_device_and_device_map_exclusive(run_hoist, llama8b_12):
     proc = run_hoist("plan", "--device", "cpu", "--device-map", '{"": 0}', llama8b_12)
     assert proc.returncode == 2
