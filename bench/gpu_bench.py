@@ -83,15 +83,23 @@ def check_consumers(hoist, folder, shards, device):
     from safetensors import safe_open
 
     consumers = {}
+    # A consumer without a GPU of its own (a CPU-only jaxlib, a CuPy built
+    # for another CUDA) cannot take a GPU tensor from anyone: reported like
+    # one not installed, not counted against hoist.
     try:
         import cupy
 
+        if device != "cpu" and cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("CuPy sees no GPU")
         consumers["cupy"] = (cupy.from_dlpack, lambda a: a.data.ptr)
     except Exception as e:  # not installed, or no CUDA for it
         print(f"consumer check: no cupy ({e!r})", file=sys.stderr)
     try:
+        import jax
         import jax.numpy as jnp
 
+        if device != "cpu" and not jax.devices("gpu"):
+            raise RuntimeError("JAX has no GPU backend")
         consumers["jax"] = (jnp.from_dlpack, lambda a: a.unsafe_buffer_pointer())
     except Exception as e:
         print(f"consumer check: no jax ({e!r})", file=sys.stderr)
@@ -260,10 +268,15 @@ def main():
         save()
     md = write_results(args, results, sweep, total, len(shards), device, runs)
     print(md)
-    # The figures are written either way; a wrong tensor fails the run.
+    # The figures are written either way; a wrong tensor fails the run, and
+    # so does a GPU run where the Python module's checks could not run.
     for check in ("dlpack_check", "consumer_check"):
         if results.get(check) is not None and not results[check].get("ok"):
             sys.exit(1)
+    if hoist is None and device != "cpu" and not args.emulated:
+        print("FAILED: the hoist Python module was not built here, so its GPU checks (DLPack, load_file) did not run",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 def consumers_line(check):

@@ -164,6 +164,29 @@ def test_absent_gpu_exits_2(emu, ckpt):
     assert "cuda:2" in stderr_error_line(proc)
 
 
+@pytest.mark.parametrize("flags", [["--alloc", "per-tensor"], [], ["--dtype", "f32"]],
+                         ids=["per-tensor", "reserve", "cast"])
+def test_sticky_gpu_fault_fails_the_load_with_the_fault_last_and_few_warnings(emu, ckpt, tmp_path, flags):
+    # The 4th copy faults asynchronously, as an illegal address would; from
+    # then on every call on cuda:0 fails, the frees of the clean-up included.
+    report = tmp_path / "report.json"
+    proc = emu("load", ckpt, "--device", "cuda:0", "--chunk-size", "4096", "--quiet", "--report", report, *flags,
+               env={"HOIST_EMULATOR_FAULT_AFTER_COPIES": "4"})
+    assert proc.returncode == 1, proc.stderr
+    assert not report.exists()
+    errors = [e for e in proc.stderr.splitlines() if e.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    line = errors[0]
+    assert "cuda:0" in line and "an illegal memory access was encountered" in line, line
+    assert proc.stderr.splitlines()[-1] == line, proc.stderr  # the fault is what the output ends with
+    warnings = [w for w in proc.stderr.splitlines() if w.startswith("hoist: warning:")]
+    # A few clean-up failures, then one line for the rest (per-tensor alone
+    # frees dozens of allocations).
+    assert 1 <= len(warnings) <= 5, proc.stderr
+    if len(warnings) == 5:
+        assert "not listed" in warnings[-1], warnings
+
+
 def test_cpu_loads_never_start_the_cuda_runtime(emu, ckpt, tmp_path):
     """Finding GPUs starts the CUDA driver, which on a GPU machine costs a
     cpu load a fraction of a second or more; with --device cpu nothing may

@@ -53,11 +53,39 @@ Status CudaFailure(cudaError_t err, int device, std::string_view what) {
 // For the calls that cannot return a Status (Free, FreePinned, destructors).
 // cudaErrorCudartUnloading means the process is exiting and the runtime has
 // already released everything; that is not worth a warning.
+// After a fault that spoils the context (an illegal address, say) the
+// context is dead for the rest of the process, and every later free fails
+// too: a few warnings say so, and the rest, hundreds with --alloc
+// per-tensor, would only push the error that matters off the screen.
+bool IsStickyError(cudaError_t err) {
+  switch (err) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+      return true;
+    default:
+      return false;
+  }
+}
+constexpr int kMaxStickyWarnings = 4;
+std::atomic<int> sticky_warnings{0};
+
 void WarnOnFailure(cudaError_t err, int device, std::string_view what) {
   if (err == cudaSuccess) return;
   ForgetLastError();
   if (err == cudaErrorCudartUnloading) return;
-  fmt::print(stderr, "hoist: warning: cuda:{}: {} failed: {}\n", device, what, CudaErrorText(err));
+  const int n = IsStickyError(err) ? sticky_warnings.fetch_add(1, std::memory_order_relaxed) : 0;
+  if (n < kMaxStickyWarnings) {
+    fmt::print(stderr, "hoist: warning: cuda:{}: {} failed: {}\n", device, what, CudaErrorText(err));
+  } else if (n == kMaxStickyWarnings) {
+    fmt::print(stderr, "hoist: warning: cuda:{}: later clean-up calls fail the same way; not listed\n", device);
+  }
 }
 
 // Makes `device` current on the calling thread for one call, and the

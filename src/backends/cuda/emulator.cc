@@ -31,14 +31,20 @@
 //   no current context until a runtime call binds device 0's (or
 //   cudaSetDevice another's); cuCtxGetCurrent / cuCtxSetCurrent come
 //   through cudaGetDriverEntryPointByVersion as from the real runtime.
-// What it does not model: asynchronous, sticky faults (a bad kernel argument
-// fails at launch here), and anything about speed.
+// - a fault in queued work is asynchronous and sticky, as an illegal
+//   address is on a GPU: with HOIST_EMULATOR_FAULT_AFTER_COPIES=N the N-th
+//   copy to run faults instead, its device then runs no more copies or
+//   kernels, and every later call for it fails with
+//   cudaErrorIllegalAddress (events still complete, so nothing hangs).
+// What it does not model: a bad kernel argument faulting later (it fails at
+// launch here), and anything about speed.
 // Two devices of 16 GiB each (address space: only what is written takes
 // memory), so that multi-GPU paths run too.
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -193,6 +199,29 @@ RuntimeState& State() {
   return *state;
 }
 
+// Sticky faults, per device (HOIST_EMULATOR_FAULT_AFTER_COPIES).
+std::atomic<int> sticky_error[kDevices] = {};
+std::atomic<long> copies_before_fault{[] {
+  const char* n = std::getenv("HOIST_EMULATOR_FAULT_AFTER_COPIES");
+  return n != nullptr ? std::strtol(n, nullptr, 10) : -1L;
+}()};
+
+cudaError_t StickyError(int device) { return static_cast<cudaError_t>(sticky_error[device].load()); }
+
+// Run by a stream before a copy: false when the device has faulted, or
+// faults now.
+bool CopyMayRun(int device) {
+  if (StickyError(device) != cudaSuccess) return false;
+  long before = copies_before_fault.load();
+  while (before > 0 && !copies_before_fault.compare_exchange_weak(before, before - 1)) {
+  }
+  if (before == 1) {
+    sticky_error[device].store(cudaErrorIllegalAddress);
+    return false;
+  }
+  return true;
+}
+
 thread_local int t_device = 0;
 thread_local Context* t_context = nullptr;
 thread_local cudaError_t t_last_error = cudaSuccess;
@@ -201,6 +230,7 @@ cudaError_t Fail(cudaError_t err) {
   t_last_error = err;
   return err;
 }
+
 
 // The device the runtime acts on; binds its context, as the runtime does
 // for a thread that has none current.
@@ -270,7 +300,7 @@ hoist::DType CoreType(hoist::cuda::FloatType t) {
 // A copy of `count` bytes: each side device memory or host memory as `kind`
 // says, on `stream` (nullptr: at once, as cudaMemcpy).
 cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
-  (void)CurrentDevice();
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return Fail(sticky);
   if (count == 0) return cudaSuccess;
   RuntimeState& st = State();
   std::unique_lock<std::mutex> lock(st.mu);
@@ -299,13 +329,15 @@ cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, 
   if (!src_device && !PinnedLocked(src, count)) {
     // Pageable: the source is read now; the bytes land in turn.
     auto snapshot = std::make_shared<std::vector<unsigned char>>(from, from + count);
-    s->Enqueue([to, snapshot] { std::memcpy(to, snapshot->data(), snapshot->size()); });
+    s->Enqueue([to, snapshot, device = s->device()] {
+      if (CopyMayRun(device)) std::memcpy(to, snapshot->data(), snapshot->size());
+    });
     return cudaSuccess;
   }
   auto read = src_device ? st.queued_pinned_reads.end()
                          : st.queued_pinned_reads.emplace(reinterpret_cast<uintptr_t>(src), count);
-  s->Enqueue([to, from, count, read, src_device] {
-    std::memcpy(to, from, count);
+  s->Enqueue([to, from, count, read, src_device, device = s->device()] {
+    if (CopyMayRun(device)) std::memcpy(to, from, count);
     if (!src_device) {
       std::lock_guard<std::mutex> done(State().mu);
       State().queued_pinned_reads.erase(read);
@@ -347,6 +379,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 }
 
 cudaError_t cudaGetLastError(void) {
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return sticky;  // never cleared
   cudaError_t err = t_last_error;
   t_last_error = cudaSuccess;
   return err;
@@ -362,6 +395,7 @@ const char* cudaGetErrorName(cudaError_t err) {
     case cudaErrorHostMemoryAlreadyRegistered: return "cudaErrorHostMemoryAlreadyRegistered";
     case cudaErrorHostMemoryNotRegistered: return "cudaErrorHostMemoryNotRegistered";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     default: return "cudaErrorUnknown";
   }
 }
@@ -376,6 +410,7 @@ const char* cudaGetErrorString(cudaError_t err) {
     case cudaErrorHostMemoryAlreadyRegistered: return "part or all of the requested memory range is already mapped";
     case cudaErrorHostMemoryNotRegistered: return "pointer does not correspond to a registered memory region";
     case cudaErrorNotSupported: return "operation not supported (by the emulator)";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     default: return "unknown error";
   }
 }
@@ -392,6 +427,7 @@ cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** func, un
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   const int device = CurrentDevice();
+  if (cudaError_t sticky = StickyError(device)) return Fail(sticky);
   std::lock_guard<std::mutex> lock(State().mu);
   *total_bytes = kDeviceBytes;
   *free_bytes = kDeviceBytes - State().used_bytes[device];
@@ -400,6 +436,7 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 
 cudaError_t cudaMalloc(void** ptr, size_t size) {
   const int device = CurrentDevice();
+  if (cudaError_t sticky = StickyError(device)) return Fail(sticky);
   std::lock_guard<std::mutex> lock(State().mu);
   if (size > kDeviceBytes - State().used_bytes[device]) return Fail(cudaErrorMemoryAllocation);
   void* handle = State().device_memory.Allocate(size, device);
@@ -410,7 +447,7 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
 }
 
 cudaError_t cudaFree(void* ptr) {
-  (void)CurrentDevice();
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return Fail(sticky);
   if (ptr == nullptr) return cudaSuccess;  // the context-creation idiom
   int owner = -1;
   {
@@ -427,7 +464,7 @@ cudaError_t cudaFree(void* ptr) {
 }
 
 cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) {
-  (void)CurrentDevice();
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return Fail(sticky);
   void* p = std::aligned_alloc(4096, std::max<size_t>(4096, (size + 4095) / 4096 * 4096));
   if (p == nullptr) return Fail(cudaErrorMemoryAllocation);
   std::lock_guard<std::mutex> lock(State().mu);
@@ -438,7 +475,7 @@ cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) {
 }
 
 cudaError_t cudaFreeHost(void* ptr) {
-  (void)CurrentDevice();
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return Fail(sticky);
   std::lock_guard<std::mutex> lock(State().mu);
   const auto addr = reinterpret_cast<uintptr_t>(ptr);
   if (State().host_allocs.erase(addr) == 0) return Fail(cudaErrorInvalidValue);
@@ -455,7 +492,7 @@ cudaError_t cudaFreeHost(void* ptr) {
 }
 
 cudaError_t cudaHostRegister(void* ptr, size_t size, unsigned int) {
-  (void)CurrentDevice();
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return Fail(sticky);
   std::lock_guard<std::mutex> lock(State().mu);
   if (OverlapsPinnedLocked(reinterpret_cast<uintptr_t>(ptr), size)) return Fail(cudaErrorHostMemoryAlreadyRegistered);
   State().pinned[reinterpret_cast<uintptr_t>(ptr)] = size;
@@ -463,7 +500,7 @@ cudaError_t cudaHostRegister(void* ptr, size_t size, unsigned int) {
 }
 
 cudaError_t cudaHostUnregister(void* ptr) {
-  (void)CurrentDevice();
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return Fail(sticky);
   std::lock_guard<std::mutex> lock(State().mu);
   const auto addr = reinterpret_cast<uintptr_t>(ptr);
   if (State().host_allocs.count(addr) || !State().pinned.count(addr)) return Fail(cudaErrorHostMemoryNotRegistered);
@@ -473,6 +510,7 @@ cudaError_t cudaHostUnregister(void* ptr) {
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) {
   const int device = CurrentDevice();
+  if (cudaError_t sticky = StickyError(device)) return Fail(sticky);
   // A blocking stream would synchronize with the legacy stream, which is
   // not emulated: refuse rather than behave differently.
   if (flags != cudaStreamNonBlocking) return Fail(cudaErrorNotSupported);
@@ -485,7 +523,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) 
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  (void)CurrentDevice();
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return Fail(sticky);
   std::shared_ptr<Stream> s;
   {
     std::lock_guard<std::mutex> lock(State().mu);
@@ -499,7 +537,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  (void)CurrentDevice();
+  const int device = CurrentDevice();
   if (stream == nullptr) return cudaSuccess;  // nothing runs on the legacy stream here
   std::shared_ptr<Stream> s;
   {
@@ -508,11 +546,14 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   }
   if (s == nullptr) return Fail(cudaErrorInvalidResourceHandle);
   s->Drain();
+  if (cudaError_t sticky = StickyError(device)) return Fail(sticky);
   return cudaSuccess;
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
-  auto e = std::make_shared<EventState>(CurrentDevice());
+  const int device = CurrentDevice();
+  if (cudaError_t sticky = StickyError(device)) return Fail(sticky);
+  auto e = std::make_shared<EventState>(device);
   std::lock_guard<std::mutex> lock(State().mu);
   State().events[e.get()] = e;
   *event = reinterpret_cast<cudaEvent_t>(e.get());
@@ -520,7 +561,7 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) {
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  (void)CurrentDevice();
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return Fail(sticky);
   std::lock_guard<std::mutex> lock(State().mu);
   // Work already queued that records or waits on it keeps it alive.
   if (State().events.erase(reinterpret_cast<EventState*>(event)) == 0) return Fail(cudaErrorInvalidResourceHandle);
@@ -528,7 +569,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  (void)CurrentDevice();
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return Fail(sticky);
   if (stream == nullptr) return Fail(cudaErrorNotSupported);  // the legacy stream is not emulated
   // Numbered and queued under one lock, so records reach the stream in
   // their order.
@@ -546,7 +587,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  (void)CurrentDevice();
+  const int device = CurrentDevice();
   std::shared_ptr<EventState> e;
   uint64_t record = 0;
   {
@@ -556,11 +597,12 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     record = e->Latest();
   }
   e->WaitFor(record);  // never recorded: record 0, reached at once
+  if (cudaError_t sticky = StickyError(device)) return Fail(sticky);
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
-  (void)CurrentDevice();
+  if (cudaError_t sticky = StickyError(CurrentDevice())) return Fail(sticky);
   std::lock_guard<std::mutex> lock(State().mu);
   std::shared_ptr<EventState> e = FindEventLocked(event);
   std::shared_ptr<Stream> s = FindStreamLocked(stream);
@@ -588,6 +630,7 @@ cudaError_t CastKernelUsable() { return cudaSuccess; }
 
 cudaError_t LaunchCast(FloatType from, const void* src, FloatType to, void* dst, uint64_t count, cudaStream_t stream) {
   const int device = CurrentDevice();
+  if (cudaError_t sticky = StickyError(device)) return Fail(sticky);
   if (count == 0) return cudaSuccess;
   const DType in_type = CoreType(from), out_type = CoreType(to);
   const uint64_t in_size = static_cast<uint64_t>(DTypeBits(in_type) / 8);
@@ -610,7 +653,9 @@ cudaError_t LaunchCast(FloatType from, const void* src, FloatType to, void* dst,
   // A kernel runs on a stream of the current device.
   if (s == nullptr || s->device() != device) return Fail(cudaErrorInvalidResourceHandle);
   if (in == nullptr || out == nullptr) return Fail(cudaErrorInvalidValue);  // a GPU would fault
-  s->Enqueue([=] { CastFloats(in_type, in, out_type, out, count); });
+  s->Enqueue([=] {
+    if (StickyError(device) == cudaSuccess) CastFloats(in_type, in, out_type, out, count);
+  });
   return cudaSuccess;
 }
 
