@@ -106,7 +106,9 @@ Result<std::vector<ExpectedTensor>> ParseExpect(const std::string& json_text, co
 
 // The tensors that quantization leaves in float but that must never be cast
 // (scales, zero points, absmax...): true for names such as
-// "...weight_scale", "...weight_scale_inv", "...scales", "...absmax".
+// "...weight_scale", "...weight_scale_inv", "...weight_scale_2", "...SCB",
+// "...scales", "...absmax". BuildPlan also never casts a float tensor,
+// other than a bias, of a module whose weight is stored quantized.
 bool IsQuantizationAuxiliary(const std::string& name);
 
 }  // namespace hoist

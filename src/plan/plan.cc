@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "format/json_util.h"
 #include "format/safetensors.h"
@@ -22,17 +23,41 @@ namespace {
 
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
+// How quantized weights are stored: integers (int8, packed int4 in int32,
+// ...) and floats of 8 bits or fewer.
+bool IsQuantizedStorage(DType dtype) {
+  switch (dtype) {
+    case DType::kU8: case DType::kI8: case DType::kI16: case DType::kU16: case DType::kI32: case DType::kU32:
+    case DType::kF8_E4M3: case DType::kF8_E5M2: case DType::kF8_E8M0: case DType::kF8_E4M3FNUZ:
+    case DType::kF8_E5M2FNUZ: case DType::kF6_E2M3: case DType::kF6_E3M2: case DType::kF4:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
 bool IsQuantizationAuxiliary(const std::string& name) {
   std::string last = name.substr(name.rfind('.') + 1);
+  // SCB: bitsandbytes LLM.int8 row scales; weight_scale_2 and *_global_scale:
+  // NVFP4 (ModelOpt, compressed-tensors) second-level scales.
   static const char* kNames[] = {"scale", "scales", "weight_scale", "weight_scale_inv", "input_scale",
                                  "output_scale", "absmax", "nested_absmax", "qzeros", "zeros", "g_idx",
-                                 "quant_map", "nested_quant_map", "zero_point", "weight_zero_point"};
+                                 "weight_g_idx", "quant_map", "nested_quant_map", "zero_point", "weight_zero_point",
+                                 "SCB", "weight_global_scale", "input_global_scale"};
   for (const char* n : kNames) {
     if (last == n) return true;
   }
-  return EndsWith(last, "_scale") || EndsWith(last, "_scale_inv") || name.find(".quant_state.") != std::string::npos;
+  // "..._scale", "..._scale_inv", "..._scale_2" and the like.
+  if (size_t at = last.rfind("_scale"); at != std::string::npos) {
+    std::string_view rest = std::string_view(last).substr(at + 6);
+    if (rest.empty() || rest == "_inv" ||
+        (rest.size() > 1 && rest[0] == '_' && rest.find_first_not_of("0123456789", 1) == std::string_view::npos)) {
+      return true;
+    }
+  }
+  return name.find(".quant_state.") != std::string::npos;
 }
 
 const DevicePlan* LoadPlan::FindDevice(DeviceId id) const {
@@ -145,6 +170,23 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     for (const ExpectedTensor& e : *options.expect) expected.emplace(e.name, &e);
   }
 
+  // Modules whose weight is stored quantized (an integer or a float of 8
+  // bits or fewer, named like a weight): whatever else they hold in float,
+  // bar the bias, is that weight's scale or zero point under whatever name
+  // the scheme gives it, and is never cast.
+  auto module_of = [](const std::string& n) {
+    const size_t dot = n.rfind('.');
+    return dot == std::string::npos ? std::string() : n.substr(0, dot);
+  };
+  std::unordered_set<std::string> quantized_modules;
+  for (const TensorInfo& t : catalog.tensors()) {
+    const size_t dot = t.name.rfind('.');
+    if (dot != std::string::npos && IsQuantizedStorage(t.dtype) &&
+        t.name.find("weight", dot + 1) != std::string::npos) {
+      quantized_modules.insert(module_of(t.name));
+    }
+  }
+
   std::unordered_map<std::string, size_t> by_name;
   for (const TensorInfo& t : catalog.tensors()) {
     std::string name = t.name;
@@ -175,7 +217,10 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     PlannedTensor p;
     p.name = name;
     p.source = &t;
-    bool castable = IsCastableFloat(t.dtype) && !IsQuantizationAuxiliary(name);
+    const bool auxiliary = IsQuantizationAuxiliary(name) ||
+                           (t.name.rfind('.') != std::string::npos && !EndsWith(t.name, ".bias") &&
+                            quantized_modules.count(module_of(t.name)) > 0);
+    bool castable = IsCastableFloat(t.dtype) && !auxiliary;
     p.dtype = castable ? TargetDType(t.dtype, options.cast_to) : t.dtype;
     p.size_bytes = TargetBytes(t, p.dtype);
     plan.tensors.push_back(std::move(p));

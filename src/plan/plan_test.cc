@@ -95,6 +95,37 @@ TEST_F(PlanTest, QuantizedAndScaleTensorsKeepStoredSizeUnderCast) {
   EXPECT_EQ(Find(*plan, "g.qweight")->size_bytes, 128u);
 }
 
+// Scales under names of their own (bitsandbytes int8's SCB, NVFP4's
+// weight_scale_2), or under any name beside a quantized weight, keep their
+// stored dtype; biases and the floats of unquantized modules are cast.
+TEST_F(PlanTest, ScalesOfQuantizedWeightsAreNeverCastWhateverTheirName) {
+  const Catalog& cat = Make({T("a.weight", DType::kI8, {8, 8}), T("a.SCB", DType::kF32, {8}),
+                             T("a.bias", DType::kF16, {8}), T("b.weight", DType::kU8, {8, 4}),
+                             T("b.weight_scale", DType::kF8_E4M3, {8}), T("b.weight_scale_2", DType::kF32, {1}),
+                             T("b.input_scale", DType::kF32, {1}), T("c.qweight", DType::kI32, {4, 8}),
+                             T("c.oddly_named_factor", DType::kF16, {8}), T("d.weight", DType::kF32, {8}),
+                             T("d.position_ids", DType::kI64, {8}), T("d.layer_gain", DType::kF32, {8}),
+                             T("e.weight_global_scale", DType::kF32, {1}), T("e.weight", DType::kF32, {8})});
+  PlanOptions o;
+  o.device = DeviceId::Cuda(0);
+  o.cast_to = DType::kBF16;
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  for (const char* kept : {"a.SCB", "b.weight_scale_2", "b.input_scale", "e.weight_global_scale"}) {
+    EXPECT_EQ(Find(*plan, kept)->dtype, DType::kF32) << kept;
+    EXPECT_EQ(Find(*plan, kept)->size_bytes, Find(*plan, kept)->source->size_bytes) << kept;
+  }
+  EXPECT_EQ(Find(*plan, "c.oddly_named_factor")->dtype, DType::kF16);  // beside int32-packed qweight
+  EXPECT_EQ(Find(*plan, "a.bias")->dtype, DType::kBF16);
+  EXPECT_EQ(Find(*plan, "d.weight")->dtype, DType::kBF16);  // an int64 buffer is not a quantized weight
+  EXPECT_EQ(Find(*plan, "d.layer_gain")->dtype, DType::kBF16);
+  EXPECT_EQ(Find(*plan, "e.weight")->dtype, DType::kBF16);
+  EXPECT_TRUE(IsQuantizationAuxiliary("x.k_scale"));
+  EXPECT_TRUE(IsQuantizationAuxiliary("x.weight_scale_inv"));
+  EXPECT_FALSE(IsQuantizationAuxiliary("x.weight_scale_x"));
+  EXPECT_FALSE(IsQuantizationAuxiliary("x.scaled_weight"));
+}
+
 TEST_F(PlanTest, TiedWeightsAreCountedOnce) {
   const Catalog& cat = Make({T("model.embed_tokens.weight", DType::kBF16, {100, 8}),
                              T("lm_head.weight", DType::kBF16, {100, 8}), T("model.norm.weight", DType::kBF16, {8})});
