@@ -123,11 +123,17 @@ struct LoadStats {
   int staging_slots = 0;      // pinned buffers per GPU (0: none were needed)
   double seconds = 0;
   double plan_seconds = 0, reserve_seconds = 0, read_seconds = 0;
-  double copy_seconds = 0;            // copies after the reads (pipeline off); 0 when they overlap
+  // Copies to GPUs: with the pipeline off, the copy phase after the reads;
+  // with it on, the span from the first copy queued until every GPU had
+  // finished (it overlaps read_seconds). 0 where nothing was copied.
+  double copy_seconds = 0;
   // Casts on the host (cpu tensors, or the pipeline-off baseline): CPU
-  // seconds summed over the reader threads. Casts on a GPU run on its copy
-  // stream, overlapped with the reads, and are counted in pieces instead.
+  // seconds summed over the reader threads.
   double host_cast_seconds = 0;
+  // Casts on a GPU (their own stream, overlapped with reads and copies):
+  // the span from the first cast queued until every GPU had finished, and
+  // how many pieces were cast.
+  double device_cast_seconds = 0;
   int device_cast_pieces = 0;
   double time_to_first_tensor = 0;    // from the start of Load until one tensor is complete
   std::vector<DeviceStats> devices;

@@ -237,11 +237,15 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
   report["io"] = session.io;
   report["uring_files"] = st.uring_files;
   // With the pipeline, reads, copies and casts overlap: `read` is the whole
-  // streaming phase, `copy` is non-zero only when the pipeline is off, and
-  // `cast` is CPU time spent casting on the host (GPU casts run on their own
-  // stream, overlapped with the read phase; device_cast_pieces counts them).
-  report["stages"] = {{"plan", session.plan_seconds}, {"reserve", st.reserve_seconds}, {"read", st.read_seconds},
-                      {"copy", st.copy_seconds}, {"cast", st.host_cast_seconds}};
+  // streaming phase, `copy` the span from the first copy queued until the
+  // GPUs were done (with the pipeline off: the copy phase after the reads),
+  // and `cast` CPU seconds of casting on the host plus the span of the
+  // casts on GPUs (device_cast_pieces counts those).
+  report["stages"] = {{"plan", session.plan_seconds},
+                      {"reserve", st.reserve_seconds},
+                      {"read", st.read_seconds},
+                      {"copy", st.copy_seconds},
+                      {"cast", st.host_cast_seconds + st.device_cast_seconds}};
   report["device_cast_pieces"] = st.device_cast_pieces;
   report["time_to_first_tensor"] = st.time_to_first_tensor + session.plan_seconds;
   report["staging"] = {{"chunk_bytes", session.staging.chunk_bytes},

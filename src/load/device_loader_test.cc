@@ -150,6 +150,10 @@ TEST_F(DeviceLoaderTest, StagedLoadIsByteExactWithOneAllocation) {
       ASSERT_TRUE(model.ok()) << model.status().message();
       EXPECT_EQ(model->stats().driver_allocs, 1);
       EXPECT_GT(gpu_->calls(FaultPoint::kCopy), 10);  // the staged path ran
+      // The copies' span (first queued to the GPU done) lies within the load.
+      EXPECT_GT(model->stats().copy_seconds, 0);
+      EXPECT_LE(model->stats().copy_seconds, model->stats().seconds);
+      EXPECT_EQ(model->stats().device_cast_seconds, 0);
       EXPECT_EQ(gpu_->pageable_copies(), 0);            // every copy from the pinned ring
       EXPECT_EQ(gpu_->outstanding_pinned_bytes(), 0u);  // staging is released after the load
       for (const TensorView& v : model->tensors()) {
@@ -218,6 +222,9 @@ TEST_F(DeviceLoaderTest, CastOnTheDeviceMatchesTheHostCastBitForBit) {
     ASSERT_TRUE(model.ok()) << model.status().message();
     // File bytes went to the device raw and were cast there, piece by piece.
     EXPECT_GT(gpu_->calls(FaultPoint::kCast), 3);
+    EXPECT_GT(model->stats().device_cast_seconds, 0);
+    EXPECT_LE(model->stats().device_cast_seconds, model->stats().copy_seconds);
+    EXPECT_EQ(model->stats().host_cast_seconds, 0);
     EXPECT_EQ(gpu_->pageable_copies(), 0);
     for (const TensorView& v : model->tensors()) {
       SCOPED_TRACE(v.name);

@@ -502,6 +502,15 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   items = InterleaveByDevice(std::move(items), states.size());
   if (options.progress != nullptr) options.progress->total.store(bytes_read);
   std::atomic<uint64_t> host_cast_ns{0};
+  // When the first copy and the first device cast were queued (under a
+  // device's copy_mu; the earliest over all devices wins).
+  std::atomic<int64_t> first_copy_ns{INT64_MAX}, first_cast_ns{INT64_MAX};
+  auto mark_first = [&](std::atomic<int64_t>& first) {
+    if (first.load(std::memory_order_relaxed) != INT64_MAX) return;
+    const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+    int64_t expected = INT64_MAX;
+    first.compare_exchange_strong(expected, now);
+  };
   int device_cast_pieces = 0;
   for (const ReadItem& it : items) {
     const PlannedTensor& t = plan.tensors[it.tensor];
@@ -607,14 +616,17 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         if (st.ok()) st = s.device->CopyToDeviceAsync(raw, bytes, it.size_bytes);
         queued = st.ok();
         if (st.ok()) {
+          mark_first(first_copy_ns);
           st = s.device->CastAsync(it.dst, t.dtype, raw, t.source->dtype,
                                    it.size_bytes / static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8));
+          if (st.ok()) mark_first(first_cast_ns);
         }
         if (st.ok()) st = s.scratch_events[k]->Record();
         if (st.ok()) s.scratch_used[k] = 1;
       } else {
         st = s.device->CopyToDeviceAsync(it.dst, bytes, it.dst_bytes);
         queued = st.ok();
+        if (st.ok()) mark_first(first_copy_ns);
       }
       if (st.ok()) st = slot.event->Record();
       slot.pending = st.ok();
@@ -689,6 +701,15 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (!st.ok() && read_status.ok()) read_status = st;
   }
   if (!read_status.ok()) return read_status;  // allocations and staging are released on return
+  // Pipelined copies and device casts: from the first queued until the GPUs
+  // were done.
+  const int64_t devices_done =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  auto span = [&](const std::atomic<int64_t>& first) {
+    const int64_t f = first.load();
+    return f == INT64_MAX ? 0.0 : static_cast<double>(devices_done - f) / 1e9;
+  };
+  if (options.pipeline) copy_seconds = span(first_copy_ns);
 
   // Views.
   model.tensors_.reserve(plan.tensors.size());
@@ -729,8 +750,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   st.reserve_seconds = reserve_seconds;
   st.copy_seconds = copy_seconds;
   st.host_cast_seconds = static_cast<double>(host_cast_ns.load()) / 1e9;
+  st.device_cast_seconds = span(first_cast_ns);
   st.device_cast_pieces = device_cast_pieces;
-  st.read_seconds = Since(read_start) - copy_seconds;
+  st.read_seconds = Since(read_start) - (options.pipeline ? 0 : copy_seconds);
   st.time_to_first_tensor = time_to_first_tensor;
   st.seconds = Since(start);
   model.plan_ = std::move(plan);

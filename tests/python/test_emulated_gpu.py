@@ -97,7 +97,11 @@ def test_load_onto_cuda0_reports_one_reservation(emu, ckpt, tmp_path):
     for t in rep["tensors"]:
         assert t["offset"] == offsets[t["name"]], t["name"]
     assert rep["staging"]["pipeline"] is True and rep["staging"]["buffers_per_gpu"] >= 2
-    assert rep["stages"]["read"] > 0 and rep["stages"]["copy"] == 0 and rep["device_cast_pieces"] == 0
+    # Copies overlap the reads: their span, from the first queued until the
+    # GPU was done, lies within the load; no cast ran.
+    stages = rep["stages"]
+    assert stages["read"] > 0 and 0 < stages["copy"] <= rep["seconds"] and stages["cast"] == 0
+    assert rep["device_cast_pieces"] == 0
     assert 0 < rep["time_to_first_tensor"] <= rep["seconds"]
 
 
@@ -140,7 +144,8 @@ def test_cast_runs_on_the_device(emu, ckpt, tmp_path):
     plain = load_report(emu, ckpt, tmp_path, "--device", "cuda:0")
     rep = load_report(emu, ckpt, tmp_path, "--device", "cuda:0", "--dtype", "f32", "--chunk-size", "64KiB")
     assert rep["device_cast_pieces"] > 0
-    assert rep["stages"]["cast"] == 0  # no host casting
+    # The casts' span, first queued to the GPU done, within the copies' span.
+    assert 0 < rep["stages"]["cast"] <= rep["stages"]["copy"] <= rep["seconds"]
     floats = [t for t in rep["tensors"] if t["stored_dtype"] in ("BF16", "F16")]
     assert floats and all(t["dtype"] == "F32" and t["nbytes"] % 4 == 0 for t in floats)
     gpu = rep["devices"]["cuda:0"]
