@@ -518,6 +518,57 @@ def test_load_threads(run_hoist, tmp_path, threads):
     ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", tmp_path / "m"))
     r = _report(run_hoist, tmp_path, tmp_path / "m", "--threads", threads)
     assert len(r["tensors"]) == 21 and r["total_bytes"] == TINY_BYTES
+    assert r["threads"] == int(threads)
+
+
+def _load_on_a_terminal(hoist_bin, *args) -> tuple[int, bytes]:
+    """Runs `hoist load` with stderr on a pseudo-terminal; its exit status and
+    everything written there."""
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([str(hoist_bin), "load", *map(str, args)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        return proc.wait(timeout=120), out
+    finally:
+        os.close(master)
+
+
+def test_progress_line_on_a_terminal_only(run_hoist, hoist_bin, tmp_path):
+    # Holes read fast but not instantly: 4 KiB reads on one thread keep the
+    # load going past the line's first refresh (0.1 s).
+    model = tmp_path / "sparse"
+    ok(run_hoist("synth", "--arch", "llama-3.2-1b", "--sparse", "--quiet", model))
+    slow = ["--threads", "1", "--chunk-size", "4096", "--only", "embed"]
+    report = tmp_path / "r.json"
+    rc, out = _load_on_a_terminal(hoist_bin, model, *slow, "--report", report)
+    assert rc == 0, out
+    seconds = json.loads(report.read_text())["seconds"]
+    assert seconds > 0.2, f"the load took only {seconds} s: too short to see its progress line"
+    text = out.decode()
+    lines = re.findall(r"\r\x1b\[K([^\r]*?) / ([^\r]*?)  ([\d.]+) GB/s  ETA ([\d.]+) s", text)
+    assert lines, repr(text[:500])
+    assert all(total == "525.34 MB" for _, total, _, _ in lines), lines
+    # Updated in place (never a new line), then cleared before the summary
+    # goes to stdout.
+    assert text.endswith("\r\x1b[K") and "\n" not in text, repr(text[-300:])
+    # --quiet: nothing on the terminal; not a terminal: no progress line.
+    rc, quiet = _load_on_a_terminal(hoist_bin, model, *slow, "--quiet")
+    assert rc == 0 and quiet == b"", quiet
+    piped = ok(run_hoist("load", model, *slow))
+    assert "\r" not in piped.stderr and "ETA" not in piped.stderr + piped.stdout
 
 
 # --------------------------------------------------------------------- synth
