@@ -302,6 +302,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
                          const LoadOptions& options) {
   const auto start = Clock::now();
   if (options.chunk_bytes < 4096) return InvalidArgument("chunk size must be at least 4096 bytes");
+  // Pieces start 256-byte aligned in their tensor, so a device cast's
+  // vector loads and stores stay aligned whatever --chunk-size said.
+  const uint64_t chunk = options.chunk_bytes / 256 * 256;
   if (options.staging_slots < 0) return InvalidArgument("the number of staging buffers cannot be negative");
   if (options.io == IoEngine::kUring) {
     if (Result<std::unique_ptr<BlockReader>> probe = MakeUringReader(); !probe.ok()) return probe.status();
@@ -327,7 +330,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   }
   const int slots = options.staging_slots > 0 ? options.staging_slots
                                               : std::min(kMaxDefaultSlots, (threads + gpus - 1) / std::max(gpus, 1) + 2);
-  const uint64_t stride = SlotStride(options.chunk_bytes);
+  const uint64_t stride = SlotStride(chunk);
   uint64_t host_extra = 0;  // staging (or the pipeline-off copy) in host memory
   uint64_t host_tensors = 0;
   for (const DevicePlan& d : plan.devices) {
@@ -361,12 +364,12 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         widen = std::max<uint64_t>(widen, static_cast<uint64_t>(DTypeBits(t.dtype) / DTypeBits(t.source->dtype)));
       }
       state->device_casts = options.pipeline && casts && device->SupportsCast();
-      state->slot_stride = state->device_casts ? stride : SlotStride(options.chunk_bytes * widen);
+      state->slot_stride = state->device_casts ? stride : SlotStride(chunk * widen);
       if (open.direct_count > 0) {
         // O_DIRECT reads land in the slot whole: page-aligned slots with
         // room for the blocks around a chunk.
         const uint64_t a = File::kDirectAlignBytes;
-        state->slot_stride = (std::max(state->slot_stride, options.chunk_bytes + 2 * a) + a - 1) / a * a;
+        state->slot_stride = (std::max(state->slot_stride, chunk + 2 * a) + a - 1) / a * a;
       }
       host_extra += options.pipeline ? state->slot_stride * static_cast<uint64_t>(slots) : d.reserve_bytes;
       if (state->device_casts) scratch = stride * kScratchChunks;
@@ -431,7 +434,6 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
 
   // Staging for devices the host cannot write directly: a slot holds one
   // chunk of file bytes, or of cast output where casts run on the host.
-  const uint64_t chunk = options.chunk_bytes;
   for (auto& s : states) {
     if (!s->staged) continue;
     if (!options.pipeline) {
