@@ -67,6 +67,7 @@ struct ReadItem {
   uint64_t size_bytes;     // in the file
   unsigned char* dst;      // device address of the piece
   uint64_t dst_bytes;      // after any cast
+  bool tail = false;       // lands on the cast scratch: after every device cast, cast on the host
 };
 
 // A pinned buffer a GPU's copies go through: one chunk of the device's ring.
@@ -89,10 +90,19 @@ struct DeviceState {
   // Device casts: a chunk's file bytes land in one of a few chunks of
   // scratch, taken in turn, and a kernel casts them into place. Copies do
   // not wait for casts, so the copy into a chunk first waits, on the device,
-  // for the event recorded after the chunk's last cast. Freed when the load
-  // ends. Guarded by copy_mu.
-  DeviceMemory scratch;
+  // for the event recorded after the chunk's last cast. Guarded by copy_mu.
+  // With --alloc reserve the scratch is the end of the reservation itself
+  // (no second allocation): the pieces that land there (tail pieces) come
+  // last, are cast on the host, and are copied once the device has finished
+  // every cast. With per-tensor allocations it is an allocation of its own
+  // (`scratch_memory`), freed when the load ends.
+  DeviceMemory scratch_memory;
+  unsigned char* scratch = nullptr;
+  int scratch_chunks = 0;
   uint64_t scratch_stride = 0;
+  uint64_t tail_begin = UINT64_MAX;  // offset in the reservation where the scratch starts
+  int cast_pieces_left = 0;          // device casts of non-tail pieces not yet queued; guarded by mu
+  bool tail_fenced = false;          // the copy stream waits for every cast; guarded by copy_mu
   std::vector<std::unique_ptr<Event>> scratch_events;
   std::vector<char> scratch_used;  // its event has been recorded
   size_t next_scratch = 0;
@@ -364,6 +374,14 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         widen = std::max<uint64_t>(widen, static_cast<uint64_t>(DTypeBits(t.dtype) / DTypeBits(t.source->dtype)));
       }
       state->device_casts = options.pipeline && casts && device->SupportsCast();
+      if (state->device_casts) {
+        // Reserve: as many chunks of scratch as the reservation holds, up to
+        // kScratchChunks; a model smaller than one chunk is cast on the host.
+        state->scratch_chunks = options.alloc == AllocStrategy::kReserve
+                                    ? static_cast<int>(std::min<uint64_t>(kScratchChunks, d.reserve_bytes / stride))
+                                    : kScratchChunks;
+        state->device_casts = state->scratch_chunks > 0;
+      }
       state->slot_stride = state->device_casts ? stride : SlotStride(chunk * widen);
       if (open.direct_count > 0) {
         // O_DIRECT reads land in the slot whole: page-aligned slots with
@@ -372,7 +390,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         state->slot_stride = (std::max(state->slot_stride, chunk + 2 * a) + a - 1) / a * a;
       }
       host_extra += options.pipeline ? state->slot_stride * static_cast<uint64_t>(slots) : d.reserve_bytes;
-      if (state->device_casts) scratch = stride * kScratchChunks;
+      if (state->device_casts && options.alloc == AllocStrategy::kPerTensor) scratch = stride * kScratchChunks;
     }
     if (device->host_addressable() && d.device == DeviceId::Cpu()) host_tensors = needed;
     if (!device->host_addressable() || d.device != DeviceId::Cpu()) {
@@ -415,19 +433,29 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     }
     s.stats.bytes += t.size_bytes;
   }
-  // Cast scratch: one more allocation on a GPU that casts, for this load only.
-  for (auto& s : states) {
-    if (!s->device_casts) continue;
-    HOIST_ASSIGN_OR_RETURN(s->scratch, DeviceMemory::Allocate(s->device, stride * kScratchChunks));
-    s->scratch_stride = stride;
-    s->stats.driver_allocs += 1;
-    for (int k = 0; k < kScratchChunks; ++k) {
-      HOIST_ASSIGN_OR_RETURN(std::unique_ptr<Event> e, s->device->CreateEvent());
-      s->scratch_events.push_back(std::move(e));
+  // Cast scratch: the end of the reservation, or (per-tensor) one more
+  // allocation for this load only.
+  for (const DevicePlan& d : plan.devices) {
+    if (d.device.kind == DeviceKind::kDisk) continue;
+    DeviceState& s = *states[state_of[d.device]];
+    if (!s.device_casts) continue;
+    const uint64_t bytes = stride * static_cast<uint64_t>(s.scratch_chunks);
+    if (options.alloc == AllocStrategy::kReserve) {
+      s.tail_begin = (d.reserve_bytes - bytes) / kDeviceTensorAlignBytes * kDeviceTensorAlignBytes;
+      s.scratch = s.base + s.tail_begin;
+    } else {
+      HOIST_ASSIGN_OR_RETURN(s.scratch_memory, DeviceMemory::Allocate(s.device, bytes));
+      s.scratch = s.scratch_memory.data();
+      s.stats.driver_allocs += 1;
     }
-    s->scratch_used.assign(kScratchChunks, 0);
+    s.scratch_stride = stride;
+    for (int k = 0; k < s.scratch_chunks; ++k) {
+      HOIST_ASSIGN_OR_RETURN(std::unique_ptr<Event> e, s.device->CreateEvent());
+      s.scratch_events.push_back(std::move(e));
+    }
+    s.scratch_used.assign(static_cast<size_t>(s.scratch_chunks), 0);
   }
-  for (auto& s : states) s->stats.peak_reserved_bytes = s->stats.reserved_bytes + s->scratch.size_bytes();
+  for (auto& s : states) s->stats.peak_reserved_bytes = s->stats.reserved_bytes + s->scratch_memory.size_bytes();
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     if (plan.tensors[i].alias_of >= 0) tensor_ptr[i] = tensor_ptr[static_cast<size_t>(plan.tensors[i].alias_of)];
   }
@@ -490,18 +518,26 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     const TensorInfo& src = *t.source;
     uint64_t src_elem = static_cast<uint64_t>(std::max(1, DTypeBits(src.dtype) / 8));
     uint64_t dst_elem = t.dtype == src.dtype ? src_elem : static_cast<uint64_t>(DTypeBits(t.dtype) / 8);
-    uint64_t piece = std::max<uint64_t>(chunk / src_elem, 1) * src_elem;
+    DeviceState& st = *states[state_of[t.device]];
+    // A tensor reaching into the cast scratch is cut so that each piece's
+    // cast output fits a staging slot: those pieces are cast on the host.
+    const bool reaches_tail = t.offset_bytes + t.size_bytes > st.tail_begin;
+    uint64_t piece = std::max<uint64_t>(chunk / (reaches_tail ? std::max(src_elem, dst_elem) : src_elem), 1) * src_elem;
     bytes_read += src.size_bytes;
     for (uint64_t done = 0; done < src.size_bytes; done += piece) {
       uint64_t len = std::min(piece, src.size_bytes - done);
       uint64_t dst_off = done / src_elem * dst_elem;
-      DeviceState& st = *states[state_of[t.device]];
+      uint64_t dst_bytes = len / src_elem * dst_elem;
       unsigned char* dst = st.staged && !options.pipeline ? st.mirror.data() + t.offset_bytes : tensor_ptr[i];
+      const bool tail = t.offset_bytes + dst_off + dst_bytes > st.tail_begin;
       items.push_back({static_cast<uint32_t>(i), state_of[t.device], src.offset_bytes + done, len, dst + dst_off,
-                       len / src_elem * dst_elem});
+                       dst_bytes, tail});
+      if (!tail && t.dtype != src.dtype && st.device_casts) ++st.cast_pieces_left;
     }
   }
+  // Tail pieces last: they wait for every device cast to be queued.
   items = InterleaveByDevice(std::move(items), states.size());
+  std::stable_partition(items.begin(), items.end(), [](const ReadItem& it) { return !it.tail; });
   if (options.progress != nullptr) options.progress->total.store(bytes_read);
   std::atomic<uint64_t> host_cast_ns{0};
   // When the first copy and the first device cast were queued (under a
@@ -516,7 +552,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   int device_cast_pieces = 0;
   for (const ReadItem& it : items) {
     const PlannedTensor& t = plan.tensors[it.tensor];
-    device_cast_pieces += t.dtype != t.source->dtype && states[it.device]->device_casts ? 1 : 0;
+    device_cast_pieces += t.dtype != t.source->dtype && states[it.device]->device_casts && !it.tail ? 1 : 0;
   }
 
   auto process = [&](const ReadItem& it, ReaderLocal& local) -> Status {
@@ -570,6 +606,10 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     size_t slot_index;
     {
       std::unique_lock<std::mutex> lock(s.mu);
+      // A tail piece overwrites cast scratch: not before every cast that
+      // reads it is queued (the copy stream then waits for them). It waits
+      // holding no slot, so the casts it waits for can proceed.
+      if (it.tail) s.cv.wait(lock, [&] { return s.cast_pieces_left == 0 || stop.load(); });
       s.cv.wait(lock, [&] { return !s.free_slots.empty() || stop.load(); });
       if (stop.load()) return Status::Ok();
       slot_index = s.free_slots.front();
@@ -585,7 +625,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       if (!st.ok()) return st;
     }
     slot.pending = false;
-    const bool device_cast = cast && s.device_casts;
+    const bool device_cast = cast && s.device_casts && !it.tail;
     // Where the piece's file bytes are once read: O_DIRECT reads land in the
     // (page-aligned) slot with the blocks around them, and are copied from
     // there, with no bounce buffer.
@@ -613,7 +653,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         // events after both free the scratch chunk and the slot.
         const size_t k = s.next_scratch;
         s.next_scratch = (k + 1) % s.scratch_events.size();
-        unsigned char* raw = s.scratch.data() + k * s.scratch_stride;
+        unsigned char* raw = s.scratch + k * s.scratch_stride;
         if (s.scratch_used[k]) st = s.device->WaitOnDevice(s.scratch_events[k].get());
         if (st.ok()) st = s.device->CopyToDeviceAsync(raw, bytes, it.size_bytes);
         queued = st.ok();
@@ -626,7 +666,15 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         if (st.ok()) st = s.scratch_events[k]->Record();
         if (st.ok()) s.scratch_used[k] = 1;
       } else {
-        st = s.device->CopyToDeviceAsync(it.dst, bytes, it.dst_bytes);
+        if (it.tail && !s.tail_fenced) {
+          // The first copy over the scratch: the copy stream waits for every
+          // cast, all of them queued by now.
+          for (size_t k = 0; k < s.scratch_events.size() && st.ok(); ++k) {
+            if (s.scratch_used[k]) st = s.device->WaitOnDevice(s.scratch_events[k].get());
+          }
+          s.tail_fenced = st.ok();
+        }
+        if (st.ok()) st = s.device->CopyToDeviceAsync(it.dst, bytes, it.dst_bytes);
         queued = st.ok();
         if (st.ok()) mark_first(first_copy_ns);
       }
@@ -639,8 +687,12 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (st.ok() || !queued) {
       std::lock_guard<std::mutex> lock(s.mu);
       s.free_slots.push_back(slot_index);
+      if (st.ok() && device_cast) --s.cast_pieces_left;
     }
-    s.cv.notify_one();
+    // All: a tail piece waiting for the casts shares the condition with
+    // readers waiting for a slot, and one woken for nothing must not absorb
+    // the wake-up.
+    s.cv.notify_all();
     return st;
   };
 

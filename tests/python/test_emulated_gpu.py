@@ -144,14 +144,15 @@ def test_cast_runs_on_the_device(emu, ckpt, tmp_path):
     plain = load_report(emu, ckpt, tmp_path, "--device", "cuda:0")
     rep = load_report(emu, ckpt, tmp_path, "--device", "cuda:0", "--dtype", "f32", "--chunk-size", "64KiB")
     assert rep["device_cast_pieces"] > 0
-    # The casts' span, first queued to the GPU done, within the copies' span.
-    assert 0 < rep["stages"]["cast"] <= rep["stages"]["copy"] <= rep["seconds"]
+    # The casts' span on the GPU, plus the host's casting of the pieces that
+    # land on the scratch at the reservation's end.
+    assert rep["stages"]["cast"] > 0 and 0 < rep["stages"]["copy"] <= rep["seconds"]
     floats = [t for t in rep["tensors"] if t["stored_dtype"] in ("BF16", "F16")]
     assert floats and all(t["dtype"] == "F32" and t["nbytes"] % 4 == 0 for t in floats)
     gpu = rep["devices"]["cuda:0"]
     assert gpu["tensor_bytes"] == 2 * plain["devices"]["cuda:0"]["tensor_bytes"]
-    # The reservation plus the load's cast scratch, which is returned after.
-    assert gpu["driver_allocs"] == 2 and gpu["peak_reserved_bytes"] > gpu["bytes"]
+    # The casts' scratch is the reservation's end: one allocation, no more.
+    assert gpu["driver_allocs"] == 1 and gpu["peak_reserved_bytes"] == gpu["bytes"]
 
 
 def test_plan_larger_than_max_memory_exits_2_naming_the_gpu(emu, ckpt, tmp_path):

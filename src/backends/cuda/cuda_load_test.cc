@@ -91,7 +91,8 @@ TEST_F(CudaLoadTest, CastToF32MatchesCpuCast) {
     lo.threads = 4;
     auto model = Load(*catalog_, std::move(plan).value(), registry_, lo);
     ASSERT_TRUE(model.ok()) << model.status().message();
-    EXPECT_EQ(model->stats().driver_allocs, 2);  // the reservation and the load's cast scratch
+    EXPECT_EQ(model->stats().driver_allocs, 1);  // the cast scratch is the reservation's end
+    EXPECT_GT(model->stats().device_cast_pieces, 0);
     for (const TensorView& v : model->tensors()) {
       std::vector<unsigned char> raw = FileBytes(v), got = GpuBytes(v);
       std::vector<unsigned char> want(got.size());
