@@ -534,9 +534,12 @@ def test_max_memory(np, torch, st, tiny):
         model = hoist.load(str(tiny), device="cpu", max_memory=limit)
         assert model.report["devices"]["cpu"]["driver_allocs"] == 1
         assert torch.equal(torch.from_dlpack(model["lm_head.weight"]), want["lm_head.weight"])
-    # With a strategy, what does not fit under the cpu limit is left on disk, and still readable.
+    # With a strategy, what does not fit under the cpu limit is an error,
+    # unless disk is allowed: then it is left on disk, and still readable.
+    with pytest.raises(MemoryError, match="fits on no device.*disk=SIZE"):
+        hoist.load(str(tiny), device_map="auto", max_memory={"cpu": 100_000})
     raw = tensor_bytes(tiny / "model.safetensors")
-    model = hoist.load(str(tiny), device_map="auto", max_memory={"cpu": 100_000})
+    model = hoist.load(str(tiny), device_map="auto", max_memory={"cpu": 100_000, "disk": "1GB"})
     rep = model.report
     assert rep["devices"]["cpu"]["bytes"] <= 100_000
     places = {t["name"]: t["device"] for t in rep["tensors"]}
