@@ -172,14 +172,18 @@ class ProgressLine {
   void Run() {
     auto start = std::chrono::steady_clock::now();
     std::unique_lock<std::mutex> lock(mu_);
-    while (!cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stop_; })) {
+    // The first line as soon as the load knows its size, then every 0.1 s.
+    while (progress_.total.load() == 0) {
+      if (cv_.wait_for(lock, std::chrono::milliseconds(5), [this] { return stop_; })) return;
+    }
+    do {
       double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       uint64_t done = progress_.done.load(), total = progress_.total.load();
       double gbps = s > 0 ? static_cast<double>(done) / s / 1e9 : 0;
       double eta = gbps > 0 && total > done ? static_cast<double>(total - done) / 1e9 / gbps : 0;
       fmt::print(stderr, "\r\033[K{} / {}  {:.2f} GB/s  ETA {:.1f} s", HumanBytes(done), HumanBytes(total), gbps, eta);
       std::fflush(stderr);
-    }
+    } while (!cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stop_; }));
   }
   LoadProgress progress_;
   std::mutex mu_;
@@ -189,15 +193,21 @@ class ProgressLine {
 };
 
 int RunLoad(const LoadArgs& args) {
-  DeviceRegistry registry = MakeRegistry(args.request.plan);
+  auto registry = std::make_unique<DeviceRegistry>(MakeRegistry(args.request.plan));
   LoadRequest request = args.request;
   Result<std::unique_ptr<LoadSession>> session = NotFound("");
   {
     ProgressLine progress(!args.quiet);
     request.progress = progress.counters();
-    session = LoadFromRequest(request, registry);
+    session = LoadFromRequest(request, *registry);
   }
-  if (!session.ok()) return Fail(session.status());
+  if (!session.ok()) {
+    // The devices go first: whatever their clean-up has to say (after a GPU
+    // fault, that it failed too) comes before the error, which stays the
+    // last line.
+    registry.reset();
+    return Fail(session.status());
+  }
   const LoadedModel& model = (*session)->model;
   PrintWarnings(model.plan(), args.quiet);
   const LoadStats& st = model.stats();

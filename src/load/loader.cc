@@ -519,14 +519,18 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     uint64_t src_elem = static_cast<uint64_t>(std::max(1, DTypeBits(src.dtype) / 8));
     uint64_t dst_elem = t.dtype == src.dtype ? src_elem : static_cast<uint64_t>(DTypeBits(t.dtype) / 8);
     DeviceState& st = *states[state_of[t.device]];
-    // A tensor reaching into the cast scratch is cut so that each piece's
-    // cast output fits a staging slot: those pieces are cast on the host.
-    const bool reaches_tail = t.offset_bytes + t.size_bytes > st.tail_begin;
-    uint64_t piece = std::max<uint64_t>(chunk / (reaches_tail ? std::max(src_elem, dst_elem) : src_elem), 1) * src_elem;
+    const uint64_t piece = std::max<uint64_t>(chunk / src_elem, 1) * src_elem;
+    // Where a piece would reach into the cast scratch, pieces from there on
+    // are cut so that their cast output fits a staging slot: they are cast
+    // on the host.
+    const uint64_t small_piece = std::max<uint64_t>(chunk / std::max(src_elem, dst_elem), 1) * src_elem;
     bytes_read += src.size_bytes;
-    for (uint64_t done = 0; done < src.size_bytes; done += piece) {
-      uint64_t len = std::min(piece, src.size_bytes - done);
+    for (uint64_t done = 0, len = 0; done < src.size_bytes; done += len) {
+      len = std::min(piece, src.size_bytes - done);
       uint64_t dst_off = done / src_elem * dst_elem;
+      if (t.offset_bytes + dst_off + len / src_elem * dst_elem > st.tail_begin) {
+        len = std::min(small_piece, src.size_bytes - done);
+      }
       uint64_t dst_bytes = len / src_elem * dst_elem;
       unsigned char* dst = st.staged && !options.pipeline ? st.mirror.data() + t.offset_bytes : tensor_ptr[i];
       const bool tail = t.offset_bytes + dst_off + dst_bytes > st.tail_begin;

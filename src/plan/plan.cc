@@ -49,11 +49,13 @@ bool IsQuantizationAuxiliary(const std::string& name) {
   for (const char* n : kNames) {
     if (last == n) return true;
   }
-  // "..._scale", "..._scale_inv", "..._scale_2" and the like.
-  if (size_t at = last.rfind("_scale"); at != std::string::npos) {
-    std::string_view rest = std::string_view(last).substr(at + 6);
-    if (rest.empty() || rest == "_inv" ||
-        (rest.size() > 1 && rest[0] == '_' && rest.find_first_not_of("0123456789", 1) == std::string_view::npos)) {
+  // "..._scale", "..._scale_inv"; and a quantizer's numbered scales
+  // ("weight_scale_2"), not a model's own ("layer_scale_1" in PoolFormer).
+  if (EndsWith(last, "_scale") || EndsWith(last, "_scale_inv")) return true;
+  for (const char* prefix : {"weight_scale_", "input_scale_", "output_scale_"}) {
+    const std::string_view p(prefix);
+    if (last.size() > p.size() && last.compare(0, p.size(), p) == 0 &&
+        last.find_first_not_of("0123456789", p.size()) == std::string::npos) {
       return true;
     }
   }

@@ -123,6 +123,7 @@ TEST_F(PlanTest, ScalesOfQuantizedWeightsAreNeverCastWhateverTheirName) {
   EXPECT_TRUE(IsQuantizationAuxiliary("x.k_scale"));
   EXPECT_TRUE(IsQuantizationAuxiliary("x.weight_scale_inv"));
   EXPECT_FALSE(IsQuantizationAuxiliary("x.weight_scale_x"));
+  EXPECT_FALSE(IsQuantizationAuxiliary("block.layer_scale_1"));  // PoolFormer's own parameter
   EXPECT_FALSE(IsQuantizationAuxiliary("x.scaled_weight"));
 }
 

@@ -170,8 +170,8 @@ def test_absent_gpu_exits_2(emu, ckpt):
     assert "cuda:2" in stderr_error_line(proc)
 
 
-@pytest.mark.parametrize("flags", [["--alloc", "per-tensor"], [], ["--dtype", "f32"]],
-                         ids=["per-tensor", "reserve", "cast"])
+@pytest.mark.parametrize("flags", [["--alloc", "per-tensor"], [], ["--dtype", "f32"], ["--staging-buffers", "1"]],
+                         ids=["per-tensor", "reserve", "cast", "one-staging-buffer"])
 def test_sticky_gpu_fault_fails_the_load_with_the_fault_last_and_few_warnings(emu, ckpt, tmp_path, flags):
     # The 4th copy faults asynchronously, as an illegal address would; from
     # then on every call on cuda:0 fails, the frees of the clean-up included.

@@ -73,14 +73,18 @@ bool IsStickyError(cudaError_t err) {
       return false;
   }
 }
+// Counted per device (its context is what the fault spoiled).
 constexpr int kMaxStickyWarnings = 4;
-std::atomic<int> sticky_warnings{0};
+constexpr int kCountedDevices = 64;
+std::atomic<int> sticky_warnings[kCountedDevices] = {};
 
 void WarnOnFailure(cudaError_t err, int device, std::string_view what) {
   if (err == cudaSuccess) return;
   ForgetLastError();
   if (err == cudaErrorCudartUnloading) return;
-  const int n = IsStickyError(err) ? sticky_warnings.fetch_add(1, std::memory_order_relaxed) : 0;
+  const int n = IsStickyError(err) && device >= 0 && device < kCountedDevices
+                    ? sticky_warnings[device].fetch_add(1, std::memory_order_relaxed)
+                    : 0;
   if (n < kMaxStickyWarnings) {
     fmt::print(stderr, "hoist: warning: cuda:{}: {} failed: {}\n", device, what, CudaErrorText(err));
   } else if (n == kMaxStickyWarnings) {

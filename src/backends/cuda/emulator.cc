@@ -379,7 +379,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 }
 
 cudaError_t cudaGetLastError(void) {
-  if (cudaError_t sticky = StickyError(CurrentDevice())) return sticky;  // never cleared
+  // Never cleared; and, as in CUDA, asking binds no context.
+  if (t_context != nullptr) {
+    if (cudaError_t sticky = StickyError(t_context->device)) return sticky;
+  }
   cudaError_t err = t_last_error;
   t_last_error = cudaSuccess;
   return err;
