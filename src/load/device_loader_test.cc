@@ -309,8 +309,12 @@ TEST_F(DeviceLoaderTest, CastScratchAtTheReservationsEndHoweverLargeTheChunks) {
       EXPECT_EQ(model->stats().devices[0].peak_reserved_bytes, reserved);
       // Small chunks leave most pieces below the scratch, cast on the
       // device; with larger ones the scratch may cover every cast tensor.
-      if (chunk == 4096) EXPECT_GT(gpu_->calls(FaultPoint::kCast), 3);
-      if (chunk > reserved) EXPECT_EQ(gpu_->calls(FaultPoint::kCast), 0);
+      if (chunk == 4096) {
+        EXPECT_GT(gpu_->calls(FaultPoint::kCast), 3);
+      }
+      if (chunk > reserved) {
+        EXPECT_EQ(gpu_->calls(FaultPoint::kCast), 0);
+      }
       EXPECT_EQ(model->stats().device_cast_pieces, gpu_->calls(FaultPoint::kCast));
       EXPECT_GT(model->stats().host_cast_seconds, 0);
       for (const TensorView& v : model->tensors()) ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v)) << v.name;
