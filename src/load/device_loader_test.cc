@@ -609,16 +609,32 @@ TEST_F(DeviceLoaderTest, DirectReadsLandInTheStagingSlots) {
   }
 }
 
+// Each read failing in turn, on one GPU, with casts on it (the pieces over
+// the cast scratch included), and split between a GPU and the cpu.
 TEST_F(DeviceLoaderTest, ReadFailureReturnsEveryByte) {
-  PlanOptions po;
-  po.device = DeviceId::Cuda(0);
-  for (uint64_t k : {0u, 1u, 5u, 12u}) {
-    options_.before_read = [k](uint64_t i) { return i == k ? IoError("disk on fire") : Status::Ok(); };
-    auto model = LoadWith(po);
-    ASSERT_FALSE(model.ok());
-    EXPECT_NE(model.status().message().find("disk on fire"), std::string::npos);
-    EXPECT_NE(model.status().message().find("tensor '"), std::string::npos);
-    ExpectAllReturned();
+  for (int mode = 0; mode < 3; ++mode) {
+    PlanOptions po;
+    if (mode < 2) po.device = DeviceId::Cuda(0);
+    if (mode == 1) po.cast_to = DType::kF32;
+    if (mode == 2) po.device_map = R"({"model.layers": 0, "": "cpu"})";
+    std::atomic<uint64_t> reads{0};
+    options_.before_read = [&](uint64_t) {
+      reads.fetch_add(1);
+      return Status::Ok();
+    };
+    ResetDevices();
+    ASSERT_TRUE(LoadWith(po).ok());
+    ASSERT_GT(reads.load(), 10u);
+    for (uint64_t k = 0; k < reads.load(); ++k) {
+      SCOPED_TRACE("mode " + std::to_string(mode) + ", read " + std::to_string(k));
+      ResetDevices();
+      options_.before_read = [k](uint64_t i) { return i == k ? IoError("disk on fire") : Status::Ok(); };
+      auto model = LoadWith(po);
+      ASSERT_FALSE(model.ok());
+      EXPECT_NE(model.status().message().find("disk on fire"), std::string::npos);
+      EXPECT_NE(model.status().message().find("tensor '"), std::string::npos);
+      ExpectAllReturned();
+    }
   }
 }
 
