@@ -58,6 +58,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
 
 // One positional read, and where its bytes go.
 struct ReadItem {
@@ -549,15 +552,11 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   std::atomic<int64_t> first_copy_ns{INT64_MAX}, first_cast_ns{INT64_MAX};
   auto mark_first = [&](std::atomic<int64_t>& first) {
     if (first.load(std::memory_order_relaxed) != INT64_MAX) return;
-    const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
     int64_t expected = INT64_MAX;
-    first.compare_exchange_strong(expected, now);
+    first.compare_exchange_strong(expected, NowNs());
   };
   int device_cast_pieces = 0;
-  for (const ReadItem& it : items) {
-    const PlannedTensor& t = plan.tensors[it.tensor];
-    device_cast_pieces += t.dtype != t.source->dtype && states[it.device]->device_casts && !it.tail ? 1 : 0;
-  }
+  for (const auto& s : states) device_cast_pieces += s->cast_pieces_left;
 
   auto process = [&](const ReadItem& it, ReaderLocal& local) -> Status {
     const PlannedTensor& t = plan.tensors[it.tensor];
@@ -761,8 +760,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   if (!read_status.ok()) return read_status;  // allocations and staging are released on return
   // Pipelined copies and device casts: from the first queued until the GPUs
   // were done.
-  const int64_t devices_done =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  const int64_t devices_done = NowNs();
   auto span = [&](const std::atomic<int64_t>& first) {
     const int64_t f = first.load();
     return f == INT64_MAX ? 0.0 : static_cast<double>(devices_done - f) / 1e9;
