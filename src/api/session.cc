@@ -9,6 +9,7 @@
 
 #include "hoist/writer.h"
 #include "io/file.h"
+#include "load/fit.h"
 #ifdef HOIST_WITH_CUDA
 #include "hoist/cuda.h"
 #endif
@@ -111,22 +112,12 @@ std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry&
   std::vector<std::string> out;
   for (const DevicePlan& d : plan.devices) {
     if (d.device.kind == DeviceKind::kDisk || d.reserve_bytes == 0) continue;
-    std::optional<uint64_t> available;
-    std::string why;
-    if (Device* device = registry.Find(d.device)) {
-      if (Result<MemoryInfo> mem = device->GetMemoryInfo(); mem.ok()) {
-        const uint64_t m = d.device.kind == DeviceKind::kCuda ? margin : 0;
-        available = mem->free_bytes > m ? mem->free_bytes - m : 0;
-        why = m ? "free memory less a " + ByteText(m) + " margin" : "free memory";
-      }
-    }
-    if (auto it = max_memory.find(d.device); it != max_memory.end() && (!available || it->second < *available)) {
-      available = it->second;
-      why = "--max-memory";
-    }
-    if (available && d.reserve_bytes > *available) {
+    std::optional<uint64_t> limit;
+    if (auto it = max_memory.find(d.device); it != max_memory.end()) limit = it->second;
+    Result<std::optional<Availability>> fit = AvailableOn(d.device, registry.Find(d.device), margin, limit);
+    if (fit.ok() && *fit && d.reserve_bytes > (*fit)->bytes) {
       out.push_back(d.device.ToString() + ": the plan needs " + ByteText(d.reserve_bytes) + " but only " +
-                    ByteText(*available) + " is available (" + why + "); a load would stop before allocating");
+                    ByteText((*fit)->bytes) + " is available (" + (*fit)->why + "); a load would stop before allocating");
     }
   }
   return out;

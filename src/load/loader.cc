@@ -14,6 +14,7 @@
 #include "hoist/loader.h"
 #include "io/file.h"
 #include "io/uring.h"
+#include "load/fit.h"
 #include "load/select.h"
 #include "util/parallel.h"
 #include "util/text.h"
@@ -213,22 +214,21 @@ std::vector<ReadItem> InterleaveByDevice(std::vector<ReadItem> items, size_t dev
 
 Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited, const LoadOptions& options) {
   if (needed == 0) return Status::Ok();
-  HOIST_ASSIGN_OR_RETURN(MemoryInfo mem, device->GetMemoryInfo());
-  uint64_t margin = id.kind == DeviceKind::kCuda ? options.gpu_margin_bytes : 0;
-  uint64_t available = mem.free_bytes > margin ? mem.free_bytes - margin : 0;
-  std::string why = "free " + ByteText(mem.free_bytes) + (margin ? " minus a " + ByteText(margin) + " margin" : "");
-  auto limit = options.max_memory.find(id);
-  if (limit != options.max_memory.end() && limit->second + (needed - limited) < available) {
-    available = limit->second + (needed - limited);
-    why = "--max-memory";
-  }
+  // --max-memory limits the tensors; the load's own buffers count against
+  // free memory only.
+  std::optional<uint64_t> limit;
+  if (auto it = options.max_memory.find(id); it != options.max_memory.end()) limit = it->second + (needed - limited);
+  HOIST_ASSIGN_OR_RETURN(std::optional<Availability> fit, AvailableOn(id, device, options.gpu_margin_bytes, limit));
+  if (!fit) return Status::Ok();  // no device and no limit: nothing to check against
+  const uint64_t available = fit->bytes;
+  const std::string& why = fit->why;
   if (needed > available) {
     std::string what = needed == limited ? "the plan needs " + ByteText(needed)
                                          : "the load needs " + ByteText(needed) + " (" + ByteText(needed - limited) +
                                                " of it staging and cast buffers)";
     // When free memory (not --max-memory) is the limit and the tensors alone
     // would fit, the load's own buffers are the excess.
-    const bool buffers = why != "--max-memory" && needed > limited && limited <= available;
+    const bool buffers = !fit->max_memory && needed > limited && limited <= available;
     std::string advice = !buffers ? "spread the model with --device-map auto --max-memory 0=...,cpu=..., or shrink it "
                                     "with --dtype"
                          : id.kind == DeviceKind::kCuda
