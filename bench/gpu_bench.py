@@ -248,9 +248,12 @@ def main():
                     lambda: results.update(consumer_check=check_consumers(hoist, args.dir, shards, device)))
 
     # One run each of the read settings around the defaults, to settle them
-    # on this machine: chunk (= staging buffer) size and reader threads.
+    # on this machine: chunk (= staging buffer) size, reader threads, and the
+    # ring's depth (4 is pinned almost whole before the reads; 32 mostly
+    # while copies run).
     settings = [("--chunk-size", c) for c in ("8MiB", "16MiB", "32MiB", "64MiB")]
     settings += [("--threads", t) for t in ("8", "16", "32")]
+    settings += [("--staging-buffers", b) for b in ("4", "32")]
     for flag, value in settings:
         if seconds_left() < 45:
             print("sweep cut short: too close to the deadline", file=sys.stderr)
