@@ -50,9 +50,6 @@ Status CudaFailure(cudaError_t err, int device, std::string_view what) {
   return Status(StatusCode::kDevice, std::move(message));
 }
 
-// For the calls that cannot return a Status (Free, FreePinned, destructors).
-// cudaErrorCudartUnloading means the process is exiting and the runtime has
-// already released everything; that is not worth a warning.
 // After a fault that spoils the context (an illegal address, say) the
 // context is dead for the rest of the process, and every later free fails
 // too: a few warnings say so, and the rest, hundreds with --alloc
@@ -78,6 +75,9 @@ constexpr int kMaxStickyWarnings = 4;
 constexpr int kCountedDevices = 64;
 std::atomic<int> sticky_warnings[kCountedDevices] = {};
 
+// For the calls that cannot return a Status (Free, FreePinned, destructors).
+// cudaErrorCudartUnloading means the process is exiting and the runtime has
+// already released everything; that is not worth a warning.
 void WarnOnFailure(cudaError_t err, int device, std::string_view what) {
   if (err == cudaSuccess) return;
   ForgetLastError();
