@@ -3,6 +3,10 @@
 #include <cassert>
 #include <cstring>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 // On x86-64 the loops are compiled twice, for AVX2 and for the baseline,
 // and the first cast picks one for the CPU it runs on. The same C++ either
 // way, so the same bits; AVX2 doubles the vector width: F16 -> F32 3.9 ->
@@ -19,6 +23,48 @@
 
 namespace hoist {
 namespace {
+
+// F32 <-> F64 goes through the FPU's own conversion, which honours the
+// thread's flush-to-zero and denormals-are-zero modes: with them on, F32
+// subnormals would become 0 in F64 and F64 values in F32's subnormal range
+// would flush. A library built with -ffast-math, or
+// torch.set_flush_denormal(True), turns them on for a thread and the threads
+// it starts, so a cast sets IEEE behaviour for its own duration and puts the
+// caller's modes back after.
+class IeeeSubnormals {
+ public:
+#if defined(__x86_64__) || defined(__i386__)
+  IeeeSubnormals() : saved_(_mm_getcsr()) {
+    constexpr unsigned kFlushToZero = 1u << 15, kDenormalsAreZero = 1u << 6;
+    if ((saved_ & (kFlushToZero | kDenormalsAreZero)) != 0) _mm_setcsr(saved_ & ~(kFlushToZero | kDenormalsAreZero));
+  }
+  ~IeeeSubnormals() {
+    if (_mm_getcsr() != saved_) _mm_setcsr(saved_);
+  }
+
+ private:
+  unsigned saved_;
+#elif defined(__aarch64__)
+  IeeeSubnormals() : saved_(Get()) {
+    constexpr uint64_t kFlushToZero = uint64_t{1} << 24;
+    if ((saved_ & kFlushToZero) != 0) Set(saved_ & ~kFlushToZero);
+  }
+  ~IeeeSubnormals() {
+    if (Get() != saved_) Set(saved_);
+  }
+
+ private:
+  static uint64_t Get() {
+    uint64_t v;
+    asm volatile("mrs %0, fpcr" : "=r"(v));
+    return v;
+  }
+  static void Set(uint64_t v) { asm volatile("msr fpcr, %0" : : "r"(v)); }
+  uint64_t saved_;
+#endif
+  IeeeSubnormals(const IeeeSubnormals&) = delete;
+  IeeeSubnormals& operator=(const IeeeSubnormals&) = delete;
+};
 
 // Loads element i of a possibly unaligned array as float (or double).
 template <typename T>
@@ -88,6 +134,7 @@ __attribute__((target("avx2"))) void CastFloatsAvx2(DType src, const void* src_b
 
 void CastFloatsBaseline(DType src, const void* src_bytes, DType dst, void* dst_bytes, size_t count) {
   assert(IsCastableFloat(src) && IsCastableFloat(dst));
+  IeeeSubnormals ieee;
   CastFloatsImpl(src, src_bytes, dst, dst_bytes, count);
 }
 
@@ -95,7 +142,10 @@ void CastFloats(DType src, const void* src_bytes, DType dst, void* dst_bytes, si
   assert(IsCastableFloat(src) && IsCastableFloat(dst));
 #if HOIST_CAST_AVX2
   static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2) return CastFloatsAvx2(src, src_bytes, dst, dst_bytes, count);
+  if (avx2) {
+    IeeeSubnormals ieee;
+    return CastFloatsAvx2(src, src_bytes, dst, dst_bytes, count);
+  }
 #endif
   CastFloatsBaseline(src, src_bytes, dst, dst_bytes, count);
 }

@@ -7,6 +7,10 @@
 #include <random>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
 #include <gtest/gtest.h>
 
 namespace hoist {
@@ -217,4 +221,42 @@ TEST(CastTest, DoubleFloatNaNsKeepSignAndPayloadAsX86Does) {
 }
 
 }  // namespace
+#if defined(__x86_64__)
+// Subnormals cast exactly (F32 -> F64) and round into F32's subnormal range
+// (F64 -> F32) even on a thread that runs with flush-to-zero and
+// denormals-are-zero on, as after torch.set_flush_denormal(True) or loading
+// a library built with -ffast-math; the thread's modes are left as they were.
+TEST(CastTest, SubnormalsSurviveFlushToZeroModes) {
+  const float f32[] = {std::numeric_limits<float>::denorm_min(), -std::ldexp(1.0f, -130),
+                       std::numeric_limits<float>::min() * 0.75f};
+  const double f64[] = {std::ldexp(1.0, -140), -std::ldexp(3.0, -135), std::ldexp(1.0, -149)};
+  double want_f64[3];
+  float want_f32[3];
+  for (int i = 0; i < 3; ++i) {
+    want_f64[i] = static_cast<double>(f32[i]);
+    want_f32[i] = static_cast<float>(f64[i]);
+    ASSERT_NE(want_f64[i], 0.0);
+    ASSERT_NE(want_f32[i], 0.0f);
+  }
+  const unsigned saved = _mm_getcsr();
+  const unsigned flushing = saved | (1u << 15) | (1u << 6);  // FTZ | DAZ
+  _mm_setcsr(flushing);
+  double got_f64[3], baseline_f64[3];
+  float got_f32[3], baseline_f32[3];
+  CastFloats(DType::kF32, f32, DType::kF64, got_f64, 3);
+  CastFloats(DType::kF64, f64, DType::kF32, got_f32, 3);
+  CastFloatsBaseline(DType::kF32, f32, DType::kF64, baseline_f64, 3);
+  CastFloatsBaseline(DType::kF64, f64, DType::kF32, baseline_f32, 3);
+  const unsigned after = _mm_getcsr();
+  _mm_setcsr(saved);
+  EXPECT_EQ(after, flushing);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(got_f64[i], want_f64[i]) << i;
+    EXPECT_EQ(baseline_f64[i], want_f64[i]) << i;
+    EXPECT_EQ(Bits(got_f32[i]), Bits(want_f32[i])) << i;
+    EXPECT_EQ(Bits(baseline_f32[i]), Bits(want_f32[i])) << i;
+  }
+}
+#endif
+
 }  // namespace hoist
