@@ -76,8 +76,13 @@ Result<std::vector<DeviceId>> PlaceByMap(const std::vector<std::string>& names, 
     used[static_cast<size_t>(best)] = true;
     out[i] = map[static_cast<size_t>(best)].second;
   }
+  // A key that covers tensors only to lose every one of them to a longer key
+  // does match them: only a key that covers nothing is a likely typo.
   for (size_t k = 0; k < map.size(); ++k) {
-    if (!used[k]) warnings->push_back("device map key " + QuoteName(map[k].first) + " matches no tensor");
+    if (used[k]) continue;
+    const bool covers_any = std::any_of(names.begin(), names.end(),
+                                        [&](const std::string& n) { return CoversName(map[k].first, n); });
+    if (!covers_any) warnings->push_back("device map key " + QuoteName(map[k].first) + " matches no tensor");
   }
   return out;
 }
@@ -108,11 +113,34 @@ std::string SplitUnitOf(const std::string& name, const std::vector<std::regex>& 
   return cuts.empty() ? name : name.substr(0, cuts.back());
 }
 
+std::vector<size_t> ForwardOrder(const std::vector<std::string>& units) {
+  // Each unit's container (the unit without a final all-digit component)
+  // ranks where it first appears; blocks of one container follow their
+  // numbers.
+  std::map<std::string, size_t> container_rank;
+  std::vector<std::pair<size_t, uint64_t>> key(units.size());
+  for (size_t u = 0; u < units.size(); ++u) {
+    const std::string& name = units[u];
+    const size_t dot = name.rfind('.');
+    const std::string last = dot == std::string::npos ? name : name.substr(dot + 1);
+    const bool numbered = dot != std::string::npos && !last.empty() && last.size() <= 18 &&
+                          last.find_first_not_of("0123456789") == std::string::npos;
+    const std::string container = numbered ? name.substr(0, dot) : name;
+    const size_t rank = container_rank.emplace(container, container_rank.size()).first->second;
+    key[u] = {name == "lm_head" ? SIZE_MAX : rank, numbered ? std::stoull(last) : 0};
+  }
+  std::vector<size_t> order(units.size());
+  for (size_t u = 0; u < order.size(); ++u) order[u] = u;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key[a] < key[b]; });
+  return order;
+}
+
 Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& names,
                                               const std::vector<uint64_t>& sizes, const std::string& strategy,
                                               const std::map<DeviceId, uint64_t>& capacity_bytes,
                                               const std::vector<std::regex>& no_split) {
-  // Units in order of first appearance.
+  // Units in order of first appearance; the walk below takes them in
+  // ForwardOrder.
   std::vector<std::string> unit_names;
   std::vector<uint64_t> unit_bytes;
   std::vector<size_t> unit_of(names.size());
@@ -140,8 +168,8 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
   // computes them. An even share plus a buffer of one repeated block (so
   // rounding does not push the last layers off the GPUs) for every GPU but
   // the last, which keeps its whole capacity. balanced_low_0 shares the model
-  // among the GPUs after the first, and GPU 0 takes only what they cannot
-  // (plus one block).
+  // among the GPUs after the first, and GPU 0 comes after them: it takes
+  // only what they cannot hold, before the cpu does.
   uint64_t block = 0;
   for (size_t u = 0; u < unit_names.size(); ++u) {
     const std::string& name = unit_names[u];
@@ -152,21 +180,14 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
   const bool low0 = strategy == "balanced_low_0";
   std::vector<uint64_t> budget(n);
   for (size_t g = 0; g < n; ++g) budget[g] = capacity_bytes.at(gpus[g]);
-  if (strategy != "sequential" && n > 1) {
-    uint64_t per_gpu = total / (low0 ? n - 1 : n) + block;
-    for (size_t g = 0; g + 1 < n; ++g) {
-      if (!(low0 && g == 0)) budget[g] = std::min(budget[g], per_gpu);
-    }
-    if (low0) {
-      uint64_t others = 0;
-      for (size_t g = 1; g < n; ++g) others += budget[g];
-      // Plus one block, so that rounding at unit boundaries does not spill
-      // the last units to the cpu while GPU 0 has room.
-      budget[0] = std::min(budget[0], (total > others ? total - others : 0) + block);
-    }
+  const size_t first = low0 && n > 1 ? 1 : 0;  // the first GPU that shares the model
+  if (strategy != "sequential" && n - first > 1) {
+    const uint64_t per_gpu = total / (n - first) + block;
+    for (size_t g = first; g + 1 < n; ++g) budget[g] = std::min(budget[g], per_gpu);
   }
   std::vector<std::pair<DeviceId, uint64_t>> order;
-  for (size_t g = 0; g < n; ++g) order.emplace_back(gpus[g], budget[g]);
+  for (size_t g = first; g < n; ++g) order.emplace_back(gpus[g], budget[g]);
+  if (first == 1) order.emplace_back(gpus[0], budget[0]);
   auto cpu = capacity_bytes.find(DeviceId::Cpu());
   order.emplace_back(DeviceId::Cpu(), cpu != capacity_bytes.end() ? cpu->second : 0);
   // Disk offload only when asked for (--max-memory disk=SIZE): a model that
@@ -175,14 +196,16 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
   const bool disk_allowed = disk != capacity_bytes.end() && disk->second > 0;
   if (disk_allowed) order.emplace_back(DeviceId::Disk(), disk->second);
 
+  const std::vector<size_t> walk = ForwardOrder(unit_names);
   std::vector<DeviceId> unit_device(unit_names.size());
   std::vector<uint64_t> used(order.size(), 0);
   size_t d = 0;  // devices are filled in order and never revisited
-  for (size_t u = 0; u < unit_names.size(); ++u) {
+  for (size_t w = 0; w < walk.size(); ++w) {
+    const size_t u = walk[w];
     while (d < order.size() && used[d] + unit_bytes[u] > order[d].second) ++d;
     if (d == order.size()) {
       uint64_t left = 0;
-      for (size_t v = u; v < unit_names.size(); ++v) left += unit_bytes[v];
+      for (size_t v = w; v < walk.size(); ++v) left += unit_bytes[walk[v]];
       std::string devices;
       for (const auto& [id, cap] : order) devices += (devices.empty() ? "" : ", ") + id.ToString() + " " + ByteText(cap);
       return OutOfMemory("device map " + strategy + ": unit " + QuoteName(unit_names[u]) + " (" +

@@ -25,7 +25,8 @@ bool IsDeviceMapStrategy(const std::string& text);
 
 // Explicit map: the longest key that is a dot-boundary prefix of the name
 // wins ("" covers everything). A name no key covers is an error; keys that
-// cover nothing become warnings.
+// cover no name become warnings (a key that covers names but loses each to a
+// longer key does not).
 Result<std::vector<DeviceId>> PlaceByMap(const std::vector<std::string>& names, const DeviceMapEntries& map,
                                          std::vector<std::string>* warnings);
 
@@ -35,9 +36,19 @@ Result<std::vector<DeviceId>> PlaceByMap(const std::vector<std::string>& names, 
 // last component).
 std::string SplitUnitOf(const std::string& name, const std::vector<std::regex>& no_split);
 
-// Strategy placement: walks units in order and fills devices up to their
-// capacities: GPUs in index order, then cpu, then disk (unbounded). `sizes`
-// are the bytes each tensor takes on a device (0 for aliases).
+// The order a strategy places units in: the model's forward order as far as
+// names tell it. Checkpoints list tensors by name (the reference writer sorts
+// them: layers.0, layers.1, layers.10, ..., and lm_head before model.*), so
+// units keep the order in which their container first appears, the numbered
+// blocks of one container (model.layers.N) follow their numbers, and a
+// top-level lm_head, which transformers' causal LMs define last, goes last.
+// Returns indices into `units`.
+std::vector<size_t> ForwardOrder(const std::vector<std::string>& units);
+
+// Strategy placement: walks units in ForwardOrder and fills devices up to
+// their capacities, never going back: GPUs in index order (balanced_low_0:
+// GPU 0 after the others), then cpu, then disk when --max-memory allows it.
+// `sizes` are the bytes each tensor takes on a device (0 for aliases).
 Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& names,
                                               const std::vector<uint64_t>& sizes, const std::string& strategy,
                                               const std::map<DeviceId, uint64_t>& capacity_bytes,

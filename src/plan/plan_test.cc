@@ -357,6 +357,22 @@ TEST_F(PlanTest, SplitUnits) {
             "model.layers.3.block_sparse_moe.experts.5");
 }
 
+TEST_F(PlanTest, ForwardOrderSortsBlocksByNumberAndPutsLmHeadLast) {
+  // As the reference writer lists them: by name.
+  const std::vector<std::string> units = {"lm_head",         "model.embed_tokens", "model.layers.0",
+                                          "model.layers.1",  "model.layers.10",    "model.layers.11",
+                                          "model.layers.2",  "model.norm",         "vision.blocks.3",
+                                          "vision.blocks.12"};
+  std::vector<std::string> walked;
+  for (size_t u : ForwardOrder(units)) walked.push_back(units[u]);
+  EXPECT_EQ(walked, (std::vector<std::string>{"model.embed_tokens", "model.layers.0", "model.layers.1",
+                                              "model.layers.2", "model.layers.10", "model.layers.11", "model.norm",
+                                              "vision.blocks.3", "vision.blocks.12", "lm_head"}));
+  // Already in forward order: unchanged.
+  const std::vector<std::string> forward = {"transformer.wte", "transformer.h.0", "transformer.h.1", "transformer.ln_f"};
+  EXPECT_EQ(ForwardOrder(forward), (std::vector<size_t>{0, 1, 2, 3}));
+}
+
 TEST_F(PlanTest, KeyMappingRenamesDropsAndCompat) {
   const Catalog& cat = Make({T("bert.encoder.LayerNorm.gamma", DType::kF32, {4}),
                              T("bert.encoder.LayerNorm.beta", DType::kF32, {4}),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hoist_testlib import ok, read_header, stderr_error_line
+from hoist_testlib import ok, read_header, stderr_error_line, write_raw
 
 ALIGN = 256
 GIB = 1 << 30
@@ -178,6 +178,26 @@ def llama8b(run_hoist, tmp_path_factory) -> Path:
     """The full llama-3.1-8b layout (about 15 GiB in bf16), sparse."""
     d = tmp_path_factory.mktemp("llama8b") / "m"
     ok(run_hoist("synth", "--arch", "llama-3.1-8b", "--sparse", "--quiet", d))
+    return d
+
+
+@pytest.fixture(scope="module")
+def llama8b_by_name(llama8b, tmp_path_factory) -> Path:
+    """The llama8b fixture's tensors in one sparse file, listed by name as the
+    reference writer (safetensors.save_file) lists them: lm_head first, then
+    model.layers.0, .1, .10, ..., .19, .2, ...: the order of real checkpoints."""
+    tensors = header_tensors(llama8b)
+    header, offset = {}, 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        header[name] = {"dtype": t["dtype"], "shape": t["shape"], "data_offsets": [offset, offset + t["nbytes"]]}
+        offset += t["nbytes"]
+    d = tmp_path_factory.mktemp("llama8b_by_name") / "m"
+    d.mkdir()
+    path = write_raw(d / "model.safetensors", header)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size + offset)  # a hole: planning reads no data
+    shutil.copy(llama8b / "config.json", d / "config.json")
     return d
 
 
@@ -381,6 +401,14 @@ def test_device_map_unmatched_key_warns_json(run_hoist, llama8b_12):
     assert doc["tensors"] == base["tensors"] and doc["devices"] == base["devices"]
 
 
+def test_device_map_shadowed_key_does_not_warn(run_hoist, llama8b_12):
+    """"model" and "" cover tensors that longer keys take: they match, so no
+    warning (only a key that covers nothing is one)."""
+    m = {"model": 0, "model.layers": 1, "model.embed_tokens": 0, "model.norm": 0, "lm_head": 0, "": "cpu"}
+    proc = ok(run_hoist("plan", "--json", "--device-map", json.dumps(m), llama8b_12))
+    assert json.loads(proc.stdout)["warnings"] == [] and proc.stderr == "", proc.stderr
+
+
 def test_device_map_disk_counts_nothing(run_hoist, llama8b_12):
     m = {"model.norm": "disk", "lm_head": "disk", "": "cpu"}
     doc = plan_json(run_hoist, "--device-map", json.dumps(m), llama8b_12)
@@ -484,6 +512,44 @@ def test_strategy_balanced_low_0_uses_gpu0_before_cpu_and_disk(run_hoist, llama8
     devs = doc["devices"]
     assert "cpu" not in devs and "disk" not in devs, {d: v["bytes"] / GIB for d, v in devs.items()}
     assert devs["cuda:0"]["bytes"] < devs["cuda:1"]["bytes"]
+
+
+@pytest.mark.parametrize("strategy", STRATS)
+def test_strategy_follows_layer_numbers_not_file_order(run_hoist, llama8b, llama8b_by_name, strategy):
+    """Real checkpoints list layers by name (1, 10, 11, 2, ...). A strategy
+    still fills devices in layer order, so each device holds one run of
+    consecutive layers, and the placement is the same whatever the file order."""
+    args = ["--device-map", strategy, "--max-memory", "0=6GiB,1=6GiB,2=6GiB,cpu=4GiB"]
+    sorted_doc = plan_json(run_hoist, *args, llama8b_by_name)
+    model_doc = plan_json(run_hoist, *args, llama8b)
+    placed = {t["name"]: t["device"] for t in sorted_doc["tensors"]}
+    assert placed == {t["name"]: t["device"] for t in model_doc["tensors"]}
+    rank = {"cuda:0": 0, "cuda:1": 1, "cuda:2": 2, "cpu": 3}
+    if strategy == "balanced_low_0":
+        rank["cuda:0"] = 2.5  # GPU 0 takes what the others cannot, after them
+    layer_device = {}
+    for name, dev in placed.items():
+        m = re.match(r"model\.layers\.(\d+)\.", name)
+        if m:
+            layer_device[int(m.group(1))] = dev
+    walk = [rank[placed["model.embed_tokens.weight"]]] + [rank[layer_device[i]] for i in range(32)]
+    walk += [rank[placed["model.norm.weight"]], rank[placed["lm_head.weight"]]]
+    assert walk == sorted(walk), [layer_device[i] for i in range(32)]
+    assert len(set(walk)) >= 2, "the test needs the model spread over devices"
+
+
+def test_strategy_balanced_low_0_puts_overflow_on_gpu0_not_cpu(run_hoist, llama8b):
+    """The embedding (1 GiB) is larger than GPU 0's share would be; GPU 0
+    still takes what GPU 1 cannot hold before anything goes to the cpu."""
+    doc = plan_json(run_hoist, "--device-map", "balanced_low_0", "--max-memory", "0=14.8GiB,1=14.8GiB,cpu=64GiB",
+                    llama8b)
+    devs = {d: v["bytes"] for d, v in doc["devices"].items()}
+    assert set(devs) == {"cuda:0", "cuda:1"}, devs
+    assert 0 < devs["cuda:0"] < devs["cuda:1"] <= 14.8 * GIB, devs
+    # GPU 0 got only units that no longer fitted on GPU 1.
+    ub = unit_bytes(doc)
+    gpu0_units = [u for u, d in devices_of_units(doc).items() if d == {"cuda:0"}]
+    assert all(devs["cuda:1"] + ub[u] > 14.8 * GIB for u in gpu0_units), gpu0_units
 
 
 @pytest.mark.parametrize("strategy", STRATS)
