@@ -177,6 +177,7 @@ Result<Catalog> OpenDirectory(const fs::path& dir) {
 Result<Catalog> OpenCatalog(const std::string& path) {
   std::error_code ec;
   fs::file_status st = fs::status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) return IoError(Printable(path) + ": " + ec.message());
   if (ec || !fs::exists(st)) return NotFound(Printable(path) + ": no such file or directory");
   if (fs::is_directory(st)) return OpenDirectory(path);
   CatalogBuilder builder;

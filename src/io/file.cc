@@ -42,7 +42,10 @@ Result<File> File::OpenRead(const std::string& path) { return OpenForReading(pat
 Result<File> File::OpenReadDirect(const std::string& path) { return OpenForReading(path, O_DIRECT); }
 
 Result<File> File::OpenForReading(const std::string& path, int extra_flags) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | extra_flags);
+  // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer;
+  // anything but a regular file is refused below, and for regular files the
+  // flag changes nothing.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | extra_flags);
   if (fd < 0) {
     if (errno == ENOENT) return NotFound(Printable(path) + ": no such file");
     if (errno == EINVAL && (extra_flags & O_DIRECT) != 0) {

@@ -40,3 +40,33 @@ def test_newline_in_a_path_keeps_the_error_on_one_line(run_hoist, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert "\\x0a" in lines[0]
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(run_hoist, tiny, tmp_path):
+    """Opening a FIFO for reading would block until a writer came: as a
+    checkpoint, as a shard in a directory, or as a config.json beside one."""
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    proc = run_hoist("inspect", fifo, timeout=20)
+    assert proc.returncode == 2
+    assert "not a regular file" in stderr_error_line(proc)
+    proc = run_hoist("load", tmp_path, "-q", timeout=20)  # a directory lists regular files only
+    assert proc.returncode == 2
+    assert "no .safetensors files" in stderr_error_line(proc)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes((tiny / "model.safetensors").read_bytes())
+    os.mkfifo(ckpt / "config.json")
+    proc = run_hoist("load", ckpt, "-q", timeout=20)
+    assert proc.returncode == 2
+    line = stderr_error_line(proc)
+    assert "config.json" in line and "not a regular file" in line, line
+
+
+def test_a_symlink_loop_is_an_io_error_naming_it(run_hoist, tmp_path):
+    loop = tmp_path / "loop.safetensors"
+    loop.symlink_to(loop.name)
+    proc = run_hoist("inspect", loop)
+    assert proc.returncode == 1  # not bad content: the path cannot be resolved
+    line = stderr_error_line(proc)
+    assert "loop.safetensors" in line and "symbolic links" in line, line

@@ -657,6 +657,17 @@ def test_missing_path_is_file_not_found(run_hoist, tmp_path):
     assert str(e3.value) == _cli_error(run_hoist, "--device", "cpu", empty)
 
 
+def test_unreadable_path_is_os_error(run_hoist, tmp_path):
+    """An I/O failure (here a symlink loop, ELOOP) is an OSError that is not
+    FileNotFoundError, with the CLI's message."""
+    loop = tmp_path / "loop.safetensors"
+    loop.symlink_to(loop.name)
+    expected = _cli_error(run_hoist, "--device", "cpu", loop)
+    with pytest.raises(OSError) as e:
+        hoist.load(str(loop), device="cpu")
+    assert not isinstance(e.value, FileNotFoundError)
+    assert str(e.value) == expected and "symbolic links" in expected
+
 def _malformed(kind: str, tiny: Path, dst: Path) -> Path:
     path = dst / f"{kind}.safetensors"
     if kind == "truncated":
