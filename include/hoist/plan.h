@@ -17,6 +17,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "hoist/catalog.h"
@@ -51,6 +52,9 @@ struct PlanOptions {
   std::vector<std::string> drops;        // regexes searched in the name
   std::vector<RenameRule> renames;       // the first rule that matches is applied
   std::vector<std::pair<std::string, std::string>> ties;  // {alias, source}, names after mapping
+  // lm_head.weight shares the input embedding (the first of
+  // kInputEmbeddingNames present), as tie_word_embeddings in a config.json says.
+  bool tie_word_embeddings = false;
   // When set, only these names are loaded; the rest are reported unexpected.
   std::optional<std::vector<ExpectedTensor>> expect;
 
@@ -96,19 +100,44 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options);
 // "0=20GiB,1=20GiB,cpu=64GiB" -> limits per device.
 Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text);
 
-// Reads tie_word_embeddings from a config.json beside the checkpoint (in the
-// directory, or beside the file) and returns {"lm_head.weight",
-// "model.embed_tokens.weight"} when it is true. Missing config: no ties.
-Result<std::vector<std::pair<std::string, std::string>>> TiesFromConfig(const std::string& checkpoint_path);
+// Whether a config.json beside the checkpoint (in the directory, or beside
+// the file) says "tie_word_embeddings": true. Missing config: false.
+Result<bool> ConfigTiesWordEmbeddings(const std::string& checkpoint_path);
+
+// The names transformers gives the input embedding that a tied lm_head
+// shares, most common first (Llama and most decoders, VLM language models,
+// OPT, GPT-2/GPT-J, Bloom/Falcon, BART, T5, GPT-NeoX, Phi-1).
+inline constexpr const char* kInputEmbeddingNames[] = {
+    "model.embed_tokens.weight",        "model.language_model.embed_tokens.weight",
+    "model.decoder.embed_tokens.weight", "transformer.wte.weight",
+    "transformer.word_embeddings.weight", "model.shared.weight",
+    "shared.weight",                     "gpt_neox.embed_in.weight",
+    "transformer.embd.wte.weight"};
 
 // Parses --expect: a JSON list of names, or an object name -> {"dtype", "shape"}.
 Result<std::vector<ExpectedTensor>> ParseExpect(const std::string& json_text, const std::string& label);
 
-// The tensors that quantization leaves in float but that must never be cast
-// (scales, zero points, absmax...): true for names such as
-// "...weight_scale", "...weight_scale_inv", "...weight_scale_2", "...SCB",
-// "...scales", "...absmax". BuildPlan also never casts a float tensor,
-// other than a bias, of a module whose weight is stored quantized.
-bool IsQuantizationAuxiliary(const std::string& name);
+// The float tensors of a checkpoint that quantization keeps beside its
+// weights and that a --dtype cast must leave as stored (scales, zero points,
+// absmax, ...). A checkpoint is quantized when some tensor named like a
+// weight is stored as an integer or a float of 8 bits or fewer. Then:
+// - every float tensor but a bias in such a weight's module;
+// - names only quantizers use, in any checkpoint: SCB, absmax, qzeros,
+//   g_idx, weight_scale, weight_scale_inv, input_scale, weight_scale_2,
+//   *_global_scale, ...;
+// - names a model may use for its own parameters (scale, scales, zeros,
+//   *_scale such as k_scale), in quantized checkpoints only: CLIP's
+//   logit_scale is cast like any other float.
+class QuantizationAux {
+ public:
+  explicit QuantizationAux(const std::vector<TensorInfo>& tensors);
+  bool quantized() const { return quantized_; }
+  // `name` as stored in the checkpoint.
+  bool Contains(const std::string& name) const;
+
+ private:
+  bool quantized_ = false;
+  std::unordered_set<std::string> quantized_modules_;
+};
 
 }  // namespace hoist

@@ -68,7 +68,7 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
     o.renames.push_back({kv.first, kv.second});
   }
   if (!a.no_config_ties) {
-    HOIST_ASSIGN_OR_RETURN(o.ties, TiesFromConfig(a.path));
+    HOIST_ASSIGN_OR_RETURN(o.tie_word_embeddings, ConfigTiesWordEmbeddings(a.path));
   }
   for (const std::string& t : a.ties) {
     HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--tie", t));

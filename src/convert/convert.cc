@@ -28,8 +28,9 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
   HOIST_ASSIGN_OR_RETURN(std::vector<const TensorInfo*> selected, SelectTensors(catalog, options.only_regex));
   std::vector<OutTensor> out;
   out.reserve(selected.size());
+  const QuantizationAux quantization(catalog.tensors());
   for (const TensorInfo* t : selected) {
-    DType target = IsQuantizationAuxiliary(t->name) ? t->dtype : TargetDType(t->dtype, options.cast_to);
+    DType target = quantization.Contains(t->name) ? t->dtype : TargetDType(t->dtype, options.cast_to);
     out.push_back({t->name, target, t->shape, TargetBytes(*t, target)});
   }
   std::vector<File> files;

@@ -38,20 +38,42 @@ bool IsQuantizedStorage(DType dtype) {
 
 }  // namespace
 
-bool IsQuantizationAuxiliary(const std::string& name) {
-  std::string last = name.substr(name.rfind('.') + 1);
+namespace {
+
+std::string ModuleOf(const std::string& name) {
+  const size_t dot = name.rfind('.');
+  return dot == std::string::npos ? std::string() : name.substr(0, dot);
+}
+
+}  // namespace
+
+QuantizationAux::QuantizationAux(const std::vector<TensorInfo>& tensors) {
+  for (const TensorInfo& t : tensors) {
+    const size_t dot = t.name.rfind('.');
+    if (dot != std::string::npos && IsQuantizedStorage(t.dtype) && t.name.find("weight", dot + 1) != std::string::npos) {
+      quantized_modules_.insert(ModuleOf(t.name));
+    }
+  }
+  quantized_ = !quantized_modules_.empty();
+}
+
+bool QuantizationAux::Contains(const std::string& name) const {
+  if (quantized_ && name.find('.') != std::string::npos && !EndsWith(name, ".bias") &&
+      quantized_modules_.count(ModuleOf(name)) > 0) {
+    return true;
+  }
+  const std::string last = name.substr(name.rfind('.') + 1);
   // SCB: bitsandbytes LLM.int8 row scales; weight_scale_2 and *_global_scale:
   // NVFP4 (ModelOpt, compressed-tensors) second-level scales.
-  static const char* kNames[] = {"scale", "scales", "weight_scale", "weight_scale_inv", "input_scale",
-                                 "output_scale", "absmax", "nested_absmax", "qzeros", "zeros", "g_idx",
-                                 "weight_g_idx", "quant_map", "nested_quant_map", "zero_point", "weight_zero_point",
-                                 "SCB", "weight_global_scale", "input_global_scale"};
-  for (const char* n : kNames) {
+  static const char* kQuantizerNames[] = {"weight_scale", "weight_scale_inv", "input_scale", "output_scale",
+                                          "absmax", "nested_absmax", "qzeros", "g_idx", "weight_g_idx", "quant_map",
+                                          "nested_quant_map", "weight_zero_point", "SCB", "weight_global_scale",
+                                          "input_global_scale"};
+  for (const char* n : kQuantizerNames) {
     if (last == n) return true;
   }
-  // "..._scale", "..._scale_inv"; and a quantizer's numbered scales
-  // ("weight_scale_2"), not a model's own ("layer_scale_1" in PoolFormer).
-  if (EndsWith(last, "_scale") || EndsWith(last, "_scale_inv")) return true;
+  // A quantizer's numbered scales ("weight_scale_2"), not a model's own
+  // ("layer_scale_1" in PoolFormer).
   for (const char* prefix : {"weight_scale_", "input_scale_", "output_scale_"}) {
     const std::string_view p(prefix);
     if (last.size() > p.size() && last.compare(0, p.size(), p) == 0 &&
@@ -59,7 +81,14 @@ bool IsQuantizationAuxiliary(const std::string& name) {
       return true;
     }
   }
-  return name.find(".quant_state.") != std::string::npos;
+  if (name.find(".quant_state.") != std::string::npos) return true;
+  if (!quantized_) return false;
+  // Names a model may give its own parameters: quantization data only in a
+  // quantized checkpoint (fp8 KV-cache k_scale/v_scale, GPTQ scales, ...).
+  for (const char* n : {"scale", "scales", "zeros", "zero_point"}) {
+    if (last == n) return true;
+  }
+  return EndsWith(last, "_scale") || EndsWith(last, "_scale_inv");
 }
 
 const DevicePlan* LoadPlan::FindDevice(DeviceId id) const {
@@ -88,22 +117,19 @@ Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text) {
   return out;
 }
 
-Result<std::vector<std::pair<std::string, std::string>>> TiesFromConfig(const std::string& checkpoint_path) {
+Result<bool> ConfigTiesWordEmbeddings(const std::string& checkpoint_path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::path dir = fs::is_directory(checkpoint_path, ec) ? fs::path(checkpoint_path) : fs::path(checkpoint_path).parent_path();
   fs::path config = dir / "config.json";
-  std::vector<std::pair<std::string, std::string>> ties;
-  if (!fs::exists(config, ec)) return ties;
+  if (!fs::exists(config, ec)) return false;
   HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(config.string()));
   HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(Printable(config.string()), text));
   if (!doc.is_object()) return Corruption(Printable(config.string()) + ": not a JSON object");
   // Only an explicit true: transformers' default differs from one model
   // class to the next (PretrainedConfig: true; LlamaConfig: false).
   auto tie = doc.find("tie_word_embeddings");
-  bool tied = tie != doc.end() && tie->is_boolean() && tie->get<bool>();
-  if (tied) ties.emplace_back("lm_head.weight", "model.embed_tokens.weight");
-  return ties;
+  return tie != doc.end() && tie->is_boolean() && tie->get<bool>();
 }
 
 Result<std::vector<ExpectedTensor>> ParseExpect(const std::string& json_text, const std::string& label) {
@@ -172,22 +198,8 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     for (const ExpectedTensor& e : *options.expect) expected.emplace(e.name, &e);
   }
 
-  // Modules whose weight is stored quantized (an integer or a float of 8
-  // bits or fewer, named like a weight): whatever else they hold in float,
-  // bar the bias, is that weight's scale or zero point under whatever name
-  // the scheme gives it, and is never cast.
-  auto module_of = [](const std::string& n) {
-    const size_t dot = n.rfind('.');
-    return dot == std::string::npos ? std::string() : n.substr(0, dot);
-  };
-  std::unordered_set<std::string> quantized_modules;
-  for (const TensorInfo& t : catalog.tensors()) {
-    const size_t dot = t.name.rfind('.');
-    if (dot != std::string::npos && IsQuantizedStorage(t.dtype) &&
-        t.name.find("weight", dot + 1) != std::string::npos) {
-      quantized_modules.insert(module_of(t.name));
-    }
-  }
+  // Scales, zero points and the like keep their stored dtype.
+  const QuantizationAux quantization(catalog.tensors());
 
   std::unordered_map<std::string, size_t> by_name;
   for (const TensorInfo& t : catalog.tensors()) {
@@ -219,17 +231,28 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     PlannedTensor p;
     p.name = name;
     p.source = &t;
-    const bool auxiliary = IsQuantizationAuxiliary(name) ||
-                           (t.name.rfind('.') != std::string::npos && !EndsWith(t.name, ".bias") &&
-                            quantized_modules.count(module_of(t.name)) > 0);
-    bool castable = IsCastableFloat(t.dtype) && !auxiliary;
+    const bool castable = IsCastableFloat(t.dtype) && !quantization.Contains(t.name);
     p.dtype = castable ? TargetDType(t.dtype, options.cast_to) : t.dtype;
     p.size_bytes = TargetBytes(t, p.dtype);
     plan.tensors.push_back(std::move(p));
   }
 
   // 2. Ties: an alias shares its source's storage and costs nothing.
-  for (const auto& [alias, source] : options.ties) {
+  std::vector<std::pair<std::string, std::string>> ties;
+  if (options.tie_word_embeddings) {
+    const char* const* embedding =
+        std::find_if(std::begin(kInputEmbeddingNames), std::end(kInputEmbeddingNames),
+                     [&](const char* n) { return by_name.count(n) > 0; });
+    if (embedding != std::end(kInputEmbeddingNames)) {
+      ties.emplace_back("lm_head.weight", *embedding);
+    } else {
+      plan.warnings.push_back(
+          "config.json ties the word embeddings, but no input embedding this knows (model.embed_tokens.weight, "
+          "transformer.wte.weight, ...) is loaded: lm_head.weight tied to nothing; name it with --tie");
+    }
+  }
+  ties.insert(ties.end(), options.ties.begin(), options.ties.end());
+  for (const auto& [alias, source] : ties) {
     if (alias == source) return InvalidArgument("tie " + alias + "=" + source + ": a tensor cannot be tied to itself");
     auto src = by_name.find(source);
     if (src == by_name.end()) {

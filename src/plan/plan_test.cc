@@ -120,11 +120,34 @@ TEST_F(PlanTest, ScalesOfQuantizedWeightsAreNeverCastWhateverTheirName) {
   EXPECT_EQ(Find(*plan, "d.weight")->dtype, DType::kBF16);  // an int64 buffer is not a quantized weight
   EXPECT_EQ(Find(*plan, "d.layer_gain")->dtype, DType::kBF16);
   EXPECT_EQ(Find(*plan, "e.weight")->dtype, DType::kBF16);
-  EXPECT_TRUE(IsQuantizationAuxiliary("x.k_scale"));
-  EXPECT_TRUE(IsQuantizationAuxiliary("x.weight_scale_inv"));
-  EXPECT_FALSE(IsQuantizationAuxiliary("x.weight_scale_x"));
-  EXPECT_FALSE(IsQuantizationAuxiliary("block.layer_scale_1"));  // PoolFormer's own parameter
-  EXPECT_FALSE(IsQuantizationAuxiliary("x.scaled_weight"));
+  const QuantizationAux quantized(cat.tensors());
+  EXPECT_TRUE(quantized.quantized());
+  EXPECT_TRUE(quantized.Contains("x.k_scale"));  // fp8 KV-cache scale
+  EXPECT_TRUE(quantized.Contains("x.scales"));
+  EXPECT_TRUE(quantized.Contains("x.weight_scale_inv"));
+  EXPECT_FALSE(quantized.Contains("x.weight_scale_x"));
+  EXPECT_FALSE(quantized.Contains("block.layer_scale_1"));  // PoolFormer's own parameter
+  EXPECT_FALSE(quantized.Contains("x.scaled_weight"));
+}
+
+// In a checkpoint without quantized weights, names a model may use for its
+// own parameters (CLIP's logit_scale, a norm's scale) are cast like any
+// float; names only quantizers write are still kept.
+TEST_F(PlanTest, ScaleNamedParametersOfUnquantizedModelsAreCast) {
+  const Catalog& cat = Make({T("logit_scale", DType::kF32, {}), T("text.norm.scale", DType::kF32, {8}),
+                             T("text.proj.weight", DType::kF32, {8, 8}), T("a.k_scale", DType::kF32, {1}),
+                             T("b.weight_scale_inv", DType::kF32, {1})});
+  const QuantizationAux aux(cat.tensors());
+  EXPECT_FALSE(aux.quantized());
+  PlanOptions o;
+  o.device = DeviceId::Cpu();
+  o.cast_to = DType::kBF16;
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  for (const char* cast : {"logit_scale", "text.norm.scale", "text.proj.weight", "a.k_scale"}) {
+    EXPECT_EQ(Find(*plan, cast)->dtype, DType::kBF16) << cast;
+  }
+  EXPECT_EQ(Find(*plan, "b.weight_scale_inv")->dtype, DType::kF32);
 }
 
 TEST_F(PlanTest, TiedWeightsAreCountedOnce) {
@@ -147,25 +170,47 @@ TEST_F(PlanTest, TiedWeightsAreCountedOnce) {
 
 TEST_F(PlanTest, TieAddsAliasMissingFromCheckpointAndReadsConfig) {
   const Catalog& cat = Synth("llama-3.2-1b", 1);
-  auto ties = TiesFromConfig(paths_.back());
-  ASSERT_TRUE(ties.ok());
-  ASSERT_EQ(ties->size(), 1u);
-  EXPECT_EQ((*ties)[0].first, "lm_head.weight");
+  auto tied_config = ConfigTiesWordEmbeddings(paths_.back());
+  ASSERT_TRUE(tied_config.ok());
+  ASSERT_TRUE(*tied_config);
   PlanOptions o;
   o.device = DeviceId::Cuda(0);
-  o.ties = *ties;
+  o.tie_word_embeddings = true;
   auto plan = BuildPlan(cat, o);
   ASSERT_TRUE(plan.ok());
   uint64_t sum = 0;
   for (const PlannedTensor& t : plan->tensors) sum += t.size_bytes;
   EXPECT_EQ(sum, cat.total_bytes());  // the alias adds nothing
   ASSERT_NE(Find(*plan, "lm_head.weight"), nullptr);
+  EXPECT_EQ(plan->tensors[static_cast<size_t>(Find(*plan, "lm_head.weight")->alias_of)].name,
+            "model.embed_tokens.weight");
   EXPECT_EQ(plan->tensors.size(), cat.tensors().size() + 1);
 
   Synth("llama-3.1-8b", 1);
-  auto untied = TiesFromConfig(paths_.back());
+  auto untied = ConfigTiesWordEmbeddings(paths_.back());
   ASSERT_TRUE(untied.ok());
-  EXPECT_TRUE(untied->empty());
+  EXPECT_FALSE(*untied);
+}
+
+// GPT-2 and others name the input embedding otherwise; a model whose
+// embedding hoist does not know gets a warning, not a wrong tie.
+TEST_F(PlanTest, TiedWordEmbeddingsFindTheInputEmbeddingByItsName) {
+  PlanOptions o;
+  o.device = DeviceId::Cpu();
+  o.tie_word_embeddings = true;
+  auto gpt2 = BuildPlan(Make({T("transformer.wte.weight", DType::kF32, {10, 4}),
+                              T("transformer.h.0.mlp.c_fc.weight", DType::kF32, {4, 4})}),
+                        o);
+  ASSERT_TRUE(gpt2.ok()) << gpt2.status().message();
+  const PlannedTensor* head = Find(*gpt2, "lm_head.weight");
+  ASSERT_NE(head, nullptr);
+  EXPECT_EQ(gpt2->tensors[static_cast<size_t>(head->alias_of)].name, "transformer.wte.weight");
+  EXPECT_TRUE(gpt2->warnings.empty());
+  auto unknown = BuildPlan(Make({T("encoder.tok.weight", DType::kF32, {10, 4})}), o);
+  ASSERT_TRUE(unknown.ok());
+  EXPECT_EQ(Find(*unknown, "lm_head.weight"), nullptr);
+  ASSERT_EQ(unknown->warnings.size(), 1u);
+  EXPECT_NE(unknown->warnings[0].find("--tie"), std::string::npos);
 }
 
 TEST_F(PlanTest, BadTiesAreRefusedAndChainsResolve) {
@@ -196,12 +241,12 @@ TEST_F(PlanTest, ConfigTiesOnlyWhenExplicitlyTrue) {
   std::string dir = paths_.back();
   for (const char* config : {"{}", R"({"tie_word_embeddings": false})", R"({"tie_word_embeddings": "yes"})"}) {
     std::ofstream(dir + "/config.json") << config;
-    auto ties = TiesFromConfig(dir);
-    ASSERT_TRUE(ties.ok());
-    EXPECT_TRUE(ties->empty()) << config;
+    auto tied = ConfigTiesWordEmbeddings(dir);
+    ASSERT_TRUE(tied.ok());
+    EXPECT_FALSE(*tied) << config;
   }
   std::ofstream(dir + "/config.json") << R"({"tie_word_embeddings": true})";
-  EXPECT_EQ(TiesFromConfig(dir)->size(), 1u);
+  EXPECT_TRUE(*ConfigTiesWordEmbeddings(dir));
 }
 
 TEST_F(PlanTest, DiskTensorsAreNeverCast) {
