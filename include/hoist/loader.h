@@ -123,6 +123,9 @@ struct LoadStats {
   int staging_slots = 0;      // pinned buffers per GPU (0: none were needed)
   double seconds = 0;
   double plan_seconds = 0, reserve_seconds = 0, read_seconds = 0;
+  // Waiting for GPUs to start (their CUDA contexts) where planning did not
+  // hide it: part of `seconds`, before the reservations.
+  double device_start_seconds = 0;
   // Copies to GPUs: with the pipeline off, the copy phase after the reads;
   // with it on, the span from the first copy queued until every GPU had
   // finished (it overlaps read_seconds). 0 where nothing was copied.

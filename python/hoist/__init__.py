@@ -164,6 +164,7 @@ def load(
     chunk_size: str = "16MiB",
     staging_buffers: int = 0,
     pipeline: bool = True,
+    margin: Union[str, int] = "1.2GiB",
 ) -> Model:
     """Loads a checkpoint (a .safetensors file or a directory) onto devices.
 
@@ -176,7 +177,8 @@ def load(
         and model.report lists missing, unexpected and mismatched.
     The rest are the CLI's `hoist load` options: alloc ("reserve" or "per-tensor"), threads (0: default),
     io ("pread", "auto", "uring"), direct ("off", "auto", "on"), chunk_size ("16MiB"),
-    staging_buffers (0: each GPU's share of the readers + 2, at most 32), pipeline (False: read everything to host memory first).
+    staging_buffers (0: each GPU's share of the readers + 2, at most 32), pipeline (False: read everything to host memory first),
+    margin (memory left free on each GPU: "1.2GiB", bytes, or 0).
     """
     if isinstance(device_map, Mapping):
         device_map = json.dumps(dict(device_map))
@@ -203,6 +205,7 @@ def load(
         chunk_size=chunk_size,
         staging_buffers=staging_buffers,
         pipeline=pipeline,
+        margin=str(margin),
     )
     return Model(native)
 

@@ -123,12 +123,16 @@ std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry&
   return out;
 }
 
+Result<uint64_t> ParseMargin(const std::string& text) {
+  if (text == "0") return uint64_t{0};
+  Result<uint64_t> bytes = ParseByteSize(text);
+  if (!bytes.ok()) return InvalidArgument("--margin: " + bytes.status().message());
+  return bytes;
+}
+
 Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry) {
   HOIST_ASSIGN_OR_RETURN(uint64_t chunk, ParseByteSize(request.chunk_size));
-  uint64_t margin = 0;
-  if (request.margin != "0") {
-    HOIST_ASSIGN_OR_RETURN(margin, ParseByteSize(request.margin));
-  }
+  HOIST_ASSIGN_OR_RETURN(uint64_t margin, ParseMargin(request.plan.margin));
   if (request.direct != "auto" && request.direct != "on" && request.direct != "off") {
     return InvalidArgument("--direct " + QuoteName(request.direct) + ": expected auto, on or off");
   }
@@ -231,8 +235,10 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
   // streaming phase, `copy` the span from the first copy queued until the
   // GPUs were done (with the pipeline off: the copy phase after the reads),
   // and `cast` CPU seconds of casting on the host plus the span of the
-  // casts on GPUs (device_cast_pieces counts those).
+  // casts on GPUs (device_cast_pieces counts those). `device_start` is the
+  // wait for GPU start-up (CUDA contexts) that planning did not hide.
   report["stages"] = {{"plan", session.plan_seconds},
+                      {"device_start", st.device_start_seconds},
                       {"reserve", st.reserve_seconds},
                       {"read", st.read_seconds},
                       {"copy", st.copy_seconds},

@@ -32,12 +32,12 @@ struct PlanRequest {
   std::string expect_file;  // a JSON file, or
   std::string expect_json;  // JSON text
   bool no_config_ties = false;
+  std::string margin = "1.2GiB";  // left free on each GPU ("0": none)
 };
 
 struct LoadRequest {
   PlanRequest plan;
   std::string alloc = "reserve";  // or "per-tensor"
-  std::string margin = "1.2GiB";
   int threads = 0;
   std::string chunk_size = "16MiB";
   int staging_slots = 0;  // 0: each GPU's share of the readers + 2, at most 32
@@ -60,6 +60,9 @@ bool MayUseGpus(const PlanRequest& request);
 DeviceRegistry MakeRegistryFor(const PlanRequest& request, std::string* warning);
 
 Result<std::optional<DType>> ParseDtypeFlag(const std::string& text);
+
+// --margin: bytes left free on each GPU.
+Result<uint64_t> ParseMargin(const std::string& text);
 
 // `margin` is left free on GPUs when capacities for a strategy are computed;
 // --max-memory limits are returned in *max_memory.

@@ -120,12 +120,14 @@ int RunPlan(const PlanCmdArgs& args) {
   Result<Catalog> cat = OpenCatalog(args.request.path);
   if (!cat.ok()) return Fail(cat.status());
   DeviceRegistry registry = MakeRegistry(args.request);
+  Result<uint64_t> margin = ParseMargin(args.request.margin);
+  if (!margin.ok()) return Fail(margin.status());
   std::map<DeviceId, uint64_t> max_memory;
-  Result<PlanOptions> po = MakePlanOptions(args.request, registry, kDefaultGpuMarginBytes, &max_memory);
+  Result<PlanOptions> po = MakePlanOptions(args.request, registry, *margin, &max_memory);
   if (!po.ok()) return Fail(po.status());
   Result<LoadPlan> plan = BuildPlan(*cat, *po);
   if (!plan.ok()) return Fail(plan.status());
-  for (std::string& w : FitWarnings(*plan, registry, kDefaultGpuMarginBytes, max_memory)) {
+  for (std::string& w : FitWarnings(*plan, registry, *margin, max_memory)) {
     plan->warnings.push_back(std::move(w));
   }
   PrintWarnings(*plan, args.json);

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
     c->add_option("--expect", a.expect_file, "JSON file: a list of names, or name -> {dtype, shape}");
     c->add_option("--no-split", a.no_split, "REGEX naming modules a device-map strategy never splits (repeatable)");
     c->add_flag("--no-config-ties", a.no_config_ties, "Ignore tie_word_embeddings in a config.json beside the checkpoint");
+    c->add_option("--margin", a.margin, "Free memory left on each GPU (0: none)")->capture_default_str();
   };
 
   LoadArgs load;
@@ -40,7 +41,6 @@ int main(int argc, char** argv) {
   add_plan_flags(c_load, load.request.plan);
   c_load->add_option("--alloc", load.request.alloc, "reserve: one allocation per device; per-tensor: the baseline")
       ->check(CLI::IsMember({"reserve", "per-tensor"}))->capture_default_str();
-  c_load->add_option("--margin", load.request.margin, "Free memory left on each GPU")->capture_default_str();
   c_load->add_option("--threads", load.request.threads, "Reader threads (default: one per core, 2..32)")
       ->check(CLI::Range(1, 1024));
   c_load->add_option("--report", load.report, "Write a JSON report to this file");

@@ -344,6 +344,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   const int slots = options.staging_slots > 0 ? options.staging_slots
                                               : std::min(kMaxDefaultSlots, (threads + gpus - 1) / std::max(gpus, 1) + 2);
   const uint64_t stride = SlotStride(chunk);
+  double device_start_seconds = 0;
   uint64_t host_extra = 0;  // staging (or the pipeline-off copy) in host memory
   uint64_t host_tensors = 0;
   for (const DevicePlan& d : plan.devices) {
@@ -397,7 +398,12 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     }
     if (device->host_addressable() && d.device == DeviceId::Cpu()) host_tensors = needed;
     if (!device->host_addressable() || d.device != DeviceId::Cpu()) {
+      // A GPU's first call waits for its context, if the start-up begun
+      // before planning (api/session.cc) has not finished: that wait is
+      // the device_start stage.
+      const auto check_start = Clock::now();
       HOIST_RETURN_IF_ERROR(CheckFits(d.device, device, needed + scratch, needed, options));
+      if (!device->host_addressable()) device_start_seconds += Since(check_start);
     }
     state_of[d.device] = static_cast<uint32_t>(states.size());
     states.push_back(std::move(state));
@@ -803,6 +809,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (s->stats.device == DeviceId::Cpu()) st.arena_bytes = s->stats.reserved_bytes;
     st.devices.push_back(s->stats);
   }
+  st.device_start_seconds = device_start_seconds;
   st.reserve_seconds = reserve_seconds;
   st.copy_seconds = copy_seconds;
   st.host_cast_seconds = static_cast<double>(host_cast_ns.load()) / 1e9;

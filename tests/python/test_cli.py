@@ -451,10 +451,11 @@ def test_load_io_engine_is_reported(run_hoist, tmp_path, tiny, io):
 
 
 def test_load_report_stages(run_hoist, tmp_path, tiny):
-    keys = {"plan", "reserve", "read", "copy", "cast"}
+    keys = {"plan", "device_start", "reserve", "read", "copy", "cast"}
     plain = _report(run_hoist, tmp_path, tiny)
     assert set(plain["stages"]) == keys
     assert plain["stages"]["read"] > 0 and plain["stages"]["cast"] == 0 and plain["stages"]["copy"] == 0
+    assert plain["stages"]["device_start"] == 0  # a cpu load starts no GPU
     assert plain["device_cast_pieces"] == 0
     assert 0 < plain["time_to_first_tensor"] <= plain["seconds"]
     cast = _report(run_hoist, tmp_path, tiny, "--dtype", "f32")

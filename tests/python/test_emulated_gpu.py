@@ -164,6 +164,45 @@ def test_plan_larger_than_max_memory_exits_2_naming_the_gpu(emu, ckpt, tmp_path)
         assert part in line, f"{part!r} not in {line!r}"
 
 
+@pytest.fixture(scope="module")
+def llama8b_sparse(emu, tmp_path_factory) -> Path:
+    """llama-3.1-8b, 14.96 GiB of holes: more than an emulated GPU's 16 GiB
+    less the default 1.2 GiB margin, less than the GPU itself."""
+    out = tmp_path_factory.mktemp("l8") / "m"
+    ok(emu("synth", "--arch", "llama-3.1-8b", "--sparse", "--quiet", out))
+    return out
+
+
+def test_default_margin_refuses_what_only_the_margin_leaves_no_room_for(emu, llama8b_sparse):
+    proc = emu("load", llama8b_sparse, "--device", "cuda:0", "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    line = stderr_error_line(proc)
+    assert "cuda:0" in line and "1.20 GiB) margin" in line and "16060522496 bytes" in line, line
+    # hoist plan warns by the same rule, and --margin moves it.
+    warned = json.loads(ok(emu("plan", "--json", "--device", "cuda:0", llama8b_sparse)).stdout)["warnings"]
+    assert len(warned) == 1 and "margin" in warned[0], warned
+    assert json.loads(ok(emu("plan", "--json", "--device", "cuda:0", "--margin", "0", llama8b_sparse)).stdout)[
+        "warnings"] == []
+    # A strategy's GPU capacity is free memory less the margin too.
+    for margin, on_gpu in (("0", True), ("1.2GiB", False)):
+        doc = json.loads(ok(emu("plan", "--json", "--device-map", "sequential", "--max-memory", "1=0", "--margin",
+                                margin, llama8b_sparse)).stdout)
+        assert (set(doc["devices"]) == {"cuda:0"}) == on_gpu, (margin, {d: v["bytes"] for d, v in doc["devices"].items()})
+
+
+def test_waiting_for_gpu_start_up_is_its_own_stage(emu, ckpt, tmp_path):
+    """A CUDA context that takes 0.6 s to start: the load waits for what
+    planning did not hide, reported as stages.device_start within seconds."""
+    report = tmp_path / "slow-start.json"
+    ok(emu("load", ckpt, "--device", "cuda:0", "--quiet", "--report", report,
+           env={"HOIST_EMULATOR_CONTEXT_START_MS": "600"}))
+    rep = json.loads(report.read_text())
+    wait = rep["stages"]["device_start"]
+    assert 0.6 - rep["stages"]["plan"] - 0.1 <= wait <= rep["seconds"], rep["stages"]
+    fast = load_report(emu, ckpt, tmp_path, "--device", "cuda:0")
+    assert fast["stages"]["device_start"] < wait
+
+
 def test_absent_gpu_exits_2(emu, ckpt):
     proc = emu("load", ckpt, "--device", "cuda:2", "--quiet")
     assert proc.returncode == 2
@@ -314,4 +353,12 @@ except MemoryError as e:
     assert "cuda:0" in str(e), e
 else:
     raise AssertionError("a plan over max_memory loaded")
+# margin: what is left free on each GPU (16 GiB each here).
+assert len(hoist.load(ckpt, device="cuda:0", margin="15GiB")) == len(m)
+try:
+    hoist.load(ckpt, device="cuda:0", margin=16 << 30)
+except MemoryError as e:
+    assert "margin" in str(e), e
+else:
+    raise AssertionError("a load with no room left by margin= loaded")
 """)

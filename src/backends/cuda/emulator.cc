@@ -35,7 +35,10 @@
 //   address is on a GPU: with HOIST_EMULATOR_FAULT_AFTER_COPIES=N the N-th
 //   copy to run faults instead, its device then runs no more copies or
 //   kernels, and every later call for it fails with
-//   cudaErrorIllegalAddress (events still complete, so nothing hangs).
+//   cudaErrorIllegalAddress (events still complete, so nothing hangs);
+// - with HOIST_EMULATOR_CONTEXT_START_MS=N, creating a device's context
+//   (the first call that binds it, on any thread) takes N ms, and other
+//   threads that need that context wait for it, as for a real one.
 // What it does not model: a bad kernel argument faulting later (it fails at
 // launch here), and anything about speed.
 // Two devices of 16 GiB each (address space: only what is written takes
@@ -222,6 +225,16 @@ bool CopyMayRun(int device) {
   return true;
 }
 
+// Context start-up (HOIST_EMULATOR_CONTEXT_START_MS): once per device; a
+// thread that needs the context meanwhile waits, as the runtime makes it.
+std::once_flag context_started[kDevices];
+void StartContext(int device) {
+  std::call_once(context_started[device], [] {
+    const char* ms = std::getenv("HOIST_EMULATOR_CONTEXT_START_MS");
+    if (ms != nullptr) std::this_thread::sleep_for(std::chrono::milliseconds(std::strtol(ms, nullptr, 10)));
+  });
+}
+
 thread_local int t_device = 0;
 thread_local Context* t_context = nullptr;
 thread_local cudaError_t t_last_error = cudaSuccess;
@@ -236,6 +249,7 @@ cudaError_t Fail(cudaError_t err) {
 // for a thread that has none current.
 int CurrentDevice() {
   if (t_context == nullptr) t_context = &State().contexts[t_device];
+  StartContext(t_context->device);
   return t_context->device;
 }
 
@@ -365,6 +379,7 @@ cudaError_t cudaSetDevice(int device) {
   if (device < 0 || device >= kDevices) return Fail(cudaErrorInvalidDevice);
   t_device = device;
   t_context = &State().contexts[device];
+  StartContext(device);
   return cudaSuccess;
 }
 
