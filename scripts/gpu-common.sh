@@ -9,9 +9,10 @@
 #
 # At most 8 files come back from the device tool's $OUT, so $OUT receives
 # only the logs and the results; each run's load report goes to $reports.
-out=${OUT:-bench/out}
+# Without $OUT: bench/results/<date>-<gpu>/ on a GPU (to be committed),
+# bench/out/ (ignored by git) for a rehearsal.
 reports=build-gpu/reports
-mkdir -p "$out" "$reports"
+mkdir -p "$reports"
 rm -f "$reports"/*.json  # a warm machine keeps build-gpu/: no report of an earlier call may stand in
 # transformers must not look for a hub it cannot reach.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -29,6 +30,14 @@ elif [[ -e /dev/nvidia0 ]]; then
   have_gpu=1
   gpu=$(timeout 20 python3 -c "import torch; print(torch.cuda.get_device_name(0))" 2>/dev/null || echo "NVIDIA GPU")
 fi
+if [[ -n ${OUT:-} ]]; then
+  out=$OUT
+elif ((have_gpu)); then
+  out=bench/results/$(date +%F)-$(tr ' /' '--' <<<"$gpu")
+else
+  out=bench/out
+fi
+mkdir -p "$out"
 device=cpu; layers=()
 hoist_bin=build-gpu/hoist cuda_tests=build-gpu/hoist_cuda_tests emulated=0
 if ((have_gpu)); then
