@@ -328,6 +328,19 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     } else {
       HOIST_ASSIGN_OR_RETURN(DeviceMapEntries map, ParseDeviceMap(options.device_map));
       HOIST_ASSIGN_OR_RETURN(placement, PlaceByMap(names, map, &plan.warnings));
+      // A map that sends a tied alias elsewhere than its source is overruled
+      // (one storage, one device): say so rather than move it silently.
+      for (size_t i = 0; i < plan.tensors.size(); ++i) {
+        const PlannedTensor& p = plan.tensors[i];
+        if (p.alias_of < 0) continue;
+        const DeviceId source_device = placement[static_cast<size_t>(p.alias_of)];
+        if (placement[i] != source_device) {
+          plan.warnings.push_back("device map: " + QuoteName(p.name) + " is tied to " +
+                                  QuoteName(plan.tensors[static_cast<size_t>(p.alias_of)].name) +
+                                  " and shares its storage on " + source_device.ToString() + ", not " +
+                                  placement[i].ToString() + " as the map says");
+        }
+      }
     }
   }
   // An alias lives with its source. Disk tensors stay as stored: never cast.

@@ -714,6 +714,18 @@ def test_plan_explicit_tie_equals_config_tie(run_hoist, llama1b_1):
     assert explicit["devices"] == config["devices"]
 
 
+def test_device_map_sending_a_tied_alias_elsewhere_warns(run_hoist, llama1b_1):
+    """One storage, one device: lm_head.weight stays with the embedding, and
+    the plan says the map's "lm_head": "cpu" was overruled."""
+    m = {"model": 0, "lm_head": "cpu"}
+    doc = plan_json(run_hoist, "--device-map", json.dumps(m), llama1b_1)
+    t = by_name(doc)
+    assert t["lm_head.weight"]["device"] == t["model.embed_tokens.weight"]["device"] == "cuda:0"
+    assert len(doc["warnings"]) == 1, doc["warnings"]
+    assert all(x in doc["warnings"][0] for x in ("lm_head.weight", "cuda:0", "cpu")), doc["warnings"]
+    # Where the map agrees, nothing to say.
+    assert plan_json(run_hoist, "--device-map", json.dumps({"": 0}), llama1b_1)["warnings"] == []
+
 def test_plan_tie_existing_tensor_frees_its_bytes(run_hoist, tiny):
     """tiny-llama stores lm_head.weight; tying it makes it an alias costing nothing."""
     header = header_tensors(tiny)
