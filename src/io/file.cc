@@ -110,10 +110,11 @@ double File::CachedFraction() const {
   for (uint64_t i = 0; i < samples; ++i) {
     uint64_t p = i * pages / samples;
     unsigned char vec = 0;
-    if (::mincore(static_cast<char*>(map) + p * static_cast<uint64_t>(page), static_cast<size_t>(page), &vec) == 0 &&
-        (vec & 1)) {
-      ++resident;
+    if (::mincore(static_cast<char*>(map) + p * static_cast<uint64_t>(page), static_cast<size_t>(page), &vec) != 0) {
+      ::munmap(map, size_bytes_);
+      return 1.0;  // cannot tell (a sandbox without mincore): as above
     }
+    resident += vec & 1;
   }
   ::munmap(map, size_bytes_);
   return static_cast<double>(resident) / static_cast<double>(samples);
