@@ -42,9 +42,10 @@ Result<File> File::OpenRead(const std::string& path) { return OpenForReading(pat
 Result<File> File::OpenReadDirect(const std::string& path) { return OpenForReading(path, O_DIRECT); }
 
 Result<File> File::OpenForReading(const std::string& path, int extra_flags) {
-  // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer;
-  // anything but a regular file is refused below, and for regular files the
-  // flag changes nothing.
+  // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer.
+  // Anything but a regular file is refused below, and the flag is cleared
+  // again: io_uring fails O_NONBLOCK reads with EAGAIN on file systems
+  // that cannot promise not to block (NFS, FUSE).
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | extra_flags);
   if (fd < 0) {
     if (errno == ENOENT) return NotFound(Printable(path) + ": no such file");
@@ -62,6 +63,12 @@ Result<File> File::OpenForReading(const std::string& path, int extra_flags) {
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
     return InvalidArgument(Printable(path) + ": not a regular file");
+  }
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    Status s = Errno(path, "cannot clear O_NONBLOCK");
+    ::close(fd);
+    return s;
   }
   return File(fd, path, static_cast<uint64_t>(st.st_size));
 }

@@ -361,6 +361,14 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         if (t.device == d.device && t.alias_of < 0) needed += t.size_bytes;
       }
     }
+    if (!device->host_addressable()) {
+      // A GPU's first call waits for its context, if the start-up begun
+      // before planning (api/session.cc) has not finished: that wait is the
+      // device_start stage. Errors show up in the calls below.
+      const auto wait_start = Clock::now();
+      (void)device->GetMemoryInfo();
+      device_start_seconds += Since(wait_start);
+    }
     auto state = std::make_unique<DeviceState>();
     state->device = device;
     state->stats.device = d.device;
@@ -398,12 +406,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     }
     if (device->host_addressable() && d.device == DeviceId::Cpu()) host_tensors = needed;
     if (!device->host_addressable() || d.device != DeviceId::Cpu()) {
-      // A GPU's first call waits for its context, if the start-up begun
-      // before planning (api/session.cc) has not finished: that wait is
-      // the device_start stage.
-      const auto check_start = Clock::now();
       HOIST_RETURN_IF_ERROR(CheckFits(d.device, device, needed + scratch, needed, options));
-      if (!device->host_addressable()) device_start_seconds += Since(check_start);
     }
     state_of[d.device] = static_cast<uint32_t>(states.size());
     states.push_back(std::move(state));

@@ -190,16 +190,19 @@ def test_default_margin_refuses_what_only_the_margin_leaves_no_room_for(emu, lla
         assert (set(doc["devices"]) == {"cuda:0"}) == on_gpu, (margin, {d: v["bytes"] for d, v in doc["devices"].items()})
 
 
-def test_waiting_for_gpu_start_up_is_its_own_stage(emu, ckpt, tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--dtype", "f32"], ["--alloc", "per-tensor"]], ids=["plain", "cast", "per-tensor"])
+def test_waiting_for_gpu_start_up_is_its_own_stage(emu, ckpt, tmp_path, flags):
     """A CUDA context that takes 0.6 s to start: the load waits for what
-    planning did not hide, reported as stages.device_start within seconds."""
+    planning did not hide, reported as stages.device_start within seconds
+    (whichever call reaches the GPU first: a cast load asks it about its
+    kernel before anything else)."""
     report = tmp_path / "slow-start.json"
-    ok(emu("load", ckpt, "--device", "cuda:0", "--quiet", "--report", report,
+    ok(emu("load", ckpt, "--device", "cuda:0", "--quiet", "--report", report, *flags,
            env={"HOIST_EMULATOR_CONTEXT_START_MS": "600"}))
     rep = json.loads(report.read_text())
     wait = rep["stages"]["device_start"]
     assert 0.6 - rep["stages"]["plan"] - 0.1 <= wait <= rep["seconds"], rep["stages"]
-    fast = load_report(emu, ckpt, tmp_path, "--device", "cuda:0")
+    fast = load_report(emu, ckpt, tmp_path, "--device", "cuda:0", *flags)
     assert fast["stages"]["device_start"] < wait
 
 
