@@ -104,15 +104,15 @@ Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text);
 // the file) says "tie_word_embeddings": true. Missing config: false.
 Result<bool> ConfigTiesWordEmbeddings(const std::string& checkpoint_path);
 
-// The names transformers gives the input embedding that a tied lm_head
-// shares, most common first (Llama and most decoders, VLM language models,
-// OPT, GPT-2/GPT-J, Bloom/Falcon, BART, T5, GPT-NeoX, Phi-1).
+// The names transformers gives the input embedding that a tied
+// lm_head.weight shares, most common first (Llama and most decoders, VLM
+// language models, OPT, GPT-2/GPT-J, Bloom/Falcon, BART, T5). Not GPT-NeoX,
+// whose head is embed_out.
 inline constexpr const char* kInputEmbeddingNames[] = {
-    "model.embed_tokens.weight",        "model.language_model.embed_tokens.weight",
+    "model.embed_tokens.weight",         "model.language_model.embed_tokens.weight",
     "model.decoder.embed_tokens.weight", "transformer.wte.weight",
     "transformer.word_embeddings.weight", "model.shared.weight",
-    "shared.weight",                     "gpt_neox.embed_in.weight",
-    "transformer.embd.wte.weight"};
+    "shared.weight"};
 
 // Parses --expect: a JSON list of names, or an object name -> {"dtype", "shape"}.
 Result<std::vector<ExpectedTensor>> ParseExpect(const std::string& json_text, const std::string& label);
@@ -124,10 +124,12 @@ Result<std::vector<ExpectedTensor>> ParseExpect(const std::string& json_text, co
 // - every float tensor but a bias in such a weight's module;
 // - names only quantizers use, in any checkpoint: SCB, absmax, qzeros,
 //   g_idx, weight_scale, weight_scale_inv, input_scale, weight_scale_2,
-//   *_global_scale, ...;
+//   *_global_scale, the KV-cache scales k_scale, v_scale, q_scale,
+//   kv_scale, prob_scale (an fp8 KV cache over bf16 weights), ...;
 // - names a model may use for its own parameters (scale, scales, zeros,
-//   *_scale such as k_scale), in quantized checkpoints only: CLIP's
-//   logit_scale is cast like any other float.
+//   other *_scale), in quantized checkpoints only: CLIP's logit_scale is
+//   cast like any other float.
+// HQQ's packed weights (W_q) count as quantized weights.
 class QuantizationAux {
  public:
   explicit QuantizationAux(const std::vector<TensorInfo>& tensors);

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string_view>
+#include <tuple>
 
 #include "format/json_util.h"
 #include "format/safetensors.h"
@@ -57,18 +59,23 @@ Result<DeviceMapEntries> ParseDeviceMap(const std::string& text) {
   return out;
 }
 
+int LongestCoveringKey(const std::string& name, const DeviceMapEntries& map) {
+  int best = -1;
+  for (size_t k = 0; k < map.size(); ++k) {
+    if (CoversName(map[k].first, name) &&
+        (best < 0 || map[k].first.size() > map[static_cast<size_t>(best)].first.size())) {
+      best = static_cast<int>(k);
+    }
+  }
+  return best;
+}
+
 Result<std::vector<DeviceId>> PlaceByMap(const std::vector<std::string>& names, const DeviceMapEntries& map,
                                          std::vector<std::string>* warnings) {
   std::vector<DeviceId> out(names.size());
   std::vector<bool> used(map.size(), false);
   for (size_t i = 0; i < names.size(); ++i) {
-    int best = -1;
-    for (size_t k = 0; k < map.size(); ++k) {
-      if (CoversName(map[k].first, names[i]) &&
-          (best < 0 || map[k].first.size() > map[static_cast<size_t>(best)].first.size())) {
-        best = static_cast<int>(k);
-      }
-    }
+    const int best = LongestCoveringKey(names[i], map);
     if (best < 0) {
       return InvalidArgument("device map: no key covers tensor " + QuoteName(names[i]) +
                              " (add its module, a prefix of it, or \"\" for everything else)");
@@ -113,21 +120,59 @@ std::string SplitUnitOf(const std::string& name, const std::vector<std::regex>& 
   return cuts.empty() ? name : name.substr(0, cuts.back());
 }
 
+namespace {
+
+bool IsNumber(std::string_view c) {
+  return !c.empty() && c.size() <= 18 && c.find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+// Where transformers' models put a module among its siblings, as far as its
+// name tells: input embeddings first, final norms after the blocks, output
+// heads (at the top level) last; everything else where it first appears.
+enum class Place { kFirst, kInOrder, kAfterBlocks, kLast };
+
+Place PlaceOf(std::string_view c, bool top_level) {
+  static constexpr std::string_view kEmbeddings[] = {
+      "embed_tokens", "wte", "wpe", "word_embeddings", "embed_in", "embeddings", "tok_embeddings",
+      "embed_positions", "position_embeddings", "token_type_embeddings", "shared"};
+  static constexpr std::string_view kFinalNorms[] = {"norm", "ln_f", "final_layer_norm", "final_layernorm",
+                                                     "norm_f", "final_norm"};
+  static constexpr std::string_view kHeads[] = {"lm_head", "embed_out", "output", "score", "classifier"};
+  if (top_level && std::find(std::begin(kHeads), std::end(kHeads), c) != std::end(kHeads)) return Place::kLast;
+  if (std::find(std::begin(kEmbeddings), std::end(kEmbeddings), c) != std::end(kEmbeddings)) return Place::kFirst;
+  if (std::find(std::begin(kFinalNorms), std::end(kFinalNorms), c) != std::end(kFinalNorms)) {
+    return Place::kAfterBlocks;
+  }
+  return Place::kInOrder;
+}
+
+}  // namespace
+
 std::vector<size_t> ForwardOrder(const std::vector<std::string>& units) {
-  // Each unit's container (the unit without a final all-digit component)
-  // ranks where it first appears; blocks of one container follow their
-  // numbers.
-  std::map<std::string, size_t> container_rank;
-  std::vector<std::pair<size_t, uint64_t>> key(units.size());
+  // A unit's key, component by component: (place, rank among its siblings,
+  // number). Numbered siblings (layers.0, layers.1, ...) rank together where
+  // the first of them appears and follow their numbers; other siblings rank
+  // where they first appear. Keys compare element by element, so a module
+  // sorts before the modules inside it and whole subtrees stay together.
+  using Element = std::tuple<int, size_t, uint64_t>;
+  std::map<std::string, std::map<std::string, size_t>> rank;  // parent path -> component -> rank
+  std::vector<std::vector<Element>> key(units.size());
   for (size_t u = 0; u < units.size(); ++u) {
-    const std::string& name = units[u];
-    const size_t dot = name.rfind('.');
-    const std::string last = dot == std::string::npos ? name : name.substr(dot + 1);
-    const bool numbered = dot != std::string::npos && !last.empty() && last.size() <= 18 &&
-                          last.find_first_not_of("0123456789") == std::string::npos;
-    const std::string container = numbered ? name.substr(0, dot) : name;
-    const size_t rank = container_rank.emplace(container, container_rank.size()).first->second;
-    key[u] = {name == "lm_head" ? SIZE_MAX : rank, numbered ? std::stoull(last) : 0};
+    std::string_view rest = units[u];
+    std::string parent;
+    while (true) {
+      const size_t dot = rest.find('.');
+      const std::string_view c = rest.substr(0, dot);
+      const bool number = IsNumber(c);
+      auto& siblings = rank[parent];
+      // Numbers share one rank: that of the first number seen here.
+      const size_t r = siblings.emplace(number ? std::string("#") : std::string(c), siblings.size()).first->second;
+      const Place place = number ? Place::kInOrder : PlaceOf(c, parent.empty());
+      key[u].emplace_back(static_cast<int>(place), r, number ? std::stoull(std::string(c)) : 0);
+      if (dot == std::string_view::npos) break;
+      parent += (parent.empty() ? "" : ".") + std::string(c);
+      rest.remove_prefix(dot + 1);
+    }
   }
   std::vector<size_t> order(units.size());
   for (size_t u = 0; u < order.size(); ++u) order[u] = u;

@@ -27,6 +27,9 @@ bool IsDeviceMapStrategy(const std::string& text);
 // wins ("" covers everything). A name no key covers is an error; keys that
 // cover no name become warnings (a key that covers names but loses each to a
 // longer key does not).
+// The index of the longest key of `map` that covers `name`, or -1.
+int LongestCoveringKey(const std::string& name, const DeviceMapEntries& map);
+
 Result<std::vector<DeviceId>> PlaceByMap(const std::vector<std::string>& names, const DeviceMapEntries& map,
                                          std::vector<std::string>* warnings);
 
@@ -39,10 +42,11 @@ std::string SplitUnitOf(const std::string& name, const std::vector<std::regex>& 
 // The order a strategy places units in: the model's forward order as far as
 // names tell it. Checkpoints list tensors by name (the reference writer sorts
 // them: layers.0, layers.1, layers.10, ..., and lm_head before model.*), so
-// units keep the order in which their container first appears, the numbered
-// blocks of one container (model.layers.N) follow their numbers, and a
-// top-level lm_head, which transformers' causal LMs define last, goes last.
-// Returns indices into `units`.
+// units are ordered as a tree of their dotted names: numbered siblings
+// (model.layers.N) by number, input embeddings (embed_tokens, wte, ...)
+// first, final norms (norm, ln_f, ...) after the blocks, top-level output
+// heads (lm_head, embed_out, output, ...) last, other siblings where they
+// first appear. Returns indices into `units`.
 std::vector<size_t> ForwardOrder(const std::vector<std::string>& units);
 
 // Strategy placement: walks units in ForwardOrder and fills devices up to

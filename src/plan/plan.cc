@@ -50,7 +50,9 @@ std::string ModuleOf(const std::string& name) {
 QuantizationAux::QuantizationAux(const std::vector<TensorInfo>& tensors) {
   for (const TensorInfo& t : tensors) {
     const size_t dot = t.name.rfind('.');
-    if (dot != std::string::npos && IsQuantizedStorage(t.dtype) && t.name.find("weight", dot + 1) != std::string::npos) {
+    const bool weight_name = dot != std::string::npos &&
+                             (t.name.find("weight", dot + 1) != std::string::npos || t.name.compare(dot + 1, 3, "W_q") == 0);
+    if (weight_name && IsQuantizedStorage(t.dtype)) {
       quantized_modules_.insert(ModuleOf(t.name));
     }
   }
@@ -68,7 +70,8 @@ bool QuantizationAux::Contains(const std::string& name) const {
   static const char* kQuantizerNames[] = {"weight_scale", "weight_scale_inv", "input_scale", "output_scale",
                                           "absmax", "nested_absmax", "qzeros", "g_idx", "weight_g_idx", "quant_map",
                                           "nested_quant_map", "weight_zero_point", "SCB", "weight_global_scale",
-                                          "input_global_scale"};
+                                          "input_global_scale", "k_scale", "v_scale", "q_scale", "kv_scale",
+                                          "prob_scale"};
   for (const char* n : kQuantizerNames) {
     if (last == n) return true;
   }
@@ -246,9 +249,14 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     if (embedding != std::end(kInputEmbeddingNames)) {
       ties.emplace_back("lm_head.weight", *embedding);
     } else {
+      const std::string config =
+          catalog.files().empty()
+              ? std::string("config.json")
+              : (std::filesystem::path(catalog.files()[0].path).parent_path() / "config.json").string();
       plan.warnings.push_back(
-          "config.json ties the word embeddings, but no input embedding this knows (model.embed_tokens.weight, "
-          "transformer.wte.weight, ...) is loaded: lm_head.weight tied to nothing; name it with --tie");
+          Printable(config) + " ties the word embeddings, but no input embedding this knows "
+          "(model.embed_tokens.weight, transformer.wte.weight, ...) is loaded: lm_head.weight tied to nothing; "
+          "name the pair with --tie, or ignore the config with --no-config-ties");
     }
   }
   ties.insert(ties.end(), options.ties.begin(), options.ties.end());
@@ -329,10 +337,13 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
       HOIST_ASSIGN_OR_RETURN(DeviceMapEntries map, ParseDeviceMap(options.device_map));
       HOIST_ASSIGN_OR_RETURN(placement, PlaceByMap(names, map, &plan.warnings));
       // A map that sends a tied alias elsewhere than its source is overruled
-      // (one storage, one device): say so rather than move it silently.
+      // (one storage, one device): say so rather than move it silently,
+      // unless only the catch-all "" placed it.
       for (size_t i = 0; i < plan.tensors.size(); ++i) {
         const PlannedTensor& p = plan.tensors[i];
         if (p.alias_of < 0) continue;
+        const int key = LongestCoveringKey(p.name, map);
+        if (key < 0 || map[static_cast<size_t>(key)].first.empty()) continue;
         const DeviceId source_device = placement[static_cast<size_t>(p.alias_of)];
         if (placement[i] != source_device) {
           plan.warnings.push_back("device map: " + QuoteName(p.name) + " is tied to " +

@@ -144,10 +144,20 @@ TEST_F(PlanTest, ScaleNamedParametersOfUnquantizedModelsAreCast) {
   o.cast_to = DType::kBF16;
   auto plan = BuildPlan(cat, o);
   ASSERT_TRUE(plan.ok()) << plan.status().message();
-  for (const char* cast : {"logit_scale", "text.norm.scale", "text.proj.weight", "a.k_scale"}) {
+  for (const char* cast : {"logit_scale", "text.norm.scale", "text.proj.weight"}) {
     EXPECT_EQ(Find(*plan, cast)->dtype, DType::kBF16) << cast;
   }
-  EXPECT_EQ(Find(*plan, "b.weight_scale_inv")->dtype, DType::kF32);
+  // A quantizer's names: weight scales, and an fp8 KV cache's scales beside
+  // bf16 weights.
+  for (const char* kept : {"b.weight_scale_inv", "a.k_scale"}) EXPECT_EQ(Find(*plan, kept)->dtype, DType::kF32) << kept;
+  // HQQ: packed W_q makes its module's scale and zero quantization data.
+  auto hqq = BuildPlan(Make({T("m.W_q", DType::kU8, {8, 8}), T("m.scale", DType::kF16, {8}),
+                             T("m.zero", DType::kF16, {8}), T("m.bias", DType::kF16, {8})}),
+                       o);
+  ASSERT_TRUE(hqq.ok());
+  EXPECT_EQ(Find(*hqq, "m.scale")->dtype, DType::kF16);
+  EXPECT_EQ(Find(*hqq, "m.zero")->dtype, DType::kF16);
+  EXPECT_EQ(Find(*hqq, "m.bias")->dtype, DType::kBF16);
 }
 
 TEST_F(PlanTest, TiedWeightsAreCountedOnce) {
@@ -416,6 +426,30 @@ TEST_F(PlanTest, ForwardOrderSortsBlocksByNumberAndPutsLmHeadLast) {
   // Already in forward order: unchanged.
   const std::vector<std::string> forward = {"transformer.wte", "transformer.h.0", "transformer.h.1", "transformer.ln_f"};
   EXPECT_EQ(ForwardOrder(forward), (std::vector<size_t>{0, 1, 2, 3}));
+  auto walk = [](std::vector<std::string> names) {
+    std::vector<std::string> out;
+    for (size_t u : ForwardOrder(names)) out.push_back(names[u]);
+    return out;
+  };
+  // GPT-2 and GPT-NeoX by name: embeddings first, the final norm after the
+  // blocks, the output head (embed_out) last.
+  EXPECT_EQ(walk({"transformer.h.0", "transformer.h.1", "transformer.h.10", "transformer.h.2", "transformer.ln_f",
+                  "transformer.wte"}),
+            (std::vector<std::string>{"transformer.wte", "transformer.h.0", "transformer.h.1", "transformer.h.2",
+                                      "transformer.h.10", "transformer.ln_f"}));
+  EXPECT_EQ(walk({"embed_out", "gpt_neox.embed_in", "gpt_neox.final_layer_norm", "gpt_neox.layers.0",
+                  "gpt_neox.layers.1"}),
+            (std::vector<std::string>{"gpt_neox.embed_in", "gpt_neox.layers.0", "gpt_neox.layers.1",
+                                      "gpt_neox.final_layer_norm", "embed_out"}));
+  // An nn.Sequential at the top: numbered units without a dot.
+  EXPECT_EQ(walk({"0", "1", "10", "2"}), (std::vector<std::string>{"0", "1", "2", "10"}));
+  // --no-split units inside a block (experts) stay with their layer, in number order.
+  EXPECT_EQ(walk({"model.layers.0", "model.layers.0.mlp.experts.0", "model.layers.0.mlp.experts.10",
+                  "model.layers.0.mlp.experts.2", "model.layers.1", "model.layers.1.mlp.experts.0",
+                  "model.layers.10", "model.layers.2"}),
+            (std::vector<std::string>{"model.layers.0", "model.layers.0.mlp.experts.0", "model.layers.0.mlp.experts.2",
+                                      "model.layers.0.mlp.experts.10", "model.layers.1",
+                                      "model.layers.1.mlp.experts.0", "model.layers.2", "model.layers.10"}));
 }
 
 TEST_F(PlanTest, KeyMappingRenamesDropsAndCompat) {

@@ -723,8 +723,10 @@ def test_device_map_sending_a_tied_alias_elsewhere_warns(run_hoist, llama1b_1):
     assert t["lm_head.weight"]["device"] == t["model.embed_tokens.weight"]["device"] == "cuda:0"
     assert len(doc["warnings"]) == 1, doc["warnings"]
     assert all(x in doc["warnings"][0] for x in ("lm_head.weight", "cuda:0", "cpu")), doc["warnings"]
-    # Where the map agrees, nothing to say.
+    # Where the map agrees, or only its catch-all "" placed the alias, nothing to say.
     assert plan_json(run_hoist, "--device-map", json.dumps({"": 0}), llama1b_1)["warnings"] == []
+    doc = plan_json(run_hoist, "--device-map", json.dumps({"model": 0, "": "cpu"}), llama1b_1)
+    assert doc["warnings"] == [] and by_name(doc)["lm_head.weight"]["device"] == "cuda:0"
 
 def test_plan_tie_existing_tensor_frees_its_bytes(run_hoist, tiny):
     """tiny-llama stores lm_head.weight; tying it makes it an alias costing nothing."""
