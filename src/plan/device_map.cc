@@ -132,14 +132,16 @@ bool IsNumber(std::string_view c) {
 enum class Place { kFirst, kInOrder, kAfterBlocks, kLast };
 
 Place PlaceOf(std::string_view c, bool top_level) {
-  static constexpr std::string_view kEmbeddings[] = {
-      "embed_tokens", "wte", "wpe", "word_embeddings", "embed_in", "embeddings", "tok_embeddings",
-      "embed_positions", "position_embeddings", "token_type_embeddings", "shared"};
+  static constexpr std::string_view kEmbeddings[] = {"wte", "wpe", "shared"};
   static constexpr std::string_view kFinalNorms[] = {"norm", "ln_f", "final_layer_norm", "final_layernorm",
                                                      "norm_f", "final_norm"};
   static constexpr std::string_view kHeads[] = {"lm_head", "embed_out", "output", "score", "classifier"};
   if (top_level && std::find(std::begin(kHeads), std::end(kHeads), c) != std::end(kHeads)) return Place::kLast;
-  if (std::find(std::begin(kEmbeddings), std::end(kEmbeddings), c) != std::end(kEmbeddings)) return Place::kFirst;
+  // Embeddings and what comes with them (Bloom's word_embeddings_layernorm).
+  if (std::find(std::begin(kEmbeddings), std::end(kEmbeddings), c) != std::end(kEmbeddings) ||
+      (c.find("embed") != std::string_view::npos && c != "embed_out")) {
+    return Place::kFirst;
+  }
   if (std::find(std::begin(kFinalNorms), std::end(kFinalNorms), c) != std::end(kFinalNorms)) {
     return Place::kAfterBlocks;
   }

@@ -526,3 +526,69 @@ def test_tiny_llama_loads_in_transformers(run_hoist, tmp_path, dtype, shard):
     assert tuple(logits.shape) == (1, 5, 512)
     assert torch.isfinite(logits.float()).all()
     assert logits.float().std() > 0
+
+
+# ------------------------------------------- device-map order vs. transformers
+
+# Small configs of common decoder architectures; 12 layers, so that a
+# checkpoint listed by name runs layers 0, 1, 10, 11, 2, ...
+ORDER_ARCHS = {
+    "llama": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
+    "qwen2": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
+    "gpt2": dict(n_embd=64, n_head=4, n_positions=64),
+    "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4),
+    "opt": dict(hidden_size=64, ffn_dim=128, num_attention_heads=4, word_embed_proj_dim=64),
+    "bloom": dict(hidden_size=64, n_head=4),
+    "falcon": dict(hidden_size=64, num_attention_heads=4, new_decoder_architecture=True, num_kv_heads=2),
+    "phi3": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ORDER_ARCHS))
+def test_strategies_follow_transformers_forward_order(run_hoist, tmp_path, arch):
+    """A checkpoint as the reference writer lists it (by name: layers 0, 1,
+    10, 11, 2, ...) planned with --device-map sequential over four devices:
+    the layers fill the devices in their order, the input embedding goes
+    no later than layer 0 and an untied output head no earlier than the
+    last layer, for the architectures transformers builds here."""
+    torch = _torch()
+    transformers = pytest.importorskip("transformers", reason="transformers is needed (pip install transformers)")
+    layers_key = "n_layer" if arch in ("gpt2", "bloom") else "num_hidden_layers"
+    try:
+        config = transformers.AutoConfig.for_model(arch, vocab_size=1024, **{layers_key: 12}, **ORDER_ARCHS[arch])
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # an architecture this transformers lacks
+        pytest.skip(f"transformers cannot build {arch}: {e!r}")
+    params = list(model.named_parameters())  # tied parameters once
+    name_of = {id(p): n for n, p in params}
+    header, offset = {}, 0
+    for name, p in sorted(params):
+        nbytes = p.numel() * 2
+        header[name] = {"dtype": "BF16", "shape": list(p.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    path = tmp_path / "model.safetensors"
+    hjson = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(hjson).to_bytes(8, "little") + hjson)
+        f.truncate(8 + len(hjson) + offset)
+    each = offset // 4  # about four devices' worth: three GPUs and the cpu
+    proc = ok(run_hoist("plan", "--json", "--no-config-ties", "--device-map", "sequential", "--max-memory",
+                        f"0={each},1={each},2={each},cpu={offset}", path))
+    placed = {t["name"]: t["device"] for t in json.loads(proc.stdout)["tensors"]}
+    rank = {"cuda:0": 0, "cuda:1": 1, "cuda:2": 2, "cpu": 3}
+    layer_rank = {}
+    for name, _ in params:
+        number = next((int(c) for c in name.split(".") if c.isdigit()), None)
+        if number is not None:
+            layer_rank.setdefault(number, set()).add(rank[placed[name]])
+    assert sorted(layer_rank) == list(range(12))
+    assert all(len(r) == 1 for r in layer_rank.values()), "a layer was split"
+    walk = [layer_rank[i].pop() for i in range(12)]
+    assert walk == sorted(walk) and len(set(walk)) >= 2, (arch, walk)
+    embedding = name_of[id(model.get_input_embeddings().weight)]
+    assert rank[placed[embedding]] <= walk[0], (embedding, placed[embedding], walk)
+    head = model.get_output_embeddings()
+    if head is not None and id(head.weight) in name_of and name_of[id(head.weight)] != embedding:
+        head_name = name_of[id(head.weight)]
+        assert rank[placed[head_name]] >= walk[-1], (head_name, placed[head_name], walk)
