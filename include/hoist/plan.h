@@ -133,12 +133,11 @@ Result<std::vector<ExpectedTensor>> ParseExpect(const std::string& json_text, co
 class QuantizationAux {
  public:
   explicit QuantizationAux(const std::vector<TensorInfo>& tensors);
-  bool quantized() const { return quantized_; }
+  bool quantized() const { return !quantized_modules_.empty(); }
   // `name` as stored in the checkpoint.
   bool Contains(const std::string& name) const;
 
  private:
-  bool quantized_ = false;
   std::unordered_set<std::string> quantized_modules_;
 };
 

@@ -167,8 +167,9 @@ std::vector<size_t> ForwardOrder(const std::vector<std::string>& units) {
       const std::string_view c = rest.substr(0, dot);
       const bool number = IsNumber(c);
       auto& siblings = rank[parent];
-      // Numbers share one rank: that of the first number seen here.
-      const size_t r = siblings.emplace(number ? std::string("#") : std::string(c), siblings.size()).first->second;
+      // Numbers share one rank, that of the first number seen here, under
+      // a key no component can be (components hold no dot).
+      const size_t r = siblings.emplace(number ? std::string(".") : std::string(c), siblings.size()).first->second;
       const Place place = number ? Place::kInOrder : PlaceOf(c, parent.empty());
       key[u].emplace_back(static_cast<int>(place), r, number ? std::stoull(std::string(c)) : 0);
       if (dot == std::string_view::npos) break;

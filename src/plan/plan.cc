@@ -36,10 +36,6 @@ bool IsQuantizedStorage(DType dtype) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 std::string ModuleOf(const std::string& name) {
   const size_t dot = name.rfind('.');
   return dot == std::string::npos ? std::string() : name.substr(0, dot);
@@ -56,12 +52,10 @@ QuantizationAux::QuantizationAux(const std::vector<TensorInfo>& tensors) {
       quantized_modules_.insert(ModuleOf(t.name));
     }
   }
-  quantized_ = !quantized_modules_.empty();
 }
 
 bool QuantizationAux::Contains(const std::string& name) const {
-  if (quantized_ && name.find('.') != std::string::npos && !EndsWith(name, ".bias") &&
-      quantized_modules_.count(ModuleOf(name)) > 0) {
+  if (name.find('.') != std::string::npos && !EndsWith(name, ".bias") && quantized_modules_.count(ModuleOf(name)) > 0) {
     return true;
   }
   const std::string last = name.substr(name.rfind('.') + 1);
@@ -85,7 +79,7 @@ bool QuantizationAux::Contains(const std::string& name) const {
     }
   }
   if (name.find(".quant_state.") != std::string::npos) return true;
-  if (!quantized_) return false;
+  if (!quantized()) return false;
   // Names a model may give its own parameters: quantization data only in a
   // quantized checkpoint (fp8 KV-cache k_scale/v_scale, GPTQ scales, ...).
   for (const char* n : {"scale", "scales", "zeros", "zero_point"}) {
