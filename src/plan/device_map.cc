@@ -127,9 +127,10 @@ bool IsNumber(std::string_view c) {
 }
 
 // Where transformers' models put a module among its siblings, as far as its
-// name tells: input embeddings first, final norms after the blocks, output
-// heads (at the top level) last; everything else where it first appears.
-enum class Place { kFirst, kInOrder, kAfterBlocks, kLast };
+// name tells: input embeddings first, then an encoder (before its decoder),
+// final norms after the blocks, output heads (at the top level) last;
+// everything else where it first appears.
+enum class Place { kFirst, kEncoder, kInOrder, kAfterBlocks, kLast };
 
 Place PlaceOf(std::string_view c, bool top_level) {
   static constexpr std::string_view kEmbeddings[] = {"wte", "wpe", "shared"};
@@ -145,7 +146,7 @@ Place PlaceOf(std::string_view c, bool top_level) {
   if (std::find(std::begin(kFinalNorms), std::end(kFinalNorms), c) != std::end(kFinalNorms)) {
     return Place::kAfterBlocks;
   }
-  return Place::kInOrder;
+  return c == "encoder" ? Place::kEncoder : Place::kInOrder;
 }
 
 }  // namespace

@@ -44,9 +44,10 @@ std::string SplitUnitOf(const std::string& name, const std::vector<std::regex>& 
 // them: layers.0, layers.1, layers.10, ..., and lm_head before model.*), so
 // units are ordered as a tree of their dotted names: numbered siblings
 // (model.layers.N) by number, input embeddings (names with "embed" but
-// embed_out; wte, wpe, shared) first, final norms (norm, ln_f, ...) after the blocks, top-level output
-// heads (lm_head, embed_out, output, ...) last, other siblings where they
-// first appear. Returns indices into `units`.
+// embed_out; wte, wpe, shared) first, an encoder before its decoder, final
+// norms (norm, ln_f, ...) after the blocks, top-level output heads
+// (lm_head, embed_out, output, ...) last, other siblings where they first
+// appear. Returns indices into `units`.
 std::vector<size_t> ForwardOrder(const std::vector<std::string>& units);
 
 // Strategy placement: walks units in ForwardOrder and fills devices up to

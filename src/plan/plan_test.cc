@@ -441,6 +441,11 @@ TEST_F(PlanTest, ForwardOrderSortsBlocksByNumberAndPutsLmHeadLast) {
                   "gpt_neox.layers.1"}),
             (std::vector<std::string>{"gpt_neox.embed_in", "gpt_neox.layers.0", "gpt_neox.layers.1",
                                       "gpt_neox.final_layer_norm", "embed_out"}));
+  // T5 by name: the shared embedding, the encoder's blocks, then the decoder's.
+  EXPECT_EQ(walk({"decoder.block.0", "decoder.block.1", "decoder.final_layer_norm", "encoder.block.0",
+                  "encoder.block.1", "encoder.final_layer_norm", "lm_head", "shared"}),
+            (std::vector<std::string>{"shared", "encoder.block.0", "encoder.block.1", "encoder.final_layer_norm",
+                                      "decoder.block.0", "decoder.block.1", "decoder.final_layer_norm", "lm_head"}));
   // An nn.Sequential at the top: numbered units without a dot.
   EXPECT_EQ(walk({"0", "1", "10", "2"}), (std::vector<std::string>{"0", "1", "2", "10"}));
   // --no-split units inside a block (experts) stay with their layer, in number order.
