@@ -127,26 +127,38 @@ bool IsNumber(std::string_view c) {
 }
 
 // Where transformers' models put a module among its siblings, as far as its
-// name tells: input embeddings first, then an encoder (before its decoder),
-// final norms after the blocks, output heads (at the top level) last;
-// everything else where it first appears.
-enum class Place { kFirst, kEncoder, kInOrder, kAfterBlocks, kLast };
+// name tells: vision and audio front-ends first (a VLM's vision tower, a
+// speech model's feature extractor and convolutions), then input
+// embeddings, then what sits between a front-end and the blocks
+// (projectors, pre-norms), then an encoder that has a decoder beside it,
+// then everything else where it first appears, then final norms, and
+// output heads last.
+enum class Place { kFrontEnd, kEmbedding, kBridge, kEncoder, kInOrder, kAfterBlocks, kLast };
 
-Place PlaceOf(std::string_view c, bool top_level) {
-  static constexpr std::string_view kEmbeddings[] = {"wte", "wpe", "shared"};
+template <size_t N>
+bool OneOf(std::string_view c, const std::string_view (&names)[N]) {
+  return std::find(std::begin(names), std::end(names), c) != std::end(names);
+}
+
+Place PlaceOf(std::string_view c, bool top_level, bool decoder_beside) {
+  static constexpr std::string_view kFrontEnds[] = {"vision_tower", "vision_model", "visual", "audio_tower",
+                                                    "feature_extractor", "conv1", "conv2"};
+  static constexpr std::string_view kBridges[] = {"multi_modal_projector", "mm_projector", "feature_projection",
+                                                  "pre_layrnorm", "pre_layernorm"};
   static constexpr std::string_view kFinalNorms[] = {"norm", "ln_f", "final_layer_norm", "final_layernorm",
-                                                     "norm_f", "final_norm"};
-  static constexpr std::string_view kHeads[] = {"lm_head", "embed_out", "output", "score", "classifier"};
-  if (top_level && std::find(std::begin(kHeads), std::end(kHeads), c) != std::end(kHeads)) return Place::kLast;
+                                                     "norm_f", "final_norm", "layer_norm", "layernorm",
+                                                     "post_layernorm"};
+  // Heads: lm_head and embed_out wherever they sit (an old Llava's
+  // language_model.lm_head), generic names only at the top.
+  static constexpr std::string_view kHeads[] = {"lm_head", "embed_out"};
+  static constexpr std::string_view kTopHeads[] = {"output", "score", "classifier", "proj_out"};
+  if (OneOf(c, kHeads) || (top_level && OneOf(c, kTopHeads))) return Place::kLast;
+  if (OneOf(c, kFrontEnds)) return Place::kFrontEnd;
   // Embeddings and what comes with them (Bloom's word_embeddings_layernorm).
-  if (std::find(std::begin(kEmbeddings), std::end(kEmbeddings), c) != std::end(kEmbeddings) ||
-      (c.find("embed") != std::string_view::npos && c != "embed_out")) {
-    return Place::kFirst;
-  }
-  if (std::find(std::begin(kFinalNorms), std::end(kFinalNorms), c) != std::end(kFinalNorms)) {
-    return Place::kAfterBlocks;
-  }
-  return c == "encoder" ? Place::kEncoder : Place::kInOrder;
+  if (c == "wte" || c == "wpe" || c == "shared" || c.find("embed") != std::string_view::npos) return Place::kEmbedding;
+  if (OneOf(c, kBridges)) return Place::kBridge;
+  if (OneOf(c, kFinalNorms)) return Place::kAfterBlocks;
+  return c == "encoder" && decoder_beside ? Place::kEncoder : Place::kInOrder;
 }
 
 }  // namespace
@@ -158,25 +170,36 @@ std::vector<size_t> ForwardOrder(const std::vector<std::string>& units) {
   // where they first appear. Keys compare element by element, so a module
   // sorts before the modules inside it and whole subtrees stay together.
   using Element = std::tuple<int, size_t, uint64_t>;
+  // First the siblings under every parent path, ranked where they first
+  // appear (numbers share one rank, that of the first number seen, under a
+  // key no component can be: components hold no dot).
   std::map<std::string, std::map<std::string, size_t>> rank;  // parent path -> component -> rank
-  std::vector<std::vector<Element>> key(units.size());
-  for (size_t u = 0; u < units.size(); ++u) {
-    std::string_view rest = units[u];
+  auto for_each_component = [&](const std::string& unit, auto&& fn) {
+    std::string_view rest = unit;
     std::string parent;
     while (true) {
       const size_t dot = rest.find('.');
       const std::string_view c = rest.substr(0, dot);
-      const bool number = IsNumber(c);
-      auto& siblings = rank[parent];
-      // Numbers share one rank, that of the first number seen here, under
-      // a key no component can be (components hold no dot).
-      const size_t r = siblings.emplace(number ? std::string(".") : std::string(c), siblings.size()).first->second;
-      const Place place = number ? Place::kInOrder : PlaceOf(c, parent.empty());
-      key[u].emplace_back(static_cast<int>(place), r, number ? std::stoull(std::string(c)) : 0);
+      fn(parent, c, IsNumber(c));
       if (dot == std::string_view::npos) break;
       parent += (parent.empty() ? "" : ".") + std::string(c);
       rest.remove_prefix(dot + 1);
     }
+  };
+  for (const std::string& unit : units) {
+    for_each_component(unit, [&](const std::string& parent, std::string_view c, bool number) {
+      auto& siblings = rank[parent];
+      siblings.emplace(number ? std::string(".") : std::string(c), siblings.size());
+    });
+  }
+  std::vector<std::vector<Element>> key(units.size());
+  for (size_t u = 0; u < units.size(); ++u) {
+    for_each_component(units[u], [&](const std::string& parent, std::string_view c, bool number) {
+      const auto& siblings = rank.at(parent);
+      const Place place = number ? Place::kInOrder : PlaceOf(c, parent.empty(), siblings.count("decoder") > 0);
+      key[u].emplace_back(static_cast<int>(place), siblings.at(number ? std::string(".") : std::string(c)),
+                          number ? std::stoull(std::string(c)) : 0);
+    });
   }
   std::vector<size_t> order(units.size());
   for (size_t u = 0; u < order.size(); ++u) order[u] = u;

@@ -42,12 +42,10 @@ std::string SplitUnitOf(const std::string& name, const std::vector<std::regex>& 
 // The order a strategy places units in: the model's forward order as far as
 // names tell it. Checkpoints list tensors by name (the reference writer sorts
 // them: layers.0, layers.1, layers.10, ..., and lm_head before model.*), so
-// units are ordered as a tree of their dotted names: numbered siblings
-// (model.layers.N) by number, input embeddings (names with "embed" but
-// embed_out; wte, wpe, shared) first, an encoder before its decoder, final
-// norms (norm, ln_f, ...) after the blocks, top-level output heads
-// (lm_head, embed_out, output, ...) last, other siblings where they first
-// appear. Returns indices into `units`.
+// units are ordered as a tree of their dotted names, siblings by what their
+// names say (front-ends, embeddings, projectors, an encoder before its
+// decoder, the rest in file order with numbers by number, final norms,
+// heads; PlaceOf in device_map.cc). Returns indices into `units`.
 std::vector<size_t> ForwardOrder(const std::vector<std::string>& units);
 
 // Strategy placement: walks units in ForwardOrder and fills devices up to

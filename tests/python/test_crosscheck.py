@@ -592,3 +592,60 @@ def test_strategies_follow_transformers_forward_order(run_hoist, tmp_path, arch)
     if head is not None and id(head.weight) in name_of and name_of[id(head.weight)] != embedding:
         head_name = name_of[id(head.weight)]
         assert rank[placed[head_name]] >= walk[-1], (head_name, placed[head_name], walk)
+
+
+def _module_order_model(torch, transformers, kind):
+    T = transformers
+    if kind == "llava":
+        vision = T.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=12, num_attention_heads=2,
+                                    image_size=32, patch_size=8)
+        text = T.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=12, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=1024)
+        config, cls = T.LlavaConfig(vision_config=vision, text_config=text), T.LlavaForConditionalGeneration
+    elif kind == "t5":
+        config = T.T5Config(d_model=64, d_ff=128, num_layers=12, num_decoder_layers=12, num_heads=4, d_kv=16,
+                            vocab_size=1024)
+        cls = T.T5ForConditionalGeneration
+    else:
+        config = T.WhisperConfig(d_model=64, encoder_layers=12, decoder_layers=12, encoder_attention_heads=4,
+                                 decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=1024,
+                                 pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                                 num_mel_bins=16, max_source_positions=64, max_target_positions=64)
+        cls = T.WhisperForConditionalGeneration
+    with torch.device("meta"):
+        return cls(config)
+
+
+@pytest.mark.parametrize("kind", ["llava", "t5", "whisper"])
+def test_strategies_follow_module_order_of_vision_and_encoder_decoder_models(run_hoist, tmp_path, kind):
+    """A VLM (vision tower, projector, language model), an encoder-decoder
+    and a speech model, listed by name and planned sequential over four
+    devices: every parameter goes to a device no earlier than those
+    transformers defines before it, embeddings aside (their relative order
+    is only partly known from names)."""
+    torch = _torch()
+    transformers = pytest.importorskip("transformers", reason="transformers is needed (pip install transformers)")
+    try:
+        model = _module_order_model(torch, transformers, kind)
+    except Exception as e:  # an architecture or argument this transformers lacks
+        pytest.skip(f"transformers cannot build {kind}: {e!r}")
+    params = list(model.named_parameters())
+    header, offset = {}, 0
+    for name, p in sorted(params):
+        nbytes = p.numel() * 2
+        header[name] = {"dtype": "BF16", "shape": list(p.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    path = tmp_path / "model.safetensors"
+    hjson = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(hjson).to_bytes(8, "little") + hjson)
+        f.truncate(8 + len(hjson) + offset)
+    each = offset // 4
+    proc = ok(run_hoist("plan", "--json", "--no-config-ties", "--device-map", "sequential", "--max-memory",
+                        f"0={each},1={each},2={each},cpu={offset}", path))
+    placed = {t["name"]: t["device"] for t in json.loads(proc.stdout)["tensors"]}
+    rank = {"cuda:0": 0, "cuda:1": 1, "cuda:2": 2, "cpu": 3}
+    walk = [(rank[placed[n]], n) for n, _ in params if not any("embed" in c or c == "shared" for c in n.split("."))]
+    assert len({r for r, _ in walk}) >= 3
+    out_of_order = [(a, b) for a, b in zip(walk, walk[1:]) if b[0] < a[0]]
+    assert not out_of_order, f"{kind}: placed before what precedes it in module order: {out_of_order[:3]}"
