@@ -446,6 +446,13 @@ TEST_F(PlanTest, ForwardOrderSortsBlocksByNumberAndPutsLmHeadLast) {
                   "encoder.block.1", "encoder.final_layer_norm", "lm_head", "shared"}),
             (std::vector<std::string>{"shared", "encoder.block.0", "encoder.block.1", "encoder.final_layer_norm",
                                       "decoder.block.0", "decoder.block.1", "decoder.final_layer_norm", "lm_head"}));
+  // An older Llava by name: the vision tower and projector before the
+  // language model, its nested lm_head last.
+  EXPECT_EQ(walk({"language_model.lm_head", "language_model.model.embed_tokens", "language_model.model.layers.0",
+                  "language_model.model.norm", "multi_modal_projector.linear_1", "vision_tower.vision_model.encoder.layers.0"}),
+            (std::vector<std::string>{"vision_tower.vision_model.encoder.layers.0", "multi_modal_projector.linear_1",
+                                      "language_model.model.embed_tokens", "language_model.model.layers.0",
+                                      "language_model.model.norm", "language_model.lm_head"}));
   // An nn.Sequential at the top: numbered units without a dot.
   EXPECT_EQ(walk({"0", "1", "10", "2"}), (std::vector<std::string>{"0", "1", "2", "10"}));
   // --no-split units inside a block (experts) stay with their layer, in number order.
