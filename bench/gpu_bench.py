@@ -199,7 +199,12 @@ def main():
                          "report_seconds": statistics.median(r["seconds"] for r in reports),
                          "device_start_seconds": statistics.median(r["stages"]["device_start"] for r in reports),
                          "process_seconds": statistics.median(times), "times": loads,
-                         "bytes": rep["total_bytes"], "driver_allocs": rep["devices"][device]["driver_allocs"]}
+                         "bytes": rep["total_bytes"], "driver_allocs": rep["devices"][device]["driver_allocs"],
+                         # Where one run's time went, for the next round of tuning: plan,
+                         # device_start, reserve (allocation and the first staging buffers
+                         # pinned), read, copy, cast; and the staging ring used.
+                         "stages": rep["stages"], "time_to_first_tensor": rep["time_to_first_tensor"],
+                         "staging": rep["staging"], "threads": rep["threads"]}
 
     def in_process(name, fn, slack):
         times = timed(fn, device, runs_now(slack))
@@ -360,6 +365,10 @@ def write_results(args, results, sweep, total, nfiles, device, runs):
     consumer_note = consumers_line(results.get("consumer_check"))
     md = (header + "\n".join(lines) + "\n\n" + cast_note + "\n\n" + dlpack_note + "\n\n" + consumer_note + "\n\n" +
           "\n".join(sweep_lines) + "\n")
+    cli_stages = (results.get("hoist_cli") or {}).get("stages")
+    if cli_stages:
+        md += ("\nhoist_cli, one run's stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in cli_stages.items()) +
+               f"; first tensor at {results['hoist_cli']['time_to_first_tensor']:.3f} s\n")
     starts = [r["device_start_seconds"] for r in runs_only.values() if r.get("device_start_seconds") is not None]
     if starts:
         md += (f"\ncli report: the load's seconds less its wait for CUDA start-up (stages.device_start, "
