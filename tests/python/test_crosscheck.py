@@ -544,6 +544,28 @@ ORDER_ARCHS = {
 }
 
 
+def _plan_by_name_over_four_devices(run_hoist, tmp_path, params) -> dict:
+    """Writes `params` (name, tensor) as a bf16 checkpoint of holes, listed by
+    name as the reference writer lists them, plans it with --device-map
+    sequential over three GPUs and the cpu of a quarter of it each, and
+    returns name -> device rank (cuda:0 0 ... cpu 3)."""
+    header, offset = {}, 0
+    for name, p in sorted(params):
+        nbytes = p.numel() * 2
+        header[name] = {"dtype": "BF16", "shape": list(p.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    path = tmp_path / "model.safetensors"
+    hjson = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(hjson).to_bytes(8, "little") + hjson)
+        f.truncate(8 + len(hjson) + offset)
+    each = offset // 4
+    proc = ok(run_hoist("plan", "--json", "--no-config-ties", "--device-map", "sequential", "--max-memory",
+                        f"0={each},1={each},2={each},cpu={offset}", path))
+    rank = {"cuda:0": 0, "cuda:1": 1, "cuda:2": 2, "cpu": 3}
+    return {t["name"]: rank[t["device"]] for t in json.loads(proc.stdout)["tensors"]}
+
+
 @pytest.mark.parametrize("arch", sorted(ORDER_ARCHS))
 def test_strategies_follow_transformers_forward_order(run_hoist, tmp_path, arch):
     """A checkpoint as the reference writer lists it (by name: layers 0, 1,
@@ -562,36 +584,22 @@ def test_strategies_follow_transformers_forward_order(run_hoist, tmp_path, arch)
         pytest.skip(f"transformers cannot build {arch}: {e!r}")
     params = list(model.named_parameters())  # tied parameters once
     name_of = {id(p): n for n, p in params}
-    header, offset = {}, 0
-    for name, p in sorted(params):
-        nbytes = p.numel() * 2
-        header[name] = {"dtype": "BF16", "shape": list(p.shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    path = tmp_path / "model.safetensors"
-    hjson = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(len(hjson).to_bytes(8, "little") + hjson)
-        f.truncate(8 + len(hjson) + offset)
-    each = offset // 4  # about four devices' worth: three GPUs and the cpu
-    proc = ok(run_hoist("plan", "--json", "--no-config-ties", "--device-map", "sequential", "--max-memory",
-                        f"0={each},1={each},2={each},cpu={offset}", path))
-    placed = {t["name"]: t["device"] for t in json.loads(proc.stdout)["tensors"]}
-    rank = {"cuda:0": 0, "cuda:1": 1, "cuda:2": 2, "cpu": 3}
+    rank = _plan_by_name_over_four_devices(run_hoist, tmp_path, params)
     layer_rank = {}
     for name, _ in params:
         number = next((int(c) for c in name.split(".") if c.isdigit()), None)
         if number is not None:
-            layer_rank.setdefault(number, set()).add(rank[placed[name]])
+            layer_rank.setdefault(number, set()).add(rank[name])
     assert sorted(layer_rank) == list(range(12))
     assert all(len(r) == 1 for r in layer_rank.values()), "a layer was split"
     walk = [layer_rank[i].pop() for i in range(12)]
     assert walk == sorted(walk) and len(set(walk)) >= 2, (arch, walk)
     embedding = name_of[id(model.get_input_embeddings().weight)]
-    assert rank[placed[embedding]] <= walk[0], (embedding, placed[embedding], walk)
+    assert rank[embedding] <= walk[0], (embedding, rank[embedding], walk)
     head = model.get_output_embeddings()
     if head is not None and id(head.weight) in name_of and name_of[id(head.weight)] != embedding:
         head_name = name_of[id(head.weight)]
-        assert rank[placed[head_name]] >= walk[-1], (head_name, placed[head_name], walk)
+        assert rank[head_name] >= walk[-1], (head_name, rank[head_name], walk)
 
 
 def _module_order_model(torch, transformers, kind):
@@ -630,22 +638,8 @@ def test_strategies_follow_module_order_of_vision_and_encoder_decoder_models(run
     except Exception as e:  # an architecture or argument this transformers lacks
         pytest.skip(f"transformers cannot build {kind}: {e!r}")
     params = list(model.named_parameters())
-    header, offset = {}, 0
-    for name, p in sorted(params):
-        nbytes = p.numel() * 2
-        header[name] = {"dtype": "BF16", "shape": list(p.shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    path = tmp_path / "model.safetensors"
-    hjson = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(len(hjson).to_bytes(8, "little") + hjson)
-        f.truncate(8 + len(hjson) + offset)
-    each = offset // 4
-    proc = ok(run_hoist("plan", "--json", "--no-config-ties", "--device-map", "sequential", "--max-memory",
-                        f"0={each},1={each},2={each},cpu={offset}", path))
-    placed = {t["name"]: t["device"] for t in json.loads(proc.stdout)["tensors"]}
-    rank = {"cuda:0": 0, "cuda:1": 1, "cuda:2": 2, "cpu": 3}
-    walk = [(rank[placed[n]], n) for n, _ in params if not any("embed" in c or c == "shared" for c in n.split("."))]
+    rank = _plan_by_name_over_four_devices(run_hoist, tmp_path, params)
+    walk = [(rank[n], n) for n, _ in params if not any("embed" in c or c == "shared" for c in n.split("."))]
     assert len({r for r, _ in walk}) >= 3
     out_of_order = [(a, b) for a, b in zip(walk, walk[1:]) if b[0] < a[0]]
     assert not out_of_order, f"{kind}: placed before what precedes it in module order: {out_of_order[:3]}"
