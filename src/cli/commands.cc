@@ -24,6 +24,7 @@
 #include "hoist/synth.h"
 #include "hoist/writer.h"
 #include "api/session.h"
+#include "plan/device_map.h"
 
 namespace hoist::cli {
 
@@ -145,8 +146,12 @@ int RunPlan(const PlanCmdArgs& args) {
                t.size_bytes, offset);
   }
   for (const DevicePlan& d : plan->devices) {
-    fmt::print("{}: {} tensors, reservation {} ({} bytes)\n", d.device.ToString(), d.tensor_count,
-               HumanBytes(d.reserve_bytes), d.reserve_bytes);
+    std::vector<std::string> names;
+    for (const PlannedTensor& t : plan->tensors) {
+      if (t.device == d.device) names.push_back(t.name);
+    }
+    fmt::print("{}: {} tensors, reservation {} ({} bytes): {}\n", d.device.ToString(), d.tensor_count,
+               HumanBytes(d.reserve_bytes), d.reserve_bytes, DescribeUnits(names));
   }
   return 0;
 }

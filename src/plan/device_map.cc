@@ -6,6 +6,7 @@
 #include <sstream>
 #include <string_view>
 #include <tuple>
+#include <unordered_set>
 
 #include "format/json_util.h"
 #include "format/safetensors.h"
@@ -205,6 +206,50 @@ std::vector<size_t> ForwardOrder(const std::vector<std::string>& units) {
   for (size_t u = 0; u < order.size(); ++u) order[u] = u;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key[a] < key[b]; });
   return order;
+}
+
+std::string DescribeUnits(const std::vector<std::string>& names, size_t max_chars) {
+  std::vector<std::string> units;
+  std::unordered_set<std::string> seen;
+  for (const std::string& n : names) {
+    std::string unit = SplitUnitOf(n, {});
+    if (seen.insert(unit).second) units.push_back(std::move(unit));
+  }
+  // Runs of one container's consecutive numbers: "container.first-last".
+  std::vector<std::string> items;
+  std::string container;
+  uint64_t first = 0, last = 0;
+  bool in_run = false;
+  auto flush = [&] {
+    if (in_run) items.push_back(container + "." + std::to_string(first) + (last > first ? "-" + std::to_string(last) : ""));
+    in_run = false;
+  };
+  for (size_t u : ForwardOrder(units)) {
+    const std::string& unit = units[u];
+    const size_t dot = unit.rfind('.');
+    const std::string_view number = dot == std::string::npos ? std::string_view() : std::string_view(unit).substr(dot + 1);
+    if (!IsNumber(number)) {
+      flush();
+      items.push_back(unit);
+      continue;
+    }
+    const uint64_t k = std::stoull(std::string(number));
+    if (in_run && unit.compare(0, dot, container) == 0 && dot == container.size() && k == last + 1) {
+      last = k;
+      continue;
+    }
+    flush();
+    container = unit.substr(0, dot), first = last = k, in_run = true;
+  }
+  flush();
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!out.empty() && out.size() + items[i].size() > max_chars) {
+      return out + ", and " + std::to_string(items.size() - i) + " more";
+    }
+    out += (out.empty() ? "" : ", ") + items[i];
+  }
+  return out;
 }
 
 Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& names,

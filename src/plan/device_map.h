@@ -48,6 +48,12 @@ std::string SplitUnitOf(const std::string& name, const std::vector<std::regex>& 
 // heads; PlaceOf in device_map.cc). Returns indices into `units`.
 std::vector<size_t> ForwardOrder(const std::vector<std::string>& units);
 
+// What a device holds, for people: the units of `names` (as a strategy cuts
+// them, without --no-split) in ForwardOrder, runs of consecutive numbered
+// siblings written as ranges: "model.embed_tokens, model.layers.0-13". Past
+// `max_chars`, the rest is counted: "..., and 12 more".
+std::string DescribeUnits(const std::vector<std::string>& names, size_t max_chars = 160);
+
 // Strategy placement: walks units in ForwardOrder and fills devices up to
 // their capacities, never going back: GPUs in index order (balanced_low_0:
 // GPU 0 after the others), then cpu, then disk when --max-memory allows it.

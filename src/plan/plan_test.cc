@@ -464,6 +464,19 @@ TEST_F(PlanTest, ForwardOrderSortsBlocksByNumberAndPutsLmHeadLast) {
                                       "model.layers.1.mlp.experts.0", "model.layers.2", "model.layers.10"}));
 }
 
+TEST_F(PlanTest, DescribeUnitsWritesLayerRuns) {
+  std::vector<std::string> names = {"lm_head.weight", "model.embed_tokens.weight"};
+  for (int layer : {0, 1, 10, 11, 2, 3, 5}) {
+    names.push_back("model.layers." + std::to_string(layer) + ".mlp.up_proj.weight");
+    names.push_back("model.layers." + std::to_string(layer) + ".input_layernorm.weight");
+  }
+  names.push_back("model.norm.weight");
+  EXPECT_EQ(DescribeUnits(names),
+            "model.embed_tokens, model.layers.0-3, model.layers.5, model.layers.10-11, model.norm, lm_head");
+  EXPECT_EQ(DescribeUnits(names, 30), "model.embed_tokens, and 5 more");
+  EXPECT_EQ(DescribeUnits({"bias"}), "bias");
+}
+
 TEST_F(PlanTest, KeyMappingRenamesDropsAndCompat) {
   const Catalog& cat = Make({T("bert.encoder.LayerNorm.gamma", DType::kF32, {4}),
                              T("bert.encoder.LayerNorm.beta", DType::kF32, {4}),

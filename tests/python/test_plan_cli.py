@@ -538,6 +538,26 @@ def test_strategy_follows_layer_numbers_not_file_order(run_hoist, llama8b, llama
     assert len(set(walk)) >= 2, "the test needs the model spread over devices"
 
 
+def test_plan_table_says_which_layers_each_device_holds(run_hoist, llama8b_by_name):
+    """The footer of the table names each device's units in order, layers as
+    ranges, from the JSON's own placement."""
+    args = ["--device-map", "sequential", "--max-memory", "0=6GiB,1=6GiB,2=6GiB,cpu=10GiB", llama8b_by_name]
+    doc = plan_json(run_hoist, *args)
+    table = ok(run_hoist("plan", *args)).stdout
+    layers = {}
+    for t in doc["tensors"]:
+        m = re.match(r"model\.layers\.(\d+)\.", t["name"])
+        if m:
+            layers.setdefault(t["device"], set()).add(int(m.group(1)))
+    for dev, numbers in layers.items():
+        lo, hi = min(numbers), max(numbers)
+        assert numbers == set(range(lo, hi + 1)), (dev, sorted(numbers))
+        line = next(ln for ln in table.splitlines() if ln.startswith(dev + ":"))
+        assert f"model.layers.{lo}-{hi}" in line or (lo == hi and f"model.layers.{lo}" in line), line
+    head = next(ln for ln in table.splitlines() if ln.startswith(by_name(doc)["lm_head.weight"]["device"] + ":"))
+    assert head.rstrip().endswith("lm_head"), head
+
+
 def test_strategy_balanced_low_0_puts_overflow_on_gpu0_not_cpu(run_hoist, llama8b):
     """The embedding (1 GiB) is larger than GPU 0's share would be; GPU 0
     still takes what GPU 1 cannot hold before anything goes to the cpu."""
