@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <unordered_set>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -145,13 +146,22 @@ int RunPlan(const PlanCmdArgs& args) {
     fmt::print("{:<{}}  {:<8} {:<7} {:>14} {:>14}\n", t.name, width, t.device.ToString(), DTypeName(t.dtype),
                t.size_bytes, offset);
   }
+  // Units (as strategies cut them) that a map or --no-split spread over
+  // more than one device are shown as parts.
+  std::map<std::string, DeviceId> unit_device;
+  std::unordered_set<std::string> partial;
+  for (const PlannedTensor& t : plan->tensors) {
+    const std::string unit = SplitUnitOf(t.name, {});
+    auto [it, inserted] = unit_device.emplace(unit, t.device);
+    if (!inserted && it->second != t.device) partial.insert(unit);
+  }
   for (const DevicePlan& d : plan->devices) {
     std::vector<std::string> names;
     for (const PlannedTensor& t : plan->tensors) {
       if (t.device == d.device) names.push_back(t.name);
     }
     fmt::print("{}: {} tensors, reservation {} ({} bytes): {}\n", d.device.ToString(), d.tensor_count,
-               HumanBytes(d.reserve_bytes), d.reserve_bytes, DescribeUnits(names));
+               HumanBytes(d.reserve_bytes), d.reserve_bytes, DescribeUnits(names, partial));
   }
   return 0;
 }

@@ -208,33 +208,39 @@ std::vector<size_t> ForwardOrder(const std::vector<std::string>& units) {
   return order;
 }
 
-std::string DescribeUnits(const std::vector<std::string>& names, size_t max_chars) {
+std::string DescribeUnits(const std::vector<std::string>& names, const std::unordered_set<std::string>& partial,
+                          size_t max_chars) {
   std::vector<std::string> units;
   std::unordered_set<std::string> seen;
   for (const std::string& n : names) {
     std::string unit = SplitUnitOf(n, {});
     if (seen.insert(unit).second) units.push_back(std::move(unit));
   }
-  // Runs of one container's consecutive numbers: "container.first-last".
-  std::vector<std::string> items;
+  // Items in order, each with how many units it stands for: a unit as it
+  // is, or a run of one container's consecutive numbers written
+  // "container.first-last" (numbers written plainly only: layers.01 stays).
+  std::vector<std::pair<std::string, size_t>> items;
   std::string container;
   uint64_t first = 0, last = 0;
   bool in_run = false;
   auto flush = [&] {
-    if (in_run) items.push_back(container + "." + std::to_string(first) + (last > first ? "-" + std::to_string(last) : ""));
+    if (!in_run) return;
+    items.emplace_back(container + "." + std::to_string(first) + (last > first ? "-" + std::to_string(last) : ""),
+                       static_cast<size_t>(last - first + 1));
     in_run = false;
   };
   for (size_t u : ForwardOrder(units)) {
     const std::string& unit = units[u];
     const size_t dot = unit.rfind('.');
-    const std::string_view number = dot == std::string::npos ? std::string_view() : std::string_view(unit).substr(dot + 1);
-    if (!IsNumber(number)) {
+    const std::string number = dot == std::string::npos ? std::string() : unit.substr(dot + 1);
+    if (partial.count(unit) > 0 || !IsNumber(number) || std::to_string(std::stoull(number)) != number) {
       flush();
-      items.push_back(unit);
+      const std::string shown = unit.empty() ? "\"\"" : unit;
+      items.emplace_back(partial.count(unit) > 0 ? "part of " + shown : shown, 1);
       continue;
     }
-    const uint64_t k = std::stoull(std::string(number));
-    if (in_run && unit.compare(0, dot, container) == 0 && dot == container.size() && k == last + 1) {
+    const uint64_t k = std::stoull(number);
+    if (in_run && dot == container.size() && unit.compare(0, dot, container) == 0 && k == last + 1) {
       last = k;
       continue;
     }
@@ -242,12 +248,15 @@ std::string DescribeUnits(const std::vector<std::string>& names, size_t max_char
     container = unit.substr(0, dot), first = last = k, in_run = true;
   }
   flush();
+  size_t left = units.size();
   std::string out;
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (!out.empty() && out.size() + items[i].size() > max_chars) {
-      return out + ", and " + std::to_string(items.size() - i) + " more";
+  for (const auto& [text, count] : items) {
+    const std::string more = ", and " + std::to_string(left) + " more";
+    if (!out.empty() && out.size() + 2 + text.size() + (left > count ? more.size() : 0) > max_chars) {
+      return out + more;
     }
-    out += (out.empty() ? "" : ", ") + items[i];
+    out += (out.empty() ? "" : ", ") + text;
+    left -= count;
   }
   return out;
 }

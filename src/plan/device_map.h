@@ -8,6 +8,7 @@
 #include <regex>
 #include <string>
 #include <utility>
+#include <unordered_set>
 #include <vector>
 
 #include "hoist/device.h"
@@ -50,9 +51,11 @@ std::vector<size_t> ForwardOrder(const std::vector<std::string>& units);
 
 // What a device holds, for people: the units of `names` (as a strategy cuts
 // them, without --no-split) in ForwardOrder, runs of consecutive numbered
-// siblings written as ranges: "model.embed_tokens, model.layers.0-13". Past
-// `max_chars`, the rest is counted: "..., and 12 more".
-std::string DescribeUnits(const std::vector<std::string>& names, size_t max_chars = 160);
+// siblings written as ranges: "model.embed_tokens, model.layers.0-13".
+// Units in `partial` (split between devices) read "part of model.layers.0".
+// Past about `max_chars`, the units left are counted: "..., and 12 more".
+std::string DescribeUnits(const std::vector<std::string>& names, const std::unordered_set<std::string>& partial = {},
+                          size_t max_chars = 160);
 
 // Strategy placement: walks units in ForwardOrder and fills devices up to
 // their capacities, never going back: GPUs in index order (balanced_low_0:

@@ -473,8 +473,13 @@ TEST_F(PlanTest, DescribeUnitsWritesLayerRuns) {
   names.push_back("model.norm.weight");
   EXPECT_EQ(DescribeUnits(names),
             "model.embed_tokens, model.layers.0-3, model.layers.5, model.layers.10-11, model.norm, lm_head");
-  EXPECT_EQ(DescribeUnits(names, 30), "model.embed_tokens, and 5 more");
+  // Past the limit, the units left are counted (layers, not ranges).
+  EXPECT_EQ(DescribeUnits(names, {}, 40), "model.embed_tokens, and 9 more");
   EXPECT_EQ(DescribeUnits({"bias"}), "bias");
+  EXPECT_EQ(DescribeUnits({".x"}), "\"\"");
+  // Numbers not written plainly stay as they are; a split unit is a part.
+  EXPECT_EQ(DescribeUnits({"l.00.w", "l.01.w", "l.1.w", "l.2.w"}), "l.00, l.01, l.1-2");
+  EXPECT_EQ(DescribeUnits({"l.0.w", "l.1.a", "l.2.w"}, {"l.1"}), "l.0, part of l.1, l.2");
 }
 
 TEST_F(PlanTest, KeyMappingRenamesDropsAndCompat) {

@@ -556,6 +556,13 @@ def test_plan_table_says_which_layers_each_device_holds(run_hoist, llama8b_by_na
         assert f"model.layers.{lo}-{hi}" in line or (lo == hi and f"model.layers.{lo}" in line), line
     head = next(ln for ln in table.splitlines() if ln.startswith(by_name(doc)["lm_head.weight"]["device"] + ":"))
     assert head.rstrip().endswith("lm_head"), head
+    # A layer a map splits between devices is a part on each.
+    table = ok(run_hoist("plan", "--device-map", json.dumps({"model.layers.0.self_attn": 0, "": "cpu"}),
+                         llama8b_by_name)).stdout
+    gpu = next(ln for ln in table.splitlines() if ln.startswith("cuda:0:"))
+    cpu = next(ln for ln in table.splitlines() if ln.startswith("cpu:"))
+    assert gpu.rstrip().endswith(": part of model.layers.0"), gpu
+    assert ": model.embed_tokens, part of model.layers.0, model.layers.1-31, model.norm, lm_head" in cpu, cpu
 
 
 def test_strategy_balanced_low_0_puts_overflow_on_gpu0_not_cpu(run_hoist, llama8b):
