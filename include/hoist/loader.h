@@ -126,6 +126,9 @@ struct LoadStats {
   // Waiting for GPUs to start (their CUDA contexts) where planning did not
   // hide it: part of `seconds`, before the reservations.
   double device_start_seconds = 0;
+  // Bytes of files mostly outside the page cache read into it during that
+  // wait, so that the load's reads of them come from memory.
+  uint64_t read_ahead_bytes = 0;
   // Copies to GPUs: with the pipeline off, the copy phase after the reads;
   // with it on, the span from the first copy queued until every GPU had
   // finished (it overlaps read_seconds). 0 where nothing was copied.

@@ -243,6 +243,7 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
                       {"read", st.read_seconds},
                       {"copy", st.copy_seconds},
                       {"cast", st.host_cast_seconds + st.device_cast_seconds}};
+  report["read_ahead_bytes"] = st.read_ahead_bytes;
   report["device_cast_pieces"] = st.device_cast_pieces;
   report["time_to_first_tensor"] = st.time_to_first_tensor + session.plan_seconds;
   report["staging"] = {{"chunk_bytes", session.staging.chunk_bytes},

@@ -1,5 +1,8 @@
 // Loads onto a pretend GPU (FaultDevice): the staged path, placements across
 // devices, the refusal before allocation, and every error path.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -607,6 +610,143 @@ TEST_F(DeviceLoaderTest, DirectReadsLandInTheStagingSlots) {
       }
     }
   }
+}
+
+bool Cached(const std::string& path) {
+  Result<File> file = File::OpenRead(path);
+  return file.ok() && file->CachedFraction() >= 0.5;
+}
+
+// Drops the checkpoint's files (every other one with `odd_only`) from the
+// page cache (clean after fsync); false where this machine does not let it.
+bool EvictAll(const Catalog& catalog, bool odd_only = false) {
+  bool evicted = true;
+  for (size_t k = odd_only ? 1 : 0; k < catalog.files().size(); k += odd_only ? 2 : 1) {
+    const CatalogFile& f = catalog.files()[k];
+    int fd = ::open(f.path.c_str(), O_RDONLY);
+    if (fd < 0) return false;
+    ::fsync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+    evicted = evicted && !Cached(f.path);
+  }
+  return evicted;
+}
+
+// While a GPU starts (its first call waits for the CUDA context), the cold
+// files are read into the page cache, and the load then reads them from
+// memory; buffered or O_DIRECT, the bytes on the device are the file's.
+TEST_F(DeviceLoaderTest, ColdFilesAreReadAheadWhileTheGpuStarts) {
+  for (DirectIo direct : {DirectIo::kOff, DirectIo::kAuto}) {
+    SCOPED_TRACE(direct == DirectIo::kOff ? "buffered" : "--direct auto");
+    ResetDevices();
+    if (!EvictAll(*catalog_)) GTEST_SKIP() << "the page cache cannot be dropped here (posix_fadvise DONTNEED)";
+    gpu_->set_start_delay(std::chrono::milliseconds(300));
+    options_.direct = direct;
+    PlanOptions po;
+    po.device = DeviceId::Cuda(0);
+    auto model = LoadWith(po);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    const LoadStats& st = model->stats();
+    EXPECT_GE(st.device_start_seconds, 0.25);
+    // The checkpoint is small: all of it was read during the wait, so the
+    // files count as cached and none is read with O_DIRECT.
+    EXPECT_EQ(st.read_ahead_bytes, st.bytes_read);
+    EXPECT_EQ(st.direct_files, 0);
+    for (const CatalogFile& f : catalog_->files()) EXPECT_TRUE(Cached(f.path)) << f.path;
+    for (const TensorView& v : model->tensors()) {
+      size_t i = IndexOf(v.name);
+      std::vector<unsigned char> got = DeviceBytes(v);
+      for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
+    }
+  }
+}
+
+// O_DIRECT reads would not find read-ahead bytes in the cache: with
+// --direct on nothing is read ahead.
+TEST_F(DeviceLoaderTest, DirectOnReadsNothingAhead) {
+  {
+    Result<File> probe = File::OpenReadDirect(catalog_->files()[0].path);
+    if (!probe.ok()) GTEST_SKIP() << "no O_DIRECT here: " << probe.status().message();
+  }
+  if (!EvictAll(*catalog_)) GTEST_SKIP() << "the page cache cannot be dropped here (posix_fadvise DONTNEED)";
+  gpu_->set_start_delay(std::chrono::milliseconds(100));
+  options_.direct = DirectIo::kOn;
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  auto model = LoadWith(po);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  EXPECT_EQ(model->stats().read_ahead_bytes, 0u);
+  EXPECT_EQ(model->stats().direct_files, static_cast<int>(catalog_->files().size()));
+}
+
+// Some files cold and some cached, a start too short to read much ahead,
+// --direct auto and --io auto: each file is read the way its state asks
+// (cold ones read ahead in part through the cache, the rest O_DIRECT), split
+// between a GPU and the cpu, and the bytes are the file's.
+TEST_F(DeviceLoaderTest, ReadAheadStoppedEarlyOverMixedFilesIsByteExact) {
+  ASSERT_GE(catalog_->files().size(), 2u);
+  for (int delay_ms : {0, 2}) {
+    SCOPED_TRACE("start " + std::to_string(delay_ms) + " ms");
+    ResetDevices();
+    for (const CatalogFile& f : catalog_->files()) {  // back into the cache (O_DIRECT reads bypass it)
+      std::ifstream in(f.path, std::ios::binary);
+      std::vector<char> all(f.size_bytes);
+      in.read(all.data(), static_cast<std::streamsize>(all.size()));
+    }
+    if (!EvictAll(*catalog_, /*odd_only=*/true)) GTEST_SKIP() << "the page cache cannot be dropped here";
+    uint64_t cold_bytes = 0;
+    for (size_t k = 1; k < catalog_->files().size(); k += 2) cold_bytes += catalog_->files()[k].size_bytes;
+    gpu_->set_start_delay(std::chrono::milliseconds(delay_ms));
+    options_.direct = DirectIo::kAuto;
+    options_.io = IoEngine::kAuto;
+    PlanOptions po;
+    po.device_map = R"({"model.layers.1": "cpu", "": 0})";
+    auto model = LoadWith(po);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    EXPECT_LE(model->stats().read_ahead_bytes, cold_bytes);
+    EXPECT_LE(model->stats().direct_files, static_cast<int>(catalog_->files().size() / 2));
+    for (const TensorView& v : model->tensors()) {
+      size_t i = IndexOf(v.name);
+      std::vector<unsigned char> got =
+          v.device == DeviceId::Cpu() ? std::vector<unsigned char>(v.data, v.data + v.size_bytes) : DeviceBytes(v);
+      ASSERT_EQ(got.size(), tensors_[i].size_bytes) << v.name;
+      for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
+    }
+  }
+}
+
+// Files already in the page cache, and loads with no GPU to wait for, read
+// nothing ahead.
+TEST_F(DeviceLoaderTest, NothingIsReadAheadForCachedFilesOrCpuLoads) {
+  gpu_->set_start_delay(std::chrono::milliseconds(100));
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  auto warm = LoadWith(po);  // the files were just written: in the cache
+  ASSERT_TRUE(warm.ok()) << warm.status().message();
+  EXPECT_EQ(warm->stats().read_ahead_bytes, 0u);
+  if (!EvictAll(*catalog_)) GTEST_SKIP() << "the page cache cannot be dropped here (posix_fadvise DONTNEED)";
+  po.device = DeviceId::Cpu();
+  auto cpu = LoadWith(po);
+  ASSERT_TRUE(cpu.ok()) << cpu.status().message();
+  EXPECT_EQ(cpu->stats().read_ahead_bytes, 0u);
+  EXPECT_GT(cpu->stats().bytes_read, 0u);
+}
+
+// A reservation that fails after the read-ahead: the load fails, and every
+// byte is returned.
+TEST_F(DeviceLoaderTest, ReservationFailingAfterTheReadAheadReturnsEveryByte) {
+  if (!EvictAll(*catalog_)) GTEST_SKIP() << "the page cache cannot be dropped here (posix_fadvise DONTNEED)";
+  gpu_->set_start_delay(std::chrono::milliseconds(50));
+  gpu_->FailAt(FaultPoint::kAllocate, 1);
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  auto model = LoadWith(po);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 1);
+  ExpectAllReturned();
+  // The read-ahead ran before the failure: the files are in the cache.
+  for (const CatalogFile& f : catalog_->files()) EXPECT_TRUE(Cached(f.path)) << f.path;
 }
 
 // Each read failing in turn, on one GPU, with casts on it (the pieces over

@@ -5,6 +5,7 @@
 #include <deque>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <system_error>
 #include <thread>
@@ -142,17 +143,19 @@ struct OpenFiles {
   // Set by the first read of each file that a ring served (a thread that
   // could not make one reads with pread).
   std::unique_ptr<std::atomic<bool>[]> uring_used;
+  std::vector<char> cold;          // mostly outside the page cache (when it was looked at)
   int direct_count = 0;
-  bool any_cold = false;           // some file is mostly outside the page cache
+  bool any_cold = false;           // some file was cold when opened
 };
 
 // Files outside the page cache may be read with O_DIRECT (no double copy
 // through the cache) and through io_uring; cached ones with buffered pread.
-Result<OpenFiles> OpenForLoad(const Catalog& catalog, const LoadOptions& options) {
+Result<OpenFiles> OpenForLoad(const Catalog& catalog, const LoadOptions& options, bool any_gpu) {
   OpenFiles out;
   const size_t n = catalog.files().size();
   out.direct.resize(n);
   out.uring.assign(n, 0);
+  out.cold.assign(n, 0);
   out.uring_used = std::make_unique<std::atomic<bool>[]>(n);
   out.files.reserve(n);
   for (size_t k = 0; k < n; ++k) {
@@ -162,9 +165,12 @@ Result<OpenFiles> OpenForLoad(const Catalog& catalog, const LoadOptions& options
       return IoError(QuoteName(f.path) + " changed since its header was read (" + std::to_string(f.size_bytes) +
                      " bytes then, " + std::to_string(file.size_bytes()) + " now)");
     }
-    const bool cold = options.threads == 0 || options.direct == DirectIo::kAuto || options.io == IoEngine::kAuto
-                          ? file.CachedFraction() < 0.5
-                          : false;
+    // Cold files get more reader threads, may be read with O_DIRECT or
+    // io_uring, and are read ahead while GPUs start.
+    const bool look =
+        options.threads == 0 || options.direct == DirectIo::kAuto || options.io == IoEngine::kAuto || any_gpu;
+    const bool cold = look && file.CachedFraction() < 0.5;
+    out.cold[k] = cold;
     out.any_cold = out.any_cold || cold;
     out.uring[k] = options.io == IoEngine::kUring || (options.io == IoEngine::kAuto && cold && UringAvailable());
     if (options.direct == DirectIo::kOn || (options.direct == DirectIo::kAuto && cold)) {
@@ -211,6 +217,88 @@ std::vector<ReadItem> InterleaveByDevice(std::vector<ReadItem> items, size_t dev
   }
   return out;
 }
+
+// Reads a load's cold bytes through the page cache, in the order the load
+// will read them (devices interleaved), on threads of its own, until Stop:
+// the wait for GPUs to start (a CUDA context takes from a fraction of a
+// second to many seconds) then fetches from the disk what the reads after it
+// find in the cache. Its reads only warm the cache: a failed one ends the
+// read-ahead, and the load's own read of those bytes reports the error.
+class ReadAhead {
+ public:
+  ReadAhead(const LoadPlan& plan, const OpenFiles& open, int threads, uint64_t chunk)
+      : file_bytes_(open.files.size()) {
+    try {
+      // The load's reads, each with its file index where the load has the
+      // tensor's.
+      std::vector<ReadItem> items;
+      for (const PlannedTensor& t : plan.tensors) {
+        if (t.device.kind == DeviceKind::kDisk || t.alias_of >= 0 || !open.cold[t.source->file_index]) continue;
+        uint32_t device = 0;
+        while (device < plan.devices.size() && plan.devices[device].device != t.device) ++device;
+        items.push_back({t.source->file_index, device, t.source->offset_bytes, t.source->size_bytes, nullptr, 0});
+      }
+      for (const ReadItem& it : InterleaveByDevice(std::move(items), plan.devices.size() + 1)) {
+        for (uint64_t done = 0; done < it.size_bytes; done += chunk) {
+          const uint64_t n = std::min(chunk, it.size_bytes - done);
+          if (!pieces_.empty() && pieces_.back().file == it.tensor &&
+              pieces_.back().offset + pieces_.back().size == it.file_offset_bytes + done &&
+              pieces_.back().size + n <= chunk) {
+            pieces_.back().size += n;  // small tensors side by side in the file: one read
+          } else {
+            pieces_.push_back({it.tensor, it.file_offset_bytes + done, n});
+          }
+        }
+      }
+      if (pieces_.empty()) return;
+      thread_ = std::thread([this, &open, threads] {
+        try {
+          (void)ParallelFor(pieces_.size(), threads, [this, &open](size_t k) {
+            if (stop_.load(std::memory_order_relaxed)) return Status::Ok();
+            const Piece& p = pieces_[k];
+            thread_local std::vector<unsigned char> buffer(kBlockBytes);  // one per thread, reused
+            for (uint64_t done = 0; done < p.size && !stop_.load(std::memory_order_relaxed);) {
+              const uint64_t n = std::min<uint64_t>(kBlockBytes, p.size - done);
+              if (!open.files[p.file].ReadAt(p.offset + done, buffer.data(), n).ok()) {
+                stop_.store(true);
+                break;
+              }
+              done += n;
+              file_bytes_[p.file].fetch_add(n, std::memory_order_relaxed);
+            }
+            return Status::Ok();
+          });
+        } catch (const std::exception&) {
+          // Out of memory or threads: the load reads the rest itself.
+        }
+      });
+    } catch (const std::exception&) {
+      // As above: no read-ahead.
+    }
+  }
+  ReadAhead(const ReadAhead&) = delete;
+  ReadAhead& operator=(const ReadAhead&) = delete;
+  ~ReadAhead() { Stop(); }
+
+  // Stops the reads (each thread may finish the block it is reading).
+  void Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  // Bytes of file k read ahead so far.
+  uint64_t file_bytes(size_t k) const { return file_bytes_[k].load(); }
+
+ private:
+  static constexpr uint64_t kBlockBytes = 1 << 20;
+  struct Piece {
+    uint32_t file;
+    uint64_t offset, size;
+  };
+  std::vector<Piece> pieces_;
+  std::vector<std::atomic<uint64_t>> file_bytes_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
 
 Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited, const LoadOptions& options) {
   if (needed == 0) return Status::Ok();
@@ -331,20 +419,53 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   // anything is allocated.
   std::vector<std::unique_ptr<DeviceState>> states;
   std::map<DeviceId, uint32_t> state_of;
-  HOIST_ASSIGN_OR_RETURN(OpenFiles open, OpenForLoad(catalog, options));
-  int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
-  if (options.threads == 0 && open.any_cold) threads = std::max(threads, 8);
-  // Enough staging buffers for every reader to fill one while two copies run,
-  // the readers shared out over the GPUs (they take the GPUs in turn).
   int gpus = 0;
   for (const DevicePlan& d : plan.devices) {
     Device* device = registry.Find(d.device);
     gpus += device != nullptr && !device->host_addressable() ? 1 : 0;
   }
+  HOIST_ASSIGN_OR_RETURN(OpenFiles open, OpenForLoad(catalog, options, gpus > 0));
+  int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
+  if (options.threads == 0 && open.any_cold) threads = std::max(threads, 8);
+  // Enough staging buffers for every reader to fill one while two copies run,
+  // the readers shared out over the GPUs (they take the GPUs in turn).
   const int slots = options.staging_slots > 0 ? options.staging_slots
                                               : std::min(kMaxDefaultSlots, (threads + gpus - 1) / std::max(gpus, 1) + 2);
   const uint64_t stride = SlotStride(chunk);
+  // A GPU's first call waits for its context, if the start-up begun before
+  // planning (api/session.cc) has not finished: that wait is the
+  // device_start stage, and cold files are read ahead meanwhile (the
+  // reservations and the staging ring need the contexts; the page cache does
+  // not). Errors show up in the calls below.
   double device_start_seconds = 0;
+  uint64_t read_ahead_bytes = 0;
+  if (gpus > 0) {
+    const auto wait_start = Clock::now();
+    // O_DIRECT reads (--direct on) would not find the bytes in the cache.
+    std::optional<ReadAhead> ahead;
+    if (open.any_cold && options.direct != DirectIo::kOn) ahead.emplace(plan, open, threads, chunk);
+    for (const DevicePlan& d : plan.devices) {
+      Device* device = registry.Find(d.device);
+      if (device != nullptr && !device->host_addressable()) (void)device->GetMemoryInfo();
+    }
+    if (ahead) {
+      ahead->Stop();
+      // A file read (in part) ahead is read through the cache: buffered, and
+      // with pread where --io auto chose io_uring for it.
+      for (size_t k = 0; k < open.files.size(); ++k) {
+        const uint64_t bytes = ahead->file_bytes(k);
+        if (bytes == 0) continue;
+        read_ahead_bytes += bytes;
+        open.cold[k] = 0;
+        if (open.direct[k].fd() >= 0) {
+          open.direct[k] = File();
+          --open.direct_count;
+        }
+        if (options.io == IoEngine::kAuto) open.uring[k] = 0;
+      }
+    }
+    device_start_seconds = Since(wait_start);
+  }
   uint64_t host_extra = 0;  // staging (or the pipeline-off copy) in host memory
   uint64_t host_tensors = 0;
   for (const DevicePlan& d : plan.devices) {
@@ -360,14 +481,6 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       for (const PlannedTensor& t : plan.tensors) {
         if (t.device == d.device && t.alias_of < 0) needed += t.size_bytes;
       }
-    }
-    if (!device->host_addressable()) {
-      // A GPU's first call waits for its context, if the start-up begun
-      // before planning (api/session.cc) has not finished: that wait is the
-      // device_start stage. Errors show up in the calls below.
-      const auto wait_start = Clock::now();
-      (void)device->GetMemoryInfo();
-      device_start_seconds += Since(wait_start);
     }
     auto state = std::make_unique<DeviceState>();
     state->device = device;
@@ -813,6 +926,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     st.devices.push_back(s->stats);
   }
   st.device_start_seconds = device_start_seconds;
+  st.read_ahead_bytes = read_ahead_bytes;
   st.reserve_seconds = reserve_seconds;
   st.copy_seconds = copy_seconds;
   st.host_cast_seconds = static_cast<double>(host_cast_ns.load()) / 1e9;

@@ -16,7 +16,9 @@ failure where that marker is, a skip elsewhere.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -204,6 +206,55 @@ def test_waiting_for_gpu_start_up_is_its_own_stage(emu, ckpt, tmp_path, flags):
     assert 0.6 - rep["stages"]["plan"] - 0.1 <= wait <= rep["seconds"], rep["stages"]
     fast = load_report(emu, ckpt, tmp_path, "--device", "cuda:0", *flags)
     assert fast["stages"]["device_start"] < wait
+
+
+def cached_fraction(path) -> float:
+    """The fraction of the file's pages in the page cache (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        vec = (ctypes.c_ubyte * pages)()
+        rc = libc.mincore(addr, size, vec)
+        libc.munmap(addr, size)
+        assert rc == 0, ctypes.get_errno()
+    finally:
+        os.close(fd)
+    return sum(v & 1 for v in vec) / pages
+
+
+def evict(files) -> bool:
+    """Drops the files from the page cache; False where this machine does not let it."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return all(cached_fraction(f) < 0.5 for f in files)
+
+
+def test_cold_files_are_read_ahead_while_the_gpu_starts(emu, ckpt, tmp_path):
+    """During a 0.6 s CUDA start-up the cold checkpoint is read into the page
+    cache (all of it: it is small), and the load's own reads come from there;
+    a load from a warm cache reads nothing ahead."""
+    if not evict(sorted(ckpt.glob("*.safetensors"))):
+        pytest.skip("the page cache cannot be dropped here (posix_fadvise DONTNEED)")
+    report = tmp_path / "cold.json"
+    ok(emu("load", ckpt, "--device", "cuda:0", "--quiet", "--report", report,
+           env={"HOIST_EMULATOR_CONTEXT_START_MS": "600"}))
+    rep = json.loads(report.read_text())
+    assert rep["read_ahead_bytes"] == rep["bytes_read"], rep
+    warm = load_report(emu, ckpt, tmp_path, "--device", "cuda:0")
+    assert warm["read_ahead_bytes"] == 0
 
 
 def test_absent_gpu_exits_2(emu, ckpt):

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "cast/cast.h"
 
@@ -82,6 +83,7 @@ uint64_t FaultDevice::outstanding_pinned_bytes() const {
 }
 
 Result<MemoryInfo> FaultDevice::GetMemoryInfo() {
+  std::call_once(started_, [this] { std::this_thread::sleep_for(start_delay_); });
   HOIST_RETURN_IF_ERROR(SpoiledCheck("memory info"));
   std::lock_guard<std::mutex> lock(mu_);
   return MemoryInfo{capacity_bytes_ - device_bytes_, capacity_bytes_};

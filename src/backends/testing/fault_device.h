@@ -36,6 +36,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -82,6 +83,9 @@ class FaultDevice final : public Device {
   int frees_with_queued_work() const { return frees_with_queued_work_.load(); }
   // Copies read their source when issued rather than when they run.
   void set_copies_read_at_issue(bool v) { copies_read_at_issue_ = v; }
+  // The first GetMemoryInfo takes this long, as a GPU's first call waits
+  // for its CUDA context; calls made meanwhile wait for it too.
+  void set_start_delay(std::chrono::milliseconds d) { start_delay_ = d; }
 
   DeviceId id() const override { return id_; }
   std::string name() const override { return "fault-injecting test device"; }
@@ -148,6 +152,8 @@ class FaultDevice final : public Device {
   bool copies_overtake_casts_ = false;
   bool copies_read_at_issue_ = false;
   bool sticky_ = false;
+  std::chrono::milliseconds start_delay_{0};
+  std::once_flag started_;
   std::atomic<bool> spoiled_{false};
   std::atomic<int> fail_at_[kFaultPointCount] = {};
   std::atomic<int> calls_[kFaultPointCount] = {};
