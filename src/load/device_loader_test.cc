@@ -749,6 +749,34 @@ TEST_F(DeviceLoaderTest, ReservationFailingAfterTheReadAheadReturnsEveryByte) {
   for (const CatalogFile& f : catalog_->files()) EXPECT_TRUE(Cached(f.path)) << f.path;
 }
 
+// On a GPU a tensor is complete once the device has run its copies, not
+// when they were queued: with copies that land 200 ms after they are issued,
+// the first tensor takes at least that long, pipelined or not; a tensor the
+// map keeps in host memory is complete as soon as it is read.
+TEST_F(DeviceLoaderTest, TimeToFirstTensorOnAGpuWaitsForItsCopies) {
+  options_.chunk_bytes = 1 << 20;  // a piece per tensor, and a slot for each: no read waits for a copy
+  options_.staging_slots = 8;
+  for (int mode = 0; mode < 3; ++mode) {
+    SCOPED_TRACE(mode == 0 ? "pipelined" : mode == 1 ? "--no-pipeline" : "part on the cpu");
+    ResetDevices();
+    gpu_->set_copy_latency(std::chrono::milliseconds(200));
+    options_.pipeline = mode != 1;
+    PlanOptions po;
+    if (mode < 2) po.device = DeviceId::Cuda(0);
+    if (mode == 2) po.device_map = R"({"model.layers.1": "cpu", "": 0})";
+    auto model = LoadWith(po);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    const LoadStats& st = model->stats();
+    EXPECT_LE(st.time_to_first_tensor, st.seconds);
+    if (mode < 2) {
+      EXPECT_GE(st.time_to_first_tensor, 0.2);
+    } else {
+      EXPECT_LT(st.time_to_first_tensor, 0.2);
+      EXPECT_GE(st.seconds, 0.2);
+    }
+  }
+}
+
 // Each read failing in turn, on one GPU, with casts on it (the pieces over
 // the cast scratch included), and split between a GPU and the cpu.
 TEST_F(DeviceLoaderTest, ReadFailureReturnsEveryByte) {

@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <regex>
@@ -119,6 +120,7 @@ struct DeviceState {
   std::mutex mu;               // guards free_slots and ring
   std::condition_variable cv;
   std::mutex copy_mu;          // keeps a piece's copy, cast and record together
+  std::atomic<bool> first_watched{false};  // the first tensor complete here has its FirstTensorWatch
 };
 
 // `needed` bytes of which `limited` count against --max-memory (the
@@ -298,6 +300,61 @@ class ReadAhead {
   std::vector<std::atomic<uint64_t>> file_bytes_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
+};
+
+// Waits, on a thread per GPU, for an event recorded after the first tensor
+// queued in full on that GPU, and notes when it completed. Joined before the
+// load returns, on every path (the load synchronizes each device first, so
+// the waits end).
+class FirstTensorWatch {
+ public:
+  explicit FirstTensorWatch(size_t devices) : watches_(devices) {}
+  FirstTensorWatch(const FirstTensorWatch&) = delete;
+  FirstTensorWatch& operator=(const FirstTensorWatch&) = delete;
+  ~FirstTensorWatch() { Join(); }
+
+  // Once per device: records an event on `device` after the work queued so
+  // far and calls `done` when it has completed. A device call that fails
+  // fails the load (status()), as any other would.
+  void Start(size_t index, Device* device, const std::function<void()>& done) {
+    Watch& w = watches_[index];
+    Result<std::unique_ptr<Event>> event = device->CreateEvent();
+    if (!event.ok()) return Fail(event.status());
+    w.event = std::move(event).value();
+    if (Status st = w.event->Record(); !st.ok()) return Fail(st);
+    auto wait = [this, e = w.event.get(), done] {
+      if (Status st = e->Wait(); st.ok()) {
+        done();
+      } else {
+        Fail(st);
+      }
+    };
+    try {
+      w.thread = std::thread(wait);
+    } catch (const std::system_error&) {
+      wait();  // no thread to be had: wait here
+    }
+  }
+  void Join() {
+    for (Watch& w : watches_) {
+      if (w.thread.joinable()) w.thread.join();
+    }
+  }
+  // The first failure. REQUIRES: joined.
+  const Status& status() const { return status_; }
+
+ private:
+  void Fail(const Status& st) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (status_.ok()) status_ = st;
+  }
+  struct Watch {
+    std::unique_ptr<Event> event;
+    std::thread thread;
+  };
+  std::vector<Watch> watches_;
+  std::mutex mu_;
+  Status status_;
 };
 
 Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited, const LoadOptions& options) {
@@ -821,11 +878,28 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     return st;
   };
 
-  // Pieces left per tensor, for the time to the first complete tensor.
+  // The time to the first complete tensor. In host memory a tensor is
+  // complete when its last read returns; on a GPU once the device has run
+  // the copies (and casts) queued for it, so the first tensor queued in full
+  // on each GPU gets an event recorded after it, which a thread of its own
+  // waits for. The earliest completion wins.
   std::vector<std::atomic<uint32_t>> pieces_left(plan.tensors.size());
   for (const ReadItem& it : items) pieces_left[it.tensor].fetch_add(1, std::memory_order_relaxed);
-  std::atomic<bool> first_done{false};
-  double time_to_first_tensor = 0;
+  std::atomic<int64_t> first_complete_ns{INT64_MAX};
+  auto complete_now = [&first_complete_ns] {
+    const int64_t now = NowNs();
+    for (int64_t seen = first_complete_ns.load(); now < seen && !first_complete_ns.compare_exchange_weak(seen, now);) {
+    }
+  };
+  FirstTensorWatch watch(states.size());
+  auto tensor_done = [&](uint32_t device) {
+    DeviceState& ds = *states[device];
+    if (!ds.staged) {
+      complete_now();  // in host memory
+    } else if (options.pipeline && !ds.first_watched.exchange(true)) {
+      watch.Start(device, ds.device, complete_now);
+    }  // pipeline off: in the host copy, the copies to the device come later
+  };
 
   Status read_status = ParallelFor(
       items.size(), threads,
@@ -835,7 +909,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
         if (s.ok()) s = process(it, reader_local);
         if (s.ok()) {
           if (options.progress != nullptr) options.progress->done.fetch_add(it.size_bytes, std::memory_order_relaxed);
-          if (pieces_left[it.tensor].fetch_sub(1) == 1 && !first_done.exchange(true)) time_to_first_tensor = Since(start);
+          if (pieces_left[it.tensor].fetch_sub(1) == 1) tensor_done(it.device);
           return s;
         }
         return Status(s.code(), "tensor " + QuoteName(plan.tensors[it.tensor].source->name) + " in " + s.message());
@@ -866,6 +940,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       DeviceState& s = *states[state_of[t.device]];
       if (!s.staged) continue;
       read_status = s.device->CopyToDeviceAsync(tensor_ptr[i], s.mirror.data() + t.offset_bytes, t.size_bytes);
+      if (read_status.ok() && !s.first_watched.exchange(true)) watch.Start(state_of[t.device], s.device, complete_now);
     }
     for (auto& s : states) {
       if (s->staged && read_status.ok()) read_status = s->device->Synchronize();
@@ -879,10 +954,12 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     Status st = s->device->Synchronize();
     if (!st.ok() && read_status.ok()) read_status = st;
   }
+  const int64_t devices_done = NowNs();
+  watch.Join();  // its events have completed: every device is synchronized
+  if (read_status.ok()) read_status = watch.status();
   if (!read_status.ok()) return read_status;  // allocations and staging are released on return
   // Pipelined copies and device casts: from the first queued until the GPUs
   // were done.
-  const int64_t devices_done = NowNs();
   auto span = [&](const std::atomic<int64_t>& first) {
     const int64_t f = first.load();
     return f == INT64_MAX ? 0.0 : static_cast<double>(devices_done - f) / 1e9;
@@ -933,7 +1010,13 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   st.device_cast_seconds = span(first_cast_ns);
   st.device_cast_pieces = device_cast_pieces;
   st.read_seconds = Since(read_start) - (options.pipeline ? 0 : copy_seconds);
-  st.time_to_first_tensor = time_to_first_tensor;
+  const int64_t first_ns = first_complete_ns.load();
+  st.time_to_first_tensor =
+      first_ns == INT64_MAX ? 0.0
+                            : static_cast<double>(first_ns - std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                                 start.time_since_epoch())
+                                                                 .count()) /
+                                  1e9;
   st.seconds = Since(start);
   model.plan_ = std::move(plan);
   return model;

@@ -177,6 +177,7 @@ void FaultDevice::RunUpToLocked(QueuePoint point) {
   for (; done_.copies < point.copies && done_.copies < copies_.size(); ++done_.copies) {
     PendingCopy& c = copies_[done_.copies];
     run_casts_to(c.after_casts);  // a device-side wait holds the copy back
+    std::this_thread::sleep_until(c.lands);
     std::memcpy(c.dst, c.src != nullptr ? c.src : c.snapshot.data(), c.size_bytes);
     std::vector<unsigned char>().swap(c.snapshot);
   }
@@ -204,7 +205,7 @@ Status FaultDevice::CopyToDeviceAsync(void* dst, const void* src, uint64_t size_
   auto it = pinned_blocks_.upper_bound(from);
   const bool pinned = it != pinned_blocks_.begin() && from - std::prev(it)->first + size_bytes <= std::prev(it)->second;
   if (!pinned) ++pageable_copies_;
-  PendingCopy copy{to, src, {}, size_bytes, copy_barrier_};
+  PendingCopy copy{to, src, {}, size_bytes, copy_barrier_, std::chrono::steady_clock::now() + copy_latency_};
   if (copies_read_at_issue_) {
     const auto* bytes = static_cast<const unsigned char*>(src);
     copy.snapshot.assign(bytes, bytes + size_bytes);

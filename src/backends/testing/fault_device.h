@@ -86,6 +86,9 @@ class FaultDevice final : public Device {
   // The first GetMemoryInfo takes this long, as a GPU's first call waits
   // for its CUDA context; calls made meanwhile wait for it too.
   void set_start_delay(std::chrono::milliseconds d) { start_delay_ = d; }
+  // A copy completes no sooner than this long after it was issued, as on a
+  // busy link: whatever waits for it waits that long.
+  void set_copy_latency(std::chrono::milliseconds d) { copy_latency_ = d; }
 
   DeviceId id() const override { return id_; }
   std::string name() const override { return "fault-injecting test device"; }
@@ -132,6 +135,7 @@ class FaultDevice final : public Device {
     std::vector<unsigned char> snapshot;
     uint64_t size_bytes;
     uint64_t after_casts;      // the casts that must have run first (WaitOnDevice)
+    std::chrono::steady_clock::time_point lands;  // not before (set_copy_latency)
   };
   struct PendingCast {
     unsigned char* dst;        // both in blocks' contents
@@ -153,6 +157,7 @@ class FaultDevice final : public Device {
   bool copies_read_at_issue_ = false;
   bool sticky_ = false;
   std::chrono::milliseconds start_delay_{0};
+  std::chrono::milliseconds copy_latency_{0};
   std::once_flag started_;
   std::atomic<bool> spoiled_{false};
   std::atomic<int> fail_at_[kFaultPointCount] = {};
