@@ -80,6 +80,17 @@ class DeviceLoaderTest : public ::testing::Test {
     return Load(*catalog_, std::move(plan).value(), registry_, options_);
   }
 
+  // Every tensor of `model` holds its bytes from the file, on whichever
+  // device it is.
+  void ExpectFileBytes(const LoadedModel& model) {
+    for (const TensorView& v : model.tensors()) {
+      size_t i = IndexOf(v.name);
+      ASSERT_EQ(v.size_bytes, tensors_[i].size_bytes) << v.name;
+      std::vector<unsigned char> got = DeviceBytes(v);
+      for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name << " byte " << k;
+    }
+  }
+
   // The bytes of tensor `name` as the device holds them.
   std::vector<unsigned char> DeviceBytes(const TensorView& v) {
     std::vector<unsigned char> out(v.size_bytes);
@@ -423,12 +434,7 @@ TEST_F(DeviceLoaderTest, TwoGpusAreFedAtOnce) {
   bool overlapped = false;
   for (auto [c0, c1] : copies_before_read) overlapped = overlapped || (c1 > 0 && c0 < gpu0_total / 2);
   EXPECT_TRUE(overlapped);
-  for (const TensorView& v : model->tensors()) {
-    size_t i = IndexOf(v.name);
-    std::vector<unsigned char> got(v.size_bytes);
-    ASSERT_TRUE(registry_.Find(v.device)->CopyToHost(got.data(), v.data, v.size_bytes).ok());
-    for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
-  }
+  ExpectFileBytes(*model);
 }
 
 TEST_F(DeviceLoaderTest, TiedAliasSharesStorage) {
@@ -568,11 +574,7 @@ TEST_F(DeviceLoaderTest, BackgroundPinningFailureFailsTheLoadAndReturnsEveryByte
   auto model = LoadWith(po);
   ASSERT_TRUE(model.ok()) << model.status().message();
   EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 4);
-  for (const TensorView& v : model->tensors()) {
-    size_t i = IndexOf(v.name);
-    std::vector<unsigned char> got = DeviceBytes(v);
-    for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
-  }
+  ExpectFileBytes(*model);
 }
 
 TEST_F(DeviceLoaderTest, DirectReadsLandInTheStagingSlots) {
@@ -598,14 +600,9 @@ TEST_F(DeviceLoaderTest, DirectReadsLandInTheStagingSlots) {
         ASSERT_TRUE(model.ok()) << model.status().message();
         EXPECT_EQ(model->stats().direct_files, static_cast<int>(catalog_->files().size()));
         EXPECT_EQ(model->stats().uring_files, uring ? static_cast<int>(catalog_->files().size()) : 0);
+        if (!cast) ASSERT_NO_FATAL_FAILURE(ExpectFileBytes(*model));
         for (const TensorView& v : model->tensors()) {
-          if (cast) {
-            ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v)) << v.name;
-          } else {
-            size_t i = IndexOf(v.name);
-            std::vector<unsigned char> got = DeviceBytes(v);
-            for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
-          }
+          if (cast) ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v)) << v.name;
         }
       }
     }
@@ -654,11 +651,7 @@ TEST_F(DeviceLoaderTest, ColdFilesAreReadAheadWhileTheGpuStarts) {
     EXPECT_EQ(st.read_ahead_bytes, st.bytes_read);
     EXPECT_EQ(st.direct_files, 0);
     for (const CatalogFile& f : catalog_->files()) EXPECT_TRUE(Cached(f.path)) << f.path;
-    for (const TensorView& v : model->tensors()) {
-      size_t i = IndexOf(v.name);
-      std::vector<unsigned char> got = DeviceBytes(v);
-      for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
-    }
+    ASSERT_NO_FATAL_FAILURE(ExpectFileBytes(*model));
   }
 }
 
@@ -706,13 +699,7 @@ TEST_F(DeviceLoaderTest, ReadAheadStoppedEarlyOverMixedFilesIsByteExact) {
     ASSERT_TRUE(model.ok()) << model.status().message();
     EXPECT_LE(model->stats().read_ahead_bytes, cold_bytes);
     EXPECT_LE(model->stats().direct_files, static_cast<int>(catalog_->files().size() / 2));
-    for (const TensorView& v : model->tensors()) {
-      size_t i = IndexOf(v.name);
-      std::vector<unsigned char> got =
-          v.device == DeviceId::Cpu() ? std::vector<unsigned char>(v.data, v.data + v.size_bytes) : DeviceBytes(v);
-      ASSERT_EQ(got.size(), tensors_[i].size_bytes) << v.name;
-      for (uint64_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k], PatternByte(i, k)) << v.name;
-    }
+    ASSERT_NO_FATAL_FAILURE(ExpectFileBytes(*model));
   }
 }
 
