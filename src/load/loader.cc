@@ -120,7 +120,7 @@ struct DeviceState {
   std::mutex mu;               // guards free_slots and ring
   std::condition_variable cv;
   std::mutex copy_mu;          // keeps a piece's copy, cast and record together
-  std::atomic<bool> first_watched{false};  // the first tensor complete here has its FirstTensorWatch
+  std::atomic<bool> first_watched{false};  // FirstTensorWatch::Start has run for this device
 };
 
 // `needed` bytes of which `limited` count against --max-memory (the
@@ -145,7 +145,7 @@ struct OpenFiles {
   // Set by the first read of each file that a ring served (a thread that
   // could not make one reads with pread).
   std::unique_ptr<std::atomic<bool>[]> uring_used;
-  std::vector<char> cold;          // mostly outside the page cache (when it was looked at)
+  std::vector<char> cold;          // mostly outside the page cache (0 where nobody needed to know)
   int direct_count = 0;
   bool any_cold = false;           // some file was cold when opened
 };
