@@ -120,7 +120,6 @@ struct DeviceState {
   std::mutex mu;               // guards free_slots and ring
   std::condition_variable cv;
   std::mutex copy_mu;          // keeps a piece's copy, cast and record together
-  std::atomic<bool> first_watched{false};  // FirstTensorWatch::Start has run for this device
 };
 
 // `needed` bytes of which `limited` count against --max-memory (the
@@ -231,24 +230,24 @@ class ReadAhead {
   ReadAhead(const LoadPlan& plan, const OpenFiles& open, int threads, uint64_t chunk)
       : file_bytes_(open.files.size()) {
     try {
-      // The load's reads, each with its file index where the load has the
-      // tensor's.
       std::vector<ReadItem> items;
-      for (const PlannedTensor& t : plan.tensors) {
+      for (size_t i = 0; i < plan.tensors.size(); ++i) {
+        const PlannedTensor& t = plan.tensors[i];
         if (t.device.kind == DeviceKind::kDisk || t.alias_of >= 0 || !open.cold[t.source->file_index]) continue;
         uint32_t device = 0;
         while (device < plan.devices.size() && plan.devices[device].device != t.device) ++device;
-        items.push_back({t.source->file_index, device, t.source->offset_bytes, t.source->size_bytes, nullptr, 0});
+        items.push_back({static_cast<uint32_t>(i), device, t.source->offset_bytes, t.source->size_bytes, nullptr, 0});
       }
       for (const ReadItem& it : InterleaveByDevice(std::move(items), plan.devices.size() + 1)) {
+        const uint32_t file = plan.tensors[it.tensor].source->file_index;
         for (uint64_t done = 0; done < it.size_bytes; done += chunk) {
           const uint64_t n = std::min(chunk, it.size_bytes - done);
-          if (!pieces_.empty() && pieces_.back().file == it.tensor &&
+          if (!pieces_.empty() && pieces_.back().file == file &&
               pieces_.back().offset + pieces_.back().size == it.file_offset_bytes + done &&
               pieces_.back().size + n <= chunk) {
             pieces_.back().size += n;  // small tensors side by side in the file: one read
           } else {
-            pieces_.push_back({it.tensor, it.file_offset_bytes + done, n});
+            pieces_.push_back({file, it.file_offset_bytes + done, n});
           }
         }
       }
@@ -308,23 +307,26 @@ class ReadAhead {
 // the waits end).
 class FirstTensorWatch {
  public:
-  explicit FirstTensorWatch(size_t devices) : watches_(devices) {}
+  // `done` is called, on a watching thread, as each watched event completes.
+  FirstTensorWatch(size_t devices, std::function<void()> done) : watches_(devices), done_(std::move(done)) {}
   FirstTensorWatch(const FirstTensorWatch&) = delete;
   FirstTensorWatch& operator=(const FirstTensorWatch&) = delete;
   ~FirstTensorWatch() { Join(); }
 
-  // Once per device: records an event on `device` after the work queued so
-  // far and calls `done` when it has completed. A device call that fails
-  // fails the load (status()), as any other would.
-  void Start(size_t index, Device* device, const std::function<void()>& done) {
+  // The first call for each device index records an event on `device` after
+  // the work queued so far and has `done` called when it has completed; later
+  // calls do nothing. A device call that fails fails the load (status()), as
+  // any other would.
+  void Start(size_t index, Device* device) {
     Watch& w = watches_[index];
+    if (w.started.exchange(true)) return;
     Result<std::unique_ptr<Event>> event = device->CreateEvent();
     if (!event.ok()) return Fail(event.status());
     w.event = std::move(event).value();
     if (Status st = w.event->Record(); !st.ok()) return Fail(st);
-    auto wait = [this, e = w.event.get(), done] {
+    auto wait = [this, e = w.event.get()] {
       if (Status st = e->Wait(); st.ok()) {
-        done();
+        done_();
       } else {
         Fail(st);
       }
@@ -349,10 +351,12 @@ class FirstTensorWatch {
     if (status_.ok()) status_ = st;
   }
   struct Watch {
+    std::atomic<bool> started{false};
     std::unique_ptr<Event> event;
     std::thread thread;
   };
   std::vector<Watch> watches_;
+  const std::function<void()> done_;
   std::mutex mu_;
   Status status_;
 };
@@ -891,13 +895,13 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     for (int64_t seen = first_complete_ns.load(); now < seen && !first_complete_ns.compare_exchange_weak(seen, now);) {
     }
   };
-  FirstTensorWatch watch(states.size());
+  FirstTensorWatch watch(states.size(), complete_now);
   auto tensor_done = [&](uint32_t device) {
     DeviceState& ds = *states[device];
     if (!ds.staged) {
       complete_now();  // in host memory
-    } else if (options.pipeline && !ds.first_watched.exchange(true)) {
-      watch.Start(device, ds.device, complete_now);
+    } else if (options.pipeline) {
+      watch.Start(device, ds.device);
     }  // pipeline off: in the host copy, the copies to the device come later
   };
 
@@ -940,7 +944,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       DeviceState& s = *states[state_of[t.device]];
       if (!s.staged) continue;
       read_status = s.device->CopyToDeviceAsync(tensor_ptr[i], s.mirror.data() + t.offset_bytes, t.size_bytes);
-      if (read_status.ok() && !s.first_watched.exchange(true)) watch.Start(state_of[t.device], s.device, complete_now);
+      if (read_status.ok()) watch.Start(state_of[t.device], s.device);
     }
     for (auto& s : states) {
       if (s->staged && read_status.ok()) read_status = s->device->Synchronize();
