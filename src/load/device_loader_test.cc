@@ -1,8 +1,5 @@
 // Loads onto a pretend GPU (FaultDevice): the staged path, placements across
 // devices, the refusal before allocation, and every error path.
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -20,6 +17,7 @@
 #include "hoist/writer.h"
 #include "io/file.h"
 #include "io/uring.h"
+#include "testing/page_cache.h"
 #include "testing/temp_dir.h"
 
 namespace hoist {
@@ -609,23 +607,15 @@ TEST_F(DeviceLoaderTest, DirectReadsLandInTheStagingSlots) {
   }
 }
 
-bool Cached(const std::string& path) {
-  Result<File> file = File::OpenRead(path);
-  return file.ok() && file->CachedFraction() >= 0.5;
-}
+using hoist::testing::InPageCache;
 
 // Drops the checkpoint's files (every other one with `odd_only`) from the
-// page cache (clean after fsync); false where this machine does not let it.
+// page cache; false where this machine does not let it.
 bool EvictAll(const Catalog& catalog, bool odd_only = false) {
   bool evicted = true;
   for (size_t k = odd_only ? 1 : 0; k < catalog.files().size(); k += odd_only ? 2 : 1) {
-    const CatalogFile& f = catalog.files()[k];
-    int fd = ::open(f.path.c_str(), O_RDONLY);
-    if (fd < 0) return false;
-    ::fsync(fd);
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    ::close(fd);
-    evicted = evicted && !Cached(f.path);
+    hoist::testing::DropFromPageCache(catalog.files()[k].path);
+    evicted = evicted && !InPageCache(catalog.files()[k].path);
   }
   return evicted;
 }
@@ -650,7 +640,7 @@ TEST_F(DeviceLoaderTest, ColdFilesAreReadAheadWhileTheGpuStarts) {
     // files count as cached and none is read with O_DIRECT.
     EXPECT_EQ(st.read_ahead_bytes, st.bytes_read);
     EXPECT_EQ(st.direct_files, 0);
-    for (const CatalogFile& f : catalog_->files()) EXPECT_TRUE(Cached(f.path)) << f.path;
+    for (const CatalogFile& f : catalog_->files()) EXPECT_TRUE(InPageCache(f.path)) << f.path;
     ASSERT_NO_FATAL_FAILURE(ExpectFileBytes(*model));
   }
 }
@@ -682,11 +672,8 @@ TEST_F(DeviceLoaderTest, ReadAheadStoppedEarlyOverMixedFilesIsByteExact) {
   for (int delay_ms : {0, 2}) {
     SCOPED_TRACE("start " + std::to_string(delay_ms) + " ms");
     ResetDevices();
-    for (const CatalogFile& f : catalog_->files()) {  // back into the cache (O_DIRECT reads bypass it)
-      std::ifstream in(f.path, std::ios::binary);
-      std::vector<char> all(f.size_bytes);
-      in.read(all.data(), static_cast<std::streamsize>(all.size()));
-    }
+    // Back into the cache (O_DIRECT reads bypass it).
+    for (const CatalogFile& f : catalog_->files()) hoist::testing::ReadIntoPageCache(f.path);
     if (!EvictAll(*catalog_, /*odd_only=*/true)) GTEST_SKIP() << "the page cache cannot be dropped here";
     uint64_t cold_bytes = 0;
     for (size_t k = 1; k < catalog_->files().size(); k += 2) cold_bytes += catalog_->files()[k].size_bytes;
@@ -733,7 +720,7 @@ TEST_F(DeviceLoaderTest, ReservationFailingAfterTheReadAheadReturnsEveryByte) {
   EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 1);
   ExpectAllReturned();
   // The read-ahead ran before the failure: the files are in the cache.
-  for (const CatalogFile& f : catalog_->files()) EXPECT_TRUE(Cached(f.path)) << f.path;
+  for (const CatalogFile& f : catalog_->files()) EXPECT_TRUE(InPageCache(f.path)) << f.path;
 }
 
 // On a GPU a tensor is complete once the device has run its copies, not

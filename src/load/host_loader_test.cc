@@ -1,6 +1,3 @@
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -16,6 +13,7 @@
 #include "hoist/writer.h"
 #include "io/file.h"
 #include "io/uring.h"
+#include "testing/page_cache.h"
 #include "testing/temp_dir.h"
 
 namespace hoist {
@@ -191,15 +189,6 @@ TEST(HostLoaderTest, FileThatChangedAfterCatalogueIsRefused) {
       << model.status().message();
 }
 
-// Drops a file's pages from the page cache (they are clean after fsync).
-void Evict(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  ASSERT_GE(fd, 0);
-  ::fsync(fd);
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  ::close(fd);
-}
-
 TEST(HostLoaderTest, DirectReadsAreByteExactAndChosenForUncachedFiles) {
   testing::TempDir dir;
   auto tensors = MixedTensors();
@@ -211,7 +200,7 @@ TEST(HostLoaderTest, DirectReadsAreByteExactAndChosenForUncachedFiles) {
     if (!probe.ok()) GTEST_SKIP() << "no O_DIRECT on this file system: " << probe.status().message();
   }
   for (DirectIo mode : {DirectIo::kOn, DirectIo::kAuto}) {
-    for (const CatalogFile& f : cat->files()) Evict(f.path);
+    for (const CatalogFile& f : cat->files()) testing::DropFromPageCache(f.path);
     LoadOptions opt;
     opt.direct = mode;
     opt.io = IoEngine::kAuto;
@@ -228,11 +217,7 @@ TEST(HostLoaderTest, DirectReadsAreByteExactAndChosenForUncachedFiles) {
   }
   // Cached files are read through the page cache. (Direct reads bypass it,
   // so bring the files in first.)
-  for (const CatalogFile& f : cat->files()) {
-    std::ifstream in(f.path, std::ios::binary);
-    std::vector<char> all(f.size_bytes);
-    in.read(all.data(), static_cast<std::streamsize>(all.size()));
-  }
+  for (const CatalogFile& f : cat->files()) testing::ReadIntoPageCache(f.path);
   LoadOptions opt;
   opt.direct = DirectIo::kAuto;
   opt.io = IoEngine::kAuto;
