@@ -1,7 +1,12 @@
 // Strict JSON parsing shared by the header, index and device-map readers.
 #pragma once
 
+#include <cstddef>
+#include <memory>
+#include <string>
 #include <string_view>
+#include <unordered_set>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -16,5 +21,57 @@ inline constexpr int kMaxJsonDepth = 64;
 // syntax error or on an object that repeats a key: a plain parser keeps the
 // last value silently, which would let two entries hide one another.
 Result<nlohmann::json> ParseJsonStrict(std::string_view label, std::string_view text);
+
+// The text checks ParseJsonStrict makes before parsing: UTF-8, no NUL, no BOM.
+Status CheckJsonText(std::string_view label, std::string_view text);
+
+// What every strict SAX handler shares: the nesting limit, the first
+// repeated key and the parser's own error. A handler derives from it, calls
+// Enter()/Leave() around every object and array and Repeated() when a key
+// comes twice, and is run by ParseJsonSaxStrict.
+class StrictSax {
+ public:
+  bool parse_error(std::size_t position, const std::string& token, const nlohmann::detail::exception& e);
+
+  // After nlohmann's sax_parse returned `ok`: the one-line error, if any, in
+  // the order a reader meets them (nesting, repeated key, syntax).
+  Status Outcome(std::string_view label, bool ok) const;
+
+ protected:
+  bool Enter();
+  void Leave() { --depth_; }
+  bool Repeated(std::string key);  // records the key; returns false to stop
+
+ private:
+  int depth_ = 0;
+  bool too_deep_ = false;
+  bool has_duplicate_ = false;
+  bool syntax_error_ = false;
+  std::string duplicate_;
+  std::string error_;
+};
+
+// Key sets for objects whose keys a handler does not interpret itself.
+class KeySet {
+ public:
+  // False when `key` was already inserted.
+  bool Insert(const std::string& key) {
+    if (!keys_) keys_ = std::make_unique<std::unordered_set<std::string>>();
+    return keys_->insert(key).second;
+  }
+
+ private:
+  std::unique_ptr<std::unordered_set<std::string>> keys_;  // most objects never need one
+};
+
+// Checks `text` (CheckJsonText), then runs `handler` over it with
+// nlohmann's strict SAX parser.
+template <class Handler>
+Status ParseJsonSaxStrict(std::string_view label, std::string_view text, Handler* handler) {
+  HOIST_RETURN_IF_ERROR(CheckJsonText(label, text));
+  bool ok = nlohmann::json::sax_parse(text.begin(), text.end(), handler, nlohmann::json::input_format_t::json,
+                                      /*strict=*/true);
+  return handler->Outcome(label, ok);
+}
 
 }  // namespace hoist

@@ -577,6 +577,62 @@ TEST_F(SafetensorsTest, SameKeyInDifferentObjectsIsNotADuplicate) {
   EXPECT_EQ(h.metadata.size(), 2u);
 }
 
+TEST_F(SafetensorsTest, RepeatedKeyInsideAnIgnoredValueFails) {
+  // A field hoist does not read still follows JSON's rules, however deep.
+  ExpectCorruption(Image(Replace(kValidHeader, R"("dtype":"U8")", R"("dtype":"U8","x":{"y":[{"k":1,"k":2}]})"),
+                         kValidDataBytes),
+                   {"key 'k' appears twice"});
+  ExpectCorruption(Image(Replace(kValidHeader, R"("dtype":"U8")", R"("dtype":"U8","x":1,"x":2)"), kValidDataBytes),
+                   {"key 'x' appears twice"});
+  // Unknown fields are otherwise skipped, whatever they hold.
+  ParsedHeader h = ExpectOk(Image(
+      Replace(kValidHeader, R"("dtype":"U8")", R"("dtype":"U8","x":{"dtype":[{"shape":{}}],"data_offsets":null})"),
+      kValidDataBytes));
+  ASSERT_EQ(h.tensors.size(), 2u);
+  EXPECT_EQ(h.tensors[1].name, "b");
+  EXPECT_EQ(h.tensors[1].shape, std::vector<uint64_t>{3});
+}
+
+TEST_F(SafetensorsTest, FirstRepeatedTensorNameIsTheOneNamed) {
+  std::string header = "{" + Entry("a", "U8", "[1]", "[0,1]") + "," + Entry("b", "U8", "[1]", "[1,2]") + "," +
+                       Entry("c", "U8", "[1]", "[2,3]") + "," + Entry("b", "U8", "[1]", "[3,4]") + "," +
+                       Entry("a", "U8", "[1]", "[4,5]") + "}";
+  ExpectCorruption(Image(header, 5), {"key 'b' appears twice"});
+}
+
+TEST_F(SafetensorsTest, EntryProblemsAreJudgedInOneOrderWhateverTheFieldOrder) {
+  // data_offsets and shape are wrong too, but a missing dtype comes first.
+  ExpectCorruption(Image(R"({"w":{"data_offsets":[1],"shape":"x"}})", 0), {"tensor 'w'", "missing \"dtype\""});
+  // A shape of more than kMaxRank dimensions is named for its rank, even
+  // when its elements are wrong as well.
+  std::string dims = "[";
+  for (uint64_t i = 0; i <= kMaxRank; ++i) dims += (i ? ",\"x\"" : "\"x\"");
+  dims += "]";
+  ExpectCorruption(Image(R"({"w":{"data_offsets":[0,0],"shape":)" + dims + R"(,"dtype":"U8"}})", 0),
+                   {"tensor 'w'", "shape has 65 dimensions"});
+  // Values of the wrong kind, containers included.
+  ExpectCorruption(Image(R"({"w":{"dtype":{"F32":1},"shape":[],"data_offsets":[0,4]}})", 4),
+                   {"\"dtype\" is not a string"});
+  ExpectCorruption(Image(R"({"w":{"dtype":"U8","shape":[2,[1]],"data_offsets":[0,2]}})", 2),
+                   {"shape entry 1 is not a non-negative integer"});
+  ExpectCorruption(Image(R"({"w":{"dtype":"U8","shape":[2],"data_offsets":{"begin":0,"end":2}}})", 2),
+                   {"\"data_offsets\" is not a [begin, end] pair"});
+  ExpectCorruption(Image(R"({"w":{"dtype":"U8","shape":[2],"data_offsets":[0,[2]]}})", 2),
+                   {"\"data_offsets\" holds something other than non-negative integers"});
+  ExpectCorruption(Image(R"({"__metadata__":{"k":{"v":"1"}}})", 0), {"__metadata__ value for 'k' is not a string"});
+  ExpectCorruption(Image(R"({"__metadata__":["k"]})", 0), {"__metadata__ is not a JSON object"});
+  ExpectCorruption(Image(R"({"w":[{"dtype":"U8"}]})", 0), {"tensor 'w'", "entry is not a JSON object"});
+  ExpectCorruption(Image(R"([{"w":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}])", 0),
+                   {"header is not a JSON object"});
+}
+
+TEST_F(SafetensorsTest, SyntaxErrorOutranksAnEarlierBadEntry) {
+  // The first entry is wrong, but the text is not JSON at all: that is what
+  // the message says, as for any other file that is not JSON.
+  ExpectCorruption(Image(R"({"w":{"dtype":"NOPE","shape":[],"data_offsets":[0,0]}, "v": })", 0),
+                   {"not valid JSON"});
+}
+
 TEST_F(SafetensorsTest, ZeroSizeTensorsAccepted) {
   std::string header = "{" + Entry("empty0", "F32", "[0]", "[0,0]") + "," + Entry("a", "U8", "[2]", "[0,2]") + "," +
                        Entry("empty1", "BF16", "[3,0,5]", "[2,2]") + "," + Entry("b", "U8", "[1]", "[2,3]") + "," +
