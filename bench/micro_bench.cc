@@ -3,6 +3,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,27 @@ void BM_ParseHeader(benchmark::State& state) {
   state.counters["tensors/s"] = benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_ParseHeader)->Arg(1000)->Arg(100000)->Unit(benchmark::kMillisecond);
+
+// Opening a sharded checkpoint of n tensors in 160 shards with an index (the
+// size of DeepSeek-V3's: 163 shards, about 90k tensors): the index, every
+// shard's header and the cross-check between them.
+void BM_OpenCatalog(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  const std::vector<OutTensor> tensors = ManyTensors(n);
+  const std::string dir = "/tmp/hoist-bench-catalog-" + std::to_string(n);
+  WriteOptions wo;
+  wo.sparse = true;
+  wo.max_shard_bytes = static_cast<uint64_t>(n) * 16 / 160 + 16;
+  if (!WriteCheckpoint(dir, tensors, {}, wo, nullptr).ok()) return state.SkipWithError("cannot write");
+  for (auto _ : state) {
+    Result<Catalog> cat = OpenCatalog(dir);
+    if (!cat.ok()) return state.SkipWithError(cat.status().message().c_str());
+    benchmark::DoNotOptimize(cat);
+  }
+  std::filesystem::remove_all(dir);
+  state.counters["tensors/s"] = benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_OpenCatalog)->Arg(100000)->Unit(benchmark::kMillisecond);
 
 // Planning 100k tensors onto two GPUs and the cpu with a balanced device map,
 // from a header-only checkpoint written once.

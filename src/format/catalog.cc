@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
-#include <set>
+#include <unordered_map>
 #include <string>
 #include <system_error>
 
@@ -11,22 +11,60 @@
 #include "format/json_util.h"
 #include "format/safetensors.h"
 #include "io/file.h"
+#include "util/parallel.h"
 #include "util/text.h"
 
 namespace hoist {
 
 namespace fs = std::filesystem;
 
-// Assembles a Catalog one file at a time; the only writer of its fields.
+// Assembles a Catalog; the only writer of its fields.
 class CatalogBuilder {
  public:
-  Status AddFile(const std::string& path) {
+  // Reads the files' headers in parallel (a DeepSeek-V3 checkpoint has 163
+  // shards), then adds them in the given order; the error reported is the
+  // first file's in that order, and *failed (when given) says which.
+  Status AddFiles(const std::vector<std::string>& paths, size_t* failed = nullptr) {
+    std::vector<Result<Header>> headers(paths.size(), Status::Ok());
+    int threads = static_cast<int>(std::min<size_t>(paths.size(), kHeaderThreads));
+    HOIST_RETURN_IF_ERROR(ParallelFor(paths.size(), threads, [&](size_t i) {
+      headers[i] = ReadHeader(paths[i]);
+      return Status::Ok();
+    }));
+    size_t tensors = 0;
+    for (const Result<Header>& h : headers) tensors += h.ok() ? h->parsed.tensors.size() : 0;
+    cat_.tensors_.reserve(tensors);
+    for (size_t i = 0; i < paths.size(); ++i) {
+      Status added = headers[i].ok() ? Add(paths[i], *std::move(headers[i])) : headers[i].status();
+      if (!added.ok()) {
+        if (failed) *failed = i;
+        return added;
+      }
+    }
+    return Status::Ok();
+  }
+  Catalog Finish() { return std::move(cat_); }
+  const Catalog& catalog() const { return cat_; }
+
+ private:
+  static constexpr size_t kHeaderThreads = 8;
+  struct Header {
+    uint64_t file_size_bytes = 0;
+    ParsedHeader parsed;
+  };
+
+  static Result<Header> ReadHeader(const std::string& path) {
     HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(path));
-    HOIST_ASSIGN_OR_RETURN(ParsedHeader header, ReadSafetensorsHeader(file));
+    HOIST_ASSIGN_OR_RETURN(ParsedHeader parsed, ReadSafetensorsHeader(file));
+    return Header{file.size_bytes(), std::move(parsed)};
+  }
+
+  Status Add(const std::string& path, Header header) {
     auto file_index = static_cast<uint32_t>(cat_.files_.size());
-    cat_.files_.push_back({path, file.size_bytes(), header.data_offset_bytes});
-    for (auto& [key, value] : header.metadata) cat_.metadata_.emplace(key, value);
-    for (HeaderTensor& t : header.tensors) {
+    const uint64_t data_offset = header.parsed.data_offset_bytes;
+    cat_.files_.push_back({path, header.file_size_bytes, data_offset});
+    for (auto& [key, value] : header.parsed.metadata) cat_.metadata_.emplace(key, value);
+    for (HeaderTensor& t : header.parsed.tensors) {
       auto [it, inserted] = cat_.index_.emplace(t.name, cat_.tensors_.size());
       if (!inserted) {
         const TensorInfo& first = cat_.tensors_[it->second];
@@ -38,7 +76,7 @@ class CatalogBuilder {
       info.dtype = t.dtype;
       info.shape = std::move(t.shape);
       info.file_index = file_index;
-      info.offset_bytes = header.data_offset_bytes + t.begin_bytes;
+      info.offset_bytes = data_offset + t.begin_bytes;
       info.size_bytes = t.end_bytes - t.begin_bytes;
       if (__builtin_add_overflow(cat_.total_bytes_, info.size_bytes, &cat_.total_bytes_)) {
         return Corruption(Printable(path) + ": tensor sizes add up to more than 64 bits");
@@ -47,10 +85,7 @@ class CatalogBuilder {
     }
     return Status::Ok();
   }
-  Catalog Finish() { return std::move(cat_); }
-  const Catalog& catalog() const { return cat_; }
 
- private:
   Catalog cat_;
 };
 
@@ -75,43 +110,144 @@ bool IsSafeRelativePath(const std::string& name) {
 
 }  // namespace
 
+namespace {
+
+// model.safetensors.index.json, read straight from the parser's events: a
+// DeepSeek-V3-sized index (90k names) would otherwise become a DOM first.
+// As in the header parser, the first wrong value is noted and the parse goes
+// on, so the text's own errors are reported first.
+class IndexSax : public StrictSax {
+ public:
+  explicit IndexSax(const std::string& label) : label_(label) {}
+
+  bool null() { return Scalar(); }
+  bool boolean(bool) { return Scalar(); }
+  bool number_integer(int64_t v) { return v >= 0 ? number_unsigned(static_cast<uint64_t>(v)) : Scalar(); }
+  bool number_unsigned(uint64_t v) {
+    if (Top() == Frame::kMetadata && in_total_size_) {
+      out_.total_size = v;
+      return true;
+    }
+    return Scalar();
+  }
+  bool number_float(double v, const std::string&) {
+    // 1.6e10 written as a float (some writers do) is still a byte count.
+    if (Top() == Frame::kMetadata && in_total_size_ && v >= 0 && v < 1.8e19 &&
+        static_cast<double>(static_cast<uint64_t>(v)) == v) {
+      out_.total_size = static_cast<uint64_t>(v);
+      return true;
+    }
+    return Scalar();
+  }
+  bool binary(nlohmann::json::binary_t&) { return Scalar(); }
+  bool string(std::string& s) {
+    if (Top() != Frame::kWeightMap) return Scalar();
+    if (!IsSafeRelativePath(s)) {
+      Problem(label_ + ": weight_map sends " + QuoteName(out_.weight_map.back().first) + " to " + QuoteName(s) +
+              ", which is not a file inside the checkpoint directory");
+      return true;
+    }
+    auto [it, added] = shard_ids_.emplace(std::move(s), static_cast<uint32_t>(shard_ids_.size()));
+    out_.weight_map.back().second = it->second;
+    return true;
+  }
+  bool start_object(std::size_t) { return Enter() && Open(/*is_object=*/true); }
+  bool start_array(std::size_t) { return Enter() && Open(/*is_object=*/false); }
+  bool end_object() { return Close(); }
+  bool end_array() { return Close(); }
+  bool key(std::string& k) {
+    switch (Top()) {
+      case Frame::kWeightMap:
+        out_.weight_map.emplace_back(std::move(k), 0);  // repeats: after the parse
+        return true;
+      case Frame::kMetadata:
+        in_total_size_ = k == "total_size";
+        break;
+      case Frame::kRoot:
+        next_ = k == "weight_map" ? Frame::kWeightMap : k == "metadata" ? Frame::kMetadata : Frame::kSkip;
+        break;
+      default:
+        break;
+    }
+    if (!keys_.back().Insert(k)) return Repeated(k);
+    return true;
+  }
+
+  // The parse went through: the index, or what is wrong with it.
+  Result<ParsedIndex> Finish() {
+    if (!root_is_object_) return Corruption(label_ + ": not a JSON object");
+    size_t repeat = FirstRepeatedName(out_.weight_map.size(),
+                                      [&](size_t i) { return std::string_view(out_.weight_map[i].first); });
+    if (repeat < out_.weight_map.size()) {
+      return Corruption(label_ + ": key " + QuoteName(out_.weight_map[repeat].first) + " appears twice");
+    }
+    if (!has_weight_map_) return Corruption(label_ + ": no \"weight_map\" object");
+    if (!problem_.ok()) return problem_;
+    // Shards sorted by name, and the map's positions with them.
+    std::vector<uint32_t> position(shard_ids_.size());
+    for (auto& [name, id] : shard_ids_) out_.shards.push_back(name);
+    std::sort(out_.shards.begin(), out_.shards.end());
+    for (uint32_t i = 0; i < out_.shards.size(); ++i) position[shard_ids_[out_.shards[i]]] = i;
+    for (auto& entry : out_.weight_map) entry.second = position[entry.second];
+    return std::move(out_);
+  }
+
+ private:
+  enum class Frame : uint8_t { kNone, kRoot, kWeightMap, kMetadata, kSkip };
+
+  Frame Top() const { return stack_.empty() ? Frame::kNone : stack_.back(); }
+  void Problem(std::string message) {
+    if (problem_.ok()) problem_ = Corruption(std::move(message));
+  }
+  // A value the frame above does not take.
+  bool Scalar() {
+    if (Top() == Frame::kWeightMap) {
+      Problem(label_ + ": weight_map entry for " + QuoteName(out_.weight_map.back().first) + " is not a file name");
+    } else if (Top() == Frame::kMetadata && in_total_size_) {
+      Problem(label_ + ": metadata.total_size is not a non-negative integer");
+    }
+    return true;
+  }
+  bool Open(bool is_object) {
+    Frame next = Frame::kSkip;
+    if (Top() == Frame::kNone) {
+      root_is_object_ = is_object;
+      if (is_object) next = Frame::kRoot;
+    } else if (Top() == Frame::kRoot && is_object && next_ != Frame::kSkip) {
+      next = next_;
+      if (next == Frame::kWeightMap) has_weight_map_ = true;
+    } else {
+      Scalar();
+    }
+    stack_.push_back(next);
+    keys_.emplace_back();
+    return true;
+  }
+  bool Close() {
+    Leave();
+    stack_.pop_back();
+    keys_.pop_back();
+    return true;
+  }
+
+  const std::string& label_;
+  std::vector<Frame> stack_;
+  std::vector<KeySet> keys_;  // one per open container; the weight map's names are checked after
+  Frame next_ = Frame::kSkip;  // what the root's current key leads to
+  bool in_total_size_ = false;
+  bool root_is_object_ = false;
+  bool has_weight_map_ = false;
+  std::unordered_map<std::string, uint32_t> shard_ids_;  // in order of first mention
+  ParsedIndex out_;
+  Status problem_;
+};
+
+}  // namespace
+
 Result<ParsedIndex> ParseIndexJson(const std::string& label, std::string_view text) {
-  HOIST_ASSIGN_OR_RETURN(nlohmann::json doc, ParseJsonStrict(label, text));
-  if (!doc.is_object()) return Corruption(label + ": not a JSON object");
-  auto wm = doc.find("weight_map");
-  if (wm == doc.end() || !wm->is_object()) return Corruption(label + ": no \"weight_map\" object");
-  ParsedIndex out;
-  std::set<std::string> seen;
-  for (auto it = wm->begin(); it != wm->end(); ++it) {
-    if (!it->is_string()) {
-      return Corruption(label + ": weight_map entry for " + QuoteName(it.key()) + " is not a file name");
-    }
-    const std::string& shard = it->get_ref<const std::string&>();
-    if (!IsSafeRelativePath(shard)) {
-      return Corruption(label + ": weight_map sends " + QuoteName(it.key()) + " to " + QuoteName(shard) +
-                        ", which is not a file inside the checkpoint directory");
-    }
-    if (seen.insert(shard).second) out.shards.push_back(shard);
-    out.shard_of.emplace(it.key(), shard);
-  }
-  std::sort(out.shards.begin(), out.shards.end());
-  auto meta = doc.find("metadata");
-  if (meta != doc.end() && meta->is_object()) {
-    auto ts = meta->find("total_size");
-    if (ts != meta->end()) {
-      bool integral = ts->is_number_unsigned() || (ts->is_number_integer() && ts->get<int64_t>() >= 0);
-      uint64_t total = integral ? ts->get<uint64_t>() : 0;
-      // 1.6e10 written as a float (some writers do) is still a byte count.
-      if (!integral && ts->is_number_float() && ts->get<double>() >= 0 && ts->get<double>() < 1.8e19 &&
-          static_cast<double>(static_cast<uint64_t>(ts->get<double>())) == ts->get<double>()) {
-        total = static_cast<uint64_t>(ts->get<double>());
-        integral = true;
-      }
-      if (!integral) return Corruption(label + ": metadata.total_size is not a non-negative integer");
-      out.total_size = total;
-    }
-  }
-  return out;
+  IndexSax sax(label);
+  HOIST_RETURN_IF_ERROR(ParseJsonSaxStrict(label, text, &sax));
+  return sax.Finish();
 }
 
 namespace {
@@ -119,34 +255,48 @@ namespace {
 Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) {
   HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
   HOIST_ASSIGN_OR_RETURN(ParsedIndex index, ParseIndexJson(Printable(index_path), text));
-  const std::vector<std::string>& shards = index.shards;
-  const std::map<std::string, std::string>& shard_of = index.shard_of;
+  std::vector<std::string> paths;
+  for (const std::string& shard : index.shards) paths.push_back((dir / shard).string());
   CatalogBuilder builder;
-  for (const std::string& shard : shards) {
-    std::string path = (dir / shard).string();
-    Status added = builder.AddFile(path);
-    if (!added.ok() && added.code() == StatusCode::kNotFound) {
-      return NotFound(Printable(index_path) + ": shard " + QuoteName(shard) + " does not exist");
-    }
-    HOIST_RETURN_IF_ERROR(added);
+  size_t failed = 0;
+  Status added = builder.AddFiles(paths, &failed);
+  if (!added.ok() && added.code() == StatusCode::kNotFound) {
+    return NotFound(Printable(index_path) + ": shard " + QuoteName(index.shards[failed]) + " does not exist");
   }
+  HOIST_RETURN_IF_ERROR(added);
+
+  // Shard i of the index is file i of the catalogue. Match every name the
+  // index lists to its tensor, then judge in the catalogue's order.
   const Catalog& cat = builder.catalog();
-  for (const TensorInfo& t : cat.tensors()) {
-    const std::string& file = cat.files()[t.file_index].path;
-    auto it = shard_of.find(t.name);
-    if (it == shard_of.end()) {
-      return Corruption(Printable(file) + ": tensor " + QuoteName(t.name) + " is in this shard but not in " + Printable(index_path));
-    }
-    if ((dir / it->second).string() != file) {
-      return Corruption(Printable(index_path) + ": tensor " + QuoteName(t.name) + " is listed in " + QuoteName(it->second) +
-                        " but found in " + Printable(file));
+  const std::vector<TensorInfo>& tensors = cat.tensors();
+  constexpr size_t kUnlisted = SIZE_MAX;
+  std::vector<size_t> listed_as(tensors.size(), kUnlisted);  // tensor -> its weight_map entry
+  size_t first_absent = kUnlisted;
+  for (size_t e = 0; e < index.weight_map.size(); ++e) {
+    const TensorInfo* t = cat.Find(index.weight_map[e].first);
+    if (t == nullptr) {
+      first_absent = std::min(first_absent, e);
+    } else {
+      listed_as[static_cast<size_t>(t - tensors.data())] = e;
     }
   }
-  for (const auto& [name, shard] : shard_of) {
-    if (cat.Find(name) == nullptr) {
-      return Corruption(Printable(index_path) + ": tensor " + QuoteName(name) + " is listed in " + QuoteName(shard) +
-                        " but that shard does not contain it");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorInfo& t = tensors[i];
+    const std::string& file = cat.files()[t.file_index].path;
+    if (listed_as[i] == kUnlisted) {
+      return Corruption(Printable(file) + ": tensor " + QuoteName(t.name) + " is in this shard but not in " +
+                        Printable(index_path));
     }
+    uint32_t shard = index.weight_map[listed_as[i]].second;
+    if (shard != t.file_index) {
+      return Corruption(Printable(index_path) + ": tensor " + QuoteName(t.name) + " is listed in " +
+                        QuoteName(index.shards[shard]) + " but found in " + Printable(file));
+    }
+  }
+  if (first_absent != kUnlisted) {
+    const auto& [name, shard] = index.weight_map[first_absent];
+    return Corruption(Printable(index_path) + ": tensor " + QuoteName(name) + " is listed in " +
+                      QuoteName(index.shards[shard]) + " but that shard does not contain it");
   }
   if (index.total_size && *index.total_size != cat.total_bytes()) {
     return Corruption(Printable(index_path) + ": metadata.total_size says " + std::to_string(*index.total_size) +
@@ -168,7 +318,7 @@ Result<Catalog> OpenDirectory(const fs::path& dir) {
   if (files.empty()) return NotFound(Printable(dir.string()) + ": no .safetensors files and no " + kIndexFileName);
   std::sort(files.begin(), files.end());
   CatalogBuilder builder;
-  for (const std::string& f : files) HOIST_RETURN_IF_ERROR(builder.AddFile(f));
+  HOIST_RETURN_IF_ERROR(builder.AddFiles(files));
   return builder.Finish();
 }
 
@@ -181,7 +331,7 @@ Result<Catalog> OpenCatalog(const std::string& path) {
   if (ec || !fs::exists(st)) return NotFound(Printable(path) + ": no such file or directory");
   if (fs::is_directory(st)) return OpenDirectory(path);
   CatalogBuilder builder;
-  HOIST_RETURN_IF_ERROR(builder.AddFile(path));
+  HOIST_RETURN_IF_ERROR(builder.AddFiles({path}));
   return builder.Finish();
 }
 

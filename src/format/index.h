@@ -5,10 +5,10 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "hoist/status.h"
@@ -16,9 +16,11 @@
 namespace hoist {
 
 struct ParsedIndex {
-  std::vector<std::string> shards;               // each named once, sorted
-  std::map<std::string, std::string> shard_of;   // tensor name -> shard
-  std::optional<uint64_t> total_size;            // metadata.total_size, when given
+  std::vector<std::string> shards;  // each named once, sorted
+  // weight_map as listed: tensor name -> its shard's position in `shards`.
+  // Names are unique.
+  std::vector<std::pair<std::string, uint32_t>> weight_map;
+  std::optional<uint64_t> total_size;  // metadata.total_size, when given
 };
 
 // Strict JSON (json_util.h); a "weight_map" object of tensor name -> shard

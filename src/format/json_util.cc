@@ -1,5 +1,6 @@
 #include "format/json_util.h"
 
+#include <algorithm>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -102,6 +103,24 @@ Status CheckJsonText(std::string_view label, std::string_view text) {
     return Corruption(std::string(label) + " begins with a UTF-8 byte order mark, which JSON does not allow");
   }
   return Status::Ok();
+}
+
+size_t FirstRepeatedName(size_t count, const std::function<std::string_view(size_t)>& name) {
+  std::vector<std::pair<uint64_t, size_t>> hashes;
+  hashes.reserve(count);
+  for (size_t i = 0; i < count; ++i) hashes.emplace_back(std::hash<std::string_view>{}(name(i)), i);
+  std::sort(hashes.begin(), hashes.end());
+  size_t first = count;
+  for (size_t i = 1; i < hashes.size(); ++i) {
+    // Equal hashes sort by index, so hashes[i] is the later of any pair.
+    for (size_t j = i; j-- > 0 && hashes[j].first == hashes[i].first;) {
+      if (name(hashes[j].second) == name(hashes[i].second)) {
+        first = std::min(first, hashes[i].second);
+        break;
+      }
+    }
+  }
+  return first;
 }
 
 Result<nlohmann::json> ParseJsonStrict(std::string_view label, std::string_view text) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -63,6 +64,11 @@ class KeySet {
  private:
   std::unique_ptr<std::unordered_set<std::string>> keys_;  // most objects never need one
 };
+
+// Among `count` names (name(i) gives the i-th), the index of the first one
+// that repeats an earlier one, or `count` when all differ. Sorts hashes
+// rather than probing a hash table, so it costs no allocation per name.
+size_t FirstRepeatedName(size_t count, const std::function<std::string_view(size_t)>& name);
 
 // Checks `text` (CheckJsonText), then runs `handler` over it with
 // nlohmann's strict SAX parser.

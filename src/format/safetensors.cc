@@ -42,7 +42,11 @@ class HeaderSax : public StrictSax {
   bool key(std::string& k);
 
   bool root_is_object() const { return root_is_object_; }
-  const std::string* RepeatedName() const;
+  // The first tensor name that repeats an earlier one, or null.
+  const std::string* RepeatedName() const {
+    size_t i = FirstRepeatedName(tensors_.size(), [&](size_t k) { return std::string_view(tensors_[k].name); });
+    return i == tensors_.size() ? nullptr : &tensors_[i].name;
+  }
   const Status& problem() const { return problem_; }
   std::vector<HeaderTensor>& tensors() { return tensors_; }
   std::vector<std::pair<std::string, std::string>> TakeMetadata() {
@@ -155,29 +159,6 @@ bool HeaderSax::string(std::string& s) {
     return true;
   }
   return Scalar();
-}
-
-// The first name (in the text's order) that an earlier tensor already has.
-// Checked once the parse is done, on the names' hashes sorted: a hash table
-// probed per key costs a cache miss per tensor.
-const std::string* HeaderSax::RepeatedName() const {
-  std::vector<std::pair<uint64_t, uint32_t>> hashes;
-  hashes.reserve(tensors_.size());
-  for (uint32_t i = 0; i < tensors_.size(); ++i) {
-    hashes.emplace_back(std::hash<std::string_view>{}(tensors_[i].name), i);
-  }
-  std::sort(hashes.begin(), hashes.end());
-  uint32_t first_repeat = UINT32_MAX;
-  for (size_t i = 1; i < hashes.size(); ++i) {
-    // Equal hashes sort by index, so the later entry is the repeat.
-    for (size_t j = i; j-- > 0 && hashes[j].first == hashes[i].first;) {
-      if (tensors_[hashes[j].second].name == tensors_[hashes[i].second].name) {
-        first_repeat = std::min(first_repeat, hashes[i].second);
-        break;
-      }
-    }
-  }
-  return first_repeat == UINT32_MAX ? nullptr : &tensors_[first_repeat].name;
 }
 
 bool HeaderSax::Container(bool is_object) {
