@@ -598,9 +598,13 @@ TEST_F(DeviceLoaderTest, DirectReadsLandInTheStagingSlots) {
         ASSERT_TRUE(model.ok()) << model.status().message();
         EXPECT_EQ(model->stats().direct_files, static_cast<int>(catalog_->files().size()));
         EXPECT_EQ(model->stats().uring_files, uring ? static_cast<int>(catalog_->files().size()) : 0);
-        if (!cast) ASSERT_NO_FATAL_FAILURE(ExpectFileBytes(*model));
+        if (!cast) {
+          ASSERT_NO_FATAL_FAILURE(ExpectFileBytes(*model));
+        }
         for (const TensorView& v : model->tensors()) {
-          if (cast) ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v)) << v.name;
+          if (cast) {
+            ASSERT_EQ(DeviceBytes(v), FileBytesAsF32(v)) << v.name;
+          }
         }
       }
     }
