@@ -44,6 +44,9 @@ class Catalog {
   uint64_t total_bytes() const { return total_bytes_; }
   // nullptr when absent.
   const TensorInfo* Find(const std::string& name) const;
+  // What the checkpoint gets wrong that hoist tolerates, one line each (see
+  // OpenCatalog).
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
   friend class CatalogBuilder;
@@ -52,10 +55,17 @@ class Catalog {
   std::map<std::string, std::string> metadata_;
   std::unordered_map<std::string, size_t> index_;
   uint64_t total_bytes_ = 0;
+  std::vector<std::string> warnings_;
 };
 
 inline constexpr const char* kIndexFileName = "model.safetensors.index.json";
 
+// An index whose metadata.total_size disagrees with the shards is corrupt,
+// with one exception that real checkpoints need: in a checkpoint holding
+// floats narrower than 16 bits (FP8, FP6, FP4), a total of exactly 2 bytes
+// per element, the size of the model in 16-bit floats, which such releases'
+// indexes keep (DeepSeek-V3's FP8 index says 1,369,062,772,000 bytes; its
+// shards hold 688,574,839,360). That one is a warning.
 Result<Catalog> OpenCatalog(const std::string& path);
 
 }  // namespace hoist

@@ -22,7 +22,7 @@ struct SynthOptions {
   DType dtype = DType::kBF16;      // BF16, F16 or F32
   int layers = -1;                 // -1: the architecture's own count
   bool sparse = false;             // headers only, data left as file holes
-  uint64_t max_shard_bytes = 5'000'000'000;
+  uint64_t max_shard_bytes = 0;   // 0: the published checkpoint's (5 GB for most)
   int threads = 0;
 };
 

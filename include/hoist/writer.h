@@ -39,6 +39,9 @@ struct WriteOptions {
   bool sparse = false;
   int threads = 0;  // 0: default
   uint64_t piece_bytes = 8ull << 20;
+  // metadata.total_size for the index, when it must say something other
+  // than the bytes written (hoist synth reproducing a published index).
+  std::optional<uint64_t> index_total_size;
   // Files never removed as stale outputs (a conversion's own sources).
   std::vector<std::string> keep_files;
 };

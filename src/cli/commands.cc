@@ -67,6 +67,7 @@ Status WriteTextFile(const std::string& path, const std::string& text) {
 int RunInspect(const InspectArgs& args) {
   Result<Catalog> cat = OpenCatalog(args.path);
   if (!cat.ok()) return Fail(cat.status());
+  for (const std::string& w : cat->warnings()) fmt::print(stderr, "warning: {}\n", w);
   if (args.json) {
     ordered_json out;
     out["files"] = ordered_json::array();
@@ -283,9 +284,11 @@ int RunSynth(const SynthArgs& args) {
   auto dtype = ParseCastTarget(args.dtype);
   if (!dtype) return Fail(InvalidArgument("--dtype " + QuoteName(args.dtype) + ": expected bf16, f16 or f32"));
   options.dtype = *dtype;
-  Result<uint64_t> shard = ParseByteSize(args.max_shard_size);
-  if (!shard.ok()) return Fail(shard.status());
-  options.max_shard_bytes = *shard;
+  if (!args.max_shard_size.empty()) {
+    Result<uint64_t> shard = ParseByteSize(args.max_shard_size);
+    if (!shard.ok()) return Fail(shard.status());
+    options.max_shard_bytes = *shard;
+  }
   Result<WriteResult> written = WriteSynthCheckpoint(options, args.out_dir);
   if (!written.ok()) return Fail(written.status());
   if (!args.quiet) {

@@ -40,7 +40,7 @@ struct SynthArgs {
   std::string dtype = "bf16";
   int layers = -1;
   bool sparse = false;
-  std::string max_shard_size = "5GB";
+  std::string max_shard_size;  // empty: the published checkpoint's
   int threads = 0;
   bool quiet = false;
 };

@@ -94,7 +94,8 @@ int main(int argc, char** argv) {
   c_synth->add_option("--layers", synth.layers, "Number of decoder layers (default: the architecture's)")
       ->check(CLI::Range(1, 10000));
   c_synth->add_flag("--sparse", synth.sparse, "Write headers only; leave the data as file holes");
-  c_synth->add_option("--max-shard-size", synth.max_shard_size, "Largest shard")->capture_default_str();
+  c_synth->add_option("--max-shard-size", synth.max_shard_size,
+                      "Largest shard (default: about the published checkpoint's, 5GB for most)");
   c_synth->add_option("--threads", synth.threads, "Writer threads")->check(CLI::Range(1, 1024));
   c_synth->add_flag("--quiet,-q", synth.quiet, "Print nothing on success");
 

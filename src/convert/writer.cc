@@ -212,7 +212,7 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
   for (const Shard& s : shards) result.files.push_back(s.path);
   if (!single_file && shards.size() > 1) {
     nlohmann::ordered_json index;
-    index["metadata"] = {{"total_size", total}};
+    index["metadata"] = {{"total_size", options.index_total_size.value_or(total)}};
     std::map<std::string, std::string> weight_map;
     for (const Shard& s : shards) {
       for (size_t i : s.tensors) weight_map[tensors[i].name] = fs::path(s.path).filename().string();

@@ -45,6 +45,7 @@ class CatalogBuilder {
   }
   Catalog Finish() { return std::move(cat_); }
   const Catalog& catalog() const { return cat_; }
+  void Warn(std::string warning) { cat_.warnings_.push_back(std::move(warning)); }
 
  private:
   static constexpr size_t kHeaderThreads = 8;
@@ -252,6 +253,36 @@ Result<ParsedIndex> ParseIndexJson(const std::string& label, std::string_view te
 
 namespace {
 
+// True when some tensor is a float narrower than 16 bits (FP8, FP6, FP4):
+// a quantized release.
+bool HoldsNarrowFloats(const Catalog& cat) {
+  for (const TensorInfo& t : cat.tensors()) {
+    switch (t.dtype) {
+      case DType::kF8_E4M3: case DType::kF8_E5M2: case DType::kF8_E8M0: case DType::kF8_E4M3FNUZ:
+      case DType::kF8_E5M2FNUZ: case DType::kF6_E2M3: case DType::kF6_E3M2: case DType::kF4:
+        return true;
+      default:
+        break;
+    }
+  }
+  return false;
+}
+
+// Elements in all tensors, saturating at UINT64_MAX / 2 + 1 so that twice
+// it never wraps around to a small number.
+uint64_t ElementCount(const Catalog& cat) {
+  constexpr uint64_t kCap = UINT64_MAX / 2 + 1;
+  uint64_t total = 0;
+  for (const TensorInfo& t : cat.tensors()) {
+    uint64_t n = 1;
+    for (uint64_t d : t.shape) {
+      if (__builtin_mul_overflow(n, d, &n)) return kCap;
+    }
+    if (__builtin_add_overflow(total, n, &total) || total >= kCap) return kCap;
+  }
+  return total;
+}
+
 Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) {
   HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
   HOIST_ASSIGN_OR_RETURN(ParsedIndex index, ParseIndexJson(Printable(index_path), text));
@@ -299,6 +330,12 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
                       QuoteName(index.shards[shard]) + " but that shard does not contain it");
   }
   if (index.total_size && *index.total_size != cat.total_bytes()) {
+    if (HoldsNarrowFloats(cat) && *index.total_size == 2 * ElementCount(cat)) {
+      builder.Warn(Printable(index_path) + ": metadata.total_size says " + std::to_string(*index.total_size) +
+                   " bytes, the model's size at 2 bytes per element, but the shards hold " +
+                   std::to_string(cat.total_bytes()) + " bytes of tensors (an FP8 release's index keeps its 16-bit size); ignored");
+      return builder.Finish();
+    }
     return Corruption(Printable(index_path) + ": metadata.total_size says " + std::to_string(*index.total_size) +
                       " bytes but the shards hold " + std::to_string(cat.total_bytes()) + " bytes of tensors");
   }

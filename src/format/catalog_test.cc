@@ -374,6 +374,35 @@ TEST_F(CatalogTest, IndexTotalSizeDisagrees) {
               {IndexPath("m"), "metadata.total_size says 30 bytes but the shards hold 29 bytes"});
 }
 
+TEST_F(CatalogTest, IndexTotalSizeOfTwoBytesPerElementIsAWarningForFp8) {
+  // An FP8 release: w F8_E4M3 [8] and its F32 scale [1], 9 elements in 12
+  // bytes; its index, written for the model in 16-bit floats, says 18
+  // (DeepSeek-V3's does this).
+  WriteFile(Shard1("q"), {{"w", "F8_E4M3", {8}}});
+  WriteFile(Shard2("q"), {{"w_scale", "F32", {1}}});
+  const std::string map = R"({"w":"model-00001-of-00002.safetensors","w_scale":"model-00002-of-00002.safetensors"})";
+  WriteIndex("q", map, "18");
+  Catalog cat = ExpectOk(OpenCatalog(Path("q")));
+  EXPECT_EQ(cat.total_bytes(), 12u);
+  ASSERT_EQ(cat.warnings().size(), 1u);
+  EXPECT_NE(cat.warnings()[0].find(IndexPath("q")), std::string::npos) << cat.warnings()[0];
+  EXPECT_NE(cat.warnings()[0].find("2 bytes per element"), std::string::npos) << cat.warnings()[0];
+  // Any other disagreement stays an error, one element off included.
+  for (std::string v : {"16", "20", "9", "24"}) {
+    SCOPED_TRACE(v);
+    WriteIndex("q", map, v);
+    ExpectError(OpenCatalog(Path("q")), StatusCode::kCorruption, {IndexPath("q"), "metadata.total_size says " + v});
+  }
+  // An index that agrees warns of nothing.
+  WriteIndex("q", map, "12");
+  EXPECT_TRUE(ExpectOk(OpenCatalog(Path("q"))).warnings().empty());
+  // Without 8-bit floats, 2 bytes per element is no excuse: 4 + 3 + 5 = 12
+  // elements here, of F32, U8 and BF16.
+  WriteShards("m");
+  WriteIndex("m", kGoodWeightMap, "24");
+  ExpectError(OpenCatalog(Path("m")), StatusCode::kCorruption, {IndexPath("m"), "metadata.total_size says 24"});
+}
+
 TEST_F(CatalogTest, IndexTotalSizeNotAnInteger) {
   for (std::string v : {"-29", "\"29\"", "29.5", "null", "1e300"}) {
     SCOPED_TRACE(v);

@@ -174,6 +174,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
                       " bytes of tensors, more than hoist plans (1 EiB): its files are sparse or corrupt");
   }
   LoadPlan plan;
+  plan.warnings = catalog.warnings();
 
   // 1. Key mapping: compat, drops, renames.
   std::vector<std::regex> drops;

@@ -50,6 +50,29 @@ constexpr const char* kMixtral22Extra = R"({
   "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
   "sliding_window": null, "use_cache": true})";
 
+// deepseek-ai/DeepSeek-V3 as released (FP8 weights in 128x128 blocks with
+// F32 inverse scales, BF16 embeddings, norms and router). num_hidden_layers
+// counts the decoder layers; the multi-token-prediction layer after them is
+// in the checkpoint too (num_nextn_predict_layers).
+constexpr const char* kDeepseekV3Extra = R"({
+  "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+  "attention_bias": false, "attention_dropout": 0.0,
+  "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV3Config",
+               "AutoModel": "modeling_deepseek.DeepseekV3Model",
+               "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM"},
+  "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1, "first_k_dense_replace": 3, "hidden_act": "silu",
+  "initializer_range": 0.02, "kv_lora_rank": 512, "max_position_embeddings": 163840,
+  "moe_intermediate_size": 2048, "moe_layer_freq": 1, "n_group": 8, "n_shared_experts": 1,
+  "norm_topk_prob": true, "num_experts_per_tok": 8, "num_nextn_predict_layers": 1,
+  "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+  "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                          "weight_block_size": [128, 128]},
+  "rms_norm_eps": 1e-06,
+  "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                   "original_max_position_embeddings": 4096, "type": "yarn"},
+  "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid", "topk_group": 4,
+  "topk_method": "noaux_tc", "use_cache": true, "v_head_dim": 128})";
+
 }  // namespace
 
 const std::vector<ArchSpec>& Archs() {
@@ -62,6 +85,9 @@ const std::vector<ArchSpec>& Archs() {
       {"qwen2.5-7b", Family::kQwen2, 3584, 18944, 28, 28, 4, 128, 152064, false, 0, kQwen25Extra},
       {"mixtral-8x7b", Family::kMixtral, 4096, 14336, 32, 32, 8, 128, 32000, false, 8, kMixtral7Extra},
       {"mixtral-8x22b", Family::kMixtral, 6144, 16384, 56, 48, 8, 128, 32000, false, 8, kMixtral22Extra},
+      // Most of the published 163 shards hold 4.30 GB.
+      {"deepseek-v3", Family::kDeepseekV3, 7168, 18432, 61, 128, 128, 0, 129280, false, 256, kDeepseekV3Extra,
+       4'310'000'000},
   };
   return kArchs;
 }

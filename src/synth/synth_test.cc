@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -17,7 +18,7 @@ namespace {
 struct Published {
   const char* arch;
   size_t tensors;
-  uint64_t bytes;  // bf16, the "total_size" of the published index (or file size minus header)
+  uint64_t bytes;  // tensor bytes (bf16 but for deepseek-v3's fp8 release)
 };
 
 // Tensor counts and bf16 byte totals of the checkpoints as published on the
@@ -29,6 +30,9 @@ const Published kPublished[] = {
     {"qwen2.5-7b", 339, 15'231'233'024},
     {"mixtral-8x7b", 995, 93'405'585'408},
     {"mixtral-8x22b", 1739, 281'241'268'224},
+    // From a header audit of every shard of deepseek-ai/DeepSeek-V3 (revision
+    // e815299): 91,991 tensors, 688,574,839,360 bytes of them.
+    {"deepseek-v3", 91991, 688'574'839'360},
 };
 
 TEST(SynthTest, MatchesPublishedCountsAndBytes) {
@@ -42,6 +46,54 @@ TEST(SynthTest, MatchesPublishedCountsAndBytes) {
     EXPECT_EQ(tensors->size(), p.tensors) << p.arch;
     EXPECT_EQ(bytes, p.bytes) << p.arch;
   }
+}
+
+TEST(SynthTest, DeepseekV3MatchesThePublishedDtypesAndIndex) {
+  SynthOptions o;
+  o.arch = "deepseek-v3";
+  Result<std::vector<OutTensor>> tensors = SynthTensors(o);
+  ASSERT_TRUE(tensors.ok());
+  std::map<DType, size_t> count;
+  uint64_t elements = 0;
+  std::map<std::string, const OutTensor*> by_name;
+  for (const OutTensor& t : *tensors) {
+    ++count[t.dtype];
+    uint64_t n = 1;
+    for (uint64_t d : t.shape) n *= d;
+    elements += n;
+    by_name[t.name] = &t;
+  }
+  // The same audit: BF16 316, F8_E4M3 45,808, F32 45,867; 684,531,386,000
+  // elements, which at 2 bytes each is the published index's total_size.
+  EXPECT_EQ(count[DType::kBF16], 316u);
+  EXPECT_EQ(count[DType::kF8_E4M3], 45808u);
+  EXPECT_EQ(count[DType::kF32], 45867u);
+  EXPECT_EQ(elements, 684'531'386'000u);
+  auto shape = [&](const std::string& name) {
+    auto it = by_name.find(name);
+    return it == by_name.end() ? std::vector<uint64_t>{} : it->second->shape;
+  };
+  EXPECT_EQ(shape("model.layers.0.self_attn.kv_a_proj_with_mqa.weight_scale_inv"), (std::vector<uint64_t>{5, 56}));
+  EXPECT_EQ(shape("model.layers.2.mlp.down_proj.weight"), (std::vector<uint64_t>{7168, 18432}));
+  EXPECT_EQ(shape("model.layers.3.mlp.experts.255.down_proj.weight_scale_inv"), (std::vector<uint64_t>{56, 16}));
+  EXPECT_EQ(shape("model.layers.61.eh_proj.weight"), (std::vector<uint64_t>{7168, 14336}));
+  EXPECT_EQ(by_name.count("model.layers.2.mlp.gate.weight"), 0u);  // dense
+  EXPECT_EQ(by_name.count("model.layers.62.input_layernorm.weight"), 0u);
+
+  // Written sparse, its index says what the published one says, and opens
+  // with a warning about it.
+  testing::TempDir dir;
+  o.sparse = true;
+  o.layers = 4;
+  ASSERT_TRUE(WriteSynthCheckpoint(o, dir.path().string()).ok());
+  Result<Catalog> cat = OpenCatalog(dir.path().string());
+  ASSERT_TRUE(cat.ok()) << cat.status().message();
+  EXPECT_EQ(cat->warnings().size(), 1u);
+  EXPECT_NE(cat->Find("model.layers.4.shared_head.head.weight"), nullptr);  // the MTP layer follows layer 3
+  auto config = nlohmann::json::parse(*SynthConfigJson(o));
+  EXPECT_EQ(config["num_hidden_layers"], 4);
+  EXPECT_EQ(config["n_routed_experts"], 256);
+  EXPECT_FALSE(config.contains("head_dim"));
 }
 
 TEST(SynthTest, TiedEmbeddingsHaveNoLmHead) {

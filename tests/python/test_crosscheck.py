@@ -528,6 +528,48 @@ def test_tiny_llama_loads_in_transformers(run_hoist, tmp_path, dtype, shard):
     assert logits.float().std() > 0
 
 
+def test_deepseek_v3_names_and_shapes_match_transformers(run_hoist, tmp_path):
+    """`hoist synth --arch deepseek-v3` (4 layers: 3 dense, 1 MoE, then the
+    prediction layer) against the model transformers builds from the same
+    config.json, on the meta device. transformers keeps neither the FP8
+    scales nor the prediction layer, and may fuse each layer's experts into
+    3-D tensors; everything else must match by name and shape."""
+    torch = _torch()
+    transformers = pytest.importorskip("transformers", reason="transformers is needed (pip install transformers)")
+    d = tmp_path / "ds3"
+    ok(run_hoist("synth", "--arch", "deepseek-v3", "--layers", "4", "--sparse", "--quiet", d))
+    config = json.loads((d / "config.json").read_text())
+    config.pop("quantization_config")  # FP8 needs a GPU to build; the shapes are the same
+    config.pop("auto_map")
+    try:
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
+    except Exception as e:  # a transformers without deepseek_v3
+        pytest.skip(f"transformers cannot build deepseek_v3: {e!r}")
+    theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    proc = ok(run_hoist("inspect", "--json", d))
+    assert "2 bytes per element" in proc.stderr
+    ours = {t["name"]: tuple(t["shape"]) for t in json.loads(proc.stdout)["tensors"]}
+    assert sum(1 for n in ours if n.startswith("model.layers.4.")) == 1564
+    ours = {n: s for n, s in ours.items() if not n.endswith("weight_scale_inv") and not n.startswith("model.layers.4.")}
+    experts = {}
+    for name in list(ours):
+        parts = name.split(".")
+        if parts[3:5] == ["mlp", "experts"]:
+            experts.setdefault((parts[2], parts[6]), []).append(ours.pop(name))
+    for (layer, proj), shapes in experts.items():
+        assert len(shapes) == 256 and len(set(shapes)) == 1, (layer, proj)
+        prefix = f"model.layers.{layer}.mlp.experts."
+        if prefix + f"0.{proj}.weight" in theirs:  # experts kept apart
+            ours.update({prefix + f"{e}.{proj}.weight": shapes[0] for e in range(256)})
+        elif proj == "down_proj":
+            ours[prefix + "down_proj"] = (256,) + shapes[0]
+        elif proj == "gate_proj":  # fused with up_proj
+            ours[prefix + "gate_up_proj"] = (256, 2 * shapes[0][0], shapes[0][1])
+    assert ours == theirs, sorted(set(ours) ^ set(theirs))[:10]
+
+
 # ------------------------------------------- device-map order vs. transformers
 
 # Small configs of common decoder architectures; 12 layers, so that a
