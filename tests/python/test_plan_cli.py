@@ -1112,3 +1112,42 @@ def test_probe_json(run_hoist, gpu_count):
         assert doc.get("cuda", False) is False
     for g in doc["gpus"]:
         assert {"index", "name", "free_bytes", "total_bytes", "h2d_pinned_gbps"} <= set(g)
+
+
+# ------------------------------------------------------- a 92k-tensor FP8 model
+
+
+def test_deepseek_v3_plans_over_eight_gpus(run_hoist, tmp_path):
+    """The whole DeepSeek-V3 FP8 layout (91,991 tensors, 688.57 GB, written
+    sparse) planned with --device-map auto over eight 140 GiB GPUs and cast
+    to f32: no layer is split, the layers fill the GPUs in order and none
+    goes to the cpu, the FP8 weights and their
+    F32 scales keep their bytes while the BF16 tensors double, and each
+    reservation is exactly its tensors, 256-byte aligned."""
+    d = tmp_path / "ds3"
+    ok(run_hoist("synth", "--arch", "deepseek-v3", "--sparse", "--quiet", d))
+    tensors = header_tensors(d)
+    assert len(tensors) == 91991
+    gpus = ",".join(f"{i}=140GiB" for i in range(8))
+    proc = ok(run_hoist("plan", "--json", "--device-map", "auto", "--max-memory", f"{gpus},cpu=8GiB",
+                        "--dtype", "f32", d))
+    plan = json.loads(proc.stdout)
+    # The published index's total_size (2 bytes per element), tolerated.
+    assert any("2 bytes per element" in w for w in plan["warnings"]), plan["warnings"]
+    assert {t["name"] for t in plan["tensors"]} == set(tensors)
+    layer_devices, used = {}, {}
+    for t in plan["tensors"]:
+        src = tensors[t["name"]]
+        want_dtype = "F32" if src["dtype"] == "BF16" else src["dtype"]
+        assert (t["dtype"], t["nbytes"]) == (want_dtype, src["nbytes"] * (2 if src["dtype"] == "BF16" else 1)), t
+        m = re.match(r"model\.layers\.(\d+)\.", t["name"])
+        if m:
+            layer_devices.setdefault(int(m.group(1)), set()).add(t["device"])
+        used[t["device"]] = max(used.get(t["device"], 0), t["offset"] + align(t["nbytes"]))
+    assert sorted(layer_devices) == list(range(62))
+    assert all(len(devs) == 1 for devs in layer_devices.values()), "a layer was split"
+    walk = [int(layer_devices[i].pop().split(":")[1]) for i in range(62)]
+    assert walk == sorted(walk) and walk[0] == 0 and walk[-1] >= 6, walk
+    assert all(dev.startswith("cuda:") for dev in used), sorted(used)
+    for dev, end in used.items():
+        assert plan["devices"][dev]["bytes"] == end, dev
