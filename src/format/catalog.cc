@@ -1,6 +1,10 @@
 #include "hoist/catalog.h"
 
 #include <algorithm>
+#include <cassert>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
 #include <filesystem>
 #include <map>
 #include <unordered_map>
@@ -18,6 +22,40 @@ namespace hoist {
 
 namespace fs = std::filesystem;
 
+// Bounds the header bytes parsed at once: shards read in parallel must not
+// multiply what a hostile header (up to 100 MB of JSON) costs. A header
+// larger than the whole budget waits until it can run alone.
+class HeaderBudget {
+ public:
+  explicit HeaderBudget(uint64_t bytes) : capacity_(bytes) {}
+
+  class Lease {
+   public:
+    Lease(HeaderBudget* budget, uint64_t bytes) : budget_(budget), bytes_(std::min(bytes, budget->capacity_)) {
+      std::unique_lock<std::mutex> lock(budget_->mu_);
+      budget_->cv_.wait(lock, [&] { return budget_->used_ + bytes_ <= budget_->capacity_; });
+      budget_->used_ += bytes_;
+    }
+    ~Lease() {
+      std::lock_guard<std::mutex> lock(budget_->mu_);
+      budget_->used_ -= bytes_;
+      budget_->cv_.notify_all();
+    }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+
+   private:
+    HeaderBudget* budget_;
+    uint64_t bytes_;
+  };
+
+ private:
+  const uint64_t capacity_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t used_ = 0;
+};
+
 // Assembles a Catalog; the only writer of its fields.
 class CatalogBuilder {
  public:
@@ -25,17 +63,22 @@ class CatalogBuilder {
   // shards), then adds them in the given order; the error reported is the
   // first file's in that order, and *failed (when given) says which.
   Status AddFiles(const std::vector<std::string>& paths, size_t* failed = nullptr) {
-    std::vector<Result<Header>> headers(paths.size(), Status::Ok());
+    // Files are handed out in order and a failure stops the handing out, so
+    // every file before the first failure has its header, and none after it
+    // is read.
+    std::vector<std::optional<Result<Header>>> headers(paths.size());
+    HeaderBudget budget(kHeaderBudgetBytes);
     int threads = static_cast<int>(std::min<size_t>(paths.size(), kHeaderThreads));
-    HOIST_RETURN_IF_ERROR(ParallelFor(paths.size(), threads, [&](size_t i) {
-      headers[i] = ReadHeader(paths[i]);
-      return Status::Ok();
-    }));
+    (void)ParallelFor(paths.size(), threads, [&](size_t i) {
+      headers[i] = ReadHeader(paths[i], &budget);
+      return headers[i]->status();
+    });
     size_t tensors = 0;
-    for (const Result<Header>& h : headers) tensors += h.ok() ? h->parsed.tensors.size() : 0;
+    for (const auto& h : headers) tensors += h && h->ok() ? (*h)->parsed.tensors.size() : 0;
     cat_.tensors_.reserve(tensors);
     for (size_t i = 0; i < paths.size(); ++i) {
-      Status added = headers[i].ok() ? Add(paths[i], *std::move(headers[i])) : headers[i].status();
+      assert(headers[i].has_value());  // no file after a failure is left unread
+      Status added = headers[i]->ok() ? Add(paths[i], **std::move(headers[i])) : headers[i]->status();
       if (!added.ok()) {
         if (failed) *failed = i;
         return added;
@@ -49,13 +92,20 @@ class CatalogBuilder {
 
  private:
   static constexpr size_t kHeaderThreads = 8;
+  static constexpr uint64_t kHeaderBudgetBytes = 256ull << 20;
   struct Header {
     uint64_t file_size_bytes = 0;
     ParsedHeader parsed;
   };
 
-  static Result<Header> ReadHeader(const std::string& path) {
+  static Result<Header> ReadHeader(const std::string& path, HeaderBudget* budget) {
     HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(path));
+    char prefix[8] = {};
+    uint64_t length = 0;  // a file too short or too long fails in ReadSafetensorsHeader
+    if (file.size_bytes() >= 8 && file.ReadAt(0, prefix, 8).ok()) {
+      for (int i = 7; i >= 0; --i) length = (length << 8) | static_cast<unsigned char>(prefix[i]);
+    }
+    HeaderBudget::Lease lease(budget, std::min(length, file.size_bytes()));
     HOIST_ASSIGN_OR_RETURN(ParsedHeader parsed, ReadSafetensorsHeader(file));
     return Header{file.size_bytes(), std::move(parsed)};
   }
@@ -268,17 +318,15 @@ bool HoldsNarrowFloats(const Catalog& cat) {
   return false;
 }
 
-// Elements in all tensors, saturating at UINT64_MAX / 2 + 1 so that twice
-// it never wraps around to a small number.
-uint64_t ElementCount(const Catalog& cat) {
-  constexpr uint64_t kCap = UINT64_MAX / 2 + 1;
+// Elements in all tensors; nullopt when the count overflows 64 bits.
+std::optional<uint64_t> ElementCount(const Catalog& cat) {
   uint64_t total = 0;
   for (const TensorInfo& t : cat.tensors()) {
     uint64_t n = 1;
     for (uint64_t d : t.shape) {
-      if (__builtin_mul_overflow(n, d, &n)) return kCap;
+      if (__builtin_mul_overflow(n, d, &n)) return std::nullopt;
     }
-    if (__builtin_add_overflow(total, n, &total) || total >= kCap) return kCap;
+    if (__builtin_add_overflow(total, n, &total)) return std::nullopt;
   }
   return total;
 }
@@ -330,7 +378,8 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
                       QuoteName(index.shards[shard]) + " but that shard does not contain it");
   }
   if (index.total_size && *index.total_size != cat.total_bytes()) {
-    if (HoldsNarrowFloats(cat) && *index.total_size == 2 * ElementCount(cat)) {
+    const std::optional<uint64_t> elements = ElementCount(cat);
+    if (HoldsNarrowFloats(cat) && elements && *index.total_size % 2 == 0 && *index.total_size / 2 == *elements) {
       builder.Warn(Printable(index_path) + ": metadata.total_size says " + std::to_string(*index.total_size) +
                    " bytes, the model's size at 2 bytes per element, but the shards hold " +
                    std::to_string(cat.total_bytes()) + " bytes of tensors (an FP8 release's index keeps its 16-bit size); ignored");

@@ -444,6 +444,35 @@ TEST_F(CatalogTest, IndexShardMissingIsNotFound) {
               {IndexPath("m"), "shard 'model-00002-of-00002.safetensors' does not exist"});
 }
 
+TEST_F(CatalogTest, ManyShardsReportTheFirstBadShardInIndexOrder) {
+  // 24 one-tensor shards, read 8 at a time: whatever order the reads finish
+  // in, the error names the first bad shard in the index's order.
+  auto shard = [&](int i) {
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05d-of-00024.safetensors", i);
+    return std::string(name);
+  };
+  auto write_all = [&] {
+    std::string map = "{";
+    for (int i = 1; i <= 24; ++i) {
+      WriteFile(Path("s/" + shard(i)), {{"t" + std::to_string(i), "U8", {2}}});
+      map += (i > 1 ? "," : "") + ("\"t" + std::to_string(i) + "\":\"" + shard(i) + "\"");
+    }
+    WriteIndex("s", map + "}", "48");
+  };
+  write_all();
+  EXPECT_EQ(ExpectOk(OpenCatalog(Path("s"))).tensors().size(), 24u);
+
+  WriteText(Path("s/" + shard(9)), "not a safetensors file");  // corrupt
+  fs::remove(Path("s/" + shard(17)));                          // missing
+  ExpectError(OpenCatalog(Path("s")), StatusCode::kCorruption, {Path("s/" + shard(9))});
+
+  write_all();
+  fs::remove(Path("s/" + shard(5)));
+  WriteText(Path("s/" + shard(20)), "not a safetensors file");
+  ExpectError(OpenCatalog(Path("s")), StatusCode::kNotFound, {"shard '" + shard(5) + "' does not exist"});
+}
+
 TEST_F(CatalogTest, IndexNotJson) {
   WriteShards("m");
   WriteText(IndexPath("m"), "{\"weight_map\": {\"a\": ");

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <vector>
 
@@ -89,6 +90,16 @@ TEST(SynthTest, DeepseekV3MatchesThePublishedDtypesAndIndex) {
   Result<Catalog> cat = OpenCatalog(dir.path().string());
   ASSERT_TRUE(cat.ok()) << cat.status().message();
   EXPECT_EQ(cat->warnings().size(), 1u);
+  uint64_t small_elements = 0;
+  for (const TensorInfo& t : cat->tensors()) {
+    uint64_t n = 1;
+    for (uint64_t d : t.shape) n *= d;
+    small_elements += n;
+  }
+  std::ifstream index_file(dir.path() / kIndexFileName);
+  auto index = nlohmann::json::parse(index_file);
+  EXPECT_EQ(index["metadata"]["total_size"], 2 * small_elements);
+  EXPECT_LT(cat->total_bytes(), 2 * small_elements);
   EXPECT_NE(cat->Find("model.layers.4.shared_head.head.weight"), nullptr);  // the MTP layer follows layer 3
   auto config = nlohmann::json::parse(*SynthConfigJson(o));
   EXPECT_EQ(config["num_hidden_layers"], 4);
