@@ -86,20 +86,31 @@ int RunInspect(const InspectArgs& args) {
     fmt::print("{}\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
   }
+  // Names, file names and metadata come from the file: escaped, so a
+  // hostile one sends no terminal escape sequence; metadata values shortened.
+  std::vector<std::string> shown;
+  shown.reserve(cat->tensors().size());
   size_t name_width = 4;
-  for (const TensorInfo& t : cat->tensors()) name_width = std::max(name_width, t.name.size());
+  for (const TensorInfo& t : cat->tensors()) name_width = std::max(name_width, shown.emplace_back(Printable(t.name)).size());
   name_width = std::min<size_t>(name_width, 72);
   bool many_files = cat->files().size() > 1;
   fmt::print("{:<{}}  {:<11} {:<22} {:>14} {:>12}{}\n", "name", name_width, "dtype", "shape", "bytes", "offset",
              many_files ? "  file" : "");
-  for (const TensorInfo& t : cat->tensors()) {
-    std::string file = many_files ? "  " + std::filesystem::path(cat->files()[t.file_index].path).filename().string() : "";
-    fmt::print("{:<{}}  {:<11} {:<22} {:>14} {:>12}{}\n", t.name, name_width, DTypeName(t.dtype), ShapeText(t.shape),
+  for (size_t i = 0; i < cat->tensors().size(); ++i) {
+    const TensorInfo& t = cat->tensors()[i];
+    std::string file =
+        many_files ? "  " + Printable(std::filesystem::path(cat->files()[t.file_index].path).filename().string()) : "";
+    fmt::print("{:<{}}  {:<11} {:<22} {:>14} {:>12}{}\n", shown[i], name_width, DTypeName(t.dtype), ShapeText(t.shape),
                t.size_bytes, t.offset_bytes, file);
   }
   fmt::print("{} tensors, {} ({} bytes) in {} file{}\n", cat->tensors().size(), HumanBytes(cat->total_bytes()),
              cat->total_bytes(), cat->files().size(), cat->files().size() == 1 ? "" : "s");
-  for (const auto& [k, v] : cat->metadata()) fmt::print("metadata {}: {}\n", k, v);
+  constexpr size_t kShownValueBytes = 200;
+  for (const auto& [k, v] : cat->metadata()) {
+    std::string value = Printable(std::string_view(v).substr(0, kShownValueBytes));
+    if (v.size() > kShownValueBytes) value += fmt::format("... ({} bytes; --json shows it whole)", v.size());
+    fmt::print("metadata {}: {}\n", Printable(k), value);
+  }
   return 0;
 }
 
@@ -139,12 +150,17 @@ int RunPlan(const PlanCmdArgs& args) {
     return 0;
   }
   size_t width = 4;
-  for (const PlannedTensor& t : plan->tensors) width = std::max(width, std::min<size_t>(t.name.size(), 72));
-  fmt::print("{:<{}}  {:<8} {:<7} {:>14} {:>14}\n", "name", width, "device", "dtype", "bytes", "offset");
+  std::vector<std::string> shown;  // escaped, as in inspect
+  shown.reserve(plan->tensors.size());
   for (const PlannedTensor& t : plan->tensors) {
+    width = std::max(width, std::min<size_t>(shown.emplace_back(Printable(t.name)).size(), 72));
+  }
+  fmt::print("{:<{}}  {:<8} {:<7} {:>14} {:>14}\n", "name", width, "device", "dtype", "bytes", "offset");
+  for (size_t i = 0; i < plan->tensors.size(); ++i) {
+    const PlannedTensor& t = plan->tensors[i];
     std::string offset = t.device.kind == DeviceKind::kDisk ? "-" : std::to_string(t.offset_bytes);
     if (t.alias_of >= 0) offset += " (tied)";
-    fmt::print("{:<{}}  {:<8} {:<7} {:>14} {:>14}\n", t.name, width, t.device.ToString(), DTypeName(t.dtype),
+    fmt::print("{:<{}}  {:<8} {:<7} {:>14} {:>14}\n", shown[i], width, t.device.ToString(), DTypeName(t.dtype),
                t.size_bytes, offset);
   }
   // Units (as strategies cut them) that a map or --no-split spread over
@@ -162,7 +178,7 @@ int RunPlan(const PlanCmdArgs& args) {
       if (t.device == d.device) names.push_back(t.name);
     }
     fmt::print("{}: {} tensors, reservation {} ({} bytes): {}\n", d.device.ToString(), d.tensor_count,
-               HumanBytes(d.reserve_bytes), d.reserve_bytes, DescribeUnits(names, partial));
+               HumanBytes(d.reserve_bytes), d.reserve_bytes, Printable(DescribeUnits(names, partial)));
   }
   return 0;
 }

@@ -4,7 +4,7 @@ line, JSON output never aborts, and convert never overwrites its source."""
 import json
 import os
 
-from hoist_testlib import stderr_error_line
+from hoist_testlib import ok, stderr_error_line, write_raw
 
 
 def test_convert_onto_itself_is_refused(run_hoist, tiny, tmp_path):
@@ -70,3 +70,24 @@ def test_a_symlink_loop_is_an_io_error_naming_it(run_hoist, tmp_path):
     assert proc.returncode == 1  # not bad content: the path cannot be resolved
     line = stderr_error_line(proc)
     assert "loop.safetensors" in line and "symbolic links" in line, line
+
+
+def test_tables_escape_what_the_file_says(run_hoist, tmp_path):
+    """Tensor names and metadata are the file's to choose: the inspect and
+    plan tables show them escaped (no terminal escape sequence reaches the
+    screen) and a long metadata value shortened; --json keeps them whole."""
+    name = "evil\x1b]0;pwned\x07.\x1b[31mweight"
+    value = "\x1b[2J" + "v" * 5000
+    path = write_raw(tmp_path / "evil.safetensors",
+                     {"__metadata__": {"note\x1b[1m": value}, name: {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}},
+                     b"\x01\x02")
+    for args in (("inspect", path), ("plan", path)):
+        out = ok(run_hoist(*args)).stdout
+        assert "\x1b" not in out and "\x07" not in out, args
+        assert "evil\\x1b]0;pwned\\x07.\\x1b[31mweight" in out, out
+    out = ok(run_hoist("inspect", path)).stdout
+    line = next(l for l in out.splitlines() if l.startswith("metadata "))
+    assert line.startswith("metadata note\\x1b[1m: \\x1b[2Jvvv") and "(5004 bytes; --json shows it whole)" in line
+    assert len(line) < 400
+    doc = json.loads(ok(run_hoist("inspect", "--json", path)).stdout)
+    assert doc["metadata"] == {"note\x1b[1m": value} and doc["tensors"][0]["name"] == name
