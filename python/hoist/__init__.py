@@ -235,14 +235,88 @@ def load_file(path: Union[str, os.PathLike], device: Any = "cpu", dtype: Any = N
     return {name: _to_torch(model, name) for name in model.keys()}
 
 
+class _Conversions:
+    """transformers' own mapping from checkpoint names to a model's (5.0 and
+    later: renames such as Mixtral's block_sparse_moe -> mlp, and each
+    layer's experts merged into one 3-D tensor), for the names a checkpoint
+    holds. hoist applies the renames and the merges made of MergeModulelist
+    and Concatenate; a checkpoint tensor that needs any other operation is
+    left out (reported unexpected, its target missing)."""
+
+    _OPS = ("MergeModulelist", "Concatenate")
+
+    def __init__(self, module, names: List[str]):
+        self.direct: Dict[str, str] = {}  # module name -> checkpoint name
+        self.merged: Dict[str, Any] = {}  # module name -> (converter, {source pattern: [checkpoint names]})
+        self.active = False
+        try:
+            import transformers
+            from transformers.conversion_mapping import get_model_conversion_mapping
+            from transformers.core_model_loading import WeightConverter, WeightRenaming, apply_renamings, dot_natural_key
+        except Exception:  # no transformers, or one before 5.0
+            return
+        if not isinstance(module, transformers.PreTrainedModel):
+            return
+        try:
+            transforms = get_model_conversion_mapping(module)
+        except Exception:
+            return
+        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        state = module.state_dict()
+        prefix = getattr(module, "base_model_prefix", None) or None
+        for name in sorted(names, key=dot_natural_key):
+            key = apply_renamings(name, renamings)
+            converter, pattern = None, None
+            for c in converters:
+                renamed, pattern = c.rename_source_key(key)
+                if pattern is not None:
+                    converter, key = c, renamed
+                    break
+            if prefix and key not in state:  # a base model's checkpoint into a head model, or back
+                if f"{prefix}.{key}" in state:
+                    key = f"{prefix}.{key}"
+                elif key.startswith(prefix + ".") and key[len(prefix) + 1:] in state:
+                    key = key[len(prefix) + 1:]
+            if key not in state:
+                continue
+            if converter is None:
+                self.direct[key] = name
+            elif all(type(op).__name__ in self._OPS for op in converter.operations):
+                self.merged.setdefault(key, (converter, {}))[1].setdefault(pattern, []).append(name)
+        self.active = bool(self.merged) or any(k != v for k, v in self.direct.items())
+
+    def sources(self) -> List[str]:
+        out = list(self.direct.values())
+        for _, groups in self.merged.values():
+            for names in groups.values():
+                out.extend(names)
+        return out
+
+    def merge(self, key: str, tensor_of) -> Any:
+        """The module tensor `key` from its checkpoint tensors, as transformers builds it."""
+        converter, groups = self.merged[key]
+        collected = {pattern: [tensor_of(n) for n in names] for pattern, names in groups.items()}
+        for op in converter.operations:
+            collected = op.convert(collected, source_patterns=converter.source_patterns,
+                                   target_patterns=converter.target_patterns)
+        (value,) = collected.values()
+        return value
+
+
 def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwargs) -> Dict[str, Any]:
     """Fills a torch.nn.Module's parameters and buffers in place from a checkpoint.
 
     The names of module.state_dict() are the expected set: other tensors are
     never read. Parameters that share storage (tied weights) stay tied. Where
     dtype and device agree, a parameter takes the loaded memory zero-copy;
-    otherwise the values are copied into it. Returns the load report, with
-    its missing, unexpected and mismatched lists.
+    otherwise the values are copied into it (never FP8 into a wider dtype:
+    that needs the scales, and is reported mismatched). A transformers (5.0
+    and later) model gets transformers' own renames and expert merges
+    (Mixtral's per-expert weights into its 3-D gate_up_proj/down_proj), as
+    from_pretrained applies them. Returns the load report, with its missing,
+    unexpected and mismatched lists (module names; unexpected ones are the
+    checkpoint's).
     """
     import torch
 
@@ -253,20 +327,49 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
         groups.setdefault(id(tensor), []).append(name)
         tensors[id(tensor)] = tensor
     state = module.state_dict()
-    expect = {name: {"shape": list(t.shape)} for name, t in state.items()}
     if device is None and "device_map" not in kwargs:
         first = next((t for t in tensors.values() if t.device.type != "meta"), None)
         device = str(first.device) if first is not None else None
-    model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
-    report = model.report
-    mismatched = set(report["mismatched"])
+    checkpoint_names = _hoist.tensor_names(os.fspath(path))
+    conv = _Conversions(module, checkpoint_names)
+    if conv.active:
+        # Checkpoint names differ from the module's: read what maps to the
+        # module, then judge in the module's names.
+        expect = {ckpt: {"shape": list(state[key].shape)} for key, ckpt in conv.direct.items()}
+        expect.update({name: {} for name in conv.sources() if name not in expect})
+        model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
+        report = model.report
+        bad = set(report["mismatched"])
+        sources = {key: (lambda key=key, ckpt=ckpt: _to_torch(model, ckpt))
+                   for key, ckpt in conv.direct.items() if ckpt in model and ckpt not in bad}
+        mismatched = [key for key, ckpt in conv.direct.items() if ckpt in bad]
+        for key in conv.merged:
+            sources[key] = lambda key=key: conv.merge(key, lambda n: _to_torch(model, n))
+        used = set(conv.sources())
+        report["unexpected"] = [n for n in checkpoint_names if n not in used]
+    else:
+        expect = {name: {"shape": list(t.shape)} for name, t in state.items()}
+        model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
+        report = model.report
+        bad = set(report["mismatched"])
+        sources = {name: (lambda name=name: _to_torch(model, name)) for name in state if name in model and name not in bad}
+        mismatched = list(report["mismatched"])
+    filled = set()
     with torch.no_grad():
         for key, names in groups.items():
             target = tensors[key]
-            source_name = next((n for n in names if n in model and n not in mismatched), None)
+            source_name = next((n for n in names if n in sources), None)
             if source_name is None:
                 continue
-            loaded = _to_torch(model, source_name)
+            loaded = sources[source_name]()
+            # A shape that differs, or FP8 data for a wider parameter: its
+            # values mean nothing without their scales, which are the
+            # model's quantizer's business, not a cast's.
+            fp8_into_wider = loaded.is_floating_point() and loaded.element_size() == 1 and target.dtype != loaded.dtype
+            if tuple(loaded.shape) != tuple(target.shape) or fp8_into_wider:
+                mismatched.append(source_name)
+                continue
+            filled.update(names)
             if target.device.type == "meta":
                 # Nothing to copy into: put the loaded tensor in place of the
                 # meta one under every name that shares it (as
@@ -283,6 +386,6 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
             else:
                 target.data.copy_(loaded)
     # Names the module ties to a loaded tensor are not missing.
-    tied_names = {n for names in groups.values() if any(x in model for x in names) for n in names}
-    report["missing"] = [n for n in report["missing"] if n not in tied_names]
+    report["missing"] = [n for n in state if n not in filled and n not in mismatched]
+    report["mismatched"] = mismatched
     return report

@@ -17,6 +17,7 @@
 
 #include "api/session.h"
 #include "format/safetensors.h"
+#include "hoist/catalog.h"
 
 namespace nb = nanobind;
 
@@ -161,6 +162,17 @@ NB_MODULE(_hoist, m) {
       .def("tensor", &Tensor, nb::arg("name"), "The tensor as a DLPack-capable array (zero-copy).")
       .def("info", [](const Model& self, const std::string& name) { return Info(self.Get(name)); })
       .def("report_json", &Model::report_json);
+
+  m.def(
+      "tensor_names",
+      [](const std::string& path) {
+        Catalog cat = Unwrap(OpenCatalog(path));
+        std::vector<std::string> names;
+        names.reserve(cat.tensors().size());
+        for (const TensorInfo& t : cat.tensors()) names.push_back(t.name);
+        return names;
+      },
+      nb::arg("path"), "The checkpoint's tensor names, from its headers (nothing else is read).");
 
   m.def(
       "load",

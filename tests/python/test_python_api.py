@@ -891,3 +891,65 @@ def test_load_into_meta_module_loads_or_raises(torch, st, transformers, tiny):
     for name, t in module.state_dict().items():
         assert t.device.type == "cpu", f"{name}: still on {t.device} after load_into reported nothing missing"
         assert torch.equal(t, want[name])
+
+
+def _tiny_mixtral(torch, transformers, seed: int):
+    config = transformers.AutoConfig.for_model(
+        "mixtral", hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=2, vocab_size=128, num_local_experts=4)
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def test_load_into_applies_transformers_expert_merges(torch, transformers, tmp_path):
+    """transformers 5 keeps a Mixtral layer's experts as two 3-D tensors
+    (gate_up_proj, down_proj) under `mlp`, while checkpoints (its own
+    save_pretrained included) list them one by one under `block_sparse_moe`.
+    load_into applies transformers' own mapping: the module ends up equal to
+    the one saved, tensor for tensor."""
+    saved = _tiny_mixtral(torch, transformers, 0)
+    names = set(saved.state_dict())
+    if not any(n.endswith("experts.gate_up_proj") for n in names):
+        pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
+    saved.save_pretrained(tmp_path / "mix")
+    checkpoint = hoist._hoist.tensor_names(str(tmp_path / "mix" / "model.safetensors"))
+    assert any(".block_sparse_moe.experts.3.w1." in n for n in checkpoint)
+
+    fresh = _tiny_mixtral(torch, transformers, 1)
+    report = hoist.load_into(fresh, str(tmp_path / "mix"))
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == [], report
+    want, got = saved.state_dict(), fresh.state_dict()
+    assert set(want) == set(got)
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+
+    # A checkpoint with one expert short: that layer's merged tensors come out
+    # one expert short, so they are left alone and reported mismatched.
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(tmp_path / "mix" / "model.safetensors"))
+    for proj in ("w1", "w2", "w3"):
+        del state[f"model.layers.1.block_sparse_moe.experts.3.{proj}.weight"]
+    (tmp_path / "short").mkdir()
+    save_file(state, str(tmp_path / "short" / "model.safetensors"), metadata={"format": "pt"})
+    report = hoist.load_into(_tiny_mixtral(torch, transformers, 2), str(tmp_path / "short"))
+    assert sorted(report["mismatched"]) == ["model.layers.1.mlp.experts.down_proj",
+                                            "model.layers.1.mlp.experts.gate_up_proj"], report
+    assert report["missing"] == [] and report["unexpected"] == [], report
+
+
+def test_load_into_never_casts_fp8_into_a_wider_parameter(torch, tmp_path):
+    """An FP8 weight without its scales has no meaning as bf16: load_into
+    leaves such a parameter alone and reports it mismatched, and fills an
+    FP8 parameter as it is."""
+    from safetensors.torch import save_file
+    w = (torch.arange(32, dtype=torch.float32) / 8).reshape(4, 8)
+    save_file({"a.weight": w.to(torch.float8_e4m3fn), "b.weight": w.to(torch.float8_e4m3fn)},
+              str(tmp_path / "q.safetensors"))
+    module = torch.nn.Module()
+    module.a = torch.nn.Linear(8, 4, bias=False, dtype=torch.bfloat16)
+    module.b = torch.nn.Linear(8, 4, bias=False).to(torch.float8_e4m3fn)
+    before = module.a.weight.detach().clone()
+    report = hoist.load_into(module, str(tmp_path / "q.safetensors"))
+    assert report["mismatched"] == ["a.weight"] and report["missing"] == [], report
+    assert torch.equal(module.a.weight, before)
+    assert torch.equal(module.b.weight.view(torch.uint8), w.to(torch.float8_e4m3fn).view(torch.uint8))
