@@ -304,6 +304,10 @@ bool IsValidUtf8(std::string_view bytes) {
   const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
   size_t n = bytes.size(), i = 0;
   while (i < n) {
+    // Headers are almost all ASCII: skip it 8 bytes at a time.
+    uint64_t word;
+    while (n - i >= 8 && (std::memcpy(&word, s + i, 8), (word & 0x8080808080808080ull) == 0)) i += 8;
+    if (i == n) break;
     unsigned char c = s[i];
     if (c < 0x80) {
       ++i;

@@ -64,6 +64,23 @@ TEST(Utf8Test, RejectsTruncatedAndBrokenSequences) {
   }
 }
 
+TEST(Utf8Test, VerdictDoesNotDependOnWhereASequenceFalls) {
+  // ASCII is skipped a word at a time: every case above, after 0 to 17 ASCII
+  // bytes and before 0 to 9, keeps its verdict.
+  const std::vector<std::pair<std::string, bool>> cases = {
+      {"\xc3\xa9", true}, {"\xf0\x9f\x98\x80", true}, {"\xef\xbf\xbf", true},  {"\x7f", true},
+      {"\xff", false},     {"\x80", false},             {"\xc3", false},         {"\xe2\x82", false},
+      {"\xed\xa0\x80", false}, {"\xc0\xaf", false},     {"\xf4\x90\x80\x80", false}};
+  for (const auto& [middle, valid] : cases) {
+    for (size_t before = 0; before < 18; ++before) {
+      for (size_t after = 0; after < 10; ++after) {
+        std::string s = std::string(before, 'a') + middle + std::string(after, 'z');
+        EXPECT_EQ(IsValidUtf8(s), valid) << ::testing::PrintToString(s);
+      }
+    }
+  }
+}
+
 // --- the reference files in testdata/conformance ----------------------------------
 
 std::string ConformancePath(const std::string& file) {
