@@ -249,18 +249,25 @@ class _Conversions:
         self.direct: Dict[str, str] = {}  # module name -> checkpoint name
         self.merged: Dict[str, Any] = {}  # module name -> (converter, {source pattern: [checkpoint names]})
         self.active = False
+        self.error = ""  # why transformers' mapping could not be used, when it could not
         try:
             import transformers
-            from transformers.conversion_mapping import get_model_conversion_mapping
-            from transformers.core_model_loading import WeightConverter, WeightRenaming, apply_renamings, dot_natural_key
-        except Exception:  # no transformers, or one before 5.0
+        except Exception:  # no transformers (or a broken one): plain names
             return
-        if not isinstance(module, transformers.PreTrainedModel):
+        if not isinstance(module, getattr(transformers, "PreTrainedModel", ())):
             return
         try:
-            transforms = get_model_conversion_mapping(module)
-        except Exception:
+            self._map(module, names)
+        except Exception as e:  # transformers before 5.0, or internals that changed
+            self.direct, self.merged, self.error = {}, {}, f"{type(e).__name__}: {e}"
             return
+        self.active = bool(self.merged) or any(k != v for k, v in self.direct.items())
+
+    def _map(self, module, names: List[str]) -> None:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, apply_renamings, dot_natural_key
+
+        transforms = get_model_conversion_mapping(module)
         renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
         converters = [t for t in transforms if isinstance(t, WeightConverter)]
         state = module.state_dict()
@@ -278,13 +285,14 @@ class _Conversions:
                     key = f"{prefix}.{key}"
                 elif key.startswith(prefix + ".") and key[len(prefix) + 1:] in state:
                     key = key[len(prefix) + 1:]
+            if key not in state and name in state:
+                key, converter = name, None  # as transformers does: a renamed key the model lacks falls back
             if key not in state:
                 continue
             if converter is None:
                 self.direct[key] = name
             elif all(type(op).__name__ in self._OPS for op in converter.operations):
                 self.merged.setdefault(key, (converter, {}))[1].setdefault(pattern, []).append(name)
-        self.active = bool(self.merged) or any(k != v for k, v in self.direct.items())
 
     def sources(self) -> List[str]:
         out = list(self.direct.values())
@@ -314,9 +322,13 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     that needs the scales, and is reported mismatched). A transformers (5.0
     and later) model gets transformers' own renames and expert merges
     (Mixtral's per-expert weights into its 3-D gate_up_proj/down_proj), as
-    from_pretrained applies them. Returns the load report, with its missing,
-    unexpected and mismatched lists (module names; unexpected ones are the
-    checkpoint's).
+    from_pretrained applies them; device_map keys then name checkpoint
+    tensors (after `rename`), as for hoist.load: whole layers
+    ("model.layers.3") are the same either way. A merge the checkpoint's
+    tensors do not fit leaves its parameter alone, reported mismatched with
+    the reason in the report's warnings. Returns the load report, with its
+    missing, unexpected and mismatched lists (module names; unexpected ones
+    are the checkpoint's).
     """
     import torch
 
@@ -330,8 +342,19 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     if device is None and "device_map" not in kwargs:
         first = next((t for t in tensors.values() if t.device.type != "meta"), None)
         device = str(first.device) if first is not None else None
-    checkpoint_names = _hoist.tensor_names(os.fspath(path))
+    # The checkpoint's names as this load will know them (rename, drop,
+    # only and compat applied), from its headers.
+    checkpoint_names = _hoist.mapped_names(os.fspath(path), renames=_pairs(kwargs.get("rename")),
+                                           drops=_list(kwargs.get("drop")), only=kwargs.get("only") or "",
+                                           compat=kwargs.get("compat") or "")
     conv = _Conversions(module, checkpoint_names)
+    warnings: List[str] = []
+    if conv.error:
+        warnings.append(f"load_into: transformers' key mapping for {type(module).__name__} failed ({conv.error}); "
+                        "checkpoint names are used as they are")
+    # source name -> (a function giving the tensor, whether that tensor is
+    # fresh memory rather than a view of the load's reservation)
+    sources: Dict[str, Any] = {}
     if conv.active:
         # Checkpoint names differ from the module's: read what maps to the
         # module, then judge in the module's names.
@@ -340,11 +363,12 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
         model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
         report = model.report
         bad = set(report["mismatched"])
-        sources = {key: (lambda key=key, ckpt=ckpt: _to_torch(model, ckpt))
-                   for key, ckpt in conv.direct.items() if ckpt in model and ckpt not in bad}
+        for key, ckpt in conv.direct.items():
+            if ckpt in model and ckpt not in bad:
+                sources[key] = (lambda ckpt=ckpt: _to_torch(model, ckpt), False)
         mismatched = [key for key, ckpt in conv.direct.items() if ckpt in bad]
         for key in conv.merged:
-            sources[key] = lambda key=key: conv.merge(key, lambda n: _to_torch(model, n))
+            sources[key] = (lambda key=key: conv.merge(key, lambda n: _to_torch(model, n)), True)
         used = set(conv.sources())
         report["unexpected"] = [n for n in checkpoint_names if n not in used]
     else:
@@ -352,8 +376,15 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
         model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
         report = model.report
         bad = set(report["mismatched"])
-        sources = {name: (lambda name=name: _to_torch(model, name)) for name in state if name in model and name not in bad}
+        for name in state:
+            if name in model and name not in bad:
+                sources[name] = (lambda name=name: _to_torch(model, name), False)
         mismatched = list(report["mismatched"])
+    # Merged tensors are copies; a parameter that took the load's memory
+    # zero-copy would keep every per-expert tensor of the reservation alive
+    # beside them. So where anything is merged, everything is copied and the
+    # reservation goes when this returns.
+    zero_copy = not conv.merged
     filled = set()
     with torch.no_grad():
         for key, names in groups.items():
@@ -361,7 +392,13 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
             source_name = next((n for n in names if n in sources), None)
             if source_name is None:
                 continue
-            loaded = sources[source_name]()
+            make, fresh = sources[source_name]
+            try:
+                loaded = make()
+            except Exception as e:  # a merge the checkpoint's tensors do not fit (an expert short, shapes apart)
+                mismatched.append(source_name)
+                warnings.append(f"load_into: {source_name}: {type(e).__name__}: {e}")
+                continue
             # A shape that differs, or FP8 data for a wider parameter: its
             # values mean nothing without their scales, which are the
             # model's quantizer's business, not a cast's.
@@ -374,17 +411,18 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
                 # Nothing to copy into: put the loaded tensor in place of the
                 # meta one under every name that shares it (as
                 # load_state_dict(assign=True) does), keeping ties.
-                value = loaded.to(dtype=target.dtype)
+                value = loaded.to(dtype=target.dtype, copy=not (zero_copy or fresh))
                 if isinstance(target, torch.nn.Parameter):
                     value = torch.nn.Parameter(value, requires_grad=target.requires_grad)
                 for name in names:
                     owner_name, _, attr = name.rpartition(".")
                     owner = module.get_submodule(owner_name) if owner_name else module
                     setattr(owner, attr, value)
-            elif loaded.dtype == target.dtype and loaded.device == target.device:
+            elif (zero_copy or fresh) and loaded.dtype == target.dtype and loaded.device == target.device:
                 target.data = loaded  # zero-copy; every tied name shares this one tensor object
             else:
                 target.data.copy_(loaded)
+    report["warnings"] = list(report.get("warnings", [])) + warnings
     # Names the module ties to a loaded tensor are not missing.
     report["missing"] = [n for n in state if n not in filled and n not in mismatched]
     report["mismatched"] = mismatched

@@ -164,15 +164,30 @@ NB_MODULE(_hoist, m) {
       .def("report_json", &Model::report_json);
 
   m.def(
-      "tensor_names",
-      [](const std::string& path) {
+      "mapped_names",
+      [](const std::string& path, const std::vector<std::string>& renames, const std::vector<std::string>& drops,
+         const std::string& only, const std::string& compat) {
+        // The names a load with these options would know the checkpoint's
+        // tensors by (key mapping applied, --only too), from the headers
+        // alone: a plan that expects nothing lists them all as unexpected.
+        PlanRequest r;
+        r.path = path;
+        r.device = "cpu";
+        r.renames = renames;
+        r.drops = drops;
+        r.only = only;
+        r.compat = compat;
+        r.expect_json = "[]";
+        r.no_config_ties = true;
         Catalog cat = Unwrap(OpenCatalog(path));
-        std::vector<std::string> names;
-        names.reserve(cat.tensors().size());
-        for (const TensorInfo& t : cat.tensors()) names.push_back(t.name);
-        return names;
+        static const DeviceRegistry* cpu_only = new DeviceRegistry(MakeCpuRegistry());
+        std::map<DeviceId, uint64_t> max_memory;
+        PlanOptions po = Unwrap(MakePlanOptions(r, *cpu_only, 0, &max_memory));
+        return Unwrap(BuildPlan(cat, po)).unexpected;
       },
-      nb::arg("path"), "The checkpoint's tensor names, from its headers (nothing else is read).");
+      nb::arg("path"), nb::arg("renames") = std::vector<std::string>(), nb::arg("drops") = std::vector<std::string>(),
+      nb::arg("only") = "", nb::arg("compat") = "",
+      "The checkpoint's tensor names after a load's key mapping, from its headers (nothing else is read).");
 
   m.def(
       "load",

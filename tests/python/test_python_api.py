@@ -912,7 +912,7 @@ def test_load_into_applies_transformers_expert_merges(torch, transformers, tmp_p
     if not any(n.endswith("experts.gate_up_proj") for n in names):
         pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
     saved.save_pretrained(tmp_path / "mix")
-    checkpoint = hoist._hoist.tensor_names(str(tmp_path / "mix" / "model.safetensors"))
+    checkpoint = hoist._hoist.mapped_names(str(tmp_path / "mix" / "model.safetensors"))
     assert any(".block_sparse_moe.experts.3.w1." in n for n in checkpoint)
 
     fresh = _tiny_mixtral(torch, transformers, 1)
@@ -953,3 +953,73 @@ def test_load_into_never_casts_fp8_into_a_wider_parameter(torch, tmp_path):
     assert report["mismatched"] == ["a.weight"] and report["missing"] == [], report
     assert torch.equal(module.a.weight, before)
     assert torch.equal(module.b.weight.view(torch.uint8), w.to(torch.float8_e4m3fn).view(torch.uint8))
+
+
+def test_load_into_with_merges_lets_the_reservation_go(torch, transformers, tmp_path, monkeypatch):
+    """Where experts are merged (copies), the rest is copied too, so no
+    parameter keeps the load's reservation, and its per-expert tensors,
+    alive; a plain load keeps its zero-copy views."""
+    import weakref
+
+    saved = _tiny_mixtral(torch, transformers, 0)
+    if not any(n.endswith("experts.gate_up_proj") for n in saved.state_dict()):
+        pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
+    saved.save_pretrained(tmp_path / "mix")
+    loads = []
+    real_load = hoist.load
+
+    def watched_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        loads.append(weakref.ref(model._native))
+        return model
+
+    monkeypatch.setattr(hoist, "load", watched_load)
+    module = _tiny_mixtral(torch, transformers, 1)
+    report = hoist.load_into(module, str(tmp_path / "mix"))
+    assert report["missing"] == [] and report["mismatched"] == []
+    gc.collect()
+    assert len(loads) == 1 and loads[0]() is None, "a parameter still holds the load's reservation"
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(module.state_dict()[name], tensor), name
+
+
+def test_load_into_reports_a_merge_the_checkpoint_does_not_fit(torch, transformers, tmp_path):
+    """One expert of the wrong shape: that layer's merged tensor is left
+    alone and reported mismatched, with the reason among the warnings; no
+    exception, and everything else is filled."""
+    from safetensors.torch import load_file, save_file
+
+    saved = _tiny_mixtral(torch, transformers, 0)
+    if not any(n.endswith("experts.gate_up_proj") for n in saved.state_dict()):
+        pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
+    saved.save_pretrained(tmp_path / "mix")
+    state = load_file(str(tmp_path / "mix" / "model.safetensors"))
+    key = "model.layers.0.block_sparse_moe.experts.2.w1.weight"
+    state[key] = state[key][:-1].clone()
+    (tmp_path / "bad").mkdir()
+    save_file(state, str(tmp_path / "bad" / "model.safetensors"), metadata={"format": "pt"})
+    module = _tiny_mixtral(torch, transformers, 1)
+    report = hoist.load_into(module, str(tmp_path / "bad"))
+    assert report["mismatched"] == ["model.layers.0.mlp.experts.gate_up_proj"], report
+    assert any("model.layers.0.mlp.experts.gate_up_proj" in w for w in report["warnings"]), report["warnings"]
+    got = module.state_dict()
+    for name, tensor in saved.state_dict().items():
+        if name != "model.layers.0.mlp.experts.gate_up_proj":
+            assert torch.equal(got[name], tensor), name
+
+
+def test_load_into_applies_rename_before_transformers_mapping(torch, transformers, tmp_path):
+    """rename= works on the checkpoint's names before transformers' mapping
+    sees them, as it does without one."""
+    from safetensors.torch import load_file, save_file
+
+    saved = _tiny_mixtral(torch, transformers, 0)
+    saved.save_pretrained(tmp_path / "mix")
+    state = load_file(str(tmp_path / "mix" / "model.safetensors"))
+    state["output.weight"] = state.pop("lm_head.weight")
+    (tmp_path / "renamed").mkdir()
+    save_file(state, str(tmp_path / "renamed" / "model.safetensors"), metadata={"format": "pt"})
+    module = _tiny_mixtral(torch, transformers, 1)
+    report = hoist.load_into(module, str(tmp_path / "renamed"), rename={r"^output\.weight$": "lm_head.weight"})
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == [], report
+    assert torch.equal(module.lm_head.weight, saved.lm_head.weight)
