@@ -3,13 +3,13 @@
 #include <algorithm>
 #include <cassert>
 #include <condition_variable>
-#include <mutex>
-#include <optional>
 #include <filesystem>
 #include <map>
-#include <unordered_map>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <system_error>
+#include <unordered_map>
 
 #include "format/index.h"
 #include "format/json_util.h"
@@ -64,8 +64,8 @@ class CatalogBuilder {
   // first file's in that order, and *failed (when given) says which.
   Status AddFiles(const std::vector<std::string>& paths, size_t* failed = nullptr) {
     // Files are handed out in order and a failure stops the handing out, so
-    // every file before the first failure has its header, and none after it
-    // is read.
+    // every file before the first failure has its header (a few after it
+    // may have been read too).
     std::vector<std::optional<Result<Header>>> headers(paths.size());
     HeaderBudget budget(kHeaderBudgetBytes);
     int threads = static_cast<int>(std::min<size_t>(paths.size(), kHeaderThreads));
@@ -77,7 +77,7 @@ class CatalogBuilder {
     for (const auto& h : headers) tensors += h && h->ok() ? (*h)->parsed.tensors.size() : 0;
     cat_.tensors_.reserve(tensors);
     for (size_t i = 0; i < paths.size(); ++i) {
-      assert(headers[i].has_value());  // no file after a failure is left unread
+      assert(headers[i].has_value());  // only files after the first failure can be unread
       Status added = headers[i]->ok() ? Add(paths[i], **std::move(headers[i])) : headers[i]->status();
       if (!added.ok()) {
         if (failed) *failed = i;
