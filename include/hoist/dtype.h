@@ -32,6 +32,12 @@ int DTypeBits(DType dtype);
 // The floating types hoist casts between (F16, BF16, F32, F64). Everything
 // else (integers, bool, 8-bit-or-smaller floats, complex) is never cast.
 bool IsCastableFloat(DType dtype);
+// Floats narrower than 16 bits (FP8, FP6, FP4): how quantized releases store
+// their weights.
+bool IsNarrowFloat(DType dtype);
+
+// The number of elements of `shape`; nullopt when it overflows 64 bits.
+std::optional<uint64_t> ElementCount(std::span<const uint64_t> shape);
 
 // numel * bits / 8 for `shape`, with overflow checks. Fails when the product
 // overflows 64 bits or when a sub-byte type does not fill whole bytes.

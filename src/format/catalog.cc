@@ -303,30 +303,12 @@ Result<ParsedIndex> ParseIndexJson(const std::string& label, std::string_view te
 
 namespace {
 
-// True when some tensor is a float narrower than 16 bits (FP8, FP6, FP4):
-// a quantized release.
-bool HoldsNarrowFloats(const Catalog& cat) {
-  for (const TensorInfo& t : cat.tensors()) {
-    switch (t.dtype) {
-      case DType::kF8_E4M3: case DType::kF8_E5M2: case DType::kF8_E8M0: case DType::kF8_E4M3FNUZ:
-      case DType::kF8_E5M2FNUZ: case DType::kF6_E2M3: case DType::kF6_E3M2: case DType::kF4:
-        return true;
-      default:
-        break;
-    }
-  }
-  return false;
-}
-
 // Elements in all tensors; nullopt when the count overflows 64 bits.
-std::optional<uint64_t> ElementCount(const Catalog& cat) {
+std::optional<uint64_t> TotalElements(const Catalog& cat) {
   uint64_t total = 0;
   for (const TensorInfo& t : cat.tensors()) {
-    uint64_t n = 1;
-    for (uint64_t d : t.shape) {
-      if (__builtin_mul_overflow(n, d, &n)) return std::nullopt;
-    }
-    if (__builtin_add_overflow(total, n, &total)) return std::nullopt;
+    const std::optional<uint64_t> n = ElementCount(t.shape);
+    if (!n || __builtin_add_overflow(total, *n, &total)) return std::nullopt;
   }
   return total;
 }
@@ -378,8 +360,10 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
                       QuoteName(index.shards[shard]) + " but that shard does not contain it");
   }
   if (index.total_size && *index.total_size != cat.total_bytes()) {
-    const std::optional<uint64_t> elements = ElementCount(cat);
-    if (HoldsNarrowFloats(cat) && elements && *index.total_size % 2 == 0 && *index.total_size / 2 == *elements) {
+    const std::optional<uint64_t> elements = TotalElements(cat);
+    const bool quantized = std::any_of(cat.tensors().begin(), cat.tensors().end(),
+                                       [](const TensorInfo& t) { return IsNarrowFloat(t.dtype); });
+    if (quantized && elements && *index.total_size % 2 == 0 && *index.total_size / 2 == *elements) {
       builder.Warn(Printable(index_path) + ": metadata.total_size says " + std::to_string(*index.total_size) +
                    " bytes, the model's size at 2 bytes per element, but the shards hold " +
                    std::to_string(cat.total_bytes()) + " bytes of tensors (an FP8 release's index keeps its 16-bit size); ignored");

@@ -65,13 +65,28 @@ bool IsCastableFloat(DType dtype) {
          dtype == DType::kF64;
 }
 
-Result<uint64_t> TensorBytes(DType dtype, std::span<const uint64_t> shape) {
+bool IsNarrowFloat(DType dtype) {
+  switch (dtype) {
+    case DType::kF8_E4M3: case DType::kF8_E5M2: case DType::kF8_E8M0: case DType::kF8_E4M3FNUZ:
+    case DType::kF8_E5M2FNUZ: case DType::kF6_E2M3: case DType::kF6_E3M2: case DType::kF4:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::optional<uint64_t> ElementCount(std::span<const uint64_t> shape) {
   uint64_t numel = 1;
   for (uint64_t dim : shape) {
-    if (__builtin_mul_overflow(numel, dim, &numel)) {
-      return Corruption("shape has more elements than fit in 64 bits");
-    }
+    if (__builtin_mul_overflow(numel, dim, &numel)) return std::nullopt;
   }
+  return numel;
+}
+
+Result<uint64_t> TensorBytes(DType dtype, std::span<const uint64_t> shape) {
+  const std::optional<uint64_t> elements = ElementCount(shape);
+  if (!elements) return Corruption("shape has more elements than fit in 64 bits");
+  const uint64_t numel = *elements;
   uint64_t bits = 0;
   if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeBits(dtype)), &bits)) {
     return Corruption("byte size overflows 64 bits");

@@ -28,11 +28,9 @@ uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 bool IsQuantizedStorage(DType dtype) {
   switch (dtype) {
     case DType::kU8: case DType::kI8: case DType::kI16: case DType::kU16: case DType::kI32: case DType::kU32:
-    case DType::kF8_E4M3: case DType::kF8_E5M2: case DType::kF8_E8M0: case DType::kF8_E4M3FNUZ:
-    case DType::kF8_E5M2FNUZ: case DType::kF6_E2M3: case DType::kF6_E3M2: case DType::kF4:
       return true;
     default:
-      return false;
+      return IsNarrowFloat(dtype);
   }
 }
 
