@@ -360,9 +360,12 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
         # module, then judge in the module's names.
         expect = {ckpt: {"shape": list(state[key].shape)} for key, ckpt in conv.direct.items()}
         expect.update({name: {} for name in conv.sources() if name not in expect})
-        model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
-        report = model.report
-        bad = set(report["mismatched"])
+    else:
+        expect = {name: {"shape": list(t.shape)} for name, t in state.items()}
+    model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
+    report = model.report
+    bad = set(report["mismatched"])
+    if conv.active:
         for key, ckpt in conv.direct.items():
             if ckpt in model and ckpt not in bad:
                 sources[key] = (lambda ckpt=ckpt: _to_torch(model, ckpt), False)
@@ -372,10 +375,6 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
         used = set(conv.sources())
         report["unexpected"] = [n for n in checkpoint_names if n not in used]
     else:
-        expect = {name: {"shape": list(t.shape)} for name, t in state.items()}
-        model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
-        report = model.report
-        bad = set(report["mismatched"])
         for name in state:
             if name in model and name not in bad:
                 sources[name] = (lambda name=name: _to_torch(model, name), False)

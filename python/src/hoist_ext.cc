@@ -106,6 +106,13 @@ nb::dict Info(const TensorView& v) {
   return d;
 }
 
+// Made once, on first need, and never torn down (arrays may outlive the
+// module's globals); a cpu-only registry never starts the CUDA driver.
+const DeviceRegistry& CpuRegistry() {
+  static const DeviceRegistry* cpu_only = new DeviceRegistry(MakeCpuRegistry());
+  return *cpu_only;
+}
+
 nb::object Tensor(nb::handle self, const std::string& name) {
   const Model& model = nb::cast<const Model&>(self);
   const TensorView& v = model.Get(name);
@@ -180,9 +187,8 @@ NB_MODULE(_hoist, m) {
         r.expect_json = "[]";
         r.no_config_ties = true;
         Catalog cat = Unwrap(OpenCatalog(path));
-        static const DeviceRegistry* cpu_only = new DeviceRegistry(MakeCpuRegistry());
         std::map<DeviceId, uint64_t> max_memory;
-        PlanOptions po = Unwrap(MakePlanOptions(r, *cpu_only, 0, &max_memory));
+        PlanOptions po = Unwrap(MakePlanOptions(r, CpuRegistry(), 0, &max_memory));
         return Unwrap(BuildPlan(cat, po)).unexpected;
       },
       nb::arg("path"), nb::arg("renames") = std::vector<std::string>(), nb::arg("drops") = std::vector<std::string>(),
@@ -223,8 +229,7 @@ NB_MODULE(_hoist, m) {
           nb::gil_scoped_release release;  // reads run on hoist's own threads
           // Made once each, on first need: a cpu load never starts the CUDA driver.
           static std::string warning;
-          static const DeviceRegistry* cpu_only = new DeviceRegistry(MakeCpuRegistry());
-          const DeviceRegistry* registry = cpu_only;
+          const DeviceRegistry* registry = &CpuRegistry();
           if (MayUseGpus(r.plan)) {
             static const DeviceRegistry* all = new DeviceRegistry(MakeDefaultRegistry(&warning));
             registry = all;

@@ -230,7 +230,7 @@ class IndexSax : public StrictSax {
     size_t repeat = FirstRepeatedName(out_.weight_map.size(),
                                       [&](size_t i) { return std::string_view(out_.weight_map[i].first); });
     if (repeat < out_.weight_map.size()) {
-      return Corruption(label_ + ": key " + QuoteName(out_.weight_map[repeat].first) + " appears twice");
+      return RepeatedKeyError(label_, out_.weight_map[repeat].first);
     }
     if (!has_weight_map_) return Corruption(label_ + ": no \"weight_map\" object");
     if (!problem_.ok()) return problem_;

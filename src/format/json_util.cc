@@ -77,9 +77,7 @@ Status StrictSax::Outcome(std::string_view label, bool ok) const {
   if (too_deep_) {
     return Corruption(std::string(label) + " nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   }
-  if (has_duplicate_) {
-    return Corruption(std::string(label) + ": key " + QuoteName(duplicate_) + " appears twice");
-  }
+  if (has_duplicate_) return RepeatedKeyError(label, duplicate_);
   if (!ok || syntax_error_) {
     std::string why = error_.empty() ? "syntax error" : error_;
     const std::string tag = "parse error";
@@ -90,6 +88,10 @@ Status StrictSax::Outcome(std::string_view label, bool ok) const {
     return Corruption(std::string(label) + ": not valid JSON: " + shown.substr(1, shown.size() - 2));
   }
   return Status::Ok();
+}
+
+Status RepeatedKeyError(std::string_view label, std::string_view key) {
+  return Corruption(std::string(label) + ": key " + QuoteName(key) + " appears twice");
 }
 
 Status CheckJsonText(std::string_view label, std::string_view text) {

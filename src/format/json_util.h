@@ -65,6 +65,9 @@ class KeySet {
   std::unique_ptr<std::unordered_set<std::string>> keys_;  // most objects never need one
 };
 
+// The error for a key an object holds twice (`label` names the text).
+Status RepeatedKeyError(std::string_view label, std::string_view key);
+
 // Among `count` names (name(i) gives the i-th), the index of the first one
 // that repeats an earlier one, or `count` when all differ. Sorts hashes
 // rather than probing a hash table, so it costs no allocation per name.

@@ -363,11 +363,10 @@ Result<uint64_t> CheckHeaderLength(std::string_view label, std::string_view pref
 Result<ParsedHeader> ParseHeaderJson(std::string_view label, std::string_view json_text,
                                      uint64_t data_bytes) {
   HeaderSax sax(label);
-  HOIST_RETURN_IF_ERROR(ParseJsonSaxStrict(std::string(label) + ": header", json_text, &sax));
+  const std::string header_label = std::string(label) + ": header";
+  HOIST_RETURN_IF_ERROR(ParseJsonSaxStrict(header_label, json_text, &sax));
   if (!sax.root_is_object()) return Corruption(std::string(label) + ": header is not a JSON object");
-  if (const std::string* name = sax.RepeatedName()) {
-    return Corruption(std::string(label) + ": header: key " + QuoteName(*name) + " appears twice");
-  }
+  if (const std::string* name = sax.RepeatedName()) return RepeatedKeyError(header_label, *name);
   if (!sax.problem().ok()) return sax.problem();
 
   ParsedHeader out;
