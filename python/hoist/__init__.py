@@ -237,19 +237,25 @@ def load_file(path: Union[str, os.PathLike], device: Any = "cpu", dtype: Any = N
 
 class _Conversions:
     """transformers' own mapping from checkpoint names to a model's (5.0 and
-    later: renames such as Mixtral's block_sparse_moe -> mlp, and each
-    layer's experts merged into one 3-D tensor), for the names a checkpoint
-    holds. hoist applies the renames and the merges made of MergeModulelist
-    and Concatenate; a checkpoint tensor that needs any other operation is
-    left out (reported unexpected, its target missing)."""
-
-    _OPS = ("MergeModulelist", "Concatenate")
+    later), for the names a checkpoint holds: renames (Mixtral's
+    block_sparse_moe -> mlp), and the converters that build a model tensor
+    from checkpoint tensors by transformers' own operations: experts merged
+    into one 3-D tensor, fused qkv or gate_up projections chunked or split,
+    transposes, rope permutations. Names are grouped exactly as
+    from_pretrained groups them (rename_source_key, one copy of a converter
+    per first target), and each group is converted by the converter itself."""
 
     def __init__(self, module, names: List[str]):
         self.direct: Dict[str, str] = {}  # module name -> checkpoint name
-        self.merged: Dict[str, Any] = {}  # module name -> (converter, {source pattern: [checkpoint names]})
-        self.active = False
+        self.groups: Dict[str, Any] = {}  # first target -> converter holding its checkpoint names
+        self.sources_of: Dict[str, List[str]] = {}  # first target -> its checkpoint names, in order
+        self.target_group: Dict[str, str] = {}  # module name a converter makes -> its group's first target
         self.error = ""  # why transformers' mapping could not be used, when it could not
+        self.active = False  # whether the mapping changes anything
+        self._module = module
+        self._tensor_of = None
+        self._made: Dict[str, Any] = {}  # converted, not yet taken
+        self._failed: Dict[str, Exception] = {}
         try:
             import transformers
         except Exception:  # no transformers (or a broken one): plain names
@@ -259,57 +265,76 @@ class _Conversions:
         try:
             self._map(module, names)
         except Exception as e:  # transformers before 5.0, or internals that changed
-            self.direct, self.merged, self.error = {}, {}, f"{type(e).__name__}: {e}"
-            return
-        self.active = bool(self.merged) or any(k != v for k, v in self.direct.items())
+            self.direct, self.groups, self.sources_of, self.target_group = {}, {}, {}, {}
+            self.error = f"{type(e).__name__}: {e}"
+        self.active = bool(self.groups) or any(k != v for k, v in self.direct.items())
 
     def _map(self, module, names: List[str]) -> None:
+        import copy
+
         from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightConverter, WeightRenaming, apply_renamings, dot_natural_key
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, dot_natural_key, rename_source_key
 
         transforms = get_model_conversion_mapping(module)
         renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
         converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        by_pattern = {p: c for c in converters for p in c.source_patterns}
         state = module.state_dict()
-        prefix = getattr(module, "base_model_prefix", None) or None
-        for name in sorted(names, key=dot_natural_key):
-            key = apply_renamings(name, renamings)
-            converter, pattern = None, None
-            for c in converters:
-                renamed, pattern = c.rename_source_key(key)
-                if pattern is not None:
-                    converter, key = c, renamed
-                    break
-            if prefix and key not in state:  # a base model's checkpoint into a head model, or back
-                if f"{prefix}.{key}" in state:
-                    key = f"{prefix}.{key}"
-                elif key.startswith(prefix + ".") and key[len(prefix) + 1:] in state:
-                    key = key[len(prefix) + 1:]
-            if key not in state and name in state:
-                key, converter = name, None  # as transformers does: a renamed key the model lacks falls back
+        prefix = getattr(module, "base_model_prefix", None)
+        for name in sorted(names, key=dot_natural_key):  # experts stack in numeric order
+            key, pattern = rename_source_key(name, renamings, converters, prefix, state)
+            if key not in state and name in state:  # as from_pretrained: a renamed key the model lacks falls back
+                key, pattern = rename_source_key(name, [], [], prefix, state)
             if key not in state:
                 continue
-            if converter is None:
+            if pattern is None:
                 self.direct[key] = name
-            elif all(type(op).__name__ in self._OPS for op in converter.operations):
-                self.merged.setdefault(key, (converter, {}))[1].setdefault(pattern, []).append(name)
+                continue
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = copy.deepcopy(by_pattern[pattern])
+                self.sources_of[key] = []
+                # The module names it will make, as from_pretrained names
+                # them before converting (a name it makes beyond these is
+                # taken after the rest).
+                for target in group.target_patterns:
+                    made = key.replace(group.target_patterns[0], target, 1)
+                    if made in state:
+                        self.target_group.setdefault(made, key)
+            group.add_tensor(key, name, pattern, lambda name=name: self._tensor_of(name))
+            self.sources_of[key].append(name)
 
     def sources(self) -> List[str]:
-        out = list(self.direct.values())
-        for _, groups in self.merged.values():
-            for names in groups.values():
-                out.extend(names)
-        return out
+        return list(self.direct.values()) + [n for names in self.sources_of.values() for n in names]
 
-    def merge(self, key: str, tensor_of) -> Any:
-        """The module tensor `key` from its checkpoint tensors, as transformers builds it."""
-        converter, groups = self.merged[key]
-        collected = {pattern: [tensor_of(n) for n in names] for pattern, names in groups.items()}
-        for op in converter.operations:
-            collected = op.convert(collected, source_patterns=converter.source_patterns,
-                                   target_patterns=converter.target_patterns)
-        (value,) = collected.values()
-        return value
+    def run(self, tensor_of) -> None:
+        """Arms the groups: tensor_of(checkpoint name) gives a loaded tensor."""
+        self._tensor_of = tensor_of
+
+    def take(self, target: str) -> Any:
+        """The module tensor `target`, made by its group's converter (each
+        group runs once, when the first of its tensors is asked for)."""
+        key = self.target_group[target]
+        if key in self._failed:
+            raise self._failed[key]
+        group = self.groups.pop(key, None)
+        if group is not None:
+            try:
+                made = group.convert(key, model=self._module, config=getattr(self._module, "config", None))
+            except Exception as e:  # the checkpoint's tensors do not fit the op (an expert short, shapes apart)
+                self._failed[key] = e
+                raise
+            for name, value in made.items():
+                self._made[name] = value[0] if isinstance(value, list) else value
+                self.target_group.setdefault(name, key)
+        if target not in self._made:
+            raise KeyError(f"transformers' conversion of {key} made no {target}")
+        return self._made.pop(target)
+
+    def leftovers(self) -> Dict[str, Any]:
+        """Converted tensors nobody asked for by name (and forgets them)."""
+        made, self._made = self._made, {}
+        return made
 
 
 def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwargs) -> Dict[str, Any]:
@@ -320,24 +345,26 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     dtype and device agree, a parameter takes the loaded memory zero-copy;
     otherwise the values are copied into it (never FP8 into a wider dtype:
     that needs the scales, and is reported mismatched). A transformers (5.0
-    and later) model gets transformers' own renames and expert merges
-    (Mixtral's per-expert weights into its 3-D gate_up_proj/down_proj), as
-    from_pretrained applies them; device_map keys then name checkpoint
-    tensors (after `rename`), as for hoist.load: whole layers
-    ("model.layers.3") are the same either way. A merge the checkpoint's
-    tensors do not fit leaves its parameter alone, reported mismatched with
-    the reason in the report's warnings. Returns the load report, with its
-    missing, unexpected and mismatched lists (module names; unexpected ones
-    are the checkpoint's).
+    and later) model gets transformers' own key mapping, as from_pretrained
+    applies it: renames, and converters run by transformers' own operations
+    (Mixtral's per-expert weights merged into its 3-D gate_up_proj/down_proj,
+    a fused qkv chunked or split into q/k/v, transposes); device_map keys
+    then name checkpoint tensors (after `rename`), as for hoist.load: whole
+    layers ("model.layers.3") are the same either way. A conversion the
+    checkpoint's tensors do not fit leaves its parameters alone, reported
+    mismatched with the reason in the report's warnings. Returns the load
+    report, with its missing, unexpected and mismatched lists (module names;
+    unexpected ones are the checkpoint's).
     """
     import torch
 
     named = list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
-    groups: Dict[int, List[str]] = {}
+    ties: Dict[int, List[str]] = {}  # one entry per tensor object: every name sharing it
     tensors: Dict[int, torch.Tensor] = {}
     for name, tensor in named:
-        groups.setdefault(id(tensor), []).append(name)
+        ties.setdefault(id(tensor), []).append(name)
         tensors[id(tensor)] = tensor
+    tie_of = {name: key for key, names in ties.items() for name in names}
     state = module.state_dict()
     if device is None and "device_map" not in kwargs:
         first = next((t for t in tensors.values() if t.device.type != "meta"), None)
@@ -352,7 +379,7 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     if conv.error:
         warnings.append(f"load_into: transformers' key mapping for {type(module).__name__} failed ({conv.error}); "
                         "checkpoint names are used as they are")
-    # source name -> (a function giving the tensor, whether that tensor is
+    # module name -> (a function giving its tensor, whether that tensor is
     # fresh memory rather than a view of the load's reservation)
     sources: Dict[str, Any] = {}
     if conv.active:
@@ -370,8 +397,9 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
             if ckpt in model and ckpt not in bad:
                 sources[key] = (lambda ckpt=ckpt: _to_torch(model, ckpt), False)
         mismatched = [key for key, ckpt in conv.direct.items() if ckpt in bad]
-        for key in conv.merged:
-            sources[key] = (lambda key=key: conv.merge(key, lambda n: _to_torch(model, n)), True)
+        conv.run(lambda n: _to_torch(model, n))
+        for target in conv.target_group:
+            sources.setdefault(target, (lambda target=target: conv.take(target), True))
         used = set(conv.sources())
         report["unexpected"] = [n for n in checkpoint_names if n not in used]
     else:
@@ -379,48 +407,57 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
             if name in model and name not in bad:
                 sources[name] = (lambda name=name: _to_torch(model, name), False)
         mismatched = list(report["mismatched"])
-    # Merged tensors are copies; a parameter that took the load's memory
+    # Converted tensors are copies; a parameter that took the load's memory
     # zero-copy would keep every per-expert tensor of the reservation alive
-    # beside them. So where anything is merged, everything is copied and the
-    # reservation goes when this returns.
-    zero_copy = not conv.merged
+    # beside them. So where anything is converted, everything is copied and
+    # the reservation goes when this returns.
+    zero_copy = not conv.target_group
     filled = set()
+
+    def fill(names: List[str], source_name: str, loaded, fresh: bool) -> None:
+        target = tensors[tie_of[names[0]]]
+        # A shape that differs, or FP8 data for a wider parameter: its
+        # values mean nothing without their scales, which are the model's
+        # quantizer's business, not a cast's.
+        fp8_into_wider = loaded.is_floating_point() and loaded.element_size() == 1 and target.dtype != loaded.dtype
+        if tuple(loaded.shape) != tuple(target.shape) or fp8_into_wider:
+            mismatched.append(source_name)
+            return
+        filled.update(names)
+        if target.device.type == "meta":
+            # Nothing to copy into: put the loaded tensor in place of the
+            # meta one under every name that shares it (as
+            # load_state_dict(assign=True) does), keeping ties.
+            value = loaded.to(dtype=target.dtype, copy=not (zero_copy or fresh))
+            if isinstance(target, torch.nn.Parameter):
+                value = torch.nn.Parameter(value, requires_grad=target.requires_grad)
+            for name in names:
+                owner_name, _, attr = name.rpartition(".")
+                owner = module.get_submodule(owner_name) if owner_name else module
+                setattr(owner, attr, value)
+        elif (zero_copy or fresh) and loaded.dtype == target.dtype and loaded.device == target.device:
+            target.data = loaded  # zero-copy; every tied name shares this one tensor object
+        else:
+            target.data.copy_(loaded)
+
     with torch.no_grad():
-        for key, names in groups.items():
-            target = tensors[key]
+        for key, names in ties.items():
             source_name = next((n for n in names if n in sources), None)
             if source_name is None:
                 continue
             make, fresh = sources[source_name]
             try:
                 loaded = make()
-            except Exception as e:  # a merge the checkpoint's tensors do not fit (an expert short, shapes apart)
+            except Exception as e:  # a conversion the checkpoint's tensors do not fit
                 mismatched.append(source_name)
                 warnings.append(f"load_into: {source_name}: {type(e).__name__}: {e}")
                 continue
-            # A shape that differs, or FP8 data for a wider parameter: its
-            # values mean nothing without their scales, which are the
-            # model's quantizer's business, not a cast's.
-            fp8_into_wider = loaded.is_floating_point() and loaded.element_size() == 1 and target.dtype != loaded.dtype
-            if tuple(loaded.shape) != tuple(target.shape) or fp8_into_wider:
-                mismatched.append(source_name)
-                continue
-            filled.update(names)
-            if target.device.type == "meta":
-                # Nothing to copy into: put the loaded tensor in place of the
-                # meta one under every name that shares it (as
-                # load_state_dict(assign=True) does), keeping ties.
-                value = loaded.to(dtype=target.dtype, copy=not (zero_copy or fresh))
-                if isinstance(target, torch.nn.Parameter):
-                    value = torch.nn.Parameter(value, requires_grad=target.requires_grad)
-                for name in names:
-                    owner_name, _, attr = name.rpartition(".")
-                    owner = module.get_submodule(owner_name) if owner_name else module
-                    setattr(owner, attr, value)
-            elif (zero_copy or fresh) and loaded.dtype == target.dtype and loaded.device == target.device:
-                target.data = loaded  # zero-copy; every tied name shares this one tensor object
-            else:
-                target.data.copy_(loaded)
+            fill(names, source_name, loaded, fresh)
+        # Tensors a converter made under names from_pretrained would not
+        # have predicted from its patterns.
+        for name, loaded in conv.leftovers().items():
+            if name in tie_of and not any(n in filled or n in mismatched for n in ties[tie_of[name]]):
+                fill(ties[tie_of[name]], name, loaded, True)
     report["warnings"] = list(report.get("warnings", [])) + warnings
     # Names the module ties to a loaded tensor are not missing.
     report["missing"] = [n for n in state if n not in filled and n not in mismatched]

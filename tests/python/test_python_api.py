@@ -1023,3 +1023,98 @@ def test_load_into_applies_rename_before_transformers_mapping(torch, transformer
     report = hoist.load_into(module, str(tmp_path / "renamed"), rename={r"^output\.weight$": "lm_head.weight"})
     assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == [], report
     assert torch.equal(module.lm_head.weight, saved.lm_head.weight)
+
+
+# Models whose checkpoints (transformers' own save_pretrained included) hold
+# fused tensors that transformers 5 splits on load, each by another of its
+# conversion operations: model type, config, a checkpoint name only the
+# conversion explains.
+_CONVERTED = {
+    "split": ("sarvam_moe", dict(hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                                 num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                                 vocab_size=128, num_experts=4),
+              "model.layers.0.attention.query_key_value.weight"),
+    "chunk-4": ("hrm_text", dict(hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                 num_key_value_heads=4, num_hidden_layers=2, vocab_size=128),
+                "model.H_module.layers.0.attn.gqkv_proj.weight"),
+    "chunk-bias": ("dinov2", dict(hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                  num_hidden_layers=2, use_swiglu_ffn=True, image_size=32, patch_size=8),
+                   "encoder.layer.0.mlp.weights_in.bias"),
+    "chunk-qkv": ("nomic_bert", dict(hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                                     num_hidden_layers=2, vocab_size=128),
+                  "encoder.layers.0.attn.Wqkv.weight"),
+}
+
+
+def _tiny_converted(torch, transformers, case: str, seed: int, meta: bool = False):
+    model_type, config, _ = _CONVERTED[case]
+    try:
+        cfg = transformers.AutoConfig.for_model(model_type, **config)
+    except (KeyError, ValueError):
+        pytest.skip(f"this transformers has no {model_type}")
+    torch.manual_seed(seed)
+    with torch.device("meta" if meta else "cpu"):
+        try:
+            return transformers.AutoModelForCausalLM.from_config(cfg)
+        except ValueError:  # an encoder: no causal LM head
+            return transformers.AutoModel.from_config(cfg)
+
+
+def _saved_converted(torch, transformers, case: str, dst: Path):
+    saved = _tiny_converted(torch, transformers, case, 0)
+    saved.save_pretrained(dst)
+    fused = _CONVERTED[case][2]
+    if fused not in hoist._hoist.mapped_names(str(dst / "model.safetensors")):
+        pytest.skip(f"this transformers saves {_CONVERTED[case][0]} without {fused}; nothing to convert")
+    return saved
+
+
+@pytest.mark.parametrize("case", sorted(_CONVERTED))
+def test_load_into_runs_transformers_conversions(torch, transformers, tmp_path, case):
+    """Fused checkpoint tensors (qkv, gate_up, gate+qkv) come apart by
+    transformers' own Split and Chunk, as from_pretrained takes them apart:
+    the module ends up equal to the one saved, tensor for tensor."""
+    saved = _saved_converted(torch, transformers, case, tmp_path / "ckpt")
+    fresh = _tiny_converted(torch, transformers, case, 1)
+    report = hoist.load_into(fresh, str(tmp_path / "ckpt"))
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == [], report
+    want, got = saved.state_dict(), fresh.state_dict()
+    assert set(want) == set(got)
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+
+
+def test_load_into_runs_conversions_into_a_meta_module(torch, transformers, tmp_path):
+    """A module built on the meta device gets its converted tensors put in
+    place, on the load's device."""
+    saved = _saved_converted(torch, transformers, "split", tmp_path / "ckpt")
+    module = _tiny_converted(torch, transformers, "split", 1, meta=True)
+    report = hoist.load_into(module, str(tmp_path / "ckpt"), device="cpu")
+    assert report["missing"] == [] and report["mismatched"] == [], report
+    for name, tensor in saved.state_dict().items():
+        got = module.state_dict()[name]
+        assert got.device.type == "cpu" and torch.equal(got, tensor), name
+
+
+def test_load_into_reports_a_split_the_checkpoint_does_not_fit(torch, transformers, tmp_path):
+    """A fused qkv one row short: Split cannot cut it to the module's q, k
+    and v, so those three are left alone and reported mismatched, with the
+    reason among the warnings; everything else is filled."""
+    from safetensors.torch import load_file, save_file
+
+    saved = _saved_converted(torch, transformers, "split", tmp_path / "ckpt")
+    state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    fused = "model.layers.1.attention.query_key_value.weight"
+    state[fused] = state[fused][:-1].clone()
+    (tmp_path / "bad").mkdir()
+    save_file(state, str(tmp_path / "bad" / "model.safetensors"), metadata={"format": "pt"})
+    module = _tiny_converted(torch, transformers, "split", 1)
+    report = hoist.load_into(module, str(tmp_path / "bad"))
+    targets = [f"model.layers.1.self_attn.{p}.weight" for p in ("q_proj", "k_proj", "v_proj")]
+    assert sorted(report["mismatched"]) == sorted(targets), report
+    assert report["missing"] == [] and report["unexpected"] == [], report
+    assert any(targets[0] in w for w in report["warnings"]), report["warnings"]
+    got = module.state_dict()
+    for name, tensor in saved.state_dict().items():
+        if name not in targets:
+            assert torch.equal(got[name], tensor), name

@@ -1,0 +1,100 @@
+"""hoist.load_into against transformers' from_pretrained, model type by model type.
+
+transformers 5 renames and converts checkpoint tensors on load (experts
+merged, fused projections chunked or split, transposes), with one mapping
+per model type. For every model type that has such a mapping and builds at a
+tiny size with a generic small config, this saves a randomly initialised
+model with save_pretrained (which writes the checkpoint layout, conversions
+reversed), loads it back with from_pretrained (the reference) and with
+hoist.load_into into a differently seeded model, and requires the two to be
+equal tensor for tensor, with nothing missing, unexpected or mismatched.
+
+Run: PYTHONPATH=build/python python3 -m pytest -q tests/python/test_load_into_models.py
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import pytest
+
+hoist = pytest.importorskip(
+    "hoist",
+    reason="the hoist Python module is not built (configure with Python development files and nanobind, "
+    "then run with PYTHONPATH=build/python)",
+)
+torch = pytest.importorskip("torch", reason="torch is not installed")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+
+# Small sizes under the names configs commonly use; each config takes the
+# ones it knows.
+SMALL = dict(
+    hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_attention_heads=4,
+    num_key_value_heads=2, num_hidden_layers=2, vocab_size=128, head_dim=16,
+    num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1,
+    n_group=1, topk_group=1, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+    v_head_dim=16,
+)
+MAX_PARAMETERS = 20_000_000
+# Fewer compared models than this means the sweep no longer finds them (a
+# changed transformers); that is a failure, not a pass. transformers 5.25
+# gives 66.
+MIN_COMPARED = 30
+
+
+def _mapped_model_types() -> list[str]:
+    try:
+        from transformers.conversion_mapping import _build_checkpoint_conversion_mapping
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:
+        pytest.skip("this transformers has no conversion mapping (before 5.0): nothing to compare")
+    return [t for t in _build_checkpoint_conversion_mapping() if t in CONFIG_MAPPING_NAMES]
+
+
+def _tiny_model(model_type: str, seed: int, meta: bool = False):
+    """A randomly initialised model of `model_type` at SMALL sizes, or None
+    when the type does not build that way (needs more config, an extra
+    package, or has no auto class)."""
+    config_class = type(transformers.AutoConfig.for_model(model_type))
+    known = set(inspect.signature(config_class.__init__).parameters)
+    defaults = config_class()
+    config = transformers.AutoConfig.for_model(
+        model_type, **{k: v for k, v in SMALL.items() if k in known or hasattr(defaults, k)})
+    torch.manual_seed(seed)
+    with torch.device("meta" if meta else "cpu"):
+        for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
+            try:
+                return auto.from_config(config)
+            except ValueError:  # no such head for this config
+                continue
+    return None
+
+
+def test_load_into_matches_from_pretrained_for_every_mapped_model(tmp_path):
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    compared, failures, unbuilt = [], [], []
+    for model_type in _mapped_model_types():
+        try:
+            shape = _tiny_model(model_type, 0, meta=True)
+            if shape is None or sum(p.numel() for p in shape.parameters()) > MAX_PARAMETERS:
+                unbuilt.append(model_type)
+                continue
+            saved = _tiny_model(model_type, 0)
+            saved.save_pretrained(tmp_path / model_type)
+            want = type(saved).from_pretrained(tmp_path / model_type).state_dict()
+        except Exception:  # configs that need more than generic sizes, or extra packages: not hoist's to judge
+            unbuilt.append(model_type)
+            continue
+        module = _tiny_model(model_type, 1)
+        report = hoist.load_into(module, str(tmp_path / model_type))
+        got = module.state_dict()
+        differ = [n for n in want if n not in got or got[n].shape != want[n].shape or not torch.equal(got[n], want[n])]
+        problems = {k: report[k] for k in ("missing", "unexpected", "mismatched") if report[k]}
+        if differ or problems:
+            failures.append(f"{model_type} ({type(module).__name__}): differ {differ[:3]} {problems}")
+        compared.append(model_type)
+    assert not failures, "\n".join(failures)
+    assert len(compared) >= MIN_COMPARED, (
+        f"only {len(compared)} model types compared ({compared}); {len(unbuilt)} did not build: {unbuilt}")
