@@ -129,11 +129,14 @@ class Model:
         return f"<hoist.Model: {len(self)} tensors on {devices or 'no device'}>"
 
 
-def _disk_array(info: Dict[str, Any]):
-    """A tensor left in its file: a read-only numpy memmap of its bytes."""
+def _disk_array(info: Dict[str, Any], writable: bool = False):
+    """A tensor left in its file: a numpy memmap of its bytes, read-only, or
+    copy-on-write where `writable` (writes stay in this process's memory;
+    the file is never changed)."""
     import numpy as np
 
-    raw = np.memmap(info["file"], dtype=np.uint8, mode="r", offset=info["file_offset"], shape=(info["nbytes"],))
+    raw = np.memmap(info["file"], dtype=np.uint8, mode="c" if writable else "r", offset=info["file_offset"],
+                    shape=(info["nbytes"],))
     np_types = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
                 "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "F16": np.float16,
                 "F32": np.float32, "F64": np.float64, "C64": np.complex64,
@@ -215,7 +218,9 @@ def _to_torch(model: Model, name: str):
 
     info = model.info(name)
     if info["device"] == "disk":
-        tensor = torch.from_numpy(model[name])
+        # Copy-on-write: torch has no read-only tensors, and a module's
+        # parameter may be written in place.
+        tensor = torch.from_numpy(_disk_array(info, writable=True))
         if info["stored_dtype"] == "BF16":
             tensor = tensor.view(torch.bfloat16)
     else:
@@ -307,6 +312,17 @@ class _Conversions:
     def sources(self) -> List[str]:
         return list(self.direct.values()) + [n for names in self.sources_of.values() for n in names]
 
+    def checkpoint_device_map(self, device_map: Mapping[str, Any], warnings: List[str]) -> Dict[str, Any]:
+        """accelerate's device map names the module's tensors; the load reads
+        the checkpoint's. Each checkpoint tensor goes where the map puts the
+        module tensor it becomes (for a converter's inputs, its group's first
+        target), by the load's own longest-prefix rule."""
+        sources = [(key, ckpt) for key, ckpt in self.direct.items()]
+        sources += [(key, n) for key, names in self.sources_of.items() for n in names]
+        devices, map_warnings = _hoist.place_by_map([key for key, _ in sources], json.dumps(dict(device_map)))
+        warnings.extend(map_warnings)
+        return {ckpt: device for (_, ckpt), device in zip(sources, devices)}
+
     def run(self, tensor_of) -> None:
         """Arms the groups: tensor_of(checkpoint name) gives a loaded tensor."""
         self._tensor_of = tensor_of
@@ -348,9 +364,9 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     and later) model gets transformers' own key mapping, as from_pretrained
     applies it: renames, and converters run by transformers' own operations
     (Mixtral's per-expert weights merged into its 3-D gate_up_proj/down_proj,
-    a fused qkv chunked or split into q/k/v, transposes); device_map keys
-    then name checkpoint tensors (after `rename`), as for hoist.load: whole
-    layers ("model.layers.3") are the same either way. A conversion the
+    a fused qkv chunked or split into q/k/v, transposes). A device_map
+    given as a mapping names the module's tensors, as accelerate's do; a
+    checkpoint tensor goes where the tensor it becomes goes. A conversion the
     checkpoint's tensors do not fit leaves its parameters alone, reported
     mismatched with the reason in the report's warnings. Returns the load
     report, with its missing, unexpected and mismatched lists (module names;
@@ -379,6 +395,8 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     if conv.error:
         warnings.append(f"load_into: transformers' key mapping for {type(module).__name__} failed ({conv.error}); "
                         "checkpoint names are used as they are")
+    if conv.active and isinstance(kwargs.get("device_map"), Mapping):
+        kwargs["device_map"] = conv.checkpoint_device_map(kwargs["device_map"], warnings)
     # module name -> (a function giving its tensor, whether that tensor is
     # fresh memory rather than a view of the load's reservation)
     sources: Dict[str, Any] = {}

@@ -7,6 +7,7 @@
 // when it is handed out and a consumer's stream never has to wait.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -17,6 +18,7 @@
 
 #include "api/session.h"
 #include "format/safetensors.h"
+#include "plan/device_map.h"
 #include "hoist/catalog.h"
 
 namespace nb = nanobind;
@@ -194,6 +196,21 @@ NB_MODULE(_hoist, m) {
       nb::arg("path"), nb::arg("renames") = std::vector<std::string>(), nb::arg("drops") = std::vector<std::string>(),
       nb::arg("only") = "", nb::arg("compat") = "",
       "The checkpoint's tensor names after a load's key mapping, from its headers (nothing else is read).");
+
+  m.def(
+      "place_by_map",
+      [](const std::vector<std::string>& names, const std::string& device_map) {
+        // An explicit device map applied to names, as a load applies it to a
+        // checkpoint's: (device per name, warnings for keys that match none).
+        std::vector<std::string> warnings;
+        std::vector<DeviceId> placed = Unwrap(PlaceByMap(names, Unwrap(ParseDeviceMap(device_map)), &warnings));
+        std::vector<std::string> devices;
+        devices.reserve(placed.size());
+        for (const DeviceId& d : placed) devices.push_back(d.ToString());
+        return std::make_pair(devices, warnings);
+      },
+      nb::arg("names"), nb::arg("device_map"),
+      "Each name's device under an explicit device map (JSON, or a file holding it), and the map's warnings.");
 
   m.def(
       "load",

@@ -498,6 +498,25 @@ def test_device_map_disk_gives_memmap(np, torch, st, tiny_f32):
     assert [t["device"] for t in rep["tensors"] if t["name"] == "lm_head.weight"] == ["disk"]
 
 
+def test_load_into_disk_parameters_are_copy_on_write(torch, st, transformers, tiny_f32):
+    """Parameters left on disk are file-backed, yet writable in place as any
+    parameter is (an optimizer step); the writes never reach the file."""
+    path = tiny_f32 / "model.safetensors"
+    before = path.read_bytes()
+    want = st.load_file(str(path))
+    module = _llama(transformers, torch, tiny_f32, torch.float32)
+    report = hoist.load_into(module, str(tiny_f32), device_map={"": "disk"})
+    assert report["missing"] == [] and report["mismatched"] == [], report
+    assert {t["device"] for t in report["tensors"]} == {"disk"}
+    assert torch.equal(module.model.norm.weight, want["model.norm.weight"])
+    with torch.no_grad():
+        module.model.norm.weight.add_(1)
+    assert torch.equal(module.model.norm.weight, want["model.norm.weight"] + 1)
+    del module
+    gc.collect()
+    assert path.read_bytes() == before
+
+
 def test_device_map_disk_bf16_bytes(np, tiny):
     raw = tensor_bytes(tiny / "model.safetensors")
     model = hoist.load(str(tiny), device_map={"": "disk"})
@@ -1118,3 +1137,25 @@ def test_load_into_reports_a_split_the_checkpoint_does_not_fit(torch, transforme
     for name, tensor in saved.state_dict().items():
         if name not in targets:
             assert torch.equal(got[name], tensor), name
+
+
+def test_load_into_device_map_names_module_tensors(torch, transformers, tmp_path):
+    """A device map in the module's names (accelerate's) places the
+    checkpoint tensors that become them: nomic_bert's checkpoint says
+    encoder.layers.0.attn.Wqkv, the module layers.0.self_attn.q/k/v_proj.
+    A module tensor no key covers is a ValueError that names it."""
+    saved = _saved_converted(torch, transformers, "chunk-qkv", tmp_path / "ckpt")
+    module = _tiny_converted(torch, transformers, "chunk-qkv", 1)
+    report = hoist.load_into(module, str(tmp_path / "ckpt"), device_map={"layers.0": "disk", "": "cpu"})
+    assert report["missing"] == [] and report["mismatched"] == [], report
+    assert not any("matches no tensor" in w for w in report["warnings"]), report["warnings"]
+    placed = {t["name"]: t["device"] for t in report["tensors"]}
+    assert placed["encoder.layers.0.attn.Wqkv.weight"] == "disk", placed
+    assert {d for n, d in placed.items() if n.startswith("encoder.layers.0.")} == {"disk"}, placed
+    assert {d for n, d in placed.items() if not n.startswith("encoder.layers.0.")} == {"cpu"}, placed
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(module.state_dict()[name], tensor), name
+
+    with pytest.raises(ValueError, match=r"no key covers tensor 'embeddings\."):
+        hoist.load_into(_tiny_converted(torch, transformers, "chunk-qkv", 2), str(tmp_path / "ckpt"),
+                        device_map={"layers": "cpu"})
