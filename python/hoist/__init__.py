@@ -323,7 +323,7 @@ class _Conversions:
         warnings.extend(map_warnings)
         return {ckpt: device for (_, ckpt), device in zip(sources, devices)}
 
-    def run(self, tensor_of) -> None:
+    def read_from(self, tensor_of) -> None:
         """Arms the groups: tensor_of(checkpoint name) gives a loaded tensor."""
         self._tensor_of = tensor_of
 
@@ -415,7 +415,7 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
             if ckpt in model and ckpt not in bad:
                 sources[key] = (lambda ckpt=ckpt: _to_torch(model, ckpt), False)
         mismatched = [key for key, ckpt in conv.direct.items() if ckpt in bad]
-        conv.run(lambda n: _to_torch(model, n))
+        conv.read_from(lambda n: _to_torch(model, n))
         for target in conv.target_group:
             sources.setdefault(target, (lambda target=target: conv.take(target), True))
         used = set(conv.sources())
