@@ -105,11 +105,38 @@ cudaError_t LaunchFrom(const void* src, FloatType to, void* dst, uint64_t count,
   }
 }
 
+// Loads both kernels (scalar and vector) of every cast from In.
+template <typename In, typename Load>
+cudaError_t LoadKernelsFrom() {
+  cudaFuncAttributes attributes;
+  const void* kernels[] = {
+      reinterpret_cast<const void*>(CastKernel<In, uint16_t, Load, ToF16>),
+      reinterpret_cast<const void*>(CastKernelVec<In, uint16_t, Load, ToF16>),
+      reinterpret_cast<const void*>(CastKernel<In, uint16_t, Load, ToBf16>),
+      reinterpret_cast<const void*>(CastKernelVec<In, uint16_t, Load, ToBf16>),
+      reinterpret_cast<const void*>(CastKernel<In, float, Load, ToF32>),
+      reinterpret_cast<const void*>(CastKernelVec<In, float, Load, ToF32>),
+      reinterpret_cast<const void*>(CastKernel<In, double, Load, ToF64>),
+      reinterpret_cast<const void*>(CastKernelVec<In, double, Load, ToF64>),
+  };
+  for (const void* kernel : kernels) {
+    if (cudaError_t err = cudaFuncGetAttributes(&attributes, kernel); err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
 }  // namespace
 
+// CUDA 12 and later load a kernel lazily, at its first launch, which may
+// synchronize the context: in the middle of a load's copies. Asking for each
+// kernel's attributes loads them all now, before the load streams, and
+// fails here, not mid-load, where they cannot run on this GPU.
 cudaError_t CastKernelUsable() {
-  cudaFuncAttributes attributes;
-  return cudaFuncGetAttributes(&attributes, CastKernel<uint16_t, float, FromBf16, ToF32>);
+  cudaError_t err = LoadKernelsFrom<uint16_t, FromF16>();
+  if (err == cudaSuccess) err = LoadKernelsFrom<uint16_t, FromBf16>();
+  if (err == cudaSuccess) err = LoadKernelsFrom<float, FromF32>();
+  if (err == cudaSuccess) err = LoadKernelsFrom<double, FromF64>();
+  return err;
 }
 
 cudaError_t LaunchCast(FloatType from, const void* src, FloatType to, void* dst, uint64_t count, cudaStream_t stream) {
