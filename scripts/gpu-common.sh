@@ -58,7 +58,10 @@ fi
 
 # build_gpu TARGET...: configures build-gpu/ (dependencies from .deps/, made
 # by scripts/pack-deps) and builds the targets that exist; on failure prints
-# the end of the compiler's output and returns 1.
+# the end of the compiler's output and returns 1. build_more TARGET... builds
+# more of them in the configured tree, the same way: a target a run can do
+# without (the Python module) is built on its own, so that its failure costs
+# only what needs it.
 build_gpu() {
   local deps=()
   [[ -d .deps ]] && deps=(-DHOIST_DEPS_DIR="$PWD/.deps")
@@ -70,6 +73,10 @@ build_gpu() {
     return 1
   fi
   grep -E "hoist:" build-gpu/cmake.log || true
+  build_more "$@"
+}
+
+build_more() {
   local want=() t targets names=("$@")
   if ((emulated)); then  # the emulator's command and tests stand in for the real ones
     names=()
@@ -85,6 +92,7 @@ build_gpu() {
   for t in "${names[@]}"; do
     grep -q "^$t:" <<<"$targets" && want+=("$t")
   done
+  ((${#want[@]})) || { echo "built: nothing (none of $* is in this build)"; return 0; }
   if ! ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1; then
     tail -n 80 build-gpu/ninja.log
     return 1
