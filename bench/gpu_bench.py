@@ -199,7 +199,10 @@ def main():
                          "report_seconds": statistics.median(r["seconds"] for r in reports),
                          "device_start_seconds": statistics.median(r["stages"]["device_start"] for r in reports),
                          "process_seconds": statistics.median(times), "times": loads,
-                         "bytes": rep["total_bytes"], "driver_allocs": rep["devices"][device]["driver_allocs"],
+                         # GB/s and the fraction of the bound count the file bytes read
+                         # (what crossed the bus); a cast places more (output_bytes).
+                         "bytes": rep["bytes_read"], "output_bytes": rep["total_bytes"],
+                         "driver_allocs": rep["devices"][device]["driver_allocs"],
                          # Where one run's time went, for the next round of tuning: plan,
                          # device_start, reserve (allocation and the first staging buffers
                          # pinned), read, copy, cast; and the staging ring used.
@@ -222,8 +225,27 @@ def main():
             results[name] = {"seconds": None, "error": repr(e)}
         save()
 
-    # What the targets compare first, then the variants, then the sweep.
+    # What the targets compare first: hoist's command (a process of
+    # its own, under a timeout), then the two baselines, then hoist in this
+    # process, which has never hung or crashed on a GPU but must not take
+    # the baselines with it if it does. Then the variants, then the sweep.
     attempt("hoist_cli", cli, "hoist_cli")
+
+    def st():
+        from safetensors.torch import load_file
+
+        in_process("safetensors", lambda: [load_file(f, device=device) for f in shards], 60)
+
+    def hf():
+        import transformers
+
+        # device_map needs accelerate (present on GPU machines); the cpu is the default anyway.
+        placement = {"device_map": device} if device != "cpu" else {}
+        in_process("transformers", lambda: transformers.AutoModelForCausalLM.from_pretrained(
+            args.dir, dtype=torch.bfloat16, **placement), 60)
+
+    attempt("safetensors", st)
+    attempt("transformers", hf)
     try:
         import hoist
 
@@ -236,25 +258,8 @@ def main():
         results["hoist"] = dict(results["hoist_cli"], python_module_missing=repr(e))
     if hoist is not None:
         attempt("hoist", in_process, "hoist", lambda: hoist.load(args.dir, device=device), 60)
-
-    def st():
-        from safetensors.torch import load_file
-
-        in_process("safetensors", lambda: [load_file(f, device=device) for f in shards], 150)
-
-    attempt("safetensors", st)
     attempt("hoist_per_tensor", cli, "hoist_per_tensor", "--alloc", "per-tensor")
     attempt("hoist_no_pipeline", cli, "hoist_no_pipeline", "--no-pipeline")
-
-    def hf():
-        import transformers
-
-        # device_map needs accelerate (present on GPU machines); the cpu is the default anyway.
-        placement = {"device_map": device} if device != "cpu" else {}
-        in_process("transformers", lambda: transformers.AutoModelForCausalLM.from_pretrained(
-            args.dir, dtype=torch.bfloat16, **placement), 150)
-
-    attempt("transformers", hf)
     attempt("hoist_cast_f32", cli, "hoist_cast_f32", "--dtype", "f32")
     if hoist is not None:
         attempt("hoist_load_file", in_process, "hoist_load_file",
@@ -327,26 +332,27 @@ def write_results(args, results, sweep, total, nfiles, device, runs):
     # the command's report (hoist_cli and its variants).
     bases = {r.get("timed"): r["seconds"] for k in ("hoist_cli", "hoist")
              if (r := results.get(k) or {}).get("seconds") and not r.get("python_module_missing")}
-    lines = [f"| loader | timed | seconds (median of up to {runs}) | GB/s | seconds / hoist's, timed alike "
+    lines = ["| loader | timed | runs | seconds (median) | GB/s | seconds / hoist's, timed alike "
              "| fraction of pinned H2D bound |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     runs_only = {k: v for k, v in results.items() if k not in CHECKS}
     for name, r in runs_only.items():
         if r.get("seconds") is None:
-            lines.append(f"| {name} | | {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed'} | | | |")
+            lines.append(f"| {name} | | | {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed'} | | | |")
             continue
         gbps = r["bytes"] / r["seconds"] / 1e9
         r["gbps"] = gbps
         frac = f"{gbps / args.bound_gbps:.2f}" if args.bound_gbps else "-"
         base = bases.get(r.get("timed"))
         ratio = f"{r['seconds'] / base:.2f}" if base else "-"
-        lines.append(f"| {name} | {r.get('timed', '')} | {r['seconds']:.3f} | {gbps:.2f} | {ratio} | {frac} |")
+        lines.append(f"| {name} | {r.get('timed', '')} | {len(r.get('times', []))} | {r['seconds']:.3f} | {gbps:.2f} "
+                     f"| {ratio} | {frac} |")
     cast, plain = results.get("hoist_cast_f32") or {}, results.get("hoist_cli") or {}
     cast_note = "cast bf16->f32: not run" if not cast else "cast bf16->f32: failed"
     if cast.get("seconds") and plain.get("seconds"):
-        cast_note = (f"cast bf16->f32 delivers {cast['bytes'] / cast['seconds'] / 1e9:.2f} GB/s of output against "
-                     f"{plain['bytes'] / plain['seconds'] / 1e9:.2f} GB/s without a cast; it reads the same "
-                     f"file bytes in {cast['seconds'] / plain['seconds']:.2f}x the time")
+        cast_note = (f"cast bf16->f32 delivers {cast['output_bytes'] / cast['seconds'] / 1e9:.2f} GB/s of output "
+                     f"against {plain['output_bytes'] / plain['seconds'] / 1e9:.2f} GB/s without a cast; it reads "
+                     f"the same file bytes in {cast['seconds'] / plain['seconds']:.2f}x the time")
     date = args.date
     header = (f"# hoist load benchmark, {date}\n\nmachine: {args.gpu_name}; checkpoint: {args.dir} "
               f"({total} bytes in {nfiles} files, warm page cache); device {device}\n"
