@@ -461,6 +461,8 @@ def test_load_report_stages(run_hoist, tmp_path, tiny):
     cast = _report(run_hoist, tmp_path, tiny, "--dtype", "f32")
     assert cast["stages"]["cast"] > 0  # on the cpu, casts run on the host
     assert cast["device_cast_pieces"] == 0
+    assert cast["host_cast_cpu_seconds"] == cast["stages"]["cast"]
+    assert plain["host_cast_cpu_seconds"] == 0
 
 
 @pytest.mark.parametrize(
