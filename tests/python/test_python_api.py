@@ -912,6 +912,16 @@ def test_load_into_meta_module_loads_or_raises(torch, st, transformers, tiny):
         assert torch.equal(t, want[name])
 
 
+def _assert_loaded_clean(torch, saved, loaded, report) -> None:
+    """load_into reported nothing missing, unexpected or mismatched, and the
+    module it filled equals the one saved, tensor for tensor."""
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == [], report
+    want, got = saved.state_dict(), loaded.state_dict()
+    assert set(want) == set(got)
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+
+
 def _tiny_mixtral(torch, transformers, seed: int):
     config = transformers.AutoConfig.for_model(
         "mixtral", hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
@@ -935,12 +945,7 @@ def test_load_into_applies_transformers_expert_merges(torch, transformers, tmp_p
     assert any(".block_sparse_moe.experts.3.w1." in n for n in checkpoint)
 
     fresh = _tiny_mixtral(torch, transformers, 1)
-    report = hoist.load_into(fresh, str(tmp_path / "mix"))
-    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == [], report
-    want, got = saved.state_dict(), fresh.state_dict()
-    assert set(want) == set(got)
-    for name, tensor in want.items():
-        assert torch.equal(got[name], tensor), name
+    _assert_loaded_clean(torch, saved, fresh, hoist.load_into(fresh, str(tmp_path / "mix")))
 
     # A checkpoint with one expert short: that layer's merged tensors come out
     # one expert short, so they are left alone and reported mismatched.
@@ -1095,12 +1100,7 @@ def test_load_into_runs_transformers_conversions(torch, transformers, tmp_path, 
     the module ends up equal to the one saved, tensor for tensor."""
     saved = _saved_converted(torch, transformers, case, tmp_path / "ckpt")
     fresh = _tiny_converted(torch, transformers, case, 1)
-    report = hoist.load_into(fresh, str(tmp_path / "ckpt"))
-    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == [], report
-    want, got = saved.state_dict(), fresh.state_dict()
-    assert set(want) == set(got)
-    for name, tensor in want.items():
-        assert torch.equal(got[name], tensor), name
+    _assert_loaded_clean(torch, saved, fresh, hoist.load_into(fresh, str(tmp_path / "ckpt")))
 
 
 def test_load_into_runs_conversions_into_a_meta_module(torch, transformers, tmp_path):
