@@ -91,12 +91,33 @@ class Model:
     def __init__(self, native: "_hoist.Model"):
         self._native = native
         self._report: Optional[Dict[str, Any]] = None
+        self._file_maps: Dict[Any, Any] = {}  # (file, mode) -> numpy memmap of the whole file
 
     def __getitem__(self, name: str):
         info = self._native.info(name)
         if info["device"] == "disk":
-            return _disk_array(info)
+            return self._disk_array(info)
         return self._native.tensor(name)
+
+    def _disk_array(self, info: Dict[str, Any], writable: bool = False):
+        """A tensor left in its file: a view of a numpy memmap of the file
+        (one per file, so one file handle however many tensors), read-only,
+        or copy-on-write where `writable` (writes stay in this process's
+        memory; the file is never changed)."""
+        import numpy as np
+
+        key = (info["file"], "c" if writable else "r")
+        whole = self._file_maps.get(key)
+        if whole is None:
+            whole = self._file_maps[key] = np.memmap(info["file"], dtype=np.uint8, mode=key[1])
+        raw = whole[info["file_offset"]:info["file_offset"] + info["nbytes"]]
+        np_types = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
+                    "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "F16": np.float16,
+                    "F32": np.float32, "F64": np.float64, "C64": np.complex64,
+                    # No numpy type: the raw elements, shaped (bf16 as uint16, fp8 as uint8), as DLPack hands them out.
+                    "BF16": np.uint16}
+        np_type = np_types.get(info["stored_dtype"], np.uint8 if info["stored_dtype"].startswith("F8_") else None)
+        return raw if np_type is None else raw.view(np_type).reshape(info["shape"])
 
     def info(self, name: str) -> Dict[str, Any]:
         """name, device, dtype (after any cast), stored_dtype, shape, nbytes, file, file_offset, tied."""
@@ -127,23 +148,6 @@ class Model:
     def __repr__(self) -> str:
         devices = ", ".join(sorted(self.report["devices"]))
         return f"<hoist.Model: {len(self)} tensors on {devices or 'no device'}>"
-
-
-def _disk_array(info: Dict[str, Any], writable: bool = False):
-    """A tensor left in its file: a numpy memmap of its bytes, read-only, or
-    copy-on-write where `writable` (writes stay in this process's memory;
-    the file is never changed)."""
-    import numpy as np
-
-    raw = np.memmap(info["file"], dtype=np.uint8, mode="c" if writable else "r", offset=info["file_offset"],
-                    shape=(info["nbytes"],))
-    np_types = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
-                "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "F16": np.float16,
-                "F32": np.float32, "F64": np.float64, "C64": np.complex64,
-                # No numpy type: the raw elements, shaped (bf16 as uint16, fp8 as uint8), as DLPack hands them out.
-                "BF16": np.uint16}
-    np_type = np_types.get(info["stored_dtype"], np.uint8 if info["stored_dtype"].startswith("F8_") else None)
-    return raw if np_type is None else raw.view(np_type).reshape(info["shape"])
 
 
 def load(
@@ -220,7 +224,7 @@ def _to_torch(model: Model, name: str):
     if info["device"] == "disk":
         # Copy-on-write: torch has no read-only tensors, and a module's
         # parameter may be written in place.
-        tensor = torch.from_numpy(_disk_array(info, writable=True))
+        tensor = torch.from_numpy(model._disk_array(info, writable=True))
         if info["stored_dtype"] == "BF16":
             tensor = tensor.view(torch.bfloat16)
     else:
@@ -243,7 +247,7 @@ def load_file(path: Union[str, os.PathLike], device: Any = "cpu", dtype: Any = N
 class _Conversions:
     """transformers' own mapping from checkpoint names to a model's (5.0 and
     later), for the names a checkpoint holds: renames (Mixtral's
-    block_sparse_moe -> mlp), and the converters that build a model tensor
+    block_sparse_moe -> mlp), and the converters that build model tensors
     from checkpoint tensors by transformers' own operations: experts merged
     into one 3-D tensor, fused qkv or gate_up projections chunked or split,
     transposes, rope permutations. Names are grouped exactly as
@@ -254,13 +258,11 @@ class _Conversions:
         self.direct: Dict[str, str] = {}  # module name -> checkpoint name
         self.groups: Dict[str, Any] = {}  # first target -> converter holding its checkpoint names
         self.sources_of: Dict[str, List[str]] = {}  # first target -> its checkpoint names, in order
-        self.target_group: Dict[str, str] = {}  # module name a converter makes -> its group's first target
+        self.targets_of: Dict[str, List[str]] = {}  # first target -> the module names it makes (first first)
         self.error = ""  # why transformers' mapping could not be used, when it could not
         self.active = False  # whether the mapping changes anything
         self._module = module
         self._tensor_of = None
-        self._made: Dict[str, Any] = {}  # converted, not yet taken
-        self._failed: Dict[str, Exception] = {}
         try:
             import transformers
         except Exception:  # no transformers (or a broken one): plain names
@@ -270,7 +272,7 @@ class _Conversions:
         try:
             self._map(module, names)
         except Exception as e:  # transformers before 5.0, or internals that changed
-            self.direct, self.groups, self.sources_of, self.target_group = {}, {}, {}, {}
+            self.direct, self.groups, self.sources_of, self.targets_of = {}, {}, {}, {}
             self.error = f"{type(e).__name__}: {e}"
         self.active = bool(self.groups) or any(k != v for k, v in self.direct.items())
 
@@ -292,20 +294,23 @@ class _Conversions:
                 key, pattern = rename_source_key(name, [], [], prefix, state)
             if key not in state:
                 continue
+            # A module tensor comes from one place: the first checkpoint
+            # name (in from_pretrained's order) that maps to it decides
+            # whether it is renamed or converted; a name of the other kind
+            # is left out (not read, reported unexpected).
             if pattern is None:
-                self.direct[key] = name
+                if key not in self.groups:
+                    self.direct.setdefault(key, name)
+                continue
+            if key in self.direct:
                 continue
             group = self.groups.get(key)
             if group is None:
                 group = self.groups[key] = copy.deepcopy(by_pattern[pattern])
                 self.sources_of[key] = []
-                # The module names it will make, as from_pretrained names
-                # them before converting (a name it makes beyond these is
-                # taken after the rest).
-                for target in group.target_patterns:
-                    made = key.replace(group.target_patterns[0], target, 1)
-                    if made in state:
-                        self.target_group.setdefault(made, key)
+                # The module names it makes, as from_pretrained names them.
+                made = [key.replace(group.target_patterns[0], t, 1) for t in group.target_patterns]
+                self.targets_of[key] = [t for t in made if t in state]
             group.add_tensor(key, name, pattern, lambda name=name: self._tensor_of(name))
             self.sources_of[key].append(name)
 
@@ -315,42 +320,59 @@ class _Conversions:
     def checkpoint_device_map(self, device_map: Mapping[str, Any], warnings: List[str]) -> Dict[str, Any]:
         """accelerate's device map names the module's tensors; the load reads
         the checkpoint's. Each checkpoint tensor goes where the map puts the
-        module tensor it becomes (for a converter's inputs, its group's first
-        target), by the load's own longest-prefix rule."""
-        sources = [(key, ckpt) for key, ckpt in self.direct.items()]
-        sources += [(key, n) for key, names in self.sources_of.items() for n in names]
-        devices, map_warnings = _hoist.place_by_map([key for key, _ in sources], json.dumps(dict(device_map)))
+        module tensor it becomes, by the load's own longest-prefix rule; a
+        converter's inputs go where its first target goes (a map that puts
+        its targets apart is warned about)."""
+        names = list(self.direct) + [t for targets in self.targets_of.values() for t in targets]
+        devices, map_warnings = _hoist.place_by_map(names, json.dumps(dict(device_map)))
         warnings.extend(map_warnings)
-        return {ckpt: device for (_, ckpt), device in zip(sources, devices)}
+        device_of = dict(zip(names, devices))
+        out = {ckpt: device_of[key] for key, ckpt in self.direct.items()}
+        for key, sources in self.sources_of.items():
+            targets = self.targets_of[key]
+            device = device_of.get(targets[0]) if targets else None
+            if device is None:
+                continue
+            apart = [t for t in targets if device_of[t] != device]
+            if apart:
+                warnings.append(f"load_into: device_map puts {', '.join(apart)} apart from {targets[0]} ({device}), "
+                                f"but all are made from the same checkpoint tensors ({sources[0]}, ...): "
+                                f"they go to {device}")
+            out.update({n: device for n in sources})
+        return out
 
     def read_from(self, tensor_of) -> None:
         """Arms the groups: tensor_of(checkpoint name) gives a loaded tensor."""
         self._tensor_of = tensor_of
 
-    def take(self, target: str) -> Any:
-        """The module tensor `target`, made by its group's converter (each
-        group runs once, when the first of its tensors is asked for)."""
-        key = self.target_group[target]
-        if key in self._failed:
-            raise self._failed[key]
-        group = self.groups.pop(key, None)
-        if group is not None:
-            try:
-                made = group.convert(key, model=self._module, config=getattr(self._module, "config", None))
-            except Exception as e:  # the checkpoint's tensors do not fit the op (an expert short, shapes apart)
-                self._failed[key] = e
-                raise
-            for name, value in made.items():
-                self._made[name] = value[0] if isinstance(value, list) else value
-                self.target_group.setdefault(name, key)
-        if target not in self._made:
-            raise KeyError(f"transformers' conversion of {key} made no {target}")
-        return self._made.pop(target)
+    def convert(self, key: str) -> Dict[str, Any]:
+        """Runs the converter of the group whose first target is `key`:
+        {module name: (tensor, whether it shares memory with a loaded
+        tensor)}. Chunk and Split give views of their input, Transpose may
+        give the input itself; stack and cat give new memory."""
+        group = self.groups.pop(key)
+        inputs = set()
+        tensor_of = self._tensor_of
 
-    def leftovers(self) -> Dict[str, Any]:
-        """Converted tensors nobody asked for by name (and forgets them)."""
-        made, self._made = self._made, {}
-        return made
+        def recorded(name):
+            tensor = tensor_of(name)
+            inputs.add(tensor.untyped_storage().data_ptr())
+            return tensor
+
+        self._tensor_of = recorded
+        try:
+            made = group.convert(key, model=self._module, config=getattr(self._module, "config", None))
+        finally:
+            self._tensor_of = tensor_of
+        out = {}
+        for name, value in made.items():
+            value = value[0] if isinstance(value, list) else value
+            out[name] = (value, value.untyped_storage().data_ptr() in inputs)
+        return out
+
+    def release(self) -> None:
+        """Forgets the loaded tensors and every converter not run."""
+        self.groups, self._tensor_of = {}, None
 
 
 def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwargs) -> Dict[str, Any]:
@@ -364,13 +386,14 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     and later) model gets transformers' own key mapping, as from_pretrained
     applies it: renames, and converters run by transformers' own operations
     (Mixtral's per-expert weights merged into its 3-D gate_up_proj/down_proj,
-    a fused qkv chunked or split into q/k/v, transposes). A device_map
-    given as a mapping names the module's tensors, as accelerate's do; a
-    checkpoint tensor goes where the tensor it becomes goes. A conversion the
-    checkpoint's tensors do not fit leaves its parameters alone, reported
-    mismatched with the reason in the report's warnings. Returns the load
-    report, with its missing, unexpected and mismatched lists (module names;
-    unexpected ones are the checkpoint's).
+    a fused qkv chunked or split into q/k/v, transposes); then every
+    parameter is copied, so the load's reservation goes when this returns. A
+    device_map given as a mapping names the module's tensors, as
+    accelerate's do; a checkpoint tensor goes where the tensor it becomes
+    goes. A conversion the checkpoint's tensors do not fit leaves its
+    parameters alone, reported mismatched with the reason in the report's
+    warnings. Returns the load report, with its missing, unexpected and
+    mismatched lists (module names; unexpected ones are the checkpoint's).
     """
     import torch
 
@@ -395,87 +418,82 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     if conv.error:
         warnings.append(f"load_into: transformers' key mapping for {type(module).__name__} failed ({conv.error}); "
                         "checkpoint names are used as they are")
-    if conv.active and isinstance(kwargs.get("device_map"), Mapping):
-        kwargs["device_map"] = conv.checkpoint_device_map(kwargs["device_map"], warnings)
-    # module name -> (a function giving its tensor, whether that tensor is
-    # fresh memory rather than a view of the load's reservation)
-    sources: Dict[str, Any] = {}
     if conv.active:
+        if isinstance(kwargs.get("device_map"), Mapping):
+            kwargs["device_map"] = conv.checkpoint_device_map(kwargs["device_map"], warnings)
         # Checkpoint names differ from the module's: read what maps to the
         # module, then judge in the module's names.
-        expect = {ckpt: {"shape": list(state[key].shape)} for key, ckpt in conv.direct.items()}
+        direct = dict(conv.direct)
+        expect = {ckpt: {"shape": list(state[key].shape)} for key, ckpt in direct.items()}
         expect.update({name: {} for name in conv.sources() if name not in expect})
     else:
+        direct = {name: name for name in state}
         expect = {name: {"shape": list(t.shape)} for name, t in state.items()}
     model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
     report = model.report
     bad = set(report["mismatched"])
+    mismatched = [key for key, ckpt in direct.items() if ckpt in bad]
     if conv.active:
-        for key, ckpt in conv.direct.items():
-            if ckpt in model and ckpt not in bad:
-                sources[key] = (lambda ckpt=ckpt: _to_torch(model, ckpt), False)
-        mismatched = [key for key, ckpt in conv.direct.items() if ckpt in bad]
-        conv.read_from(lambda n: _to_torch(model, n))
-        for target in conv.target_group:
-            sources.setdefault(target, (lambda target=target: conv.take(target), True))
         used = set(conv.sources())
         report["unexpected"] = [n for n in checkpoint_names if n not in used]
-    else:
-        for name in state:
-            if name in model and name not in bad:
-                sources[name] = (lambda name=name: _to_torch(model, name), False)
-        mismatched = list(report["mismatched"])
-    # Converted tensors are copies; a parameter that took the load's memory
-    # zero-copy would keep every per-expert tensor of the reservation alive
-    # beside them. So where anything is converted, everything is copied and
-    # the reservation goes when this returns.
-    zero_copy = not conv.target_group
     filled = set()
 
-    def fill(names: List[str], source_name: str, loaded, fresh: bool) -> None:
-        target = tensors[tie_of[names[0]]]
+    def fill(name: str, loaded, take: bool) -> None:
+        """Puts `loaded` in the module tensor `name` and every name tied to
+        it; `take`: the memory may become the parameter's without a copy."""
+        names = ties[tie_of[name]]
+        if any(n in filled for n in names):
+            return  # tied to a tensor already filled
+        target = tensors[tie_of[name]]
         # A shape that differs, or FP8 data for a wider parameter: its
         # values mean nothing without their scales, which are the model's
         # quantizer's business, not a cast's.
         fp8_into_wider = loaded.is_floating_point() and loaded.element_size() == 1 and target.dtype != loaded.dtype
         if tuple(loaded.shape) != tuple(target.shape) or fp8_into_wider:
-            mismatched.append(source_name)
+            mismatched.append(name)
             return
         filled.update(names)
         if target.device.type == "meta":
             # Nothing to copy into: put the loaded tensor in place of the
             # meta one under every name that shares it (as
             # load_state_dict(assign=True) does), keeping ties.
-            value = loaded.to(dtype=target.dtype, copy=not (zero_copy or fresh))
+            value = loaded.to(dtype=target.dtype, copy=not take)
             if isinstance(target, torch.nn.Parameter):
                 value = torch.nn.Parameter(value, requires_grad=target.requires_grad)
-            for name in names:
-                owner_name, _, attr = name.rpartition(".")
+            for n in names:
+                owner_name, _, attr = n.rpartition(".")
                 owner = module.get_submodule(owner_name) if owner_name else module
                 setattr(owner, attr, value)
-        elif (zero_copy or fresh) and loaded.dtype == target.dtype and loaded.device == target.device:
+        elif take and loaded.dtype == target.dtype and loaded.device == target.device:
             target.data = loaded  # zero-copy; every tied name shares this one tensor object
         else:
             target.data.copy_(loaded)
 
-    with torch.no_grad():
-        for key, names in ties.items():
-            source_name = next((n for n in names if n in sources), None)
-            if source_name is None:
-                continue
-            make, fresh = sources[source_name]
-            try:
-                loaded = make()
-            except Exception as e:  # a conversion the checkpoint's tensors do not fit
-                mismatched.append(source_name)
-                warnings.append(f"load_into: {source_name}: {type(e).__name__}: {e}")
-                continue
-            fill(names, source_name, loaded, fresh)
-        # Tensors a converter made under names from_pretrained would not
-        # have predicted from its patterns.
-        for name, loaded in conv.leftovers().items():
-            if name in tie_of and not any(n in filled or n in mismatched for n in ties[tie_of[name]]):
-                fill(ties[tie_of[name]], name, loaded, True)
+    # Where anything is converted, every parameter is copied (converted
+    # tensors are copies already, unless they are views of what was read):
+    # a parameter that took the load's memory zero-copy would keep the
+    # whole reservation, and every tensor in it, alive beside them.
+    converting = bool(conv.groups)
+    try:
+        with torch.no_grad():
+            for names in ties.values():  # tie groups in module order: the first name with a source fills it
+                key = next((n for n in names if n in direct and direct[n] in model and direct[n] not in bad), None)
+                if key is not None:
+                    fill(key, _to_torch(model, direct[key]), take=not converting)
+            conv.read_from(lambda n: _to_torch(model, n))
+            for key in list(conv.groups):
+                try:
+                    made = conv.convert(key)
+                except Exception as e:  # the checkpoint's tensors do not fit the op (an expert short, shapes apart)
+                    mismatched.extend(conv.targets_of[key] or [key])
+                    warnings.append(f"load_into: {key}: {type(e).__name__}: {e}")
+                    continue
+                for name, (value, is_view) in made.items():
+                    if name in tie_of:
+                        fill(name, value, take=not is_view)
+                del made
+    finally:
+        conv.release()
     report["warnings"] = list(report.get("warnings", [])) + warnings
     # Names the module ties to a loaded tensor are not missing.
     report["missing"] = [n for n in state if n not in filled and n not in mismatched]

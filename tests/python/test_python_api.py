@@ -517,6 +517,21 @@ def test_load_into_disk_parameters_are_copy_on_write(torch, st, transformers, ti
     assert path.read_bytes() == before
 
 
+def test_disk_tensors_share_one_mapping_per_file(np, sharded):
+    """Every tensor left on disk is a view of one mapping of its file: one
+    file handle per file, however many tensors (a large MoE checkpoint has
+    tens of thousands)."""
+    def open_files():
+        return len(os.listdir("/proc/self/fd"))
+
+    model = hoist.load(sharded, device_map={"": "disk"})
+    before = open_files()
+    arrays = [model[name] for name in model]
+    files = {model.info(name)["file"] for name in model}
+    assert len(arrays) > len(files) > 1
+    assert open_files() - before <= len(files)
+
+
 def test_device_map_disk_bf16_bytes(np, tiny):
     raw = tensor_bytes(tiny / "model.safetensors")
     model = hoist.load(str(tiny), device_map={"": "disk"})
@@ -979,16 +994,30 @@ def test_load_into_never_casts_fp8_into_a_wider_parameter(torch, tmp_path):
     assert torch.equal(module.b.weight.view(torch.uint8), w.to(torch.float8_e4m3fn).view(torch.uint8))
 
 
-def test_load_into_with_merges_lets_the_reservation_go(torch, transformers, tmp_path, monkeypatch):
-    """Where experts are merged (copies), the rest is copied too, so no
-    parameter keeps the load's reservation, and its per-expert tensors,
-    alive; a plain load keeps its zero-copy views."""
+@pytest.mark.parametrize("case", ["merge", "chunk-views", "failed-merge"])
+def test_load_into_with_conversions_lets_the_reservation_go(torch, transformers, tmp_path, monkeypatch, case):
+    """Where anything is converted, every parameter is copied (Chunk's and
+    Split's outputs are views of what was read: copied too), so nothing
+    keeps the load's reservation alive once load_into returns: not a
+    parameter, not a reference cycle (the garbage collector is off here),
+    not a conversion that failed."""
     import weakref
 
-    saved = _tiny_mixtral(torch, transformers, 0)
-    if not any(n.endswith("experts.gate_up_proj") for n in saved.state_dict()):
-        pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
-    saved.save_pretrained(tmp_path / "mix")
+    from safetensors.torch import load_file, save_file
+
+    if case == "chunk-views":
+        saved = _saved_converted(torch, transformers, "chunk-qkv", tmp_path / "ckpt")
+        module = _tiny_converted(torch, transformers, "chunk-qkv", 1)
+    else:
+        saved = _tiny_mixtral(torch, transformers, 0)
+        if not any(n.endswith("experts.gate_up_proj") for n in saved.state_dict()):
+            pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
+        saved.save_pretrained(tmp_path / "ckpt")
+        module = _tiny_mixtral(torch, transformers, 1)
+        if case == "failed-merge":  # expert 1's w1 gone: its layer's gate_up_proj cannot be made
+            state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+            del state["model.layers.0.block_sparse_moe.experts.1.w1.weight"]
+            save_file(state, str(tmp_path / "ckpt" / "model.safetensors"), metadata={"format": "pt"})
     loads = []
     real_load = hoist.load
 
@@ -998,13 +1027,42 @@ def test_load_into_with_merges_lets_the_reservation_go(torch, transformers, tmp_
         return model
 
     monkeypatch.setattr(hoist, "load", watched_load)
-    module = _tiny_mixtral(torch, transformers, 1)
-    report = hoist.load_into(module, str(tmp_path / "mix"))
-    assert report["missing"] == [] and report["mismatched"] == []
     gc.collect()
-    assert len(loads) == 1 and loads[0]() is None, "a parameter still holds the load's reservation"
-    for name, tensor in saved.state_dict().items():
-        assert torch.equal(module.state_dict()[name], tensor), name
+    gc.disable()
+    try:
+        report = hoist.load_into(module, str(tmp_path / "ckpt"))
+        alive = len(loads) != 1 or loads[0]() is not None
+    finally:
+        gc.enable()
+    assert not alive, "something still holds the load's reservation after load_into returned"
+    if case == "failed-merge":
+        assert report["mismatched"] == ["model.layers.0.mlp.experts.gate_up_proj"], report
+        return
+    _assert_loaded_clean(torch, saved, module, report)
+    for name, p in module.named_parameters():
+        assert p.untyped_storage().nbytes() == p.nbytes, f"{name} is a view of a larger tensor"
+
+
+def test_load_into_takes_a_module_tensor_from_its_first_source(torch, transformers, tmp_path):
+    """A checkpoint holding one layer's experts both merged and one by one:
+    as in from_pretrained, the first name in its order decides (the
+    per-expert ones, block_sparse_moe before mlp); the other is reported
+    unexpected and never read."""
+    from safetensors.torch import load_file, save_file
+
+    saved = _tiny_mixtral(torch, transformers, 0)
+    if not any(n.endswith("experts.gate_up_proj") for n in saved.state_dict()):
+        pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
+    saved.save_pretrained(tmp_path / "ckpt")
+    state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    fused = "model.layers.0.mlp.experts.gate_up_proj"
+    state[fused] = torch.full_like(saved.state_dict()[fused], 7)
+    save_file(state, str(tmp_path / "ckpt" / "model.safetensors"), metadata={"format": "pt"})
+    module = _tiny_mixtral(torch, transformers, 1)
+    report = hoist.load_into(module, str(tmp_path / "ckpt"))
+    assert report["unexpected"] == [fused] and report["missing"] == [] and report["mismatched"] == [], report
+    assert fused not in {t["name"] for t in report["tensors"]}
+    assert torch.equal(module.state_dict()[fused], saved.state_dict()[fused])
 
 
 def test_load_into_reports_a_merge_the_checkpoint_does_not_fit(torch, transformers, tmp_path):
@@ -1137,6 +1195,22 @@ def test_load_into_reports_a_split_the_checkpoint_does_not_fit(torch, transforme
     for name, tensor in saved.state_dict().items():
         if name not in targets:
             assert torch.equal(got[name], tensor), name
+
+
+def test_load_into_device_map_that_splits_a_fused_tensor_is_warned(torch, transformers, tmp_path):
+    """q, k and v come from one checkpoint tensor: a map that puts v apart
+    is warned about and the three go where q goes (the key covers v, so it
+    is no "matches no tensor" typo)."""
+    _saved_converted(torch, transformers, "split", tmp_path / "ckpt")
+    module = _tiny_converted(torch, transformers, "split", 1)
+    v = "model.layers.1.self_attn.v_proj"
+    report = hoist.load_into(module, str(tmp_path / "ckpt"), device_map={"": "cpu", v: "disk"})
+    assert report["missing"] == [] and report["mismatched"] == [], report
+    assert any(f"{v}.weight apart from model.layers.1.self_attn.q_proj.weight" in w for w in report["warnings"]), \
+        report["warnings"]
+    assert not any("matches no tensor" in w for w in report["warnings"]), report["warnings"]
+    placed = {t["name"]: t["device"] for t in report["tensors"]}
+    assert placed["model.layers.1.attention.query_key_value.weight"] == "cpu"
 
 
 def test_load_into_device_map_names_module_tensors(torch, transformers, tmp_path):
