@@ -314,9 +314,6 @@ class _Conversions:
             group.add_tensor(key, name, pattern, lambda name=name: self._tensor_of(name))
             self.sources_of[key].append(name)
 
-    def sources(self) -> List[str]:
-        return list(self.direct.values()) + [n for names in self.sources_of.values() for n in names]
-
     def checkpoint_device_map(self, device_map: Mapping[str, Any], warnings: List[str]) -> Dict[str, Any]:
         """accelerate's device map names the module's tensors; the load reads
         the checkpoint's. Each checkpoint tensor goes where the map puts the
@@ -418,24 +415,24 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     if conv.error:
         warnings.append(f"load_into: transformers' key mapping for {type(module).__name__} failed ({conv.error}); "
                         "checkpoint names are used as they are")
-    if conv.active:
-        if isinstance(kwargs.get("device_map"), Mapping):
-            kwargs["device_map"] = conv.checkpoint_device_map(kwargs["device_map"], warnings)
-        # Checkpoint names differ from the module's: read what maps to the
-        # module, then judge in the module's names.
-        direct = dict(conv.direct)
-        expect = {ckpt: {"shape": list(state[key].shape)} for key, ckpt in direct.items()}
-        expect.update({name: {} for name in conv.sources() if name not in expect})
-    else:
-        direct = {name: name for name in state}
-        expect = {name: {"shape": list(t.shape)} for name, t in state.items()}
+    if conv.active and isinstance(kwargs.get("device_map"), Mapping):
+        kwargs["device_map"] = conv.checkpoint_device_map(kwargs["device_map"], warnings)
+    # module name -> the checkpoint tensor that fills it as it is.
+    in_checkpoint = set(checkpoint_names)
+    direct = conv.direct if conv.active else {n: n for n in state if n in in_checkpoint}
+    # Tied names are one tensor: the first of them the checkpoint holds
+    # fills it, and a second copy in the checkpoint is not read.
+    spare = {direct[n] for names in ties.values() for n in [n for n in names if n in direct][1:]}
+    direct = {key: ckpt for key, ckpt in direct.items() if ckpt not in spare}
+    # The load reads what maps to the module and judges shapes in the
+    # checkpoint's names (a converter's inputs have no module shape).
+    expect = {ckpt: {"shape": list(state[key].shape)} for key, ckpt in direct.items()}
+    expect.update({name: {} for names in conv.sources_of.values() for name in names})
     model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
     report = model.report
     bad = set(report["mismatched"])
     mismatched = [key for key, ckpt in direct.items() if ckpt in bad]
-    if conv.active:
-        used = set(conv.sources())
-        report["unexpected"] = [n for n in checkpoint_names if n not in used]
+    report["unexpected"] = [n for n in report["unexpected"] if n not in spare]
     filled = set()
 
     def fill(name: str, loaded, take: bool) -> None:

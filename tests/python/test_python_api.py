@@ -860,6 +860,22 @@ def test_load_into_keeps_tied_weights_tied(torch, st, transformers, tiny, tmp_pa
         assert torch.isfinite(module(torch.tensor([[3, 4, 5]])).logits).all()
 
 
+def test_load_into_reads_a_tied_tensor_once(torch, st, transformers, tiny, tmp_path):
+    """A checkpoint holding both names of a tied pair: the first the module
+    names (embed_tokens) fills the tensor, and the second copy is neither
+    read nor reported unexpected."""
+    want = st.load_file(str(tiny / "model.safetensors"))
+    both = {**want, "lm_head.weight": want["model.embed_tokens.weight"].clone()}
+    tied_dir = _variant(tiny, tmp_path / "tied", st, both, tie_word_embeddings=True)
+    module = _llama(transformers, torch, tied_dir, torch.bfloat16)
+    report = hoist.load_into(module, str(tied_dir))
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == [], report
+    assert "lm_head.weight" not in {t["name"] for t in report["tensors"]}
+    assert report["bytes_read"] == sum(t.numel() * 2 for k, t in want.items() if k != "lm_head.weight")
+    assert module.lm_head.weight is module.model.embed_tokens.weight
+    assert torch.equal(module.lm_head.weight, want["model.embed_tokens.weight"])
+
+
 def test_load_into_reports_unexpected(torch, st, transformers, tiny, tmp_path):
     want = st.load_file(str(tiny / "model.safetensors"))
     extra = {**want, "extra.weight": torch.ones(3, dtype=torch.bfloat16)}
