@@ -35,6 +35,14 @@ _FP8_TORCH = {
 }
 
 
+# Stored dtype -> numpy dtype name, for tensors left in their file.
+_NUMPY_TYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32", "U32": "uint32",
+    "I64": "int64", "U64": "uint64", "F16": "float16", "F32": "float32", "F64": "float64", "C64": "complex64",
+    "BF16": "uint16",
+}
+
+
 def _dtype_text(dtype: Any) -> str:
     """bf16/f16/f32 from a string or a torch/numpy dtype."""
     if dtype is None:
@@ -111,13 +119,12 @@ class Model:
         if whole is None:
             whole = self._file_maps[key] = np.memmap(info["file"], dtype=np.uint8, mode=key[1])
         raw = whole[info["file_offset"]:info["file_offset"] + info["nbytes"]]
-        np_types = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16,
-                    "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "F16": np.float16,
-                    "F32": np.float32, "F64": np.float64, "C64": np.complex64,
-                    # No numpy type: the raw elements, shaped (bf16 as uint16, fp8 as uint8), as DLPack hands them out.
-                    "BF16": np.uint16}
-        np_type = np_types.get(info["stored_dtype"], np.uint8 if info["stored_dtype"].startswith("F8_") else None)
-        return raw if np_type is None else raw.view(np_type).reshape(info["shape"])
+        stored = info["stored_dtype"]
+        # No numpy type for BF16 and FP8: the raw elements, shaped (bf16 as
+        # uint16, fp8 as uint8), as DLPack hands them out. Sub-byte types
+        # stay raw bytes.
+        np_type = _NUMPY_TYPES.get(stored, "uint8" if stored.startswith("F8_") else None)
+        return raw if np_type is None else raw.view(np.dtype(np_type)).reshape(info["shape"])
 
     def info(self, name: str) -> Dict[str, Any]:
         """name, device, dtype (after any cast), stored_dtype, shape, nbytes, file, file_offset, tied."""
