@@ -18,8 +18,8 @@
 
 #include "api/session.h"
 #include "format/safetensors.h"
-#include "plan/device_map.h"
 #include "hoist/catalog.h"
+#include "plan/device_map.h"
 
 namespace nb = nanobind;
 
