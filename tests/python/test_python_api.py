@@ -961,17 +961,23 @@ def _tiny_mixtral(torch, transformers, seed: int):
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
+def _saved_mixtral(torch, transformers, dst: Path):
+    """A tiny Mixtral saved to `dst` by save_pretrained (per-expert
+    tensors); skips where this transformers keeps experts apart."""
+    saved = _tiny_mixtral(torch, transformers, 0)
+    if not any(n.endswith("experts.gate_up_proj") for n in saved.state_dict()):
+        pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
+    saved.save_pretrained(dst)
+    return saved
+
+
 def test_load_into_applies_transformers_expert_merges(torch, transformers, tmp_path):
     """transformers 5 keeps a Mixtral layer's experts as two 3-D tensors
     (gate_up_proj, down_proj) under `mlp`, while checkpoints (its own
     save_pretrained included) list them one by one under `block_sparse_moe`.
     load_into applies transformers' own mapping: the module ends up equal to
     the one saved, tensor for tensor."""
-    saved = _tiny_mixtral(torch, transformers, 0)
-    names = set(saved.state_dict())
-    if not any(n.endswith("experts.gate_up_proj") for n in names):
-        pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
-    saved.save_pretrained(tmp_path / "mix")
+    saved = _saved_mixtral(torch, transformers, tmp_path / "mix")
     checkpoint = hoist._hoist.mapped_names(str(tmp_path / "mix" / "model.safetensors"))
     assert any(".block_sparse_moe.experts.3.w1." in n for n in checkpoint)
 
@@ -1025,10 +1031,7 @@ def test_load_into_with_conversions_lets_the_reservation_go(torch, transformers,
         saved = _saved_converted(torch, transformers, "chunk-qkv", tmp_path / "ckpt")
         module = _tiny_converted(torch, transformers, "chunk-qkv", 1)
     else:
-        saved = _tiny_mixtral(torch, transformers, 0)
-        if not any(n.endswith("experts.gate_up_proj") for n in saved.state_dict()):
-            pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
-        saved.save_pretrained(tmp_path / "ckpt")
+        saved = _saved_mixtral(torch, transformers, tmp_path / "ckpt")
         module = _tiny_mixtral(torch, transformers, 1)
         if case == "failed-merge":  # expert 1's w1 gone: its layer's gate_up_proj cannot be made
             state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
@@ -1066,10 +1069,7 @@ def test_load_into_takes_a_module_tensor_from_its_first_source(torch, transforme
     unexpected and never read."""
     from safetensors.torch import load_file, save_file
 
-    saved = _tiny_mixtral(torch, transformers, 0)
-    if not any(n.endswith("experts.gate_up_proj") for n in saved.state_dict()):
-        pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
-    saved.save_pretrained(tmp_path / "ckpt")
+    saved = _saved_mixtral(torch, transformers, tmp_path / "ckpt")
     state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
     fused = "model.layers.0.mlp.experts.gate_up_proj"
     state[fused] = torch.full_like(saved.state_dict()[fused], 7)
@@ -1087,10 +1087,7 @@ def test_load_into_reports_a_merge_the_checkpoint_does_not_fit(torch, transforme
     exception, and everything else is filled."""
     from safetensors.torch import load_file, save_file
 
-    saved = _tiny_mixtral(torch, transformers, 0)
-    if not any(n.endswith("experts.gate_up_proj") for n in saved.state_dict()):
-        pytest.skip("this transformers keeps Mixtral's experts apart; nothing to merge")
-    saved.save_pretrained(tmp_path / "mix")
+    saved = _saved_mixtral(torch, transformers, tmp_path / "mix")
     state = load_file(str(tmp_path / "mix" / "model.safetensors"))
     key = "model.layers.0.block_sparse_moe.experts.2.w1.weight"
     state[key] = state[key][:-1].clone()
