@@ -239,10 +239,14 @@ def main():
     def hf():
         import transformers
 
-        # device_map needs accelerate (present on GPU machines); the cpu is the default anyway.
+        # device_map needs accelerate (scripts/gpu-bench unpacks the carried
+        # wheel where it is missing); the cpu is the default anyway.
         placement = {"device_map": device} if device != "cpu" else {}
-        in_process("transformers", lambda: transformers.AutoModelForCausalLM.from_pretrained(
-            args.dir, dtype=torch.bfloat16, **placement), 60)
+        # `dtype` since 4.56; before, `torch_dtype` (an unknown keyword would
+        # load float32 and time twice the bytes).
+        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+        placement["dtype" if (major, minor) >= (4, 56) else "torch_dtype"] = torch.bfloat16
+        in_process("transformers", lambda: transformers.AutoModelForCausalLM.from_pretrained(args.dir, **placement), 60)
 
     attempt("safetensors", st)
     attempt("transformers", hf)

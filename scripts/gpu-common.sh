@@ -100,6 +100,21 @@ build_more() {
   echo "built: ${want[*]}"
 }
 
+# python_extras: the carried wheels (.deps/wheels, see scripts/pack-deps) of
+# the packages python3 cannot import, unpacked into build-gpu/pyextras and
+# put on PYTHONPATH. A wheel is a zip file: no pip, no network.
+python_extras() {
+  local w name
+  for w in .deps/wheels/*.whl; do
+    [[ -f $w ]] || continue
+    name=$(basename "$w"); name=${name%%-*}
+    python3 -c "import $name" 2>/dev/null && continue
+    python3 -m zipfile -e "$w" build-gpu/pyextras && echo "python: $name from $(basename "$w")"
+  done
+  [[ -d build-gpu/pyextras ]] && export PYTHONPATH=$PWD/build-gpu/pyextras${PYTHONPATH:+:$PYTHONPATH}
+  return 0
+}
+
 # checkpoint ARCH: prints the folder of a synthesized ARCH checkpoint, made
 # once and reused by the second script of scripts/gpu-all (which removes it).
 # In /dev/shm when it has room (the page cache's own speed, no disk).
@@ -133,4 +148,8 @@ machine_facts() {
   for t in cmake ninja nvcc python3 timeout; do echo "$t: $(command -v $t || echo MISSING)"; done
   python3 -c "import sys, sysconfig, os; inc = sysconfig.get_paths()['include']; \
 print('python', sys.version.split()[0], 'Python.h:', 'yes' if os.path.exists(os.path.join(inc, 'Python.h')) else 'NO (no hoist module)')"
+  python3 -c "import importlib
+for m in ('torch', 'transformers', 'safetensors', 'accelerate', 'numpy'):
+    try: print(m, importlib.import_module(m).__version__)
+    except Exception as e: print(m, 'MISSING', type(e).__name__)"
 }
