@@ -345,29 +345,25 @@ class _Conversions:
             out.update({n: device for n in sources})
         return out
 
-    def read_from(self, tensor_of) -> None:
-        """Arms the groups: tensor_of(checkpoint name) gives a loaded tensor."""
-        self._tensor_of = tensor_of
-
-    def convert(self, key: str) -> Dict[str, Any]:
-        """Runs the converter of the group whose first target is `key`:
-        {module name: (tensor, whether it shares memory with a loaded
-        tensor)}. Chunk and Split give views of their input, Transpose may
-        give the input itself; stack and cat give new memory."""
+    def convert(self, key: str, tensor_of) -> Dict[str, Any]:
+        """Runs the converter of the group whose first target is `key`, on
+        the tensors tensor_of(checkpoint name) gives: {module name: (tensor,
+        whether it shares memory with one of them)}. Chunk and Split give
+        views of their input, Transpose may give the input itself; stack
+        and cat give new memory."""
         group = self.groups.pop(key)
         inputs = set()
-        tensor_of = self._tensor_of
 
         def recorded(name):
             tensor = tensor_of(name)
             inputs.add(tensor.untyped_storage().data_ptr())
             return tensor
 
-        self._tensor_of = recorded
+        self._tensor_of = recorded  # what the group's add_tensor callables call
         try:
             made = group.convert(key, model=self._module, config=getattr(self._module, "config", None))
         finally:
-            self._tensor_of = tensor_of
+            self._tensor_of = None
         out = {}
         for name, value in made.items():
             value = value[0] if isinstance(value, list) else value
@@ -375,8 +371,8 @@ class _Conversions:
         return out
 
     def release(self) -> None:
-        """Forgets the loaded tensors and every converter not run."""
-        self.groups, self._tensor_of = {}, None
+        """Forgets every converter not run (and the checkpoint tensors it holds)."""
+        self.groups = {}
 
 
 def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwargs) -> Dict[str, Any]:
@@ -484,10 +480,9 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
                 key = next((n for n in names if n in direct and direct[n] in model and direct[n] not in bad), None)
                 if key is not None:
                     fill(key, _to_torch(model, direct[key]), take=not converting)
-            conv.read_from(lambda n: _to_torch(model, n))
             for key in list(conv.groups):
                 try:
-                    made = conv.convert(key)
+                    made = conv.convert(key, lambda n: _to_torch(model, n))
                 except Exception as e:  # the checkpoint's tensors do not fit the op (an expert short, shapes apart)
                     mismatched.extend(conv.targets_of[key] or [key])
                     warnings.append(f"load_into: {key}: {type(e).__name__}: {e}")
