@@ -16,6 +16,7 @@ with the CLI's one-line messages.
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import os
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
@@ -33,6 +34,9 @@ _FP8_TORCH = {
     "F8_E5M2FNUZ": "float8_e5m2fnuz",
     "F8_E8M0": "float8_e8m0fnu",
 }
+# F4 (fp4 e2m1) packs two elements a byte: torch's float4_e2m1fn_x2 (2.8
+# and later) holds a byte, so its shape halves the last dimension.
+_FP4_TORCH = "float4_e2m1fn_x2"
 
 
 # Stored dtype -> numpy dtype name, for tensors left in their file.
@@ -57,6 +61,15 @@ def _dtype_text(dtype: Any) -> str:
     text = str(dtype).replace("torch.", "")
     aliases = {"bfloat16": "bf16", "float16": "f16", "half": "f16", "float32": "f32", "float": "f32"}
     return aliases.get(text, text)
+
+
+def _path_text(path: Union[str, os.PathLike]) -> str:
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    if "\0" in text:  # the C++ side would stop at it and open another file
+        raise ValueError(f"{text!r}: a path cannot contain a NUL byte")
+    return text
 
 
 def _device_text(device: Any) -> str:
@@ -99,7 +112,7 @@ class Model:
     def __init__(self, native: "_hoist.Model"):
         self._native = native
         self._report: Optional[Dict[str, Any]] = None
-        self._file_maps: Dict[Any, Any] = {}  # (file, mode) -> numpy memmap of the whole file
+        self._file_maps: Dict[str, Any] = {}  # file -> copy-on-write numpy memmap of the whole file
 
     def __getitem__(self, name: str):
         info = self._native.info(name)
@@ -107,17 +120,18 @@ class Model:
             return self._disk_array(info)
         return self._native.tensor(name)
 
-    def _disk_array(self, info: Dict[str, Any], writable: bool = False):
-        """A tensor left in its file: a view of a numpy memmap of the file
-        (one per file, so one file handle however many tensors), read-only,
-        or copy-on-write where `writable` (writes stay in this process's
-        memory; the file is never changed)."""
+    def _disk_array(self, info: Dict[str, Any]):
+        """A tensor left in its file: a view of a copy-on-write numpy memmap
+        of the file (one per file, so one file handle however many tensors).
+        Writable, as tensors in memory are, because torch imports every
+        DLPack array as writable (a read-only mapping would crash on the
+        first write); writes stay in this process's memory and are seen by
+        later lookups of this Model; the file is never changed."""
         import numpy as np
 
-        key = (info["file"], "c" if writable else "r")
-        whole = self._file_maps.get(key)
+        whole = self._file_maps.get(info["file"])
         if whole is None:
-            whole = self._file_maps[key] = np.memmap(info["file"], dtype=np.uint8, mode=key[1])
+            whole = self._file_maps[info["file"]] = np.memmap(info["file"], dtype=np.uint8, mode="c")
         raw = whole[info["file_offset"]:info["file_offset"] + info["nbytes"]]
         stored = info["stored_dtype"]
         # No numpy type for BF16 and FP8: the raw elements, shaped (bf16 as
@@ -144,6 +158,12 @@ class Model:
 
     def items(self):
         return ((k, self[k]) for k in self.keys())
+
+    def values(self):
+        return (self[k] for k in self.keys())
+
+    def get(self, name: str, default: Any = None):
+        return self[name] if name in self else default
 
     @property
     def report(self) -> Dict[str, Any]:
@@ -200,7 +220,7 @@ def load(
     if expect is not None:
         expect_json = json.dumps(dict(expect) if isinstance(expect, Mapping) else list(expect))
     native = _hoist.load(
-        os.fspath(path),
+        _path_text(path),
         device=_device_text(device),
         device_map=device_map or "",
         max_memory=_max_memory_text(max_memory),
@@ -229,9 +249,7 @@ def _to_torch(model: Model, name: str):
 
     info = model.info(name)
     if info["device"] == "disk":
-        # Copy-on-write: torch has no read-only tensors, and a module's
-        # parameter may be written in place.
-        tensor = torch.from_numpy(model._disk_array(info, writable=True))
+        tensor = torch.from_numpy(model._disk_array(info))
         if info["stored_dtype"] == "BF16":
             tensor = tensor.view(torch.bfloat16)
     else:
@@ -239,6 +257,10 @@ def _to_torch(model: Model, name: str):
     fp8 = _FP8_TORCH.get(info["stored_dtype"])
     if fp8 is not None and hasattr(torch, fp8):
         tensor = tensor.view(getattr(torch, fp8)).reshape(info["shape"])
+    shape = info["shape"]
+    if info["stored_dtype"] == "F4" and hasattr(torch, _FP4_TORCH) and shape and shape[-1] % 2 == 0:
+        # As safetensors.torch gives it; an odd last dimension stays raw bytes.
+        tensor = tensor.view(getattr(torch, _FP4_TORCH)).reshape(shape[:-1] + [shape[-1] // 2])
     return tensor
 
 
@@ -410,7 +432,7 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
         device = str(first.device) if first is not None else None
     # The checkpoint's names as this load will know them (rename, drop,
     # only and compat applied), from its headers.
-    checkpoint_names = _hoist.mapped_names(os.fspath(path), renames=_pairs(kwargs.get("rename")),
+    checkpoint_names = _hoist.mapped_names(_path_text(path), renames=_pairs(kwargs.get("rename")),
                                            drops=_list(kwargs.get("drop")), only=kwargs.get("only") or "",
                                            compat=kwargs.get("compat") or "")
     conv = _Conversions(module, checkpoint_names)
@@ -498,3 +520,8 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     report["missing"] = [n for n in state if n not in filled and n not in mismatched]
     report["mismatched"] = mismatched
     return report
+
+
+# Model has the Mapping methods; registered rather than derived, so it keeps
+# identity equality and hashing (a Mapping compares by values).
+collections.abc.Mapping.register(Model)

@@ -11,6 +11,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -128,10 +129,18 @@ nb::object Tensor(nb::handle self, const std::string& name) {
   } else {
     shape.push_back(static_cast<size_t>(v.size_bytes));
   }
+  // Row-major strides in elements, counting an empty dimension as 1 as
+  // torch does, so a (3, 0, 2) tensor has strides (2, 2, 1), not (0, 2, 1).
+  std::vector<int64_t> strides(shape.size());
+  int64_t step = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = step;
+    step *= static_cast<int64_t>(std::max<size_t>(shape[i], 1));
+  }
   int device_type = v.device.kind == DeviceKind::kCuda ? nb::device::cuda::value : nb::device::cpu::value;
   // The owner (the Model) keeps the memory alive as long as the array lives.
-  nb::ndarray<nb::array_api> array(const_cast<unsigned char*>(v.data), shape.size(), shape.data(), self, nullptr,
-                      DlpackDtype(v.dtype), device_type, v.device.index);
+  nb::ndarray<nb::array_api> array(const_cast<unsigned char*>(v.data), shape.size(), shape.data(), self,
+                                   strides.data(), DlpackDtype(v.dtype), device_type, v.device.index);
   return nb::cast(array);
 }
 

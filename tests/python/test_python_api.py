@@ -673,6 +673,65 @@ def test_fp8_goes_out_as_uint8_with_stored_dtype(torch, st, all_dtypes):
     assert torch.equal(got["f8e4"].float(), want["f8e4"].float())
 
 
+def test_fp4_goes_out_as_safetensors_gives_it(torch, st, tmp_path):
+    """F4 (two e2m1 values a byte) comes out as safetensors.torch gives it:
+    float4_e2m1fn_x2 with the last dimension halved; an odd last dimension,
+    which torch cannot hold in that type, stays raw bytes."""
+    if not hasattr(torch, "float4_e2m1fn_x2"):
+        pytest.skip("this torch has no float4_e2m1fn_x2")
+    even = tmp_path / "even.safetensors"
+    header = json.dumps({"x": {"dtype": "F4", "shape": [2, 4], "data_offsets": [0, 4]}}).encode()
+    even.write_bytes(len(header).to_bytes(8, "little") + header + bytes([0x12, 0x34, 0x56, 0x78]))
+    got, want = hoist.load_file(even)["x"], st.load_file(str(even))["x"]
+    assert got.dtype == want.dtype == torch.float4_e2m1fn_x2 and got.shape == want.shape == (2, 2)
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    odd = tmp_path / "odd.safetensors"
+    header = json.dumps({"x": {"dtype": "F4", "shape": [2, 3], "data_offsets": [0, 3]}}).encode()
+    odd.write_bytes(len(header).to_bytes(8, "little") + header + bytes([1, 2, 3]))
+    raw = hoist.load_file(odd)["x"]
+    assert raw.dtype == torch.uint8 and raw.tolist() == [1, 2, 3]
+
+
+def test_empty_tensor_strides_are_torchs(torch, st, all_dtypes):
+    """A tensor with a zero in its shape has the strides torch gives it (an
+    empty dimension counts as 1), as safetensors' tensors do."""
+    want = st.load_file(str(all_dtypes))
+    got = hoist.load_file(all_dtypes)
+    for name in ("f32_zero", "f32_zero_mid", "u8_zero", "f32", "f32_ones_dims"):
+        assert got[name].stride() == want[name].stride(), name
+
+
+def test_writing_a_disk_tensor_through_torch_stays_in_memory(torch, st, tiny_f32):
+    """torch imports every DLPack array as writable: a tensor left on disk
+    is a copy-on-write mapping, so a write changes this Model's view, never
+    the file, and never faults on a read-only page."""
+    path = tiny_f32 / "model.safetensors"
+    before = path.read_bytes()
+    model = hoist.load(tiny_f32, device_map={"": "disk"})
+    t = torch.from_dlpack(model["model.norm.weight"])
+    want = st.load_file(str(path))["model.norm.weight"]
+    t.add_(1)
+    assert torch.equal(t, want + 1)
+    assert torch.equal(torch.from_dlpack(model["model.norm.weight"]), want + 1)  # this Model's view
+    assert torch.equal(hoist.load_file(path, device="cpu")["model.norm.weight"], want)
+    del t, model
+    gc.collect()
+    assert path.read_bytes() == before
+
+
+def test_model_is_a_mapping(np, tiny_f32):
+    import collections.abc
+
+    model = hoist.load(tiny_f32, device="cpu")
+    assert isinstance(model, collections.abc.Mapping)
+    assert model.get("nope") is None and model.get("nope", 3) == 3
+    norm = model.get("model.norm.weight")
+    assert np.from_dlpack(norm).tobytes() == np.from_dlpack(model["model.norm.weight"]).tobytes()
+    assert len(list(model.values())) == len(model) == len(dict(model.items()))
+    assert model == model and model != hoist.load(tiny_f32, device="cpu")  # identity, not values
+    assert {model: 1}[model] == 1  # hashable
+
+
 # ======================================================= errors
 
 
@@ -689,6 +748,13 @@ def test_missing_path_is_file_not_found(run_hoist, tmp_path):
     with pytest.raises(FileNotFoundError) as e3:
         hoist.load(str(empty), device="cpu")
     assert str(e3.value) == _cli_error(run_hoist, "--device", "cpu", empty)
+
+
+def test_path_with_nul_is_value_error(tiny):
+    """The C++ side would stop at the NUL and open the file before it."""
+    for call in (hoist.load, hoist.load_file):
+        with pytest.raises(ValueError, match="NUL"):
+            call(str(tiny / "model.safetensors") + "\0junk")
 
 
 def test_unreadable_path_is_os_error(run_hoist, tmp_path):
