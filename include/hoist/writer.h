@@ -48,6 +48,7 @@ struct WriteOptions {
 
 struct WriteResult {
   std::vector<std::string> files;  // paths written, index last when there is one
+  std::vector<std::string> removed;  // an earlier write's outputs this one replaced
   uint64_t data_bytes = 0;
   double seconds = 0;
 };

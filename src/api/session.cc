@@ -215,7 +215,7 @@ class TensorListJson {
 
 }  // namespace
 
-nlohmann::ordered_json PlanJson(const LoadPlan& plan) {
+nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
   nlohmann::ordered_json out;
   TensorListJson tensors(plan.tensors.size());
   for (const PlannedTensor& t : plan.tensors) {
@@ -224,8 +224,10 @@ nlohmann::ordered_json PlanJson(const LoadPlan& plan) {
     j.emplace_back("device", t.device.ToString());
     j.emplace_back("dtype", DTypeName(t.dtype));
     j.emplace_back("nbytes", t.size_bytes);
-    if (t.device.kind == DeviceKind::kDisk) {
+    if (t.device.kind == DeviceKind::kDisk) {  // no reservation: where it stays instead
       j.emplace_back("offset", nullptr);
+      j.emplace_back("file", catalog.files()[t.source->file_index].path);
+      j.emplace_back("file_offset", t.source->offset_bytes);
     } else {
       j.emplace_back("offset", t.offset_bytes);
     }
@@ -290,7 +292,13 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
     j.emplace_back("stored_dtype", DTypeName(v.stored_dtype));
     j.emplace_back("shape", v.shape);
     j.emplace_back("nbytes", v.size_bytes);
-    j.emplace_back("offset", v.offset_bytes);
+    if (v.device.kind == DeviceKind::kDisk) {  // no reservation: where it stays instead
+      j.emplace_back("offset", nullptr);
+      j.emplace_back("file", v.file);
+      j.emplace_back("file_offset", v.file_offset_bytes);
+    } else {
+      j.emplace_back("offset", v.offset_bytes);
+    }
     if (v.tied) j.emplace_back("tied", true);
   }
   report["tensors"] = tensors.Take();

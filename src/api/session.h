@@ -92,7 +92,8 @@ std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry&
 
 Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry);
 
-nlohmann::ordered_json PlanJson(const LoadPlan& plan);
+// `catalog` is the one the plan was built from (disk tensors name their file).
+nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan);
 nlohmann::ordered_json ReportJson(const LoadSession& session);
 
 }  // namespace hoist

@@ -3,7 +3,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <atomic>
 #include <chrono>
@@ -45,21 +47,86 @@ std::string HumanBytes(uint64_t n) {
   return fmt::format("{} B", n);
 }
 
-std::string ShapeText(const std::vector<uint64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 double Rate(uint64_t bytes, double seconds) { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0; }
 
 Status WriteTextFile(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return IoError(path + ": cannot write");
+  if (!out) return IoError(Printable(path) + ": cannot write: " + std::strerror(errno));
   out << text;
   out.close();
-  if (!out) return IoError(path + ": write failed");
+  if (!out) return IoError(Printable(path) + ": write failed: " + std::strerror(errno));
   return Status::Ok();
+}
+
+// Whether `path` can be written, checked before a load spends its time:
+// its directory exists and is writable, and so is the file if it exists.
+Status CheckWritable(const std::string& flag, const std::string& path) {
+  std::filesystem::path p(path);
+  std::filesystem::path dir = p.parent_path().empty() ? std::filesystem::path(".") : p.parent_path();
+  std::error_code ec;
+  if (std::filesystem::is_directory(p, ec)) return InvalidArgument(flag + " " + Printable(path) + ": is a directory");
+  const bool exists = std::filesystem::exists(p, ec);
+  const std::string& target = exists ? path : dir.string();
+  if (::access(target.c_str(), W_OK) != 0) {
+    return InvalidArgument(flag + " " + Printable(path) + ": cannot write " + Printable(target) + ": " +
+                           std::strerror(errno));
+  }
+  return Status::Ok();
+}
+
+// What --expect found, on stderr: how many names are missing, unexpected
+// (never read) and mismatched, with the first few of each.
+void PrintExpectSummary(const LoadPlan& plan, bool expected, bool quiet) {
+  if (!expected || quiet) return;
+  auto some = [](const std::vector<std::string>& names) {
+    std::string out;
+    for (size_t i = 0; i < names.size() && i < 3; ++i) out += (i ? ", " : "") + QuoteName(names[i]);
+    if (names.size() > 3) out += " and " + std::to_string(names.size() - 3) + " more";
+    return out;
+  };
+  if (plan.missing.empty() && plan.unexpected.empty() && plan.mismatched.empty()) {
+    fmt::print(stderr, "expect: every expected tensor is in the checkpoint, as expected\n");
+    return;
+  }
+  if (!plan.missing.empty()) fmt::print(stderr, "expect: {} missing: {}\n", plan.missing.size(), some(plan.missing));
+  if (!plan.mismatched.empty()) {
+    fmt::print(stderr, "expect: {} mismatched (dtype or shape): {}\n", plan.mismatched.size(), some(plan.mismatched));
+  }
+  if (!plan.unexpected.empty()) {
+    fmt::print(stderr, "expect: {} unexpected (not read): {}\n", plan.unexpected.size(), some(plan.unexpected));
+  }
+}
+
+// Copies a checkpoint's config.json beside its conversion; after a cast,
+// its dtype (transformers' "dtype", or "torch_dtype" before 5.0) names what
+// the weights now are. A config that is not a JSON object is copied as is.
+Status CopyConfig(const std::string& src, const std::string& dst, std::optional<DType> cast_to) {
+  std::ifstream in(src, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in) return IoError(Printable(src) + ": cannot read: " + std::strerror(errno));
+  std::string out = text.str();
+  nlohmann::ordered_json config = nlohmann::ordered_json::parse(out, nullptr, /*allow_exceptions=*/false);
+  if (cast_to && config.is_object()) {
+    const char* torch_name = *cast_to == DType::kBF16 ? "bfloat16" : *cast_to == DType::kF16 ? "float16" : "float32";
+    bool named = false;
+    for (const char* key : {"dtype", "torch_dtype"}) {
+      if (config.contains(key) && config[key].is_string()) {
+        config[key] = torch_name;
+        named = true;
+      }
+    }
+    if (named) out = config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  }
+  return WriteTextFile(dst, out);
+}
+
+bool HasExpect(const PlanRequest& r) { return !r.expect_file.empty() || !r.expect_json.empty(); }
+
+void PrintWritten(const WriteResult& written) {
+  for (const std::string& path : written.removed) {
+    fmt::print(stderr, "removed {}: an earlier output this one replaces\n", Printable(path));
+  }
 }
 
 }  // namespace
@@ -144,9 +211,10 @@ int RunPlan(const PlanCmdArgs& args) {
   for (std::string& w : FitWarnings(*plan, registry, *margin, max_memory)) {
     plan->warnings.push_back(std::move(w));
   }
-  PrintWarnings(*plan, args.json);
+  PrintWarnings(*plan, false);  // on stderr, so --json output stays JSON
+  PrintExpectSummary(*plan, HasExpect(args.request), false);
   if (args.json) {
-    fmt::print("{}\n", PlanJson(*plan).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+    fmt::print("{}\n", PlanJson(*cat, *plan).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
   }
   size_t width = 4;
@@ -227,6 +295,9 @@ class ProgressLine {
 };
 
 int RunLoad(const LoadArgs& args) {
+  if (!args.report.empty()) {
+    if (Status s = CheckWritable("--report", args.report); !s.ok()) return Fail(s);
+  }
   auto registry = std::make_unique<DeviceRegistry>(MakeRegistry(args.request.plan));
   LoadRequest request = args.request;
   Result<std::unique_ptr<LoadSession>> session = NotFound("");
@@ -244,6 +315,7 @@ int RunLoad(const LoadArgs& args) {
   }
   const LoadedModel& model = (*session)->model;
   PrintWarnings(model.plan(), args.quiet);
+  PrintExpectSummary(model.plan(), HasExpect(args.request.plan), args.quiet);
   const LoadStats& st = model.stats();
   const double seconds = st.seconds + (*session)->plan_seconds;
   if (!args.report.empty()) {
@@ -256,10 +328,13 @@ int RunLoad(const LoadArgs& args) {
       where += (where.empty() ? "" : ", ") + d.device.ToString();
       if (st.devices.size() > 1) where += " (" + HumanBytes(d.bytes) + ")";
     }
-    if (where.empty()) where = "nowhere";
-    fmt::print("loaded {} tensors, {} in {:.3f} s ({:.2f} GB/s) to {} with {} thread{}, {} allocation{}\n",
-               model.tensors().size(), HumanBytes(st.bytes_loaded), seconds, Rate(st.bytes_read, seconds), where,
-               st.threads, st.threads == 1 ? "" : "s", st.driver_allocs, st.driver_allocs == 1 ? "" : "s");
+    size_t on_disk = 0;
+    for (const TensorView& v : model.tensors()) on_disk += v.device.kind == DeviceKind::kDisk ? 1 : 0;
+    if (where.empty()) where = "no device";
+    fmt::print("loaded {} tensors, {} in {:.3f} s ({:.2f} GB/s) to {} with {} thread{}, {} allocation{}{}\n",
+               model.tensors().size() - on_disk, HumanBytes(st.bytes_loaded), seconds, Rate(st.bytes_read, seconds),
+               where, st.threads, st.threads == 1 ? "" : "s", st.driver_allocs, st.driver_allocs == 1 ? "" : "s",
+               on_disk ? fmt::format("; {} left on disk", on_disk) : std::string());
   }
   return 0;
 }
@@ -278,13 +353,15 @@ int RunConvert(const ConvertArgs& args) {
   options.write.threads = args.threads;
   Result<WriteResult> written = ConvertCheckpoint(*cat, args.dst, options);
   if (!written.ok()) return Fail(written.status());
-  // Keep config.json with the weights, as users expect of a converted model.
+  PrintWritten(*written);
+  // Keep config.json with the weights, as users expect of a converted model,
+  // its dtype saying what the cast made of them.
   std::error_code ec;
   std::filesystem::path src_config = std::filesystem::path(args.src) / "config.json";
   if (std::filesystem::is_directory(args.src, ec) && std::filesystem::is_directory(args.dst, ec) &&
       std::filesystem::exists(src_config, ec)) {
-    std::filesystem::copy_file(src_config, std::filesystem::path(args.dst) / "config.json",
-                               std::filesystem::copy_options::overwrite_existing, ec);
+    Status copied = CopyConfig(src_config.string(), (std::filesystem::path(args.dst) / "config.json").string(), *dtype);
+    if (!copied.ok()) fmt::print(stderr, "warning: {}\n", copied.message());
   }
   fmt::print("wrote {} in {} file{} ({:.3f} s)\n", HumanBytes(written->data_bytes), written->files.size(),
              written->files.size() == 1 ? "" : "s", written->seconds);
@@ -307,6 +384,7 @@ int RunSynth(const SynthArgs& args) {
   }
   Result<WriteResult> written = WriteSynthCheckpoint(options, args.out_dir);
   if (!written.ok()) return Fail(written.status());
+  PrintWritten(*written);
   if (!args.quiet) {
     fmt::print("wrote {} ({}{}) to {} in {} files, {:.3f} s ({:.2f} GB/s)\n", args.arch,
                HumanBytes(written->data_bytes), args.sparse ? ", sparse" : "", args.out_dir, written->files.size(),

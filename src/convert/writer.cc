@@ -100,7 +100,7 @@ bool IsOutputName(const std::string& name) {
 // (transformers looks for it first), as Hugging Face's save_pretrained
 // cleans up too. Other files are left alone.
 Status RemoveStaleOutputs(const std::string& dir, const std::vector<std::string>& written,
-                          const std::vector<std::string>& keep_files) {
+                          const std::vector<std::string>& keep_files, std::vector<std::string>* removed) {
   std::error_code ec;
   std::set<std::string> keep;
   for (const std::string& w : written) keep.insert(fs::path(w).filename().string());
@@ -117,6 +117,7 @@ Status RemoveStaleOutputs(const std::string& dir, const std::vector<std::string>
     std::error_code rm;
     fs::remove(path, rm);
     if (rm) return IoError(Printable(path.string()) + ": cannot remove a stale output file: " + rm.message());
+    removed->push_back(path.string());
   }
   if (ec) return IoError(Printable(dir) + ": cannot list: " + ec.message());
   return Status::Ok();
@@ -228,9 +229,10 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
   // A directory's old outputs go; so do those beside a new model.safetensors,
   // where an old index or shards would shadow it.
   if (!single_file) {
-    HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(dir, result.files, options.keep_files));
+    HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(dir, result.files, options.keep_files, &result.removed));
   } else if (fs::path(dst).filename() == "model.safetensors") {
-    HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(fs::path(dst).parent_path().string(), result.files, options.keep_files));
+    HOIST_RETURN_IF_ERROR(
+        RemoveStaleOutputs(fs::path(dst).parent_path().string(), result.files, options.keep_files, &result.removed));
   }
   result.data_bytes = total;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -313,12 +313,25 @@ std::optional<uint64_t> TotalElements(const Catalog& cat) {
   return total;
 }
 
-Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) {
+// `strays`: the directory's other .safetensors files, which the index
+// leaves out; a warning names them.
+Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path, std::vector<std::string> strays = {}) {
   HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
   HOIST_ASSIGN_OR_RETURN(ParsedIndex index, ParseIndexJson(Printable(index_path), text));
   std::vector<std::string> paths;
   for (const std::string& shard : index.shards) paths.push_back((dir / shard).string());
   CatalogBuilder builder;
+  std::erase_if(strays, [&](const std::string& name) {
+    return std::find(index.shards.begin(), index.shards.end(), name) != index.shards.end();
+  });
+  if (!strays.empty()) {
+    std::sort(strays.begin(), strays.end());
+    std::string names;
+    for (size_t i = 0; i < strays.size() && i < 3; ++i) names += (i ? ", " : "") + QuoteName(strays[i]);
+    if (strays.size() > 3) names += " and " + std::to_string(strays.size() - 3) + " more";
+    builder.Warn(Printable(index_path) + ": does not list " + names + " of its directory; " +
+                 (strays.size() == 1 ? "that file is" : "those files are") + " not read");
+  }
   size_t failed = 0;
   Status added = builder.AddFiles(paths, &failed);
   if (!added.ok() && added.code() == StatusCode::kNotFound) {
@@ -377,14 +390,29 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path) 
 
 Result<Catalog> OpenDirectory(const fs::path& dir) {
   std::error_code ec;
-  std::string index_path = (dir / kIndexFileName).string();
-  if (fs::exists(index_path, ec)) return OpenIndexed(dir, index_path);
   std::vector<std::string> files;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const fs::path& p = it->path();
     if (p.extension() == ".safetensors" && it->is_regular_file(ec)) files.push_back(p.string());
   }
   if (ec) return IoError(Printable(dir.string()) + ": cannot list directory: " + ec.message());
+  std::string index_path = (dir / kIndexFileName).string();
+  const std::string single = (dir / "model.safetensors").string();
+  const bool has_single = std::find(files.begin(), files.end(), single) != files.end();
+  if (fs::exists(index_path, ec)) {
+    if (has_single) {
+      // transformers' from_pretrained reads model.safetensors before it
+      // looks for an index: so does hoist, to load the same weights.
+      CatalogBuilder builder;
+      builder.Warn(Printable(dir.string()) + ": holds both model.safetensors and " + kIndexFileName +
+                   "; model.safetensors is read, as transformers does, and the index is not");
+      HOIST_RETURN_IF_ERROR(builder.AddFiles({single}));
+      return builder.Finish();
+    }
+    std::vector<std::string> names;
+    for (const std::string& f : files) names.push_back(fs::path(f).filename().string());
+    return OpenIndexed(dir, index_path, std::move(names));
+  }
   if (files.empty()) return NotFound(Printable(dir.string()) + ": no .safetensors files and no " + kIndexFileName);
   std::sort(files.begin(), files.end());
   CatalogBuilder builder;
@@ -400,6 +428,10 @@ Result<Catalog> OpenCatalog(const std::string& path) {
   if (ec && ec != std::errc::no_such_file_or_directory) return IoError(Printable(path) + ": " + ec.message());
   if (ec || !fs::exists(st)) return NotFound(Printable(path) + ": no such file or directory");
   if (fs::is_directory(st)) return OpenDirectory(path);
+  if (EndsWith(path, ".safetensors.index.json")) {  // an index names its shards: open them
+    fs::path dir = fs::path(path).parent_path();
+    return OpenIndexed(dir.empty() ? fs::path(".") : dir, path);
+  }
   CatalogBuilder builder;
   HOIST_RETURN_IF_ERROR(builder.AddFiles({path}));
   return builder.Finish();

@@ -241,7 +241,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
                      [&](const char* n) { return by_name.count(n) > 0; });
     if (embedding != std::end(kInputEmbeddingNames)) {
       ties.emplace_back("lm_head.weight", *embedding);
-    } else {
+    } else if (options.only_regex.empty() && options.drops.empty()) {  // a filter may have left it out
       const std::string config =
           catalog.files().empty()
               ? std::string("config.json")
@@ -255,32 +255,53 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   ties.insert(ties.end(), options.ties.begin(), options.ties.end());
   for (const auto& [alias, source] : ties) {
     if (alias == source) return InvalidArgument("tie " + alias + "=" + source + ": a tensor cannot be tied to itself");
+  }
+  // Ties whose source is itself an alias made here (c=b, b=a) wait until
+  // it exists, whatever order they came in. What never finds its source is
+  // a loop (an error) or names a tensor that is not loaded (a warning).
+  auto apply_tie = [&](const std::string& alias, const std::string& source) -> Status {
     auto src = by_name.find(source);
-    if (src == by_name.end()) {
-      plan.warnings.push_back("tie " + alias + "=" + source + ": the source is not loaded; nothing tied");
-      continue;
-    }
     auto existing = by_name.find(alias);
     if (existing != by_name.end()) {
       PlannedTensor& a = plan.tensors[existing->second];
       const PlannedTensor& s = plan.tensors[src->second];
       if (a.source->shape != s.source->shape || a.source->dtype != s.source->dtype) {
-        return InvalidArgument("tie " + alias + "=" + source + ": the shapes or dtypes differ (" +
-                               std::string(DTypeName(a.source->dtype)) + " vs " +
-                               std::string(DTypeName(s.source->dtype)) + ")");
+        return InvalidArgument("tie " + alias + "=" + source + ": the tensors differ (" +
+                               std::string(DTypeName(a.source->dtype)) + " " + ShapeText(a.source->shape) + " vs " +
+                               std::string(DTypeName(s.source->dtype)) + " " + ShapeText(s.source->shape) + ")");
       }
       a.dtype = s.dtype;
       a.alias_of = static_cast<int>(src->second);
       a.size_bytes = 0;
-      continue;
+      return Status::Ok();
     }
-    if (options.expect && expected.find(alias) == expected.end()) continue;
+    if (options.expect && expected.find(alias) == expected.end()) return Status::Ok();
     PlannedTensor a = plan.tensors[src->second];
     a.name = alias;
     a.alias_of = static_cast<int>(src->second);
     a.size_bytes = 0;
     by_name.emplace(alias, plan.tensors.size());
     plan.tensors.push_back(std::move(a));
+    return Status::Ok();
+  };
+  for (size_t before = ties.size() + 1; !ties.empty() && ties.size() < before;) {
+    before = ties.size();
+    std::vector<std::pair<std::string, std::string>> waiting;
+    for (auto& tie : ties) {
+      if (by_name.count(tie.second) == 0) {
+        waiting.push_back(std::move(tie));
+      } else {
+        HOIST_RETURN_IF_ERROR(apply_tie(tie.first, tie.second));
+      }
+    }
+    ties = std::move(waiting);
+  }
+  std::map<std::string, std::string> source_of(ties.begin(), ties.end());
+  for (const auto& [alias, source] : ties) {
+    std::string at = source;
+    for (size_t steps = 0; steps <= ties.size() && source_of.count(at) > 0 && at != alias; ++steps) at = source_of[at];
+    if (at == alias) return InvalidArgument("--tie: the ties of " + QuoteName(alias) + " form a loop");
+    plan.warnings.push_back("tie " + alias + "=" + source + ": the source is not loaded; nothing tied");
   }
 
   // Ties may chain (c=b, b=a) or loop (a=b, b=a): point every alias at the
@@ -371,6 +392,10 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     if (p.alias_of >= 0) p.offset_bytes = plan.tensors[static_cast<size_t>(p.alias_of)].offset_bytes;
   }
   for (auto& [id, d] : devices) plan.devices.push_back(d);
+  if (plan.tensors.empty() && !catalog.tensors().empty()) {
+    plan.warnings.push_back("none of the checkpoint's " + std::to_string(catalog.tensors().size()) +
+                            " tensors is left to load (--only, --drop or --expect left out every one)");
+  }
   return plan;
 }
 

@@ -233,7 +233,7 @@ TEST_F(PlanTest, BadTiesAreRefusedAndChainsResolve) {
   o.ties = {{"f", "a"}};  // same shape, other dtype: an alias would misread the bytes
   auto plan = BuildPlan(cat, o);
   ASSERT_FALSE(plan.ok());
-  EXPECT_NE(plan.status().message().find("dtypes"), std::string::npos);
+  EXPECT_NE(plan.status().message().find("F32 [4] vs BF16 [4]"), std::string::npos) << plan.status().message();
   o.ties = {{"a", "b"}, {"b", "a"}};
   plan = BuildPlan(cat, o);
   ASSERT_FALSE(plan.ok());
@@ -244,6 +244,63 @@ TEST_F(PlanTest, BadTiesAreRefusedAndChainsResolve) {
   EXPECT_EQ(plan->tensors[static_cast<size_t>(Find(*plan, "c")->alias_of)].name, "a");
   EXPECT_EQ(plan->tensors[static_cast<size_t>(Find(*plan, "b")->alias_of)].name, "a");
   EXPECT_EQ(plan->devices[0].reserve_bytes, 256u + 16u);  // a (at 0) and f (at 256) only
+}
+
+TEST_F(PlanTest, TieChainsOfNewNamesResolveInAnyOrder) {
+  const Catalog& cat = Make({T("a", DType::kBF16, {4})});
+  PlanOptions o;
+  o.device = DeviceId::Cpu();
+  for (auto ties : std::vector<std::vector<std::pair<std::string, std::string>>>{
+           {{"x", "y"}, {"y", "a"}}, {{"y", "a"}, {"x", "y"}}}) {
+    o.ties = ties;
+    auto plan = BuildPlan(cat, o);
+    ASSERT_TRUE(plan.ok()) << plan.status().message();
+    ASSERT_NE(Find(*plan, "x"), nullptr) << ties[0].first << "=" << ties[0].second << " first";
+    EXPECT_EQ(plan->tensors[static_cast<size_t>(Find(*plan, "x")->alias_of)].name, "a");
+    EXPECT_TRUE(plan->warnings.empty());
+  }
+  o.ties = {{"p", "q"}, {"q", "p"}};  // a loop of names the checkpoint lacks
+  auto loop = BuildPlan(cat, o);
+  ASSERT_FALSE(loop.ok());
+  EXPECT_NE(loop.status().message().find("loop"), std::string::npos) << loop.status().message();
+  o.ties = {{"p", "q"}, {"q", "nosuch"}};  // no source at the end of the chain: warnings, nothing tied
+  auto absent = BuildPlan(cat, o);
+  ASSERT_TRUE(absent.ok()) << absent.status().message();
+  EXPECT_EQ(absent->warnings.size(), 2u);
+  EXPECT_EQ(Find(*absent, "p"), nullptr);
+}
+
+TEST_F(PlanTest, ConfigTieWarnsNotWhenAFilterLeftTheEmbeddingOut) {
+  const Catalog& cat = Make({T("model.embed_tokens.weight", DType::kBF16, {8, 4}), T("model.norm.weight", DType::kBF16, {4})});
+  PlanOptions o;
+  o.device = DeviceId::Cpu();
+  o.tie_word_embeddings = true;
+  o.only_regex = "norm";
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_TRUE(plan->warnings.empty()) << plan->warnings[0];
+  EXPECT_EQ(Find(*plan, "lm_head.weight"), nullptr);
+  o.only_regex.clear();
+  o.drops = {"embed"};
+  plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_TRUE(plan->warnings.empty()) << plan->warnings[0];
+}
+
+TEST_F(PlanTest, NothingLeftToLoadIsAWarning) {
+  const Catalog& cat = Make({T("a", DType::kBF16, {4}), T("b", DType::kBF16, {4})});
+  PlanOptions o;
+  o.device = DeviceId::Cpu();
+  o.only_regex = "nomatch";
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_TRUE(plan->tensors.empty());
+  ASSERT_EQ(plan->warnings.size(), 1u);
+  EXPECT_NE(plan->warnings[0].find("none of the checkpoint's 2 tensors"), std::string::npos) << plan->warnings[0];
+  o.only_regex = "a";
+  plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_TRUE(plan->warnings.empty());
 }
 
 TEST_F(PlanTest, ConfigTiesOnlyWhenExplicitlyTrue) {

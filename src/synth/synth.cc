@@ -224,6 +224,14 @@ void SynthFill(const std::string& name, DType dtype, uint64_t offset_bytes, uint
 }
 
 Result<WriteResult> WriteSynthCheckpoint(const SynthOptions& options, const std::string& out_dir) {
+  // A checkpoint directory, never a file: a path to a .safetensors file
+  // would otherwise be overwritten with synthetic weights.
+  std::error_code ec;
+  if ((std::filesystem::exists(out_dir, ec) && !std::filesystem::is_directory(out_dir, ec)) ||
+      EndsWith(out_dir, ".safetensors")) {
+    return InvalidArgument(Printable(out_dir) + ": not a directory; synth writes a checkpoint directory "
+                           "(config.json and its shards)");
+  }
   HOIST_ASSIGN_OR_RETURN(std::vector<OutTensor> tensors, SynthTensors(options));
   HOIST_ASSIGN_OR_RETURN(std::string config, SynthConfigJson(options));
   const ArchSpec& arch = *FindArch(options.arch);  // SynthTensors checked it

@@ -44,4 +44,10 @@ std::string QuoteName(std::string_view name) {
   return "'" + Printable(name.substr(0, cut)) + (cut < name.size() ? "..." : "") + "'";
 }
 
+std::string ShapeText(const std::vector<uint64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
 }  // namespace hoist

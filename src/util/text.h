@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace hoist {
 
@@ -20,6 +21,9 @@ std::string QuoteName(std::string_view name);
 // messages about memory. (Summaries for people use decimal units, as GB/s
 // does: the CLI's HumanBytes.)
 std::string ByteText(uint64_t bytes);
+
+// "[4096, 14336]": a tensor's shape, for messages and tables.
+std::string ShapeText(const std::vector<uint64_t>& shape);
 
 inline bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;

@@ -383,6 +383,29 @@ def test_sharded_index_inconsistent(run_hoist, tmp_path, case, index_map, total,
     assert needle in line.replace(str(d), ""), line
 
 
+def test_index_file_given_as_the_path_opens_its_shards(run_hoist, tmp_path):
+    d = _sharded(tmp_path)
+    by_index = inspect_json(run_hoist, d / "model.safetensors.index.json")
+    assert by_index["tensors"] == inspect_json(run_hoist, d)["tensors"]
+
+
+def test_index_and_model_safetensors_read_like_transformers(run_hoist, tmp_path):
+    """transformers reads model.safetensors before it looks for an index: so does hoist, and says so."""
+    d = _sharded(tmp_path)
+    write_raw(d / "model.safetensors", {"z": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}, b"\1\2")
+    proc = ok(run_hoist("inspect", "--json", d))
+    assert [t["name"] for t in json.loads(proc.stdout)["tensors"]] == ["z"]
+    assert "model.safetensors is read" in proc.stderr, proc.stderr
+
+
+def test_index_warns_of_files_it_does_not_list(run_hoist, tmp_path):
+    d = _sharded(tmp_path)
+    write_raw(d / "consolidated.safetensors", {"w": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}, b"\1\2")
+    proc = ok(run_hoist("inspect", "--json", d))
+    assert sorted(t["name"] for t in json.loads(proc.stdout)["tensors"]) == ["x", "y"]
+    assert "'consolidated.safetensors'" in proc.stderr and "not read" in proc.stderr, proc.stderr
+
+
 def test_directory_without_index(run_hoist, tmp_path, conformance):
     d = tmp_path / "noindex"
     d.mkdir()
@@ -507,6 +530,54 @@ def test_load_quiet_and_summary(run_hoist, conformance):
     assert "9 tensors" in loud.stdout, loud.stdout
     assert re.search(r"\b1 allocation\b", loud.stdout), loud.stdout
     assert "GB/s" in loud.stdout
+
+
+def test_load_expect_findings_on_stderr(run_hoist, tmp_path, tiny):
+    expect = tmp_path / "expect.json"
+    expect.write_text(json.dumps(["model.norm.weight", "lm_head.weight", "missing.one"]))
+    for command in ("load", "plan"):
+        proc = ok(run_hoist(command, "--device", "cpu", "--expect", expect, tiny))
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("expect: ")]
+        assert lines[0] == "expect: 1 missing: 'missing.one'", proc.stderr
+        assert lines[1].startswith("expect: 19 unexpected (not read): "), proc.stderr
+    ok_expect = tmp_path / "ok.json"
+    ok_expect.write_text(json.dumps(["model.norm.weight"]))
+    proc = ok(run_hoist("load", "--device", "cpu", "--expect", ok_expect, tiny))
+    assert "missing" not in proc.stderr and "unexpected (not read): " in proc.stderr
+    assert ok(run_hoist("load", "--quiet", "--device", "cpu", "--expect", expect, tiny)).stderr == ""
+
+
+def test_load_unwritable_report_fails_before_loading(run_hoist, tmp_path, tiny):
+    report = tmp_path / "no" / "such" / "dir" / "report.json"
+    proc = run_hoist("load", "--device", "cpu", "--report", report, tiny)
+    assert proc.returncode == 2, proc.stderr
+    line = stderr_error_line(proc)
+    assert "--report" in line and "No such file or directory" in line, line
+    assert not (tmp_path / "no").exists()
+    proc = run_hoist("load", "--device", "cpu", "--report", tmp_path, tiny)
+    assert proc.returncode == 2 and "is a directory" in stderr_error_line(proc)
+
+
+def test_load_report_says_where_disk_tensors_stay(run_hoist, tmp_path, tiny):
+    proc = ok(run_hoist("load", "--device-map", json.dumps({"model.layers.0": "disk", "": "cpu"}), tiny))
+    assert proc.stdout.startswith("loaded 12 tensors") and "; 9 left on disk" in proc.stdout, proc.stdout
+    rep = _report(run_hoist, tmp_path, tiny, "--device-map", json.dumps({"model.layers.0": "disk", "": "cpu"}))
+    with open(tiny / "model.safetensors", "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    disk = [t for t in rep["tensors"] if t["device"] == "disk"]
+    assert len(disk) == 9
+    for t in disk:
+        assert t["offset"] is None and Path(t["file"]) == tiny / "model.safetensors", t
+        assert t["file_offset"] == 8 + n + header[t["name"]]["data_offsets"][0], t
+    plan = json.loads(ok(run_hoist("plan", "--json", "--device-map", json.dumps({"model.layers.0": "disk", "": "cpu"}), tiny)).stdout)
+    assert {t["name"]: t["file_offset"] for t in plan["tensors"] if t["device"] == "disk"} == {t["name"]: t["file_offset"] for t in disk}
+
+
+def test_filters_that_leave_nothing_warn(run_hoist, tiny):
+    for flags in (["--only", "nomatch"], ["--drop", "."]):
+        proc = ok(run_hoist("load", "--device", "cpu", *flags, tiny))
+        assert "none of the checkpoint's 21 tensors is left to load" in proc.stderr, proc.stderr
 
 
 def test_load_missing_path(run_hoist, tmp_path):
@@ -793,6 +864,21 @@ def test_synth_bad_input_exit_2(run_hoist, tmp_path, args):
     stderr_error_line(proc)
 
 
+@pytest.mark.parametrize("name", ["weights.safetensors", "missing.safetensors", "notes.txt"])
+def test_synth_never_writes_over_a_file(run_hoist, tmp_path, name):
+    """synth writes a directory; a file in its place (a user's weights) is left alone."""
+    path = tmp_path / name
+    if name != "missing.safetensors":
+        path.write_bytes(b"precious bytes")
+    proc = run_hoist("synth", "--arch", "tiny-llama", path)
+    assert proc.returncode == 2, proc.stderr
+    assert "not a directory" in stderr_error_line(proc)
+    if name == "missing.safetensors":
+        assert not path.exists()
+    else:
+        assert path.read_bytes() == b"precious bytes"
+
+
 # ------------------------------------------------------------------- convert
 
 
@@ -850,9 +936,29 @@ def test_convert_single_dir_output(run_hoist, tmp_path, conformance):
 
 
 def test_convert_copies_config_json(run_hoist, tmp_path):
+    """config.json goes with the weights; after a cast its dtype names what they are now."""
     ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", tmp_path / "src"))
+    ok(run_hoist("convert", tmp_path / "src", tmp_path / "same"))
+    assert (tmp_path / "same" / "config.json").read_bytes() == (tmp_path / "src" / "config.json").read_bytes()
     ok(run_hoist("convert", tmp_path / "src", tmp_path / "dst", "--dtype", "f32"))
-    assert (tmp_path / "dst" / "config.json").read_bytes() == (tmp_path / "src" / "config.json").read_bytes()
+    src = json.loads((tmp_path / "src" / "config.json").read_text())
+    dst = json.loads((tmp_path / "dst" / "config.json").read_text())
+    keys = [k for k in ("dtype", "torch_dtype") if k in src]
+    assert keys and all(src[k] == "bfloat16" for k in keys), src
+    assert {k: v for k, v in dst.items() if k not in keys} == {k: v for k, v in src.items() if k not in keys}
+    assert all(dst[k] == "float32" for k in keys), dst
+
+
+def test_convert_says_which_earlier_outputs_it_removed(run_hoist, tmp_path):
+    src = tmp_path / "src"
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", src))
+    dst = tmp_path / "dst"
+    ok(run_hoist("convert", src, dst, "--max-shard-size", "100KB"))
+    old = sorted(p.name for p in dst.iterdir() if p.name.startswith("model"))
+    proc = ok(run_hoist("convert", src, dst))
+    assert sorted(p.name for p in dst.iterdir() if p.name.startswith("model")) == ["model.safetensors"]
+    removed = sorted(Path(line.split(" ")[1].rstrip(":")).name for line in proc.stderr.splitlines() if line.startswith("removed "))
+    assert removed == old, proc.stderr
 
 
 def test_convert_only(run_hoist, tmp_path, conformance):
