@@ -75,6 +75,8 @@ def _path_text(path: Union[str, os.PathLike]) -> str:
 def _device_text(device: Any) -> str:
     if device is None:
         return ""
+    if isinstance(device, bool):  # an int to Python, never a device
+        raise ValueError(f"device={device!r}: expected 'cpu', 'cuda', 'cuda:N', N or a torch.device")
     if isinstance(device, int):
         return f"cuda:{device}"
     text = str(device)

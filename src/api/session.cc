@@ -99,8 +99,9 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
       o.capacity_bytes[id] = it == o.capacity_bytes.end() ? limit : std::min(it->second, limit);
     }
   } else if (!a.device.empty()) {
-    HOIST_ASSIGN_OR_RETURN(DeviceId id, ParseDeviceId(a.device));
-    o.device = id;
+    Result<DeviceId> id = ParseDeviceId(a.device);
+    if (!id.ok()) return InvalidArgument("--device: " + id.status().message());
+    o.device = *id;
   } else {
     o.device = registry.Find(DeviceId::Cuda(0)) != nullptr ? DeviceId::Cuda(0) : DeviceId::Cpu();
   }
@@ -186,7 +187,11 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   options.io = request.io == "uring" ? IoEngine::kUring : request.io == "pread" ? IoEngine::kPread : IoEngine::kAuto;
   options.progress = request.progress;
   session->staging = {options.chunk_bytes, options.pipeline};
-  HOIST_ASSIGN_OR_RETURN(session->model, Load(*session->catalog, std::move(plan), registry, options));
+  Result<LoadedModel> model = Load(*session->catalog, std::move(plan), registry, options);
+  if (!model.ok() && model.status().code() == StatusCode::kOutOfMemory) {  // which checkpoint did not fit
+    return OutOfMemory(Printable(request.plan.path) + ": " + model.status().message());
+  }
+  HOIST_ASSIGN_OR_RETURN(session->model, std::move(model));
   return session;
 }
 

@@ -101,13 +101,18 @@ Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text) {
     if (item.empty()) continue;
     size_t eq = item.find('=');
     if (eq == std::string::npos) return InvalidArgument("--max-memory " + QuoteName(item) + ": expected DEVICE=SIZE (0=20GiB)");
-    HOIST_ASSIGN_OR_RETURN(DeviceId id, ParseDeviceId(item.substr(0, eq)));
+    Result<DeviceId> id = ParseDeviceId(item.substr(0, eq));
+    if (!id.ok()) return InvalidArgument("--max-memory " + QuoteName(item) + ": " + id.status().message());
     std::string size = item.substr(eq + 1);
     uint64_t bytes = 0;
     if (size != "0") {
-      HOIST_ASSIGN_OR_RETURN(bytes, ParseByteSize(size));
+      Result<uint64_t> parsed = ParseByteSize(size);
+      if (!parsed.ok()) return InvalidArgument("--max-memory " + QuoteName(item) + ": " + parsed.status().message());
+      bytes = *parsed;
     }
-    out[id] = bytes;
+    if (!out.emplace(*id, bytes).second) {
+      return InvalidArgument("--max-memory: " + id->ToString() + " is given twice (" + QuoteName(text) + ")");
+    }
   }
   return out;
 }

@@ -520,6 +520,23 @@ def test_load_bad_flags_exit_2(run_hoist, conformance, flags):
     assert proc.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--device", "cuda:x"], "--device: 'cuda:x' is not a device"),
+        (["--device-map", "auto", "--max-memory", "0=20XB"], "--max-memory '0=20XB': '20XB' is not a size"),
+        (["--device-map", "auto", "--max-memory", "gpu=1GB"], "--max-memory 'gpu=1GB': 'gpu' is not a device"),
+        (["--device-map", "auto", "--max-memory", "cpu=1GB,cpu=2GB"], "--max-memory: cpu is given twice"),
+        (["--device-map", '["cpu"]'], "a device map is a JSON object of prefix -> device"),
+    ],
+)
+def test_bad_flag_messages_name_the_flag(run_hoist, conformance, flags, message):
+    for command in ("load", "plan"):
+        proc = run_hoist(command, conformance / "overall.safetensors", *flags)
+        assert proc.returncode == 2, proc.stderr
+        assert message in stderr_error_line(proc)
+
+
 def test_load_quiet_and_summary(run_hoist, conformance):
     path = conformance / "overall.safetensors"
     quiet = ok(run_hoist("load", "--quiet", path))

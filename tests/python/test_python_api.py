@@ -802,7 +802,15 @@ def test_plan_larger_than_max_memory_is_memory_error(run_hoist, tiny):
     with pytest.raises(MemoryError) as e:
         hoist.load(str(tiny), device="cpu", max_memory={"cpu": 1000})
     assert str(e.value) == expected
-    assert str(e.value).startswith("cpu:") and "279808" in str(e.value)
+    assert str(e.value).startswith(f"{tiny}: cpu:") and "279808" in str(e.value)
+    # A bf16 checkpoint cannot shrink with a cast: no advice to try one.
+    assert "--device-map auto" in str(e.value) and "--dtype" not in str(e.value)
+
+
+def test_fit_error_suggests_a_cast_only_where_one_shrinks(run_hoist, tiny_f32):
+    proc = run_hoist("load", "--device", "cpu", "--max-memory", "cpu=1000", tiny_f32)
+    assert proc.returncode == 2
+    assert "shrink it with --dtype bf16" in stderr_error_line(proc)
 
 
 @pytest.mark.parametrize(
@@ -828,6 +836,14 @@ def test_bad_torch_dtype_is_value_error(torch, tiny):
         hoist.load(str(tiny), dtype=torch.float8_e4m3fn)
     with pytest.raises(ValueError):
         hoist.load_file(str(tiny / "model.safetensors"), dtype=torch.int32)
+
+
+def test_bool_device_is_value_error(tiny):
+    """True is an int to Python; as a device it is a mistake, not cuda:1."""
+    for device in (True, False):
+        with pytest.raises(ValueError, match="device=") as e:
+            hoist.load(tiny, device=device)
+        assert "cuda" not in str(e.value).split(":")[0]
 
 
 @pytest.mark.parametrize("device", ["cuda:0", "cuda", 0])
