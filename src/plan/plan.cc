@@ -1,6 +1,7 @@
 #include "hoist/plan.h"
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -188,6 +189,24 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   std::vector<std::pair<std::regex, std::string>> renames;
   for (const RenameRule& r : options.renames) {
     HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--rename", r.pattern));
+    // $N (and $NN) must name a group the pattern has: regex_replace would
+    // put nothing there, and names would silently lose a part.
+    for (size_t i = 0; i + 1 < r.replacement.size(); ++i) {
+      if (r.replacement[i] != '$') continue;
+      if (r.replacement[i + 1] == '$') {  // "$$" is a literal $
+        ++i;
+        continue;
+      }
+      size_t digits = 0, group = 0;
+      while (digits < 2 && i + 1 + digits < r.replacement.size() && std::isdigit(static_cast<unsigned char>(r.replacement[i + 1 + digits]))) {
+        group = group * 10 + static_cast<size_t>(r.replacement[i + 1 + digits] - '0');
+        ++digits;
+      }
+      if (digits > 0 && group > re.mark_count()) {
+        return InvalidArgument("--rename " + QuoteName(r.pattern + "=" + r.replacement) + ": $" + std::to_string(group) +
+                               " names a group the pattern does not have (it has " + std::to_string(re.mark_count()) + ")");
+      }
+    }
     renames.emplace_back(std::move(re), r.replacement);
   }
   std::optional<std::regex> only;
@@ -334,7 +353,8 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     }
   }
 
-  // 4. Placement.
+  // 4. Placement. (--no-split patterns are checked even where no strategy uses them.)
+  for (const std::string& r : options.no_split) HOIST_RETURN_IF_ERROR(CompileRegex("--no-split", r).status());
   std::vector<std::string> names;
   std::vector<uint64_t> sizes;
   for (const PlannedTensor& p : plan.tensors) {

@@ -287,6 +287,31 @@ TEST_F(PlanTest, ConfigTieWarnsNotWhenAFilterLeftTheEmbeddingOut) {
   EXPECT_TRUE(plan->warnings.empty()) << plan->warnings[0];
 }
 
+TEST_F(PlanTest, RenameReferencesOnlyGroupsThePatternHas) {
+  const Catalog& cat = Make({T("model.a", DType::kBF16, {4})});
+  PlanOptions o;
+  o.device = DeviceId::Cpu();
+  o.renames = {{"model", "$2"}};
+  auto bad = BuildPlan(cat, o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("$2 names a group the pattern does not have (it has 0)"), std::string::npos)
+      << bad.status().message();
+  o.renames = {{"(model)\\.(a)", "$2.$1$$"}};
+  auto good = BuildPlan(cat, o);
+  ASSERT_TRUE(good.ok()) << good.status().message();
+  EXPECT_EQ(good->tensors[0].name, "a.model$");
+}
+
+TEST_F(PlanTest, BadNoSplitPatternIsAnErrorWithoutAStrategy) {
+  const Catalog& cat = Make({T("a", DType::kBF16, {4})});
+  PlanOptions o;
+  o.device = DeviceId::Cpu();
+  o.no_split = {"(["};
+  auto plan = BuildPlan(cat, o);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.status().message().find("--no-split"), std::string::npos);
+}
+
 TEST_F(PlanTest, NothingLeftToLoadIsAWarning) {
   const Catalog& cat = Make({T("a", DType::kBF16, {4}), T("b", DType::kBF16, {4})});
   PlanOptions o;
