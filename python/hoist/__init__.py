@@ -201,6 +201,7 @@ def load(
     staging_buffers: int = 0,
     pipeline: bool = True,
     margin: Union[str, int] = "1.2GiB",
+    _checkpoint: Optional["_hoist.Checkpoint"] = None,
 ) -> Model:
     """Loads a checkpoint (a .safetensors file or a directory) onto devices.
 
@@ -242,6 +243,7 @@ def load(
         staging_buffers=staging_buffers,
         pipeline=pipeline,
         margin=str(margin),
+        checkpoint=_checkpoint,
     )
     return Model(native)
 
@@ -439,8 +441,10 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
         first = next((t for t in tensors.values() if t.device.type != "meta"), None)
         device = str(first.device) if first is not None else None
     # The checkpoint's names as this load will know them (rename, drop,
-    # only and compat applied), from its headers.
-    checkpoint_names = _hoist.mapped_names(_path_text(path), renames=_pairs(kwargs.get("rename")),
+    # only and compat applied), from its headers, read once: the load below
+    # takes the opened checkpoint over.
+    checkpoint = _hoist.open_checkpoint(_path_text(path))
+    checkpoint_names = _hoist.mapped_names(checkpoint, renames=_pairs(kwargs.get("rename")),
                                            drops=_list(kwargs.get("drop")), only=kwargs.get("only") or "",
                                            compat=kwargs.get("compat") or "")
     conv = _Conversions(module, checkpoint_names)
@@ -461,7 +465,7 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     # checkpoint's names (a converter's inputs have no module shape).
     expect = {ckpt: {"shape": list(state[key].shape)} for key, ckpt in direct.items()}
     expect.update({name: {} for names in conv.sources_of.values() for name in names})
-    model = load(path, device=device, expect=expect, config_ties=False, **kwargs)
+    model = load(path, device=device, expect=expect, config_ties=False, _checkpoint=checkpoint, **kwargs)
     report = model.report
     bad = set(report["mismatched"])
     mismatched = [key for key, ckpt in direct.items() if ckpt in bad]

@@ -93,6 +93,18 @@ class Model {
   std::unique_ptr<LoadSession> session_;
 };
 
+// A checkpoint's catalogue, opened once for a caller that looks at its
+// names before loading it (load_into): the load then takes it over rather
+// than reading the headers again, and plans from the very names looked at.
+struct Checkpoint {
+  std::string path;
+  std::unique_ptr<Catalog> catalog;  // null once a load has taken it
+  const Catalog& Get() const {
+    if (catalog == nullptr) throw StatusError(InvalidArgument(path + ": this opened checkpoint was loaded already"));
+    return *catalog;
+  }
+};
+
 nb::dict Info(const TensorView& v) {
   nb::dict d;
   d["name"] = v.name;
@@ -181,30 +193,47 @@ NB_MODULE(_hoist, m) {
       .def("info", [](const Model& self, const std::string& name) { return Info(self.Get(name)); })
       .def("report_json", &Model::report_json);
 
+  nb::class_<Checkpoint>(m, "Checkpoint");
+  m.def(
+      "open_checkpoint",
+      [](const std::string& path) {
+        Checkpoint c{path, nullptr};
+        nb::gil_scoped_release release;
+        c.catalog = std::make_unique<Catalog>(Unwrap(OpenCatalog(path)));
+        return c;
+      },
+      nb::arg("path"), "Opens a checkpoint (reads its headers) for mapped_names and then load.");
+
+  // The names a load with these options would know the checkpoint's tensors
+  // by (key mapping applied, --only too), from the headers alone: a plan
+  // that expects nothing lists them all as unexpected.
+  auto mapped_names = [](const Checkpoint& checkpoint, const std::vector<std::string>& renames,
+                         const std::vector<std::string>& drops, const std::string& only, const std::string& compat) {
+    PlanRequest r;
+    r.path = checkpoint.path;
+    r.device = "cpu";
+    r.renames = renames;
+    r.drops = drops;
+    r.only = only;
+    r.compat = compat;
+    r.expect_json = "[]";
+    r.no_config_ties = true;
+    std::map<DeviceId, uint64_t> max_memory;
+    PlanOptions po = Unwrap(MakePlanOptions(r, CpuRegistry(), 0, &max_memory));
+    return Unwrap(BuildPlan(checkpoint.Get(), po)).unexpected;
+  };
+  const char* mapped_doc = "The checkpoint's tensor names after a load's key mapping, from its headers (nothing else is read).";
+  m.def("mapped_names", mapped_names, nb::arg("checkpoint"), nb::arg("renames") = std::vector<std::string>(),
+        nb::arg("drops") = std::vector<std::string>(), nb::arg("only") = "", nb::arg("compat") = "", mapped_doc);
   m.def(
       "mapped_names",
-      [](const std::string& path, const std::vector<std::string>& renames, const std::vector<std::string>& drops,
-         const std::string& only, const std::string& compat) {
-        // The names a load with these options would know the checkpoint's
-        // tensors by (key mapping applied, --only too), from the headers
-        // alone: a plan that expects nothing lists them all as unexpected.
-        PlanRequest r;
-        r.path = path;
-        r.device = "cpu";
-        r.renames = renames;
-        r.drops = drops;
-        r.only = only;
-        r.compat = compat;
-        r.expect_json = "[]";
-        r.no_config_ties = true;
-        Catalog cat = Unwrap(OpenCatalog(path));
-        std::map<DeviceId, uint64_t> max_memory;
-        PlanOptions po = Unwrap(MakePlanOptions(r, CpuRegistry(), 0, &max_memory));
-        return Unwrap(BuildPlan(cat, po)).unexpected;
+      [mapped_names](const std::string& path, const std::vector<std::string>& renames,
+                     const std::vector<std::string>& drops, const std::string& only, const std::string& compat) {
+        Checkpoint c{path, std::make_unique<Catalog>(Unwrap(OpenCatalog(path)))};
+        return mapped_names(c, renames, drops, only, compat);
       },
       nb::arg("path"), nb::arg("renames") = std::vector<std::string>(), nb::arg("drops") = std::vector<std::string>(),
-      nb::arg("only") = "", nb::arg("compat") = "",
-      "The checkpoint's tensor names after a load's key mapping, from its headers (nothing else is read).");
+      nb::arg("only") = "", nb::arg("compat") = "", mapped_doc);
 
   m.def(
       "place_by_map",
@@ -228,7 +257,7 @@ NB_MODULE(_hoist, m) {
          const std::vector<std::string>& drops, const std::vector<std::string>& ties, const std::string& expect_json,
          const std::string& only, const std::string& compat, bool no_config_ties, const std::string& alloc,
          int threads, const std::string& io, const std::string& direct, const std::string& chunk_size,
-         int staging_buffers, bool pipeline, const std::string& margin) {
+         int staging_buffers, bool pipeline, const std::string& margin, Checkpoint* checkpoint) {
         LoadRequest r;
         r.plan.path = path;
         r.plan.device = device;
@@ -250,6 +279,11 @@ NB_MODULE(_hoist, m) {
         r.chunk_size = chunk_size;
         r.staging_slots = staging_buffers;
         r.pipeline = pipeline;
+        std::unique_ptr<Catalog> opened;
+        if (checkpoint != nullptr) {
+          checkpoint->Get();  // refuses one a load took already
+          opened = std::move(checkpoint->catalog);
+        }
         std::unique_ptr<LoadSession> session;
         {
           nb::gil_scoped_release release;  // reads run on hoist's own threads
@@ -260,7 +294,7 @@ NB_MODULE(_hoist, m) {
             static const DeviceRegistry* all = new DeviceRegistry(MakeDefaultRegistry(&warning));
             registry = all;
           }
-          session = Unwrap(LoadFromRequest(r, *registry));
+          session = Unwrap(LoadFromRequest(r, *registry, std::move(opened)));
         }
         return Model(std::move(session));
       },
@@ -270,5 +304,5 @@ NB_MODULE(_hoist, m) {
       nb::arg("expect_json") = "", nb::arg("only") = "", nb::arg("compat") = "", nb::arg("no_config_ties") = false,
       nb::arg("alloc") = "reserve", nb::arg("threads") = 0, nb::arg("io") = "pread", nb::arg("direct") = "off",
       nb::arg("chunk_size") = "16MiB", nb::arg("staging_buffers") = 0, nb::arg("pipeline") = true,
-      nb::arg("margin") = "1.2GiB");
+      nb::arg("margin") = "1.2GiB", nb::arg("checkpoint").none() = nb::none());
 }

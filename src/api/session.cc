@@ -131,7 +131,8 @@ Result<uint64_t> ParseMargin(const std::string& text) {
   return bytes;
 }
 
-Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry) {
+Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry,
+                                                     std::unique_ptr<Catalog> opened) {
   HOIST_ASSIGN_OR_RETURN(uint64_t chunk, ParseByteSize(request.chunk_size));
   HOIST_ASSIGN_OR_RETURN(uint64_t margin, ParseMargin(request.plan.margin));
   if (request.direct != "auto" && request.direct != "on" && request.direct != "off") {
@@ -170,8 +171,12 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   } joiner{warm_up};
 
   auto plan_start = std::chrono::steady_clock::now();
-  HOIST_ASSIGN_OR_RETURN(Catalog catalog, OpenCatalog(request.plan.path));
-  session->catalog = std::make_unique<Catalog>(std::move(catalog));
+  if (opened != nullptr) {
+    session->catalog = std::move(opened);
+  } else {
+    HOIST_ASSIGN_OR_RETURN(Catalog catalog, OpenCatalog(request.plan.path));
+    session->catalog = std::make_unique<Catalog>(std::move(catalog));
+  }
   LoadOptions options;
   HOIST_ASSIGN_OR_RETURN(PlanOptions po, MakePlanOptions(request.plan, registry, margin, &options.max_memory));
   HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(*session->catalog, po));

@@ -90,7 +90,10 @@ struct LoadSession {
 std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry& registry, uint64_t margin,
                                      const std::map<DeviceId, uint64_t>& max_memory);
 
-Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry);
+// `opened`: the checkpoint's catalogue when the caller has opened it
+// already (its headers are then not read again); else it is opened here.
+Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry,
+                                                     std::unique_ptr<Catalog> opened = nullptr);
 
 // `catalog` is the one the plan was built from (disk tensors name their file).
 nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan);

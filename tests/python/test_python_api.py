@@ -838,6 +838,21 @@ def test_bad_torch_dtype_is_value_error(torch, tiny):
         hoist.load_file(str(tiny / "model.safetensors"), dtype=torch.int32)
 
 
+def test_an_opened_checkpoint_is_loaded_once(torch, st, tiny):
+    """load_into opens a checkpoint once: its names, then the load, which
+    takes the opened catalogue over."""
+    checkpoint = hoist._hoist.open_checkpoint(str(tiny))
+    names = hoist._hoist.mapped_names(checkpoint)
+    assert sorted(names) == sorted(hoist._hoist.mapped_names(str(tiny))) == sorted(TINY_NAMES)
+    model = hoist.load(tiny, device="cpu", _checkpoint=checkpoint)
+    want = st.load_file(str(tiny / "model.safetensors"))
+    assert_same(torch, {n: torch.from_dlpack(model[n]) for n in model}, want)
+    for again in (lambda: hoist.load(tiny, device="cpu", _checkpoint=checkpoint),
+                  lambda: hoist._hoist.mapped_names(checkpoint)):
+        with pytest.raises(ValueError, match="loaded already"):
+            again()
+
+
 def test_bool_device_is_value_error(tiny):
     """True is an int to Python; as a device it is a mistake, not cuda:1."""
     for device in (True, False):
