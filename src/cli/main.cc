@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "cli/probe.h"
 #include "hoist/synth.h"
+#include "util/text.h"
 
 int main(int argc, char** argv) {
   using namespace hoist::cli;
@@ -108,6 +109,12 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
+    // An unknown word where the subcommand goes says so, not "required".
+    if (app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-') {
+      fmt::print(stderr, "error: {} is not a command: inspect, load, plan, probe, convert or synth (see --help)\n",
+                 hoist::QuoteName(argv[1]));
+      return 2;
+    }
     fmt::print(stderr, "error: {} (see --help)\n", e.what());
     return 2;
   }

@@ -71,6 +71,12 @@ def test_synth_help_lists_architectures(run_hoist):
         assert arch in proc.stdout
 
 
+def test_unknown_command_is_named(run_hoist):
+    proc = run_hoist("lod", "x")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert stderr_error_line(proc).startswith("error: 'lod' is not a command: inspect, load, plan")
+
+
 def test_version(run_hoist):
     proc = ok(run_hoist("--version"))
     assert proc.stdout.startswith("hoist "), proc.stdout
