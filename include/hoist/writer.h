@@ -49,6 +49,7 @@ struct WriteOptions {
 struct WriteResult {
   std::vector<std::string> files;  // paths written, index last when there is one
   std::vector<std::string> removed;  // an earlier write's outputs this one replaced
+  std::vector<std::string> warnings;  // the source's, and what key mapping found
   uint64_t data_bytes = 0;
   double seconds = 0;
 };
@@ -77,7 +78,11 @@ class Catalog;
 
 struct ConvertOptions {
   std::optional<DType> cast_to;  // BF16, F16 or F32; floats only
-  std::string only_regex;        // keep matching tensors only (all when empty)
+  std::string only_regex;        // keep matching tensors only, after key mapping (all when empty)
+  // Key mapping, as a load applies it (PlanOptions): compat, drops, renames.
+  bool compat_hf_legacy = false;
+  std::vector<std::string> drops;
+  std::vector<std::pair<std::string, std::string>> renames;  // {regex, replacement}
   WriteOptions write;
 };
 

@@ -16,15 +16,11 @@
 
 namespace hoist {
 
-namespace {
-
 Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& flag, const std::string& text) {
   size_t eq = text.find('=');
   if (eq == std::string::npos || eq == 0) return InvalidArgument(flag + " " + QuoteName(text) + ": expected A=B");
   return std::make_pair(text.substr(0, eq), text.substr(eq + 1));
 }
-
-}  // namespace
 
 DeviceRegistry MakeDefaultRegistry(std::string* warning) {
   DeviceRegistry registry = MakeCpuRegistry();

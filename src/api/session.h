@@ -61,6 +61,9 @@ DeviceRegistry MakeRegistryFor(const PlanRequest& request, std::string* warning)
 
 Result<std::optional<DType>> ParseDtypeFlag(const std::string& text);
 
+// "A=B" (split at the first '='; A not empty) for --rename and --tie.
+Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& flag, const std::string& text);
+
 // --margin: bytes left free on each GPU.
 Result<uint64_t> ParseMargin(const std::string& text);
 

@@ -349,11 +349,22 @@ int RunConvert(const ConvertArgs& args) {
   ConvertOptions options;
   options.cast_to = *dtype;
   options.only_regex = args.only;
+  if (!args.compat.empty() && args.compat != "hf-legacy") {
+    return Fail(InvalidArgument("--compat " + QuoteName(args.compat) + ": the only mode is hf-legacy"));
+  }
+  options.compat_hf_legacy = args.compat == "hf-legacy";
+  options.drops = args.drops;
+  for (const std::string& r : args.renames) {
+    Result<std::pair<std::string, std::string>> rule = SplitAssignment("--rename", r);
+    if (!rule.ok()) return Fail(rule.status());
+    options.renames.push_back(*rule);
+  }
   options.write.max_shard_bytes = *shard;
   options.write.threads = args.threads;
   Result<WriteResult> written = ConvertCheckpoint(*cat, args.dst, options);
   if (!written.ok()) return Fail(written.status());
   PrintWritten(*written);
+  for (const std::string& w : written->warnings) fmt::print(stderr, "warning: {}\n", w);
   // Keep config.json with the weights, as users expect of a converted model,
   // its dtype saying what the cast made of them.
   std::error_code ec;

@@ -31,6 +31,8 @@ struct ConvertArgs {
   std::string src, dst;
   std::string dtype;
   std::string only;
+  std::vector<std::string> renames, drops;
+  std::string compat;
   std::string max_shard_size = "5GB";
   int threads = 0;
 };

@@ -80,7 +80,10 @@ int main(int argc, char** argv) {
   c_convert->add_option("SRC", convert.src, "Source .safetensors file or directory")->required();
   c_convert->add_option("DST", convert.dst, "Output .safetensors file, or a directory for shards")->required();
   c_convert->add_option("--dtype", convert.dtype, "Cast floating-point tensors to bf16, f16 or f32");
-  c_convert->add_option("--only", convert.only, "Keep only tensors whose name matches this regex");
+  c_convert->add_option("--only", convert.only, "Keep only tensors whose (mapped) name matches this regex");
+  c_convert->add_option("--rename", convert.renames, "REGEX=REPLACEMENT, applied to names; first match wins (repeatable)");
+  c_convert->add_option("--drop", convert.drops, "Leave out tensors whose name matches REGEX (repeatable)");
+  c_convert->add_option("--compat", convert.compat, "hf-legacy: gamma/beta -> weight/bias, drop rotary_emb.inv_freq");
   c_convert->add_option("--max-shard-size", convert.max_shard_size, "Largest shard (5GB, 500MB, 2GiB)")
       ->capture_default_str();
   c_convert->add_option("--threads", convert.threads, "I/O threads")->check(CLI::Range(1, 1024));

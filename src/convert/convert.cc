@@ -25,13 +25,22 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
                              "; write somewhere else");
     }
   }
-  HOIST_ASSIGN_OR_RETURN(std::vector<const TensorInfo*> selected, SelectTensors(catalog, options.only_regex));
+  // What to write, under which names and dtypes, is what a load onto the
+  // cpu would plan: the same key mapping, filter and cast rules.
+  PlanOptions po;
+  po.cast_to = options.cast_to;
+  po.only_regex = options.only_regex;
+  po.compat_hf_legacy = options.compat_hf_legacy;
+  po.drops = options.drops;
+  for (const auto& [pattern, replacement] : options.renames) po.renames.push_back({pattern, replacement});
+  po.device = DeviceId::Cpu();
+  HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(catalog, po));
+  std::vector<const TensorInfo*> selected;
   std::vector<OutTensor> out;
-  out.reserve(selected.size());
-  const QuantizationAux quantization(catalog.tensors());
-  for (const TensorInfo* t : selected) {
-    DType target = quantization.Contains(t->name) ? t->dtype : TargetDType(t->dtype, options.cast_to);
-    out.push_back({t->name, target, t->shape, TargetBytes(*t, target)});
+  out.reserve(plan.tensors.size());
+  for (const PlannedTensor& p : plan.tensors) {
+    selected.push_back(p.source);
+    out.push_back({p.name, p.dtype, p.source->shape, p.size_bytes});
   }
   std::vector<File> files;
   for (const CatalogFile& f : catalog.files()) {
@@ -58,7 +67,9 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
     write.keep_files.push_back(f.path);
     write.keep_files.push_back((std::filesystem::path(f.path).parent_path() / kIndexFileName).string());
   }
-  return WriteCheckpoint(dst, out, catalog.metadata(), write, fill);
+  HOIST_ASSIGN_OR_RETURN(WriteResult result, WriteCheckpoint(dst, out, catalog.metadata(), write, fill));
+  result.warnings = std::move(plan.warnings);
+  return result;
 }
 
 }  // namespace hoist

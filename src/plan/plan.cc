@@ -419,7 +419,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   for (auto& [id, d] : devices) plan.devices.push_back(d);
   if (plan.tensors.empty() && !catalog.tensors().empty()) {
     plan.warnings.push_back("none of the checkpoint's " + std::to_string(catalog.tensors().size()) +
-                            " tensors is left to load (--only, --drop or --expect left out every one)");
+                            " tensors is kept (--only, --drop or --expect left out every one)");
   }
   return plan;
 }

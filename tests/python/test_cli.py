@@ -55,7 +55,7 @@ def test_app_help(run_hoist):
     [
         ("inspect", ["--json"]),
         ("load", ["--device", "--dtype", "--threads", "--only", "--report", "--quiet"]),
-        ("convert", ["--dtype", "--max-shard-size", "--only"]),
+        ("convert", ["--dtype", "--max-shard-size", "--only", "--rename", "--drop", "--compat"]),
         ("synth", ["--arch", "--dtype", "--layers", "--sparse"]),
     ],
 )
@@ -600,7 +600,7 @@ def test_load_report_says_where_disk_tensors_stay(run_hoist, tmp_path, tiny):
 def test_filters_that_leave_nothing_warn(run_hoist, tiny):
     for flags in (["--only", "nomatch"], ["--drop", "."]):
         proc = ok(run_hoist("load", "--device", "cpu", *flags, tiny))
-        assert "none of the checkpoint's 21 tensors is left to load" in proc.stderr, proc.stderr
+        assert "none of the checkpoint's 21 tensors is kept" in proc.stderr, proc.stderr
 
 
 def test_load_missing_path(run_hoist, tmp_path):
@@ -982,6 +982,27 @@ def test_convert_says_which_earlier_outputs_it_removed(run_hoist, tmp_path):
     assert sorted(p.name for p in dst.iterdir() if p.name.startswith("model")) == ["model.safetensors"]
     removed = sorted(Path(line.split(" ")[1].rstrip(":")).name for line in proc.stderr.splitlines() if line.startswith("removed "))
     assert removed == old, proc.stderr
+
+
+def test_convert_maps_keys_as_a_load_does(run_hoist, tmp_path, tiny):
+    """--rename, --drop and --compat rewrite names as `hoist load` maps them,
+    so a checkpoint's keys can be fixed once, on disk."""
+    src = tensor_bytes(tiny / "model.safetensors")
+    dst = tmp_path / "out.safetensors"
+    ok(run_hoist("convert", tiny, dst, "--rename", r"^model\.=", "--drop", r"layers\.1\.", "--only", "layers|norm"))
+    want = {n[len("model."):]: b for n, b in src.items() if n.startswith("model.") and "layers.1." not in n}
+    want = {n: b for n, b in want.items() if "layers" in n or "norm" in n}
+    assert tensor_bytes(dst) == want
+    legacy = tmp_path / "legacy.safetensors"
+    write_raw(legacy, {"ln.gamma": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]},
+                       "ln.beta": {"dtype": "U8", "shape": [2], "data_offsets": [2, 4]},
+                       "rotary_emb.inv_freq": {"dtype": "U8", "shape": [1], "data_offsets": [4, 5]}}, b"\1\2\3\4\5")
+    ok(run_hoist("convert", legacy, tmp_path / "fixed.safetensors", "--compat", "hf-legacy"))
+    assert tensor_bytes(tmp_path / "fixed.safetensors") == {"ln.weight": b"\1\2", "ln.bias": b"\3\4"}
+    proc = run_hoist("convert", tiny, tmp_path / "x.safetensors", "--rename", "model=$2")
+    assert proc.returncode == 2 and "$2 names a group" in stderr_error_line(proc)
+    proc = run_hoist("convert", tiny, tmp_path / "z.safetensors", "--rename", ".*=same")  # every name -> one
+    assert proc.returncode == 2 and "key mapping sends both" in stderr_error_line(proc)
 
 
 def test_convert_only(run_hoist, tmp_path, conformance):
