@@ -390,12 +390,14 @@ def test_device_map_unmatched_key_warns_table(run_hoist, llama8b_12):
 
 
 def test_device_map_unmatched_key_warns_json(run_hoist, llama8b_12):
-    """With --json the warning travels in the document (stdout stays JSON)."""
+    """With --json the warning travels in the document (stdout stays JSON),
+    and on stderr as without it."""
     m = dict(LAYER1_MAP, **{"nothing.here": 0})
     proc = ok(run_hoist("plan", "--json", "--device-map", json.dumps(m), llama8b_12))
     assert "error:" not in proc.stderr
     doc = json.loads(proc.stdout)
     assert any("nothing.here" in w for w in doc["warnings"]), doc["warnings"]
+    assert [f"warning: {w}" for w in doc["warnings"]] == proc.stderr.splitlines()
     # The placement is the same as without the stray key.
     base = plan_json(run_hoist, "--device-map", json.dumps(LAYER1_MAP), llama8b_12)
     assert doc["tensors"] == base["tensors"] and doc["devices"] == base["devices"]
