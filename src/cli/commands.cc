@@ -27,6 +27,8 @@
 #include "hoist/synth.h"
 #include "hoist/writer.h"
 #include "api/session.h"
+#include "format/json_util.h"
+#include "io/file.h"
 #include "plan/device_map.h"
 
 namespace hoist::cli {
@@ -101,24 +103,23 @@ void PrintExpectSummary(const LoadPlan& plan, bool expected, bool quiet) {
 // its dtype (transformers' "dtype", or "torch_dtype" before 5.0) names what
 // the weights now are. A config that is not a JSON object is copied as is.
 Status CopyConfig(const std::string& src, const std::string& dst, std::optional<DType> cast_to) {
-  std::ifstream in(src, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  if (!in) return IoError(Printable(src) + ": cannot read: " + std::strerror(errno));
-  std::string out = text.str();
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(out, nullptr, /*allow_exceptions=*/false);
-  if (cast_to && config.is_object()) {
+  constexpr uint64_t kMaxConfigBytes = 16 << 20;  // a config is a few kB; a larger one is copied unread
+  HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(src, 256ull << 20));
+  // Rewritten only where the strict parser (nesting, UTF-8, repeated keys)
+  // accepts it; then parsed again keeping its key order.
+  if (cast_to && text.size() <= kMaxConfigBytes && ParseJsonStrict(Printable(src), text).ok()) {
+    nlohmann::ordered_json config = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
     const char* torch_name = *cast_to == DType::kBF16 ? "bfloat16" : *cast_to == DType::kF16 ? "float16" : "float32";
     bool named = false;
     for (const char* key : {"dtype", "torch_dtype"}) {
-      if (config.contains(key) && config[key].is_string()) {
+      if (config.is_object() && config.contains(key) && config[key].is_string()) {
         config[key] = torch_name;
         named = true;
       }
     }
-    if (named) out = config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    if (named) text = config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   }
-  return WriteTextFile(dst, out);
+  return WriteTextFile(dst, text);
 }
 
 bool HasExpect(const PlanRequest& r) { return !r.expect_file.empty() || !r.expect_json.empty(); }

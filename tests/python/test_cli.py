@@ -972,6 +972,18 @@ def test_convert_copies_config_json(run_hoist, tmp_path):
     assert all(dst[k] == "float32" for k in keys), dst
 
 
+@pytest.mark.parametrize("config", [b"[" * 100000 + b"]" * 100000, b'{"dtype": "bfloat16", "dtype": "f"}', b"\xff\xfe", b"[1, 2]"])
+def test_convert_copies_a_config_it_cannot_rewrite_as_it_is(run_hoist, tmp_path, tiny, config):
+    """A hostile or odd config.json (deep nesting, a repeated key, not UTF-8,
+    not an object) is copied byte for byte, never parsed into a crash."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes((tiny / "model.safetensors").read_bytes())
+    (src / "config.json").write_bytes(config)
+    ok(run_hoist("convert", src, tmp_path / "dst", "--dtype", "f32"))
+    assert (tmp_path / "dst" / "config.json").read_bytes() == config
+
+
 def test_convert_says_which_earlier_outputs_it_removed(run_hoist, tmp_path):
     src = tmp_path / "src"
     ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", src))
