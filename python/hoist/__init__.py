@@ -442,8 +442,12 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
         device = str(first.device) if first is not None else None
     # The checkpoint's names as this load will know them (rename, drop,
     # only and compat applied), from its headers, read once: the load below
-    # takes the opened checkpoint over.
-    checkpoint = _hoist.open_checkpoint(_path_text(path))
+    # takes the opened checkpoint over. The GPUs it will use start now (a
+    # CUDA context each), while transformers' key mapping runs.
+    device_map = kwargs.get("device_map")
+    checkpoint = _hoist.open_checkpoint(
+        _path_text(path), device=_device_text(device),
+        device_map=json.dumps(dict(device_map)) if isinstance(device_map, Mapping) else device_map or "")
     checkpoint_names = _hoist.mapped_names(checkpoint, renames=_pairs(kwargs.get("rename")),
                                            drops=_list(kwargs.get("drop")), only=kwargs.get("only") or "",
                                            compat=kwargs.get("compat") or "")

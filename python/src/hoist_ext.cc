@@ -15,6 +15,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "api/session.h"
@@ -96,12 +97,25 @@ class Model {
 // A checkpoint's catalogue, opened once for a caller that looks at its
 // names before loading it (load_into): the load then takes it over rather
 // than reading the headers again, and plans from the very names looked at.
+// It may also start the devices a load of it will use (their CUDA contexts)
+// on a thread of its own, so that start-up runs while the caller works out
+// what to load; the load waits for that thread first.
 struct Checkpoint {
   std::string path;
   std::unique_ptr<Catalog> catalog;  // null once a load has taken it
+  std::thread start_devices;
+
+  Checkpoint(std::string p, std::unique_ptr<Catalog> c) : path(std::move(p)), catalog(std::move(c)) {}
+  Checkpoint(Checkpoint&&) = default;
+  Checkpoint& operator=(Checkpoint&&) = delete;
+  ~Checkpoint() { WaitForDevices(); }
+
   const Catalog& Get() const {
     if (catalog == nullptr) throw StatusError(InvalidArgument(path + ": this opened checkpoint was loaded already"));
     return *catalog;
+  }
+  void WaitForDevices() {
+    if (start_devices.joinable()) start_devices.join();
   }
 };
 
@@ -126,6 +140,15 @@ nb::dict Info(const TensorView& v) {
 const DeviceRegistry& CpuRegistry() {
   static const DeviceRegistry* cpu_only = new DeviceRegistry(MakeCpuRegistry());
   return *cpu_only;
+}
+
+// The registry a load of `request` uses: every GPU where it may use one
+// (made on first need, from whichever thread needs it first), else the cpu.
+const DeviceRegistry& RegistryFor(const PlanRequest& request) {
+  if (!MayUseGpus(request)) return CpuRegistry();
+  static std::string warning;
+  static const DeviceRegistry* all = new DeviceRegistry(MakeDefaultRegistry(&warning));
+  return *all;
 }
 
 nb::object Tensor(nb::handle self, const std::string& name) {
@@ -196,13 +219,29 @@ NB_MODULE(_hoist, m) {
   nb::class_<Checkpoint>(m, "Checkpoint");
   m.def(
       "open_checkpoint",
-      [](const std::string& path) {
-        Checkpoint c{path, nullptr};
+      [](const std::string& path, const std::string& device, const std::string& device_map) {
+        Checkpoint c(path, nullptr);
+        PlanRequest r;
+        r.path = path;
+        r.device = device;
+        r.device_map = device_map;
         nb::gil_scoped_release release;
-        c.catalog = std::make_unique<Catalog>(Unwrap(OpenCatalog(path)));
+        if (MayUseGpus(r)) {
+          c.start_devices = std::thread([r] {
+            for (Device* d : DevicesALoadStarts(r, RegistryFor(r))) (void)d->GetMemoryInfo();
+          });
+        }
+        Result<Catalog> opened = OpenCatalog(path);
+        if (!opened.ok()) {
+          c.WaitForDevices();
+          throw StatusError(opened.status());
+        }
+        c.catalog = std::make_unique<Catalog>(std::move(opened).value());
         return c;
       },
-      nb::arg("path"), "Opens a checkpoint (reads its headers) for mapped_names and then load.");
+      nb::arg("path"), nb::arg("device") = "", nb::arg("device_map") = "",
+      "Opens a checkpoint (reads its headers) for mapped_names and then load; starts the devices a load with "
+      "this device or device_map (as load takes them) would use, meanwhile.");
 
   // The names a load with these options would know the checkpoint's tensors
   // by (key mapping applied, --only too), from the headers alone: a plan
@@ -229,7 +268,7 @@ NB_MODULE(_hoist, m) {
       "mapped_names",
       [mapped_names](const std::string& path, const std::vector<std::string>& renames,
                      const std::vector<std::string>& drops, const std::string& only, const std::string& compat) {
-        Checkpoint c{path, std::make_unique<Catalog>(Unwrap(OpenCatalog(path)))};
+        Checkpoint c(path, std::make_unique<Catalog>(Unwrap(OpenCatalog(path))));
         return mapped_names(c, renames, drops, only, compat);
       },
       nb::arg("path"), nb::arg("renames") = std::vector<std::string>(), nb::arg("drops") = std::vector<std::string>(),
@@ -287,14 +326,9 @@ NB_MODULE(_hoist, m) {
         std::unique_ptr<LoadSession> session;
         {
           nb::gil_scoped_release release;  // reads run on hoist's own threads
-          // Made once each, on first need: a cpu load never starts the CUDA driver.
-          static std::string warning;
-          const DeviceRegistry* registry = &CpuRegistry();
-          if (MayUseGpus(r.plan)) {
-            static const DeviceRegistry* all = new DeviceRegistry(MakeDefaultRegistry(&warning));
-            registry = all;
-          }
-          session = Unwrap(LoadFromRequest(r, *registry, std::move(opened)));
+          if (checkpoint != nullptr) checkpoint->WaitForDevices();
+          // A cpu load never starts the CUDA driver.
+          session = Unwrap(LoadFromRequest(r, RegistryFor(r.plan), std::move(opened)));
         }
         return Model(std::move(session));
       },

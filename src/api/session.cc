@@ -33,6 +33,18 @@ DeviceRegistry MakeDefaultRegistry(std::string* warning) {
   return registry;
 }
 
+std::vector<Device*> DevicesALoadStarts(const PlanRequest& request, const DeviceRegistry& registry) {
+  std::vector<Device*> out;
+  if (!request.device_map.empty()) {
+    out = registry.All();
+  } else if (request.device.empty()) {
+    if (Device* d = registry.Find(DeviceId::Cuda(0))) out.push_back(d);
+  } else if (Result<DeviceId> id = ParseDeviceId(request.device); id.ok() && registry.Find(*id)) {
+    out.push_back(registry.Find(*id));
+  }
+  return out;
+}
+
 bool MayUseGpus(const PlanRequest& request) { return !(request.device == "cpu" && request.device_map.empty()); }
 
 DeviceRegistry MakeRegistryFor(const PlanRequest& request, std::string* warning) {
@@ -148,16 +160,7 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   // Device start-up (a CUDA context takes from a fraction of a second to many
   // seconds) runs while the headers are parsed and the load is planned: the
   // first call on each device creates its context.
-  // Only the devices this load can touch: one named device, cuda:0 by
-  // default, every device for a device map.
-  std::vector<Device*> warm;
-  if (!request.plan.device_map.empty()) {
-    warm = registry.All();
-  } else if (request.plan.device.empty()) {
-    if (Device* d = registry.Find(DeviceId::Cuda(0))) warm.push_back(d);
-  } else if (Result<DeviceId> id = ParseDeviceId(request.plan.device); id.ok() && registry.Find(*id)) {
-    warm.push_back(registry.Find(*id));
-  }
+  std::vector<Device*> warm = DevicesALoadStarts(request.plan, registry);
   std::thread warm_up([warm] {
     for (Device* d : warm) (void)d->GetMemoryInfo();
   });
