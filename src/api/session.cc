@@ -2,6 +2,7 @@
 #include "api/session.h"
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -235,7 +236,10 @@ nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
     j.emplace_back("nbytes", t.size_bytes);
     if (t.device.kind == DeviceKind::kDisk) {  // no reservation: where it stays instead
       j.emplace_back("offset", nullptr);
-      j.emplace_back("file", catalog.files()[t.source->file_index].path);
+      std::error_code ec;  // absolute, as the load report gives it
+      const std::string& file = catalog.files()[t.source->file_index].path;
+      const std::filesystem::path absolute = std::filesystem::absolute(file, ec);
+      j.emplace_back("file", ec ? file : absolute.string());
       j.emplace_back("file_offset", t.source->offset_bytes);
     } else {
       j.emplace_back("offset", t.offset_bytes);

@@ -1,6 +1,7 @@
 #include "util/text.h"
 #include "cli/commands.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -60,66 +61,69 @@ Status WriteTextFile(const std::string& path, const std::string& text) {
   return Status::Ok();
 }
 
-// Whether `path` can be written, checked before a load spends its time:
-// its directory exists and is writable, and so is the file if it exists.
+// Whether `path` can be written, checked before a load spends its time, by
+// opening it for writing (a file this creates is removed again): whatever
+// stands in the way (a missing or non-directory parent, a directory, a
+// dangling link, permissions) is found now, with the system's reason.
 Status CheckWritable(const std::string& flag, const std::string& path) {
-  std::filesystem::path p(path);
-  std::filesystem::path dir = p.parent_path().empty() ? std::filesystem::path(".") : p.parent_path();
-  std::error_code ec;
-  if (std::filesystem::is_directory(p, ec)) return InvalidArgument(flag + " " + Printable(path) + ": is a directory");
-  const bool exists = std::filesystem::exists(p, ec);
-  const std::string& target = exists ? path : dir.string();
-  if (::access(target.c_str(), W_OK) != 0) {
-    return InvalidArgument(flag + " " + Printable(path) + ": cannot write " + Printable(target) + ": " +
-                           std::strerror(errno));
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd >= 0) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    return Status::Ok();
   }
-  return Status::Ok();
+  if (errno == EEXIST) fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::close(fd);
+    return Status::Ok();
+  }
+  return InvalidArgument(flag + " " + Printable(path) + ": cannot write: " + std::strerror(errno));
 }
 
 // What --expect found, on stderr: how many names are missing, unexpected
 // (never read) and mismatched, with the first few of each.
 void PrintExpectSummary(const LoadPlan& plan, bool expected, bool quiet) {
   if (!expected || quiet) return;
-  auto some = [](const std::vector<std::string>& names) {
-    std::string out;
-    for (size_t i = 0; i < names.size() && i < 3; ++i) out += (i ? ", " : "") + QuoteName(names[i]);
-    if (names.size() > 3) out += " and " + std::to_string(names.size() - 3) + " more";
-    return out;
-  };
   if (plan.missing.empty() && plan.unexpected.empty() && plan.mismatched.empty()) {
     fmt::print(stderr, "expect: every expected tensor is in the checkpoint, as expected\n");
     return;
   }
-  if (!plan.missing.empty()) fmt::print(stderr, "expect: {} missing: {}\n", plan.missing.size(), some(plan.missing));
+  if (!plan.missing.empty()) fmt::print(stderr, "expect: {} missing: {}\n", plan.missing.size(), SomeNames(plan.missing));
   if (!plan.mismatched.empty()) {
-    fmt::print(stderr, "expect: {} mismatched (dtype or shape): {}\n", plan.mismatched.size(), some(plan.mismatched));
+    fmt::print(stderr, "expect: {} mismatched (dtype or shape): {}\n", plan.mismatched.size(), SomeNames(plan.mismatched));
   }
   if (!plan.unexpected.empty()) {
-    fmt::print(stderr, "expect: {} unexpected (not read): {}\n", plan.unexpected.size(), some(plan.unexpected));
+    fmt::print(stderr, "expect: {} unexpected (not read): {}\n", plan.unexpected.size(), SomeNames(plan.unexpected));
   }
 }
 
 // Copies a checkpoint's config.json beside its conversion; after a cast,
 // its dtype (transformers' "dtype", or "torch_dtype" before 5.0) names what
-// the weights now are. A config that is not a JSON object is copied as is.
+// the weights now are. A config the strict parser refuses (nesting, UTF-8,
+// repeated keys), one that is not an object, or one over 16 MiB is copied
+// byte for byte.
 Status CopyConfig(const std::string& src, const std::string& dst, std::optional<DType> cast_to) {
-  constexpr uint64_t kMaxConfigBytes = 16 << 20;  // a config is a few kB; a larger one is copied unread
-  HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(src, 256ull << 20));
-  // Rewritten only where the strict parser (nesting, UTF-8, repeated keys)
-  // accepts it; then parsed again keeping its key order.
-  if (cast_to && text.size() <= kMaxConfigBytes && ParseJsonStrict(Printable(src), text).ok()) {
-    nlohmann::ordered_json config = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
-    const char* torch_name = *cast_to == DType::kBF16 ? "bfloat16" : *cast_to == DType::kF16 ? "float16" : "float32";
-    bool named = false;
-    for (const char* key : {"dtype", "torch_dtype"}) {
-      if (config.is_object() && config.contains(key) && config[key].is_string()) {
-        config[key] = torch_name;
-        named = true;
+  constexpr uint64_t kMaxRewrittenBytes = 16 << 20;  // a config is a few kB
+  std::error_code ec;
+  const uintmax_t size = std::filesystem::file_size(src, ec);
+  if (cast_to && !ec && size <= kMaxRewrittenBytes) {
+    HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(src, kMaxRewrittenBytes));
+    if (ParseJsonStrict(Printable(src), text).ok()) {  // then parsed again, keeping its key order
+      nlohmann::ordered_json config = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+      const char* torch_name = *cast_to == DType::kBF16 ? "bfloat16" : *cast_to == DType::kF16 ? "float16" : "float32";
+      bool named = false;
+      for (const char* key : {"dtype", "torch_dtype"}) {
+        if (config.is_object() && config.contains(key) && config[key].is_string()) {
+          config[key] = torch_name;
+          named = true;
+        }
       }
+      if (named) return WriteTextFile(dst, config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
     }
-    if (named) text = config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   }
-  return WriteTextFile(dst, text);
+  std::filesystem::copy_file(src, dst, std::filesystem::copy_options::overwrite_existing, ec);
+  if (ec) return IoError(Printable(src) + ": cannot copy to " + Printable(dst) + ": " + ec.message());
+  return Status::Ok();
 }
 
 bool HasExpect(const PlanRequest& r) { return !r.expect_file.empty() || !r.expect_json.empty(); }
@@ -368,10 +372,17 @@ int RunConvert(const ConvertArgs& args) {
   for (const std::string& w : written->warnings) fmt::print(stderr, "warning: {}\n", w);
   // Keep config.json with the weights, as users expect of a converted model,
   // its dtype saying what the cast made of them.
+  // The config beside the source: in its directory, or beside its index.
   std::error_code ec;
-  std::filesystem::path src_config = std::filesystem::path(args.src) / "config.json";
-  if (std::filesystem::is_directory(args.src, ec) && std::filesystem::is_directory(args.dst, ec) &&
-      std::filesystem::exists(src_config, ec)) {
+  std::optional<std::filesystem::path> src_dir;
+  if (std::filesystem::is_directory(args.src, ec)) {
+    src_dir = args.src;
+  } else if (EndsWith(args.src, ".safetensors.index.json")) {
+    src_dir = std::filesystem::path(args.src).parent_path();
+    if (src_dir->empty()) src_dir = ".";
+  }
+  const std::filesystem::path src_config = src_dir ? *src_dir / "config.json" : std::filesystem::path();
+  if (src_dir && std::filesystem::is_directory(args.dst, ec) && std::filesystem::exists(src_config, ec)) {
     Status copied = CopyConfig(src_config.string(), (std::filesystem::path(args.dst) / "config.json").string(), *dtype);
     if (!copied.ok()) fmt::print(stderr, "warning: {}\n", copied.message());
   }

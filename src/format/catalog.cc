@@ -326,10 +326,7 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path, 
   });
   if (!strays.empty()) {
     std::sort(strays.begin(), strays.end());
-    std::string names;
-    for (size_t i = 0; i < strays.size() && i < 3; ++i) names += (i ? ", " : "") + QuoteName(strays[i]);
-    if (strays.size() > 3) names += " and " + std::to_string(strays.size() - 3) + " more";
-    builder.Warn(Printable(index_path) + ": does not list " + names + " of its directory; " +
+    builder.Warn(Printable(index_path) + ": does not list " + SomeNames(strays) + " of its directory; " +
                  (strays.size() == 1 ? "that file is" : "those files are") + " not read");
   }
   size_t failed = 0;
@@ -399,16 +396,23 @@ Result<Catalog> OpenDirectory(const fs::path& dir) {
   std::string index_path = (dir / kIndexFileName).string();
   const std::string single = (dir / "model.safetensors").string();
   const bool has_single = std::find(files.begin(), files.end(), single) != files.end();
-  if (fs::exists(index_path, ec)) {
-    if (has_single) {
-      // transformers' from_pretrained reads model.safetensors before it
-      // looks for an index: so does hoist, to load the same weights.
-      CatalogBuilder builder;
-      builder.Warn(Printable(dir.string()) + ": holds both model.safetensors and " + kIndexFileName +
-                   "; model.safetensors is read, as transformers does, and the index is not");
-      HOIST_RETURN_IF_ERROR(builder.AddFiles({single}));
-      return builder.Finish();
+  const bool has_index = fs::exists(index_path, ec);
+  if (has_single && (has_index || files.size() > 1)) {
+    // transformers' from_pretrained reads model.safetensors, and nothing
+    // else, when it is there: so does hoist, to load the same weights.
+    std::vector<std::string> others;
+    if (has_index) others.push_back(kIndexFileName);
+    for (const std::string& f : files) {
+      if (f != single) others.push_back(fs::path(f).filename().string());
     }
+    std::sort(others.begin(), others.end());
+    CatalogBuilder builder;
+    builder.Warn(Printable(dir.string()) + ": model.safetensors is read, as transformers reads it, and " +
+                 SomeNames(others) + " beside it " + (others.size() == 1 ? "is" : "are") + " not");
+    HOIST_RETURN_IF_ERROR(builder.AddFiles({single}));
+    return builder.Finish();
+  }
+  if (has_index) {
     std::vector<std::string> names;
     for (const std::string& f : files) names.push_back(fs::path(f).filename().string());
     return OpenIndexed(dir, index_path, std::move(names));

@@ -362,16 +362,19 @@ class FirstTensorWatch {
 };
 
 // Whether --dtype could shrink what `plan` puts on `id`: some tensor there
-// is a float wider than 16 bits (quantized data and 16-bit floats cannot
-// get smaller).
-bool CastCouldShrink(const LoadPlan& plan, DeviceId id) {
+// is a float wider than 16 bits that a cast would narrow (16-bit floats
+// cannot get smaller; quantized data and its scales are never cast).
+bool CastCouldShrink(const LoadPlan& plan, const Catalog& catalog, DeviceId id) {
+  const QuantizationAux quantization(catalog.tensors());
   return std::any_of(plan.tensors.begin(), plan.tensors.end(), [&](const PlannedTensor& t) {
-    return t.device == id && t.alias_of < 0 && IsCastableFloat(t.dtype) && DTypeBits(t.dtype) > 16;
+    return t.device == id && t.alias_of < 0 && IsCastableFloat(t.dtype) && DTypeBits(t.dtype) > 16 &&
+           !quantization.Contains(t.source->name);
   });
 }
 
+// `cast_could_shrink` is asked only when the load does not fit, for its advice.
 Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited, const LoadOptions& options,
-                 bool cast_could_shrink) {
+                 const std::function<bool()>& cast_could_shrink) {
   if (needed == 0) return Status::Ok();
   // --max-memory limits the tensors; the load's own buffers count against
   // free memory only.
@@ -389,7 +392,7 @@ Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited,
     // would fit, the load's own buffers are the excess.
     const bool buffers = !fit->max_memory && needed > limited && limited <= available;
     std::string advice = !buffers ? std::string("spread the model with --device-map auto --max-memory 0=...,cpu=...") +
-                                        (cast_could_shrink ? ", or shrink it with --dtype bf16" : "")
+                                        (cast_could_shrink() ? ", or shrink it with --dtype bf16" : "")
                          : id.kind == DeviceKind::kCuda
                              ? "use a smaller --chunk-size (the GPU holds four chunks of cast scratch)"
                              : "use fewer or smaller staging buffers (--staging-buffers N, --chunk-size)";
@@ -590,7 +593,8 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     }
     if (device->host_addressable() && d.device == DeviceId::Cpu()) host_tensors = needed;
     if (!device->host_addressable() || d.device != DeviceId::Cpu()) {
-      HOIST_RETURN_IF_ERROR(CheckFits(d.device, device, needed + scratch, needed, options, CastCouldShrink(plan, d.device)));
+      HOIST_RETURN_IF_ERROR(CheckFits(d.device, device, needed + scratch, needed, options,
+                                      [&] { return CastCouldShrink(plan, catalog, d.device); }));
     }
     state_of[d.device] = static_cast<uint32_t>(states.size());
     states.push_back(std::move(state));
@@ -599,7 +603,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   Device* cpu = registry.Find(DeviceId::Cpu());
   if (cpu == nullptr) cpu = host.get();
   HOIST_RETURN_IF_ERROR(CheckFits(DeviceId::Cpu(), cpu, host_tensors + host_extra, host_tensors, options,
-                                  CastCouldShrink(plan, DeviceId::Cpu())));
+                                  [&] { return CastCouldShrink(plan, catalog, DeviceId::Cpu()); }));
 
   // Reserve: one allocation per device, or one per tensor.
   const auto reserve_start = Clock::now();

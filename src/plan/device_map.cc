@@ -32,11 +32,11 @@ bool IsDeviceMapStrategy(const std::string& text) {
 Result<DeviceMapEntries> ParseDeviceMap(const std::string& text) {
   std::string json_text = text, label = "--device-map";
   size_t first = text.find_first_not_of(" \t\r\n");
-  if (first != std::string::npos && text[first] == '[') {
-    return InvalidArgument("--device-map " + QuoteName(text) + ": a device map is a JSON object of prefix -> device");
-  }
   if (first == std::string::npos || text[first] != '{') {
     Result<std::string> file = ReadSmallFile(text);
+    if (!file.ok() && first != std::string::npos && text[first] == '[') {  // JSON, but a list
+      return InvalidArgument("--device-map " + QuoteName(text) + ": a device map is a JSON object of prefix -> device");
+    }
     if (!file.ok()) {
       return InvalidArgument("--device-map " + QuoteName(text) + ": not JSON, a strategy, or a readable file (" +
                              file.status().message() + ")");

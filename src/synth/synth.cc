@@ -224,13 +224,17 @@ void SynthFill(const std::string& name, DType dtype, uint64_t offset_bytes, uint
 }
 
 Result<WriteResult> WriteSynthCheckpoint(const SynthOptions& options, const std::string& out_dir) {
-  // A checkpoint directory, never a file: a path to a .safetensors file
-  // would otherwise be overwritten with synthetic weights.
+  // A new or empty directory, never a file nor a directory with something
+  // in it: a user's weights there would be overwritten with synthetic ones.
   std::error_code ec;
   if ((std::filesystem::exists(out_dir, ec) && !std::filesystem::is_directory(out_dir, ec)) ||
       EndsWith(out_dir, ".safetensors")) {
     return InvalidArgument(Printable(out_dir) + ": not a directory; synth writes a checkpoint directory "
                            "(config.json and its shards)");
+  }
+  if (std::filesystem::is_directory(out_dir, ec) && !std::filesystem::is_empty(out_dir, ec)) {
+    return InvalidArgument(Printable(out_dir) + ": not empty; synth writes into a new or empty directory "
+                           "(remove this one first)");
   }
   HOIST_ASSIGN_OR_RETURN(std::vector<OutTensor> tensors, SynthTensors(options));
   HOIST_ASSIGN_OR_RETURN(std::string config, SynthConfigJson(options));

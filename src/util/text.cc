@@ -44,6 +44,13 @@ std::string QuoteName(std::string_view name) {
   return "'" + Printable(name.substr(0, cut)) + (cut < name.size() ? "..." : "") + "'";
 }
 
+std::string SomeNames(const std::vector<std::string>& names, size_t shown) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < shown; ++i) out += (i ? ", " : "") + QuoteName(names[i]);
+  if (names.size() > shown) out += " and " + std::to_string(names.size() - shown) + " more";
+  return out;
+}
+
 std::string ShapeText(const std::vector<uint64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);

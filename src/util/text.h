@@ -22,6 +22,10 @@ std::string QuoteName(std::string_view name);
 // does: the CLI's HumanBytes.)
 std::string ByteText(uint64_t bytes);
 
+// "'a', 'b', 'c' and 5 more": the first `shown` of `names`, quoted, in the
+// order given.
+std::string SomeNames(const std::vector<std::string>& names, size_t shown = 3);
+
 // "[4096, 14336]": a tensor's shape, for messages and tables.
 std::string ShapeText(const std::vector<uint64_t>& shape);
 

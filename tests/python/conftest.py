@@ -47,14 +47,15 @@ def hoist_bin() -> Path:
 
 @pytest.fixture(scope="session")
 def run_hoist(hoist_bin):
-    """run_hoist(*args, timeout=...) -> CompletedProcess with text stdout/stderr."""
+    """run_hoist(*args, timeout=..., cwd=...) -> CompletedProcess with text stdout/stderr."""
 
-    def run(*args, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+    def run(*args, timeout: float = COMMAND_TIMEOUT_S, cwd=None) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(hoist_bin), *[str(a) for a in args]],
+            [str(Path(hoist_bin).resolve()), *[str(a) for a in args]],
             capture_output=True,
             text=True,
             timeout=timeout,
+            cwd=cwd,
         )
 
     return run

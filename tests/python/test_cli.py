@@ -404,6 +404,18 @@ def test_index_and_model_safetensors_read_like_transformers(run_hoist, tmp_path)
     assert "model.safetensors is read" in proc.stderr, proc.stderr
 
 
+def test_model_safetensors_alone_is_read_beside_other_files(run_hoist, tmp_path):
+    """No index: model.safetensors still wins, as in transformers (a Mistral
+    folder's consolidated.safetensors holds the same weights again)."""
+    d = tmp_path / "mistral"
+    d.mkdir()
+    write_raw(d / "model.safetensors", {"z": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}, b"\1\2")
+    write_raw(d / "consolidated.safetensors", {"w": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}, b"\1\2")
+    proc = ok(run_hoist("inspect", "--json", d))
+    assert [t["name"] for t in json.loads(proc.stdout)["tensors"]] == ["z"]
+    assert "'consolidated.safetensors' beside it is not" in proc.stderr, proc.stderr
+
+
 def test_index_warns_of_files_it_does_not_list(run_hoist, tmp_path):
     d = _sharded(tmp_path)
     write_raw(d / "consolidated.safetensors", {"w": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}}, b"\1\2")
@@ -543,6 +555,12 @@ def test_bad_flag_messages_name_the_flag(run_hoist, conformance, flags, message)
         assert message in stderr_error_line(proc)
 
 
+def test_device_map_file_may_be_named_anything(run_hoist, conformance, tmp_path):
+    path = tmp_path / "[map].json"
+    path.write_text(json.dumps({"": "cpu"}))
+    ok(run_hoist("plan", "--device-map", path, conformance / "overall.safetensors"))
+
+
 def test_load_quiet_and_summary(run_hoist, conformance):
     path = conformance / "overall.safetensors"
     quiet = ok(run_hoist("load", "--quiet", path))
@@ -571,14 +589,21 @@ def test_load_expect_findings_on_stderr(run_hoist, tmp_path, tiny):
 
 
 def test_load_unwritable_report_fails_before_loading(run_hoist, tmp_path, tiny):
-    report = tmp_path / "no" / "such" / "dir" / "report.json"
-    proc = run_hoist("load", "--device", "cpu", "--report", report, tiny)
-    assert proc.returncode == 2, proc.stderr
-    line = stderr_error_line(proc)
-    assert "--report" in line and "No such file or directory" in line, line
-    assert not (tmp_path / "no").exists()
-    proc = run_hoist("load", "--device", "cpu", "--report", tmp_path, tiny)
-    assert proc.returncode == 2 and "is a directory" in stderr_error_line(proc)
+    (tmp_path / "a-file").write_text("x")
+    os.symlink(tmp_path / "nowhere" / "r.json", tmp_path / "dangling.json")
+    for report, reason in ((tmp_path / "no" / "such" / "dir" / "report.json", "No such file or directory"),
+                           (tmp_path, "Is a directory"),
+                           (tmp_path / "a-file" / "r.json", "Not a directory"),
+                           (tmp_path / "dangling.json", "No such file or directory")):
+        proc = run_hoist("load", "--device", "cpu", "--report", report, tiny)
+        assert proc.returncode == 2, proc.stderr
+        line = stderr_error_line(proc)
+        assert line.startswith(f"error: --report {report}: cannot write: {reason}"), line
+        assert proc.stdout == ""  # nothing was loaded
+    assert not (tmp_path / "no").exists() and (tmp_path / "a-file").read_text() == "x"
+    fresh = tmp_path / "fresh.json"
+    ok(run_hoist("load", "--device", "cpu", "--report", fresh, "--quiet", tiny))
+    assert json.loads(fresh.read_text())["total_bytes"] == TINY_BYTES
 
 
 def test_load_report_says_where_disk_tensors_stay(run_hoist, tmp_path, tiny):
@@ -593,8 +618,12 @@ def test_load_report_says_where_disk_tensors_stay(run_hoist, tmp_path, tiny):
     for t in disk:
         assert t["offset"] is None and Path(t["file"]) == tiny / "model.safetensors", t
         assert t["file_offset"] == 8 + n + header[t["name"]]["data_offsets"][0], t
-    plan = json.loads(ok(run_hoist("plan", "--json", "--device-map", json.dumps({"model.layers.0": "disk", "": "cpu"}), tiny)).stdout)
-    assert {t["name"]: t["file_offset"] for t in plan["tensors"] if t["device"] == "disk"} == {t["name"]: t["file_offset"] for t in disk}
+    # The plan says the same, with an absolute path however the checkpoint was named.
+    proc = run_hoist("plan", "--json", "--device-map", json.dumps({"model.layers.0": "disk", "": "cpu"}), tiny.name,
+                     cwd=tiny.parent)
+    plan = json.loads(ok(proc).stdout)
+    assert ({t["name"]: (t["file"], t["file_offset"]) for t in plan["tensors"] if t["device"] == "disk"} ==
+            {t["name"]: (t["file"], t["file_offset"]) for t in disk})
 
 
 def test_filters_that_leave_nothing_warn(run_hoist, tiny):
@@ -887,19 +916,31 @@ def test_synth_bad_input_exit_2(run_hoist, tmp_path, args):
     stderr_error_line(proc)
 
 
-@pytest.mark.parametrize("name", ["weights.safetensors", "missing.safetensors", "notes.txt"])
-def test_synth_never_writes_over_a_file(run_hoist, tmp_path, name):
-    """synth writes a directory; a file in its place (a user's weights) is left alone."""
+@pytest.mark.parametrize("name", ["weights.safetensors", "missing.safetensors", "notes.txt", "checkpoint"])
+def test_synth_never_writes_over_a_file(run_hoist, tmp_path, tiny, name):
+    """synth writes a new or empty directory; a file in its place or a
+    directory with something in it (a user's weights) is left alone."""
     path = tmp_path / name
-    if name != "missing.safetensors":
+    if name == "checkpoint":
+        path.mkdir()
+        (path / "model.safetensors").write_bytes((tiny / "model.safetensors").read_bytes())
+        (path / "config.json").write_bytes(b'{"mine": 1}')
+    elif name != "missing.safetensors":
         path.write_bytes(b"precious bytes")
     proc = run_hoist("synth", "--arch", "tiny-llama", path)
     assert proc.returncode == 2, proc.stderr
-    assert "not a directory" in stderr_error_line(proc)
+    assert ("not empty" if name == "checkpoint" else "not a directory") in stderr_error_line(proc)
     if name == "missing.safetensors":
         assert not path.exists()
+    elif name == "checkpoint":
+        assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+        assert (path / "config.json").read_bytes() == b'{"mine": 1}'
+        assert (path / "model.safetensors").read_bytes() == (tiny / "model.safetensors").read_bytes()
     else:
         assert path.read_bytes() == b"precious bytes"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", empty))
 
 
 # ------------------------------------------------------------------- convert
@@ -982,6 +1023,26 @@ def test_convert_copies_a_config_it_cannot_rewrite_as_it_is(run_hoist, tmp_path,
     (src / "config.json").write_bytes(config)
     ok(run_hoist("convert", src, tmp_path / "dst", "--dtype", "f32"))
     assert (tmp_path / "dst" / "config.json").read_bytes() == config
+
+
+def test_convert_from_an_index_copies_its_config(run_hoist, tmp_path):
+    src = tmp_path / "src"
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--max-shard-size", "100KB", "--quiet", src))
+    ok(run_hoist("convert", src / "model.safetensors.index.json", tmp_path / "dst"))
+    assert (tmp_path / "dst" / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    assert tensor_bytes(tmp_path / "dst" / "model.safetensors") == {
+        k: v for s in _shards(src) for k, v in tensor_bytes(s).items()}
+
+
+def test_convert_copies_a_large_config_as_it_is(run_hoist, tmp_path, tiny):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes((tiny / "model.safetensors").read_bytes())
+    config = b'{"dtype": "bfloat16", "pad": "' + b"x" * (17 << 20) + b'"}'
+    (src / "config.json").write_bytes(config)
+    for flags in ([], ["--dtype", "f32"]):
+        ok(run_hoist("convert", src, tmp_path / "dst", *flags))
+        assert (tmp_path / "dst" / "config.json").read_bytes() == config
 
 
 def test_convert_says_which_earlier_outputs_it_removed(run_hoist, tmp_path):

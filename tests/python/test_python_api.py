@@ -807,10 +807,19 @@ def test_plan_larger_than_max_memory_is_memory_error(run_hoist, tiny):
     assert "--device-map auto" in str(e.value) and "--dtype" not in str(e.value)
 
 
-def test_fit_error_suggests_a_cast_only_where_one_shrinks(run_hoist, tiny_f32):
+def test_fit_error_suggests_a_cast_only_where_one_shrinks(run_hoist, tiny_f32, tmp_path):
     proc = run_hoist("load", "--device", "cpu", "--max-memory", "cpu=1000", tiny_f32)
     assert proc.returncode == 2
     assert "shrink it with --dtype bf16" in stderr_error_line(proc)
+    # An int8 weight's f32 scale is never cast: no advice to try.
+    quant = tmp_path / "quant.safetensors"
+    header = json.dumps({"l.weight": {"dtype": "I8", "shape": [2000], "data_offsets": [0, 2000]},
+                         "l.weight_scale": {"dtype": "F32", "shape": [4], "data_offsets": [2000, 2016]}}).encode()
+    quant.write_bytes(len(header).to_bytes(8, "little") + header + bytes(2016))
+    plan = json.loads(ok(run_hoist("plan", "--json", "--device", "cpu", "--dtype", "bf16", quant)).stdout)
+    assert {t["name"]: t["dtype"] for t in plan["tensors"]} == {"l.weight": "I8", "l.weight_scale": "F32"}
+    proc = run_hoist("load", "--device", "cpu", "--max-memory", "cpu=1000", quant)
+    assert proc.returncode == 2 and "--dtype" not in stderr_error_line(proc), proc.stderr
 
 
 @pytest.mark.parametrize(
