@@ -22,6 +22,29 @@ namespace hoist {
 
 namespace {
 
+// A --rename replacement's $N (and $NN) must name a group its pattern has:
+// regex_replace would put nothing there, and names would silently lose a part.
+Status CheckGroupReferences(const RenameRule& rule, const std::regex& re) {
+  const std::string& text = rule.replacement;
+  for (size_t i = 0; i + 1 < text.size(); ++i) {
+    if (text[i] != '$') continue;
+    if (text[i + 1] == '$') {  // "$$" is a literal $
+      ++i;
+      continue;
+    }
+    size_t digits = 0, group = 0;
+    while (digits < 2 && i + 1 + digits < text.size() && std::isdigit(static_cast<unsigned char>(text[i + 1 + digits]))) {
+      group = group * 10 + static_cast<size_t>(text[i + 1 + digits] - '0');
+      ++digits;
+    }
+    if (digits > 0 && group > re.mark_count()) {
+      return InvalidArgument("--rename " + QuoteName(rule.pattern + "=" + text) + ": $" + std::to_string(group) +
+                             " names a group the pattern does not have (it has " + std::to_string(re.mark_count()) + ")");
+    }
+  }
+  return Status::Ok();
+}
+
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 // How quantized weights are stored: integers (int8, packed int4 in int32,
@@ -189,24 +212,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   std::vector<std::pair<std::regex, std::string>> renames;
   for (const RenameRule& r : options.renames) {
     HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--rename", r.pattern));
-    // $N (and $NN) must name a group the pattern has: regex_replace would
-    // put nothing there, and names would silently lose a part.
-    for (size_t i = 0; i + 1 < r.replacement.size(); ++i) {
-      if (r.replacement[i] != '$') continue;
-      if (r.replacement[i + 1] == '$') {  // "$$" is a literal $
-        ++i;
-        continue;
-      }
-      size_t digits = 0, group = 0;
-      while (digits < 2 && i + 1 + digits < r.replacement.size() && std::isdigit(static_cast<unsigned char>(r.replacement[i + 1 + digits]))) {
-        group = group * 10 + static_cast<size_t>(r.replacement[i + 1 + digits] - '0');
-        ++digits;
-      }
-      if (digits > 0 && group > re.mark_count()) {
-        return InvalidArgument("--rename " + QuoteName(r.pattern + "=" + r.replacement) + ": $" + std::to_string(group) +
-                               " names a group the pattern does not have (it has " + std::to_string(re.mark_count()) + ")");
-      }
-    }
+    HOIST_RETURN_IF_ERROR(CheckGroupReferences(r, re));
     renames.emplace_back(std::move(re), r.replacement);
   }
   std::optional<std::regex> only;
@@ -354,7 +360,11 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   }
 
   // 4. Placement. (--no-split patterns are checked even where no strategy uses them.)
-  for (const std::string& r : options.no_split) HOIST_RETURN_IF_ERROR(CompileRegex("--no-split", r).status());
+  std::vector<std::regex> no_split;
+  for (const std::string& r : options.no_split) {
+    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--no-split", r));
+    no_split.push_back(std::move(re));
+  }
   std::vector<std::string> names;
   std::vector<uint64_t> sizes;
   for (const PlannedTensor& p : plan.tensors) {
@@ -365,11 +375,6 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   if (!options.device_map.empty()) {
     if (options.device) return InvalidArgument("give --device or --device-map, not both");
     if (IsDeviceMapStrategy(options.device_map)) {
-      std::vector<std::regex> no_split;
-      for (const std::string& r : options.no_split) {
-        HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--no-split", r));
-        no_split.push_back(std::move(re));
-      }
       HOIST_ASSIGN_OR_RETURN(placement,
                              PlaceByStrategy(names, sizes, options.device_map, options.capacity_bytes, no_split));
     } else {
