@@ -17,6 +17,11 @@
 
 namespace hoist {
 
+Result<bool> ParseCompat(const std::string& text) {
+  if (!text.empty() && text != "hf-legacy") return InvalidArgument("--compat " + QuoteName(text) + ": the only mode is hf-legacy");
+  return text == "hf-legacy";
+}
+
 Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& flag, const std::string& text) {
   size_t eq = text.find('=');
   if (eq == std::string::npos || eq == 0) return InvalidArgument(flag + " " + QuoteName(text) + ": expected A=B");
@@ -68,10 +73,7 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   o.only_regex = a.only;
   o.drops = a.drops;
   o.no_split = a.no_split;
-  if (!a.compat.empty() && a.compat != "hf-legacy") {
-    return InvalidArgument("--compat " + QuoteName(a.compat) + ": the only mode is hf-legacy");
-  }
-  o.compat_hf_legacy = a.compat == "hf-legacy";
+  HOIST_ASSIGN_OR_RETURN(o.compat_hf_legacy, ParseCompat(a.compat));
   for (const std::string& r : a.renames) {
     HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--rename", r));
     o.renames.push_back({kv.first, kv.second});

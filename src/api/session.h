@@ -66,6 +66,9 @@ DeviceRegistry MakeRegistryFor(const PlanRequest& request, std::string* warning)
 
 Result<std::optional<DType>> ParseDtypeFlag(const std::string& text);
 
+// --compat: whether it asks for hf-legacy (the only mode), or an error.
+Result<bool> ParseCompat(const std::string& text);
+
 // "A=B" (split at the first '='; A not empty) for --rename and --tie.
 Result<std::pair<std::string, std::string>> SplitAssignment(const std::string& flag, const std::string& text);
 

@@ -85,7 +85,7 @@ Status CheckWritable(const std::string& flag, const std::string& path) {
 void PrintExpectSummary(const LoadPlan& plan, bool expected, bool quiet) {
   if (!expected || quiet) return;
   if (plan.missing.empty() && plan.unexpected.empty() && plan.mismatched.empty()) {
-    fmt::print(stderr, "expect: every expected tensor is in the checkpoint, as expected\n");
+    fmt::print(stderr, "expect: the checkpoint holds every expected tensor and nothing else\n");
     return;
   }
   if (!plan.missing.empty()) fmt::print(stderr, "expect: {} missing: {}\n", plan.missing.size(), SomeNames(plan.missing));
@@ -128,10 +128,12 @@ Status CopyConfig(const std::string& src, const std::string& dst, std::optional<
 
 bool HasExpect(const PlanRequest& r) { return !r.expect_file.empty() || !r.expect_json.empty(); }
 
+// On stderr: the earlier outputs a write removed, and its warnings.
 void PrintWritten(const WriteResult& written) {
   for (const std::string& path : written.removed) {
     fmt::print(stderr, "removed {}: an earlier output this one replaces\n", Printable(path));
   }
+  for (const std::string& w : written.warnings) fmt::print(stderr, "warning: {}\n", w);
 }
 
 }  // namespace
@@ -354,10 +356,9 @@ int RunConvert(const ConvertArgs& args) {
   ConvertOptions options;
   options.cast_to = *dtype;
   options.only_regex = args.only;
-  if (!args.compat.empty() && args.compat != "hf-legacy") {
-    return Fail(InvalidArgument("--compat " + QuoteName(args.compat) + ": the only mode is hf-legacy"));
-  }
-  options.compat_hf_legacy = args.compat == "hf-legacy";
+  Result<bool> compat = ParseCompat(args.compat);
+  if (!compat.ok()) return Fail(compat.status());
+  options.compat_hf_legacy = *compat;
   options.drops = args.drops;
   for (const std::string& r : args.renames) {
     Result<std::pair<std::string, std::string>> rule = SplitAssignment("--rename", r);
@@ -369,7 +370,6 @@ int RunConvert(const ConvertArgs& args) {
   Result<WriteResult> written = ConvertCheckpoint(*cat, args.dst, options);
   if (!written.ok()) return Fail(written.status());
   PrintWritten(*written);
-  for (const std::string& w : written->warnings) fmt::print(stderr, "warning: {}\n", w);
   // Keep config.json with the weights, as users expect of a converted model,
   // its dtype saying what the cast made of them.
   // The config beside the source: in its directory, or beside its index.

@@ -586,6 +586,10 @@ def test_load_expect_findings_on_stderr(run_hoist, tmp_path, tiny):
     proc = ok(run_hoist("load", "--device", "cpu", "--expect", ok_expect, tiny))
     assert "missing" not in proc.stderr and "unexpected (not read): " in proc.stderr
     assert ok(run_hoist("load", "--quiet", "--device", "cpu", "--expect", expect, tiny)).stderr == ""
+    every = tmp_path / "every.json"
+    every.write_text(json.dumps(sorted(tensor_bytes(tiny / "model.safetensors"))))
+    proc = ok(run_hoist("load", "--device", "cpu", "--expect", every, tiny))
+    assert proc.stderr == "expect: the checkpoint holds every expected tensor and nothing else\n", proc.stderr
 
 
 def test_load_unwritable_report_fails_before_loading(run_hoist, tmp_path, tiny):
