@@ -201,6 +201,7 @@ def load(
     staging_buffers: int = 0,
     pipeline: bool = True,
     margin: Union[str, int] = "1.2GiB",
+    strict: bool = False,
     _checkpoint: Optional["_hoist.Checkpoint"] = None,
 ) -> Model:
     """Loads a checkpoint (a .safetensors file or a directory) onto devices.
@@ -211,7 +212,8 @@ def load(
     dtype: cast floating-point tensors ("bf16", "f16", "f32" or a torch dtype); quantized data and scales never.
     rename: {regex: replacement} (first match wins); drop: regex(es);
     expect: names, or {name: {"dtype": ..., "shape": [...]}}; tensors not expected are never read,
-        and model.report lists missing, unexpected and mismatched.
+        and model.report lists missing, unexpected and mismatched; strict=True makes any of them a
+        ValueError, raised before anything is read (the CLI's --strict).
     The rest are the CLI's `hoist load` options: alloc ("reserve" or "per-tensor"), threads (0: default),
     io ("pread", "auto", "uring"), direct ("off", "auto", "on"), chunk_size ("16MiB"),
     staging_buffers (0: each GPU's share of the readers + 2, at most 32), pipeline (False: read everything to host memory first),
@@ -244,6 +246,7 @@ def load(
         pipeline=pipeline,
         margin=str(margin),
         checkpoint=_checkpoint,
+        strict=strict,
     )
     return Model(native)
 
@@ -407,7 +410,13 @@ class _Conversions:
         self.groups = {}
 
 
-def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwargs) -> Dict[str, Any]:
+def _some_names(names: List[str], shown: int = 3) -> str:
+    text = ", ".join(repr(n) for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict: bool = False,
+              **kwargs) -> Dict[str, Any]:
     """Fills a torch.nn.Module's parameters and buffers in place from a checkpoint.
 
     The names of module.state_dict() are the expected set: other tensors are
@@ -426,6 +435,8 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     parameters alone, reported mismatched with the reason in the report's
     warnings. Returns the load report, with its missing, unexpected and
     mismatched lists (module names; unexpected ones are the checkpoint's).
+    strict=True (as torch's load_state_dict) raises ValueError naming them
+    where any list is not empty, after filling what matched.
     """
     import torch
 
@@ -535,6 +546,12 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, **kwarg
     # Names the module ties to a loaded tensor are not missing.
     report["missing"] = [n for n in state if n not in filled and n not in mismatched]
     report["mismatched"] = mismatched
+    if strict:
+        found = "; ".join(f"{len(report[k])} {what} ({_some_names(report[k])})"
+                          for k, what in (("missing", "missing"), ("unexpected", "unexpected"),
+                                          ("mismatched", "mismatched in dtype or shape")) if report[k])
+        if found:
+            raise ValueError(f"{_path_text(path)}: not what {type(module).__name__} expects (strict): {found}")
     return report
 
 

@@ -296,7 +296,7 @@ NB_MODULE(_hoist, m) {
          const std::vector<std::string>& drops, const std::vector<std::string>& ties, const std::string& expect_json,
          const std::string& only, const std::string& compat, bool no_config_ties, const std::string& alloc,
          int threads, const std::string& io, const std::string& direct, const std::string& chunk_size,
-         int staging_buffers, bool pipeline, const std::string& margin, Checkpoint* checkpoint) {
+         int staging_buffers, bool pipeline, const std::string& margin, Checkpoint* checkpoint, bool strict) {
         LoadRequest r;
         r.plan.path = path;
         r.plan.device = device;
@@ -310,6 +310,7 @@ NB_MODULE(_hoist, m) {
         r.plan.only = only;
         r.plan.compat = compat;
         r.plan.no_config_ties = no_config_ties;
+        r.plan.strict = strict;
         r.plan.margin = margin;
         r.alloc = alloc;
         r.threads = threads;
@@ -338,5 +339,5 @@ NB_MODULE(_hoist, m) {
       nb::arg("expect_json") = "", nb::arg("only") = "", nb::arg("compat") = "", nb::arg("no_config_ties") = false,
       nb::arg("alloc") = "reserve", nb::arg("threads") = 0, nb::arg("io") = "pread", nb::arg("direct") = "off",
       nb::arg("chunk_size") = "16MiB", nb::arg("staging_buffers") = 0, nb::arg("pipeline") = true,
-      nb::arg("margin") = "1.2GiB", nb::arg("checkpoint").none() = nb::none());
+      nb::arg("margin") = "1.2GiB", nb::arg("checkpoint").none() = nb::none(), nb::arg("strict") = false);
 }

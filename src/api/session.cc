@@ -74,6 +74,9 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   o.drops = a.drops;
   o.no_split = a.no_split;
   HOIST_ASSIGN_OR_RETURN(o.compat_hf_legacy, ParseCompat(a.compat));
+  if (a.strict && a.expect_file.empty() && a.expect_json.empty()) {
+    return InvalidArgument("--strict checks a load against --expect, and none was given");
+  }
   for (const std::string& r : a.renames) {
     HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--rename", r));
     o.renames.push_back({kv.first, kv.second});
@@ -117,6 +120,19 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
     o.device = registry.Find(DeviceId::Cuda(0)) != nullptr ? DeviceId::Cuda(0) : DeviceId::Cpu();
   }
   return o;
+}
+
+Status CheckStrict(const std::string& path, const LoadPlan& plan) {
+  std::string found;
+  auto add = [&](const std::vector<std::string>& names, const char* what) {
+    if (names.empty()) return;
+    found += (found.empty() ? "" : "; ") + std::to_string(names.size()) + " " + what + " (" + SomeNames(names) + ")";
+  };
+  add(plan.missing, "missing");
+  add(plan.unexpected, "unexpected");
+  add(plan.mismatched, "mismatched in dtype or shape");
+  if (found.empty()) return Status::Ok();
+  return InvalidArgument(Printable(path) + ": not what --expect says (--strict): " + found);
 }
 
 std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry& registry, uint64_t margin,
@@ -182,6 +198,7 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   LoadOptions options;
   HOIST_ASSIGN_OR_RETURN(PlanOptions po, MakePlanOptions(request.plan, registry, margin, &options.max_memory));
   HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(*session->catalog, po));
+  if (request.plan.strict) HOIST_RETURN_IF_ERROR(CheckStrict(request.plan.path, plan));
   session->plan_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - plan_start).count();
 
   options.alloc = request.alloc == "per-tensor" ? AllocStrategy::kPerTensor : AllocStrategy::kReserve;

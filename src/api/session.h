@@ -32,6 +32,7 @@ struct PlanRequest {
   std::string expect_file;  // a JSON file, or
   std::string expect_json;  // JSON text
   bool no_config_ties = false;
+  bool strict = false;  // with an expectation: any name missing, unexpected or mismatched is an error
   std::string margin = "1.2GiB";  // left free on each GPU ("0": none)
 };
 
@@ -94,6 +95,10 @@ struct LoadSession {
   std::unique_ptr<Catalog> catalog;
   LoadedModel model;
 };
+
+// --strict: InvalidArgument naming what `plan` found missing, unexpected
+// or mismatched against its expectation, where anything was; else Ok.
+Status CheckStrict(const std::string& path, const LoadPlan& plan);
 
 // For `hoist plan`: one warning per device whose reservation exceeds what
 // a load could have there (free memory less `margin` on GPUs, capped by

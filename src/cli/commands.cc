@@ -215,6 +215,9 @@ int RunPlan(const PlanCmdArgs& args) {
   if (!po.ok()) return Fail(po.status());
   Result<LoadPlan> plan = BuildPlan(*cat, *po);
   if (!plan.ok()) return Fail(plan.status());
+  if (args.request.strict) {
+    if (Status s = CheckStrict(args.request.path, *plan); !s.ok()) return Fail(s);
+  }
   for (std::string& w : FitWarnings(*plan, registry, *margin, max_memory)) {
     plan->warnings.push_back(std::move(w));
   }

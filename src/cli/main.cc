@@ -32,6 +32,8 @@ int main(int argc, char** argv) {
     c->add_option("--drop", a.drops, "Drop tensors whose name matches REGEX (repeatable)");
     c->add_option("--compat", a.compat, "hf-legacy: gamma/beta -> weight/bias, drop rotary_emb.inv_freq");
     c->add_option("--expect", a.expect_file, "JSON file: a list of names, or name -> {dtype, shape}");
+    c->add_flag("--strict", a.strict, "With --expect: a name missing, unexpected or mismatched is an error (exit 2), "
+                "found before anything is read");
     c->add_option("--no-split", a.no_split, "REGEX naming modules a device-map strategy never splits (repeatable)");
     c->add_flag("--no-config-ties", a.no_config_ties, "Ignore tie_word_embeddings in a config.json beside the checkpoint");
     c->add_option("--margin", a.margin, "Free memory left on each GPU (0: none)")->capture_default_str();

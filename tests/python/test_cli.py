@@ -592,6 +592,26 @@ def test_load_expect_findings_on_stderr(run_hoist, tmp_path, tiny):
     assert proc.stderr == "expect: the checkpoint holds every expected tensor and nothing else\n", proc.stderr
 
 
+def test_strict_refuses_a_checkpoint_that_is_not_as_expected(run_hoist, tmp_path, tiny):
+    names = sorted(tensor_bytes(tiny / "model.safetensors"))
+    exact = tmp_path / "exact.json"
+    exact.write_text(json.dumps(names))
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps(names[1:] + ["missing.one"]))
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({n: {"dtype": "F32"} if n == "model.norm.weight" else {} for n in names}))
+    for command in ("plan", "load"):
+        ok(run_hoist(command, "--device", "cpu", "--strict", "--expect", exact, tiny))
+        proc = run_hoist(command, "--device", "cpu", "--strict", "--expect", short, tiny)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert stderr_error_line(proc) == (f"error: {tiny}: not what --expect says (--strict): "
+                                           f"1 missing ('missing.one'); 1 unexpected ({names[0]!r})")
+        proc = run_hoist(command, "--device", "cpu", "--strict", "--expect", wrong, tiny)
+        assert proc.returncode == 2 and "1 mismatched in dtype or shape ('model.norm.weight')" in stderr_error_line(proc)
+        proc = run_hoist(command, "--device", "cpu", "--strict", tiny)
+        assert proc.returncode == 2 and "--strict checks a load against --expect" in stderr_error_line(proc)
+
+
 def test_load_unwritable_report_fails_before_loading(run_hoist, tmp_path, tiny):
     (tmp_path / "a-file").write_text("x")
     os.symlink(tmp_path / "nowhere" / "r.json", tmp_path / "dangling.json")

@@ -862,6 +862,25 @@ def test_an_opened_checkpoint_is_loaded_once(torch, st, tiny):
             again()
 
 
+def test_strict_load_and_load_into(torch, st, transformers, tiny, tmp_path):
+    names = list(st.load_file(str(tiny / "model.safetensors")))
+    assert len(hoist.load(tiny, device="cpu", expect=names, strict=True)) == len(names)
+    with pytest.raises(ValueError, match=r"not what --expect says \(--strict\): 1 missing \('nope'\)"):
+        hoist.load(tiny, device="cpu", expect=names + ["nope"], strict=True)
+    module = _llama(transformers, torch, tiny, torch.bfloat16)
+    report = hoist.load_into(module, tiny, strict=True)  # the checkpoint is exactly the module's
+    assert report["missing"] == report["unexpected"] == report["mismatched"] == []
+    short = tmp_path / "short"
+    short.mkdir()
+    want = st.load_file(str(tiny / "model.safetensors"))
+    st.save_file({k: v for k, v in want.items() if k != "model.norm.weight"}, str(short / "model.safetensors"))
+    module = _llama(transformers, torch, tiny, torch.bfloat16)
+    with pytest.raises(ValueError, match=r"not what LlamaForCausalLM expects \(strict\): 1 missing \('model.norm.weight'\)"):
+        hoist.load_into(module, short, strict=True)
+    # What matched was filled first, as torch's load_state_dict(strict=True) does.
+    assert torch.equal(module.lm_head.weight, want["lm_head.weight"])
+
+
 def test_bool_device_is_value_error(tiny):
     """True is an int to Python; as a device it is a mistake, not cuda:1."""
     for device in (True, False):
