@@ -175,6 +175,10 @@ struct HostProbe {
   double fresh_gbps = 0;
   // memcpy between pages already touched.
   double memcpy_gbps = 0;
+  // Whether the kernel hands idle freed memory back to a hypervisor (a VM's
+  // free page reporting): fresh memory then costs whatever the host makes
+  // it cost, up to 35x more after an idle spell (bench/results/).
+  bool free_page_reporting = false;
 };
 // REQUIRES: 1 <= threads <= 1024 and bytes >= two pages per thread (else
 // InvalidArgument); OutOfMemory when bytes exceed the cpu device's free

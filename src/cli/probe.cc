@@ -31,7 +31,8 @@ ordered_json HostJson(const HostProbe& h) {
           {"bytes", h.bytes},
           {"fresh_memory_seconds", h.fresh_seconds},
           {"fresh_memory_gbps", h.fresh_gbps},
-          {"memcpy_gbps", h.memcpy_gbps}};
+          {"memcpy_gbps", h.memcpy_gbps},
+          {"free_page_reporting", h.free_page_reporting}};
 }
 
 void PrintHost(const HostProbe& h) {
@@ -39,6 +40,10 @@ void PrintHost(const HostProbe& h) {
   fmt::print("  fresh memory, first touch {:10.2f} GB/s  ({:.2f} GiB, {} threads; a cpu load's arena pays this)\n",
              h.fresh_gbps, static_cast<double>(h.bytes) / kGiB, h.threads);
   fmt::print("  memcpy                    {:10.2f} GB/s\n", h.memcpy_gbps);
+  if (h.free_page_reporting) {
+    fmt::print("  free page reporting on: idle freed memory goes back to the hypervisor, and fresh memory\n"
+               "  costs more after an idle spell (bench/fresh-memory-after-idle)\n");
+  }
 }
 
 #ifdef HOIST_WITH_CUDA

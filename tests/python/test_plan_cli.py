@@ -1109,6 +1109,7 @@ def test_probe_json(run_hoist, gpu_count):
     assert host["bytes"] == 64 << 20 and host["threads"] == 3 and host["cores"] >= 1, host
     assert host["fresh_memory_seconds"] > 0 and host["fresh_memory_gbps"] > 0 and host["memcpy_gbps"] > 0, host
     assert abs(host["fresh_memory_gbps"] - host["bytes"] / host["fresh_memory_seconds"] / 1e9) < 1e-6 * host["fresh_memory_gbps"]
+    assert host["free_page_reporting"] is Path("/sys/module/page_reporting/parameters/page_reporting_order").exists()
     if not gpu_count:
         assert doc["gpus"] == []
         assert doc.get("cuda", False) is False

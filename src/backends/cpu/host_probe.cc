@@ -7,6 +7,7 @@
 // whose fresh memory comes slower than cat copies.
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -76,6 +77,8 @@ Result<HostProbe> ProbeHost(uint64_t bytes, int threads) {
   });
   probe.fresh_gbps = static_cast<double>(bytes) / probe.fresh_seconds / 1e9;
   probe.memcpy_gbps = static_cast<double>(bytes / 2) / copy_seconds / 1e9;
+  std::error_code ec;
+  probe.free_page_reporting = std::filesystem::exists("/sys/module/page_reporting/parameters/page_reporting_order", ec);
   return probe;
 }
 
