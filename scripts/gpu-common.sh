@@ -148,11 +148,12 @@ machine_facts() {
   # pages hands idle freed memory back to its host, and a load's arena then
   # faults through to the host (seen at 0.4 GB/s on the development VM).
   echo "transparent hugepages: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown)"
-  if [[ -r /sys/module/page_reporting/parameters/page_reporting_order ]]; then
-    echo "free page reporting to the host: on (order $(cat /sys/module/page_reporting/parameters/page_reporting_order))"
-  else
-    echo "free page reporting to the host: off"
-  fi
+  # A virtio balloon (device 0x0005) offering free page reporting (feature bit 5).
+  local d reporting=off
+  for d in /sys/bus/virtio/devices/*; do
+    [[ -r $d/device && $(cat "$d/device") == 0x0005 && $(cut -c6 "$d/features" 2>/dev/null) == 1 ]] && reporting=on
+  done
+  echo "free page reporting to the host: $reporting"
   local t
   for t in cmake ninja nvcc python3 timeout; do echo "$t: $(command -v $t || echo MISSING)"; done
   python3 -c "import sys, sysconfig, os; inc = sysconfig.get_paths()['include']; \

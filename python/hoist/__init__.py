@@ -453,15 +453,16 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
         device = str(first.device) if first is not None else None
     # The checkpoint's names as this load will know them (rename, drop,
     # only and compat applied), from its headers, read once: the load below
-    # takes the opened checkpoint over. The GPUs it will use start now (a
+    # takes the opened checkpoint over. Then the GPUs it will use start (a
     # CUDA context each), while transformers' key mapping runs.
-    device_map = kwargs.get("device_map")
-    checkpoint = _hoist.open_checkpoint(
-        _path_text(path), device=_device_text(device),
-        device_map=json.dumps(dict(device_map)) if isinstance(device_map, Mapping) else device_map or "")
+    checkpoint = _hoist.open_checkpoint(_path_text(path))
     checkpoint_names = _hoist.mapped_names(checkpoint, renames=_pairs(kwargs.get("rename")),
                                            drops=_list(kwargs.get("drop")), only=kwargs.get("only") or "",
                                            compat=kwargs.get("compat") or "")
+    device_map = kwargs.get("device_map")
+    checkpoint.start_devices(
+        device=_device_text(device),
+        device_map=json.dumps(dict(device_map)) if isinstance(device_map, Mapping) else device_map or "")
     conv = _Conversions(module, checkpoint_names)
     warnings: List[str] = []
     if conv.error:
@@ -549,9 +550,14 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
     if strict:
         found = "; ".join(f"{len(report[k])} {what} ({_some_names(report[k])})"
                           for k, what in (("missing", "missing"), ("unexpected", "unexpected"),
-                                          ("mismatched", "mismatched in dtype or shape")) if report[k])
+                                          ("mismatched", "mismatched in dtype or shape, or not convertible"))
+                          if report[k])
         if found:
-            raise ValueError(f"{_path_text(path)}: not what {type(module).__name__} expects (strict): {found}")
+            # load_into's own findings (a conversion that failed, and why) go along; the whole report too.
+            why = "".join(f"; {w}" for w in warnings[:2]) + (f"; and {len(warnings) - 2} more" if len(warnings) > 2 else "")
+            error = ValueError(f"{_path_text(path)}: not what {type(module).__name__} expects (strict): {found}{why}")
+            error.report = report
+            raise error
     return report
 
 

@@ -108,7 +108,15 @@ struct Checkpoint {
   Checkpoint(std::string p, std::unique_ptr<Catalog> c) : path(std::move(p)), catalog(std::move(c)) {}
   Checkpoint(Checkpoint&&) = default;
   Checkpoint& operator=(Checkpoint&&) = delete;
-  ~Checkpoint() { WaitForDevices(); }
+  ~Checkpoint() {
+    // Dropped by Python (an error before the load, say): the GPUs' start-up
+    // is waited for without holding up every other Python thread.
+    if (start_devices.joinable() && PyGILState_Check()) {
+      nb::gil_scoped_release release;
+      WaitForDevices();
+    }
+    WaitForDevices();
+  }
 
   const Catalog& Get() const {
     if (catalog == nullptr) throw StatusError(InvalidArgument(path + ": this opened checkpoint was loaded already"));
@@ -216,32 +224,29 @@ NB_MODULE(_hoist, m) {
       .def("info", [](const Model& self, const std::string& name) { return Info(self.Get(name)); })
       .def("report_json", &Model::report_json);
 
-  nb::class_<Checkpoint>(m, "Checkpoint");
+  nb::class_<Checkpoint>(m, "Checkpoint")
+      .def(
+          "start_devices",
+          [](Checkpoint& c, const std::string& device, const std::string& device_map) {
+            PlanRequest r;
+            r.path = c.path;
+            r.device = device;
+            r.device_map = device_map;
+            if (!MayUseGpus(r) || c.start_devices.joinable()) return;
+            c.start_devices = std::thread([r] {
+              for (Device* d : DevicesALoadStarts(r, RegistryFor(r))) (void)d->GetMemoryInfo();
+            });
+          },
+          nb::arg("device") = "", nb::arg("device_map") = "",
+          "Starts, on a thread of its own, the devices a load of this checkpoint with this device or device_map "
+          "(as load takes them) would use; the load waits for it first.");
   m.def(
       "open_checkpoint",
-      [](const std::string& path, const std::string& device, const std::string& device_map) {
-        Checkpoint c(path, nullptr);
-        PlanRequest r;
-        r.path = path;
-        r.device = device;
-        r.device_map = device_map;
+      [](const std::string& path) {
         nb::gil_scoped_release release;
-        if (MayUseGpus(r)) {
-          c.start_devices = std::thread([r] {
-            for (Device* d : DevicesALoadStarts(r, RegistryFor(r))) (void)d->GetMemoryInfo();
-          });
-        }
-        Result<Catalog> opened = OpenCatalog(path);
-        if (!opened.ok()) {
-          c.WaitForDevices();
-          throw StatusError(opened.status());
-        }
-        c.catalog = std::make_unique<Catalog>(std::move(opened).value());
-        return c;
+        return Checkpoint(path, std::make_unique<Catalog>(Unwrap(OpenCatalog(path))));
       },
-      nb::arg("path"), nb::arg("device") = "", nb::arg("device_map") = "",
-      "Opens a checkpoint (reads its headers) for mapped_names and then load; starts the devices a load with "
-      "this device or device_map (as load takes them) would use, meanwhile.");
+      nb::arg("path"), "Opens a checkpoint (reads its headers) for mapped_names and then load.");
 
   // The names a load with these options would know the checkpoint's tensors
   // by (key mapping applied, --only too), from the headers alone: a plan

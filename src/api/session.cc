@@ -17,6 +17,21 @@
 
 namespace hoist {
 
+namespace {
+
+// The checks of a request's flags that need nothing else: made before a
+// load starts any device, so a mistake costs no GPU start-up.
+Status CheckFlags(const PlanRequest& a) {
+  HOIST_RETURN_IF_ERROR(ParseCompat(a.compat).status());
+  HOIST_RETURN_IF_ERROR(ParseDtypeFlag(a.dtype).status());
+  if (a.strict && a.expect_file.empty() && a.expect_json.empty()) {
+    return InvalidArgument("strict checks a load against expected names (--expect; expect= in Python), and none were given");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Result<bool> ParseCompat(const std::string& text) {
   if (!text.empty() && text != "hf-legacy") return InvalidArgument("--compat " + QuoteName(text) + ": the only mode is hf-legacy");
   return text == "hf-legacy";
@@ -73,10 +88,8 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   o.only_regex = a.only;
   o.drops = a.drops;
   o.no_split = a.no_split;
+  HOIST_RETURN_IF_ERROR(CheckFlags(a));
   HOIST_ASSIGN_OR_RETURN(o.compat_hf_legacy, ParseCompat(a.compat));
-  if (a.strict && a.expect_file.empty() && a.expect_json.empty()) {
-    return InvalidArgument("--strict checks a load against --expect, and none was given");
-  }
   for (const std::string& r : a.renames) {
     HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--rename", r));
     o.renames.push_back({kv.first, kv.second});
@@ -132,7 +145,7 @@ Status CheckStrict(const std::string& path, const LoadPlan& plan) {
   add(plan.unexpected, "unexpected");
   add(plan.mismatched, "mismatched in dtype or shape");
   if (found.empty()) return Status::Ok();
-  return InvalidArgument(Printable(path) + ": not what --expect says (--strict): " + found);
+  return InvalidArgument(Printable(path) + ": not as expected (strict): " + found);
 }
 
 std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry& registry, uint64_t margin,
@@ -171,6 +184,7 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   if (request.alloc != "reserve" && request.alloc != "per-tensor") {
     return InvalidArgument("--alloc " + QuoteName(request.alloc) + ": expected reserve or per-tensor");
   }
+  HOIST_RETURN_IF_ERROR(CheckFlags(request.plan));
   auto session = std::make_unique<LoadSession>();
   session->path = request.plan.path;
   session->alloc = request.alloc;

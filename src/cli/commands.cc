@@ -82,10 +82,12 @@ Status CheckWritable(const std::string& flag, const std::string& path) {
 
 // What --expect found, on stderr: how many names are missing, unexpected
 // (never read) and mismatched, with the first few of each.
-void PrintExpectSummary(const LoadPlan& plan, bool expected, bool quiet) {
-  if (!expected || quiet) return;
+void PrintExpectSummary(const PlanRequest& request, const LoadPlan& plan, bool quiet) {
+  if (quiet || (request.expect_file.empty() && request.expect_json.empty())) return;
   if (plan.missing.empty() && plan.unexpected.empty() && plan.mismatched.empty()) {
-    fmt::print(stderr, "expect: the checkpoint holds every expected tensor and nothing else\n");
+    const bool filtered = !request.only.empty() || !request.drops.empty();
+    fmt::print(stderr, "expect: the checkpoint holds every expected tensor and nothing else{}\n",
+               filtered ? " that --only and --drop let through" : "");
     return;
   }
   if (!plan.missing.empty()) fmt::print(stderr, "expect: {} missing: {}\n", plan.missing.size(), SomeNames(plan.missing));
@@ -125,8 +127,6 @@ Status CopyConfig(const std::string& src, const std::string& dst, std::optional<
   if (ec) return IoError(Printable(src) + ": cannot copy to " + Printable(dst) + ": " + ec.message());
   return Status::Ok();
 }
-
-bool HasExpect(const PlanRequest& r) { return !r.expect_file.empty() || !r.expect_json.empty(); }
 
 // On stderr: the earlier outputs a write removed, and its warnings.
 void PrintWritten(const WriteResult& written) {
@@ -222,7 +222,7 @@ int RunPlan(const PlanCmdArgs& args) {
     plan->warnings.push_back(std::move(w));
   }
   PrintWarnings(*plan, false);  // on stderr, so --json output stays JSON
-  PrintExpectSummary(*plan, HasExpect(args.request), false);
+  PrintExpectSummary(args.request, *plan, false);
   if (args.json) {
     fmt::print("{}\n", PlanJson(*cat, *plan).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
@@ -325,7 +325,7 @@ int RunLoad(const LoadArgs& args) {
   }
   const LoadedModel& model = (*session)->model;
   PrintWarnings(model.plan(), args.quiet);
-  PrintExpectSummary(model.plan(), HasExpect(args.request.plan), args.quiet);
+  PrintExpectSummary(args.request.plan, model.plan(), args.quiet);
   const LoadStats& st = model.stats();
   const double seconds = st.seconds + (*session)->plan_seconds;
   if (!args.report.empty()) {

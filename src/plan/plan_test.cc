@@ -312,6 +312,18 @@ TEST_F(PlanTest, BadNoSplitPatternIsAnErrorWithoutAStrategy) {
   EXPECT_NE(plan.status().message().find("--no-split"), std::string::npos);
 }
 
+TEST_F(PlanTest, ExpectedNamesOnlyLeavesOutAreNotMissing) {
+  const Catalog& cat = Make({T("a.x", DType::kBF16, {4}), T("b.x", DType::kBF16, {4})});
+  PlanOptions o;
+  o.device = DeviceId::Cpu();
+  o.only_regex = "^a";
+  o.expect = std::vector<ExpectedTensor>{{"a.x", {}, {}}, {"b.x", {}, {}}, {"a.gone", {}, {}}, {"c.gone", {}, {}}};
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_EQ(plan->missing, std::vector<std::string>{"a.gone"});  // b.x and c.gone: not asked for
+  EXPECT_TRUE(plan->unexpected.empty());
+}
+
 TEST_F(PlanTest, NothingLeftToLoadIsAWarning) {
   const Catalog& cat = Make({T("a", DType::kBF16, {4}), T("b", DType::kBF16, {4})});
   PlanOptions o;

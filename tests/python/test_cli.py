@@ -604,12 +604,16 @@ def test_strict_refuses_a_checkpoint_that_is_not_as_expected(run_hoist, tmp_path
         ok(run_hoist(command, "--device", "cpu", "--strict", "--expect", exact, tiny))
         proc = run_hoist(command, "--device", "cpu", "--strict", "--expect", short, tiny)
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr
-        assert stderr_error_line(proc) == (f"error: {tiny}: not what --expect says (--strict): "
+        assert stderr_error_line(proc) == (f"error: {tiny}: not as expected (strict): "
                                            f"1 missing ('missing.one'); 1 unexpected ({names[0]!r})")
         proc = run_hoist(command, "--device", "cpu", "--strict", "--expect", wrong, tiny)
         assert proc.returncode == 2 and "1 mismatched in dtype or shape ('model.norm.weight')" in stderr_error_line(proc)
         proc = run_hoist(command, "--device", "cpu", "--strict", tiny)
-        assert proc.returncode == 2 and "--strict checks a load against --expect" in stderr_error_line(proc)
+        assert proc.returncode == 2 and "strict checks a load against expected names" in stderr_error_line(proc)
+        # --only narrows what is asked for: expected names it leaves out are not missing.
+        proc = ok(run_hoist(command, "--device", "cpu", "--strict", "--expect", exact, "--only", r"layers\.0\.", tiny))
+        assert "expect: the checkpoint holds every expected tensor and nothing else that --only and --drop let through" \
+            in proc.stderr, proc.stderr
 
 
 def test_load_unwritable_report_fails_before_loading(run_hoist, tmp_path, tiny):

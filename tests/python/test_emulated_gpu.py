@@ -400,7 +400,8 @@ def test_opening_a_checkpoint_starts_its_gpus(emu_py, ckpt, monkeypatch):
 import time, hoist
 from hoist import _hoist
 ckpt = {str(ckpt)!r}
-opened = _hoist.open_checkpoint(ckpt, device="cuda:0")
+opened = _hoist.open_checkpoint(ckpt)
+opened.start_devices(device="cuda:0")
 time.sleep(1.0)
 m = hoist.load(ckpt, device="cuda:0", _checkpoint=opened)
 assert m.report["stages"]["device_start"] < 0.2, m.report["stages"]
@@ -410,9 +411,38 @@ assert m.info(m.keys()[0])["device"] == "cuda:0"
 import hoist
 from hoist import _hoist
 ckpt = {str(ckpt)!r}
-opened = _hoist.open_checkpoint(ckpt, device="cuda:1")  # cuda:1 starts; the load goes to cuda:0
+opened = _hoist.open_checkpoint(ckpt)
+opened.start_devices(device="cuda:1")  # cuda:1 starts; the load goes to cuda:0
 m = hoist.load(ckpt, device="cuda:0", _checkpoint=opened)
 assert m.report["stages"]["device_start"] > 0.3, m.report["stages"]
+""")
+
+
+def test_dropping_an_opened_checkpoint_holds_up_no_python_thread(emu_py, ckpt, monkeypatch):
+    """An opened checkpoint dropped while its GPUs start (an error before
+    the load) waits for them with the GIL released: another Python thread
+    runs on meanwhile."""
+    monkeypatch.setenv("HOIST_EMULATOR_CONTEXT_START_MS", "600")
+    emu_py(f"""
+import threading, time, hoist
+from hoist import _hoist
+ticks, stop = [], threading.Event()
+def tick():
+    while not stop.is_set():
+        ticks.append(time.perf_counter())
+        time.sleep(0.005)
+opened = _hoist.open_checkpoint({str(ckpt)!r})
+opened.start_devices(device_map="auto")  # both GPUs, one after the other: 1.2 s
+ticker = threading.Thread(target=tick)
+ticker.start()
+start = time.perf_counter()
+del opened
+waited = time.perf_counter() - start
+stop.set()
+ticker.join()
+during = [t for t in ticks if start <= t <= start + waited]
+assert waited > 0.5, waited  # the GPUs were still starting
+assert len(during) > 10 * waited, (len(during), waited)  # the ticker ran (every 5 ms) all along
 """)
 
 

@@ -865,7 +865,7 @@ def test_an_opened_checkpoint_is_loaded_once(torch, st, tiny):
 def test_strict_load_and_load_into(torch, st, transformers, tiny, tmp_path):
     names = list(st.load_file(str(tiny / "model.safetensors")))
     assert len(hoist.load(tiny, device="cpu", expect=names, strict=True)) == len(names)
-    with pytest.raises(ValueError, match=r"not what --expect says \(--strict\): 1 missing \('nope'\)"):
+    with pytest.raises(ValueError, match=r"not as expected \(strict\): 1 missing \('nope'\)"):
         hoist.load(tiny, device="cpu", expect=names + ["nope"], strict=True)
     module = _llama(transformers, torch, tiny, torch.bfloat16)
     report = hoist.load_into(module, tiny, strict=True)  # the checkpoint is exactly the module's
@@ -1226,6 +1226,13 @@ def test_load_into_reports_a_merge_the_checkpoint_does_not_fit(torch, transforme
     for name, tensor in saved.state_dict().items():
         if name != "model.layers.0.mlp.experts.gate_up_proj":
             assert torch.equal(got[name], tensor), name
+    # strict=True: the error says which conversion failed and why, and carries the report.
+    with pytest.raises(ValueError) as e:
+        hoist.load_into(_tiny_mixtral(torch, transformers, 1), str(tmp_path / "bad"), strict=True)
+    message = str(e.value)
+    assert "1 mismatched in dtype or shape, or not convertible ('model.layers.0.mlp.experts.gate_up_proj')" in message
+    assert "load_into: model.layers.0.mlp.experts.gate_up_proj: " in message, message
+    assert e.value.report["mismatched"] == ["model.layers.0.mlp.experts.gate_up_proj"]
 
 
 def test_load_into_applies_rename_before_transformers_mapping(torch, transformers, tmp_path):

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +18,23 @@
 
 namespace hoist {
 namespace {
+
+// Whether a virtio balloon offers free page reporting (feature bit 5,
+// VIRTIO_BALLOON_F_REPORTING): the kernel then hands idle freed memory back
+// to the hypervisor. (/sys/module/page_reporting exists on any kernel built
+// with it, bare metal included, so it says nothing.)
+bool ReportsFreePages() {
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it("/sys/bus/virtio/devices", ec), end; !ec && it != end; it.increment(ec)) {
+    std::ifstream device(it->path() / "device");
+    std::string id, features;
+    device >> id;
+    if (id != "0x0005") continue;  // the balloon
+    std::ifstream(it->path() / "features") >> features;  // one '0' or '1' per feature bit, bit 0 first
+    if (features.size() > 5 && features[5] == '1') return true;
+  }
+  return false;
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -77,8 +95,7 @@ Result<HostProbe> ProbeHost(uint64_t bytes, int threads) {
   });
   probe.fresh_gbps = static_cast<double>(bytes) / probe.fresh_seconds / 1e9;
   probe.memcpy_gbps = static_cast<double>(bytes / 2) / copy_seconds / 1e9;
-  std::error_code ec;
-  probe.free_page_reporting = std::filesystem::exists("/sys/module/page_reporting/parameters/page_reporting_order", ec);
+  probe.free_page_reporting = ReportsFreePages();
   return probe;
 }
 
