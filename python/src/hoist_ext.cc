@@ -233,9 +233,7 @@ NB_MODULE(_hoist, m) {
             r.device = device;
             r.device_map = device_map;
             if (!MayUseGpus(r) || c.start_devices.joinable()) return;
-            c.start_devices = std::thread([r] {
-              for (Device* d : DevicesALoadStarts(r, RegistryFor(r))) (void)d->GetMemoryInfo();
-            });
+            c.start_devices = std::thread([r] { StartDevices(r, RegistryFor(r)); });
           },
           nb::arg("device") = "", nb::arg("device_map") = "",
           "Starts, on a thread of its own, the devices a load of this checkpoint with this device or device_map "

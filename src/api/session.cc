@@ -54,16 +54,16 @@ DeviceRegistry MakeDefaultRegistry(std::string* warning) {
   return registry;
 }
 
-std::vector<Device*> DevicesALoadStarts(const PlanRequest& request, const DeviceRegistry& registry) {
-  std::vector<Device*> out;
+void StartDevices(const PlanRequest& request, const DeviceRegistry& registry) {
+  std::vector<Device*> devices;
   if (!request.device_map.empty()) {
-    out = registry.All();
+    devices = registry.All();
   } else if (request.device.empty()) {
-    if (Device* d = registry.Find(DeviceId::Cuda(0))) out.push_back(d);
+    if (Device* d = registry.Find(DeviceId::Cuda(0))) devices.push_back(d);
   } else if (Result<DeviceId> id = ParseDeviceId(request.device); id.ok() && registry.Find(*id)) {
-    out.push_back(registry.Find(*id));
+    devices.push_back(registry.Find(*id));
   }
-  return out;
+  for (Device* d : devices) (void)d->GetMemoryInfo();
 }
 
 bool MayUseGpus(const PlanRequest& request) { return !(request.device == "cpu" && request.device_map.empty()); }
@@ -193,10 +193,7 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   // Device start-up (a CUDA context takes from a fraction of a second to many
   // seconds) runs while the headers are parsed and the load is planned: the
   // first call on each device creates its context.
-  std::vector<Device*> warm = DevicesALoadStarts(request.plan, registry);
-  std::thread warm_up([warm] {
-    for (Device* d : warm) (void)d->GetMemoryInfo();
-  });
+  std::thread warm_up([&request, &registry] { StartDevices(request.plan, registry); });
   struct Joiner {
     std::thread& t;
     ~Joiner() { t.join(); }

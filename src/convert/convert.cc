@@ -6,7 +6,6 @@
 #include "hoist/plan.h"
 #include "hoist/writer.h"
 #include "io/file.h"
-#include "load/select.h"
 
 namespace hoist {
 

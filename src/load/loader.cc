@@ -31,20 +31,6 @@ Result<std::regex> CompileRegex(const std::string& flag, const std::string& patt
   }
 }
 
-Result<std::vector<const TensorInfo*>> SelectTensors(const Catalog& catalog, const std::string& regex) {
-  std::vector<const TensorInfo*> out;
-  out.reserve(catalog.tensors().size());
-  if (regex.empty()) {
-    for (const TensorInfo& t : catalog.tensors()) out.push_back(&t);
-    return out;
-  }
-  HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--only", regex));
-  for (const TensorInfo& t : catalog.tensors()) {
-    if (std::regex_search(t.name, re)) out.push_back(&t);
-  }
-  return out;
-}
-
 uint64_t TargetBytes(const TensorInfo& info, DType target) {
   if (target == info.dtype) return info.size_bytes;
   // Only whole-byte float types are cast, so the element count is exact.

@@ -1,5 +1,5 @@
-// Helpers shared by the loader and the converter: which tensors a load
-// takes and which dtype each one ends up in.
+// Helpers shared by the loader and the planner: regexes for flags, and
+// which dtype and size each tensor ends up in.
 #pragma once
 
 #include <optional>
@@ -15,10 +15,6 @@ namespace hoist {
 
 // An ECMAScript regex; InvalidArgument naming `flag` when malformed.
 Result<std::regex> CompileRegex(const std::string& flag, const std::string& pattern);
-
-// Tensors whose name contains a match of `regex` (all when empty), in
-// catalog order. Fails with InvalidArgument on a malformed regex.
-Result<std::vector<const TensorInfo*>> SelectTensors(const Catalog& catalog, const std::string& regex);
 
 // The dtype a tensor stored as `stored` has after a cast to `cast_to`:
 // only F16/BF16/F32/F64 are cast.
