@@ -63,7 +63,16 @@ void StartDevices(const PlanRequest& request, const DeviceRegistry& registry) {
   } else if (Result<DeviceId> id = ParseDeviceId(request.device); id.ok() && registry.Find(*id)) {
     devices.push_back(registry.Find(*id));
   }
-  for (Device* d : devices) (void)d->GetMemoryInfo();
+  // Each context starts on a thread of its own: several GPUs start in the
+  // time of the slowest, not of them all (hundreds of ms to seconds each).
+  std::erase_if(devices, [](Device* d) { return d->id().kind != DeviceKind::kCuda; });
+  if (devices.size() == 1) {
+    (void)devices[0]->GetMemoryInfo();
+    return;
+  }
+  std::vector<std::thread> starts;
+  for (Device* d : devices) starts.emplace_back([d] { (void)d->GetMemoryInfo(); });
+  for (std::thread& t : starts) t.join();
 }
 
 bool MayUseGpus(const PlanRequest& request) { return !(request.device == "cpu" && request.device_map.empty()); }

@@ -57,10 +57,10 @@ DeviceRegistry MakeDefaultRegistry(std::string* warning);
 // (a fraction of a second or more), which a load onto the cpu must not pay.
 bool MayUseGpus(const PlanRequest& request);
 
-// Starts, one after another, the devices a load of `request` can touch (a
-// CUDA context each, created by the first call on a device): the one named
-// device, cuda:0 by default, every device for a device map. Returns when
-// they have started; a load runs it on a thread of its own.
+// Starts the GPUs a load of `request` can touch (a CUDA context each,
+// created by the first call on a device), all at once: the one named
+// device, cuda:0 by default, every GPU for a device map. Returns when they
+// have started; a load runs it on a thread of its own.
 void StartDevices(const PlanRequest& request, const DeviceRegistry& registry);
 
 // MakeDefaultRegistry where the request may use GPUs, else the cpu alone.
