@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -48,9 +49,12 @@ class CudaDeviceTest : public ::testing::Test {
     device_ = registry_.Find(DeviceId::Cuda(0));
     ASSERT_NE(device_, nullptr);
     // Create the context and the copy stream, and let the driver set up its
-    // small-allocation pools, before any test reads free memory.
+    // small-allocation pool, before any test reads free memory; the pool's
+    // first page stays taken for the whole test, so that the driver cannot
+    // hand it back between two readings.
     Result<DeviceMemory> warm = DeviceMemory::Allocate(device_, 1);
     ASSERT_TRUE(warm.ok()) << warm.status().message();
+    warm_ = std::move(*warm);
     ASSERT_TRUE(device_->Synchronize().ok());
   }
 
@@ -80,6 +84,7 @@ class CudaDeviceTest : public ::testing::Test {
 
   DeviceRegistry registry_;
   Device* device_ = nullptr;
+  std::optional<DeviceMemory> warm_;  // declared after registry_: freed before its device
 };
 
 TEST_F(CudaDeviceTest, DevicesAreNamedAndNumbered) {
