@@ -9,8 +9,10 @@ figures from the 2-core VM).
 """
 
 import argparse
+import ctypes
 import glob
 import json
+import mmap
 import os
 import statistics
 import subprocess
@@ -25,10 +27,36 @@ MODES = {
 }
 
 
+def cached_fraction(path):
+    """The fraction of the file's pages in the page cache (mincore), or
+    None where it cannot be asked."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return 0.0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return None
+        vec = (ctypes.c_ubyte * pages)()
+        rc = libc.mincore(addr, size, vec)
+        libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return None if rc != 0 else sum(v & 1 for v in vec) / pages
+
+
 def evict(files):
     """Drops the files from the page cache; returns why it could not, or
-    None. (Some sandboxes, gVisor's among them, refuse or ignore it: then
-    the reads are warm, and the JSON says so.)"""
+    None. (Some sandboxes, gVisor's among them, refuse or ignore it, some
+    without an error: mincore tells. Then the reads are warm, and the JSON
+    says so.)"""
     for path in files:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -38,6 +66,9 @@ def evict(files):
             return repr(e)
         finally:
             os.close(fd)
+        left = cached_fraction(path)
+        if left is not None and left > 0.5:
+            return f"posix_fadvise(DONTNEED) left {left:.0%} of {os.path.basename(path)} in the page cache"
     return None
 
 

@@ -13,6 +13,8 @@
 # bench/out/ (ignored by git) for a rehearsal.
 reports=build-gpu/reports
 mkdir -p "$reports"
+# A failed synth stands for the rest of one scripts/gpu-all call, no longer.
+[[ ${HOIST_KEEP_FAILED:-0} == 1 ]] || rm -f /dev/shm/hoist-ckpt-*.failed build-gpu/hoist-ckpt-*.failed
 rm -f "$reports"/*.json  # a warm machine keeps build-gpu/: no report of an earlier call may stand in
 # transformers must not look for a hub it cannot reach.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -20,11 +22,13 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # A GPU is there when nvidia-smi lists one or, without nvidia-smi on PATH,
 # when the driver's device node exists.
 have_gpu=0 cuda_arch=""
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+# Every driver query and build step has a time limit: a hung one must not
+# take the whole lease.
+if command -v nvidia-smi >/dev/null && timeout 20 nvidia-smi -L >/dev/null 2>&1; then
   have_gpu=1
-  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  gpu=$(timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   # Build for this GPU alone (9.0 -> 90-real): half the device code to compile.
-  cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+  cap=$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
   [[ $cap =~ ^[0-9]+$ ]] && cuda_arch="$cap-real"
 elif [[ -e /dev/nvidia0 ]]; then
   have_gpu=1
@@ -47,6 +51,12 @@ elif [[ ${HOIST_EXPECT_GPU:-0} == 1 ]]; then
   # the cpu for minutes of device time and report "all passed".
   echo "error: HOIST_EXPECT_GPU=1 but no GPU here (no nvidia-smi listing, no /dev/nvidia0)" >&2
   exit 1
+fi
+if [[ ${HOIST_EXPECT_GPU:-0} == 1 && ! -d .deps/include ]]; then
+  # That machine has no package registry: without the carried folder the
+  # configure step fails on the first library it looks for.
+  echo "error: HOIST_EXPECT_GPU=1 but no .deps/ here: run scripts/pack-deps and carry .deps" >&2
+  exit 1
 elif [[ ${HOIST_EMULATE:-0} == 1 ]]; then
   emulated=1 gpu="hoist CUDA emulator" device=cuda:0
   hoist_bin=build-gpu/hoist_emulated cuda_tests=build-gpu/hoist_cuda_emulated_tests
@@ -67,12 +77,17 @@ build_gpu() {
   [[ -d .deps ]] && deps=(-DHOIST_DEPS_DIR="$PWD/.deps")
   mkdir -p build-gpu
   [[ -n $cuda_arch ]] && deps+=(-DCMAKE_CUDA_ARCHITECTURES="$cuda_arch")
-  if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DHOIST_BUILD_BENCH=OFF -DHOIST_BUILD_TESTS=ON \
+  # -include cstdint: the compiler there may be newer than any that has
+  # built this tree (and its carried libraries), and GCC 13's headers no
+  # longer bring in <cstdint> on the way; a missing include must not cost
+  # the run.
+  if ! timeout 120 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DHOIST_BUILD_BENCH=OFF \
+      -DHOIST_BUILD_TESTS=ON -DCMAKE_CXX_FLAGS="-include cstdint" \
       -DPython_EXECUTABLE="$(command -v python3)" "${deps[@]}" > build-gpu/cmake.log 2>&1; then
     tail -n 40 build-gpu/cmake.log
     return 1
   fi
-  grep -E "hoist:" build-gpu/cmake.log || true
+  grep -E "hoist:|Python|nanobind" build-gpu/cmake.log || true
   build_more "$@"
 }
 
@@ -92,8 +107,11 @@ build_more() {
   for t in "${names[@]}"; do
     grep -q "^$t:" <<<"$targets" && want+=("$t")
   done
-  ((${#want[@]})) || { echo "built: nothing (none of $* is in this build)"; return 0; }
-  if ! ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1; then
+  if ((${#want[@]} == 0)); then
+    echo "built: nothing (none of $* is in this build; build-gpu/cmake.log says why)"
+    return 1
+  fi
+  if ! timeout 400 ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1; then
     tail -n 80 build-gpu/ninja.log
     return 1
   fi
@@ -118,15 +136,28 @@ python_extras() {
 # checkpoint ARCH: prints the folder of a synthesized ARCH checkpoint, made
 # once and reused by the second script of scripts/gpu-all (which removes it).
 # In /dev/shm when it has room (the page cache's own speed, no disk).
+# A synth that failed is not tried again by the second script: it leaves
+# $dir.failed, and the second script goes on to what needs no checkpoint.
 checkpoint() {
   local base=/dev/shm
   [[ -d /dev/shm && $(df --output=avail -B1 /dev/shm | tail -1) -gt 20000000000 ]] || base=build-gpu
   local dir=$base/hoist-ckpt-$1${layers[1]:+-${layers[1]}}
+  if [[ -f $dir.failed ]]; then
+    echo "(the synth of $1 failed earlier in this call: not tried again)" >&2
+    return 1
+  fi
   if [[ ! -f $dir.complete ]]; then
     rm -rf "$dir"
+    local avail
+    avail=$(df --output=avail -B1 "$base" | tail -1)
+    echo "synth into $base ($(( avail / 1000000000 )) GB free there)" >&2
     timeout 90 "$hoist_bin" synth --arch "$1" "${layers[@]}" --quiet "$dir" >&2 && touch "$dir.complete"
   fi
-  [[ -f $dir.complete ]] || return 1
+  if [[ ! -f $dir.complete ]]; then
+    rm -rf "$dir"  # the space a half-written checkpoint holds goes to the rest of the run
+    touch "$dir.failed"
+    return 1
+  fi
   echo "$dir"
 }
 
@@ -140,7 +171,7 @@ seconds_left() {
 machine_facts() {
   uname -srm
   if ((have_gpu)) && command -v nvidia-smi >/dev/null; then
-    nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader
+    timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader
   fi
   echo "$(nproc) cores; $(free -g | awk '/^Mem:/ {print $2 " GiB memory, " $7 " GiB available"}')"
   df -h /dev/shm . | sed 1d
@@ -156,6 +187,8 @@ machine_facts() {
   echo "free page reporting to the host: $reporting"
   local t
   for t in cmake ninja nvcc python3 timeout; do echo "$t: $(command -v $t || echo MISSING)"; done
+  echo "c++: $(c++ --version 2>/dev/null | head -1 || echo MISSING)"
+  command -v nvcc >/dev/null && nvcc --version | tail -2 | head -1
   python3 -c "import sys, sysconfig, os; inc = sysconfig.get_paths()['include']; \
 print('python', sys.version.split()[0], 'Python.h:', 'yes' if os.path.exists(os.path.join(inc, 'Python.h')) else 'NO (no hoist module)')"
   python3 -c "import importlib
