@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -412,9 +413,14 @@ int RunSynth(const SynthArgs& args) {
   if (!written.ok()) return Fail(written.status());
   PrintWritten(*written);
   if (!args.quiet) {
-    fmt::print("wrote {} ({}{}) to {} in {} files, {:.3f} s ({:.2f} GB/s)\n", args.arch,
-               HumanBytes(written->data_bytes), args.sparse ? ", sparse" : "", args.out_dir, written->files.size(),
-               written->seconds, args.sparse ? 0.0 : Rate(written->data_bytes, written->seconds));
+    const auto shards = std::count_if(written->files.begin(), written->files.end(),
+                                      [](const std::string& f) { return EndsWith(f, ".safetensors"); });
+    const bool indexed = std::any_of(written->files.begin(), written->files.end(),
+                                     [](const std::string& f) { return EndsWith(f, ".index.json"); });
+    fmt::print("wrote {} ({}{}) to {}: {} .safetensors file{}{} and config.json, {:.3f} s ({:.2f} GB/s)\n", args.arch,
+               HumanBytes(written->data_bytes), args.sparse ? ", sparse" : "", args.out_dir, shards,
+               shards == 1 ? "" : "s", indexed ? ", an index" : "", written->seconds,
+               args.sparse ? 0.0 : Rate(written->data_bytes, written->seconds));
   }
   return 0;
 }

@@ -884,7 +884,7 @@ def test_synth_layers_scales(run_hoist, tmp_path, arch):
 def test_synth_tiny_llama(run_hoist, tmp_path):
     d = tmp_path / "tiny"
     proc = ok(run_hoist("synth", "--arch", "tiny-llama", d))
-    assert "tiny-llama" in proc.stdout
+    assert f"to {d}: 1 .safetensors file and config.json," in proc.stdout
     check_synth_dir(run_hoist, d, "tiny-llama", TINY)
     assert [p.name for p in _shards(d)] == ["model.safetensors"]
     n, header = read_header(d / "model.safetensors")
@@ -928,8 +928,9 @@ def test_synth_deterministic(run_hoist, tmp_path):
 def test_synth_deterministic_across_shardings(run_hoist, tmp_path):
     """Same tensors whatever the sharding and thread count."""
     ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", tmp_path / "one"))
-    ok(run_hoist("synth", "--arch", "tiny-llama", "--quiet", "--max-shard-size", "50KB", "--threads", "2", tmp_path / "many"))
+    proc = ok(run_hoist("synth", "--arch", "tiny-llama", "--max-shard-size", "50KB", "--threads", "2", tmp_path / "many"))
     assert len(_shards(tmp_path / "many")) > 2
+    assert f": {len(_shards(tmp_path / 'many'))} .safetensors files, an index and config.json," in proc.stdout
     one = tensor_bytes(tmp_path / "one" / "model.safetensors")
     many = {}
     for s in _shards(tmp_path / "many"):
