@@ -51,12 +51,6 @@ elif [[ ${HOIST_EXPECT_GPU:-0} == 1 ]]; then
   # the cpu for minutes of device time and report "all passed".
   echo "error: HOIST_EXPECT_GPU=1 but no GPU here (no nvidia-smi listing, no /dev/nvidia0)" >&2
   exit 1
-fi
-if [[ ${HOIST_EXPECT_GPU:-0} == 1 && ! -d .deps/include ]]; then
-  # That machine has no package registry: without the carried folder the
-  # configure step fails on the first library it looks for.
-  echo "error: HOIST_EXPECT_GPU=1 but no .deps/ here: run scripts/pack-deps and carry .deps" >&2
-  exit 1
 elif [[ ${HOIST_EMULATE:-0} == 1 ]]; then
   emulated=1 gpu="hoist CUDA emulator" device=cuda:0
   hoist_bin=build-gpu/hoist_emulated cuda_tests=build-gpu/hoist_cuda_emulated_tests
@@ -64,6 +58,12 @@ elif [[ ${HOIST_EMULATE:-0} == 1 ]]; then
 else
   gpu=cpu
   layers=(--layers 2)  # the rehearsal: a 2-layer model on the cpu
+fi
+if [[ ${HOIST_EXPECT_GPU:-0} == 1 && ! -d .deps/include ]]; then
+  # That machine has no package registry: without the carried folder the
+  # configure step fails on the first library it looks for.
+  echo "error: HOIST_EXPECT_GPU=1 but no .deps/ here: run scripts/pack-deps and carry .deps" >&2
+  exit 1
 fi
 
 # build_gpu TARGET...: configures build-gpu/ (dependencies from .deps/, made
