@@ -11,6 +11,17 @@
 #include <vector>
 
 #include "util/text.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define HOIST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HOIST_TSAN 1
+#endif
+#endif
+#ifdef HOIST_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
 #endif
 
 namespace hoist {
@@ -18,11 +29,27 @@ namespace hoist {
 #ifdef HOIST_HAVE_URING
 namespace {
 
+// liburing maps and unmaps a ring's memory with raw system calls, which
+// ThreadSanitizer cannot see: when the kernel maps a new ring where a dropped
+// one was, the sanitizer takes the two rings' accesses for one memory shared
+// by two threads without synchronisation. The kernel does order them (the
+// old mapping is gone before the new one exists); these tell the sanitizer so.
+#ifdef HOIST_TSAN
+char ring_mappings;  // the sanitizer's synchronisation object; never read
+void RingMapped() { __tsan_acquire(&ring_mappings); }
+void RingUnmapping() { __tsan_release(&ring_mappings); }
+#else
+void RingMapped() {}
+void RingUnmapping() {}
+#endif
+
 class UringReader final : public BlockReader {
  public:
   explicit UringReader(const UringOptions& options) : options_(options) {}
   ~UringReader() override {
-    if (ready_) io_uring_queue_exit(&ring_);
+    if (!ready_) return;
+    RingUnmapping();
+    io_uring_queue_exit(&ring_);
   }
   UringReader(const UringReader&) = delete;
   UringReader& operator=(const UringReader&) = delete;
@@ -30,6 +57,7 @@ class UringReader final : public BlockReader {
   Status Init() {
     int rc = io_uring_queue_init(options_.queue_depth, &ring_, 0);
     if (rc < 0) return NotSupported(std::string("io_uring is not available here: ") + std::strerror(-rc));
+    RingMapped();
     ready_ = true;
     return Status::Ok();
   }
