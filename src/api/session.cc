@@ -6,6 +6,7 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <system_error>
 #include <thread>
 
 #include "hoist/writer.h"
@@ -71,7 +72,14 @@ void StartDevices(const PlanRequest& request, const DeviceRegistry& registry) {
     return;
   }
   std::vector<std::thread> starts;
-  for (Device* d : devices) starts.emplace_back([d] { (void)d->GetMemoryInfo(); });
+  starts.reserve(devices.size());
+  for (Device* d : devices) {
+    try {
+      starts.emplace_back([d] { (void)d->GetMemoryInfo(); });
+    } catch (const std::system_error&) {
+      (void)d->GetMemoryInfo();  // no thread to be had: this one starts here
+    }
+  }
   for (std::thread& t : starts) t.join();
 }
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <deque>
 #include <string>
@@ -33,14 +34,29 @@ namespace {
 // ThreadSanitizer cannot see: when the kernel maps a new ring where a dropped
 // one was, the sanitizer takes the two rings' accesses for one memory shared
 // by two threads without synchronisation. The kernel does order them (the
-// old mapping is gone before the new one exists); these tell the sanitizer so.
+// old mapping is gone before the new one exists); these tell the sanitizer
+// so, page by page, so that only threads whose rings shared a page are
+// ordered and a real race between loader threads still shows.
 #ifdef HOIST_TSAN
-char ring_mappings;  // the sanitizer's synchronisation object; never read
-void RingMapped() { __tsan_acquire(&ring_mappings); }
-void RingUnmapping() { __tsan_release(&ring_mappings); }
+template <typename Each>
+void ForEachRingPage(const io_uring& ring, Each each) {
+  const struct {
+    const void* at;
+    size_t bytes;
+  } maps[] = {{ring.sq.ring_ptr, ring.sq.ring_sz},
+              {ring.cq.ring_ptr, ring.cq.ring_sz},
+              {ring.sq.sqes, ring.sq.ring_entries * sizeof(io_uring_sqe)}};
+  for (const auto& m : maps) {
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(m.at) & ~uintptr_t{4095};
+    const uintptr_t end = reinterpret_cast<uintptr_t>(m.at) + m.bytes;
+    for (uintptr_t page = begin; m.at != nullptr && page < end; page += 4096) each(reinterpret_cast<void*>(page));
+  }
+}
+void RingMapped(const io_uring& ring) { ForEachRingPage(ring, [](void* page) { __tsan_acquire(page); }); }
+void RingUnmapping(const io_uring& ring) { ForEachRingPage(ring, [](void* page) { __tsan_release(page); }); }
 #else
-void RingMapped() {}
-void RingUnmapping() {}
+void RingMapped(const io_uring&) {}
+void RingUnmapping(const io_uring&) {}
 #endif
 
 class UringReader final : public BlockReader {
@@ -48,7 +64,7 @@ class UringReader final : public BlockReader {
   explicit UringReader(const UringOptions& options) : options_(options) {}
   ~UringReader() override {
     if (!ready_) return;
-    RingUnmapping();
+    RingUnmapping(ring_);
     io_uring_queue_exit(&ring_);
   }
   UringReader(const UringReader&) = delete;
@@ -57,7 +73,7 @@ class UringReader final : public BlockReader {
   Status Init() {
     int rc = io_uring_queue_init(options_.queue_depth, &ring_, 0);
     if (rc < 0) return NotSupported(std::string("io_uring is not available here: ") + std::strerror(-rc));
-    RingMapped();
+    RingMapped(ring_);
     ready_ = true;
     return Status::Ok();
   }
