@@ -57,19 +57,21 @@ def evict(files):
     None. (Some sandboxes, gVisor's among them, refuse or ignore it, some
     without an error: mincore tells. Then the reads are warm, and the JSON
     says so.)"""
+    problem = None  # the first; every file is still evicted
     for path in files:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         except OSError as e:
-            return repr(e)
+            problem = problem or repr(e)
+            continue
         finally:
             os.close(fd)
         left = cached_fraction(path)
-        if left is not None and left > 0.5:
-            return f"posix_fadvise(DONTNEED) left {left:.0%} of {os.path.basename(path)} in the page cache"
-    return None
+        if left is not None and left > 0.5 and problem is None:
+            problem = f"posix_fadvise(DONTNEED) left {left:.0%} of {os.path.basename(path)} in the page cache"
+    return problem
 
 
 def main():

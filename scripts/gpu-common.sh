@@ -13,8 +13,13 @@
 # bench/out/ (ignored by git) for a rehearsal.
 reports=build-gpu/reports
 mkdir -p "$reports"
+# Synthesized checkpoints are named for this checkout, so that two checkouts
+# on one machine (a CI clone beside a working tree) never share or remove
+# each other's: ckpt_prefix + ARCH[-LAYERS], in /dev/shm or build-gpu/.
+# scripts/gpu-all sets it for both scripts, and removes them at the end.
+ckpt_prefix=${HOIST_CKPT_PREFIX:-hoist-ckpt-$(pwd -P | cksum | cut -d' ' -f1)-}
 # A failed synth stands for the rest of one scripts/gpu-all call, no longer.
-[[ ${HOIST_KEEP_FAILED:-0} == 1 ]] || rm -f /dev/shm/hoist-ckpt-*.failed build-gpu/hoist-ckpt-*.failed
+[[ ${HOIST_KEEP_FAILED:-0} == 1 ]] || rm -f /dev/shm/"$ckpt_prefix"*.failed build-gpu/"$ckpt_prefix"*.failed
 rm -f "$reports"/*.json  # a warm machine keeps build-gpu/: no report of an earlier call may stand in
 # transformers must not look for a hub it cannot reach.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -81,7 +86,7 @@ build_gpu() {
   # built this tree (and its carried libraries), and GCC 13's headers no
   # longer bring in <cstdint> on the way; a missing include must not cost
   # the run.
-  if ! timeout 120 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DHOIST_BUILD_BENCH=OFF \
+  if ! timeout "$(step_limit 120)" cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DHOIST_BUILD_BENCH=OFF \
       -DHOIST_BUILD_TESTS=ON -DCMAKE_CXX_FLAGS="-include cstdint" \
       -DPython_EXECUTABLE="$(command -v python3)" "${deps[@]}" > build-gpu/cmake.log 2>&1; then
     tail -n 40 build-gpu/cmake.log
@@ -111,8 +116,11 @@ build_more() {
     echo "built: nothing (none of $* is in this build; build-gpu/cmake.log says why)"
     return 1
   fi
-  if ! timeout 400 ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1; then
+  local limit
+  limit=$(step_limit 400)
+  if ! timeout "$limit" ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1; then
     tail -n 80 build-gpu/ninja.log
+    echo "(the build stopped with exit $? under its limit of $limit s)"
     return 1
   fi
   echo "built: ${want[*]}"
@@ -139,9 +147,16 @@ python_extras() {
 # A synth that failed is not tried again by the second script: it leaves
 # $dir.failed, and the second script goes on to what needs no checkpoint.
 checkpoint() {
-  local base=/dev/shm
-  [[ -d /dev/shm && $(df --output=avail -B1 /dev/shm | tail -1) -gt 20000000000 ]] || base=build-gpu
-  local dir=$base/hoist-ckpt-$1${layers[1]:+-${layers[1]}}
+  local name=$ckpt_prefix$1${layers[1]:+-${layers[1]}} base=""
+  # Where the first script put it (or failed to): /dev/shm, once holding the
+  # checkpoint, may no longer have the room that chose it.
+  [[ -e /dev/shm/$name.complete || -e /dev/shm/$name.failed ]] && base=/dev/shm
+  [[ -e build-gpu/$name.complete || -e build-gpu/$name.failed ]] && base=build-gpu
+  if [[ -z $base ]]; then
+    base=/dev/shm
+    [[ -d /dev/shm && $(df --output=avail -B1 /dev/shm | tail -1) -gt 20000000000 ]] || base=build-gpu
+  fi
+  local dir=$base/$name
   if [[ -f $dir.failed ]]; then
     echo "(the synth of $1 failed earlier in this call: not tried again)" >&2
     return 1
@@ -165,6 +180,20 @@ checkpoint() {
 seconds_left() {
   local left=$(( $1 - $(date +%s) ))
   echo $(( left > 0 ? left : 0 ))
+}
+
+# step_limit MAX: a build step's time limit: MAX seconds, and under
+# scripts/gpu-all no more than leaves 60 s before the device tool's own limit
+# (HOIST_DEADLINE + 60 s), so that a slow build ends with the scripts' own
+# report, not with the run killed; at least 30 s.
+step_limit() {
+  local limit=$1
+  if [[ -n ${HOIST_DEADLINE:-} ]]; then
+    local left
+    left=$(seconds_left "$HOIST_DEADLINE")
+    (( left < limit )) && limit=$left
+  fi
+  echo $(( limit > 30 ? limit : 30 ))
 }
 
 # machine_facts: what the run depends on, for the log.

@@ -33,8 +33,10 @@ esac
 FIELDS = ["have_gpu", "gpu", "device", "layers", "cuda_arch", "hoist_bin", "cuda_tests", "out", "emulated"]
 
 
-def set_up(tmp_path: Path, *, gpu: bool, deps: bool, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Sources gpu-common.sh in a scratch tree and prints what it chose."""
+def set_up(tmp_path: Path, *, gpu: bool, deps: bool, env: dict[str, str] | None = None,
+           then: str = "") -> subprocess.CompletedProcess:
+    """Sources gpu-common.sh in a scratch tree and prints what it chose (and
+    what the commands `then` print)."""
     tree = tmp_path / "tree"
     (tree / "scripts").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "scripts" / "gpu-common.sh", tree / "scripts")
@@ -54,7 +56,7 @@ def set_up(tmp_path: Path, *, gpu: bool, deps: bool, env: dict[str, str] | None 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("HOIST_") and k != "OUT"}
     full_env.update(PATH=path, **(env or {}))
     show = "; ".join(f'printf "%s\\n" "{name}=${{{name}[*]}}"' for name in FIELDS)
-    return subprocess.run(["bash", "-c", f"set -uo pipefail; source scripts/gpu-common.sh; {show}"], cwd=tree,
+    return subprocess.run(["bash", "-c", f"set -uo pipefail; source scripts/gpu-common.sh; {show}; {then or ':'}"], cwd=tree,
                           env=full_env, capture_output=True, text=True, timeout=60)
 
 
@@ -100,3 +102,91 @@ class TestGpuCommon:
         got = chosen(set_up(tmp_path, gpu=False, deps=False))
         assert (got["have_gpu"], got["gpu"], got["device"], got["layers"]) == ("0", "cpu", "cpu", "--layers 2")
         assert got["out"] == "bench/out"
+
+
+def _gpu_bench():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gpu_bench", REPO / "bench" / "gpu_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_targets_judge_each_figure_of_a_run(tmp_path):
+    """The targets table gpu-bench ends with: each target met, missed or
+    without a figure, from the run's own numbers."""
+    import argparse
+    import json
+    targets = _gpu_bench().targets
+    gb = 16_000_000_000
+    results = {
+        "hoist_cli": {"seconds": 0.40, "bytes": gb, "output_bytes": gb},  # 40 GB/s
+        "hoist": {"seconds": 0.45, "bytes": gb},
+        "safetensors": {"seconds": 2.50, "bytes": gb},    # 5.6x hoist's 0.45 s
+        "transformers": {"seconds": 1.20, "bytes": gb},   # 2.7x
+        # A cast twice as slow delivers 94% of the plain load's output bytes
+        # per second (its output is twice as large): a miss all the same.
+        "hoist_cast_f32": {"seconds": 0.85, "bytes": gb, "output_bytes": 2 * gb},
+    }
+    args = argparse.Namespace(bound_gbps=50.0, out=str(tmp_path))
+    def judged():
+        rows = {target: (text, met) for target, text, met in targets(args, results)}
+        assert len(rows) == 5
+        return lambda start: next(v for k, v in rows.items() if k.startswith(start))
+
+    rows = judged()
+    assert rows("hoist (command) at >= 85% of the pinned host-to-device bound") == ("80% (40.00 of 50.00 GB/s)", False)
+    assert rows(">= 5x faster than safetensors") == ("5.56x", True)
+    assert rows(">= 3x faster than transformers") == ("2.67x", False)
+    assert rows("cast bf16->f32 within 10% of the plain load's rate") == ("47% of the plain load's rate", False)
+    assert rows("hoist load --device cpu faster than cat") == ("no figure", None)
+
+    args.bound_gbps = 45.0
+    results["hoist_cast_f32"]["seconds"] = 0.43
+    del results["transformers"]
+    (tmp_path / "cpu-vs-cat.json").write_text(json.dumps({"cat_over_hoist": 1.3}))
+    def judged():
+        rows = {target: (text, met) for target, text, met in targets(args, results)}
+        assert len(rows) == 5
+        return lambda start: next(v for k, v in rows.items() if k.startswith(start))
+
+    rows = judged()
+    assert rows("hoist (command) at >= 85% of the pinned host-to-device bound")[1] is True
+    assert rows(">= 3x faster than transformers") == ("no figure", None)
+    assert rows("cast bf16->f32 within 10% of the plain load's rate") == ("93% of the plain load's rate", True)
+    assert rows("hoist load --device cpu faster than cat") == ("cat / hoist = 1.30", True)
+
+
+def test_the_second_script_finds_the_checkpoint_where_the_first_put_it(tmp_path):
+    """gpu-bench must reuse gpu-check's checkpoint (or its failure) where it
+    is, even when /dev/shm's room, which chose the place, has changed since;
+    and the names are this checkout's own."""
+    # /dev/shm has all the room in the world now (a stand-in df), and the
+    # checkpoint is in build-gpu/ all the same.
+    then = ('df() { printf "Avail\\n99000000000000\\n"; }; mkdir -p "build-gpu/${ckpt_prefix}llama-3.1-8b"; touch "build-gpu/${ckpt_prefix}llama-3.1-8b.complete"; '
+            'echo "prefix=$ckpt_prefix"; echo "found=$(checkpoint llama-3.1-8b)"; '
+            'rm "build-gpu/${ckpt_prefix}llama-3.1-8b.complete"; touch "build-gpu/${ckpt_prefix}llama-3.1-8b.failed"; '
+            'checkpoint llama-3.1-8b; echo "failed_rc=$?"')
+    proc = set_up(tmp_path, gpu=True, deps=True, env={"HOIST_EXPECT_GPU": "1"}, then=then)
+    got = chosen(proc)
+    assert got["prefix"].startswith("hoist-ckpt-") and got["prefix"] != "hoist-ckpt-"
+    assert got["found"] == f"build-gpu/{got['prefix']}llama-3.1-8b"
+    assert got["failed_rc"] == "1" and "failed earlier" in proc.stderr
+    # Another checkout's names differ.
+    other = set_up(tmp_path / "other", gpu=True, deps=True, env={"HOIST_EXPECT_GPU": "1"}, then='echo "prefix=$ckpt_prefix"')
+    assert chosen(other)["prefix"] != got["prefix"]
+
+
+def test_build_steps_end_before_the_device_tools_limit(tmp_path):
+    """Under scripts/gpu-all a build step may run only until its deadline
+    (the device tool kills the call 60 s later), never less than 30 s; alone,
+    its own limit."""
+    import time
+    show = 'echo "limit=$(step_limit 400)"; echo "short=$(step_limit 45)"'
+    alone = chosen(set_up(tmp_path, gpu=False, deps=False, then=show))
+    assert (alone["limit"], alone["short"]) == ("400", "45")
+    soon = chosen(set_up(tmp_path, gpu=False, deps=False, then=show,
+                         env={"HOIST_DEADLINE": str(int(time.time()) + 100)}))
+    assert 90 <= int(soon["limit"]) <= 100 and soon["short"] == "45"
+    past = chosen(set_up(tmp_path, gpu=False, deps=False, then=show, env={"HOIST_DEADLINE": "1"}))
+    assert (past["limit"], past["short"]) == ("30", "30")
