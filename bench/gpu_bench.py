@@ -168,7 +168,11 @@ def main():
     shards = sorted(glob.glob(os.path.join(args.dir, "*.safetensors")))
     total = sum(os.path.getsize(f) for f in shards)
     if device.startswith("cuda") and not args.emulated:
-        torch.zeros(1, device=device)  # CUDA context up before any timer
+        try:
+            torch.zeros(1, device=device)  # CUDA context up before any timer
+        except Exception as e:
+            # torch's rows then fail one by one, and hoist's command still runs.
+            print(f"torch cannot use {device}: {e!r}", file=sys.stderr)
     results, sweep = {}, {}
 
     def seconds_left():

@@ -20,15 +20,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-FAKE_NVIDIA_SMI = """#!/bin/sh
-case "$*" in
-  -L) echo "GPU 0: NVIDIA H200 (UUID: GPU-00000000-0000-0000-0000-000000000000)" ;;
-  *driver_version*) echo "NVIDIA H200, 143771 MiB, 580.95.05, 9.0" ;;
-  *compute_cap*) echo "9.0" ;;
-  *name*) echo "NVIDIA H200" ;;
-  *) exit 1 ;;
-esac
-"""
+# Answers as an H200 machine would (scripts/test uses it too).
+FAKE_NVIDIA_SMI = REPO / "tests" / "gpu-machine" / "nvidia-smi"
 
 FIELDS = ["have_gpu", "gpu", "device", "layers", "cuda_arch", "hoist_bin", "cuda_tests", "out", "emulated"]
 
@@ -44,12 +37,7 @@ def set_up(tmp_path: Path, *, gpu: bool, deps: bool, env: dict[str, str] | None 
         (tree / ".deps" / "include").mkdir(parents=True, exist_ok=True)
     path = os.environ["PATH"]
     if gpu:
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir(exist_ok=True)
-        smi = bin_dir / "nvidia-smi"
-        smi.write_text(FAKE_NVIDIA_SMI)
-        smi.chmod(0o755)
-        path = f"{bin_dir}:{path}"
+        path = f"{FAKE_NVIDIA_SMI.parent}:{path}"
     else:
         # No nvidia-smi at all, whatever this machine has.
         path = ":".join(p for p in path.split(":") if not (Path(p) / "nvidia-smi").exists())
