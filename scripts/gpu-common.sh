@@ -93,6 +93,7 @@ build_gpu() {
     return 1
   fi
   grep -E "hoist:|Python|nanobind" build-gpu/cmake.log || true
+  echo "CUDA architectures asked for: ${cuda_arch:-none, the default}"
   build_more "$@"
 }
 
@@ -116,11 +117,14 @@ build_more() {
     echo "built: nothing (none of $* is in this build; build-gpu/cmake.log says why)"
     return 1
   fi
-  local limit
+  local limit rc=0
   limit=$(step_limit 400)
-  if ! timeout "$limit" ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1; then
+  timeout "$limit" ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1 || rc=$?
+  if ((rc)); then
     tail -n 80 build-gpu/ninja.log
-    echo "(the build stopped with exit $? under its limit of $limit s)"
+    local why="exit $rc"
+    ((rc == 124)) && why="its time limit of $limit s"
+    echo "(the build stopped: $why)"
     return 1
   fi
   echo "built: ${want[*]}"

@@ -233,7 +233,11 @@ NB_MODULE(_hoist, m) {
             r.device = device;
             r.device_map = device_map;
             if (!MayUseGpus(r) || c.start_devices.joinable()) return;
-            c.start_devices = std::thread([r] { StartDevices(r, RegistryFor(r)); });
+            try {
+              c.start_devices = std::thread([r] { StartDevices(r, RegistryFor(r)); });
+            } catch (const std::exception&) {
+              // No thread to be had: the load starts the devices itself.
+            }
           },
           nb::arg("device") = "", nb::arg("device_map") = "",
           "Starts, on a thread of its own, the devices a load of this checkpoint with this device or device_map "

@@ -2,11 +2,11 @@
 #include "api/session.h"
 
 #include <chrono>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
-#include <system_error>
 #include <thread>
 
 #include "hoist/writer.h"
@@ -76,7 +76,7 @@ void StartDevices(const PlanRequest& request, const DeviceRegistry& registry) {
   for (Device* d : devices) {
     try {
       starts.emplace_back([d] { (void)d->GetMemoryInfo(); });
-    } catch (const std::system_error&) {
+    } catch (const std::exception&) {
       (void)d->GetMemoryInfo();  // no thread to be had: this one starts here
     }
   }
@@ -210,10 +210,17 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   // Device start-up (a CUDA context takes from a fraction of a second to many
   // seconds) runs while the headers are parsed and the load is planned: the
   // first call on each device creates its context.
-  std::thread warm_up([&request, &registry] { StartDevices(request.plan, registry); });
+  std::thread warm_up;
+  try {
+    warm_up = std::thread([&request, &registry] { StartDevices(request.plan, registry); });
+  } catch (const std::exception&) {
+    StartDevices(request.plan, registry);  // no thread to be had: before planning, not beside it
+  }
   struct Joiner {
     std::thread& t;
-    ~Joiner() { t.join(); }
+    ~Joiner() {
+      if (t.joinable()) t.join();
+    }
   } joiner{warm_up};
 
   auto plan_start = std::chrono::steady_clock::now();

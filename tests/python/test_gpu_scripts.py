@@ -117,6 +117,7 @@ def test_targets_judge_each_figure_of_a_run(tmp_path):
         "hoist_cast_f32": {"seconds": 0.85, "bytes": gb, "output_bytes": 2 * gb},
     }
     args = argparse.Namespace(bound_gbps=50.0, out=str(tmp_path))
+
     def judged():
         rows = {target: (text, met) for target, text, met in targets(args, results)}
         assert len(rows) == 5
@@ -133,11 +134,6 @@ def test_targets_judge_each_figure_of_a_run(tmp_path):
     results["hoist_cast_f32"]["seconds"] = 0.43
     del results["transformers"]
     (tmp_path / "cpu-vs-cat.json").write_text(json.dumps({"cat_over_hoist": 1.3}))
-    def judged():
-        rows = {target: (text, met) for target, text, met in targets(args, results)}
-        assert len(rows) == 5
-        return lambda start: next(v for k, v in rows.items() if k.startswith(start))
-
     rows = judged()
     assert rows("hoist (command) at >= 85% of the pinned host-to-device bound")[1] is True
     assert rows(">= 3x faster than transformers") == ("no figure", None)
