@@ -174,3 +174,19 @@ def test_build_steps_end_before_the_device_tools_limit(tmp_path):
     assert 90 <= int(soon["limit"]) <= 100 and soon["short"] == "45"
     past = chosen(set_up(tmp_path, gpu=False, deps=False, then=show, env={"HOIST_DEADLINE": "1"}))
     assert (past["limit"], past["short"]) == ("30", "30")
+
+
+@pytest.mark.parametrize("check_exit, bench_runs", [(3, False), (1, True), (0, True)])
+def test_gpu_all_skips_the_bench_only_when_the_check_could_not_build(tmp_path, check_exit, bench_runs):
+    """gpu-check's exit 3 means the command did not build: gpu-bench would
+    fail the same way, so gpu-all does not run it; any other failure of the
+    check leaves the bench to run."""
+    tree = tmp_path / "tree"
+    (tree / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "gpu-all", tree / "scripts")
+    (tree / "scripts" / "gpu-check").write_text(f"exit {check_exit}\n")
+    (tree / "scripts" / "gpu-bench").write_text("touch bench-ran\n")
+    proc = subprocess.run(["bash", "scripts/gpu-all"], cwd=tree, capture_output=True, text=True, timeout=60)
+    assert (tree / "bench-ran").exists() == bench_runs
+    assert proc.returncode == (0 if check_exit == 0 else 1), proc.stdout
+    assert ("gpu-bench skipped" in proc.stdout) == (not bench_runs)
