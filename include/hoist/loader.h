@@ -78,6 +78,10 @@ struct LoadOptions {
   // When set, Load stores the bytes it will read in progress->total once the
   // reads are planned, and adds to progress->done as reads finish.
   LoadProgress* progress = nullptr;
+  // When set, another thread (a signal handler, say) may set it to stop the
+  // load: the reads stop before their next chunk, every byte reserved is
+  // returned, and Load fails with kCancelled.
+  const std::atomic<bool>* cancel = nullptr;
   // Test hook: called before the k-th read (0-based); a non-OK status fails it.
   std::function<Status(uint64_t read_index)> before_read;
 };

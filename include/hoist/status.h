@@ -25,6 +25,7 @@ enum class StatusCode {
   kOutOfMemory,      // host or device memory does not suffice
   kDevice,           // a device API failed
   kNotSupported,     // valid, but hoist does not do it (yet)
+  kCancelled,        // the caller asked it to stop (Ctrl-C)
 };
 
 const char* StatusCodeName(StatusCode code);
@@ -56,6 +57,7 @@ inline Status NotFound(std::string m) { return {StatusCode::kNotFound, std::move
 inline Status IoError(std::string m) { return {StatusCode::kIoError, std::move(m)}; }
 inline Status OutOfMemory(std::string m) { return {StatusCode::kOutOfMemory, std::move(m)}; }
 inline Status NotSupported(std::string m) { return {StatusCode::kNotSupported, std::move(m)}; }
+inline Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
 
 template <typename T>
 class [[nodiscard]] Result {

@@ -12,9 +12,15 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -39,6 +45,59 @@ template <typename T>
 T Unwrap(Result<T> r) {
   if (!r.ok()) throw StatusError(r.status());
   return std::move(r).value();
+}
+
+// Runs `work`, which must not touch Python, on a thread of its own while
+// this thread waits with the GIL released, waking every 20 ms to run
+// Python's signal handlers. When one raises (KeyboardInterrupt, from
+// Ctrl-C), `cancel` is set, the work is waited for to its end (a load stops
+// before its next read and returns everything it reserved), and that
+// exception propagates. An exception `work` throws is rethrown here. Where
+// no thread can be had, the work runs on this one and cannot be interrupted.
+template <typename Work>
+void RunInterruptibly(std::atomic<bool>& cancel, Work&& work) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::exception_ptr thrown;
+  auto run = [&] {
+    try {
+      work();
+    } catch (...) {
+      thrown = std::current_exception();
+    }
+  };
+  std::thread worker;
+  try {
+    worker = std::thread([&] {
+      run();
+      std::lock_guard<std::mutex> lock(mu);
+      done = true;
+      cv.notify_all();
+    });
+  } catch (const std::system_error&) {
+    nb::gil_scoped_release release;
+    run();
+  }
+  bool interrupted = false;
+  if (worker.joinable()) {
+    for (;;) {
+      {
+        nb::gil_scoped_release release;
+        std::unique_lock<std::mutex> lock(mu);
+        if (cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done; })) break;
+      }
+      if (PyErr_CheckSignals() != 0) {  // a handler raised: its exception is set
+        interrupted = true;
+        cancel.store(true);
+        break;
+      }
+    }
+    nb::gil_scoped_release release;
+    worker.join();
+  }
+  if (interrupted) throw nb::python_error();
+  if (thrown) std::rethrow_exception(thrown);
 }
 
 nb::dlpack::dtype DlpackDtype(DType t) {
@@ -332,12 +391,13 @@ NB_MODULE(_hoist, m) {
           opened = std::move(checkpoint->catalog);
         }
         std::unique_ptr<LoadSession> session;
-        {
-          nb::gil_scoped_release release;  // reads run on hoist's own threads
+        std::atomic<bool> cancel{false};
+        r.cancel = &cancel;
+        RunInterruptibly(cancel, [&] {
           if (checkpoint != nullptr) checkpoint->WaitForDevices();
           // A cpu load never starts the CUDA driver.
           session = Unwrap(LoadFromRequest(r, RegistryFor(r.plan), std::move(opened)));
-        }
+        });
         return Model(std::move(session));
       },
       nb::arg("path"), nb::arg("device") = "", nb::arg("device_map") = "", nb::arg("max_memory") = "",

@@ -245,6 +245,7 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   options.direct = request.direct == "on" ? DirectIo::kOn : request.direct == "off" ? DirectIo::kOff : DirectIo::kAuto;
   options.io = request.io == "uring" ? IoEngine::kUring : request.io == "pread" ? IoEngine::kPread : IoEngine::kAuto;
   options.progress = request.progress;
+  options.cancel = request.cancel;
   session->staging = {options.chunk_bytes, options.pipeline};
   Result<LoadedModel> model = Load(*session->catalog, std::move(plan), registry, options);
   if (!model.ok() && model.status().code() == StatusCode::kOutOfMemory) {  // which checkpoint did not fit

@@ -46,6 +46,7 @@ struct LoadRequest {
   std::string direct = "off";  // auto, on, off
   std::string io = "pread";     // pread, auto, uring
   LoadProgress* progress = nullptr;  // when set, updated as the load runs
+  const std::atomic<bool>* cancel = nullptr;  // when set, stops the load (LoadOptions::cancel)
 };
 
 // The cpu, and every CUDA GPU when hoist was built with the CUDA backend.

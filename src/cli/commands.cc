@@ -2,10 +2,12 @@
 #include "cli/commands.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -305,6 +307,44 @@ class ProgressLine {
   std::thread thread_;
 };
 
+// Ctrl-C (SIGINT) or SIGTERM while a load runs: the first asks the load to
+// stop, which returns every byte it reserved, and the command exits with
+// 128 + the signal's number and a one-line error. The handler is then the
+// default again, so a second signal ends the process at once.
+class StopOnSignal {
+ public:
+  StopOnSignal() {
+    stop_.store(false);
+    signal_ = 0;
+    struct sigaction action = {};
+    action.sa_handler = &StopOnSignal::Handle;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESETHAND;
+    for (size_t k = 0; k < 2; ++k) installed_[k] = ::sigaction(kSignals[k], &action, &previous_[k]) == 0;
+  }
+  ~StopOnSignal() {
+    for (size_t k = 0; k < 2; ++k) {
+      if (installed_[k]) (void)::sigaction(kSignals[k], &previous_[k], nullptr);
+    }
+  }
+  StopOnSignal(const StopOnSignal&) = delete;
+  StopOnSignal& operator=(const StopOnSignal&) = delete;
+  const std::atomic<bool>* flag() const { return &stop_; }
+  int received() const { return signal_; }
+
+ private:
+  static void Handle(int signal) {
+    signal_ = signal;
+    stop_.store(true, std::memory_order_relaxed);  // lock-free: safe in a handler
+  }
+  static constexpr int kSignals[2] = {SIGINT, SIGTERM};
+  static_assert(std::atomic<bool>::is_always_lock_free);
+  static inline std::atomic<bool> stop_{false};
+  static inline volatile std::sig_atomic_t signal_ = 0;
+  struct sigaction previous_[2] = {};
+  bool installed_[2] = {false, false};
+};
+
 int RunLoad(const LoadArgs& args) {
   if (!args.report.empty()) {
     if (Status s = CheckWritable("--report", args.report); !s.ok()) return Fail(s);
@@ -312,16 +352,25 @@ int RunLoad(const LoadArgs& args) {
   auto registry = std::make_unique<DeviceRegistry>(MakeRegistry(args.request.plan));
   LoadRequest request = args.request;
   Result<std::unique_ptr<LoadSession>> session = NotFound("");
+  int signal = 0;
   {
+    StopOnSignal stop;
     ProgressLine progress(!args.quiet);
     request.progress = progress.counters();
+    request.cancel = stop.flag();
     session = LoadFromRequest(request, *registry);
+    signal = stop.received();
   }
   if (!session.ok()) {
     // The devices go first: whatever their clean-up has to say (after a GPU
     // fault, that it failed too) comes before the error, which stays the
     // last line.
     registry.reset();
+    if (session.status().code() == StatusCode::kCancelled && signal != 0) {
+      fmt::print(stderr, "error: {}: load interrupted by {}\n", Printable(args.request.plan.path),
+                 signal == SIGINT ? "SIGINT" : "SIGTERM");
+      return 128 + signal;
+    }
     return Fail(session.status());
   }
   const LoadedModel& model = (*session)->model;

@@ -784,5 +784,71 @@ TEST_F(DeviceLoaderTest, ReadFailureReturnsEveryByte) {
   }
 }
 
+// A cancel flag set while the reads run (as the CLI's signal handler and the
+// Python module's wait for Ctrl-C set it): each reader stops at its next
+// read, the load fails with kCancelled and names no tensor (none is at
+// fault), and every byte is returned. On one GPU, with casts on it, split
+// with the cpu, with an allocation per tensor, and on the cpu alone.
+TEST_F(DeviceLoaderTest, CancelStopsTheReadsAndReturnsEveryByte) {
+  for (int mode = 0; mode < 5; ++mode) {
+    SCOPED_TRACE("mode " + std::to_string(mode));
+    PlanOptions po;
+    if (mode == 2) {
+      po.device_map = R"({"model.layers": 0, "": "cpu"})";
+    } else {
+      po.device = mode == 4 ? DeviceId::Cpu() : DeviceId::Cuda(0);
+    }
+    if (mode == 1) po.cast_to = DType::kF32;
+    options_.alloc = mode == 3 ? AllocStrategy::kPerTensor : AllocStrategy::kReserve;
+    ResetDevices();
+    std::atomic<bool> cancel{false};
+    std::atomic<int> reads{0}, reads_after{0};
+    options_.cancel = &cancel;
+    options_.before_read = [&](uint64_t) {
+      if (cancel.load()) reads_after.fetch_add(1);
+      if (reads.fetch_add(1) == 5) cancel.store(true);
+      return Status::Ok();
+    };
+    auto model = LoadWith(po);
+    ASSERT_FALSE(model.ok());
+    EXPECT_EQ(model.status().code(), StatusCode::kCancelled) << model.status().message();
+    EXPECT_EQ(model.status().message().find("tensor '"), std::string::npos) << model.status().message();
+    // The reader that set it and each of the others come to it once more at
+    // most: the check that stops them.
+    EXPECT_LE(reads_after.load(), options_.threads);
+    ExpectAllReturned();
+    // Without the flag set the same load reads far more.
+    cancel.store(false);
+    options_.before_read = [&](uint64_t) {
+      reads.fetch_add(1);
+      return Status::Ok();
+    };
+    reads.store(0);
+    ResetDevices();
+    ASSERT_TRUE(LoadWith(po).ok());
+    EXPECT_GT(reads.load(), 5 + options_.threads);
+  }
+}
+
+// Set before the load starts: nothing is allocated or read.
+TEST_F(DeviceLoaderTest, CancelSetBeforeTheLoadAllocatesAndReadsNothing) {
+  std::atomic<bool> cancel{true};
+  int reads = 0;
+  options_.cancel = &cancel;
+  options_.before_read = [&](uint64_t) {
+    ++reads;
+    return Status::Ok();
+  };
+  PlanOptions po;
+  po.device = DeviceId::Cuda(0);
+  auto model = LoadWith(po);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), StatusCode::kCancelled);
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocate), 0);
+  EXPECT_EQ(gpu_->calls(FaultPoint::kAllocatePinned), 0);
+  EXPECT_EQ(reads, 0);
+  ExpectAllReturned();
+}
+
 }  // namespace
 }  // namespace hoist

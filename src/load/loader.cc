@@ -446,6 +446,11 @@ constexpr uint64_t kHostCastBlockBytes = 512 << 10;
 // stream runs ahead.
 constexpr int kScratchChunks = 4;
 
+// kCancelled once the caller has set options.cancel.
+Status CheckCancelled(const LoadOptions& options) {
+  if (options.cancel == nullptr || !options.cancel->load(std::memory_order_relaxed)) return Status::Ok();
+  return Cancelled("the load was cancelled");
+}
 
 }  // namespace
 
@@ -526,6 +531,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     }
     device_start_seconds = Since(wait_start);
   }
+  HOIST_RETURN_IF_ERROR(CheckCancelled(options));
   uint64_t host_extra = 0;  // staging (or the pipeline-off copy) in host memory
   uint64_t host_tensors = 0;
   for (const DevicePlan& d : plan.devices) {
@@ -612,6 +618,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (options.alloc == AllocStrategy::kReserve) {
       tensor_ptr[i] = s.base + t.offset_bytes;
     } else if (t.size_bytes > 0) {
+      HOIST_RETURN_IF_ERROR(CheckCancelled(options));  // a driver call per tensor may take a while
       HOIST_ASSIGN_OR_RETURN(DeviceMemory a, DeviceMemory::Allocate(s.device, t.size_bytes));
       tensor_ptr[i] = static_cast<unsigned char*>(a.get());
       s.stats.reserved_bytes += a.size_bytes();
@@ -911,6 +918,8 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       [&](size_t k) -> Status {
         const ReadItem& it = items[k];
         Status s = options.before_read ? options.before_read(k) : Status::Ok();
+        if (s.ok()) s = CheckCancelled(options);
+        if (s.code() == StatusCode::kCancelled) return s;  // not this tensor's problem
         if (s.ok()) s = process(it, reader_local);
         if (s.ok()) {
           if (options.progress != nullptr) options.progress->done.fetch_add(it.size_bytes, std::memory_order_relaxed);

@@ -12,6 +12,7 @@ const char* StatusCodeName(StatusCode code) {
     case StatusCode::kOutOfMemory: return "out of memory";
     case StatusCode::kDevice: return "device error";
     case StatusCode::kNotSupported: return "not supported";
+    case StatusCode::kCancelled: return "cancelled";
   }
   return "unknown";
 }

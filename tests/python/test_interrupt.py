@@ -1,0 +1,138 @@
+"""Ctrl-C during a load: the CLI and the Python module stop it, return what it
+reserved, and say so.
+
+Each load here runs in a process of its own, reading a llama-3.2-1b layout
+cut to 2 layers (about 0.77 GB) onto the cpu with one reader thread. The
+signal is sent once the command has 64 MiB resident (the Python test: 64
+MiB more than before its load), that is once the load is filling its arena,
+with most of it still to read. That the load stopped there, rather than running to its end before
+the signal was acted on, is read from the bytes the process read
+(/proc/PID/io's rchar, which counts preads): a finished load reads the whole
+checkpoint. (Peak resident memory would not do: a child's counts its
+parent's, from before exec.)
+
+Run: PYTHONPATH=build/python HOIST_BIN=build/hoist python3 -m pytest -q tests/python/test_interrupt.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hoist_testlib import ok
+
+TRIGGER_BYTES = 64 << 20
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, run_hoist) -> tuple[Path, int]:
+    out = tmp_path_factory.mktemp("interrupt") / "m"
+    ok(run_hoist("synth", "--arch", "llama-3.2-1b", "--layers", "2", "--quiet", out))
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    assert size > 700e6, size
+    return out, size
+
+
+def resident_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def bytes_read(io_file: str) -> int:
+    with open(io_file) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def running(pid: int, binary: Path) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == str(Path(binary).resolve())
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_load_stops_on_a_signal_with_one_line_and_128_plus_its_number(hoist_bin, model, tmp_path, signum):
+    path, size = model
+    err = tmp_path / "stderr"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([str(hoist_bin), "load", str(path), "--device", "cpu", "--threads", "1", "-q"],
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+    # Until the child has exec'd it has its parent's pages (this pytest's,
+    # with torch in them, say) and not yet the command's signal handler.
+    deadline = time.monotonic() + 60
+    while not running(proc.pid, hoist_bin):
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.0005)
+    while (rss := resident_bytes(proc.pid)) is not None and rss < TRIGGER_BYTES:
+        assert time.monotonic() < deadline, "the load never filled 64 MiB of its arena"
+        time.sleep(0.0005)
+    os.kill(proc.pid, signum)
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not yet reaped: its /proc/PID/io stays
+    read = bytes_read(f"/proc/{proc.pid}/io")
+    proc.wait()
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, (proc.returncode, err.read_text())
+    assert err.read_text() == f"error: {path}: load interrupted by {name}\n"
+    assert read < size / 2, f"{read} bytes read: the load ran on after the signal"
+
+
+PYTHON_LOAD = r"""
+import json, os, signal, sys, threading, time
+import hoist
+
+path, trigger = sys.argv[1], int(sys.argv[2])
+
+def resident():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+
+def bytes_read():
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+base = resident()
+read_before = bytes_read()
+def interrupt():
+    while resident() < base + trigger:
+        time.sleep(0.0005)
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=interrupt, daemon=True).start()
+try:
+    hoist.load(path, device="cpu", threads=1)
+    outcome = "finished"
+except KeyboardInterrupt:
+    outcome = "KeyboardInterrupt"
+read = bytes_read() - read_before
+after = resident()
+again = hoist.load(path, device="cpu", only=r"model\.norm\.weight")
+print(json.dumps({"outcome": outcome, "base": base, "read": read, "after": after, "again": again.keys()}))
+"""
+
+
+def test_python_load_raises_keyboard_interrupt_and_returns_its_memory(hoist_bin, model):
+    pytest.importorskip("hoist", reason="the hoist Python module is not built (run with PYTHONPATH=build/python)")
+    path, size = model
+    proc = subprocess.run([sys.executable, "-c", PYTHON_LOAD, str(path), str(TRIGGER_BYTES)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["outcome"] == "KeyboardInterrupt"
+    assert got["read"] < size / 2, f"{got}: the load ran on after Ctrl-C"
+    # The arena is gone with the interrupted load, and the module loads again.
+    assert got["after"] - got["base"] < 32 << 20, got
+    assert got["again"] == ["model.norm.weight"]
