@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections.abc
 import json
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import _hoist
 
@@ -202,6 +202,7 @@ def load(
     pipeline: bool = True,
     margin: Union[str, int] = "1.2GiB",
     strict: bool = False,
+    progress: Optional[Callable[[int, int], Any]] = None,
     _checkpoint: Optional["_hoist.Checkpoint"] = None,
 ) -> Model:
     """Loads a checkpoint (a .safetensors file or a directory) onto devices.
@@ -218,6 +219,9 @@ def load(
     io ("pread", "auto", "uring"), direct ("off", "auto", "on"), chunk_size ("16MiB"),
     staging_buffers (0: each GPU's share of the readers + 2, at most 32), pipeline (False: read everything to host memory first),
     margin (memory left free on each GPU: "1.2GiB", bytes, or 0).
+    progress: called as progress(bytes_done, bytes_total) on this thread as soon as the load knows its
+        size, about every 0.1 s while it reads, and once at the end (done == total); an exception it
+        raises stops the load, which returns its memory, and propagates. So does Ctrl-C.
     """
     if isinstance(device_map, Mapping):
         device_map = json.dumps(dict(device_map))
@@ -247,6 +251,7 @@ def load(
         margin=str(margin),
         checkpoint=_checkpoint,
         strict=strict,
+        progress=progress,
     )
     return Model(native)
 

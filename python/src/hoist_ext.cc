@@ -49,13 +49,15 @@ T Unwrap(Result<T> r) {
 
 // Runs `work`, which must not touch Python, on a thread of its own while
 // this thread waits with the GIL released, waking every 20 ms to run
-// Python's signal handlers. When one raises (KeyboardInterrupt, from
-// Ctrl-C), `cancel` is set, the work is waited for to its end (a load stops
-// before its next read and returns everything it reserved), and that
-// exception propagates. An exception `work` throws is rethrown here. Where
-// no thread can be had, the work runs on this one and cannot be interrupted.
-template <typename Work>
-void RunInterruptibly(std::atomic<bool>& cancel, Work&& work) {
+// Python's signal handlers and then `on_wake` (with the GIL). When either
+// raises (a KeyboardInterrupt from Ctrl-C; on_wake returns false with a
+// Python exception set), `cancel` is set, the work is waited for to its end
+// (a load stops before its next read and returns everything it reserved),
+// and that exception propagates. An exception `work` throws is rethrown
+// here. Where no thread can be had, the work runs on this one and cannot be
+// interrupted.
+template <typename Work, typename OnWake>
+void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, OnWake&& on_wake) {
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;
@@ -87,7 +89,7 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work) {
         std::unique_lock<std::mutex> lock(mu);
         if (cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done; })) break;
       }
-      if (PyErr_CheckSignals() != 0) {  // a handler raised: its exception is set
+      if (PyErr_CheckSignals() != 0 || !on_wake()) {  // its exception is set
         interrupted = true;
         cancel.store(true);
         break;
@@ -362,7 +364,8 @@ NB_MODULE(_hoist, m) {
          const std::vector<std::string>& drops, const std::vector<std::string>& ties, const std::string& expect_json,
          const std::string& only, const std::string& compat, bool no_config_ties, const std::string& alloc,
          int threads, const std::string& io, const std::string& direct, const std::string& chunk_size,
-         int staging_buffers, bool pipeline, const std::string& margin, Checkpoint* checkpoint, bool strict) {
+         int staging_buffers, bool pipeline, const std::string& margin, Checkpoint* checkpoint, bool strict,
+         nb::object progress) {
         LoadRequest r;
         r.plan.path = path;
         r.plan.device = device;
@@ -393,11 +396,34 @@ NB_MODULE(_hoist, m) {
         std::unique_ptr<LoadSession> session;
         std::atomic<bool> cancel{false};
         r.cancel = &cancel;
-        RunInterruptibly(cancel, [&] {
-          if (checkpoint != nullptr) checkpoint->WaitForDevices();
-          // A cpu load never starts the CUDA driver.
-          session = Unwrap(LoadFromRequest(r, RegistryFor(r.plan), std::move(opened)));
-        });
+        LoadProgress counters;
+        if (!progress.is_none()) r.progress = &counters;
+        // The caller's progress(done, total): as soon as the load knows its
+        // size, then every 0.1 s or so while it reads. A raise stops the load.
+        auto last_call = std::chrono::steady_clock::time_point();
+        auto report_progress = [&]() -> bool {
+          const uint64_t total = counters.total.load();
+          const auto now = std::chrono::steady_clock::now();
+          if (progress.is_none() || total == 0 || now - last_call < std::chrono::milliseconds(100)) return true;
+          last_call = now;
+          try {
+            progress(counters.done.load(), total);
+          } catch (nb::python_error& e) {
+            e.restore();
+            return false;
+          }
+          return true;
+        };
+        RunInterruptibly(
+            cancel,
+            [&] {
+              if (checkpoint != nullptr) checkpoint->WaitForDevices();
+              // A cpu load never starts the CUDA driver.
+              session = Unwrap(LoadFromRequest(r, RegistryFor(r.plan), std::move(opened)));
+            },
+            report_progress);
+        // The last call: everything read.
+        if (!progress.is_none()) progress(counters.done.load(), counters.total.load());
         return Model(std::move(session));
       },
       nb::arg("path"), nb::arg("device") = "", nb::arg("device_map") = "", nb::arg("max_memory") = "",
@@ -406,5 +432,6 @@ NB_MODULE(_hoist, m) {
       nb::arg("expect_json") = "", nb::arg("only") = "", nb::arg("compat") = "", nb::arg("no_config_ties") = false,
       nb::arg("alloc") = "reserve", nb::arg("threads") = 0, nb::arg("io") = "pread", nb::arg("direct") = "off",
       nb::arg("chunk_size") = "16MiB", nb::arg("staging_buffers") = 0, nb::arg("pipeline") = true,
-      nb::arg("margin") = "1.2GiB", nb::arg("checkpoint").none() = nb::none(), nb::arg("strict") = false);
+      nb::arg("margin") = "1.2GiB", nb::arg("checkpoint").none() = nb::none(), nb::arg("strict") = false,
+      nb::arg("progress").none() = nb::none());
 }

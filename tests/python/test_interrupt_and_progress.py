@@ -1,5 +1,6 @@
 """Ctrl-C during a load: the CLI and the Python module stop it, return what it
-reserved, and say so.
+reserved, and say so; hoist.load's progress callback, which may stop a load
+the same way.
 
 Each load here runs in a process of its own, reading a llama-3.2-1b layout
 cut to 2 layers (about 0.77 GB) onto the cpu with one reader thread. The
@@ -11,7 +12,7 @@ the signal was acted on, is read from the bytes the process read
 checkpoint. (Peak resident memory would not do: a child's counts its
 parent's, from before exec.)
 
-Run: PYTHONPATH=build/python HOIST_BIN=build/hoist python3 -m pytest -q tests/python/test_interrupt.py
+Run: PYTHONPATH=build/python HOIST_BIN=build/hoist python3 -m pytest -q tests/python/test_interrupt_and_progress.py
 """
 
 from __future__ import annotations
@@ -136,3 +137,39 @@ def test_python_load_raises_keyboard_interrupt_and_returns_its_memory(hoist_bin,
     # The arena is gone with the interrupted load, and the module loads again.
     assert got["after"] - got["base"] < 32 << 20, got
     assert got["again"] == ["model.norm.weight"]
+
+
+def own_bytes_read() -> int:
+    return bytes_read("/proc/self/io")
+
+
+def test_python_progress_reports_the_bytes_read_as_the_load_runs(model):
+    hoist = pytest.importorskip("hoist", reason="the hoist Python module is not built (PYTHONPATH=build/python)")
+    path, size = model
+    tensor_bytes = sum(t["nbytes"] for t in json.loads(subprocess.run(
+        [os.environ.get("HOIST_BIN", "build/hoist"), "inspect", "--json", str(path)],
+        capture_output=True, text=True, check=True).stdout)["tensors"])
+    calls = []
+    loaded = hoist.load(path, device="cpu", threads=1, progress=lambda done, total: calls.append((done, total)))
+    assert len(loaded) > 0
+    assert {total for _, total in calls} == {tensor_bytes}
+    dones = [done for done, _ in calls]
+    assert dones == sorted(dones), dones
+    assert calls[-1] == (tensor_bytes, tensor_bytes)
+    assert any(done < tensor_bytes for done in dones), f"no call while the load ran: {calls}"
+
+
+def test_python_progress_that_raises_stops_the_load_and_returns_its_memory(model):
+    hoist = pytest.importorskip("hoist", reason="the hoist Python module is not built (PYTHONPATH=build/python)")
+    path, size = model
+
+    def stop(done, total):
+        if done < total:
+            raise RuntimeError(f"stopped at {done} of {total}")
+
+    before, read_before = resident_bytes(os.getpid()), own_bytes_read()
+    with pytest.raises(RuntimeError, match="stopped at"):
+        hoist.load(path, device="cpu", threads=1, progress=stop)
+    read = own_bytes_read() - read_before
+    assert read < size / 2, f"{read} bytes read: the load ran on after its callback raised"
+    assert resident_bytes(os.getpid()) - before < 32 << 20
