@@ -308,9 +308,12 @@ class ProgressLine {
 };
 
 // Ctrl-C (SIGINT) or SIGTERM while a load runs: the first asks the load to
-// stop, which returns every byte it reserved, and the command exits with
-// 128 + the signal's number and a one-line error. The handler is then the
-// default again, so a second signal ends the process at once.
+// stop, which returns every byte it reserved; the command then prints one
+// line and ends by that signal, as if it had not caught it (so that a shell
+// loop or a supervisor sees the signal, not an ordinary failure). Handlers
+// go back to what they were as the first signal arrives, so a second ends
+// the process at once. A signal the command was started ignoring (a
+// background job's SIGINT) stays ignored.
 class StopOnSignal {
  public:
   StopOnSignal() {
@@ -319,30 +322,43 @@ class StopOnSignal {
     struct sigaction action = {};
     action.sa_handler = &StopOnSignal::Handle;
     sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESETHAND;
-    for (size_t k = 0; k < 2; ++k) installed_[k] = ::sigaction(kSignals[k], &action, &previous_[k]) == 0;
-  }
-  ~StopOnSignal() {
     for (size_t k = 0; k < 2; ++k) {
-      if (installed_[k]) (void)::sigaction(kSignals[k], &previous_[k], nullptr);
+      installed_[k] = false;
+      if (::sigaction(kSignals[k], nullptr, &previous_[k]) != 0 || previous_[k].sa_handler == SIG_IGN) continue;
+      installed_[k] = ::sigaction(kSignals[k], &action, nullptr) == 0;
     }
   }
+  ~StopOnSignal() { Restore(); }
   StopOnSignal(const StopOnSignal&) = delete;
   StopOnSignal& operator=(const StopOnSignal&) = delete;
   const std::atomic<bool>* flag() const { return &stop_; }
   int received() const { return signal_; }
 
+  // Ends the process by `signal`, its action the default. Returns only if
+  // that did not end it (the signal blocked), with the shell's code for it.
+  static int EndBy(int signal) {
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+    return 128 + signal;
+  }
+
  private:
   static void Handle(int signal) {
     signal_ = signal;
     stop_.store(true, std::memory_order_relaxed);  // lock-free: safe in a handler
+    Restore();  // sigaction is async-signal-safe
+  }
+  static void Restore() {
+    for (size_t k = 0; k < 2; ++k) {
+      if (installed_[k]) (void)::sigaction(kSignals[k], &previous_[k], nullptr);
+    }
   }
   static constexpr int kSignals[2] = {SIGINT, SIGTERM};
   static_assert(std::atomic<bool>::is_always_lock_free);
   static inline std::atomic<bool> stop_{false};
   static inline volatile std::sig_atomic_t signal_ = 0;
-  struct sigaction previous_[2] = {};
-  bool installed_[2] = {false, false};
+  static inline struct sigaction previous_[2] = {};
+  static inline bool installed_[2] = {false, false};
 };
 
 int RunLoad(const LoadArgs& args) {
@@ -361,16 +377,18 @@ int RunLoad(const LoadArgs& args) {
     session = LoadFromRequest(request, *registry);
     signal = stop.received();
   }
+  if (signal != 0) {  // whether or not the load saw it before its end
+    session = Cancelled("");
+    registry.reset();
+    fmt::print(stderr, "error: {}: load interrupted by {}\n", Printable(args.request.plan.path),
+               signal == SIGINT ? "SIGINT" : "SIGTERM");
+    return StopOnSignal::EndBy(signal);
+  }
   if (!session.ok()) {
     // The devices go first: whatever their clean-up has to say (after a GPU
     // fault, that it failed too) comes before the error, which stays the
     // last line.
     registry.reset();
-    if (session.status().code() == StatusCode::kCancelled && signal != 0) {
-      fmt::print(stderr, "error: {}: load interrupted by {}\n", Printable(args.request.plan.path),
-                 signal == SIGINT ? "SIGINT" : "SIGTERM");
-      return 128 + signal;
-    }
     return Fail(session.status());
   }
   const LoadedModel& model = (*session)->model;
