@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "io/hub_cache.h"
 #include "api/session.h"
 #include "format/safetensors.h"
 #include "hoist/catalog.h"
@@ -188,6 +189,14 @@ struct Checkpoint {
   }
 };
 
+// A checkpoint's headers, read from `path` or, for "org/name", from the
+// Hugging Face cache's snapshot of that model.
+Checkpoint Open(const std::string& path) {
+  std::string resolved = Unwrap(ResolveCheckpointPath(path));
+  auto catalog = std::make_unique<Catalog>(Unwrap(OpenCatalog(resolved)));
+  return Checkpoint(std::move(resolved), std::move(catalog));
+}
+
 nb::dict Info(const TensorView& v) {
   nb::dict d;
   d["name"] = v.name;
@@ -307,7 +316,7 @@ NB_MODULE(_hoist, m) {
       "open_checkpoint",
       [](const std::string& path) {
         nb::gil_scoped_release release;
-        return Checkpoint(path, std::make_unique<Catalog>(Unwrap(OpenCatalog(path))));
+        return Open(path);
       },
       nb::arg("path"), "Opens a checkpoint (reads its headers) for mapped_names and then load.");
 
@@ -336,7 +345,7 @@ NB_MODULE(_hoist, m) {
       "mapped_names",
       [mapped_names](const std::string& path, const std::vector<std::string>& renames,
                      const std::vector<std::string>& drops, const std::string& only, const std::string& compat) {
-        Checkpoint c(path, std::make_unique<Catalog>(Unwrap(OpenCatalog(path))));
+        Checkpoint c = Open(path);
         return mapped_names(c, renames, drops, only, compat);
       },
       nb::arg("path"), nb::arg("renames") = std::vector<std::string>(), nb::arg("drops") = std::vector<std::string>(),

@@ -1,6 +1,8 @@
 #include "util/text.h"
 #include "api/session.h"
 
+#include "io/hub_cache.h"
+
 #include <chrono>
 #include <exception>
 #include <filesystem>
@@ -202,6 +204,13 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
     return InvalidArgument("--alloc " + QuoteName(request.alloc) + ": expected reserve or per-tensor");
   }
   HOIST_RETURN_IF_ERROR(CheckFlags(request.plan));
+  // "org/name": the Hugging Face cache's snapshot of that model.
+  HOIST_ASSIGN_OR_RETURN(std::string path, ResolveCheckpointPath(request.plan.path));
+  if (path != request.plan.path) {
+    LoadRequest resolved = request;
+    resolved.plan.path = std::move(path);
+    return LoadFromRequest(resolved, registry, std::move(opened));
+  }
   auto session = std::make_unique<LoadSession>();
   session->path = request.plan.path;
   session->alloc = request.alloc;

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include "io/hub_cache.h"
 #include "cli/commands.h"
 #include "cli/probe.h"
 #include "hoist/synth.h"
@@ -123,11 +124,19 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "error: {} (see --help)\n", e.what());
     return 2;
   }
-  if (c_inspect->parsed()) return RunInspect(inspect);
-  if (c_load->parsed()) return RunLoad(load);
-  if (c_plan->parsed()) return RunPlan(plan);
+  // A PATH that does not exist may name a model in the Hugging Face cache
+  // ("org/name"): its snapshot directory is read instead.
+  auto resolve = [](std::string& path) {
+    hoist::Result<std::string> found = hoist::ResolveCheckpointPath(path);
+    if (!found.ok()) return Fail(found.status());
+    path = *found;
+    return 0;
+  };
+  if (c_inspect->parsed()) return resolve(inspect.path) ? 2 : RunInspect(inspect);
+  if (c_load->parsed()) return resolve(load.request.plan.path) ? 2 : RunLoad(load);
+  if (c_plan->parsed()) return resolve(plan.request.path) ? 2 : RunPlan(plan);
   if (c_probe->parsed()) return RunProbe(probe);
-  if (c_convert->parsed()) return RunConvert(convert);
+  if (c_convert->parsed()) return resolve(convert.src) ? 2 : RunConvert(convert);
   if (c_synth->parsed()) return RunSynth(synth);
   return 2;
 }
