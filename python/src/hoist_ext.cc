@@ -82,8 +82,21 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, OnWake&& on_wake) 
     nb::gil_scoped_release release;
     run();
   }
+  // However the wait ends (a C++ exception from on_wake included), the
+  // work is stopped and joined before its state goes out of scope.
+  struct Join {
+    std::thread& worker;
+    std::atomic<bool>& cancel;
+    ~Join() {
+      if (!worker.joinable()) return;
+      cancel.store(true);
+      nb::gil_scoped_release release;
+      worker.join();
+    }
+  };
   bool interrupted = false;
   if (worker.joinable()) {
+    Join join{worker, cancel};
     for (;;) {
       {
         nb::gil_scoped_release release;
@@ -92,13 +105,14 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, OnWake&& on_wake) 
       }
       if (PyErr_CheckSignals() != 0 || !on_wake()) {  // its exception is set
         interrupted = true;
-        cancel.store(true);
         break;
       }
     }
-    nb::gil_scoped_release release;
-    worker.join();
-  }
+    if (!interrupted) {
+      nb::gil_scoped_release release;
+      worker.join();
+    }
+  }  // an interrupted load: cancelled and joined here
   if (interrupted) throw nb::python_error();
   if (thrown) std::rethrow_exception(thrown);
 }
@@ -189,12 +203,15 @@ struct Checkpoint {
   }
 };
 
-// A checkpoint's headers, read from `path` or, for "org/name", from the
-// Hugging Face cache's snapshot of that model.
-Checkpoint Open(const std::string& path) {
-  std::string resolved = Unwrap(ResolveCheckpointPath(path));
-  auto catalog = std::make_unique<Catalog>(Unwrap(OpenCatalog(resolved)));
-  return Checkpoint(std::move(resolved), std::move(catalog));
+// `path`, or for "org/name" the Hugging Face cache's snapshot of that
+// model. Called with the GIL held: it reads the environment, which another
+// Python thread may be changing (os.environ), and setenv is not thread-safe.
+std::string Resolve(const std::string& path) { return Unwrap(ResolveCheckpointPath(path)); }
+
+// A checkpoint's headers. REQUIRES: `path` was resolved.
+Checkpoint Open(std::string path) {
+  auto catalog = std::make_unique<Catalog>(Unwrap(OpenCatalog(path)));
+  return Checkpoint(std::move(path), std::move(catalog));
 }
 
 nb::dict Info(const TensorView& v) {
@@ -315,8 +332,9 @@ NB_MODULE(_hoist, m) {
   m.def(
       "open_checkpoint",
       [](const std::string& path) {
+        std::string resolved = Resolve(path);
         nb::gil_scoped_release release;
-        return Open(path);
+        return Open(std::move(resolved));
       },
       nb::arg("path"), "Opens a checkpoint (reads its headers) for mapped_names and then load.");
 
@@ -345,7 +363,7 @@ NB_MODULE(_hoist, m) {
       "mapped_names",
       [mapped_names](const std::string& path, const std::vector<std::string>& renames,
                      const std::vector<std::string>& drops, const std::string& only, const std::string& compat) {
-        Checkpoint c = Open(path);
+        Checkpoint c = Open(Resolve(path));
         return mapped_names(c, renames, drops, only, compat);
       },
       nb::arg("path"), nb::arg("renames") = std::vector<std::string>(), nb::arg("drops") = std::vector<std::string>(),
@@ -376,7 +394,7 @@ NB_MODULE(_hoist, m) {
          int staging_buffers, bool pipeline, const std::string& margin, Checkpoint* checkpoint, bool strict,
          nb::object progress) {
         LoadRequest r;
-        r.plan.path = path;
+        r.plan.path = Resolve(path);
         r.plan.device = device;
         r.plan.device_map = device_map;
         r.plan.max_memory = max_memory;

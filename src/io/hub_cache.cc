@@ -1,10 +1,19 @@
 #include "io/hub_cache.h"
 
+#include <pwd.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <optional>
 #include <regex>
+#include <sstream>
 #include <system_error>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "util/text.h"
 
@@ -13,77 +22,140 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string Env(const char* name) {
+std::optional<std::string> Env(const char* name) {
   const char* v = std::getenv(name);
-  return v == nullptr ? std::string() : std::string(v);
+  return v == nullptr ? std::nullopt : std::optional<std::string>(v);
 }
 
-std::string ExpandHome(std::string path) {
-  if (path == "~" || path.rfind("~/", 0) == 0) path = Env("HOME") + path.substr(1);
-  return path;
-}
-
-// huggingface_hub's rule for repo ids (validate_repo_id): an optional
-// namespace and a name of word characters, '-' and '.', at most 96
-// characters, neither starting nor ending with '-' or '.', without "--" or
-// "..". REVISION: a branch, tag or commit; refs may hold slashes.
-bool ParseRepoId(std::string_view text, std::string* repo, std::string* revision) {
-  static const std::regex kShape(R"(^((?:[\w.-]+/)?[\w.-]+)(?:@([\w./-]+))?$)");
-  std::cmatch m;
-  if (!std::regex_match(text.begin(), text.end(), m, kShape)) return false;
-  const std::string id = m[1].str();
-  if (id.size() > 96 || id.find("--") != std::string::npos || id.find("..") != std::string::npos) return false;
-  const size_t slash = id.find('/');
-  const std::string_view name(id);
-  const bool has_namespace = slash != std::string::npos;
-  for (std::string_view part : {has_namespace ? name.substr(0, slash) : name,
-                                has_namespace ? name.substr(slash + 1) : name}) {
-    if (part.empty() || part.front() == '-' || part.front() == '.' || part.back() == '-' || part.back() == '.') {
-      return false;
-    }
+// Python's os.path.expandvars: $NAME and ${NAME} of variables that are set;
+// the rest is left as it is.
+std::string ExpandVars(const std::string& text) {
+  static const std::regex kVar(R"(\$(\w+|\{[^}]*\}))");
+  std::string out;
+  auto last = text.cbegin();
+  for (std::sregex_iterator it(text.begin(), text.end(), kVar), end; it != end; ++it) {
+    std::string name = (*it)[1].str();
+    if (name.front() == '{') name = name.substr(1, name.size() - 2);
+    out.append(last, text.cbegin() + it->position());
+    const std::optional<std::string> value = Env(name.c_str());
+    out += value ? *value : it->str();
+    last = text.cbegin() + it->position() + it->length();
   }
-  *repo = id;
-  *revision = m[2].matched ? m[2].str() : "main";
-  return revision->find("..") == std::string::npos;
+  out.append(last, text.cend());
+  return out;
+}
+
+// Python's os.path.expanduser, for "~" and "~/..." ($HOME, else the
+// password database).
+std::string ExpandUser(const std::string& path) {
+  if (path != "~" && path.rfind("~/", 0) != 0) return path;
+  std::optional<std::string> home = Env("HOME");
+  if (!home) {
+    const struct passwd* pw = ::getpwuid(::getuid());
+    if (pw == nullptr || pw->pw_dir == nullptr) return path;
+    home = pw->pw_dir;
+  }
+  return *home + path.substr(1);
+}
+
+// Python's os.path.join of two parts.
+std::string Join(const std::string& a, const std::string& b) {
+  if (a.empty() || (!b.empty() && b.front() == '/')) return b;
+  return a.back() == '/' ? a + b : a + "/" + b;
+}
+
+// huggingface_hub's validate_repo_id: "name" or "namespace/name", each
+// part 1-96 ASCII word characters, '-' or '.', starting and ending with a
+// word character; no "--" or ".."; not ending in ".git".
+bool IsRepoId(const std::string& id) {
+  static const std::regex kShape(R"(^(\w(?:[\w.-]{0,94}\w)?/)?\w(?:[\w.-]{0,94}\w)?$)");
+  return std::regex_match(id, kShape) && id.find("--") == std::string::npos &&
+         id.find("..") == std::string::npos && !EndsWith(id, ".git");
+}
+
+// A revision names refs/REVISION: relative, and never climbing out of refs/.
+bool IsSafeRevision(const std::string& revision) {
+  if (revision.empty() || revision.front() == '/') return false;
+  std::istringstream parts(revision);
+  for (std::string part; std::getline(parts, part, '/');) {
+    if (part == "..") return false;
+  }
+  return true;
+}
+
+// A snapshot's name: one path component.
+bool IsOneName(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
+// The weight files that huggingface_hub's listing of the commit
+// (trees/COMMIT.json, written by snapshot_download) names and the snapshot
+// lacks: an interrupted download. Other files are not asked for (a download
+// of the weights alone is whole for a load). Nothing when there is no
+// listing, or one it would not read either.
+std::vector<std::string> MissingWeights(const fs::path& repo, const std::string& commit, const fs::path& snapshot) {
+  std::ifstream in(repo / "trees" / (commit + ".json"));
+  if (!in) return {};
+  const nlohmann::json tree = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (tree.is_discarded() || !tree.is_object() || tree.value("format_version", 0) != 1 ||
+      !tree.contains("files") || !tree["files"].is_object()) {
+    return {};
+  }
+  std::vector<std::string> missing;
+  for (const auto& [file, info] : tree["files"].items()) {
+    if (!EndsWith(file, ".safetensors") && !EndsWith(file, ".safetensors.index.json")) continue;
+    std::error_code ec;
+    if (!fs::is_regular_file(snapshot / file, ec)) missing.push_back(file);
+  }
+  return missing;
 }
 
 }  // namespace
 
 std::string HubCacheDir() {
-  for (const char* name : {"HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"}) {
-    if (std::string v = Env(name); !v.empty()) return ExpandHome(v);
-  }
-  if (std::string home = Env("HF_HOME"); !home.empty()) return ExpandHome(home) + "/hub";
-  if (std::string xdg = Env("XDG_CACHE_HOME"); !xdg.empty()) return ExpandHome(xdg) + "/huggingface/hub";
-  return Env("HOME") + "/.cache/huggingface/hub";
+  // huggingface_hub.constants, in order; a variable set to "" counts as set.
+  std::string home = Env("HF_HOME").value_or(Join(Env("XDG_CACHE_HOME").value_or(ExpandUser("~/.cache")), "huggingface"));
+  home = ExpandVars(ExpandUser(home));
+  const std::string legacy = Env("HUGGINGFACE_HUB_CACHE").value_or(Join(home, "hub"));
+  return ExpandVars(ExpandUser(Env("HF_HUB_CACHE").value_or(legacy)));
 }
 
-Result<std::string> ResolveCheckpointPath(std::string_view path) {
+Result<std::string> ResolveCheckpointPath(std::string_view path_view) {
+  const std::string path(path_view);
   std::error_code ec;
-  if (path.empty() || fs::exists(fs::path(path), ec) || ec) return std::string(path);
-  std::string repo, revision;
-  if (!ParseRepoId(path, &repo, &revision)) return std::string(path);
-  std::string folder = repo;
-  for (size_t at = folder.find('/'); at != std::string::npos; at = folder.find('/', at)) folder.replace(at, 1, "--");
-  const fs::path root = fs::path(HubCacheDir()) / ("models--" + folder);
-  // A ref holds the commit; a commit is its own snapshot's name.
-  std::string commit = revision;
-  if (std::ifstream ref(root / "refs" / revision); ref) {
-    std::getline(ref, commit);
-    while (!commit.empty() && (commit.back() == '\n' || commit.back() == '\r' || commit.back() == ' ')) {
-      commit.pop_back();
-    }
+  if (path.empty() || fs::exists(fs::path(path), ec) || ec) return path;
+  const size_t at = path.rfind('@');
+  const std::string repo_id = path.substr(0, at);
+  const std::string revision = at == std::string::npos ? "main" : path.substr(at + 1);
+  if (!IsRepoId(repo_id) || !IsSafeRevision(revision)) return path;
+  std::string folder = "models--" + repo_id;
+  if (size_t slash = folder.find('/'); slash != std::string::npos) folder.replace(slash, 1, "--");
+  const fs::path repo = fs::path(HubCacheDir()) / folder;
+
+  // As snapshot_download(local_files_only=True): a commit hash names its
+  // snapshot; a branch or tag, the commit its refs/ file holds, unchanged.
+  static const std::regex kCommit("^[0-9a-f]{40}$");
+  std::optional<std::string> commit;
+  if (std::regex_match(revision, kCommit)) {
+    commit = revision;
+  } else if (std::ifstream ref(repo / "refs" / revision); ref && fs::is_regular_file(repo / "refs" / revision, ec)) {
+    commit = std::string(std::istreambuf_iterator<char>(ref), std::istreambuf_iterator<char>());
   }
-  const fs::path snapshot = root / "snapshots" / commit;
-  const bool one_name = !commit.empty() && commit != "." && commit != ".." && commit.find('/') == std::string::npos;
-  if (one_name && fs::is_directory(snapshot, ec)) {
-    return snapshot.string();
+  const std::string shown = Printable(path);
+  if (commit && IsOneName(*commit) && fs::is_directory(repo / "snapshots" / *commit, ec)) {
+    const fs::path snapshot = repo / "snapshots" / *commit;
+    std::vector<std::string> missing = MissingWeights(repo, *commit, snapshot);
+    if (missing.empty()) return snapshot.string();
+    return NotFound(shown + ": the Hugging Face cache's snapshot " + Printable(snapshot.string()) + " lacks " +
+                    std::to_string(missing.size()) + " of its weight files (" + Printable(missing.front()) +
+                    (missing.size() > 1 ? ", ..." : "") + "): an interrupted download; download it again");
   }
-  if (repo.find('/') == std::string::npos && revision == "main" && path.find('@') == std::string_view::npos) {
-    return std::string(path);  // a bare name: more likely a file that is not there
+  if (repo_id.find('/') == std::string::npos && at == std::string::npos) {
+    return path;  // a bare name: more likely a file that is not there
   }
-  return NotFound(Printable(std::string(path)) + ": no such file or directory, and no snapshot of it (" + revision +
-                  ") in the Hugging Face cache at " + Printable(root.string()) +
+  return NotFound(shown + ": no such file or directory, and no snapshot of it (" + Printable(revision) +
+                  ") in the Hugging Face cache at " + Printable(repo.string()) +
                   "; hoist reads no network: download it first (huggingface_hub's snapshot_download)");
 }
 

@@ -11,17 +11,23 @@
 
 namespace hoist {
 
-// The hub cache directory, as huggingface_hub finds it: $HF_HUB_CACHE, else
-// $HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub, else
-// $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub.
+// The hub cache directory, as huggingface_hub.constants finds it:
+// $HF_HUB_CACHE, else $HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub, else
+// $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub; "~" and
+// $VARIABLES in them expanded as Python expands them.
 std::string HubCacheDir();
 
-// `path` itself when it exists. Otherwise, when it is shaped like a repo id
-// ("org/name" or "name", optionally "@REVISION"), the snapshot directory that
-// the cache's refs/main (refs/REVISION, or snapshots/REVISION for a commit
-// hash) names, if the cache holds it. An "org/name" it does not hold is
-// NotFound, saying where it looked; anything else comes back unchanged, for
-// the caller's own "not found".
+// `path` itself when it exists. Otherwise, when it is a repo id as
+// huggingface_hub validates one ("org/name" or "name"), optionally with
+// "@REVISION", the snapshot that snapshot_download(local_files_only=True)
+// gives: a 40-hex REVISION is the commit, anything else (main by default)
+// the commit its refs/ file holds. A snapshot whose weight files
+// (*.safetensors, the index) fall short of the commit's listing
+// (trees/COMMIT.json) is an interrupted download: NotFound, as
+// huggingface_hub refuses it (which also asks for every other file listed).
+// An "org/name" or "name@REVISION" the cache lacks is NotFound, saying where
+// it looked; anything else comes back unchanged, for the caller's own "not
+// found".
 Result<std::string> ResolveCheckpointPath(std::string_view path);
 
 }  // namespace hoist

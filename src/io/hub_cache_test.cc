@@ -57,6 +57,20 @@ TEST(HubCacheTest, DirectoryFollowsHuggingfaceHubsPrecedence) {
   EXPECT_EQ(HubCacheDir(), "/new");
 }
 
+// As Python's os.path.expandvars(os.path.expanduser(...)): set variables
+// expand, unset ones stay as written, and a variable set to "" is set.
+TEST(HubCacheTest, VariablesExpandAsPythonExpandsThem) {
+  CacheEnv env;
+  env.Set("HOME", "/home/u");
+  env.Set("ROOT", "/data");
+  env.Set("HF_HOME", "$ROOT/hf/${ROOT}/$UNSET_HOIST_VAR");
+  EXPECT_EQ(HubCacheDir(), "/data/hf//data/$UNSET_HOIST_VAR/hub");
+  env.Set("HF_HUB_CACHE", "~/${ROOT}");
+  EXPECT_EQ(HubCacheDir(), "/home/u//data");
+  env.Set("HF_HUB_CACHE", "");
+  EXPECT_EQ(HubCacheDir(), "");
+}
+
 class ResolveTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -64,7 +78,7 @@ class ResolveTest : public ::testing::Test {
     repo_ = cache_.path() / "models--org--name";
     Snapshot("1111111111111111111111111111111111111111");
     Snapshot("2222222222222222222222222222222222222222");
-    Ref("main", "1111111111111111111111111111111111111111\n");
+    Ref("main", "1111111111111111111111111111111111111111");
     Ref("v2", "2222222222222222222222222222222222222222");
     Ref("refs/pr/1", "2222222222222222222222222222222222222222");
   }
@@ -89,12 +103,58 @@ class ResolveTest : public ::testing::Test {
 };
 
 TEST_F(ResolveTest, ARepoIdIsItsSnapshotForEachKindOfRevision) {
+  Ref("v1+cu121", "2222222222222222222222222222222222222222");  // git allows '+' and more in a name
   EXPECT_EQ(Resolved("org/name"), SnapshotPath("1111111111111111111111111111111111111111"));  // refs/main
   EXPECT_EQ(Resolved("org/name@main"), SnapshotPath("1111111111111111111111111111111111111111"));
   EXPECT_EQ(Resolved("org/name@v2"), SnapshotPath("2222222222222222222222222222222222222222"));  // a tag
   EXPECT_EQ(Resolved("org/name@refs/pr/1"), SnapshotPath("2222222222222222222222222222222222222222"));
   EXPECT_EQ(Resolved("org/name@2222222222222222222222222222222222222222"),
             SnapshotPath("2222222222222222222222222222222222222222"));  // a commit
+  EXPECT_EQ(Resolved("org/name@v1+cu121"), SnapshotPath("2222222222222222222222222222222222222222"));
+}
+
+// Namespace and name may each be 96 characters long.
+TEST_F(ResolveTest, LongPartsAreRepoIds) {
+  const std::string ns(20, 'n'), name(90, 'm');
+  fs::create_directories(cache_.path() / ("models--" + ns + "--" + name) / "snapshots" / "abc");
+  fs::create_directories(cache_.path() / ("models--" + ns + "--" + name) / "refs");
+  std::ofstream(cache_.path() / ("models--" + ns + "--" + name) / "refs" / "main") << "abc";
+  EXPECT_EQ(Resolved(ns + "/" + name), (cache_.path() / ("models--" + ns + "--" + name) / "snapshots" / "abc").string());
+}
+
+// The ref file's whole content is the commit, and a commit hash is never
+// looked up in refs/: what huggingface_hub refuses, hoist refuses.
+TEST_F(ResolveTest, RefsAreReadAsHuggingfaceHubReadsThem) {
+  Ref("newline", "1111111111111111111111111111111111111111\n");
+  Ref("3333333333333333333333333333333333333333", "1111111111111111111111111111111111111111");
+  for (const char* path : {"org/name@newline", "org/name@3333333333333333333333333333333333333333"}) {
+    Result<std::string> r = ResolveCheckpointPath(path);
+    ASSERT_FALSE(r.ok()) << path << " -> " << *r;
+    EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
+  }
+}
+
+// A commit listing (trees/COMMIT.json, as snapshot_download writes it) that
+// names weight files the snapshot lacks: an interrupted download, refused;
+// other files missing do not matter to a load.
+TEST_F(ResolveTest, ASnapshotShortOfItsListedWeightsIsRefused) {
+  const std::string commit = "1111111111111111111111111111111111111111";
+  fs::create_directories(repo_ / "trees");
+  auto listing = [&](const std::string& files) {
+    std::ofstream(repo_ / "trees" / (commit + ".json")) << R"({"format_version": 1, "files": {)" << files << "}}";
+  };
+  listing(R"("model.safetensors": {"size": 1, "blob_id": "a"}, "README.md": {"size": 1, "blob_id": "b"})");
+  EXPECT_EQ(Resolved("org/name"), SnapshotPath(commit));
+  listing(R"("model.safetensors": {"size": 1, "blob_id": "a"},
+             "model-00002-of-00002.safetensors": {"size": 1, "blob_id": "c"})");
+  Result<std::string> r = ResolveCheckpointPath("org/name");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(r.status().message().find("model-00002-of-00002.safetensors"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("interrupted download"), std::string::npos) << r.status().message();
+  // A listing huggingface_hub would not read either (another format) is no listing.
+  std::ofstream(repo_ / "trees" / (commit + ".json")) << R"({"format_version": 2, "files": {"x.safetensors": {}}})";
+  EXPECT_EQ(Resolved("org/name"), SnapshotPath(commit));
 }
 
 TEST_F(ResolveTest, AnExistingPathIsNeverLookedUp) {
@@ -109,7 +169,8 @@ TEST_F(ResolveTest, AnExistingPathIsNeverLookedUp) {
 }
 
 TEST_F(ResolveTest, AMissingRepoOrRevisionSaysWhereItLooked) {
-  for (const char* path : {"org/other", "org/name@v9", "org/name@3333333333333333333333333333333333333333"}) {
+  for (const char* path : {"org/other", "org/name@v9", "org/name@3333333333333333333333333333333333333333",
+                           "gpt3@main"}) {
     Result<std::string> r = ResolveCheckpointPath(path);
     ASSERT_FALSE(r.ok()) << path;
     EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
@@ -123,7 +184,8 @@ TEST_F(ResolveTest, WhatIsNotShapedLikeARepoIdComesBackUnchanged) {
   // Paths, names huggingface_hub refuses, revisions that climb out, and a
   // bare name not in the cache (more likely a missing file).
   for (const char* path : {"./org/name", "../x", "/abs/model.safetensors", "a/b/c", "org--x/name", "org/-name",
-                           "org/name.", "org/na..me", "org/name@../../x", "model.safetensors", "", "org/name@"}) {
+                           "org/name.", "org/na..me", "org/name.git", "org/name@../../x", "org/name@/abs/ref",
+                           "model.safetensors", "", "org/name@", "org/_x_@a/../../b"}) {
     Result<std::string> r = ResolveCheckpointPath(path);
     ASSERT_TRUE(r.ok()) << path << ": " << r.status().message();
     EXPECT_EQ(*r, path);
