@@ -62,6 +62,20 @@ def run_hoist(hoist_bin):
 
 
 @pytest.fixture(scope="session")
+def emu_bin() -> Path:
+    """The command built over the CUDA runtime emulated on the host: $HOIST_EMULATED_BIN, else
+    <repo>/build/hoist_emulated. The build configures it wherever the CUDA toolkit's headers are (it
+    needs no nvcc) and then leaves build/hoist_emulated.expected: a missing binary is a failure where
+    that marker is, a skip elsewhere."""
+    path = Path(os.environ.get("HOIST_EMULATED_BIN", REPO_ROOT / "build" / "hoist_emulated"))
+    if not path.is_file():
+        if (path.parent / "hoist_emulated.expected").is_file():
+            pytest.fail(f"{path} is missing: build it (scripts/build -DHOIST_BUILD_TESTS=ON)", pytrace=False)
+        pytest.skip("configured without the CUDA toolkit's headers: no emulated GPU command")
+    return path
+
+
+@pytest.fixture(scope="session")
 def conformance() -> Path:
     assert CONFORMANCE_DIR.is_dir(), f"missing {CONFORMANCE_DIR}"
     return CONFORMANCE_DIR

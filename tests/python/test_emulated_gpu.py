@@ -8,10 +8,7 @@ casts on the device, and refusals; and, through the Python module built over
 the same emulator (build/python-emulated), the CUDA DLPack tensors
 hoist.load hands out and how its placement arguments reach the GPUs.
 
-The binary is $HOIST_EMULATED_BIN, else <repo>/build/hoist_emulated. The
-build configures it wherever the CUDA toolkit's headers are (it needs no
-nvcc) and then leaves build/hoist_emulated.expected: a missing binary is a
-failure where that marker is, a skip elsewhere.
+The binary comes from conftest.py's emu_bin fixture.
 """
 
 from __future__ import annotations
@@ -30,16 +27,6 @@ from hoist_testlib import ok, stderr_error_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GIB = 1 << 30
-
-
-@pytest.fixture(scope="module")
-def emu_bin() -> Path:
-    path = Path(os.environ.get("HOIST_EMULATED_BIN", REPO_ROOT / "build" / "hoist_emulated"))
-    if not path.is_file():
-        if (path.parent / "hoist_emulated.expected").is_file():
-            pytest.fail(f"{path} is missing: build it (scripts/build -DHOIST_BUILD_TESTS=ON)", pytrace=False)
-        pytest.skip("configured without the CUDA toolkit's headers: no emulated GPU command")
-    return path
 
 
 @pytest.fixture(scope="module")

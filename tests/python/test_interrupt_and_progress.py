@@ -64,10 +64,10 @@ def running(pid: int, binary: Path) -> bool:
         return False
 
 
-def start_load(hoist_bin, path, err: Path, ignore_sigint: bool = False) -> subprocess.Popen:
-    """`hoist load PATH` onto the cpu with one reader, once it fills its arena."""
+def start_load(hoist_bin, path, err: Path, ignore_sigint: bool = False, device: str = "cpu") -> subprocess.Popen:
+    """`hoist load PATH` with one reader, once it fills its arena (or the emulated GPU's memory)."""
     with open(err, "w") as stderr:
-        proc = subprocess.Popen([str(hoist_bin), "load", str(path), "--device", "cpu", "--threads", "1", "-q"],
+        proc = subprocess.Popen([str(hoist_bin), "load", str(path), "--device", device, "--threads", "1", "-q"],
                                 stdout=subprocess.DEVNULL, stderr=stderr,
                                 preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint
                                 else None)
@@ -103,6 +103,22 @@ def test_cli_load_stops_on_a_signal_says_so_and_ends_by_it(hoist_bin, model, tmp
     name = signal.Signals(signum).name
     assert proc.returncode == -signum, (proc.returncode, err.read_text())
     assert err.read_text() == f"error: {path}: load interrupted by {name}\n"
+    assert read < size / 2, f"{read} bytes read: the load ran on after the signal"
+
+
+def test_cli_load_onto_a_gpu_stops_on_a_signal(emu_bin, model, tmp_path):
+    """The same onto the emulated GPU (the CUDA backend over a runtime
+    emulated on the host): the copies queued from the staging ring are
+    waited for before the ring is freed (the emulator aborts on a
+    cudaFreeHost that queued copies still read), and the command still ends
+    by the signal."""
+    path, size = model
+    err = tmp_path / "stderr"
+    proc = start_load(emu_bin, path, err, device="cuda:0")
+    os.kill(proc.pid, signal.SIGINT)
+    read = reap(proc)
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, err.read_text())
+    assert err.read_text() == f"error: {path}: load interrupted by SIGINT\n"
     assert read < size / 2, f"{read} bytes read: the load ran on after the signal"
 
 
