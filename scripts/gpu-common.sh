@@ -29,15 +29,15 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 have_gpu=0 cuda_arch=""
 # Every driver query and build step has a time limit: a hung one must not
 # take the whole lease.
-if command -v nvidia-smi >/dev/null && timeout 20 nvidia-smi -L >/dev/null 2>&1; then
+if command -v nvidia-smi >/dev/null && timeout -k 10 20 nvidia-smi -L >/dev/null 2>&1; then
   have_gpu=1
-  gpu=$(timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  gpu=$(timeout -k 10 20 nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   # Build for this GPU alone (9.0 -> 90-real): half the device code to compile.
-  cap=$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+  cap=$(timeout -k 10 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
   [[ $cap =~ ^[0-9]+$ ]] && cuda_arch="$cap-real"
 elif [[ -e /dev/nvidia0 ]]; then
   have_gpu=1
-  gpu=$(timeout 20 python3 -c "import torch; print(torch.cuda.get_device_name(0))" 2>/dev/null || echo "NVIDIA GPU")
+  gpu=$(timeout -k 10 20 python3 -c "import torch; print(torch.cuda.get_device_name(0))" 2>/dev/null || echo "NVIDIA GPU")
 fi
 if [[ -n ${OUT:-} ]]; then
   out=$OUT
@@ -86,7 +86,7 @@ build_gpu() {
   # built this tree (and its carried libraries), and GCC 13's headers no
   # longer bring in <cstdint> on the way; a missing include must not cost
   # the run.
-  if ! timeout "$(step_limit 120)" cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DHOIST_BUILD_BENCH=OFF \
+  if ! timeout -k 10 "$(step_limit 120)" cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DHOIST_BUILD_BENCH=OFF \
       -DHOIST_BUILD_TESTS=ON -DCMAKE_CXX_FLAGS="-include cstdint" \
       -DPython_EXECUTABLE="$(command -v python3)" "${deps[@]}" > build-gpu/cmake.log 2>&1; then
     tail -n 40 build-gpu/cmake.log
@@ -119,11 +119,11 @@ build_more() {
   fi
   local limit rc=0
   limit=$(step_limit 400)
-  timeout "$limit" ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1 || rc=$?
+  timeout -k 10 "$limit" ninja -C build-gpu "${want[@]}" > build-gpu/ninja.log 2>&1 || rc=$?
   if ((rc)); then
     tail -n 80 build-gpu/ninja.log
     local why="exit $rc"
-    ((rc == 124)) && why="its time limit of $limit s"
+    ((rc == 124 || rc == 137)) && why="its time limit of $limit s"
     echo "(the build stopped: $why)"
     return 1
   fi
@@ -170,7 +170,7 @@ checkpoint() {
     local avail
     avail=$(df --output=avail -B1 "$base" | tail -1)
     echo "synth into $base ($(( avail / 1000000000 )) GB free there)" >&2
-    timeout 90 "$hoist_bin" synth --arch "$1" "${layers[@]}" --quiet "$dir" >&2 && touch "$dir.complete"
+    timeout -k 10 90 "$hoist_bin" synth --arch "$1" "${layers[@]}" --quiet "$dir" >&2 && touch "$dir.complete"
   fi
   if [[ ! -f $dir.complete ]]; then
     rm -rf "$dir"  # the space a half-written checkpoint holds goes to the rest of the run
@@ -204,7 +204,7 @@ step_limit() {
 machine_facts() {
   uname -srm
   if ((have_gpu)) && command -v nvidia-smi >/dev/null; then
-    timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader
+    timeout -k 10 20 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader
   fi
   echo "$(nproc) cores; $(free -g | awk '/^Mem:/ {print $2 " GiB memory, " $7 " GiB available"}')"
   df -h /dev/shm . | sed 1d

@@ -48,17 +48,39 @@ T Unwrap(Result<T> r) {
   return std::move(r).value();
 }
 
+// Whether the interpreter is shutting down: a thread that is not the main
+// one and asks for the GIL then is ended by Python (pthread_exit, before
+// 3.14), which through a noexcept destructor is std::terminate.
+bool Finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+// Whether this is the thread Python runs signal handlers on.
+bool OnMainThread() {
+  nb::module_ threading = nb::module_::import_("threading");
+  return threading.attr("current_thread")().is(threading.attr("main_thread")());
+}
+
 // Runs `work`, which must not touch Python, on a thread of its own while
-// this thread waits with the GIL released, waking every 20 ms to run
-// Python's signal handlers and then `on_wake` (with the GIL). When either
+// this thread waits with the GIL released. On the main thread, or when
+// `on_wake` is wanted (a progress callback), the wait wakes every 20 ms to
+// run Python's signal handlers and then `on_wake`, with the GIL. When either
 // raises (a KeyboardInterrupt from Ctrl-C; on_wake returns false with a
 // Python exception set), `cancel` is set, the work is waited for to its end
 // (a load stops before its next read and returns everything it reserved),
 // and that exception propagates. An exception `work` throws is rethrown
-// here. Where no thread can be had, the work runs on this one and cannot be
-// interrupted.
+// here. Elsewhere (another thread, no callback) it waits for the work with
+// the GIL released throughout, so that a daemon thread's load never asks
+// for the GIL while the interpreter shuts down; one with a callback stops
+// asking once shutdown has begun (between that check and the GIL, a
+// shutdown that starts can still end it). Where no thread can be had, the
+// work runs on this one and cannot be interrupted.
 template <typename Work, typename OnWake>
-void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, OnWake&& on_wake) {
+void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, bool wants_wake, OnWake&& on_wake) {
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;
@@ -94,16 +116,21 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, OnWake&& on_wake) 
       worker.join();
     }
   };
+  const bool poll = worker.joinable() && (wants_wake || OnMainThread());
   bool interrupted = false;
-  if (worker.joinable()) {
+  if (poll) {
     Join join{worker, cancel};
-    for (;;) {
+    for (bool finished = false; !finished;) {
       {
         nb::gil_scoped_release release;
         std::unique_lock<std::mutex> lock(mu);
-        if (cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done; })) break;
+        finished = cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done; });
+        if (!finished && Finalizing()) {
+          cv.wait(lock, [&] { return done; });
+          finished = true;
+        }
       }
-      if (PyErr_CheckSignals() != 0 || !on_wake()) {  // its exception is set
+      if (!finished && (PyErr_CheckSignals() != 0 || !on_wake())) {  // its exception is set
         interrupted = true;
         break;
       }
@@ -112,7 +139,10 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, OnWake&& on_wake) 
       nb::gil_scoped_release release;
       worker.join();
     }
-  }  // an interrupted load: cancelled and joined here
+  } else if (worker.joinable()) {
+    nb::gil_scoped_release release;
+    worker.join();
+  }  // an interrupted load: cancelled and joined by `join`
   if (interrupted) throw nb::python_error();
   if (thrown) std::rethrow_exception(thrown);
 }
@@ -448,7 +478,7 @@ NB_MODULE(_hoist, m) {
               // A cpu load never starts the CUDA driver.
               session = Unwrap(LoadFromRequest(r, RegistryFor(r.plan), std::move(opened)));
             },
-            report_progress);
+            !progress.is_none(), report_progress);
         // The last call: everything read.
         if (!progress.is_none()) progress(counters.done.load(), counters.total.load());
         return Model(std::move(session));

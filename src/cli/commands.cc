@@ -332,7 +332,9 @@ class StopOnSignal {
   StopOnSignal(const StopOnSignal&) = delete;
   StopOnSignal& operator=(const StopOnSignal&) = delete;
   const std::atomic<bool>* flag() const { return &stop_; }
-  int received() const { return signal_; }
+  // The signal caught, 0 if none. Read it once the StopOnSignal is gone:
+  // until its handlers are back, one may still arrive.
+  static int received() { return signal_; }
 
   // Ends the process by `signal`, its action the default. Returns only if
   // that did not end it (the signal blocked), with the shell's code for it.
@@ -368,16 +370,16 @@ int RunLoad(const LoadArgs& args) {
   auto registry = std::make_unique<DeviceRegistry>(MakeRegistry(args.request.plan));
   LoadRequest request = args.request;
   Result<std::unique_ptr<LoadSession>> session = NotFound("");
-  int signal = 0;
   {
     StopOnSignal stop;
     ProgressLine progress(!args.quiet);
     request.progress = progress.counters();
     request.cancel = stop.flag();
     session = LoadFromRequest(request, *registry);
-    signal = stop.received();
   }
-  if (signal != 0) {  // whether or not the load saw it before its end
+  // Whether or not the load saw it before its end; after the handlers are
+  // back, a signal takes its default action.
+  if (const int signal = StopOnSignal::received(); signal != 0) {
     session = Cancelled("");
     registry.reset();
     fmt::print(stderr, "error: {}: load interrupted by {}\n", Printable(args.request.plan.path),

@@ -128,7 +128,9 @@ Result<std::string> ResolveCheckpointPath(std::string_view path_view) {
   const size_t at = path.rfind('@');
   const std::string repo_id = path.substr(0, at);
   const std::string revision = at == std::string::npos ? "main" : path.substr(at + 1);
-  if (!IsRepoId(repo_id) || !IsSafeRevision(revision)) return path;
+  // A missing "dir/model.safetensors" is a file not there, not a repo.
+  const bool file_name = EndsWith(repo_id, ".safetensors") || EndsWith(repo_id, ".json");
+  if (file_name || !IsRepoId(repo_id) || !IsSafeRevision(revision)) return path;
   std::string folder = "models--" + repo_id;
   if (size_t slash = folder.find('/'); slash != std::string::npos) folder.replace(slash, 1, "--");
   const fs::path repo = fs::path(HubCacheDir()) / folder;

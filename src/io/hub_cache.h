@@ -18,7 +18,8 @@ namespace hoist {
 std::string HubCacheDir();
 
 // `path` itself when it exists. Otherwise, when it is a repo id as
-// huggingface_hub validates one ("org/name" or "name"), optionally with
+// huggingface_hub validates one ("org/name" or "name", not ending in
+// .safetensors or .json, which are taken for missing files), optionally with
 // "@REVISION", the snapshot that snapshot_download(local_files_only=True)
 // gives: a 40-hex REVISION is the commit, anything else (main by default)
 // the commit its refs/ file holds. A snapshot whose weight files

@@ -185,7 +185,8 @@ TEST_F(ResolveTest, WhatIsNotShapedLikeARepoIdComesBackUnchanged) {
   // bare name not in the cache (more likely a missing file).
   for (const char* path : {"./org/name", "../x", "/abs/model.safetensors", "a/b/c", "org--x/name", "org/-name",
                            "org/name.", "org/na..me", "org/name.git", "org/name@../../x", "org/name@/abs/ref",
-                           "model.safetensors", "", "org/name@", "org/_x_@a/../../b"}) {
+                           "model.safetensors", "", "org/name@", "org/_x_@a/../../b", "nothere/model.safetensors",
+                           "nothere/model.safetensors.index.json"}) {
     Result<std::string> r = ResolveCheckpointPath(path);
     ASSERT_TRUE(r.ok()) << path << ": " << r.status().message();
     EXPECT_EQ(*r, path);

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -190,3 +191,18 @@ def test_gpu_all_skips_the_bench_only_when_the_check_could_not_build(tmp_path, c
     assert (tree / "bench-ran").exists() == bench_runs
     assert proc.returncode == (0 if check_exit == 0 else 1), proc.stdout
     assert ("gpu-bench skipped" in proc.stdout) == (not bench_runs)
+
+
+def test_every_time_limit_in_the_gpu_scripts_ends_in_a_kill():
+    """`timeout` sends one SIGTERM, and `hoist load` takes it as a request to
+    stop at its next read: a load stuck where no read comes (a GPU's start-up,
+    a hung driver call) would outlive its limit and the device time. Each
+    limit must follow with SIGKILL (-k)."""
+    scripts = [REPO / "scripts" / name for name in ("gpu-all", "gpu-check", "gpu-bench", "gpu-common.sh")]
+    bare = []
+    for script in scripts:
+        for number, line in enumerate(script.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if re.search(r"\btimeout\s", code) and "command -v" not in code and not re.search(r"\btimeout\s+-k\s", code):
+                bare.append(f"{script.name}:{number}: {line.strip()}")
+    assert not bare, "\n".join(bare)

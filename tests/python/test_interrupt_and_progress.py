@@ -218,3 +218,37 @@ def test_python_progress_that_raises_stops_the_load_and_returns_its_memory(model
     read = own_bytes_read() - read_before
     assert read < size / 2, f"{read} bytes read: the load ran on after its callback raised"
     assert resident_bytes(os.getpid()) - before < 32 << 20
+
+
+DAEMON_LOAD = r"""
+import sys, threading, time
+import hoist
+
+path, trigger, with_progress = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+
+def resident():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+
+base = resident()
+progress = (lambda done, total: None) if with_progress else None
+threading.Thread(target=lambda: hoist.load(path, device="cpu", threads=1, progress=progress), daemon=True).start()
+while resident() < base + trigger:
+    time.sleep(0.0005)
+print("exiting while the daemon thread loads", flush=True)
+"""
+
+
+@pytest.mark.parametrize("with_progress", [False, True], ids=["no callback", "with a progress callback"])
+def test_python_exits_cleanly_while_a_daemon_thread_loads(model, with_progress):
+    """A daemon thread still loading when the program ends: Python ends such
+    threads if they ask for the GIL during shutdown, which from a waiting
+    C++ frame is std::terminate (exit 134), so the wait must not ask then."""
+    pytest.importorskip("hoist", reason="the hoist Python module is not built (PYTHONPATH=build/python)")
+    path, size = model
+    proc = subprocess.run([sys.executable, "-c", DAEMON_LOAD, str(path), str(TRIGGER_BYTES), "1" if with_progress else "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert proc.stdout == "exiting while the daemon thread loads\n"
