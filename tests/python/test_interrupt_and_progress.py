@@ -135,7 +135,9 @@ def test_cli_load_started_ignoring_sigint_goes_on_ignoring_it(hoist_bin, model, 
     assert read >= size * 0.99, read
 
 
-PYTHON_LOAD = r"""
+# The start of the Python programs below: resident() and bytes_read() for
+# the process itself, and its arguments: path, trigger.
+PROGRAM_PRELUDE = r"""
 import json, os, signal, sys, threading, time
 import hoist
 
@@ -150,7 +152,9 @@ def resident():
 def bytes_read():
     with open("/proc/self/io") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+"""
 
+PYTHON_LOAD = PROGRAM_PRELUDE + r"""
 base = resident()
 read_before = bytes_read()
 def interrupt():
@@ -220,18 +224,8 @@ def test_python_progress_that_raises_stops_the_load_and_returns_its_memory(model
     assert resident_bytes(os.getpid()) - before < 32 << 20
 
 
-DAEMON_LOAD = r"""
-import sys, threading, time
-import hoist
-
-path, trigger, with_progress = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-
-def resident():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-
+DAEMON_LOAD = PROGRAM_PRELUDE + r"""
+with_progress = sys.argv[3] == "1"
 base = resident()
 progress = (lambda done, total: None) if with_progress else None
 threading.Thread(target=lambda: hoist.load(path, device="cpu", threads=1, progress=progress), daemon=True).start()
