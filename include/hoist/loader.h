@@ -5,7 +5,10 @@
 // allocating anything, makes one driver allocation per device (or one per
 // tensor with AllocStrategy::kPerTensor, the baseline), then fills them with
 // parallel positional reads: straight into memory the host can address, and
-// through pinned staging buffers and asynchronous copies for GPUs. The
+// through pinned staging buffers and asynchronous copies for GPUs. cpu
+// tensors the plan maps (PlanOptions::map_host) are views of private
+// mappings of their files instead, brought into memory by the same threads
+// (so a load leaves nothing to fault in, and reports read errors itself). The
 // returned LoadedModel owns every allocation; TensorView pointers stay valid
 // as long as it lives. On any error every byte reserved, on every device and
 // on the host, is returned before Load returns.
@@ -34,6 +37,8 @@
 
 namespace hoist {
 
+class FileMapping;  // src/io/file.h
+
 enum class AllocStrategy { kReserve, kPerTensor };
 
 // How files are read: kAuto uses O_DIRECT for a file mostly outside the page
@@ -61,6 +66,7 @@ struct LoadOptions {
   // Planning (LoadToHost only).
   std::optional<DType> cast_to;
   std::string only_regex;
+  bool map_host = false;  // PlanOptions::map_host
 
   AllocStrategy alloc = AllocStrategy::kReserve;
   // Reader threads; 0: one per core (2..32), at least 8 when a file is mostly
@@ -95,11 +101,12 @@ struct TensorView {
   // Device pointer (a host pointer for cpu); nullptr for disk tensors.
   const unsigned char* data = nullptr;
   uint64_t size_bytes = 0;
-  uint64_t offset_bytes = 0;  // in the device reservation
+  uint64_t offset_bytes = 0;  // in the device reservation (0 where mapped)
   // Where the bytes are in the file (disk tensors are read from here).
   std::string file;
   uint64_t file_offset_bytes = 0;
   bool tied = false;          // shares the storage of another tensor
+  bool mapped = false;        // a view of its file's pages (PlanOptions::map_host), not a copy
 
   // The elements as T. REQUIRES: host-addressable device, sizeof(T) * 8 == DTypeBits(dtype).
   template <typename T>
@@ -117,7 +124,9 @@ struct DeviceStats {
 };
 
 struct LoadStats {
-  uint64_t bytes_read = 0;    // from files
+  uint64_t bytes_read = 0;    // from files, mapped bytes included
+  uint64_t mapped_bytes = 0;  // tensor bytes mapped from files instead of copied
+  int mapped_files = 0;
   uint64_t bytes_loaded = 0;  // tensor bytes on devices, after casts
   uint64_t arena_bytes = 0;   // host reservation, alignment padding included
   int driver_allocs = 0;      // all devices
@@ -165,6 +174,7 @@ class LoadedModel {
   friend Result<LoadedModel> Load(const Catalog&, LoadPlan, const DeviceRegistry&, const LoadOptions&);
   friend Result<LoadedModel> LoadToHost(const Catalog&, const LoadOptions&);
   std::vector<DeviceMemory> allocations_;
+  std::vector<std::unique_ptr<FileMapping>> mappings_;
   std::vector<TensorView> tensors_;
   std::unordered_map<std::string, size_t> index_;
   LoadPlan plan_;

@@ -7,7 +7,8 @@
 // target dtype, its byte size on that device and its offset in that device's
 // single reservation (256-byte aligned). Reservation sizes are exact: the
 // stored bytes of quantized/packed tensors and their scales (never cast),
-// tied aliases counted once, `disk` placements counted against no device.
+// tied aliases counted once, `disk` placements and cpu tensors mapped from
+// their files counted against no reservation.
 // Planning needs no device: capacities come from the caller.
 //
 // A LoadPlan is a plain value; it is safe to share once built.
@@ -67,6 +68,11 @@ struct PlanOptions {
   // Bytes each device may hold (strategies fill up to these; explicit
   // placements are checked against them when the load reserves).
   std::map<DeviceId, uint64_t> capacity_bytes;
+  // cpu tensors that stay as stored (no cast) and whose place in the file
+  // suits their element type are mapped from the file (copy-on-write,
+  // sharing the page cache) instead of copied into the cpu reservation,
+  // which then holds only the rest.
+  bool map_host = false;
 };
 
 struct PlannedTensor {
@@ -75,7 +81,8 @@ struct PlannedTensor {
   DeviceId device;
   DType dtype = DType::kU8;     // after any cast
   uint64_t size_bytes = 0;      // on the device
-  uint64_t offset_bytes = 0;    // in the device's reservation (disk: 0)
+  uint64_t offset_bytes = 0;    // in the device's reservation (disk and mapped: 0)
+  bool mapped = false;          // on the cpu, mapped from its file (PlanOptions::map_host)
   int alias_of = -1;            // index of the tensor whose storage this tied alias shares
 };
 

@@ -143,7 +143,7 @@ class Model:
         return raw if np_type is None else raw.view(np.dtype(np_type)).reshape(info["shape"])
 
     def info(self, name: str) -> Dict[str, Any]:
-        """name, device, dtype (after any cast), stored_dtype, shape, nbytes, file, file_offset, tied."""
+        """name, device, dtype (after any cast), stored_dtype, shape, nbytes, file, file_offset, tied, mapped."""
         return self._native.info(name)
 
     def __contains__(self, name: object) -> bool:
@@ -203,6 +203,7 @@ def load(
     margin: Union[str, int] = "1.2GiB",
     strict: bool = False,
     progress: Optional[Callable[[int, int], Any]] = None,
+    mmap: bool = False,
     _checkpoint: Optional["_hoist.Checkpoint"] = None,
 ) -> Model:
     """Loads a checkpoint (a .safetensors file or a directory) onto devices.
@@ -222,6 +223,11 @@ def load(
     progress: called as progress(bytes_done, bytes_total) on this thread as soon as the load knows its
         size, about every 0.1 s while it reads, and once at the end (done == total); an exception it
         raises stops the load, which returns its memory, and propagates. So does Ctrl-C.
+    mmap: cpu tensors that need no cast are private (copy-on-write) mappings of their files, brought
+        into memory by the load, instead of copies (the CLI's --mmap): no second copy of the weights
+        beside the page cache, and processes that map one file share its memory. A tensor whose
+        place in its file does not suit its element type is copied as before. Writes stay in
+        this process; a file cut short while mapped makes an access to the lost part raise SIGBUS.
     """
     if isinstance(device_map, Mapping):
         device_map = json.dumps(dict(device_map))
@@ -252,6 +258,7 @@ def load(
         checkpoint=_checkpoint,
         strict=strict,
         progress=progress,
+        mmap=mmap,
     )
     return Model(native)
 
@@ -276,12 +283,14 @@ def _to_torch(model: Model, name: str):
     return tensor
 
 
-def load_file(path: Union[str, os.PathLike], device: Any = "cpu", dtype: Any = None) -> Dict[str, "torch.Tensor"]:
+def load_file(path: Union[str, os.PathLike], device: Any = "cpu", dtype: Any = None,
+              mmap: bool = False) -> Dict[str, "torch.Tensor"]:
     """Drop-in for safetensors.torch.load_file: {name: torch.Tensor}, zero-copy.
 
     Tied aliases from a config.json are not added, so the keys are the file's.
+    mmap=True: cpu tensors are mappings of the file (as safetensors' are), see load().
     """
-    model = load(path, device=device, dtype=dtype, config_ties=False)
+    model = load(path, device=device, dtype=dtype, config_ties=False, mmap=mmap)
     return {name: _to_torch(model, name) for name in model.keys()}
 
 

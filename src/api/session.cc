@@ -107,6 +107,7 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   o.only_regex = a.only;
   o.drops = a.drops;
   o.no_split = a.no_split;
+  o.map_host = a.map_host;
   HOIST_RETURN_IF_ERROR(CheckFlags(a));
   HOIST_ASSIGN_OR_RETURN(o.compat_hf_legacy, ParseCompat(a.compat));
   for (const std::string& r : a.renames) {
@@ -298,13 +299,14 @@ nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
     j.emplace_back("device", t.device.ToString());
     j.emplace_back("dtype", DTypeName(t.dtype));
     j.emplace_back("nbytes", t.size_bytes);
-    if (t.device.kind == DeviceKind::kDisk) {  // no reservation: where it stays instead
+    if (t.device.kind == DeviceKind::kDisk || t.mapped) {  // no reservation: where it stays instead
       j.emplace_back("offset", nullptr);
       std::error_code ec;  // absolute, as the load report gives it
       const std::string& file = catalog.files()[t.source->file_index].path;
       const std::filesystem::path absolute = std::filesystem::absolute(file, ec);
       j.emplace_back("file", ec ? file : absolute.string());
       j.emplace_back("file_offset", t.source->offset_bytes);
+      if (t.mapped) j.emplace_back("mapped", true);
     } else {
       j.emplace_back("offset", t.offset_bytes);
     }
@@ -332,6 +334,8 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
   report["path"] = session.path;
   report["total_bytes"] = st.bytes_loaded;
   report["bytes_read"] = st.bytes_read;
+  report["mapped_bytes"] = st.mapped_bytes;  // of bytes_read: mapped from the files, not copied
+  report["mapped_files"] = st.mapped_files;
   report["seconds"] = seconds;
   report["gbps"] = seconds > 0 ? static_cast<double>(st.bytes_read) / seconds / 1e9 : 0.0;
   report["alloc"] = session.alloc;
@@ -369,10 +373,11 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
     j.emplace_back("stored_dtype", DTypeName(v.stored_dtype));
     j.emplace_back("shape", v.shape);
     j.emplace_back("nbytes", v.size_bytes);
-    if (v.device.kind == DeviceKind::kDisk) {  // no reservation: where it stays instead
+    if (v.device.kind == DeviceKind::kDisk || v.mapped) {  // no reservation: where it stays instead
       j.emplace_back("offset", nullptr);
       j.emplace_back("file", v.file);
       j.emplace_back("file_offset", v.file_offset_bytes);
+      if (v.mapped) j.emplace_back("mapped", true);
     } else {
       j.emplace_back("offset", v.offset_bytes);
     }

@@ -32,6 +32,7 @@ struct PlanRequest {
   std::string expect_file;  // a JSON file, or
   std::string expect_json;  // JSON text
   bool no_config_ties = false;
+  bool map_host = false;  // --mmap: cpu tensors mapped from their files (PlanOptions::map_host)
   bool strict = false;  // with an expectation: any name missing, unexpected or mismatched is an error
   std::string margin = "1.2GiB";  // left free on each GPU ("0": none)
 };

@@ -411,10 +411,13 @@ int RunLoad(const LoadArgs& args) {
     size_t on_disk = 0;
     for (const TensorView& v : model.tensors()) on_disk += v.device.kind == DeviceKind::kDisk ? 1 : 0;
     if (where.empty()) where = "no device";
-    fmt::print("loaded {} tensors, {} in {:.3f} s ({:.2f} GB/s) to {} with {} thread{}, {} allocation{}{}\n",
+    fmt::print("loaded {} tensors, {} in {:.3f} s ({:.2f} GB/s) to {} with {} thread{}, {} allocation{}{}{}\n",
                model.tensors().size() - on_disk, HumanBytes(st.bytes_loaded), seconds, Rate(st.bytes_read, seconds),
                where, st.threads, st.threads == 1 ? "" : "s", st.driver_allocs, st.driver_allocs == 1 ? "" : "s",
-               on_disk ? fmt::format("; {} left on disk", on_disk) : std::string());
+               on_disk ? fmt::format("; {} left on disk", on_disk) : std::string(),
+               st.mapped_bytes > 0 ? fmt::format("; {} of it mapped from {} file{}", HumanBytes(st.mapped_bytes),
+                                                 st.mapped_files, st.mapped_files == 1 ? "" : "s")
+                                   : std::string());
   }
   return 0;
 }

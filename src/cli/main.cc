@@ -37,6 +37,9 @@ int main(int argc, char** argv) {
                 "found before anything is read");
     c->add_option("--no-split", a.no_split, "REGEX naming modules a device-map strategy never splits (repeatable)");
     c->add_flag("--no-config-ties", a.no_config_ties, "Ignore tie_word_embeddings in a config.json beside the checkpoint");
+    c->add_flag("--mmap", a.map_host,
+                "cpu tensors that need no cast are mapped from their files (copy-on-write, sharing the page cache) "
+                "instead of copied into host memory");
     c->add_option("--margin", a.margin, "Free memory left on each GPU (0: none)")->capture_default_str();
   };
 

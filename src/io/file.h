@@ -82,6 +82,40 @@ class File {
   std::string path_;
 };
 
+// A private, copy-on-write mapping of a whole file: its pages are the page
+// cache's until written to, so mapping costs no copy and no fresh memory,
+// and every process that maps the file shares them. Writes through the
+// mapping stay in this process; what another process writes to the file
+// may show through pages not yet written here, and a file cut shorter than
+// a page in use turns an access to it into SIGBUS (hoist cannot stop that:
+// it is the price of any mapping, safetensors' included).
+class FileMapping {
+ public:
+  FileMapping() = default;
+  ~FileMapping();
+  FileMapping(FileMapping&& other) noexcept;
+  FileMapping& operator=(FileMapping&& other) noexcept;
+  FileMapping(const FileMapping&) = delete;
+  FileMapping& operator=(const FileMapping&) = delete;
+
+  // Maps all of `file`, readable and (copy-on-write) writable. An empty
+  // file maps to nothing (data() == nullptr).
+  static Result<FileMapping> Map(const File& file);
+
+  unsigned char* data() const { return data_; }
+  uint64_t size_bytes() const { return size_bytes_; }
+  // Brings [offset, offset + size) into memory (reading it from the file
+  // where the page cache lacks it) and maps it into this process, so a
+  // later access neither faults nor reads, and a read error shows up here
+  // rather than as SIGBUS later. Safe from several threads at once.
+  Status Populate(uint64_t offset_bytes, uint64_t size_bytes) const;
+
+ private:
+  unsigned char* data_ = nullptr;
+  uint64_t size_bytes_ = 0;
+  std::string path_;
+};
+
 // The whole of a small file (an index, a config, a device map), refusing one
 // larger than `limit_bytes` instead of allocating for it.
 Result<std::string> ReadSmallFile(const std::string& path, uint64_t limit_bytes = 256ull << 20);

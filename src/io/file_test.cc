@@ -2,6 +2,7 @@
 // O_DIRECT, at unaligned offsets, across many pieces, and at the end of file.
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -98,6 +99,45 @@ TEST_P(FileReadTest, DirectReadsAreByteExactAndStopAtTheEnd) {
 
 INSTANTIATE_TEST_SUITE_P(PreadAndUring, FileReadTest, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "uring" : "pread"; });
+
+// A mapping shows the file's bytes, keeps writes to itself, checks the
+// range it is asked to populate, and maps an empty file to nothing.
+TEST(FileMappingTest, MappingIsTheFileCopyOnWrite) {
+  hoist::testing::TempDir dir;
+  std::vector<unsigned char> bytes(300'001);
+  std::mt19937 rng(5);
+  for (auto& b : bytes) b = static_cast<unsigned char>(rng());
+  const std::string path = dir / "data.bin";
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                               static_cast<std::streamsize>(bytes.size()));
+  Result<File> file = File::OpenRead(path);
+  ASSERT_TRUE(file.ok());
+  Result<FileMapping> map = FileMapping::Map(*file);
+  ASSERT_TRUE(map.ok()) << map.status().message();
+  ASSERT_EQ(map->size_bytes(), bytes.size());
+  EXPECT_TRUE(map->Populate(4095, 300'001 - 4095).ok());
+  EXPECT_TRUE(map->Populate(300'001, 0).ok());
+  for (auto [offset, size] : {std::pair<uint64_t, uint64_t>{300'000, 2}, {300'002, 1}, {1, UINT64_MAX}}) {
+    Status st = map->Populate(offset, size);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << offset << "+" << size;
+    EXPECT_NE(st.message().find("data.bin"), std::string::npos) << st.message();
+  }
+  ASSERT_EQ(std::memcmp(map->data(), bytes.data(), bytes.size()), 0);
+  map->data()[7] ^= 0x5A;
+  unsigned char byte = 0;
+  ASSERT_TRUE(file->ReadAt(7, &byte, 1).ok());
+  EXPECT_EQ(byte, bytes[7]);
+  FileMapping moved = std::move(map).value();
+  EXPECT_EQ(moved.data()[7], bytes[7] ^ 0x5A);
+
+  std::ofstream(dir / "empty.bin");
+  Result<File> empty = File::OpenRead(dir / "empty.bin");
+  ASSERT_TRUE(empty.ok());
+  Result<FileMapping> none = FileMapping::Map(*empty);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->data(), nullptr);
+  EXPECT_TRUE(none->Populate(0, 0).ok());
+}
 
 // Each loader thread makes its own ring and drops it when done, and the
 // kernel may map a later thread's ring where a finished one's was: here a

@@ -410,6 +410,28 @@ TEST_F(DeviceLoaderTest, DeviceMapSplitsAcrossGpuCpuAndDisk) {
   EXPECT_EQ(model->stats().driver_allocs, 2);  // one per device
 }
 
+// --mmap maps the cpu side of a split load and streams the GPU side as ever.
+TEST_F(DeviceLoaderTest, MmapMapsTheCpuSideOfASplitLoad) {
+  PlanOptions po;
+  po.device_map = R"({"model.layers": 0, "": "cpu"})";
+  po.map_host = true;
+  {
+    auto model = LoadWith(po);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    ExpectFileBytes(*model);
+    uint64_t mapped = 0;
+    for (const TensorView& v : model->tensors()) {
+      EXPECT_EQ(v.mapped, v.device == DeviceId::Cpu() && v.file_offset_bytes % 2 == 0) << v.name;
+      mapped += v.mapped ? v.size_bytes : 0;
+    }
+    EXPECT_GT(mapped, 0u);
+    EXPECT_EQ(model->stats().mapped_bytes, mapped);
+    EXPECT_EQ(model->stats().bytes_read, catalog_->total_bytes());
+    EXPECT_GT(gpu_->outstanding_bytes(), 0u);  // the GPU side, held by the model
+  }
+  ExpectAllReturned();
+}
+
 TEST_F(DeviceLoaderTest, TwoGpusAreFedAtOnce) {
   auto second = std::make_unique<FaultDevice>(DeviceId::Cuda(1), 64ull << 20);
   FaultDevice* gpu1 = second.get();

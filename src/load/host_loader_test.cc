@@ -1,7 +1,11 @@
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -288,6 +292,155 @@ TEST(HostLoaderTest, LoadsSynthesizedModelMatchingItsGenerator) {
     SynthFill(v.name, v.dtype, 0, v.size_bytes, want.data());
     ASSERT_EQ(std::memcmp(want.data(), v.data, v.size_bytes), 0) << v.name;
   }
+}
+
+// How many of this process's mappings are of `path` (/proc/self/maps).
+int MappingsOf(const std::string& path) {
+  std::ifstream maps("/proc/self/maps");
+  const std::string want = std::filesystem::canonical(path).string();
+  int n = 0;
+  for (std::string line; std::getline(maps, line);) {
+    n += line.size() >= want.size() && line.compare(line.size() - want.size(), want.size(), want) == 0 ? 1 : 0;
+  }
+  return n;
+}
+
+// Whether the plan can map a tensor: stored as loaded, not empty, and at a
+// file offset that is a multiple of its element size (at most 8).
+bool ShouldMap(const TensorInfo& t, bool cast) {
+  const uint64_t element = static_cast<uint64_t>(std::clamp(DTypeBits(t.dtype) / 8, 1, 8));
+  return !cast && t.size_bytes > 0 && t.offset_bytes % element == 0;
+}
+
+TEST(HostLoaderTest, MmapMapsWhatItCanAndReadsTheRest) {
+  testing::TempDir dir;
+  auto tensors = MixedTensors();
+  ASSERT_TRUE(WritePattern(dir / "ckpt", tensors, 2000).ok());  // several shards
+  Result<Catalog> cat = OpenCatalog(dir / "ckpt");
+  ASSERT_TRUE(cat.ok()) << cat.status().message();
+  uint64_t want_mapped = 0;
+  std::set<uint32_t> want_files;
+  int unmapped = 0;
+  for (const TensorInfo& t : cat->tensors()) {
+    if (ShouldMap(t, false)) {
+      want_mapped += t.size_bytes;
+      want_files.insert(t.file_index);
+    } else {
+      unmapped += t.size_bytes > 0 ? 1 : 0;
+    }
+  }
+  ASSERT_GT(want_mapped, 0u);
+  ASSERT_GT(unmapped, 0);  // b.counts, an I64 at an offset of 4 mod 8
+  for (int threads : {1, 3}) {
+    LoadOptions opt;
+    opt.threads = threads;
+    opt.chunk_bytes = 4096;  // a.weight is mapped in two pieces
+    opt.map_host = true;
+    {
+      Result<LoadedModel> model = LoadToHost(*cat, opt);
+      ASSERT_TRUE(model.ok()) << model.status().message();
+      const LoadStats& st = model->stats();
+      EXPECT_EQ(st.mapped_bytes, want_mapped);
+      EXPECT_EQ(st.mapped_files, static_cast<int>(want_files.size()));
+      EXPECT_EQ(st.bytes_read, cat->total_bytes());
+      EXPECT_EQ(st.bytes_loaded, cat->total_bytes());
+      EXPECT_EQ(st.driver_allocs, 1);  // the arena, for the rest
+      EXPECT_EQ(st.arena_bytes, model->plan().FindDevice(DeviceId::Cpu())->reserve_bytes);
+      EXPECT_LT(st.arena_bytes, cat->total_bytes() - want_mapped + 256 * tensors.size());
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        const TensorView* v = model->Find(tensors[i].name);
+        ASSERT_NE(v, nullptr);
+        const TensorInfo& info = *model->plan().tensors[i].source;
+        EXPECT_EQ(v->mapped, ShouldMap(info, false)) << v->name;
+        const uint64_t element = static_cast<uint64_t>(std::clamp(DTypeBits(v->dtype) / 8, 1, 8));
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(v->data) % element, 0u) << v->name;
+        for (uint64_t k = 0; k < v->size_bytes; ++k) {
+          ASSERT_EQ(v->data[k], PatternByte(i, k)) << v->name << " byte " << k;
+        }
+      }
+      for (uint32_t k = 0; k < cat->files().size(); ++k) {  // one mapping per file with a mapped tensor
+        EXPECT_EQ(MappingsOf(cat->files()[k].path), want_files.count(k) ? 1 : 0) << cat->files()[k].path;
+      }
+      // Writes stay in this process: the file keeps its bytes.
+      const TensorView* w = model->Find("a.weight");
+      ASSERT_TRUE(w->mapped);
+      const_cast<unsigned char*>(w->data)[5] ^= 0xFF;
+      EXPECT_EQ(w->data[5], PatternByte(0, 5) ^ 0xFF);
+      Result<File> file = File::OpenRead(w->file);
+      ASSERT_TRUE(file.ok());
+      unsigned char byte = 0;
+      ASSERT_TRUE(file->ReadAt(w->file_offset_bytes + 5, &byte, 1).ok());
+      EXPECT_EQ(byte, PatternByte(0, 5));
+    }
+    for (const CatalogFile& f : cat->files()) EXPECT_EQ(MappingsOf(f.path), 0) << f.path;  // gone with the model
+  }
+}
+
+TEST(HostLoaderTest, MmapCopiesWhatACastChanges) {
+  testing::TempDir dir;
+  ASSERT_TRUE(WritePattern(dir / "m.safetensors", MixedTensors(), 1ull << 40).ok());
+  Result<Catalog> cat = OpenCatalog(dir / "m.safetensors");
+  ASSERT_TRUE(cat.ok());
+  LoadOptions opt;
+  opt.map_host = true;
+  opt.cast_to = DType::kF32;
+  Result<LoadedModel> model = LoadToHost(*cat, opt);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  EXPECT_FALSE(model->Find("a.weight")->mapped);  // bf16 -> f32
+  EXPECT_EQ(model->Find("a.weight")->dtype, DType::kF32);
+  EXPECT_EQ(model->Find("c.q")->mapped, true);     // fp8: never cast
+  EXPECT_EQ(model->Find("c.q")->data[3], PatternByte(4, 3));
+}
+
+TEST(HostLoaderTest, MmapOfAFileCutShortFailsAndUnmapsIt) {
+  testing::TempDir dir;
+  const std::vector<OutTensor> tensors = {{"w1", DType::kBF16, {40'000}, 80'000}, {"w2", DType::kBF16, {40'000}, 80'000}};
+  ASSERT_TRUE(WritePattern(dir / "m.safetensors", tensors, 1ull << 40).ok());
+  Result<Catalog> cat = OpenCatalog(dir / "m.safetensors");
+  ASSERT_TRUE(cat.ok());
+  LoadOptions opt;
+  opt.map_host = true;
+  opt.threads = 1;
+  opt.chunk_bytes = 8192;
+  // Between the mapping and the first read, the file loses its data.
+  opt.before_read = [&](uint64_t k) {
+    if (k == 0) std::filesystem::resize_file(dir / "m.safetensors", cat->files()[0].data_offset_bytes);
+    return Status::Ok();
+  };
+  Result<LoadedModel> model = LoadToHost(*cat, opt);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), StatusCode::kIoError);
+  const std::string& m = model.status().message();
+  EXPECT_NE(m.find("tensor 'w1'"), std::string::npos) << m;
+  EXPECT_NE(m.find("m.safetensors"), std::string::npos) << m;
+  EXPECT_NE(m.find("cut short"), std::string::npos) << m;
+  EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  EXPECT_EQ(MappingsOf(dir / "m.safetensors"), 0);
+}
+
+TEST(HostLoaderTest, MmapLoadStopsWhenCancelled) {
+  testing::TempDir dir;
+  const std::vector<OutTensor> tensors = {{"w", DType::kBF16, {400'000}, 800'000}};
+  ASSERT_TRUE(WritePattern(dir / "m.safetensors", tensors, 1ull << 40).ok());
+  Result<Catalog> cat = OpenCatalog(dir / "m.safetensors");
+  ASSERT_TRUE(cat.ok());
+  std::atomic<bool> cancel{false};
+  std::atomic<uint64_t> reads{0};
+  LoadOptions opt;
+  opt.map_host = true;
+  opt.threads = 2;
+  opt.chunk_bytes = 4096;  // 196 pieces
+  opt.cancel = &cancel;
+  opt.before_read = [&](uint64_t k) {
+    reads.fetch_add(1);
+    if (k == 5) cancel.store(true);
+    return Status::Ok();
+  };
+  Result<LoadedModel> model = LoadToHost(*cat, opt);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), StatusCode::kCancelled);
+  EXPECT_LT(reads.load(), 20u);
+  EXPECT_EQ(MappingsOf(dir / "m.safetensors"), 0);
 }
 
 }  // namespace

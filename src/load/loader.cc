@@ -60,6 +60,7 @@ struct ReadItem {
   unsigned char* dst;      // device address of the piece
   uint64_t dst_bytes;      // after any cast
   bool tail = false;       // lands on the cast scratch: after every device cast, cast on the host
+  bool map = false;        // a mapped tensor's piece: brought into memory where it is, not read
 };
 
 // A pinned buffer a GPU's copies go through: one chunk of the device's ring.
@@ -611,10 +612,27 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     s.stats.driver_allocs += 1;
     model.allocations_.push_back(std::move(a));
   }
+  // Mapped tensors: one private mapping per file that holds any.
+  std::vector<const FileMapping*> mapping_of(open.files.size(), nullptr);
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& t = plan.tensors[i];
+    if (!t.mapped || t.alias_of >= 0) continue;
+    const uint32_t f = t.source->file_index;
+    if (mapping_of[f] == nullptr) {
+      HOIST_ASSIGN_OR_RETURN(FileMapping m, FileMapping::Map(open.files[f]));
+      model.mappings_.push_back(std::make_unique<FileMapping>(std::move(m)));
+      mapping_of[f] = model.mappings_.back().get();
+    }
+    tensor_ptr[i] = mapping_of[f]->data() + t.source->offset_bytes;
+  }
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     if (t.device.kind == DeviceKind::kDisk || t.alias_of >= 0) continue;
     DeviceState& s = *states[state_of[t.device]];
+    if (t.mapped) {
+      s.stats.bytes += t.size_bytes;
+      continue;
+    }
     if (options.alloc == AllocStrategy::kReserve) {
       tensor_ptr[i] = s.base + t.offset_bytes;
     } else if (t.size_bytes > 0) {
@@ -705,7 +723,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   // Reads, cut on element boundaries so a cast can work on each piece alone.
   const auto read_start = Clock::now();
   std::vector<ReadItem> items;
-  uint64_t bytes_read = 0;
+  uint64_t bytes_read = 0, mapped_bytes = 0;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& t = plan.tensors[i];
     if (t.device.kind == DeviceKind::kDisk || t.alias_of >= 0) continue;
@@ -719,6 +737,15 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     // on the host.
     const uint64_t small_piece = std::max<uint64_t>(chunk / std::max(src_elem, dst_elem), 1) * src_elem;
     bytes_read += src.size_bytes;
+    if (t.mapped) {
+      mapped_bytes += src.size_bytes;
+      for (uint64_t done = 0; done < src.size_bytes; done += piece) {
+        const uint64_t len = std::min(piece, src.size_bytes - done);
+        items.push_back({static_cast<uint32_t>(i), state_of[t.device], src.offset_bytes + done, len,
+                         tensor_ptr[i] + done, len, false, true});
+      }
+      continue;
+    }
     for (uint64_t done = 0, len = 0; done < src.size_bytes; done += len) {
       len = std::min(piece, src.size_bytes - done);
       uint64_t dst_off = done / src_elem * dst_elem;
@@ -751,6 +778,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
 
   auto process = [&](const ReadItem& it, ReaderLocal& local) -> Status {
     const PlannedTensor& t = plan.tensors[it.tensor];
+    if (it.map) return mapping_of[t.source->file_index]->Populate(it.file_offset_bytes, it.size_bytes);
     const File& file = open.files[t.source->file_index];
     const File& direct = open.direct[t.source->file_index];
     const bool cast = t.dtype != t.source->dtype;
@@ -999,12 +1027,15 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     v.file = ec ? catalog.files()[t.source->file_index].path : file.string();
     v.file_offset_bytes = t.source->offset_bytes;
     v.tied = t.alias_of >= 0;
+    v.mapped = t.mapped;
     model.index_.emplace(v.name, model.tensors_.size());
     model.tensors_.push_back(std::move(v));
   }
 
   LoadStats& st = model.stats_;
   st.bytes_read = bytes_read;
+  st.mapped_bytes = mapped_bytes;
+  st.mapped_files = static_cast<int>(model.mappings_.size());
   st.threads = threads;
   st.direct_files = open.direct_count;
   st.uring_files = 0;
@@ -1041,6 +1072,7 @@ Result<LoadedModel> LoadToHost(const Catalog& catalog, const LoadOptions& option
   PlanOptions po;
   po.cast_to = options.cast_to;
   po.only_regex = options.only_regex;
+  po.map_host = options.map_host;
   po.device = DeviceId::Cpu();
   HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(catalog, po));
   const double plan_seconds = Since(start);

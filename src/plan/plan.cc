@@ -47,6 +47,17 @@ Status CheckGroupReferences(const RenameRule& rule, const std::regex& re) {
 
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
+// Whether a cpu tensor can be mapped from its file: stored as it is loaded,
+// not empty, and at a file offset that is a multiple of its element size
+// (a mapping starts on a page, so its address then is too). The format
+// does not require that alignment, and a typed view must have it; others
+// are read into the reservation.
+bool Mappable(const PlannedTensor& p) {
+  if (p.dtype != p.source->dtype || p.source->size_bytes == 0) return false;
+  const uint64_t element = static_cast<uint64_t>(std::clamp(DTypeBits(p.dtype) / 8, 1, 8));
+  return p.source->offset_bytes % element == 0;
+}
+
 // How quantized weights are stored: integers (int8, packed int4 in int32,
 // ...) and floats of 8 bits or fewer.
 bool IsQuantizedStorage(DType dtype) {
@@ -407,6 +418,9 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
       p.dtype = p.source->dtype;
       if (p.alias_of < 0) p.size_bytes = p.source->size_bytes;
     }
+    if (options.map_host && p.device == DeviceId::Cpu()) {
+      p.mapped = p.alias_of >= 0 ? plan.tensors[static_cast<size_t>(p.alias_of)].mapped : Mappable(p);
+    }
   }
 
   // 5. Offsets inside each device's single reservation.
@@ -415,7 +429,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     DevicePlan& d = devices[p.device];
     d.device = p.device;
     ++d.tensor_count;
-    if (p.alias_of >= 0 || p.device.kind == DeviceKind::kDisk) continue;
+    if (p.alias_of >= 0 || p.device.kind == DeviceKind::kDisk || p.mapped) continue;
     p.offset_bytes = AlignUp(d.reserve_bytes, kDeviceTensorAlignBytes);
     d.reserve_bytes = p.offset_bytes + p.size_bytes;
   }

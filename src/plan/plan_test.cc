@@ -408,6 +408,51 @@ TEST_F(PlanTest, DiskCountsAgainstNoDevice) {
   EXPECT_EQ(plan->FindDevice(DeviceId::Disk())->reserve_bytes, 0u);
 }
 
+// --mmap: cpu tensors stored as they load, at a file offset that suits
+// their element, leave the reservation; casts, other devices, unaligned and
+// empty tensors keep their places, and an alias follows its source.
+TEST_F(PlanTest, MapHostTakesAlignedUncastCpuTensorsOutOfTheReservation) {
+  // In file order: a at 0, b at 6 (an F32 not on a multiple of 4), c at 46,
+  // d at 50 (empty), e at 50, f at 60.
+  const Catalog& cat = Make({T("a.w", DType::kBF16, {3}), T("b.w", DType::kF32, {10}), T("c.w", DType::kU8, {4}),
+                             T("d.w", DType::kF32, {0}), T("e.w", DType::kBF16, {5}), T("g.w", DType::kF32, {4})});
+  auto offset = [&](const char* name) {
+    for (const TensorInfo& t : cat.tensors()) {
+      if (t.name == name) return t.offset_bytes - cat.files()[0].data_offset_bytes;
+    }
+    return uint64_t{999};
+  };
+  ASSERT_EQ(offset("b.w"), 6u);
+  ASSERT_EQ(cat.files()[0].data_offset_bytes % 8, 0u);
+  PlanOptions o;
+  o.device_map = R"({"e": 0, "": "cpu"})";
+  o.ties = {{"alias.w", "c.w"}, {"alias2.w", "b.w"}};
+  auto copied = BuildPlan(cat, o);
+  o.map_host = true;
+  auto mapped = BuildPlan(cat, o);
+  ASSERT_TRUE(copied.ok() && mapped.ok()) << mapped.status().message();
+  for (const char* name : {"a.w", "c.w", "g.w", "alias.w"}) {
+    EXPECT_TRUE(Find(*mapped, name)->mapped) << name;
+    EXPECT_EQ(Find(*mapped, name)->offset_bytes, 0u) << name;
+  }
+  for (const char* name : {"b.w", "d.w", "e.w", "alias2.w"}) EXPECT_FALSE(Find(*mapped, name)->mapped) << name;
+  for (const PlannedTensor& t : copied->tensors) EXPECT_FALSE(t.mapped) << t.name;
+  // What stays in the cpu reservation: b (40 bytes at 0) and the empty d
+  // (at the next 256-byte boundary).
+  EXPECT_EQ(mapped->FindDevice(DeviceId::Cpu())->reserve_bytes, 256u);
+  EXPECT_EQ(copied->FindDevice(DeviceId::Cpu())->reserve_bytes, 784u);  // a, b, c, d, g at 256-byte steps
+  EXPECT_EQ(mapped->FindDevice(DeviceId::Cpu())->tensor_count, copied->FindDevice(DeviceId::Cpu())->tensor_count);
+  EXPECT_EQ(mapped->FindDevice(DeviceId::Cuda(0))->reserve_bytes,
+            copied->FindDevice(DeviceId::Cuda(0))->reserve_bytes);
+  // A cast is not a mapping.
+  o.cast_to = DType::kF32;
+  auto cast = BuildPlan(cat, o);
+  ASSERT_TRUE(cast.ok());
+  EXPECT_FALSE(Find(*cast, "a.w")->mapped);
+  EXPECT_TRUE(Find(*cast, "c.w")->mapped);  // u8: never cast
+  EXPECT_TRUE(Find(*cast, "g.w")->mapped);  // f32 already
+}
+
 TEST_F(PlanTest, BadDeviceMapsAreRejected) {
   const Catalog& cat = Make({T("a", DType::kU8, {1})});
   for (const char* bad : {R"({"a": "tpu"})", R"({"a": -1})", R"({"a": 1.5})", R"(["a"])", R"({"a": 0, "a": 1})"}) {
