@@ -193,7 +193,9 @@ Result<uint64_t> ParseMargin(const std::string& text) {
 
 Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry,
                                                      std::unique_ptr<Catalog> opened) {
-  HOIST_ASSIGN_OR_RETURN(uint64_t chunk, ParseByteSize(request.chunk_size));
+  Result<uint64_t> chunk_size = ParseByteSize(request.chunk_size);
+  if (!chunk_size.ok()) return InvalidArgument("--chunk-size: " + chunk_size.status().message());
+  const uint64_t chunk = *chunk_size;
   HOIST_ASSIGN_OR_RETURN(uint64_t margin, ParseMargin(request.plan.margin));
   if (request.direct != "auto" && request.direct != "on" && request.direct != "off") {
     return InvalidArgument("--direct " + QuoteName(request.direct) + ": expected auto, on or off");

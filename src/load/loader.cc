@@ -468,7 +468,7 @@ const TensorView* LoadedModel::Find(const std::string& name) const {
 Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegistry& registry,
                          const LoadOptions& options) {
   const auto start = Clock::now();
-  if (options.chunk_bytes < 4096) return InvalidArgument("chunk size must be at least 4096 bytes");
+  if (options.chunk_bytes < 4096) return InvalidArgument("--chunk-size must be at least 4096 bytes");
   // Pieces start 256-byte aligned in their tensor, so a device cast's
   // vector loads and stores stay aligned whatever --chunk-size said.
   const uint64_t chunk = options.chunk_bytes / 256 * 256;

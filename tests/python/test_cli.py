@@ -555,6 +555,20 @@ def test_bad_flag_messages_name_the_flag(run_hoist, conformance, flags, message)
         assert message in stderr_error_line(proc)
 
 
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--chunk-size", "abc"], "--chunk-size: 'abc' is not a size"),
+        (["--chunk-size", "100"], "--chunk-size must be at least 4096 bytes"),
+        (["--margin", "lots"], "--margin: 'lots' is not a size"),
+    ],
+)
+def test_bad_load_option_messages_name_the_option(run_hoist, conformance, flags, message):
+    proc = run_hoist("load", conformance / "overall.safetensors", *flags)
+    assert proc.returncode == 2, proc.stderr
+    assert message in stderr_error_line(proc)
+
+
 def test_device_map_file_may_be_named_anything(run_hoist, conformance, tmp_path):
     path = tmp_path / "[map].json"
     path.write_text(json.dumps({"": "cpu"}))
