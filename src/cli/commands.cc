@@ -239,7 +239,7 @@ int RunPlan(const PlanCmdArgs& args) {
   fmt::print("{:<{}}  {:<8} {:<7} {:>14} {:>14}\n", "name", width, "device", "dtype", "bytes", "offset");
   for (size_t i = 0; i < plan->tensors.size(); ++i) {
     const PlannedTensor& t = plan->tensors[i];
-    std::string offset = t.device.kind == DeviceKind::kDisk ? "-" : std::to_string(t.offset_bytes);
+    std::string offset = t.device.kind == DeviceKind::kDisk ? "-" : t.mapped ? "mapped" : std::to_string(t.offset_bytes);
     if (t.alias_of >= 0) offset += " (tied)";
     fmt::print("{:<{}}  {:<8} {:<7} {:>14} {:>14}\n", shown[i], width, t.device.ToString(), DTypeName(t.dtype),
                t.size_bytes, offset);

@@ -230,7 +230,15 @@ Result<FileMapping> FileMapping::Map(const File& file) {
   return m;
 }
 
-Status FileMapping::Populate(uint64_t offset_bytes, uint64_t size_bytes) const {
+namespace {
+// Set once MADV_POPULATE_READ has been refused (EINVAL: a kernel before 5.14).
+std::atomic<bool> no_populate{false};
+}  // namespace
+
+void FileMapping::UseReadFallbackForTesting(bool on) { no_populate.store(on); }
+
+Status FileMapping::Populate(const File& file, uint64_t offset_bytes, uint64_t size_bytes,
+                             std::vector<unsigned char>* scratch) const {
   if (size_bytes == 0) return Status::Ok();
   if (offset_bytes > size_bytes_ || size_bytes > size_bytes_ - offset_bytes) {
     return InvalidArgument(Printable(path_) + ": bytes " + std::to_string(offset_bytes) + "+" +
@@ -239,10 +247,6 @@ Status FileMapping::Populate(uint64_t offset_bytes, uint64_t size_bytes) const {
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   const uint64_t begin = offset_bytes / page * page;
   const uint64_t end = offset_bytes + size_bytes;  // madvise takes the whole last page
-  // Kernels before 5.14 know no MADV_POPULATE_READ (EINVAL): one read of
-  // each page does the same, except that a page past the end of a file cut
-  // short since it was mapped raises SIGBUS instead of an error.
-  static std::atomic<bool> no_populate{false};
   while (!no_populate.load(std::memory_order_relaxed)) {
     if (::madvise(data_ + begin, static_cast<size_t>(end - begin), MADV_POPULATE_READ) == 0) return Status::Ok();
     if (errno == EINTR) continue;
@@ -255,6 +259,17 @@ Status FileMapping::Populate(uint64_t offset_bytes, uint64_t size_bytes) const {
                      " of the mapped file cannot be read (was the file cut short while it loaded?)");
     }
     return Errno(path_, "cannot bring the mapped file into memory");
+  }
+  // Without it: read the range (into the page cache, and past a short read
+  // or a read error to an error of its own), then one read of each page
+  // maps the cached page. Only a file cut short between the two can still
+  // raise SIGBUS.
+  constexpr uint64_t kBlockBytes = 1 << 20;
+  scratch->resize(static_cast<size_t>(std::min(size_bytes, kBlockBytes)));
+  for (uint64_t done = 0; done < size_bytes; done += kBlockBytes) {
+    const uint64_t n = std::min(kBlockBytes, size_bytes - done);
+    Status st = file.ReadAt(offset_bytes + done, scratch->data(), n);
+    if (!st.ok()) return st;
   }
   unsigned char sum = 0;
   for (uint64_t p = begin; p < end; p += page) sum ^= *static_cast<volatile unsigned char*>(data_ + p);

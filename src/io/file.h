@@ -106,9 +106,16 @@ class FileMapping {
   uint64_t size_bytes() const { return size_bytes_; }
   // Brings [offset, offset + size) into memory (reading it from the file
   // where the page cache lacks it) and maps it into this process, so a
-  // later access neither faults nor reads, and a read error shows up here
-  // rather than as SIGBUS later. Safe from several threads at once.
-  Status Populate(uint64_t offset_bytes, uint64_t size_bytes) const;
+  // later access neither faults nor reads, and a read error, or a file cut
+  // short since it was mapped, shows up here as an error rather than as
+  // SIGBUS later. `file` is the file mapped: kernels before 5.14, which lack
+  // MADV_POPULATE_READ, read the range from it into `scratch` first (that
+  // read finds the errors) and then touch each page. Safe from several
+  // threads at once, each with its own scratch.
+  Status Populate(const File& file, uint64_t offset_bytes, uint64_t size_bytes,
+                  std::vector<unsigned char>* scratch) const;
+  // Tests: take the path of kernels without MADV_POPULATE_READ (or not).
+  static void UseReadFallbackForTesting(bool on);
 
  private:
   unsigned char* data_ = nullptr;

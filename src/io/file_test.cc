@@ -115,13 +115,18 @@ TEST(FileMappingTest, MappingIsTheFileCopyOnWrite) {
   Result<FileMapping> map = FileMapping::Map(*file);
   ASSERT_TRUE(map.ok()) << map.status().message();
   ASSERT_EQ(map->size_bytes(), bytes.size());
-  EXPECT_TRUE(map->Populate(4095, 300'001 - 4095).ok());
-  EXPECT_TRUE(map->Populate(300'001, 0).ok());
-  for (auto [offset, size] : {std::pair<uint64_t, uint64_t>{300'000, 2}, {300'002, 1}, {1, UINT64_MAX}}) {
-    Status st = map->Populate(offset, size);
-    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << offset << "+" << size;
-    EXPECT_NE(st.message().find("data.bin"), std::string::npos) << st.message();
+  std::vector<unsigned char> scratch;
+  for (bool fallback : {false, true}) {  // MADV_POPULATE_READ, and the read of kernels before 5.14
+    FileMapping::UseReadFallbackForTesting(fallback);
+    EXPECT_TRUE(map->Populate(*file, 4095, 300'001 - 4095, &scratch).ok());
+    EXPECT_TRUE(map->Populate(*file, 300'001, 0, &scratch).ok());
+    for (auto [offset, size] : {std::pair<uint64_t, uint64_t>{300'000, 2}, {300'002, 1}, {1, UINT64_MAX}}) {
+      Status st = map->Populate(*file, offset, size, &scratch);
+      EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << offset << "+" << size;
+      EXPECT_NE(st.message().find("data.bin"), std::string::npos) << st.message();
+    }
   }
+  FileMapping::UseReadFallbackForTesting(false);
   ASSERT_EQ(std::memcmp(map->data(), bytes.data(), bytes.size()), 0);
   map->data()[7] ^= 0x5A;
   unsigned char byte = 0;
@@ -136,7 +141,7 @@ TEST(FileMappingTest, MappingIsTheFileCopyOnWrite) {
   Result<FileMapping> none = FileMapping::Map(*empty);
   ASSERT_TRUE(none.ok());
   EXPECT_EQ(none->data(), nullptr);
-  EXPECT_TRUE(none->Populate(0, 0).ok());
+  EXPECT_TRUE(none->Populate(*empty, 0, 0, &scratch).ok());
 }
 
 // Each loader thread makes its own ring and drops it when done, and the

@@ -415,7 +415,13 @@ TEST_F(DeviceLoaderTest, MmapMapsTheCpuSideOfASplitLoad) {
   PlanOptions po;
   po.device_map = R"({"model.layers": 0, "": "cpu"})";
   po.map_host = true;
-  {
+  // Mapped bytes take no host memory of the load's: a cpu limit of a byte
+  // refuses nothing, with one allocation per device or per tensor.
+  options_.max_memory[DeviceId::Cpu()] = 1;
+  for (AllocStrategy alloc : {AllocStrategy::kReserve, AllocStrategy::kPerTensor}) {
+    SCOPED_TRACE(alloc == AllocStrategy::kReserve ? "reserve" : "per-tensor");
+    options_.alloc = alloc;
+    ResetDevices();
     auto model = LoadWith(po);
     ASSERT_TRUE(model.ok()) << model.status().message();
     ExpectFileBytes(*model);
@@ -428,8 +434,9 @@ TEST_F(DeviceLoaderTest, MmapMapsTheCpuSideOfASplitLoad) {
     EXPECT_EQ(model->stats().mapped_bytes, mapped);
     EXPECT_EQ(model->stats().bytes_read, catalog_->total_bytes());
     EXPECT_GT(gpu_->outstanding_bytes(), 0u);  // the GPU side, held by the model
+    model = Result<LoadedModel>(InvalidArgument("released"));
+    ExpectAllReturned();
   }
-  ExpectAllReturned();
 }
 
 TEST_F(DeviceLoaderTest, TwoGpusAreFedAtOnce) {

@@ -546,7 +546,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (options.alloc == AllocStrategy::kPerTensor) {
       needed = 0;
       for (const PlannedTensor& t : plan.tensors) {
-        if (t.device == d.device && t.alias_of < 0) needed += t.size_bytes;
+        if (t.device == d.device && t.alias_of < 0 && !t.mapped) needed += t.size_bytes;
       }
     }
     auto state = std::make_unique<DeviceState>();
@@ -619,8 +619,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (!t.mapped || t.alias_of >= 0) continue;
     const uint32_t f = t.source->file_index;
     if (mapping_of[f] == nullptr) {
-      HOIST_ASSIGN_OR_RETURN(FileMapping m, FileMapping::Map(open.files[f]));
-      model.mappings_.push_back(std::make_unique<FileMapping>(std::move(m)));
+      Result<FileMapping> m = FileMapping::Map(open.files[f]);
+      if (!m.ok()) return Status(m.status().code(), "tensor " + QuoteName(t.source->name) + " in " + m.status().message());
+      model.mappings_.push_back(std::make_unique<FileMapping>(std::move(m).value()));
       mapping_of[f] = model.mappings_.back().get();
     }
     tensor_ptr[i] = mapping_of[f]->data() + t.source->offset_bytes;
@@ -778,7 +779,10 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
 
   auto process = [&](const ReadItem& it, ReaderLocal& local) -> Status {
     const PlannedTensor& t = plan.tensors[it.tensor];
-    if (it.map) return mapping_of[t.source->file_index]->Populate(it.file_offset_bytes, it.size_bytes);
+    if (it.map) {
+      return mapping_of[t.source->file_index]->Populate(open.files[t.source->file_index], it.file_offset_bytes,
+                                                        it.size_bytes, &local.scratch);
+    }
     const File& file = open.files[t.source->file_index];
     const File& direct = open.direct[t.source->file_index];
     const bool cast = t.dtype != t.source->dtype;

@@ -418,9 +418,11 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
       p.dtype = p.source->dtype;
       if (p.alias_of < 0) p.size_bytes = p.source->size_bytes;
     }
-    if (options.map_host && p.device == DeviceId::Cpu()) {
-      p.mapped = p.alias_of >= 0 ? plan.tensors[static_cast<size_t>(p.alias_of)].mapped : Mappable(p);
-    }
+    p.mapped = options.map_host && p.alias_of < 0 && p.device == DeviceId::Cpu() && Mappable(p);
+  }
+  // An alias may come before its source: the sources are decided first.
+  for (PlannedTensor& p : plan.tensors) {
+    if (p.alias_of >= 0) p.mapped = plan.tensors[static_cast<size_t>(p.alias_of)].mapped;
   }
 
   // 5. Offsets inside each device's single reservation.

@@ -451,6 +451,20 @@ TEST_F(PlanTest, MapHostTakesAlignedUncastCpuTensorsOutOfTheReservation) {
   EXPECT_FALSE(Find(*cast, "a.w")->mapped);
   EXPECT_TRUE(Find(*cast, "c.w")->mapped);  // u8: never cast
   EXPECT_TRUE(Find(*cast, "g.w")->mapped);  // f32 already
+  // A tie onto a tensor later in the file: the alias comes first in the
+  // plan, and still follows its source.
+  const Catalog& pair = Make({T("x.w", DType::kF32, {4}), T("y.w", DType::kF32, {4})});
+  PlanOptions tie;
+  tie.device = DeviceId::Cpu();
+  tie.map_host = true;
+  tie.ties = {{"x.w", "y.w"}};
+  auto early = BuildPlan(pair, tie);
+  ASSERT_TRUE(early.ok()) << early.status().message();
+  ASSERT_GE(Find(*early, "x.w")->alias_of, 0);
+  EXPECT_LT(Find(*early, "x.w") - early->tensors.data(), Find(*early, "y.w") - early->tensors.data());
+  EXPECT_TRUE(Find(*early, "x.w")->mapped);
+  EXPECT_TRUE(Find(*early, "y.w")->mapped);
+  EXPECT_EQ(early->FindDevice(DeviceId::Cpu())->reserve_bytes, 0u);
 }
 
 TEST_F(PlanTest, BadDeviceMapsAreRejected) {

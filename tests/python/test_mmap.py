@@ -207,3 +207,13 @@ def test_load_into_with_mmap(torch, tmp_path):
     assert report["mapped_bytes"] == (64 * 32 + 32) * 4
     for name, value in saved.state_dict().items():
         assert torch.equal(module.state_dict()[name], value), name
+    # The parameters are the mapping's memory, not copies of it.
+    ranges = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if line.rstrip().endswith(str(path.resolve())):
+                begin, end = (int(x, 16) for x in line.split()[0].split("-"))
+                ranges.append((begin, end))
+    assert ranges, "the file is not mapped"
+    for name, p in module.named_parameters():
+        assert any(b <= p.data_ptr() < e for b, e in ranges), f"{name} is not in the file's mapping"
