@@ -97,12 +97,14 @@ struct TensorView {
   DeviceId device;
   DType dtype = DType::kU8;         // after any cast
   DType stored_dtype = DType::kU8;  // in the file
-  std::vector<uint64_t> shape;
+  std::vector<uint64_t> shape;       // of the part loaded, where a --split took one
+  std::optional<TensorSlice> slice;  // which part of the stored tensor that is
   // Device pointer (a host pointer for cpu); nullptr for disk tensors.
   const unsigned char* data = nullptr;
   uint64_t size_bytes = 0;
   uint64_t offset_bytes = 0;  // in the device reservation (0 where mapped)
-  // Where the bytes are in the file (disk tensors are read from here).
+  // Where the bytes are in the file (disk tensors are read from here); for
+  // a split part, where its first run begins.
   std::string file;
   uint64_t file_offset_bytes = 0;
   bool tied = false;          // shares the storage of another tensor

@@ -31,6 +31,20 @@ namespace hoist {
 inline constexpr uint64_t kDeviceTensorAlignBytes = 256;
 inline constexpr uint64_t kDefaultGpuMarginBytes = 1288490189;  // 1.2 GiB
 
+// --split: tensors whose name (after mapping) the pattern finds are split
+// along `dim` (negative: from the last) into PlanOptions::shard's world
+// size of equal parts.
+struct SplitRule {
+  std::string pattern;  // ECMAScript regex, searched in the name
+  int dim = 0;
+};
+
+// --shard RANK/WORLD: which of the equal parts a load takes.
+struct ShardSpec {
+  int rank = 0;
+  int world = 1;
+};
+
 struct RenameRule {
   std::string pattern;      // ECMAScript regex, searched in the name
   std::string replacement;  // $1-style references allowed
@@ -68,6 +82,12 @@ struct PlanOptions {
   // Bytes each device may hold (strategies fill up to these; explicit
   // placements are checked against them when the load reserves).
   std::map<DeviceId, uint64_t> capacity_bytes;
+  // Tensor parallelism: a tensor the first matching rule names is split
+  // into shard->world equal parts along the rule's dimension, and only part
+  // shard->rank is loaded (read from the file and nothing else); the rest
+  // load whole. Rules without a shard, or a shard without rules, are an error.
+  std::vector<SplitRule> splits;
+  std::optional<ShardSpec> shard;
   // cpu tensors that stay as stored (no cast) and whose place in the file
   // suits their element type are mapped from the file (copy-on-write,
   // sharing the page cache) instead of copied into the cpu reservation,
@@ -75,9 +95,26 @@ struct PlanOptions {
   bool map_host = false;
 };
 
+// The part of a tensor a --split takes: elements [start, stop) of
+// dimension `dim`.
+struct TensorSlice {
+  int dim = 0;
+  uint64_t start = 0, stop = 0;
+};
+
 struct PlannedTensor {
   std::string name;             // after key mapping
   const TensorInfo* source = nullptr;
+  std::vector<uint64_t> shape;  // as loaded: the source's, or its slice's
+  std::optional<TensorSlice> slice;
+  // Where the bytes to load lie in the file: `runs` runs of `run_bytes`
+  // each, `stride_bytes` apart, the first at `file_offset_bytes` (one run
+  // unless a split cuts across an inner dimension). Without a split: one
+  // run, the whole stored tensor.
+  uint64_t file_offset_bytes = 0;
+  uint64_t runs = 1;
+  uint64_t run_bytes = 0;
+  uint64_t stride_bytes = 0;
   DeviceId device;
   DType dtype = DType::kU8;     // after any cast
   uint64_t size_bytes = 0;      // on the device
@@ -106,6 +143,13 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options);
 
 // "0=20GiB,1=20GiB,cpu=64GiB" -> limits per device.
 Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text);
+
+// "RANK/WORLD" -> a shard; "REGEX=DIM" (split at the last '=') -> a rule.
+Result<ShardSpec> ParseShard(const std::string& text);
+Result<SplitRule> ParseSplitRule(const std::string& text);
+
+// The bytes of the file a planned tensor loads (its stored slice).
+inline uint64_t StoredBytes(const PlannedTensor& t) { return t.runs * t.run_bytes; }
 
 // Whether a config.json beside the checkpoint (in the directory, or beside
 // the file) says "tie_word_embeddings": true. Missing config: false.

@@ -95,6 +95,15 @@ def _max_memory_text(max_memory: Union[None, str, Mapping[Any, Any]]) -> str:
     return ",".join(parts)
 
 
+def _shard_text(shard: Optional[Sequence[int]]) -> str:
+    if shard is None:
+        return ""
+    if isinstance(shard, str):
+        return shard
+    rank, world = shard
+    return f"{int(rank)}/{int(world)}"
+
+
 def _pairs(value: Union[None, Mapping[str, str], Iterable[Sequence[str]]]) -> List[str]:
     if value is None:
         return []
@@ -143,7 +152,8 @@ class Model:
         return raw if np_type is None else raw.view(np.dtype(np_type)).reshape(info["shape"])
 
     def info(self, name: str) -> Dict[str, Any]:
-        """name, device, dtype (after any cast), stored_dtype, shape, nbytes, file, file_offset, tied, mapped."""
+        """name, device, dtype (after any cast), stored_dtype, shape, nbytes, file, file_offset, tied, mapped,
+        slice (None, or {"dim", "start", "stop"}: the part of the stored tensor a split loaded)."""
         return self._native.info(name)
 
     def __contains__(self, name: object) -> bool:
@@ -204,6 +214,8 @@ def load(
     strict: bool = False,
     progress: Optional[Callable[[int, int], Any]] = None,
     mmap: bool = False,
+    shard: Optional[Sequence[int]] = None,
+    split: Optional[Mapping[str, int]] = None,
     _checkpoint: Optional["_hoist.Checkpoint"] = None,
 ) -> Model:
     """Loads a checkpoint (a .safetensors file or a directory) onto devices.
@@ -228,6 +240,10 @@ def load(
         beside the page cache, and processes that map one file share its memory. A tensor whose
         place in its file does not suit its element type is copied as before. Writes stay in
         this process; a file cut short while mapped makes an access to the lost part raise SIGBUS.
+    shard=(rank, world) with split={regex: dim}: tensor parallelism (the CLI's --shard and --split). A
+        tensor whose name the first matching regex finds is split along dim (negative: from the last)
+        into `world` equal parts, and only part `rank` is read and loaded; the others load whole.
+        model.info(name)["slice"] says which part: {"dim", "start", "stop"}.
     """
     if isinstance(device_map, Mapping):
         device_map = json.dumps(dict(device_map))
@@ -259,6 +275,8 @@ def load(
         strict=strict,
         progress=progress,
         mmap=mmap,
+        shard=_shard_text(shard),
+        splits=[f"{pattern}={int(dim)}" for pattern, dim in (split or {}).items()],
     )
     return Model(native)
 

@@ -258,6 +258,15 @@ nb::dict Info(const TensorView& v) {
   d["file_offset"] = v.file_offset_bytes;
   d["tied"] = v.tied;
   d["mapped"] = v.mapped;
+  if (v.slice) {
+    nb::dict slice;
+    slice["dim"] = v.slice->dim;
+    slice["start"] = v.slice->start;
+    slice["stop"] = v.slice->stop;
+    d["slice"] = slice;
+  } else {
+    d["slice"] = nb::none();
+  }
   return d;
 }
 
@@ -423,7 +432,7 @@ NB_MODULE(_hoist, m) {
          const std::string& only, const std::string& compat, bool no_config_ties, const std::string& alloc,
          int threads, const std::string& io, const std::string& direct, const std::string& chunk_size,
          int staging_buffers, bool pipeline, const std::string& margin, Checkpoint* checkpoint, bool strict,
-         nb::object progress, bool mmap) {
+         nb::object progress, bool mmap, const std::string& shard, const std::vector<std::string>& splits) {
         LoadRequest r;
         r.plan.path = Resolve(path);
         r.plan.device = device;
@@ -438,6 +447,8 @@ NB_MODULE(_hoist, m) {
         r.plan.compat = compat;
         r.plan.no_config_ties = no_config_ties;
         r.plan.map_host = mmap;
+        r.plan.shard = shard;
+        r.plan.splits = splits;
         r.plan.strict = strict;
         r.plan.margin = margin;
         r.alloc = alloc;
@@ -492,5 +503,6 @@ NB_MODULE(_hoist, m) {
       nb::arg("alloc") = "reserve", nb::arg("threads") = 0, nb::arg("io") = "pread", nb::arg("direct") = "off",
       nb::arg("chunk_size") = "16MiB", nb::arg("staging_buffers") = 0, nb::arg("pipeline") = true,
       nb::arg("margin") = "1.2GiB", nb::arg("checkpoint").none() = nb::none(), nb::arg("strict") = false,
-      nb::arg("progress").none() = nb::none(), nb::arg("mmap") = false);
+      nb::arg("progress").none() = nb::none(), nb::arg("mmap") = false, nb::arg("shard") = "",
+      nb::arg("splits") = std::vector<std::string>());
 }

@@ -108,6 +108,14 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   o.drops = a.drops;
   o.no_split = a.no_split;
   o.map_host = a.map_host;
+  if (!a.shard.empty()) {
+    HOIST_ASSIGN_OR_RETURN(ShardSpec shard, ParseShard(a.shard));
+    o.shard = shard;
+  }
+  for (const std::string& r : a.splits) {
+    HOIST_ASSIGN_OR_RETURN(SplitRule rule, ParseSplitRule(r));
+    o.splits.push_back(std::move(rule));
+  }
   HOIST_RETURN_IF_ERROR(CheckFlags(a));
   HOIST_ASSIGN_OR_RETURN(o.compat_hf_legacy, ParseCompat(a.compat));
   for (const std::string& r : a.renames) {
@@ -292,6 +300,13 @@ class TensorListJson {
 
 }  // namespace
 
+namespace {
+// A --split part: {"dim": D, "start": A, "stop": B}.
+nlohmann::ordered_json SliceJson(const TensorSlice& s) {
+  return {{"dim", s.dim}, {"start", s.start}, {"stop", s.stop}};
+}
+}  // namespace
+
 nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
   nlohmann::ordered_json out;
   TensorListJson tensors(plan.tensors.size());
@@ -313,6 +328,7 @@ nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
       j.emplace_back("offset", t.offset_bytes);
     }
     if (t.alias_of >= 0) j.emplace_back("tied_to", plan.tensors[static_cast<size_t>(t.alias_of)].name);
+    if (t.slice) j.emplace_back("slice", SliceJson(*t.slice));
   }
   out["tensors"] = tensors.Take();
   out["devices"] = nlohmann::ordered_json::object();
@@ -384,6 +400,7 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
       j.emplace_back("offset", v.offset_bytes);
     }
     if (v.tied) j.emplace_back("tied", true);
+    if (v.slice) j.emplace_back("slice", SliceJson(*v.slice));
   }
   report["tensors"] = tensors.Take();
   report["devices"] = nlohmann::ordered_json::object();

@@ -32,6 +32,8 @@ struct PlanRequest {
   std::string expect_file;  // a JSON file, or
   std::string expect_json;  // JSON text
   bool no_config_ties = false;
+  std::string shard;                // --shard RANK/WORLD, or empty
+  std::vector<std::string> splits;  // --split REGEX=DIM
   bool map_host = false;  // --mmap: cpu tensors mapped from their files (PlanOptions::map_host)
   bool strict = false;  // with an expectation: any name missing, unexpected or mismatched is an error
   std::string margin = "1.2GiB";  // left free on each GPU ("0": none)

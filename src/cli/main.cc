@@ -37,6 +37,10 @@ int main(int argc, char** argv) {
                 "found before anything is read");
     c->add_option("--no-split", a.no_split, "REGEX naming modules a device-map strategy never splits (repeatable)");
     c->add_flag("--no-config-ties", a.no_config_ties, "Ignore tie_word_embeddings in a config.json beside the checkpoint");
+    c->add_option("--shard", a.shard, "RANK/WORLD: load part RANK of each tensor a --split rule names (tensor parallelism)");
+    c->add_option("--split", a.splits,
+                  "REGEX=DIM: with --shard, split the tensors whose (mapped) name matches along DIM (negative: from "
+                  "the last) into WORLD equal parts; first match wins (repeatable)");
     c->add_flag("--mmap", a.map_host,
                 "cpu tensors that need no cast are mapped from their files (copy-on-write, sharing the page cache) "
                 "instead of copied into host memory");

@@ -294,6 +294,97 @@ TEST(HostLoaderTest, LoadsSynthesizedModelMatchingItsGenerator) {
   }
 }
 
+// The bytes of part `rank` of `world` along `dim` of a tensor whose stored
+// bytes are `whole`: by the definition of a slice of a row-major array.
+std::vector<unsigned char> PartBytes(const std::vector<unsigned char>& whole, const std::vector<uint64_t>& shape,
+                                     size_t dim, uint64_t world, uint64_t rank, uint64_t element) {
+  uint64_t outer = 1, inner = element;
+  for (size_t i = 0; i < dim; ++i) outer *= shape[i];
+  for (size_t i = dim + 1; i < shape.size(); ++i) inner *= shape[i];
+  const uint64_t part = shape[dim] / world;
+  std::vector<unsigned char> out;
+  for (uint64_t o = 0; o < outer; ++o) {
+    const uint64_t begin = (o * shape[dim] + rank * part) * inner;
+    out.insert(out.end(), whole.begin() + static_cast<long>(begin), whole.begin() + static_cast<long>(begin + part * inner));
+  }
+  return out;
+}
+
+TEST(HostLoaderTest, ShardLoadsEachPartByteExact) {
+  testing::TempDir dir;
+  const std::vector<OutTensor> tensors = {{"a.w", DType::kBF16, {30, 70}, 30 * 70 * 2},
+                                          {"b.w", DType::kF32, {4, 50, 6}, 4 * 50 * 6 * 4},
+                                          {"c.w", DType::kI8, {10, 9}, 90},
+                                          {"d.w", DType::kF32, {7}, 28},
+                                          {"e.w", DType::kU8, {3, 40000}, 120000}};
+  ASSERT_TRUE(WritePattern(dir / "ckpt", tensors, 12000).ok());  // several shards
+  Result<Catalog> cat = OpenCatalog(dir / "ckpt");
+  ASSERT_TRUE(cat.ok()) << cat.status().message();
+  // a along its columns and b along its middle (short runs close together:
+  // read in spans), c along its rows (one range), d whole, e along its
+  // columns (runs 40 KB apart: a read per run).
+  const int dims[] = {1, 1, 0, -1, 1};
+  for (uint64_t rank : {0, 1}) {
+    for (uint64_t chunk : {uint64_t{4096}, uint64_t{1} << 20}) {
+      for (bool cast : {false, true}) {
+        for (bool map : {false, true}) {
+          SCOPED_TRACE("rank " + std::to_string(rank) + " chunk " + std::to_string(chunk) + (cast ? " cast" : "") +
+                       (map ? " mmap" : ""));
+          PlanOptions po;
+          po.device = DeviceId::Cpu();
+          po.shard = ShardSpec{static_cast<int>(rank), 2};
+          po.splits = {{"^a", 1}, {"^b", -2}, {"^c", 0}, {"^e", 1}};
+          po.map_host = map;
+          if (cast) po.cast_to = DType::kF32;
+          Result<LoadPlan> plan = BuildPlan(*cat, po);
+          ASSERT_TRUE(plan.ok()) << plan.status().message();
+          LoadOptions opt;
+          opt.chunk_bytes = chunk;  // 4096: pieces end inside a run; 1 MiB: a piece holds many runs
+          opt.threads = 3;
+          static const DeviceRegistry registry = MakeCpuRegistry();
+          Result<LoadedModel> model = Load(*cat, std::move(plan).value(), registry, opt);
+          ASSERT_TRUE(model.ok()) << model.status().message();
+          uint64_t stored = 0;
+          for (size_t i = 0; i < tensors.size(); ++i) {
+            std::vector<unsigned char> whole(tensors[i].size_bytes);
+            for (uint64_t k = 0; k < whole.size(); ++k) whole[k] = PatternByte(i, k);
+            const uint64_t element = static_cast<uint64_t>(DTypeBits(tensors[i].dtype) / 8);
+            std::vector<uint64_t> shape = tensors[i].shape;
+            std::vector<unsigned char> want = whole;
+            if (dims[i] >= 0) {
+              want = PartBytes(whole, shape, static_cast<size_t>(dims[i]), 2, rank, element);
+              shape[static_cast<size_t>(dims[i])] /= 2;
+            }
+            stored += want.size();
+            const TensorView* v = model->Find(tensors[i].name);
+            ASSERT_NE(v, nullptr);
+            EXPECT_EQ(v->shape, shape) << v->name;
+            EXPECT_EQ(v->slice.has_value(), dims[i] >= 0) << v->name;
+            if (v->slice) {
+              EXPECT_EQ(v->slice->dim, dims[i]);
+              EXPECT_EQ(v->slice->start, rank * tensors[i].shape[static_cast<size_t>(dims[i])] / 2);
+            }
+            if (cast && (tensors[i].dtype == DType::kBF16)) {
+              std::vector<unsigned char> wide(want.size() * 2);
+              CastFloats(DType::kBF16, want.data(), DType::kF32, wide.data(), want.size() / 2);
+              want = wide;
+            }
+            ASSERT_EQ(v->size_bytes, want.size()) << v->name;
+            ASSERT_EQ(std::memcmp(v->data, want.data(), want.size()), 0) << v->name;
+            // Only a part that is one range of its file, needing no cast, is mapped.
+            const bool one_range = i == 2 || i == 3;  // c split along its rows, d whole
+            const bool cast_here = cast && tensors[i].dtype == DType::kBF16;
+            EXPECT_EQ(v->mapped, map && one_range && !cast_here && v->file_offset_bytes % std::min<uint64_t>(element, 8) == 0)
+                << v->name;
+            if (map && i == 2) EXPECT_TRUE(v->mapped);  // an I8 part is aligned wherever it starts
+          }
+          EXPECT_EQ(model->stats().bytes_read, stored);
+        }
+      }
+    }
+  }
+}
+
 // How many of this process's mappings are of `path` (/proc/self/maps).
 int MappingsOf(const std::string& path) {
   std::ifstream maps("/proc/self/maps");

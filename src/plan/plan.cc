@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <optional>
 #include <set>
 #include <sstream>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -53,9 +56,47 @@ uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 // does not require that alignment, and a typed view must have it; others
 // are read into the reservation.
 bool Mappable(const PlannedTensor& p) {
-  if (p.dtype != p.source->dtype || p.source->size_bytes == 0) return false;
+  if (p.dtype != p.source->dtype || StoredBytes(p) == 0 || p.runs != 1) return false;
   const uint64_t element = static_cast<uint64_t>(std::clamp(DTypeBits(p.dtype) / 8, 1, 8));
-  return p.source->offset_bytes % element == 0;
+  return p.file_offset_bytes % element == 0;
+}
+
+// Part `shard.rank` of `t` split along `dim` into `shard.world` parts:
+// p's shape, slice and file runs. Every product below is at most the
+// tensor's element count, whose size in bits the catalogue checked fits.
+Status SliceTensor(const TensorInfo& t, const std::string& name, int dim, const ShardSpec& shard, PlannedTensor* p) {
+  const int dims = static_cast<int>(t.shape.size());
+  auto what = [&] { return "--split: tensor " + QuoteName(name) + " " + ShapeText(t.shape); };
+  if (dims == 0) return InvalidArgument(what() + " is a scalar, which cannot be split");
+  const int d = dim < 0 ? dim + dims : dim;
+  if (d < 0 || d >= dims) return InvalidArgument(what() + " has no dimension " + std::to_string(dim));
+  const uint64_t extent = t.shape[static_cast<size_t>(d)];
+  const uint64_t world = static_cast<uint64_t>(shard.world), rank = static_cast<uint64_t>(shard.rank);
+  if (extent % world != 0) {
+    return InvalidArgument(what() + ": dimension " + std::to_string(d) + " (" + std::to_string(extent) +
+                           ") does not split into " + std::to_string(world) + " equal parts");
+  }
+  const uint64_t part = extent / world;
+  uint64_t outer = 1, inner = 1;
+  for (int i = 0; i < d; ++i) outer *= t.shape[static_cast<size_t>(i)];
+  for (int i = d + 1; i < dims; ++i) inner *= t.shape[static_cast<size_t>(i)];
+  const uint64_t bits = static_cast<uint64_t>(DTypeBits(t.dtype));
+  const uint64_t run_bits = part * inner * bits, stride_bits = extent * inner * bits;
+  if (run_bits % 8 != 0 || stride_bits % 8 != 0) {
+    return InvalidArgument(what() + ": " + std::string(DTypeName(t.dtype)) + " parts along dimension " +
+                           std::to_string(d) + " do not begin on a byte boundary");
+  }
+  p->slice = TensorSlice{d, rank * part, (rank + 1) * part};
+  p->shape[static_cast<size_t>(d)] = part;
+  p->file_offset_bytes = t.offset_bytes + rank * run_bits / 8;
+  p->run_bytes = run_bits / 8;
+  p->stride_bytes = stride_bits / 8;
+  p->runs = outer;
+  if (outer > 1 && p->run_bytes == p->stride_bytes) {  // one part (world 1): the runs are back to back
+    p->run_bytes *= outer;
+    p->runs = 1;
+  }
+  return Status::Ok();
 }
 
 // How quantized weights are stored: integers (int8, packed int4 in int32,
@@ -152,6 +193,37 @@ Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text) {
   return out;
 }
 
+namespace {
+// The whole of `text` as an int in [lo, hi], or nothing.
+std::optional<int> WholeInt(std::string_view text, int lo, int hi) {
+  int v = 0;
+  const char* end = text.data() + text.size();
+  auto [at, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || at != end || v < lo || v > hi) return std::nullopt;
+  return v;
+}
+}  // namespace
+
+Result<ShardSpec> ParseShard(const std::string& text) {
+  const size_t slash = text.find('/');
+  std::optional<int> rank, world;
+  if (slash != std::string::npos) {
+    rank = WholeInt(std::string_view(text).substr(0, slash), 0, 1 << 20);
+    world = WholeInt(std::string_view(text).substr(slash + 1), 1, 1 << 20);
+  }
+  if (!rank || !world) return InvalidArgument("--shard " + QuoteName(text) + ": expected RANK/WORLD (1/4)");
+  if (*rank >= *world) return InvalidArgument("--shard " + QuoteName(text) + ": the rank must be below the world size");
+  return ShardSpec{*rank, *world};
+}
+
+Result<SplitRule> ParseSplitRule(const std::string& text) {
+  const size_t eq = text.rfind('=');
+  std::optional<int> dim;
+  if (eq != std::string::npos) dim = WholeInt(std::string_view(text).substr(eq + 1), -64, 63);
+  if (!dim) return InvalidArgument("--split " + QuoteName(text) + ": expected REGEX=DIM (o_proj|down_proj=1)");
+  return SplitRule{text.substr(0, eq), *dim};
+}
+
 Result<bool> ConfigTiesWordEmbeddings(const std::string& checkpoint_path) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -230,6 +302,20 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   if (!options.only_regex.empty()) {
     HOIST_ASSIGN_OR_RETURN(only, CompileRegex("--only", options.only_regex));
   }
+  if (!options.splits.empty() && !options.shard) return InvalidArgument("--split needs --shard RANK/WORLD");
+  if (options.shard && options.splits.empty()) {
+    return InvalidArgument("--shard needs --split rules naming the tensors to split (REGEX=DIM)");
+  }
+  if (options.shard && (options.shard->world < 1 || options.shard->rank < 0 || options.shard->rank >= options.shard->world)) {
+    return InvalidArgument("--shard " + std::to_string(options.shard->rank) + "/" + std::to_string(options.shard->world) +
+                           ": the rank must be at least 0 and below the world size");
+  }
+  std::vector<std::regex> splits;
+  for (const SplitRule& r : options.splits) {
+    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--split", r.pattern));
+    splits.push_back(std::move(re));
+  }
+  std::vector<char> split_used(splits.size(), 0);
   std::unordered_map<std::string, const ExpectedTensor*> expected;
   if (options.expect) {
     for (const ExpectedTensor& e : *options.expect) expected.emplace(e.name, &e);
@@ -268,10 +354,26 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     PlannedTensor p;
     p.name = name;
     p.source = &t;
+    p.shape = t.shape;
+    p.file_offset_bytes = t.offset_bytes;
+    p.run_bytes = p.stride_bytes = t.size_bytes;
+    for (size_t k = 0; k < splits.size(); ++k) {
+      if (!std::regex_search(name, splits[k])) continue;
+      HOIST_RETURN_IF_ERROR(SliceTensor(t, name, options.splits[k].dim, *options.shard, &p));
+      split_used[k] = 1;
+      break;
+    }
     const bool castable = IsCastableFloat(t.dtype) && !quantization.Contains(t.name);
     p.dtype = castable ? TargetDType(t.dtype, options.cast_to) : t.dtype;
-    p.size_bytes = TargetBytes(t, p.dtype);
+    // Only whole-byte floats are cast, so the element count is exact.
+    p.size_bytes = p.dtype == t.dtype ? StoredBytes(p)
+                                      : StoredBytes(p) / static_cast<uint64_t>(DTypeBits(t.dtype) / 8) *
+                                            static_cast<uint64_t>(DTypeBits(p.dtype) / 8);
     plan.tensors.push_back(std::move(p));
+  }
+
+  for (size_t k = 0; k < splits.size(); ++k) {
+    if (!split_used[k]) plan.warnings.push_back("--split " + QuoteName(options.splits[k].pattern) + " matches no tensor");
   }
 
   // 2. Ties: an alias shares its source's storage and costs nothing.
@@ -306,10 +408,10 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     if (existing != by_name.end()) {
       PlannedTensor& a = plan.tensors[existing->second];
       const PlannedTensor& s = plan.tensors[src->second];
-      if (a.source->shape != s.source->shape || a.source->dtype != s.source->dtype) {
+      if (a.shape != s.shape || a.source->dtype != s.source->dtype) {
         return InvalidArgument("tie " + alias + "=" + source + ": the tensors differ (" +
-                               std::string(DTypeName(a.source->dtype)) + " " + ShapeText(a.source->shape) + " vs " +
-                               std::string(DTypeName(s.source->dtype)) + " " + ShapeText(s.source->shape) + ")");
+                               std::string(DTypeName(a.source->dtype)) + " " + ShapeText(a.shape) + " vs " +
+                               std::string(DTypeName(s.source->dtype)) + " " + ShapeText(s.shape) + ")");
       }
       a.dtype = s.dtype;
       a.alias_of = static_cast<int>(src->second);
@@ -365,7 +467,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
         continue;
       }
       const PlannedTensor& p = plan.tensors[it->second];
-      if ((e.shape && *e.shape != p.source->shape) || (e.dtype && *e.dtype != p.dtype)) {
+      if ((e.shape && *e.shape != p.shape) || (e.dtype && *e.dtype != p.dtype)) {
         plan.mismatched.push_back(e.name);
       }
     }
@@ -416,7 +518,12 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     p.device = p.alias_of >= 0 ? placement[static_cast<size_t>(p.alias_of)] : placement[i];
     if (p.device.kind == DeviceKind::kDisk) {
       p.dtype = p.source->dtype;
-      if (p.alias_of < 0) p.size_bytes = p.source->size_bytes;
+      if (p.alias_of < 0) p.size_bytes = StoredBytes(p);
+      if (p.runs > 1) {
+        return InvalidArgument("tensor " + QuoteName(p.name) + " is split along dimension " +
+                               std::to_string(p.slice->dim) + " and placed on disk, where a tensor stays one range "
+                               "of its file: only a split along its outer dimension can stay on disk");
+      }
     }
     p.mapped = options.map_host && p.alias_of < 0 && p.device == DeviceId::Cpu() && Mappable(p);
   }

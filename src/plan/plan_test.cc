@@ -467,6 +467,122 @@ TEST_F(PlanTest, MapHostTakesAlignedUncastCpuTensorsOutOfTheReservation) {
   EXPECT_EQ(early->FindDevice(DeviceId::Cpu())->reserve_bytes, 0u);
 }
 
+// --shard/--split: the part's shape, size, slice and file runs; other
+// tensors whole; every way a rule can fail, one line naming the tensor.
+TEST_F(PlanTest, SplitTakesOnePartOfTheTensorsARuleNames) {
+  const Catalog& cat = Make({T("q.w", DType::kBF16, {8, 6}), T("o.w", DType::kBF16, {6, 8}),
+                             T("n.w", DType::kF32, {6}), T("e.w", DType::kF32, {2, 4, 3})});
+  auto offset = [&](const char* name) {
+    for (const TensorInfo& t : cat.tensors()) {
+      if (t.name == name) return t.offset_bytes;
+    }
+    return uint64_t{0};
+  };
+  PlanOptions o;
+  o.device = DeviceId::Cuda(0);
+  o.shard = ShardSpec{1, 2};
+  o.splits = {{"^q", 0}, {"^o", -1}, {"^e", 1}, {"nothing", 0}};
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  const PlannedTensor* q = Find(*plan, "q.w");  // rows 4..8: one run
+  EXPECT_EQ(q->shape, (std::vector<uint64_t>{4, 6}));
+  ASSERT_TRUE(q->slice.has_value());
+  EXPECT_EQ(q->slice->dim, 0);
+  EXPECT_EQ(q->slice->start, 4u);
+  EXPECT_EQ(q->slice->stop, 8u);
+  EXPECT_EQ(q->runs, 1u);
+  EXPECT_EQ(q->file_offset_bytes, offset("q.w") + 4 * 6 * 2);
+  EXPECT_EQ(q->size_bytes, 4u * 6 * 2);
+  const PlannedTensor* ow = Find(*plan, "o.w");  // columns 4..8 of each of 6 rows
+  EXPECT_EQ(ow->shape, (std::vector<uint64_t>{6, 4}));
+  EXPECT_EQ(ow->slice->dim, 1);
+  EXPECT_EQ(ow->runs, 6u);
+  EXPECT_EQ(ow->run_bytes, 8u);
+  EXPECT_EQ(ow->stride_bytes, 16u);
+  EXPECT_EQ(ow->file_offset_bytes, offset("o.w") + 8);
+  const PlannedTensor* e = Find(*plan, "e.w");  // [2, 4, 3]: rows 2..4 of each of 2 blocks
+  EXPECT_EQ(e->shape, (std::vector<uint64_t>{2, 2, 3}));
+  EXPECT_EQ(e->runs, 2u);
+  EXPECT_EQ(e->run_bytes, 2u * 3 * 4);
+  EXPECT_EQ(e->stride_bytes, 4u * 3 * 4);
+  EXPECT_EQ(e->file_offset_bytes, offset("e.w") + 2 * 3 * 4);
+  EXPECT_EQ(e->size_bytes, 2u * 2 * 3 * 4);
+  const PlannedTensor* n = Find(*plan, "n.w");
+  EXPECT_FALSE(n->slice.has_value());
+  EXPECT_EQ(n->shape, (std::vector<uint64_t>{6}));
+  EXPECT_EQ(n->size_bytes, 24u);
+  ASSERT_EQ(plan->warnings.size(), 1u);
+  EXPECT_NE(plan->warnings[0].find("--split 'nothing' matches no tensor"), std::string::npos) << plan->warnings[0];
+}
+
+TEST_F(PlanTest, SplitErrorsNameTheTensorOrTheFlag) {
+  const Catalog& cat = Make({T("a.w", DType::kF32, {6, 4}), T("s", DType::kF32, {}), T("p.w", DType::kF4, {2, 6})});
+  struct Case {
+    std::vector<SplitRule> splits;
+    std::optional<ShardSpec> shard;
+    std::string device_map;
+    const char* message;
+  };
+  const Case cases[] = {
+      {{{"a", 0}}, ShardSpec{0, 4}, "", "--split: tensor 'a.w' [6, 4]: dimension 0 (6) does not split into 4 equal parts"},
+      {{{"a", 2}}, ShardSpec{0, 2}, "", "--split: tensor 'a.w' [6, 4] has no dimension 2"},
+      {{{"a", -3}}, ShardSpec{0, 2}, "", "has no dimension -3"},
+      {{{"^s$", 0}}, ShardSpec{0, 2}, "", "--split: tensor 's' [] is a scalar"},
+      {{{"p", 1}}, ShardSpec{1, 6}, "", "F4 parts along dimension 1 do not begin on a byte boundary"},
+      {{{"a", 0}}, std::nullopt, "", "--split needs --shard RANK/WORLD"},
+      {{}, ShardSpec{0, 2}, "", "--shard needs --split rules"},
+      {{{"a", 0}}, ShardSpec{2, 2}, "", "the rank must be at least 0 and below the world size"},
+      {{{"(", 0}}, ShardSpec{0, 2}, "", "--split (: not a valid regular expression"},
+      {{{"a", 1}}, ShardSpec{0, 2}, R"({"a": "disk", "": "cpu"})", "tensor 'a.w' is split along dimension 1 and placed on disk"},
+  };
+  for (const Case& c : cases) {
+    PlanOptions o;
+    o.splits = c.splits;
+    o.shard = c.shard;
+    if (c.device_map.empty()) {
+      o.device = DeviceId::Cpu();
+    } else {
+      o.device_map = c.device_map;
+    }
+    auto plan = BuildPlan(cat, o);
+    ASSERT_FALSE(plan.ok()) << c.message;
+    EXPECT_EQ(plan.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(plan.status().message().find(c.message), std::string::npos) << plan.status().message();
+    EXPECT_EQ(plan.status().message().find('\n'), std::string::npos);
+  }
+  // A split along the outer dimension stays one range: it may stay on disk.
+  PlanOptions o;
+  o.splits = {{"a", 0}};
+  o.shard = ShardSpec{1, 3};
+  o.device_map = R"({"a": "disk", "": "cpu"})";
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_EQ(Find(*plan, "a.w")->size_bytes, 2u * 4 * 4);
+  // An even F4 part is whole bytes.
+  o = PlanOptions();
+  o.device = DeviceId::Cpu();
+  o.splits = {{"p", 1}};
+  o.shard = ShardSpec{1, 3};
+  plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_EQ(Find(*plan, "p.w")->run_bytes, 1u);
+  EXPECT_EQ(Find(*plan, "p.w")->stride_bytes, 3u);
+}
+
+TEST_F(PlanTest, ParseShardAndSplitRule) {
+  EXPECT_EQ(ParseShard("1/4")->rank, 1);
+  EXPECT_EQ(ParseShard("1/4")->world, 4);
+  for (const char* bad : {"", "1", "4/4", "-1/4", "1/0", "a/4", "1/4/2", "1 /4"}) {
+    EXPECT_FALSE(ParseShard(bad).ok()) << bad;
+  }
+  Result<SplitRule> r = ParseSplitRule("a=b|c=-1");  // the last '=' separates
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->pattern, "a=b|c");
+  EXPECT_EQ(r->dim, -1);
+  for (const char* bad : {"", "x", "x=", "x=one", "x=1.5"}) EXPECT_FALSE(ParseSplitRule(bad).ok()) << bad;
+  EXPECT_EQ(ParseSplitRule("=0")->pattern, "");  // every tensor
+}
+
 TEST_F(PlanTest, BadDeviceMapsAreRejected) {
   const Catalog& cat = Make({T("a", DType::kU8, {1})});
   for (const char* bad : {R"({"a": "tpu"})", R"({"a": -1})", R"({"a": 1.5})", R"(["a"])", R"({"a": 0, "a": 1})"}) {
