@@ -59,6 +59,37 @@ bool Finalizing() {
 #endif
 }
 
+// Python ends a thread that asks for the GIL once it has begun to shut
+// down (a daemon thread; the others were joined first), and from C++ frames
+// that cannot unwind that ending is std::terminate. So every thread that
+// waits here without the GIL takes it back through ReacquireOrHang, under
+// exit_mu; an atexit hook, which Python runs before it starts to shut down,
+// sets `exiting` under the same lock (having released the GIL, so a thread
+// on its way back gets there first). From then on a waiting thread never
+// asks for the GIL again: it blocks until the process ends.
+std::mutex exit_mu;
+bool exiting = false;  // guarded by exit_mu
+
+void AtExit() {
+  nb::gil_scoped_release release;
+  std::lock_guard<std::mutex> lock(exit_mu);
+  exiting = true;
+}
+
+// Runs `wait` (which must not throw or touch Python) with the GIL released,
+// then takes the GIL back, or never returns if Python is exiting by then.
+template <typename Wait>
+void WithoutGil(Wait&& wait) {
+  PyThreadState* state = PyEval_SaveThread();
+  wait();
+  std::unique_lock<std::mutex> lock(exit_mu);
+  if (exiting || Finalizing()) {
+    lock.unlock();
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  }
+  PyEval_RestoreThread(state);
+}
+
 // Whether this is the thread Python runs signal handlers on.
 bool OnMainThread() {
   nb::module_ threading = nb::module_::import_("threading");
@@ -74,11 +105,10 @@ bool OnMainThread() {
 // (a load stops before its next read and returns everything it reserved),
 // and that exception propagates. An exception `work` throws is rethrown
 // here. Elsewhere (another thread, no callback) it waits for the work with
-// the GIL released throughout, so that a daemon thread's load never asks
-// for the GIL while the interpreter shuts down; one with a callback stops
-// asking once shutdown has begun (between that check and the GIL, a
-// shutdown that starts can still end it). Where no thread can be had, the
-// work runs on this one and cannot be interrupted.
+// the GIL released throughout. Every wait takes the GIL back through
+// WithoutGil, so a daemon thread still loading as Python exits is never
+// ended on its way to the GIL. Where no thread can be had, the work runs on
+// this one and cannot be interrupted.
 template <typename Work, typename OnWake>
 void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, bool wants_wake, OnWake&& on_wake) {
   std::mutex mu;
@@ -101,8 +131,7 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, bool wants_wake, O
       cv.notify_all();
     });
   } catch (const std::system_error&) {
-    nb::gil_scoped_release release;
-    run();
+    WithoutGil([&]() noexcept { run(); });
   }
   // However the wait ends (a C++ exception from on_wake included), the
   // work is stopped and joined before its state goes out of scope.
@@ -112,8 +141,7 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, bool wants_wake, O
     ~Join() {
       if (!worker.joinable()) return;
       cancel.store(true);
-      nb::gil_scoped_release release;
-      worker.join();
+      WithoutGil([&]() noexcept { worker.join(); });
     }
   };
   const bool poll = worker.joinable() && (wants_wake || OnMainThread());
@@ -121,27 +149,18 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, bool wants_wake, O
   if (poll) {
     Join join{worker, cancel};
     for (bool finished = false; !finished;) {
-      {
-        nb::gil_scoped_release release;
+      WithoutGil([&]() noexcept {
         std::unique_lock<std::mutex> lock(mu);
         finished = cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done; });
-        if (!finished && Finalizing()) {
-          cv.wait(lock, [&] { return done; });
-          finished = true;
-        }
-      }
+      });
       if (!finished && (PyErr_CheckSignals() != 0 || !on_wake())) {  // its exception is set
         interrupted = true;
         break;
       }
     }
-    if (!interrupted) {
-      nb::gil_scoped_release release;
-      worker.join();
-    }
+    if (!interrupted) WithoutGil([&]() noexcept { worker.join(); });
   } else if (worker.joinable()) {
-    nb::gil_scoped_release release;
-    worker.join();
+    WithoutGil([&]() noexcept { worker.join(); });
   }  // an interrupted load: cancelled and joined by `join`
   if (interrupted) throw nb::python_error();
   if (thrown) std::rethrow_exception(thrown);
@@ -320,6 +339,8 @@ nb::object Tensor(nb::handle self, const std::string& name) {
 NB_MODULE(_hoist, m) {
   using namespace hoist;
   m.doc() = "hoist: load model checkpoints at the speed of the hardware (C++ core)";
+  // Before Python starts to shut down: waiting threads stop asking for the GIL.
+  nb::module_::import_("atexit").attr("register")(nb::cpp_function([] { AtExit(); }));
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {

@@ -235,6 +235,33 @@ print("exiting while the daemon thread loads", flush=True)
 """
 
 
+DAEMONS_AT_EXIT = PROGRAM_PRELUDE + r"""
+import atexit
+# Registered after hoist's own hook, so it runs first: the main thread holds
+# the GIL in C code for a while, and the daemon threads' 20 ms waits end
+# meanwhile and queue for the GIL that Python then hands them as it shuts down.
+atexit.register(lambda: [bytes(64 << 20) for _ in range(20)])
+for _ in range(4):
+    threading.Thread(target=lambda: hoist.load(path, device="cpu", threads=1, progress=lambda d, t: None),
+                     daemon=True).start()
+time.sleep(0.3)
+print("exiting while the daemon threads load", flush=True)
+"""
+
+
+def test_python_exits_cleanly_while_daemon_threads_wait_for_the_gil(model):
+    """Daemon threads whose waits end while Python exits: asking for the GIL
+    then would end them (std::terminate from C++); they must block instead.
+    Before hoist's atexit hook, 24 of 30 such runs aborted."""
+    pytest.importorskip("hoist", reason="the hoist Python module is not built (PYTHONPATH=build/python)")
+    path, _ = model
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", DAEMONS_AT_EXIT, str(path), "0"], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, (proc.returncode, proc.stderr)
+        assert proc.stdout == "exiting while the daemon threads load\n"
+
+
 @pytest.mark.parametrize("with_progress", [False, True], ids=["no callback", "with a progress callback"])
 def test_python_exits_cleanly_while_a_daemon_thread_loads(model, with_progress):
     """A daemon thread still loading when the program ends: Python ends such
