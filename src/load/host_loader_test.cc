@@ -320,9 +320,9 @@ TEST(HostLoaderTest, ShardLoadsEachPartByteExact) {
   ASSERT_TRUE(WritePattern(dir / "ckpt", tensors, 12000).ok());  // several shards
   Result<Catalog> cat = OpenCatalog(dir / "ckpt");
   ASSERT_TRUE(cat.ok()) << cat.status().message();
-  // a along its columns and b along its middle (short runs close together:
-  // read in spans), c along its rows (one range), d whole, e along its
-  // columns (runs 40 KB apart: a read per run).
+  // a along its columns and b along its middle (short runs close together),
+  // c along its rows (one range), d whole, e along its columns (runs 40 KB
+  // apart).
   const int dims[] = {1, 1, 0, -1, 1};
   for (uint64_t rank : {0, 1}) {
     for (uint64_t chunk : {uint64_t{4096}, uint64_t{1} << 20}) {

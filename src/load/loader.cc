@@ -129,7 +129,6 @@ struct DeviceState {
 struct ReaderLocal {
   std::vector<unsigned char> scratch;
   std::vector<unsigned char> bounce;
-  std::vector<unsigned char> gather;  // file spans holding several short runs of a --split part
   std::unique_ptr<BlockReader> ring;
   bool no_ring = false;  // a ring could not be made on this thread
 };
@@ -451,15 +450,6 @@ struct BackgroundPinner {
 // of 16 MiB: 512 MiB pinned; twice that where casts widen on the host),
 // however many reader threads there are.
 constexpr int kMaxDefaultSlots = 32;
-
-// A --split part whose runs lie at most this far apart is read a span of
-// up to kGatherBlockBytes at a time, runs and the bytes between them, and
-// the runs copied out: a read per run costs a system call (about 1.5 us)
-// where copying the gap from the page cache costs less. Measured on Llama
-// 3.2 1B, every matrix split along its columns into 4 (1-4 KiB runs): see
-// docs/planning.md.
-constexpr uint64_t kGatherStrideBytes = 16 << 10;
-constexpr uint64_t kGatherBlockBytes = 1 << 20;
 
 // A host cast reads and casts this much at a time (a multiple of every
 // element size), so the bytes it casts are still in the core's cache.
@@ -835,30 +825,6 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     // Bytes [packed, packed + size) of the tensor's stored bytes, run by run.
     auto read_packed = [&](uint64_t packed, unsigned char* dst, uint64_t size) -> Status {
       if (t.runs <= 1) return read_range(t.file_offset_bytes + packed, dst, size);
-      if (t.stride_bytes <= kGatherStrideBytes) {
-        // Short runs close together: read the file span around many of them
-        // at once and copy the runs out, not a read per run.
-        while (size > 0) {
-          const uint64_t first = FileOffsetOf(t, packed);
-          uint64_t take = std::min(size, t.run_bytes - packed % t.run_bytes);
-          uint64_t span = take;
-          while (take < size) {
-            const uint64_t n = std::min(size - take, t.run_bytes);
-            const uint64_t end = FileOffsetOf(t, packed + take) + n - first;
-            if (end > kGatherBlockBytes) break;
-            take += n, span = end;
-          }
-          local.gather.resize(std::max<size_t>(local.gather.size(), static_cast<size_t>(span)));
-          HOIST_RETURN_IF_ERROR(read_range(first, local.gather.data(), span));
-          for (uint64_t done = 0; done < take;) {
-            const uint64_t n = std::min(take - done, t.run_bytes - (packed + done) % t.run_bytes);
-            std::memcpy(dst + done, local.gather.data() + (FileOffsetOf(t, packed + done) - first), n);
-            done += n;
-          }
-          packed += take, dst += take, size -= take;
-        }
-        return Status::Ok();
-      }
       while (size > 0) {
         const uint64_t n = std::min(size, t.run_bytes - packed % t.run_bytes);
         HOIST_RETURN_IF_ERROR(read_range(FileOffsetOf(t, packed), dst, n));
