@@ -65,3 +65,11 @@ def stderr_error_line(proc: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{proc.stderr}"
     assert lines[0].startswith("error:"), f"stderr does not start with 'error:': {proc.stderr!r}"
     return lines[0]
+
+
+def save_linear(torch, st, path, in_features: int, out_features: int, seed: int):
+    """Writes a seeded torch.nn.Linear's state_dict with safetensors.torch (st); returns the module."""
+    torch.manual_seed(seed)
+    module = torch.nn.Linear(in_features, out_features)
+    st.save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+    return module

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hoist_testlib import ok, read_header, tensor_bytes, write_raw
+from hoist_testlib import ok, read_header, save_linear, tensor_bytes, write_raw
 
 hoist = pytest.importorskip(
     "hoist",
@@ -198,10 +198,8 @@ def test_cli_mmap_report_plan_and_summary(run_hoist, unaligned, tmp_path):
 
 def test_load_into_with_mmap(torch, tmp_path):
     st = pytest.importorskip("safetensors.torch", reason="safetensors is not installed")
-    torch.manual_seed(3)
-    saved = torch.nn.Linear(64, 32)
     path = tmp_path / "linear.safetensors"
-    st.save_file({k: v.contiguous() for k, v in saved.state_dict().items()}, str(path))
+    saved = save_linear(torch, st, path, 64, 32, seed=3)
     module = torch.nn.Linear(64, 32)
     report = hoist.load_into(module, path, mmap=True, strict=True)
     assert report["mapped_bytes"] == (64 * 32 + 32) * 4

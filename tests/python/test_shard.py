@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from hoist_testlib import ok, stderr_error_line
+from hoist_testlib import ok, save_linear, stderr_error_line
 
 hoist = pytest.importorskip(
     "hoist",
@@ -122,10 +122,8 @@ def test_bad_shard_flags_exit_2_with_one_line(run_hoist, tiny, flags, message):
 def test_load_into_a_tensor_parallel_module(torch, tmp_path):
     """A rank's module has the parts' shapes: load_into's expectations compare against them."""
     st = pytest.importorskip("safetensors.torch", reason="safetensors is not installed")
-    torch.manual_seed(7)
-    full = torch.nn.Linear(64, 32)
     path = tmp_path / "linear.safetensors"
-    st.save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(path))
+    full = save_linear(torch, st, path, 64, 32, seed=7)
     for rank in range(2):
         part = torch.nn.Linear(64, 16)
         report = hoist.load_into(part, path, shard=(rank, 2), split={"": 0}, strict=True)
