@@ -315,6 +315,7 @@ nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
     j.emplace_back("name", t.name);
     j.emplace_back("device", t.device.ToString());
     j.emplace_back("dtype", DTypeName(t.dtype));
+    j.emplace_back("shape", t.shape);
     j.emplace_back("nbytes", t.size_bytes);
     if (t.device.kind == DeviceKind::kDisk || t.mapped) {  // no reservation: where it stays instead
       j.emplace_back("offset", nullptr);
@@ -322,7 +323,7 @@ nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
       const std::string& file = catalog.files()[t.source->file_index].path;
       const std::filesystem::path absolute = std::filesystem::absolute(file, ec);
       j.emplace_back("file", ec ? file : absolute.string());
-      j.emplace_back("file_offset", t.source->offset_bytes);
+      j.emplace_back("file_offset", t.file_offset_bytes);
       if (t.mapped) j.emplace_back("mapped", true);
     } else {
       j.emplace_back("offset", t.offset_bytes);

@@ -224,6 +224,9 @@ std::vector<ReadItem> InterleaveByDevice(std::vector<ReadItem> items, size_t dev
 // read-ahead, and the load's own read of those bytes reports the error.
 class ReadAhead {
  public:
+  // Gaps between a --split part's runs from which they are read ahead one
+  // by one rather than as one span.
+  static constexpr uint64_t kReadAheadGapBytes = 64 << 10;
   ReadAhead(const LoadPlan& plan, const OpenFiles& open, int threads, uint64_t chunk)
       : file_bytes_(open.files.size()) {
     try {
@@ -233,9 +236,18 @@ class ReadAhead {
         if (t.device.kind == DeviceKind::kDisk || t.alias_of >= 0 || !open.cold[t.source->file_index]) continue;
         uint32_t device = 0;
         while (device < plan.devices.size() && plan.devices[device].device != t.device) ++device;
-        // The whole span of its runs: this only warms the page cache.
-        const uint64_t span = t.runs == 0 ? 0 : (t.runs - 1) * t.stride_bytes + t.run_bytes;
-        items.push_back({static_cast<uint32_t>(i), device, t.file_offset_bytes, span, 0, nullptr, 0});
+        // A part's runs one by one where the gaps between them are large;
+        // else the span from the first to the last (the page cache holds
+        // whole pages, and read-ahead fills the gaps anyway).
+        if (t.runs > 1 && t.stride_bytes - t.run_bytes >= kReadAheadGapBytes) {
+          for (uint64_t r = 0; r < t.runs; ++r) {
+            items.push_back({static_cast<uint32_t>(i), device, t.file_offset_bytes + r * t.stride_bytes, t.run_bytes,
+                             0, nullptr, 0});
+          }
+        } else {
+          const uint64_t span = t.runs == 0 ? 0 : (t.runs - 1) * t.stride_bytes + t.run_bytes;
+          items.push_back({static_cast<uint32_t>(i), device, t.file_offset_bytes, span, 0, nullptr, 0});
+        }
       }
       for (const ReadItem& it : InterleaveByDevice(std::move(items), plan.devices.size() + 1)) {
         const uint32_t file = plan.tensors[it.tensor].source->file_index;
@@ -818,7 +830,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     };
     auto read_range = [&](uint64_t offset, unsigned char* dst, uint64_t size) -> Status {
       HOIST_ASSIGN_OR_RETURN(BlockReader* via, reader());
-      if (direct.fd() < 0) return file.ReadAt(offset, dst, size, via);
+      // A part's short runs through O_DIRECT would each read whole blocks:
+      // they go through the page cache.
+      if (direct.fd() < 0 || t.runs > 1) return file.ReadAt(offset, dst, size, via);
       return direct.ReadDirectAt(offset, dst, size, &local.bounce, via);
     };
     // Bytes [packed, packed + size) of the tensor's stored bytes, run by run.

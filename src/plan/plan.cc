@@ -77,6 +77,12 @@ Status SliceTensor(const TensorInfo& t, const std::string& name, int dim, const 
                            ") does not split into " + std::to_string(world) + " equal parts");
   }
   const uint64_t part = extent / world;
+  if (std::find(t.shape.begin(), t.shape.end(), uint64_t{0}) != t.shape.end()) {  // no elements: no bytes
+    p->slice = TensorSlice{d, rank * part, (rank + 1) * part};
+    p->shape[static_cast<size_t>(d)] = part;
+    p->run_bytes = p->stride_bytes = 0;
+    return Status::Ok();
+  }
   uint64_t outer = 1, inner = 1;
   for (int i = 0; i < d; ++i) outer *= t.shape[static_cast<size_t>(i)];
   for (int i = d + 1; i < dims; ++i) inner *= t.shape[static_cast<size_t>(i)];
@@ -408,10 +414,22 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     if (existing != by_name.end()) {
       PlannedTensor& a = plan.tensors[existing->second];
       const PlannedTensor& s = plan.tensors[src->second];
-      if (a.shape != s.shape || a.source->dtype != s.source->dtype) {
-        return InvalidArgument("tie " + alias + "=" + source + ": the tensors differ (" +
-                               std::string(DTypeName(a.source->dtype)) + " " + ShapeText(a.shape) + " vs " +
-                               std::string(DTypeName(s.source->dtype)) + " " + ShapeText(s.shape) + ")");
+      // The same stored tensor cut the same way: a part tied to a whole
+      // tensor of the part's shape would quietly hold the wrong rows.
+      const bool same_cut = a.source->shape == s.source->shape &&
+                            a.slice.has_value() == s.slice.has_value() &&
+                            (!a.slice || (a.slice->dim == s.slice->dim && a.slice->start == s.slice->start));
+      if (a.shape != s.shape || a.source->dtype != s.source->dtype || !same_cut) {
+        auto describe = [](const PlannedTensor& t) {
+          std::string text = std::string(DTypeName(t.source->dtype)) + " " + ShapeText(t.source->shape);
+          if (t.slice) {
+            text += " (part " + std::to_string(t.slice->start) + ".." + std::to_string(t.slice->stop) +
+                    " of dimension " + std::to_string(t.slice->dim) + ")";
+          }
+          return text;
+        };
+        return InvalidArgument("tie " + alias + "=" + source + ": the tensors differ (" + describe(a) + " vs " +
+                               describe(s) + ")");
       }
       a.dtype = s.dtype;
       a.alias_of = static_cast<int>(src->second);
@@ -521,8 +539,9 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
       if (p.alias_of < 0) p.size_bytes = StoredBytes(p);
       if (p.runs > 1) {
         return InvalidArgument("tensor " + QuoteName(p.name) + " is split along dimension " +
-                               std::to_string(p.slice->dim) + " and placed on disk, where a tensor stays one range "
-                               "of its file: only a split along its outer dimension can stay on disk");
+                               std::to_string(p.slice->dim) + ", so it cannot stay on disk, where the device map "
+                               "put it (a tensor left on disk is one range of its file): give the devices room for "
+                               "it, or split it along its outer dimension");
       }
     }
     p.mapped = options.map_host && p.alias_of < 0 && p.device == DeviceId::Cpu() && Mappable(p);

@@ -533,7 +533,7 @@ TEST_F(PlanTest, SplitErrorsNameTheTensorOrTheFlag) {
       {{}, ShardSpec{0, 2}, "", "--shard needs --split rules"},
       {{{"a", 0}}, ShardSpec{2, 2}, "", "the rank must be at least 0 and below the world size"},
       {{{"(", 0}}, ShardSpec{0, 2}, "", "--split (: not a valid regular expression"},
-      {{{"a", 1}}, ShardSpec{0, 2}, R"({"a": "disk", "": "cpu"})", "tensor 'a.w' is split along dimension 1 and placed on disk"},
+      {{{"a", 1}}, ShardSpec{0, 2}, R"({"a": "disk", "": "cpu"})", "tensor 'a.w' is split along dimension 1, so it cannot stay on disk"},
   };
   for (const Case& c : cases) {
     PlanOptions o;
@@ -567,6 +567,41 @@ TEST_F(PlanTest, SplitErrorsNameTheTensorOrTheFlag) {
   ASSERT_TRUE(plan.ok()) << plan.status().message();
   EXPECT_EQ(Find(*plan, "p.w")->run_bytes, 1u);
   EXPECT_EQ(Find(*plan, "p.w")->stride_bytes, 3u);
+}
+
+// A tie joins one storage: a part may only be tied to the same part of a
+// tensor of the same stored shape. An empty tensor's part stays where the
+// tensor is, with no bytes.
+TEST_F(PlanTest, SplitPartsTieOnlyToTheSameCutAndEmptyPartsHaveNoBytes) {
+  const Catalog& cat = Make({T("a.w", DType::kF32, {8, 4}), T("b.w", DType::kF32, {4, 4}),
+                             T("c.w", DType::kF32, {8, 4}), T("z.w", DType::kF32, {0, 4})});
+  PlanOptions o;
+  o.device = DeviceId::Cpu();
+  o.shard = ShardSpec{1, 2};
+  o.splits = {{"^[acz]", 0}};
+  o.ties = {{"b.w", "a.w"}};
+  auto plan = BuildPlan(cat, o);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.status().message().find("tie b.w=a.w: the tensors differ (F32 [4, 4] vs F32 [8, 4] (part 4..8 of "
+                                         "dimension 0))"),
+            std::string::npos)
+      << plan.status().message();
+  o.ties = {{"c.w", "a.w"}};
+  plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_GE(Find(*plan, "c.w")->alias_of, 0);
+  o.splits = {{"^[az]", 0}, {"^c", 1}};  // the same shape, cut another way
+  plan = BuildPlan(cat, o);
+  ASSERT_FALSE(plan.ok());
+  o.ties.clear();
+  o.splits = {{"^z", 1}};
+  plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  const PlannedTensor* z = Find(*plan, "z.w");
+  EXPECT_EQ(z->shape, (std::vector<uint64_t>{0, 2}));
+  EXPECT_EQ(z->file_offset_bytes, z->source->offset_bytes);
+  EXPECT_EQ(StoredBytes(*z), 0u);
+  EXPECT_EQ(z->slice->start, 2u);
 }
 
 TEST_F(PlanTest, ParseShardAndSplitRule) {

@@ -28,7 +28,7 @@ GIB = 1 << 30
 ELEM_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
               "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 FLOATS = {"F16", "BF16", "F32", "F64"}
-PLAN_TENSOR_KEYS = {"name", "device", "dtype", "nbytes", "offset"}
+PLAN_TENSOR_KEYS = {"name", "device", "dtype", "shape", "nbytes", "offset"}
 
 # The device-map example, and where each tensor of a Llama must go.
 LAYER1_MAP = {"model.layers.1": 1, "model": 0, "lm_head": "cpu"}
@@ -286,7 +286,7 @@ def test_plan_json_default_cpu_exact(run_hoist, llama8b_12, no_gpu):
         assert set(t) == PLAN_TENSOR_KEYS, t  # no tie in this config
         h = header[t["name"]]
         assert t["device"] == "cpu"
-        assert (t["dtype"], t["nbytes"]) == (h["dtype"], h["nbytes"]), t
+        assert (t["dtype"], t["shape"], t["nbytes"]) == (h["dtype"], h["shape"], h["nbytes"]), t
         assert t["offset"] % ALIGN == 0
     assert list(doc["devices"]) == ["cpu"]
     check_reservations(doc)

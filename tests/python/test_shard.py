@@ -84,6 +84,8 @@ def test_cli_report_plan_and_bytes_read(run_hoist, tiny, tmp_path):
         flags += ["--split", f"{pattern}={dim}"]
     whole = json.loads(ok(run_hoist("inspect", "--json", path)).stdout)
     shapes = {t["name"]: t["shape"] for t in whole["tensors"]}
+    whole_offsets = {t["name"]: t["offset"] for t in whole["tensors"]}
+    whole_bytes = {t["name"]: t["nbytes"] for t in whole["tensors"]}
     report_path = tmp_path / "r.json"
     ok(run_hoist("load", *flags, "--report", report_path, path))
     report = json.loads(report_path.read_text())
@@ -98,6 +100,17 @@ def test_cli_report_plan_and_bytes_read(run_hoist, tiny, tmp_path):
     assert report["bytes_read"] == sum(t["nbytes"] for t in report["tensors"]) < whole["total_bytes"]
     plan = json.loads(ok(run_hoist("plan", *flags, "--json", path)).stdout)
     assert {t["name"]: t.get("slice") for t in plan["tensors"]} == {t["name"]: t.get("slice") for t in report["tensors"]}
+    assert {t["name"]: t["shape"] for t in plan["tensors"]} == {t["name"]: t["shape"] for t in report["tensors"]}
+    # Mapped parts: the plan and the report point at the part's first byte in the file.
+    mapped_report = tmp_path / "m.json"
+    ok(run_hoist("load", *flags, "--mmap", "--report", mapped_report, path))
+    mapped = {t["name"]: t for t in json.loads(mapped_report.read_text())["tensors"] if t.get("mapped")}
+    planned = {t["name"]: t for t in json.loads(ok(run_hoist("plan", *flags, "--mmap", "--json", path)).stdout)["tensors"]}
+    assert mapped, "no part was mapped"
+    for name, t in mapped.items():
+        assert planned[name]["file_offset"] == t["file_offset"], name
+        start = t["slice"]["start"] if "slice" in t else 0  # mapped parts are split along dimension 0
+        assert t["file_offset"] == whole_offsets[name] + start * whole_bytes[name] // shapes[name][0], name
 
 
 @pytest.mark.parametrize(
