@@ -5,6 +5,8 @@
 //
 // Loads synchronize every device before returning, so an array is complete
 // when it is handed out and a consumer's stream never has to wait.
+#include <pthread.h>
+
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/pair.h>
@@ -18,6 +20,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -60,34 +63,86 @@ bool Finalizing() {
 }
 
 // Python ends a thread that asks for the GIL once it has begun to shut
-// down (a daemon thread; the others were joined first), and from C++ frames
-// that cannot unwind that ending is std::terminate. So every thread that
-// waits here without the GIL takes it back through ReacquireOrHang, under
-// exit_mu; an atexit hook, which Python runs before it starts to shut down,
-// sets `exiting` under the same lock (having released the GIL, so a thread
-// on its way back gets there first). From then on a waiting thread never
-// asks for the GIL again: it blocks until the process ends.
-std::mutex exit_mu;
-bool exiting = false;  // guarded by exit_mu
+// down (only daemon threads can still run then: it joins the others
+// first), and from the C++ frames of a load that ending is std::terminate.
+// So Python's exit waits for loads: an atexit hook, which Python runs
+// before it begins to shut down, cancels every load in progress and waits
+// (with the GIL released, so they can take it back) until each has
+// returned to Python, or for 10 s at most. Such a load (only a daemon
+// thread's can still run then) raises SystemExit, which ends its thread
+// without a traceback, as Python would have ended it. A daemon thread whose
+// load outlived that wait, or that starts one later, never asks for the GIL
+// again: it blocks until the process ends. The main thread and non-daemon
+// threads, which Python never ends that way, are never held.
+class LoadInProgress;
+struct ExitState {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool exiting = false;              // guarded by mu
+  std::set<LoadInProgress*> loads;   // guarded by mu
+};
+// Never freed (threads may still use it as the process ends); a forked child,
+// which may have inherited `mu` locked, makes a fresh one.
+ExitState* exit_state = new ExitState;
+
+
+// A load in progress, from its start to its return to Python (GIL held at
+// both ends). A daemon thread's load started while Python exits is
+// cancelled at once.
+class LoadInProgress {
+ public:
+  LoadInProgress(std::atomic<bool>& cancel, bool daemon) : cancel_(cancel), daemon_(daemon) {
+    ExitState& es = *exit_state;
+    std::lock_guard<std::mutex> lock(es.mu);
+    if (es.exiting && daemon_) CancelForExit();
+    es.loads.insert(this);
+  }
+  ~LoadInProgress() {
+    ExitState& es = *exit_state;
+    std::lock_guard<std::mutex> lock(es.mu);
+    es.loads.erase(this);
+    es.cv.notify_all();
+  }
+  void CancelForExit() {
+    by_exit_.store(true);
+    cancel_.store(true);
+  }
+  // Whether Python's exit cancelled this load.
+  bool cancelled_by_exit() const { return by_exit_.load(); }
+  LoadInProgress(const LoadInProgress&) = delete;
+  LoadInProgress& operator=(const LoadInProgress&) = delete;
+
+  // Runs `wait` (which must not throw or touch Python) with the GIL
+  // released, then takes the GIL back; on a daemon thread once Python is
+  // exiting, never returns.
+  template <typename Wait>
+  void WithoutGil(Wait&& wait) {
+    PyThreadState* state = PyEval_SaveThread();
+    wait();
+    bool hold;
+    {
+      std::lock_guard<std::mutex> lock(exit_state->mu);
+      hold = daemon_ && (exit_state->exiting || Finalizing());
+    }
+    if (hold) {
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    }
+    PyEval_RestoreThread(state);
+  }
+
+ private:
+  std::atomic<bool>& cancel_;
+  const bool daemon_;
+  std::atomic<bool> by_exit_{false};
+};
 
 void AtExit() {
+  ExitState& es = *exit_state;
   nb::gil_scoped_release release;
-  std::lock_guard<std::mutex> lock(exit_mu);
-  exiting = true;
-}
-
-// Runs `wait` (which must not throw or touch Python) with the GIL released,
-// then takes the GIL back, or never returns if Python is exiting by then.
-template <typename Wait>
-void WithoutGil(Wait&& wait) {
-  PyThreadState* state = PyEval_SaveThread();
-  wait();
-  std::unique_lock<std::mutex> lock(exit_mu);
-  if (exiting || Finalizing()) {
-    lock.unlock();
-    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
-  }
-  PyEval_RestoreThread(state);
+  std::unique_lock<std::mutex> lock(es.mu);
+  for (LoadInProgress* load : es.loads) load->CancelForExit();
+  es.cv.wait_for(lock, std::chrono::seconds(10), [&] { return es.loads.empty(); });
+  es.exiting = true;
 }
 
 // Whether this is the thread Python runs signal handlers on.
@@ -106,11 +161,13 @@ bool OnMainThread() {
 // and that exception propagates. An exception `work` throws is rethrown
 // here. Elsewhere (another thread, no callback) it waits for the work with
 // the GIL released throughout. Every wait takes the GIL back through
-// WithoutGil, so a daemon thread still loading as Python exits is never
-// ended on its way to the GIL. Where no thread can be had, the work runs on
-// this one and cannot be interrupted.
+// LoadInProgress::WithoutGil, so a daemon thread still loading as Python
+// exits is never ended on its way to the GIL. Where no thread can be had,
+// the work runs on this one and cannot be interrupted.
 template <typename Work, typename OnWake>
 void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, bool wants_wake, OnWake&& on_wake) {
+  nb::module_ threading = nb::module_::import_("threading");
+  LoadInProgress in_progress(cancel, nb::cast<bool>(threading.attr("current_thread")().attr("daemon")));
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;
@@ -131,25 +188,26 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, bool wants_wake, O
       cv.notify_all();
     });
   } catch (const std::system_error&) {
-    WithoutGil([&]() noexcept { run(); });
+    in_progress.WithoutGil([&]() noexcept { run(); });
   }
   // However the wait ends (a C++ exception from on_wake included), the
   // work is stopped and joined before its state goes out of scope.
   struct Join {
     std::thread& worker;
     std::atomic<bool>& cancel;
+    LoadInProgress& in_progress;
     ~Join() {
       if (!worker.joinable()) return;
       cancel.store(true);
-      WithoutGil([&]() noexcept { worker.join(); });
+      in_progress.WithoutGil([&]() noexcept { worker.join(); });
     }
   };
   const bool poll = worker.joinable() && (wants_wake || OnMainThread());
   bool interrupted = false;
   if (poll) {
-    Join join{worker, cancel};
+    Join join{worker, cancel, in_progress};
     for (bool finished = false; !finished;) {
-      WithoutGil([&]() noexcept {
+      in_progress.WithoutGil([&]() noexcept {
         std::unique_lock<std::mutex> lock(mu);
         finished = cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done; });
       });
@@ -158,11 +216,20 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, bool wants_wake, O
         break;
       }
     }
-    if (!interrupted) WithoutGil([&]() noexcept { worker.join(); });
+    if (!interrupted) in_progress.WithoutGil([&]() noexcept { worker.join(); });
   } else if (worker.joinable()) {
-    WithoutGil([&]() noexcept { worker.join(); });
+    in_progress.WithoutGil([&]() noexcept { worker.join(); });
   }  // an interrupted load: cancelled and joined by `join`
   if (interrupted) throw nb::python_error();
+  if (thrown && in_progress.cancelled_by_exit()) {
+    try {
+      std::rethrow_exception(thrown);
+    } catch (const StatusError& e) {
+      if (e.status.code() != StatusCode::kCancelled) throw;
+      PyErr_SetNone(PyExc_SystemExit);  // Python is exiting: this thread ends quietly
+      throw nb::python_error();
+    }
+  }
   if (thrown) std::rethrow_exception(thrown);
 }
 
@@ -339,8 +406,10 @@ nb::object Tensor(nb::handle self, const std::string& name) {
 NB_MODULE(_hoist, m) {
   using namespace hoist;
   m.doc() = "hoist: load model checkpoints at the speed of the hardware (C++ core)";
-  // Before Python starts to shut down: waiting threads stop asking for the GIL.
+  // Before Python starts to shut down: loads in progress are cancelled and
+  // waited for. A forked child starts with no loads (and a lock of its own).
   nb::module_::import_("atexit").attr("register")(nb::cpp_function([] { AtExit(); }));
+  pthread_atfork(nullptr, nullptr, [] { exit_state = new ExitState; });
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {

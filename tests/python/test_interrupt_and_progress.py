@@ -260,6 +260,71 @@ def test_python_exits_cleanly_while_daemon_threads_wait_for_the_gil(model):
                               timeout=120)
         assert proc.returncode == 0, (proc.returncode, proc.stderr)
         assert proc.stdout == "exiting while the daemon threads load\n"
+        assert proc.stderr == ""  # their loads end in SystemExit, which ends a thread quietly
+
+
+# Python's exit cancels daemon threads' loads; it must not hold up anything else.
+AT_EXIT_PROGRAMS = {
+    # An atexit handler registered before hoist was imported runs after
+    # hoist's own: a load there, on the main thread, runs as ever.
+    "a load in a later atexit handler": r"""
+import atexit, sys
+path = sys.argv[1]
+def at_exit():
+    import hoist
+    print("loaded in atexit", len(hoist.load(path, device="cpu")), flush=True)
+atexit.register(at_exit)
+import hoist
+""",
+    # A daemon thread that imports hoist itself, and an atexit handler that
+    # waits for it: the load is cancelled at exit, and the join returns.
+    "an atexit join of a daemon loader": r"""
+import atexit, sys, threading, time
+path = sys.argv[1]
+def work():
+    import hoist
+    while True:
+        hoist.load(path, device="cpu", threads=1)
+t = threading.Thread(target=work, daemon=True)
+atexit.register(t.join)
+t.start()
+time.sleep(1)
+print("loaded in atexit 1", flush=True)
+""",
+    # A fork while another thread loads: the child's exit must not wait on
+    # a lock the parent's threads held.
+    "forked children exiting while the parent loads": r"""
+import os, sys, threading, time
+import hoist
+path = sys.argv[1]
+def bg():
+    while True:
+        hoist.load(path, device="cpu", threads=1, progress=lambda d, t: None)
+threading.Thread(target=bg, daemon=True).start()
+time.sleep(0.3)
+for _ in range(5):
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)
+    deadline = time.time() + 20
+    while os.waitpid(pid, os.WNOHANG)[0] == 0:
+        if time.time() > deadline:
+            sys.exit("a forked child did not exit")
+        time.sleep(0.01)
+print("loaded in atexit 1", flush=True)
+""",
+}
+
+
+@pytest.mark.parametrize("program", list(AT_EXIT_PROGRAMS))
+def test_python_exit_holds_up_nothing_but_daemon_loads(model, program):
+    pytest.importorskip("hoist", reason="the hoist Python module is not built (PYTHONPATH=build/python)")
+    path, _ = model
+    proc = subprocess.run([sys.executable, "-c", AT_EXIT_PROGRAMS[program], str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert proc.stdout.startswith("loaded in atexit"), proc.stdout
+    assert proc.stderr == ""
 
 
 @pytest.mark.parametrize("with_progress", [False, True], ids=["no callback", "with a progress callback"])
