@@ -66,25 +66,28 @@ bool Finalizing() {
 // down (only daemon threads can still run then: it joins the others
 // first), and from the C++ frames of a load that ending is std::terminate.
 // So Python's exit waits for loads: an atexit hook, which Python runs
-// before it begins to shut down, cancels every load in progress and waits
-// (with the GIL released, so they can take it back) until each has
-// returned to Python, or for 10 s at most. Such a load (only a daemon
-// thread's can still run then) raises SystemExit, which ends its thread
-// without a traceback, as Python would have ended it. A daemon thread whose
-// load outlived that wait, or that starts one later, never asks for the GIL
+// before it begins to shut down, cancels every daemon thread's load in
+// progress (other threads were joined first, and a load on the thread
+// running the exit, under a signal handler, is left alone) and waits, with
+// the GIL released so they can take it back, until each has returned to
+// Python, or for 10 s at most. Such a load raises SystemExit, which ends
+// its thread without a traceback, as Python would have ended it; so does a
+// daemon thread's load started once exit has begun, before it releases the
+// GIL. A daemon thread whose load outlived the wait never asks for the GIL
 // again: it blocks until the process ends. The main thread and non-daemon
-// threads, which Python never ends that way, are never held.
+// threads, which Python never ends that way, are never held. A module
+// imported during exit (its hook would never run) treats exit as begun.
 class LoadInProgress;
 struct ExitState {
   std::mutex mu;
   std::condition_variable cv;
-  bool exiting = false;              // guarded by mu
+  bool exit_began = false;           // the hook has started; guarded by mu
+  bool exiting = false;              // the hook has finished waiting; guarded by mu
   std::set<LoadInProgress*> loads;   // guarded by mu
 };
 // Never freed (threads may still use it as the process ends); a forked child,
 // which may have inherited `mu` locked, makes a fresh one.
 ExitState* exit_state = new ExitState;
-
 
 // A load in progress, from its start to its return to Python (GIL held at
 // both ends). A daemon thread's load started while Python exits is
@@ -93,10 +96,21 @@ class LoadInProgress {
  public:
   LoadInProgress(std::atomic<bool>& cancel, bool daemon) : cancel_(cancel), daemon_(daemon) {
     ExitState& es = *exit_state;
-    std::lock_guard<std::mutex> lock(es.mu);
-    if (es.exiting && daemon_) CancelForExit();
-    es.loads.insert(this);
+    bool refuse;
+    {
+      std::lock_guard<std::mutex> lock(es.mu);
+      refuse = es.exit_began && daemon_;
+      if (!refuse) es.loads.insert(this);
+    }
+    if (refuse) {  // never releases the GIL: ends the thread quietly, now
+      PyErr_SetNone(PyExc_SystemExit);
+      throw nb::python_error();
+    }
   }
+  // Whether Python's exit cancels and waits for this load: a daemon
+  // thread's, not on the thread running the exit (a signal handler that
+  // runs the atexit functions from inside a load).
+  bool ExitWaitsFor(std::thread::id exiting_thread) const { return daemon_ && owner_ != exiting_thread; }
   ~LoadInProgress() {
     ExitState& es = *exit_state;
     std::lock_guard<std::mutex> lock(es.mu);
@@ -133,6 +147,7 @@ class LoadInProgress {
  private:
   std::atomic<bool>& cancel_;
   const bool daemon_;
+  const std::thread::id owner_ = std::this_thread::get_id();
   std::atomic<bool> by_exit_{false};
 };
 
@@ -140,8 +155,14 @@ void AtExit() {
   ExitState& es = *exit_state;
   nb::gil_scoped_release release;
   std::unique_lock<std::mutex> lock(es.mu);
-  for (LoadInProgress* load : es.loads) load->CancelForExit();
-  es.cv.wait_for(lock, std::chrono::seconds(10), [&] { return es.loads.empty(); });
+  es.exit_began = true;  // daemon loads started from now on are refused
+  const std::thread::id self = std::this_thread::get_id();
+  for (LoadInProgress* load : es.loads) {
+    if (load->ExitWaitsFor(self)) load->CancelForExit();
+  }
+  es.cv.wait_for(lock, std::chrono::seconds(10), [&] {
+    return std::none_of(es.loads.begin(), es.loads.end(), [&](LoadInProgress* load) { return load->ExitWaitsFor(self); });
+  });
   es.exiting = true;
 }
 
@@ -179,6 +200,7 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, bool wants_wake, O
       thrown = std::current_exception();
     }
   };
+  const bool poll_wanted = wants_wake || OnMainThread();
   std::thread worker;
   try {
     worker = std::thread([&] {
@@ -202,7 +224,7 @@ void RunInterruptibly(std::atomic<bool>& cancel, Work&& work, bool wants_wake, O
       in_progress.WithoutGil([&]() noexcept { worker.join(); });
     }
   };
-  const bool poll = worker.joinable() && (wants_wake || OnMainThread());
+  const bool poll = worker.joinable() && poll_wanted;
   bool interrupted = false;
   if (poll) {
     Join join{worker, cancel, in_progress};
@@ -410,6 +432,11 @@ NB_MODULE(_hoist, m) {
   // waited for. A forked child starts with no loads (and a lock of its own).
   nb::module_::import_("atexit").attr("register")(nb::cpp_function([] { AtExit(); }));
   pthread_atfork(nullptr, nullptr, [] { exit_state = new ExitState; });
+  // Imported while Python exits (from an atexit function): a hook registered
+  // now would never run, so exit has begun for this module's loads.
+  if (nb::cast<bool>(nb::getattr(nb::module_::import_("threading"), "_SHUTTING_DOWN", nb::bool_(false)))) {
+    exit_state->exit_began = exit_state->exiting = true;
+  }
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {

@@ -291,6 +291,54 @@ t.start()
 time.sleep(1)
 print("loaded in atexit 1", flush=True)
 """,
+    # A daemon loader that does other work between loads: a load it starts
+    # once exit has begun is refused at once (SystemExit), so the join returns.
+    "an atexit join of a daemon loader between loads": r"""
+import atexit, sys, threading, time
+path = sys.argv[1]
+def work():
+    import hoist
+    while True:
+        hoist.load(path, device="cpu", threads=1, only="norm")
+        time.sleep(0.5)
+t = threading.Thread(target=work, daemon=True)
+atexit.register(t.join)
+t.start()
+time.sleep(1.2)
+print("loaded in atexit 1", flush=True)
+""",
+    # A signal handler that runs the exit functions from inside a load on
+    # the main thread: the hook must not wait for the load it interrupted.
+    "the exit functions run by a signal handler during a load": r"""
+import atexit, os, signal, sys, time
+import hoist
+path = sys.argv[1]
+def on_alarm(sig, frame):
+    start = time.time()
+    atexit._run_exitfuncs()
+    print(f"loaded in atexit: the exit functions took {time.time() - start:.1f} s", flush=True)
+    os._exit(0 if time.time() - start < 5 else 1)
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.15)
+while True:
+    hoist.load(path, device="cpu", threads=1)
+""",
+    # hoist first imported while the exit functions run: its own hook is
+    # never run, so its daemon loads must see exit as begun.
+    "hoist imported during exit": r"""
+import atexit, sys, threading, time
+path = sys.argv[1]
+def at_exit():
+    import hoist
+    def work():
+        while True:
+            hoist.load(path, device="cpu", threads=1, progress=lambda d, t: None)
+    for _ in range(4):
+        threading.Thread(target=work, daemon=True).start()
+    time.sleep(0.3)
+atexit.register(at_exit)
+print("loaded in atexit 1", flush=True)
+""",
     # A fork while another thread loads: the child's exit must not wait on
     # a lock the parent's threads held.
     "forked children exiting while the parent loads": r"""
