@@ -386,3 +386,39 @@ def test_python_exits_cleanly_while_a_daemon_thread_loads(model, with_progress):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
     assert proc.stdout == "exiting while the daemon thread loads\n"
+
+
+INTERRUPT_EVERYWHERE = r"""
+import signal, sys
+import hoist
+path = sys.argv[1]
+# A Ctrl-C that lands while hoist.load looks up the current thread (Python
+# code, where the interpreter runs signal handlers): a 20 us timer whose
+# handler raises only there.
+def handler(sig, frame):
+    if frame is not None and frame.f_code.co_name in ("current_thread", "main_thread"):
+        raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.00002, 0.00002)
+done = interrupted = 0
+for _ in range(3000):
+    try:
+        hoist.load(path, device="cpu", threads=1)
+        done += 1
+    except KeyboardInterrupt:
+        interrupted += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+print("loads", done, "interrupted", interrupted, flush=True)
+"""
+
+
+def test_a_keyboard_interrupt_anywhere_in_load_raises_and_never_aborts(tiny):
+    """Before the worker thread starts, a KeyboardInterrupt must not leave a
+    running std::thread to be destroyed (std::terminate)."""
+    pytest.importorskip("hoist", reason="the hoist Python module is not built (PYTHONPATH=build/python)")
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_EVERYWHERE, str(tiny / "model.safetensors")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    interrupted = int(proc.stdout.split()[-1])
+    assert interrupted > 0, proc.stdout  # the handler did fire inside load
+
