@@ -378,10 +378,6 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     plan.tensors.push_back(std::move(p));
   }
 
-  for (size_t k = 0; k < splits.size(); ++k) {
-    if (!split_used[k]) plan.warnings.push_back("--split " + QuoteName(options.splits[k].pattern) + " matches no tensor");
-  }
-
   // 2. Ties: an alias shares its source's storage and costs nothing.
   std::vector<std::pair<std::string, std::string>> ties;
   if (options.tie_word_embeddings) {
@@ -473,6 +469,30 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
       p.alias_of = plan.tensors[static_cast<size_t>(p.alias_of)].alias_of;
       if (++steps > plan.tensors.size()) return InvalidArgument("--tie: the ties of " + QuoteName(p.name) + " form a loop");
     }
+  }
+
+  // A tie made here holds its source's storage, so its source's part: a
+  // --split rule that names the alias itself cannot cut it another way.
+  for (const PlannedTensor& p : plan.tensors) {
+    if (p.alias_of < 0) continue;
+    const PlannedTensor& s = plan.tensors[static_cast<size_t>(p.alias_of)];
+    if (p.source != s.source) continue;  // a tensor of the file, cut by its own rule (ties checked the cut)
+    for (size_t k = 0; k < splits.size(); ++k) {
+      if (!std::regex_search(p.name, splits[k])) continue;
+      split_used[k] = 1;
+      const int dims = static_cast<int>(s.source->shape.size());
+      const int d = options.splits[k].dim < 0 ? options.splits[k].dim + dims : options.splits[k].dim;
+      if (!s.slice || s.slice->dim != d) {
+        plan.warnings.push_back(
+            "--split " + QuoteName(options.splits[k].pattern) + " would cut " + QuoteName(p.name) + " along dimension " +
+            std::to_string(options.splits[k].dim) + ", but it is tied to " + QuoteName(s.name) + " and holds " +
+            (s.slice ? "its part along dimension " + std::to_string(s.slice->dim) : std::string("all of it")));
+      }
+      break;
+    }
+  }
+  for (size_t k = 0; k < splits.size(); ++k) {
+    if (!split_used[k]) plan.warnings.push_back("--split " + QuoteName(options.splits[k].pattern) + " matches no tensor");
   }
 
   // 3. Expectations.

@@ -593,6 +593,20 @@ TEST_F(PlanTest, SplitPartsTieOnlyToTheSameCutAndEmptyPartsHaveNoBytes) {
   o.splits = {{"^[az]", 0}, {"^c", 1}};  // the same shape, cut another way
   plan = BuildPlan(cat, o);
   ASSERT_FALSE(plan.ok());
+  // A tie made here (b2 is not in the file) holds its source's part; a rule
+  // naming the alias another way is a warning, not a second cut.
+  o.ties = {{"b2.w", "a.w"}};
+  o.splits = {{"^a", 0}, {"^b2", 1}};
+  plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  EXPECT_EQ(Find(*plan, "b2.w")->shape, (std::vector<uint64_t>{4, 4}));
+  ASSERT_EQ(plan->warnings.size(), 1u);
+  EXPECT_EQ(plan->warnings[0], "--split '^b2' would cut 'b2.w' along dimension 1, but it is tied to 'a.w' and holds its "
+                               "part along dimension 0");
+  o.splits = {{"^a|^b2", 0}};  // the same cut: nothing to say
+  plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_TRUE(plan->warnings.empty()) << plan->warnings[0];
   o.ties.clear();
   o.splits = {{"^z", 1}};
   plan = BuildPlan(cat, o);
