@@ -31,10 +31,10 @@ Result<std::regex> CompileRegex(const std::string& flag, const std::string& patt
   }
 }
 
-uint64_t TargetBytes(const TensorInfo& info, DType target) {
-  if (target == info.dtype) return info.size_bytes;
+uint64_t TargetBytes(uint64_t stored_bytes, DType stored, DType target) {
+  if (target == stored) return stored_bytes;
   // Only whole-byte float types are cast, so the element count is exact.
-  uint64_t numel = info.size_bytes / static_cast<uint64_t>(DTypeBits(info.dtype) / 8);
+  uint64_t numel = stored_bytes / static_cast<uint64_t>(DTypeBits(stored) / 8);
   return numel * static_cast<uint64_t>(DTypeBits(target) / 8);
 }
 

@@ -22,7 +22,8 @@ inline DType TargetDType(DType stored, std::optional<DType> cast_to) {
   return cast_to && IsCastableFloat(stored) ? *cast_to : stored;
 }
 
-// Byte size of `info` once cast (element count times the new element size).
-uint64_t TargetBytes(const TensorInfo& info, DType target);
+// Byte size of `stored_bytes` of `stored` elements once cast to `target`
+// (element count times the new element size).
+uint64_t TargetBytes(uint64_t stored_bytes, DType stored, DType target);
 
 }  // namespace hoist

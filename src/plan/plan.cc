@@ -61,6 +61,10 @@ bool Mappable(const PlannedTensor& p) {
   return p.file_offset_bytes % element == 0;
 }
 
+// A --split rule's dimension of a tensor with `dims` dimensions, negative
+// counting from the last (may lie outside [0, dims)).
+int SplitDim(int dim, int dims) { return dim < 0 ? dim + dims : dim; }
+
 // Part `shard.rank` of `t` split along `dim` into `shard.world` parts:
 // p's shape, slice and file runs. Every product below is at most the
 // tensor's element count, whose size in bits the catalogue checked fits.
@@ -68,7 +72,7 @@ Status SliceTensor(const TensorInfo& t, const std::string& name, int dim, const 
   const int dims = static_cast<int>(t.shape.size());
   auto what = [&] { return "--split: tensor " + QuoteName(name) + " " + ShapeText(t.shape); };
   if (dims == 0) return InvalidArgument(what() + " is a scalar, which cannot be split");
-  const int d = dim < 0 ? dim + dims : dim;
+  const int d = SplitDim(dim, dims);
   if (d < 0 || d >= dims) return InvalidArgument(what() + " has no dimension " + std::to_string(dim));
   const uint64_t extent = t.shape[static_cast<size_t>(d)];
   const uint64_t world = static_cast<uint64_t>(shard.world), rank = static_cast<uint64_t>(shard.rank);
@@ -77,9 +81,9 @@ Status SliceTensor(const TensorInfo& t, const std::string& name, int dim, const 
                            ") does not split into " + std::to_string(world) + " equal parts");
   }
   const uint64_t part = extent / world;
+  p->slice = TensorSlice{d, rank * part, (rank + 1) * part};
+  p->shape[static_cast<size_t>(d)] = part;
   if (std::find(t.shape.begin(), t.shape.end(), uint64_t{0}) != t.shape.end()) {  // no elements: no bytes
-    p->slice = TensorSlice{d, rank * part, (rank + 1) * part};
-    p->shape[static_cast<size_t>(d)] = part;
     p->run_bytes = p->stride_bytes = 0;
     return Status::Ok();
   }
@@ -92,8 +96,6 @@ Status SliceTensor(const TensorInfo& t, const std::string& name, int dim, const 
     return InvalidArgument(what() + ": " + std::string(DTypeName(t.dtype)) + " parts along dimension " +
                            std::to_string(d) + " do not begin on a byte boundary");
   }
-  p->slice = TensorSlice{d, rank * part, (rank + 1) * part};
-  p->shape[static_cast<size_t>(d)] = part;
   p->file_offset_bytes = t.offset_bytes + rank * run_bits / 8;
   p->run_bytes = run_bits / 8;
   p->stride_bytes = stride_bits / 8;
@@ -371,10 +373,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     }
     const bool castable = IsCastableFloat(t.dtype) && !quantization.Contains(t.name);
     p.dtype = castable ? TargetDType(t.dtype, options.cast_to) : t.dtype;
-    // Only whole-byte floats are cast, so the element count is exact.
-    p.size_bytes = p.dtype == t.dtype ? StoredBytes(p)
-                                      : StoredBytes(p) / static_cast<uint64_t>(DTypeBits(t.dtype) / 8) *
-                                            static_cast<uint64_t>(DTypeBits(p.dtype) / 8);
+    p.size_bytes = TargetBytes(StoredBytes(p), t.dtype, p.dtype);
     plan.tensors.push_back(std::move(p));
   }
 
@@ -480,8 +479,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     for (size_t k = 0; k < splits.size(); ++k) {
       if (!std::regex_search(p.name, splits[k])) continue;
       split_used[k] = 1;
-      const int dims = static_cast<int>(s.source->shape.size());
-      const int d = options.splits[k].dim < 0 ? options.splits[k].dim + dims : options.splits[k].dim;
+      const int d = SplitDim(options.splits[k].dim, static_cast<int>(s.source->shape.size()));
       if (!s.slice || s.slice->dim != d) {
         plan.warnings.push_back(
             "--split " + QuoteName(options.splits[k].pattern) + " would cut " + QuoteName(p.name) + " along dimension " +
