@@ -90,8 +90,8 @@ struct ExitState {
 ExitState* exit_state = new ExitState;
 
 // A load in progress, from its start to its return to Python (GIL held at
-// both ends). A daemon thread's load started while Python exits is
-// cancelled at once.
+// both ends). A daemon thread's load started once Python's exit has begun
+// is refused with SystemExit before anything runs.
 class LoadInProgress {
  public:
   LoadInProgress(std::atomic<bool>& cancel, bool daemon) : cancel_(cancel), daemon_(daemon) {
