@@ -95,13 +95,46 @@ def _max_memory_text(max_memory: Union[None, str, Mapping[Any, Any]]) -> str:
     return ",".join(parts)
 
 
+def _size_text(name: str, value: Union[str, int]) -> str:
+    """A size keyword: "16MiB", "5GB", or a number of bytes."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{name}={value!r}: expected a number of bytes or a size such as '16MiB'")
+    return str(value)
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}={value!r}: expected a whole number")
+    return value
+
+
 def _shard_text(shard: Optional[Sequence[int]]) -> str:
     if shard is None:
         return ""
     if isinstance(shard, str):
         return shard
-    rank, world = shard
-    return f"{int(rank)}/{int(world)}"
+    try:
+        rank, world = shard
+    except (TypeError, ValueError):
+        raise ValueError(f"shard={shard!r}: expected (rank, world)") from None
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (rank, world)):
+        raise ValueError(f"shard={shard!r}: expected (rank, world), two whole numbers")
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard={shard!r}: expected 0 <= rank < world")
+    return f"{rank}/{world}"
+
+
+def _split_rules(split: Optional[Mapping[str, int]]) -> List[str]:
+    if split is None:
+        return []
+    if not isinstance(split, Mapping):
+        raise ValueError(f"split={split!r}: expected {{regex: dim}}")
+    rules = []
+    for pattern, dim in split.items():
+        if not isinstance(pattern, str) or isinstance(dim, bool) or not isinstance(dim, int):
+            raise ValueError(f"split={{{pattern!r}: {dim!r}}}: expected {{regex: dim}}, a dimension as a whole number")
+        rules.append(f"{pattern}={dim}")
+    return rules
 
 
 def _pairs(value: Union[None, Mapping[str, str], Iterable[Sequence[str]]]) -> List[str]:
@@ -207,7 +240,7 @@ def load(
     threads: int = 0,
     io: str = "pread",
     direct: str = "off",
-    chunk_size: str = "16MiB",
+    chunk_size: Union[str, int] = "16MiB",
     staging_buffers: int = 0,
     pipeline: bool = True,
     margin: Union[str, int] = "1.2GiB",
@@ -229,7 +262,7 @@ def load(
         and model.report lists missing, unexpected and mismatched; strict=True makes any of them a
         ValueError, raised before anything is read (the CLI's --strict).
     The rest are the CLI's `hoist load` options: alloc ("reserve" or "per-tensor"), threads (0: default),
-    io ("pread", "auto", "uring"), direct ("off", "auto", "on"), chunk_size ("16MiB"),
+    io ("pread", "auto", "uring"), direct ("off", "auto", "on"), chunk_size ("16MiB" or bytes),
     staging_buffers (0: each GPU's share of the readers + 2, at most 32), pipeline (False: read everything to host memory first),
     margin (memory left free on each GPU: "1.2GiB", bytes, or 0).
     progress: called as progress(bytes_done, bytes_total) on this thread as soon as the load knows its
@@ -264,19 +297,19 @@ def load(
         compat=compat or "",
         no_config_ties=not config_ties,
         alloc=alloc,
-        threads=threads,
+        threads=_count("threads", threads),
         io=io,
         direct=direct,
-        chunk_size=chunk_size,
-        staging_buffers=staging_buffers,
+        chunk_size=_size_text("chunk_size", chunk_size),
+        staging_buffers=_count("staging_buffers", staging_buffers),
         pipeline=pipeline,
-        margin=str(margin),
+        margin=_size_text("margin", margin),
         checkpoint=_checkpoint,
         strict=strict,
         progress=progress,
         mmap=mmap,
         shard=_shard_text(shard),
-        splits=[f"{pattern}={int(dim)}" for pattern, dim in (split or {}).items()],
+        splits=_split_rules(split),
     )
     return Model(native)
 

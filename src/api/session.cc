@@ -28,7 +28,7 @@ Status CheckFlags(const PlanRequest& a) {
   HOIST_RETURN_IF_ERROR(ParseCompat(a.compat).status());
   HOIST_RETURN_IF_ERROR(ParseDtypeFlag(a.dtype).status());
   if (a.strict && a.expect_file.empty() && a.expect_json.empty()) {
-    return InvalidArgument("strict checks a load against expected names (--expect; expect= in Python), and none were given");
+    return InvalidArgument("strict checks a load against expected names (--expect), and none were given");
   }
   return Status::Ok();
 }
@@ -213,6 +213,14 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   }
   if (request.alloc != "reserve" && request.alloc != "per-tensor") {
     return InvalidArgument("--alloc " + QuoteName(request.alloc) + ": expected reserve or per-tensor");
+  }
+  // The command line's own limits, for callers that bypass its parser (Python).
+  if (request.threads < 0 || request.threads > 1024) {
+    return InvalidArgument("--threads " + std::to_string(request.threads) + ": expected 1 to 1024, or 0 for the default");
+  }
+  if (request.staging_slots < 0 || request.staging_slots > 256) {
+    return InvalidArgument("--staging-buffers " + std::to_string(request.staging_slots) +
+                           ": expected 1 to 256, or 0 for the default");
   }
   HOIST_RETURN_IF_ERROR(CheckFlags(request.plan));
   // "org/name": the Hugging Face cache's snapshot of that model.

@@ -27,7 +27,7 @@ Result<std::regex> CompileRegex(const std::string& flag, const std::string& patt
   try {
     return std::regex(pattern, std::regex::ECMAScript | std::regex::optimize);
   } catch (const std::regex_error& e) {
-    return InvalidArgument(flag + " " + pattern + ": not a valid regular expression (" + e.what() + ")");
+    return InvalidArgument(flag + " " + QuoteName(pattern) + ": not a valid regular expression (" + e.what() + ")");
   }
 }
 

@@ -532,7 +532,7 @@ TEST_F(PlanTest, SplitErrorsNameTheTensorOrTheFlag) {
       {{{"a", 0}}, std::nullopt, "", "--split needs --shard RANK/WORLD"},
       {{}, ShardSpec{0, 2}, "", "--shard needs --split rules"},
       {{{"a", 0}}, ShardSpec{2, 2}, "", "the rank must be at least 0 and below the world size"},
-      {{{"(", 0}}, ShardSpec{0, 2}, "", "--split (: not a valid regular expression"},
+      {{{"(", 0}}, ShardSpec{0, 2}, "", "--split '(': not a valid regular expression"},
       {{{"a", 1}}, ShardSpec{0, 2}, R"({"a": "disk", "": "cpu"})", "tensor 'a.w' is split along dimension 1, so it cannot stay on disk"},
   };
   for (const Case& c : cases) {

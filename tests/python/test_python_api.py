@@ -570,7 +570,7 @@ def test_max_memory(np, torch, st, tiny):
         assert torch.equal(torch.from_dlpack(model["lm_head.weight"]), want["lm_head.weight"])
     # With a strategy, what does not fit under the cpu limit is an error,
     # unless disk is allowed: then it is left on disk, and still readable.
-    with pytest.raises(MemoryError, match="fits on no device.*disk=SIZE"):
+    with pytest.raises(MemoryError, match=r"fits on no device.*max_memory=\{\"disk\": size\}"):
         hoist.load(str(tiny), device_map="auto", max_memory={"cpu": 100_000})
     raw = tensor_bytes(tiny / "model.safetensors")
     model = hoist.load(str(tiny), device_map="auto", max_memory={"cpu": 100_000, "disk": "1GB"})
@@ -617,7 +617,7 @@ def test_load_options_change_how_not_what(torch, st, tiny, opts):
 
 
 def test_load_bad_option_raises_value_error(tiny):
-    with pytest.raises(ValueError, match="--io"):
+    with pytest.raises(ValueError, match="^io 'mmap'"):
         hoist.load(str(tiny), device="cpu", io="mmap")
 
 
@@ -801,16 +801,22 @@ def test_plan_larger_than_max_memory_is_memory_error(run_hoist, tiny):
     expected = _cli_error(run_hoist, "--device", "cpu", "--max-memory", "cpu=1000", tiny)
     with pytest.raises(MemoryError) as e:
         hoist.load(str(tiny), device="cpu", max_memory={"cpu": 1000})
-    assert str(e.value) == expected
+    # The command's message, with its advice in keyword arguments.
+    assert str(e.value) == expected.replace("(--max-memory)", "(max_memory)").replace(
+        "--device-map auto --max-memory 0=...,cpu=...", 'device_map="auto", max_memory={0: ..., "cpu": ...}')
     assert str(e.value).startswith(f"{tiny}: cpu:") and "279808" in str(e.value)
     # A bf16 checkpoint cannot shrink with a cast: no advice to try one.
-    assert "--device-map auto" in str(e.value) and "--dtype" not in str(e.value)
+    assert "--" not in str(e.value) and "dtype" not in str(e.value)
 
 
 def test_fit_error_suggests_a_cast_only_where_one_shrinks(run_hoist, tiny_f32, tmp_path):
     proc = run_hoist("load", "--device", "cpu", "--max-memory", "cpu=1000", tiny_f32)
     assert proc.returncode == 2
     assert "shrink it with --dtype bf16" in stderr_error_line(proc)
+    with pytest.raises(MemoryError) as e:
+        hoist.load(str(tiny_f32), device="cpu", max_memory={"cpu": 1000})
+    assert str(e.value).endswith('spread the model with device_map="auto", max_memory={0: ..., "cpu": ...}, '
+                                 'or shrink it with dtype="bf16"'), str(e.value)
     # An int8 weight's f32 scale is never cast: no advice to try.
     quant = tmp_path / "quant.safetensors"
     header = json.dumps({"l.weight": {"dtype": "I8", "shape": [2000], "data_offsets": [0, 2000]},
@@ -834,10 +840,68 @@ def test_fit_error_suggests_a_cast_only_where_one_shrinks(run_hoist, tiny_f32, t
     ],
 )
 def test_bad_input_is_value_error_with_cli_message(run_hoist, tiny, kwargs, cli_args):
-    expected = _cli_error(run_hoist, *cli_args, tiny)
+    # The command's message, naming the keyword where the command names its flag.
+    flag = cli_args[0]
+    expected = _cli_error(run_hoist, *cli_args, tiny).replace(flag, flag[2:].replace("-", "_"))
     with pytest.raises(ValueError) as e:
         hoist.load(str(tiny), **kwargs)
     assert str(e.value) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs,start",
+    [
+        ({"dtype": "bogus"}, "dtype 'bogus': expected bf16, f16 or f32"),
+        ({"device_map": "nope"}, "device_map 'nope': not JSON"),
+        ({"device": "cpu", "device_map": "auto"}, "give device or device_map, not both"),
+        ({"max_memory": {"cpu": "abc"}}, "max_memory 'cpu=abc': 'abc' is not a size"),
+        ({"max_memory": {0: "1GiB", "cuda:0": "2GiB"}}, "max_memory: cuda:0 is given twice"),
+        ({"chunk_size": "abc"}, "chunk_size: 'abc' is not a size"),
+        ({"chunk_size": 0}, "chunk_size: '0' is not a size"),
+        ({"chunk_size": 1.5}, "chunk_size=1.5: expected a number of bytes"),
+        ({"chunk_size": 100}, "chunk_size must be at least 4096 bytes"),
+        ({"margin": "lots"}, "margin: 'lots' is not a size"),
+        ({"threads": -1}, "threads -1: expected 1 to 1024, or 0 for the default"),
+        ({"threads": 5000}, "threads 5000: expected 1 to 1024"),
+        ({"threads": True}, "threads=True: expected a whole number"),
+        ({"staging_buffers": -2}, "staging_buffers -2: expected 1 to 256"),
+        ({"io": "mmap"}, "io 'mmap': expected auto, pread or uring"),
+        ({"direct": "yes"}, "direct 'yes': expected auto, on or off"),
+        ({"alloc": "pool"}, "alloc 'pool': expected reserve or per-tensor"),
+        ({"compat": "hf"}, "compat 'hf': the only mode is hf-legacy"),
+        ({"only": "("}, "only '(': not a valid regular expression"),
+        ({"drop": "["}, "drop '[': not a valid regular expression"),
+        ({"tie": {"": "x"}}, "tie"),
+        ({"strict": True}, "strict checks a load against expected names (expect), and none were given"),
+        ({"shard": (2, 2), "split": {"x": 0}}, "shard=(2, 2): expected 0 <= rank < world"),
+        ({"shard": (0, 0), "split": {"x": 0}}, "shard=(0, 0): expected 0 <= rank < world"),
+        ({"shard": 3}, "shard=3: expected (rank, world)"),
+        ({"shard": (0, 2)}, "shard needs split={regex: dim} naming the tensors to split"),
+        ({"split": {"x": 0}}, "split needs shard=(rank, world)"),
+        ({"shard": (0, 2), "split": {"x": "a"}}, "split={'x': 'a'}: expected {regex: dim}"),
+        ({"shard": (0, 2), "split": {"(": 0}}, "split '(': not a valid regular expression"),
+    ],
+)
+def test_argument_errors_name_the_keyword_not_the_flag(tiny, kwargs, start):
+    """A Python caller reads its own keyword arguments in an error, never the
+    command line's flags (--device-map), and the load's limits hold for
+    arguments the command line's parser would have refused."""
+    with pytest.raises(ValueError) as e:
+        hoist.load(str(tiny), **kwargs)
+    message = str(e.value)
+    assert message.startswith(start), message
+    assert "--" not in message, message
+
+
+def test_report_warnings_name_the_keyword(tiny):
+    model = hoist.load(str(tiny), device="cpu", shard=(0, 2), split={r"q_proj\.weight$": 0, "nothing_here": 0})
+    assert "split 'nothing_here' matches no tensor" in model.report["warnings"]
+    assert model.info("model.layers.0.self_attn.q_proj.weight")["slice"]["dim"] == 0
+
+
+def test_sizes_may_be_given_in_bytes(tiny):
+    model = hoist.load(str(tiny), device="cpu", chunk_size=8192, margin=1 << 30, threads=2)
+    assert model.report["staging"]["chunk_bytes"] == 8192
 
 
 def test_bad_torch_dtype_is_value_error(torch, tiny):
