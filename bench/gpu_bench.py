@@ -275,6 +275,10 @@ def main():
     if hoist is not None:
         attempt("hoist_load_file", in_process, "hoist_load_file",
                 lambda: [hoist.load_file(f, device=device) for f in shards], 60)
+        # The transformers model, built and filled by hoist: against the
+        # transformers row, the same object at the end.
+        attempt("hoist_from_pretrained", in_process, "hoist_from_pretrained",
+                lambda: hoist.from_pretrained(args.dir, device=device), 60)
         if seconds_left() > 60:  # JAX's start-up takes seconds
             attempt("consumer_check",
                     lambda: results.update(consumer_check=check_consumers(hoist, args.dir, shards, device)))

@@ -5,6 +5,7 @@
     model = hoist.load("ckpt_dir", device="cuda:0", dtype="bf16")
     t = torch.from_dlpack(model["model.embed_tokens.weight"])  # zero-copy
     report = hoist.load_into(torch_module, "ckpt_dir")          # fills parameters in place
+    lm = hoist.from_pretrained("ckpt_dir", device="cuda:0")     # a transformers model, ready to run
 
 Tensors are DLPack arrays over hoist's own reservation (one per device):
 `torch.from_dlpack`, `numpy.from_dlpack`, `cupy.from_dlpack` and JAX take
@@ -17,13 +18,14 @@ with the CLI's one-line messages.
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import json
 import os
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import _hoist
 
-__all__ = ["Model", "load", "load_file", "load_into"]
+__all__ = ["Model", "from_pretrained", "load", "load_file", "load_into"]
 __version__ = "0.1.0"
 
 # Stored dtype -> torch dtype name, for dtypes DLPack hands out as raw bytes.
@@ -624,6 +626,137 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
             error.report = report
             raise error
     return report
+
+
+@contextlib.contextmanager
+def _parameters_on_meta(torch):
+    """Parameters made while this runs are moved to the meta device as they
+    are registered, before the module initializes them: no memory and no
+    random initialization. Buffers are made for real, so those a model
+    computes in __init__ and never saves (rotary frequencies) hold their
+    values. (accelerate's init_empty_weights does the same; it patches
+    torch.nn.Module for every thread while it runs.)"""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            meta = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+            meta.__dict__.update(param.__dict__)
+            module._parameters[name] = meta
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def _one_device(device: Any, device_map: Any) -> Any:
+    """from_pretrained's device from device= or a device_map that names one device."""
+    if device_map is None:
+        return device
+    if device is not None:
+        raise ValueError("give device or device_map, not both")
+    if isinstance(device_map, Mapping) and list(device_map) == [""]:
+        return device_map[""]
+    if isinstance(device_map, Mapping) or device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        raise ValueError(f"device_map={device_map!r}: from_pretrained puts the whole model on one device "
+                         "(device=, or device_map={'': device}); for a model spread over devices use "
+                         "hoist.load_into with a module of your own")
+    return device_map
+
+
+def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: Any = None, *,
+                    device_map: Any = None, model_class: Any = None, config: Any = None,
+                    strict: bool = False, return_report: bool = False, **kwargs):
+    """A transformers model with its weights loaded by hoist, ready to run: what
+    transformers.AutoModelForCausalLM.from_pretrained(path, device_map=device,
+    dtype=dtype) gives, from a local checkpoint directory (or an "org/name" in
+    the Hugging Face cache).
+
+    The model is built from its config.json with its parameters on the meta
+    device (no memory, no random initialization) and its buffers computed as
+    usual; then hoist.load_into fills every parameter in one load, zero-copy
+    where the checkpoint's dtype is the model's, and the buffers move to the
+    device. Ties the config asks for stay tied; transformers' key mapping
+    (renames, merged experts) applies as in load_into.
+
+    device: one device for the whole model, as hoist.load takes it (default
+        cuda:0 when a GPU is present, else cpu); device_map may name it as
+        {"": device} or "cuda:0". Spreading a model over several devices is
+        load_into's business.
+    dtype: the model's dtype (a torch dtype or "bf16", "f16", "f32"); default
+        the config's dtype, else torch's default (float32). Where the model
+        keeps no module in float32 of its own accord, hoist casts while it
+        loads; otherwise each parameter is cast as it is filled.
+    model_class: default transformers.AutoModelForCausalLM (AutoModel for
+        checkpoints with no causal-LM head works too); config: a config to
+        use instead of the checkpoint's config.json.
+    strict: also refuse checkpoint tensors the model has no place for (a
+        parameter the checkpoint lacks, or one whose shape differs, is always
+        a ValueError: the model would hold meta tensors). return_report:
+        return (model, load report). The other keywords are hoist.load's
+        (rename, drop, threads, chunk_size, mmap, ...).
+    """
+    import torch
+    import transformers
+
+    device = _one_device(device, device_map)
+    local = _hoist.resolve_path(_path_text(path))
+    config_dir = local if os.path.isdir(local) else os.path.dirname(local) or "."
+    if config is None:
+        config = transformers.AutoConfig.from_pretrained(config_dir)
+    if getattr(config, "quantization_config", None):
+        raise ValueError(f"{local}: a quantized checkpoint (quantization_config in its config) needs its quantizer: "
+                         "load it with transformers' from_pretrained")
+    if dtype is None:
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.get_default_dtype()
+    if isinstance(dtype, str):
+        names = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
+        dtype = getattr(torch, names.get(dtype, dtype), dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype={dtype!r}: expected a floating-point torch dtype, or bf16, f16 or f32")
+    model_class = model_class or transformers.AutoModelForCausalLM
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_keyword = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    # Auto classes build with from_config; a model class itself with _from_config.
+    build = getattr(model_class, "from_config", None) or model_class._from_config
+    with _parameters_on_meta(torch):
+        model = build(config, **{dtype_keyword: dtype})
+    # hoist casts on the way in unless some module keeps its parameters in
+    # float32 whatever the model's dtype (load_into then casts each as it fills it).
+    keeps_fp32 = getattr(model, "_keep_in_fp32_modules", None) or getattr(model, "_keep_in_fp32_modules_strict", None)
+    if not keeps_fp32 and dtype in (torch.bfloat16, torch.float16, torch.float32):
+        kwargs.setdefault("dtype", dtype)
+    report = load_into(model, local, device=device, **kwargs)
+    # Parameters still on the meta device have no values: the checkpoint
+    # lacks them or holds another shape.
+    on_meta = {name for name, t in list(model.named_parameters(remove_duplicate=False)) +
+               list(model.named_buffers(remove_duplicate=False)) if t.device.type == "meta"}
+    unfilled = [n for n in report["missing"] + report["mismatched"] if n in on_meta]
+    unexpected = report["unexpected"] if strict else []
+    leftover = sorted(on_meta - set(unfilled))
+    if unfilled or unexpected or leftover:
+        parts = [f"{len(names)} {what} ({_some_names(names)})" for names, what in
+                 ((unfilled, "missing from the checkpoint or of another shape"),
+                  (unexpected, "unexpected (strict)"), (leftover, "left on the meta device")) if names]
+        error = ValueError(f"{local}: not what {type(model).__name__} expects: {'; '.join(parts)}")
+        error.report = report
+        raise error
+    # The buffers the model computed in __init__ (on the cpu) go where the
+    # parameters are; the parameters themselves do not move.
+    first = next(model.parameters(), None)
+    if first is not None:
+        model.to(first.device)
+    model.eval()
+    generation = os.path.join(config_dir, "generation_config.json")
+    if os.path.isfile(generation) and getattr(model, "generation_config", None) is not None:
+        try:
+            model.generation_config = transformers.GenerationConfig.from_pretrained(config_dir)
+        except (OSError, ValueError) as e:
+            report.setdefault("warnings", []).append(f"from_pretrained: {generation}: {e}")
+    return (model, report) if return_report else model
 
 
 # Model has the Mapping methods; registered rather than derived, so it keeps

@@ -538,6 +538,9 @@ NB_MODULE(_hoist, m) {
           "Starts, on a thread of its own, the devices a load of this checkpoint with this device or device_map "
           "(as load takes them) would use; the load waits for it first.");
   m.def(
+      "resolve_path", [](const std::string& path) { return Resolve(path); }, nb::arg("path"),
+      "The path a load of `path` reads: itself, or for \"org/name\" the Hugging Face cache's snapshot.");
+  m.def(
       "open_checkpoint",
       [](const std::string& path) {
         std::string resolved = Resolve(path);

@@ -188,3 +188,18 @@ def test_an_existing_directory_wins_over_the_cache(run_hoist, hoist_bin, cache, 
                           cwd=tmp_path, env={**os.environ, "HF_HUB_CACHE": str(cache)})
     ok(proc)
     assert [Path(f).parent for f in json.loads(proc.stdout)["files"]] == [Path("org/tiny")]
+
+
+def test_from_pretrained_builds_the_model_from_the_snapshots_config(cache, tmp_path, monkeypatch):
+    hoist = pytest.importorskip("hoist", reason="the hoist Python module is not built (PYTHONPATH=build/python)")
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    pytest.importorskip("transformers", reason="transformers is not installed")
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    model = hoist.from_pretrained("org/tiny", device="cpu")
+    want = load_file(str(Path(hub_snapshot(cache, "org/tiny", None)) / "model.safetensors"))
+    got = model.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[name], want[name]) for name in want)

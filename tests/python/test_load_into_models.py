@@ -1,4 +1,4 @@
-"""hoist.load_into against transformers' from_pretrained, model type by model type.
+"""hoist.load_into and hoist.from_pretrained against transformers' from_pretrained, model type by model type.
 
 transformers 5 renames and converts checkpoint tensors on load (experts
 merged, fused projections chunked or split, transposes), with one mapping
@@ -8,6 +8,8 @@ model with save_pretrained (which writes the checkpoint layout, conversions
 reversed), loads it back with from_pretrained (the reference) and with
 hoist.load_into into a differently seeded model, and requires the two to be
 equal tensor for tensor, with nothing missing, unexpected or mismatched.
+hoist.from_pretrained, which builds the model itself, must give the same
+tensors and buffers.
 
 Run: PYTHONPATH=build/python python3 -m pytest -q tests/python/test_load_into_models.py
 """
@@ -71,10 +73,15 @@ def _tiny_model(model_type: str, seed: int, meta: bool = False):
     return None
 
 
-def test_load_into_matches_from_pretrained_for_every_mapped_model(tmp_path):
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """Every mapped model type that builds at SMALL sizes, saved with
+    save_pretrained: [(model_type, directory, model class, what
+    from_pretrained loads back: its state_dict and every buffer)]."""
     transformers.logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    compared, failures, unbuilt = [], [], []
+    root = tmp_path_factory.mktemp("mapped")
+    saved_list, unbuilt = [], []
     for model_type in _mapped_model_types():
         try:
             shape = _tiny_model(model_type, 0, meta=True)
@@ -82,19 +89,50 @@ def test_load_into_matches_from_pretrained_for_every_mapped_model(tmp_path):
                 unbuilt.append(model_type)
                 continue
             saved = _tiny_model(model_type, 0)
-            saved.save_pretrained(tmp_path / model_type)
-            want = type(saved).from_pretrained(tmp_path / model_type).state_dict()
+            saved.save_pretrained(root / model_type)
+            reference = type(saved).from_pretrained(root / model_type)
         except Exception:  # configs that need more than generic sizes, or extra packages: not hoist's to judge
             unbuilt.append(model_type)
             continue
+        saved_list.append((model_type, root / model_type, type(saved), reference.state_dict(),
+                           dict(reference.named_buffers()), reference.dtype))
+    assert len(saved_list) >= MIN_COMPARED, (
+        f"only {len(saved_list)} model types built ({[s[0] for s in saved_list]}); {len(unbuilt)} did not: {unbuilt}")
+    return saved_list
+
+
+def _differ(want: dict, got: dict) -> list[str]:
+    return [n for n in want if n not in got or got[n].shape != want[n].shape or not torch.equal(got[n], want[n])]
+
+
+def test_load_into_matches_from_pretrained_for_every_mapped_model(saved_models):
+    failures = []
+    for model_type, path, _, want, _, _ in saved_models:
         module = _tiny_model(model_type, 1)
-        report = hoist.load_into(module, str(tmp_path / model_type))
-        got = module.state_dict()
-        differ = [n for n in want if n not in got or got[n].shape != want[n].shape or not torch.equal(got[n], want[n])]
+        report = hoist.load_into(module, str(path))
+        differ = _differ(want, module.state_dict())
         problems = {k: report[k] for k in ("missing", "unexpected", "mismatched") if report[k]}
         if differ or problems:
             failures.append(f"{model_type} ({type(module).__name__}): differ {differ[:3]} {problems}")
-        compared.append(model_type)
     assert not failures, "\n".join(failures)
-    assert len(compared) >= MIN_COMPARED, (
-        f"only {len(compared)} model types compared ({compared}); {len(unbuilt)} did not build: {unbuilt}")
+
+
+def test_hoist_from_pretrained_matches_transformers_for_every_mapped_model(saved_models):
+    """hoist.from_pretrained builds the model with its parameters on the meta
+    device and its buffers computed; every tensor, buffers the checkpoint
+    does not hold (rotary frequencies) included, must equal transformers'
+    own from_pretrained, in its dtype, in eval mode."""
+    failures = []
+    for model_type, path, model_class, want, want_buffers, dtype in saved_models:
+        try:
+            model = hoist.from_pretrained(str(path), device="cpu", model_class=model_class)
+        except Exception as e:
+            failures.append(f"{model_type}: {type(e).__name__}: {e}")
+            continue
+        got = model.state_dict()
+        differ = _differ(want, got) + [n for n in got if n not in want]
+        differ_buffers = _differ(want_buffers, dict(model.named_buffers()))
+        if differ or differ_buffers or model.dtype != dtype or model.training:
+            failures.append(f"{model_type} ({model_class.__name__}): differ {differ[:3]}, buffers {differ_buffers[:3]}, "
+                            f"dtype {model.dtype} (want {dtype}), training {model.training}")
+    assert not failures, "\n".join(failures)

@@ -1,0 +1,163 @@
+"""hoist.from_pretrained: a transformers model built on the meta device and
+filled by one hoist load, checked against transformers' own from_pretrained.
+
+Run: PYTHONPATH=build/python python3 -m pytest -q tests/python/test_from_pretrained.py
+(test_load_into_models.py runs it over every model type transformers maps.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from hoist_testlib import ok
+
+hoist = pytest.importorskip(
+    "hoist",
+    reason="the hoist Python module is not built (configure with Python development files and nanobind, "
+    "then run with PYTHONPATH=build/python)",
+)
+torch = pytest.importorskip("torch", reason="torch is not installed")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+st = pytest.importorskip("safetensors.torch", reason="safetensors is not installed")
+
+TOKENS = [[1, 5, 9, 200, 3, 77]]
+
+
+def _reference(path, **kwargs):
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    if "dtype" in kwargs and (major, minor) < (4, 56):
+        kwargs["torch_dtype"] = kwargs.pop("dtype")
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(torch.tensor(TOKENS)).logits
+
+
+@pytest.fixture(scope="module")
+def tied(tiny, tmp_path_factory):
+    """tiny-llama with tie_word_embeddings and no lm_head.weight in its file, as llama-3.2-1b is published."""
+    d = tmp_path_factory.mktemp("tied") / "m"
+    d.mkdir()
+    config = json.loads((tiny / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    (d / "config.json").write_text(json.dumps(config))
+    tensors = st.load_file(str(tiny / "model.safetensors"))
+    del tensors["lm_head.weight"]
+    st.save_file(tensors, str(d / "model.safetensors"))
+    return d
+
+
+def test_matches_transformers_tensor_for_tensor_and_in_its_logits(tiny):
+    model, report = hoist.from_pretrained(str(tiny), device="cpu", return_report=True)
+    reference = _reference(tiny)
+    assert type(model) is type(reference) and model.dtype == reference.dtype == torch.bfloat16
+    assert not model.training
+    want, got = reference.state_dict(), model.state_dict()
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    # Buffers the checkpoint does not hold (rotary frequencies) are computed as transformers computes them.
+    want_buffers = dict(reference.named_buffers())
+    assert want_buffers and dict(model.named_buffers()).keys() == want_buffers.keys()
+    for name, buffer in model.named_buffers():
+        assert buffer.device.type == "cpu" and torch.equal(buffer, want_buffers[name]), name
+    assert torch.equal(_logits(model), _logits(reference))
+    assert report["missing"] == report["unexpected"] == report["mismatched"] == []
+
+
+def test_parameters_are_the_loads_memory_not_copies(tiny):
+    """One reservation, and every parameter a view into it: nothing was copied after the load."""
+    model, report = hoist.from_pretrained(str(tiny), device="cpu", return_report=True)
+    assert report["devices"]["cpu"]["driver_allocs"] == 1
+    size = report["devices"]["cpu"]["bytes"]
+    starts = sorted(p.data_ptr() for p in model.parameters())
+    assert starts[-1] - starts[0] < size, "parameters lie further apart than the load's one reservation"
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_tied_embeddings_stay_one_tensor(tied):
+    model = hoist.from_pretrained(str(tied), device="cpu")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert torch.equal(_logits(model), _logits(_reference(tied)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, "f32", "float32"])
+def test_dtype_casts_as_transformers_does(tiny, dtype):
+    model, report = hoist.from_pretrained(str(tiny), device="cpu", dtype=dtype, return_report=True)
+    reference = _reference(tiny, dtype=torch.float32)
+    assert model.dtype == torch.float32
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    # The cast happened in the load, into its one reservation.
+    assert report["devices"]["cpu"]["driver_allocs"] == 1
+    assert {t["dtype"] for t in report["tensors"]} == {"F32"}
+
+
+def test_device_map_naming_one_device_is_that_device(tiny):
+    model = hoist.from_pretrained(str(tiny), device_map={"": "cpu"})
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    model = hoist.from_pretrained(str(tiny), device_map="cpu")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"device_map": "auto"}, "device_map='auto': from_pretrained puts the whole model on one device"),
+    ({"device_map": {"model": "cpu", "lm_head": "cpu"}},
+     "device_map={'model': 'cpu', 'lm_head': 'cpu'}: from_pretrained puts the whole model on one device"),
+    ({"device": "cpu", "device_map": {"": "cpu"}}, "give device or device_map, not both"),
+    ({"dtype": "int7"}, "dtype=torch.int7: expected a floating-point torch dtype"),
+    ({"dtype": "bogus"}, "dtype='bogus': expected a floating-point torch dtype"),
+])
+def test_arguments_it_cannot_honour_are_refused(tiny, kwargs, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        hoist.from_pretrained(str(tiny), **kwargs)
+
+
+def test_a_parameter_the_checkpoint_lacks_is_an_error_naming_it(tiny):
+    with pytest.raises(ValueError) as e:
+        hoist.from_pretrained(str(tiny), device="cpu", drop=r"^model\.norm\.weight$")
+    message = str(e.value)
+    assert message.startswith(f"{tiny}: not what LlamaForCausalLM expects: 1 missing from the checkpoint")
+    assert "'model.norm.weight'" in message
+    assert e.value.report["missing"] == ["model.norm.weight"]
+
+
+def test_unexpected_tensors_are_refused_only_when_strict(tiny, tmp_path):
+    d = tmp_path / "extra"
+    shutil.copytree(tiny, d)
+    tensors = st.load_file(str(d / "model.safetensors"))
+    tensors["model.extra.weight"] = torch.ones(4)
+    st.save_file(tensors, str(d / "model.safetensors"))
+    model, report = hoist.from_pretrained(str(d), device="cpu", return_report=True)
+    assert report["unexpected"] == ["model.extra.weight"]
+    assert torch.equal(_logits(model), _logits(_reference(tiny)))
+    with pytest.raises(ValueError, match=r"1 unexpected \(strict\) \('model.extra.weight'\)"):
+        hoist.from_pretrained(str(d), device="cpu", strict=True)
+
+
+def test_a_quantized_checkpoint_is_left_to_its_quantizer(tiny, tmp_path):
+    d = tmp_path / "quant"
+    shutil.copytree(tiny, d)
+    config = json.loads((d / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="needs its quantizer"):
+        hoist.from_pretrained(str(d), device="cpu")
+
+
+def test_a_file_path_takes_the_config_beside_it(tiny, run_hoist, tmp_path):
+    model = hoist.from_pretrained(str(tiny / "model.safetensors"), device="cpu")
+    assert torch.equal(_logits(model), _logits(_reference(tiny)))
+
+
+def test_generation_config_is_the_checkpoints(tiny, tmp_path):
+    d = tmp_path / "gen"
+    shutil.copytree(tiny, d)
+    (d / "generation_config.json").write_text(json.dumps({"max_new_tokens": 7, "do_sample": False}))
+    assert hoist.from_pretrained(str(d), device="cpu").generation_config.max_new_tokens == 7
