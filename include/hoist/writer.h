@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "hoist/dtype.h"
+#include "hoist/plan.h"
 #include "hoist/status.h"
 
 namespace hoist {
@@ -83,6 +84,12 @@ struct ConvertOptions {
   bool compat_hf_legacy = false;
   std::vector<std::string> drops;
   std::vector<std::pair<std::string, std::string>> renames;  // {regex, replacement}
+  // Tensor parallelism, as a load takes it (PlanOptions): only part
+  // shard->rank of each tensor a rule names is written, under its name, with
+  // the part's shape; the metadata gains "hoist.shard" (RANK/WORLD) and
+  // "hoist.split" (the rules, one REGEX=DIM a line).
+  std::optional<ShardSpec> shard;
+  std::vector<SplitRule> splits;
   WriteOptions write;
 };
 

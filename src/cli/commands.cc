@@ -441,6 +441,16 @@ int RunConvert(const ConvertArgs& args) {
     if (!rule.ok()) return Fail(rule.status());
     options.renames.push_back(*rule);
   }
+  if (!args.shard.empty()) {
+    Result<ShardSpec> rank = ParseShard(args.shard);
+    if (!rank.ok()) return Fail(rank.status());
+    options.shard = *rank;
+  }
+  for (const std::string& r : args.splits) {
+    Result<SplitRule> rule = ParseSplitRule(r);
+    if (!rule.ok()) return Fail(rule.status());
+    options.splits.push_back(*rule);
+  }
   options.write.max_shard_bytes = *shard;
   options.write.threads = args.threads;
   Result<WriteResult> written = ConvertCheckpoint(*cat, args.dst, options);

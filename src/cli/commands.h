@@ -35,6 +35,8 @@ struct ConvertArgs {
   std::string compat;
   std::string max_shard_size = "5GB";
   int threads = 0;
+  std::string shard;                // RANK/WORLD, or empty
+  std::vector<std::string> splits;  // REGEX=DIM
 };
 struct SynthArgs {
   std::string arch;

@@ -97,6 +97,11 @@ int main(int argc, char** argv) {
   c_convert->add_option("--max-shard-size", convert.max_shard_size, "Largest shard (5GB, 500MB, 2GiB)")
       ->capture_default_str();
   c_convert->add_option("--threads", convert.threads, "I/O threads")->check(CLI::Range(1, 1024));
+  c_convert->add_option("--shard", convert.shard,
+                        "RANK/WORLD: write part RANK of each tensor a --split rule names (one tensor-parallel rank)");
+  c_convert->add_option("--split", convert.splits,
+                        "REGEX=DIM: with --shard, the tensors to split along DIM (negative: from the last) into "
+                        "WORLD equal parts; first match wins (repeatable)");
 
   SynthArgs synth;
   std::string arch_help = "Architecture:";

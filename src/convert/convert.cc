@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <filesystem>
+#include <map>
+#include <string>
 
 #include "cast/cast.h"
 #include "hoist/catalog.h"
@@ -32,32 +34,48 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
   po.compat_hf_legacy = options.compat_hf_legacy;
   po.drops = options.drops;
   for (const auto& [pattern, replacement] : options.renames) po.renames.push_back({pattern, replacement});
+  po.shard = options.shard;
+  po.splits = options.splits;
   po.device = DeviceId::Cpu();
   HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(catalog, po));
-  std::vector<const TensorInfo*> selected;
+  std::vector<const PlannedTensor*> selected;
   std::vector<OutTensor> out;
   out.reserve(plan.tensors.size());
   for (const PlannedTensor& p : plan.tensors) {
-    selected.push_back(p.source);
-    out.push_back({p.name, p.dtype, p.source->shape, p.size_bytes});
+    selected.push_back(&p);
+    out.push_back({p.name, p.dtype, p.shape, p.size_bytes});  // a split tensor: its part's shape
   }
   std::vector<File> files;
   for (const CatalogFile& f : catalog.files()) {
     HOIST_ASSIGN_OR_RETURN(File file, File::OpenRead(f.path));
     files.push_back(std::move(file));
   }
+  // Bytes [at, at + size) of a planned tensor's stored bytes: one read per
+  // run they cross (a part split along an inner dimension is one run per
+  // outer index; anything else is one run).
+  auto read_stored = [&](const PlannedTensor& p, uint64_t at, uint64_t size, unsigned char* to) -> Status {
+    const File& file = files[p.source->file_index];
+    while (size > 0) {
+      const uint64_t run = at / p.run_bytes, within = at % p.run_bytes;
+      const uint64_t n = std::min(size, p.run_bytes - within);
+      HOIST_RETURN_IF_ERROR(file.ReadAt(p.file_offset_bytes + run * p.stride_bytes + within, to, n));
+      at += n;
+      to += n;
+      size -= n;
+    }
+    return Status::Ok();
+  };
   FillFn fill = [&](size_t index, uint64_t offset, uint64_t size, unsigned char* dst_bytes) -> Status {
-    const TensorInfo& src = *selected[index];
-    const File& file = files[src.file_index];
-    DType target = out[index].dtype;
-    if (target == src.dtype) return file.ReadAt(src.offset_bytes + offset, dst_bytes, size);
+    const PlannedTensor& p = *selected[index];
+    const DType stored = p.source->dtype, target = out[index].dtype;
+    if (target == stored) return read_stored(p, offset, size, dst_bytes);
     uint64_t out_elem = static_cast<uint64_t>(DTypeBits(target) / 8);
-    uint64_t src_elem = static_cast<uint64_t>(DTypeBits(src.dtype) / 8);
+    uint64_t src_elem = static_cast<uint64_t>(DTypeBits(stored) / 8);
     uint64_t first = offset / out_elem, count = size / out_elem;
     thread_local std::vector<unsigned char> scratch;
     scratch.resize(count * src_elem);
-    HOIST_RETURN_IF_ERROR(file.ReadAt(src.offset_bytes + first * src_elem, scratch.data(), scratch.size()));
-    CastFloats(src.dtype, scratch.data(), target, dst_bytes, count);
+    HOIST_RETURN_IF_ERROR(read_stored(p, first * src_elem, scratch.size(), scratch.data()));
+    CastFloats(stored, scratch.data(), target, dst_bytes, count);
     return Status::Ok();
   };
   WriteOptions write = options.write;
@@ -66,7 +84,15 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
     write.keep_files.push_back(f.path);
     write.keep_files.push_back((std::filesystem::path(f.path).parent_path() / kIndexFileName).string());
   }
-  HOIST_ASSIGN_OR_RETURN(WriteResult result, WriteCheckpoint(dst, out, catalog.metadata(), write, fill));
+  // One rank's part says so, beside the source's own metadata.
+  std::map<std::string, std::string> metadata = catalog.metadata();
+  if (options.shard) {
+    metadata["hoist.shard"] = std::to_string(options.shard->rank) + "/" + std::to_string(options.shard->world);
+    std::string rules;
+    for (const SplitRule& r : options.splits) rules += (rules.empty() ? "" : "\n") + r.pattern + "=" + std::to_string(r.dim);
+    metadata["hoist.split"] = rules;
+  }
+  HOIST_ASSIGN_OR_RETURN(WriteResult result, WriteCheckpoint(dst, out, metadata, write, fill));
   result.warnings = std::move(plan.warnings);
   return result;
 }

@@ -1,5 +1,6 @@
 #include "hoist/writer.h"
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -215,6 +216,63 @@ TEST(WriterTest, ConvertCastsAndKeepsMetadata) {
   auto values = back->Find("f")->as<float>();
   ASSERT_EQ(values.size(), 1000u);
   for (size_t e = 0; e < values.size(); ++e) EXPECT_EQ(values[e], static_cast<float>(e % 64) * 0.25f - 7.0f) << e;
+}
+
+// One rank's part of a matrix split along its columns is one run per row;
+// pieces of 24 bytes cut the runs (40 bytes as I16, 80 as F32) anywhere.
+TEST(WriterTest, ConvertWritesOneRanksPartThroughPiecesThatCutItsRuns) {
+  testing::TempDir dir;
+  constexpr uint64_t kRows = 7, kCols = 60;
+  std::vector<OutTensor> tensors = {{"w", DType::kI16, {kRows, kCols}, kRows * kCols * 2},
+                                    {"f", DType::kBF16, {kRows, kCols}, kRows * kCols * 2},
+                                    {"n", DType::kF32, {3}, 12}};
+  auto value = [](size_t tensor, uint64_t row, uint64_t col) {
+    return static_cast<uint16_t>(tensor == 0 ? row * 1000 + col : 0x3f80 + (row * kCols + col) % 128);
+  };
+  FillFn fill = [&](size_t index, uint64_t offset, uint64_t size, unsigned char* out) {
+    for (uint64_t k = 0; k < size; ++k) {
+      const uint64_t at = offset + k, e = at / 2;
+      const uint16_t v = index < 2 ? value(index, e / kCols, e % kCols) : static_cast<uint16_t>(e);
+      out[k] = static_cast<unsigned char>(at % 2 == 0 ? v & 0xff : v >> 8);
+    }
+    return Status::Ok();
+  };
+  ASSERT_TRUE(WriteCheckpoint(dir / "src.safetensors", tensors, {{"format", "pt"}}, {}, fill).ok());
+  Result<Catalog> src = OpenCatalog(dir / "src.safetensors");
+  ASSERT_TRUE(src.ok());
+  for (bool cast : {false, true}) {
+    for (int rank = 0; rank < 3; ++rank) {
+      ConvertOptions co;
+      co.shard = ShardSpec{rank, 3};
+      co.splits = {{"^[wf]$", -1}};
+      if (cast) co.cast_to = DType::kF32;
+      co.write.piece_bytes = 24;
+      const std::string out = dir / ("rank" + std::to_string(rank) + (cast ? "-f32" : "") + ".safetensors");
+      Result<WriteResult> written = ConvertCheckpoint(*src, out, co);
+      ASSERT_TRUE(written.ok()) << written.status().message();
+      Result<Catalog> part = OpenCatalog(out);
+      ASSERT_TRUE(part.ok()) << part.status().message();
+      EXPECT_EQ(part->metadata().at("hoist.shard"), std::to_string(rank) + "/3");
+      EXPECT_EQ(part->metadata().at("hoist.split"), "^[wf]$=-1");
+      EXPECT_EQ(part->metadata().at("format"), "pt");
+      ASSERT_EQ(part->Find("w")->shape, (std::vector<uint64_t>{kRows, kCols / 3}));
+      EXPECT_EQ(part->Find("n")->shape, std::vector<uint64_t>{3});
+      Result<LoadedModel> back = LoadToHost(*part, {});
+      ASSERT_TRUE(back.ok()) << back.status().message();
+      auto w = back->Find("w")->as<int16_t>();
+      ASSERT_EQ(w.size(), kRows * kCols / 3);
+      for (uint64_t row = 0; row < kRows; ++row) {
+        for (uint64_t c = 0; c < kCols / 3; ++c) {
+          const uint64_t col = rank * (kCols / 3) + c;
+          EXPECT_EQ(static_cast<uint16_t>(w[row * (kCols / 3) + c]), value(0, row, col)) << row << "," << col;
+          const unsigned char* f = back->Find("f")->data + (row * (kCols / 3) + c) * (cast ? 4 : 2);
+          uint32_t bits = 0;
+          std::memcpy(&bits, f, cast ? 4 : 2);
+          EXPECT_EQ(cast ? bits >> 16 : bits, value(1, row, col)) << row << "," << col;  // bf16 -> f32 is exact
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -376,7 +376,9 @@ TEST(HostLoaderTest, ShardLoadsEachPartByteExact) {
             const bool cast_here = cast && tensors[i].dtype == DType::kBF16;
             EXPECT_EQ(v->mapped, map && one_range && !cast_here && v->file_offset_bytes % std::min<uint64_t>(element, 8) == 0)
                 << v->name;
-            if (map && i == 2) EXPECT_TRUE(v->mapped);  // an I8 part is aligned wherever it starts
+            if (map && i == 2) {
+              EXPECT_TRUE(v->mapped);  // an I8 part is aligned wherever it starts
+            }
           }
           EXPECT_EQ(model->stats().bytes_read, stored);
         }

@@ -125,11 +125,53 @@ def test_cli_report_plan_and_bytes_read(run_hoist, tiny, tmp_path):
         (["--shard", "0/2", "--split", "q_proj"], "--split 'q_proj': expected REGEX=DIM"),
     ],
 )
-def test_bad_shard_flags_exit_2_with_one_line(run_hoist, tiny, flags, message):
-    for command in ("load", "plan"):
-        proc = run_hoist(command, "--device", "cpu", *flags, tiny / "model.safetensors")
+def test_bad_shard_flags_exit_2_with_one_line(run_hoist, tiny, flags, message, tmp_path):
+    for command in ("load", "plan", "convert"):
+        out = [tmp_path / "out"] if command == "convert" else []
+        device = ["--device", "cpu"] if command != "convert" else []
+        proc = run_hoist(command, *device, *flags, tiny / "model.safetensors", *out)
         assert proc.returncode == 2, proc.stderr
         assert message in stderr_error_line(proc)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("world,dtype", [(2, None), (4, "f32")])
+def test_convert_writes_each_ranks_part_as_a_checkpoint(run_hoist, torch, safe_open, tiny, tmp_path, world, dtype):
+    """`hoist convert --shard R/W --split ...` writes what rank R loads: every
+    tensor a rule names as its part (safetensors' own slice of it), the rest
+    whole, readable by safetensors, and loading it gives what a load of the
+    whole checkpoint with --shard gives."""
+    rules = [arg for pattern, dim in LLAMA_SPLIT.items() for arg in ("--split", f"{pattern}={dim}")]
+    cast = ["--dtype", dtype] if dtype else []
+    pieces = {}
+    with safe_open(str(tiny / "model.safetensors"), "pt") as whole_file:
+        for rank in range(world):
+            out = tmp_path / f"rank{rank}"
+            ok(run_hoist("convert", tiny, out, "--shard", f"{rank}/{world}", *rules, *cast))
+            assert json.loads((out / "config.json").read_text()) == json.loads((tiny / "config.json").read_text()) | (
+                {"torch_dtype": "float32"} if dtype else {})
+            loaded = hoist.load(tiny, device="cpu", shard=(rank, world), split=LLAMA_SPLIT, dtype=dtype,
+                                config_ties=False)
+            with safe_open(str(out / "model.safetensors"), "pt") as part_file:
+                assert part_file.metadata()["hoist.shard"] == f"{rank}/{world}"
+                assert part_file.metadata()["hoist.split"].split("\n") == [f"{p}={d}" for p, d in LLAMA_SPLIT.items()]
+                assert sorted(part_file.keys()) == sorted(whole_file.keys())
+                for name in whole_file.keys():
+                    got = part_file.get_tensor(name)
+                    info = loaded.info(name)
+                    want = whole_file.get_tensor(name)
+                    if info["slice"] is not None:
+                        index = [slice(None)] * want.dim()
+                        index[info["slice"]["dim"]] = slice(info["slice"]["start"], info["slice"]["stop"])
+                        want = whole_file.get_slice(name)[tuple(index)]
+                        pieces.setdefault(name, []).append(got)
+                    assert torch.equal(got, want.float() if dtype else want), name
+                    assert torch.equal(got, _torch_tensor(torch, loaded, name, got)), name
+        # The ranks' parts put back the whole tensor.
+        for name, parts in pieces.items():
+            want = whole_file.get_tensor(name)
+            dim = 0 if "o_proj" not in name and "down_proj" not in name else want.dim() - 1
+            assert torch.equal(torch.cat(parts, dim), want.float() if dtype else want), name
 
 
 def test_load_into_a_tensor_parallel_module(torch, tmp_path):
