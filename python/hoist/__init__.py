@@ -20,7 +20,10 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import json
+import operator
 import os
+import re
+import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import _hoist
@@ -79,8 +82,10 @@ def _device_text(device: Any) -> str:
         return ""
     if isinstance(device, bool):  # an int to Python, never a device
         raise ValueError(f"device={device!r}: expected 'cpu', 'cuda', 'cuda:N', N or a torch.device")
-    if isinstance(device, int):
-        return f"cuda:{device}"
+    if _whole(device) is not None:
+        if _whole(device) < 0:
+            raise ValueError(f"device={device!r}: expected 'cpu', 'cuda', 'cuda:N', N >= 0 or a torch.device")
+        return f"cuda:{_whole(device)}"
     text = str(device)
     return "cuda:0" if text == "cuda" else text
 
@@ -92,22 +97,36 @@ def _max_memory_text(max_memory: Union[None, str, Mapping[Any, Any]]) -> str:
         return max_memory
     parts = []
     for key, value in max_memory.items():
-        size = f"{value}" if isinstance(value, str) else f"{int(value)}"
+        size = _size_text(f"max_memory[{key!r}]", value)
         parts.append(f"{key}={size}")
     return ",".join(parts)
 
 
+def _whole(value: Any) -> Optional[int]:
+    """An integer, numpy's included (operator.index), but not a bool; else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _size_text(name: str, value: Union[str, int]) -> str:
     """A size keyword: "16MiB", "5GB", or a number of bytes."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if isinstance(value, str):
+        return value
+    number = _whole(value)
+    if number is None:
         raise ValueError(f"{name}={value!r}: expected a number of bytes or a size such as '16MiB'")
-    return str(value)
+    return str(number)
 
 
 def _count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    number = _whole(value)
+    if number is None:
         raise ValueError(f"{name}={value!r}: expected a whole number")
-    return value
+    return number
 
 
 def _shard_text(shard: Optional[Sequence[int]]) -> str:
@@ -119,7 +138,8 @@ def _shard_text(shard: Optional[Sequence[int]]) -> str:
         rank, world = shard
     except (TypeError, ValueError):
         raise ValueError(f"shard={shard!r}: expected (rank, world)") from None
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (rank, world)):
+    rank, world = _whole(rank), _whole(world)
+    if rank is None or world is None:
         raise ValueError(f"shard={shard!r}: expected (rank, world), two whole numbers")
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"shard={shard!r}: expected 0 <= rank < world")
@@ -133,9 +153,9 @@ def _split_rules(split: Optional[Mapping[str, int]]) -> List[str]:
         raise ValueError(f"split={split!r}: expected {{regex: dim}}")
     rules = []
     for pattern, dim in split.items():
-        if not isinstance(pattern, str) or isinstance(dim, bool) or not isinstance(dim, int):
+        if not isinstance(pattern, str) or _whole(dim) is None:
             raise ValueError(f"split={{{pattern!r}: {dim!r}}}: expected {{regex: dim}}, a dimension as a whole number")
-        rules.append(f"{pattern}={dim}")
+        rules.append(f"{pattern}={_whole(dim)}")
     return rules
 
 
@@ -575,22 +595,28 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
             # meta one under every name that shares it (as
             # load_state_dict(assign=True) does), keeping ties.
             value = loaded.to(dtype=target.dtype, copy=not take)
+            shares_the_load = value.data_ptr() == loaded.data_ptr()
             if isinstance(target, torch.nn.Parameter):
                 value = torch.nn.Parameter(value, requires_grad=target.requires_grad)
+            (aliased if shares_the_load else copied).append(value)
             for n in names:
                 owner_name, _, attr = n.rpartition(".")
                 owner = module.get_submodule(owner_name) if owner_name else module
                 setattr(owner, attr, value)
         elif take and loaded.dtype == target.dtype and loaded.device == target.device:
             target.data = loaded  # zero-copy; every tied name shares this one tensor object
+            aliased.append(target)
         else:
             target.data.copy_(loaded)
+            copied.append(target)
 
     # Where anything is converted, every parameter is copied (converted
     # tensors are copies already, unless they are views of what was read):
     # a parameter that took the load's memory zero-copy would keep the
     # whole reservation, and every tensor in it, alive beside them.
     converting = bool(conv.groups)
+    aliased: List[Any] = []  # module tensors that are the load's memory
+    copied: List[Any] = []   # module tensors with memory of their own
     try:
         with torch.no_grad():
             for names in ties.values():  # tie groups in module order: the first name with a source fills it
@@ -608,8 +634,21 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
                     if name in tie_of:
                         fill(name, value, take=not is_view)
                 del made
+        # A module tensor left in the load's memory keeps the whole
+        # reservation alive; where others were copies anyway (a cast, another
+        # device), that would hold twice the model: those become copies too.
+        if aliased and copied:
+            for tensor in aliased:
+                tensor.data = tensor.data.clone()
     finally:
         conv.release()
+    # Buffers no checkpoint holds (rotary frequencies) have no values on the
+    # meta device: a module built under torch.device("meta") cannot run.
+    unset = [n for n, b in module.named_buffers(remove_duplicate=False) if b.device.type == "meta" and n not in filled]
+    if unset:
+        warnings.append(f"load_into: {len(unset)} buffers are still on the meta device, with no values "
+                        f"({_some_names(unset)}): build the module with its parameters alone on meta, "
+                        "or use hoist.from_pretrained")
     report["warnings"] = list(report.get("warnings", [])) + warnings
     # Names the module ties to a loaded tensor are not missing.
     report["missing"] = [n for n in state if n not in filled and n not in mismatched]
@@ -628,28 +667,34 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
     return report
 
 
+_META_BUILD = threading.Lock()  # one model built on meta at a time
+
+
 @contextlib.contextmanager
 def _parameters_on_meta(torch):
-    """Parameters made while this runs are moved to the meta device as they
-    are registered, before the module initializes them: no memory and no
-    random initialization. Buffers are made for real, so those a model
-    computes in __init__ and never saves (rotary frequencies) hold their
-    values. (accelerate's init_empty_weights does the same; it patches
-    torch.nn.Module for every thread while it runs.)"""
-    register = torch.nn.Module.register_parameter
+    """Parameters this thread makes while this runs are moved to the meta
+    device as they are registered, before the module initializes them: no
+    memory and no random initialization. Buffers are made for real, so those
+    a model computes in __init__ and never saves (rotary frequencies) hold
+    their values. (accelerate's init_empty_weights does the same.) The patch
+    of torch.nn.Module is process-wide while it lasts, so builds take turns
+    and other threads' modules are left alone."""
+    with _META_BUILD:
+        register = torch.nn.Module.register_parameter
+        builder = threading.get_ident()
 
-    def on_meta(module, name, param):
-        register(module, name, param)
-        if param is not None and param.device.type != "meta":
-            meta = type(param)(param.to("meta"), requires_grad=param.requires_grad)
-            meta.__dict__.update(param.__dict__)
-            module._parameters[name] = meta
+        def on_meta(module, name, param):
+            register(module, name, param)
+            if param is not None and param.device.type != "meta" and threading.get_ident() == builder:
+                meta = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+                meta.__dict__.update(param.__dict__)
+                module._parameters[name] = meta
 
-    torch.nn.Module.register_parameter = on_meta
-    try:
-        yield
-    finally:
-        torch.nn.Module.register_parameter = register
+        torch.nn.Module.register_parameter = on_meta
+        try:
+            yield
+        finally:
+            torch.nn.Module.register_parameter = register
 
 
 def _one_device(device: Any, device_map: Any) -> Any:
@@ -683,13 +728,15 @@ def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: An
     (renames, merged experts) applies as in load_into.
 
     device: one device for the whole model, as hoist.load takes it (default
-        cuda:0 when a GPU is present, else cpu); device_map may name it as
+        cuda:0 when torch sees a GPU, else cpu); device_map may name it as
         {"": device} or "cuda:0". Spreading a model over several devices is
         load_into's business.
     dtype: the model's dtype (a torch dtype or "bf16", "f16", "f32"); default
-        the config's dtype, else torch's default (float32). Where the model
-        keeps no module in float32 of its own accord, hoist casts while it
-        loads; otherwise each parameter is cast as it is filled.
+        as transformers' "auto": the config's dtype, else the checkpoint's
+        first floating-point dtype. Modules transformers keeps in float32
+        (_keep_in_fp32_modules) stay float32. Where every parameter has the
+        model's dtype, hoist casts while it loads; otherwise each parameter is
+        cast from the stored values as it is filled.
     model_class: default transformers.AutoModelForCausalLM (AutoModel for
         checkpoints with no causal-LM head works too); config: a config to
         use instead of the checkpoint's config.json.
@@ -703,15 +750,23 @@ def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: An
     import transformers
 
     device = _one_device(device, device_map)
+    if device is None:  # as hoist.load chooses: the first GPU where there is one
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
     local = _hoist.resolve_path(_path_text(path))
+    if not os.path.exists(local):
+        raise FileNotFoundError(f"{local}: no such file or directory")
     config_dir = local if os.path.isdir(local) else os.path.dirname(local) or "."
     if config is None:
         config = transformers.AutoConfig.from_pretrained(config_dir)
     if getattr(config, "quantization_config", None):
         raise ValueError(f"{local}: a quantized checkpoint (quantization_config in its config) needs its quantizer: "
                          "load it with transformers' from_pretrained")
+    if dtype is None:  # transformers' "auto": the config's, else the checkpoint's first floating-point dtype
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if dtype is None:
-        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.get_default_dtype()
+        stored = [d for d in _hoist.open_checkpoint(local).dtypes() if d in ("BF16", "F16", "F32", "F64")]
+        dtype = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}[stored[0]] if stored else None
+    dtype = dtype or torch.get_default_dtype()
     if isinstance(dtype, str):
         names = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
         dtype = getattr(torch, names.get(dtype, dtype), dtype)
@@ -722,12 +777,39 @@ def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: An
     dtype_keyword = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
     # Auto classes build with from_config; a model class itself with _from_config.
     build = getattr(model_class, "from_config", None) or model_class._from_config
-    with _parameters_on_meta(torch):
-        model = build(config, **{dtype_keyword: dtype})
-    # hoist casts on the way in unless some module keeps its parameters in
-    # float32 whatever the model's dtype (load_into then casts each as it fills it).
-    keeps_fp32 = getattr(model, "_keep_in_fp32_modules", None) or getattr(model, "_keep_in_fp32_modules_strict", None)
-    if not keeps_fp32 and dtype in (torch.bfloat16, torch.float16, torch.float32):
+    try:
+        with _parameters_on_meta(torch):
+            model = build(config, **{dtype_keyword: dtype})
+    except (RuntimeError, TypeError, NotImplementedError) as e:
+        raise ValueError(f"{local}: building {getattr(model_class, '__name__', model_class)} with its parameters on the "
+                         f"meta device failed ({type(e).__name__}: {e}); build the module yourself and fill it with "
+                         "hoist.load_into") from e
+    # Modules transformers keeps in float32 whatever the model's dtype
+    # (_keep_in_fp32_modules for float16, _strict ones for bfloat16 too), as
+    # its from_pretrained applies them while it loads.
+    plan = model._get_dtype_plan(dtype) if hasattr(model, "_get_dtype_plan") else {}
+    if plan:
+        policy = re.compile("|".join(f"(?P<g{i}>{glob.replace('*', '.*')})" for i, glob in enumerate(plan)))
+        wanted = list(plan.values())
+        replaced: Dict[int, Any] = {}  # id of a tensor -> its meta replacement, so tied names stay one tensor
+        for kind, named in (("_parameters", model.named_parameters(remove_duplicate=False)),
+                            ("_buffers", model.named_buffers(remove_duplicate=False))):
+            for name, tensor in list(named):
+                found = policy.search(name)
+                if found is None or not tensor.is_floating_point():
+                    continue
+                if id(tensor) not in replaced:
+                    new = tensor.detach().to(wanted[int(found.lastgroup[1:])])  # a computed buffer keeps its values
+                    if isinstance(tensor, torch.nn.Parameter):
+                        new = torch.nn.Parameter(new, requires_grad=tensor.requires_grad)
+                    replaced[id(tensor)] = new
+                owner_name, _, attr = name.rpartition(".")
+                getattr(model.get_submodule(owner_name) if owner_name else model, kind)[attr] = replaced[id(tensor)]
+    # hoist casts on the way in where every floating-point parameter has the
+    # model's dtype; otherwise each is cast from the stored values as it is
+    # filled (a float32 module must not get values rounded to float16 first).
+    floats = [t for t in model.parameters() if t.is_floating_point()]
+    if dtype in (torch.bfloat16, torch.float16, torch.float32) and all(t.dtype == dtype for t in floats):
         kwargs.setdefault("dtype", dtype)
     report = load_into(model, local, device=device, **kwargs)
     # Parameters still on the meta device have no values: the checkpoint

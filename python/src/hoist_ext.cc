@@ -521,6 +521,14 @@ NB_MODULE(_hoist, m) {
 
   nb::class_<Checkpoint>(m, "Checkpoint")
       .def(
+          "dtypes",
+          [](const Checkpoint& c) {
+            std::vector<std::string> out;
+            for (const TensorInfo& t : c.Get().tensors()) out.emplace_back(DTypeName(t.dtype));
+            return out;
+          },
+          "Each tensor's stored dtype (BF16, F32, ...), in the catalogue's order.")
+      .def(
           "start_devices",
           [](Checkpoint& c, const std::string& device, const std::string& device_map) {
             PlanRequest r;

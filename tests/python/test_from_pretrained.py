@@ -161,3 +161,109 @@ def test_generation_config_is_the_checkpoints(tiny, tmp_path):
     shutil.copytree(tiny, d)
     (d / "generation_config.json").write_text(json.dumps({"max_new_tokens": 7, "do_sample": False}))
     assert hoist.from_pretrained(str(d), device="cpu").generation_config.max_new_tokens == 7
+
+
+def test_without_a_dtype_in_the_config_the_checkpoints_dtype_is_the_models(tiny, tmp_path):
+    """transformers' "auto": a bf16 checkpoint whose config names no dtype gives a bf16 model."""
+    d = tmp_path / "nodtype"
+    shutil.copytree(tiny, d)
+    config = json.loads((d / "config.json").read_text())
+    for key in ("torch_dtype", "dtype"):
+        config.pop(key, None)
+    (d / "config.json").write_text(json.dumps(config))
+    model = hoist.from_pretrained(str(d), device="cpu")
+    reference = _reference(d)
+    assert model.dtype == reference.dtype == torch.bfloat16
+    assert torch.equal(_logits(model), _logits(reference))
+
+
+def test_device_none_asks_for_the_first_gpu_where_torch_sees_one(tiny, monkeypatch):
+    asked = []
+    real = hoist.load_into
+
+    def spy(module, path, device=None, **kwargs):
+        asked.append(device)
+        return real(module, path, device="cpu", **kwargs)
+
+    monkeypatch.setattr(hoist, "load_into", spy)
+    hoist.from_pretrained(str(tiny))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    hoist.from_pretrained(str(tiny))
+    assert asked == ["cpu", "cuda:0"]
+
+
+def test_a_path_that_does_not_exist_is_file_not_found(tiny):
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        hoist.from_pretrained(str(tiny / "nothing-here"), device="cpu")
+
+
+def test_builds_in_threads_take_turns_and_leave_torch_as_it_was(tiny):
+    """The meta patch of torch.nn.Module lasts one build, moves only the
+    building thread's parameters, and is put back however builds interleave."""
+    import threading
+
+    register = torch.nn.Module.register_parameter
+    errors, linears = [], []
+    stop = threading.Event()
+
+    def build():
+        try:
+            for _ in range(3):
+                assert torch.equal(_logits(hoist.from_pretrained(str(tiny), device="cpu")), want)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    def bystander():
+        while not stop.is_set():
+            linears.append(torch.nn.Linear(2, 2).weight.device.type)
+
+    want = _logits(_reference(tiny))
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    other = threading.Thread(target=bystander)
+    other.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    other.join()
+    assert not errors, errors
+    assert torch.nn.Module.register_parameter is register
+    assert linears and set(linears) == {"cpu"}, "another thread's module got meta parameters"
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"
+
+
+def test_a_module_kept_in_float32_gets_the_stored_values_and_nothing_keeps_the_load(tiny_f32_dir, monkeypatch):
+    """An f32 checkpoint into a float16 model one of whose modules stays
+    float32: that module's weight is the stored values (not rounded through
+    float16), and no parameter is left in the load's memory (which would keep
+    the whole reservation alive beside the copies)."""
+    loaded_at = set()
+    real = hoist._to_torch
+
+    def spy(model, name):
+        tensor = real(model, name)
+        loaded_at.add(tensor.data_ptr())
+        return tensor
+
+    monkeypatch.setattr(hoist, "_to_torch", spy)
+
+    class Norm32(transformers.LlamaForCausalLM):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model.norm.float()
+
+    model = hoist.from_pretrained(str(tiny_f32_dir), device="cpu", dtype=torch.float16, model_class=Norm32)
+    stored = st.load_file(str(tiny_f32_dir / "model.safetensors"))
+    assert model.model.norm.weight.dtype == torch.float32
+    assert torch.equal(model.model.norm.weight, stored["model.norm.weight"])
+    assert model.lm_head.weight.dtype == torch.float16
+    assert torch.equal(model.lm_head.weight, stored["lm_head.weight"].half())
+    assert loaded_at and not loaded_at & {p.data_ptr() for p in model.parameters()}
+
+
+@pytest.fixture(scope="module")
+def tiny_f32_dir(run_hoist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("f32") / "m"
+    ok(run_hoist("synth", "--arch", "tiny-llama", "--dtype", "f32", "-q", out))
+    return out

@@ -904,6 +904,16 @@ def test_sizes_may_be_given_in_bytes(tiny):
     assert model.report["staging"]["chunk_bytes"] == 8192
 
 
+def test_numpy_integers_are_whole_numbers(np, tiny):
+    model = hoist.load(str(tiny), device="cpu", chunk_size=np.int64(8192), threads=np.int32(2),
+                       max_memory={"cpu": np.int64(10**9)}, shard=(np.int64(1), np.int64(2)),
+                       split={r"q_proj": np.int64(0)})
+    assert model.report["staging"]["chunk_bytes"] == 8192 and model.report["threads"] == 2
+    assert model.info("model.layers.0.self_attn.q_proj.weight")["slice"]["start"] > 0
+    with pytest.raises(ValueError, match=r"^device=-1: expected"):
+        hoist.load(str(tiny), device=-1)
+
+
 def test_bad_torch_dtype_is_value_error(torch, tiny):
     with pytest.raises(ValueError, match="float8_e4m3fn"):
         hoist.load(str(tiny), dtype=torch.float8_e4m3fn)
@@ -1130,6 +1140,8 @@ def test_load_into_meta_module_loads_or_raises(torch, st, transformers, tiny):
     for name, t in module.state_dict().items():
         assert t.device.type == "cpu", f"{name}: still on {t.device} after load_into reported nothing missing"
         assert torch.equal(t, want[name])
+    # The rotary frequencies, computed in __init__ and never saved, have no values on meta: said, not hidden.
+    assert any("buffers are still on the meta device" in w and "rotary_emb.inv_freq" in w for w in report["warnings"])
 
 
 def _assert_loaded_clean(torch, saved, loaded, report) -> None:
