@@ -34,6 +34,7 @@
 #include "format/safetensors.h"
 #include "hoist/catalog.h"
 #include "plan/device_map.h"
+#include "util/text.h"
 
 namespace nb = nanobind;
 
@@ -46,51 +47,6 @@ struct StatusError : std::exception {
   const char* what() const noexcept override { return status.message().c_str(); }
   Status status;
 };
-
-// The core names options as `hoist load` spells them (--device-map); a
-// Python caller passed keyword arguments (device_map=). Errors and warnings
-// that reach Python name the keyword. Phrases that show the command line's
-// syntax go first; then each flag that is also a keyword of hoist.load, where
-// it stands as a word of its own (not inside a path such as /a--dtype/b).
-std::string PythonSpelling(std::string text) {
-  static constexpr std::pair<std::string_view, std::string_view> kPhrases[] = {
-      {"--split needs --shard RANK/WORLD", "split needs shard=(rank, world)"},
-      {"--split rules naming the tensors to split (REGEX=DIM)", "split={regex: dim} naming the tensors to split"},
-      {"--device-map auto --max-memory 0=...,cpu=...", "device_map=\"auto\", max_memory={0: ..., \"cpu\": ...}"},
-      {"--max-memory disk=SIZE", "max_memory={\"disk\": size}"},
-      {"--dtype bf16", "dtype=\"bf16\""},
-      {"--staging-buffers N", "staging_buffers=N"},
-      {"--no-config-ties", "config_ties=False"},
-      {"--no-pipeline", "pipeline=False"},
-  };
-  static constexpr std::string_view kKeywords[] = {
-      "alloc",  "chunk-size", "compat", "device", "device-map", "direct", "drop",  "dtype", "expect",  "io",
-      "margin", "max-memory", "mmap",   "only",   "rename",     "shard",  "split", "strict", "threads", "tie",
-      "staging-buffers"};
-  for (const auto& [from, to] : kPhrases) {
-    for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) {
-      text.replace(at, from.size(), to);
-    }
-  }
-  auto word_char = [](char c) { return (c >= 'a' && c <= 'z') || c == '-' || c == '_' || (c >= '0' && c <= '9'); };
-  std::string out;
-  out.reserve(text.size());
-  for (size_t i = 0; i < text.size();) {
-    const bool starts_word = i == 0 || text[i - 1] == ' ' || text[i - 1] == '(' || text[i - 1] == ',';
-    if (starts_word && text.compare(i, 2, "--") == 0) {
-      size_t end = i + 2;
-      while (end < text.size() && word_char(text[end])) ++end;
-      const std::string_view flag(text.data() + i + 2, end - i - 2);
-      if (std::find(std::begin(kKeywords), std::end(kKeywords), flag) != std::end(kKeywords)) {
-        for (char c : flag) out += c == '-' ? '_' : c;
-        i = end;
-        continue;
-      }
-    }
-    out += text[i++];
-  }
-  return out;
-}
 
 template <typename T>
 T Unwrap(Result<T> r) {
@@ -349,11 +305,7 @@ class Model {
     if (v == nullptr) throw nb::key_error(name.c_str());
     return *v;
   }
-  std::string report_json() const {
-    nlohmann::ordered_json report = ReportJson(*session_);
-    for (auto& warning : report["warnings"]) warning = PythonSpelling(warning.get<std::string>());
-    return report.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  }
+  std::string report_json() const { return ReportJson(*session_).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
 
  private:
   std::unique_ptr<LoadSession> session_;
@@ -479,6 +431,9 @@ nb::object Tensor(nb::handle self, const std::string& name) {
 NB_MODULE(_hoist, m) {
   using namespace hoist;
   m.doc() = "hoist: load model checkpoints at the speed of the hardware (C++ core)";
+  // Messages name hoist.load's keyword arguments (device_map), not the
+  // command's flags (--device-map).
+  SetOptionStyle(OptionStyle::kKeywords);
   // Before Python starts to shut down: loads in progress are cancelled and
   // waited for. A forked child starts with no loads (and a lock of its own).
   nb::module_::import_("atexit").attr("register")(nb::cpp_function([] { AtExit(); }));
@@ -503,7 +458,7 @@ NB_MODULE(_hoist, m) {
         case StatusCode::kOutOfMemory: type = PyExc_MemoryError; break;
         default: break;
       }
-      PyErr_SetString(type, PythonSpelling(e.status.message()).c_str());
+      PyErr_SetString(type, e.status.message().c_str());
     }
   });
 

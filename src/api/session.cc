@@ -28,7 +28,7 @@ Status CheckFlags(const PlanRequest& a) {
   HOIST_RETURN_IF_ERROR(ParseCompat(a.compat).status());
   HOIST_RETURN_IF_ERROR(ParseDtypeFlag(a.dtype).status());
   if (a.strict && a.expect_file.empty() && a.expect_json.empty()) {
-    return InvalidArgument("strict checks a load against expected names (--expect), and none were given");
+    return InvalidArgument("strict checks a load against expected names (" + Opt("--expect") + "), and none were given");
   }
   return Status::Ok();
 }
@@ -36,7 +36,7 @@ Status CheckFlags(const PlanRequest& a) {
 }  // namespace
 
 Result<bool> ParseCompat(const std::string& text) {
-  if (!text.empty() && text != "hf-legacy") return InvalidArgument("--compat " + QuoteName(text) + ": the only mode is hf-legacy");
+  if (!text.empty() && text != "hf-legacy") return InvalidArgument(Opt("--compat") + " " + QuoteName(text) + ": the only mode is hf-legacy");
   return text == "hf-legacy";
 }
 
@@ -96,7 +96,7 @@ DeviceRegistry MakeRegistryFor(const PlanRequest& request, std::string* warning)
 Result<std::optional<DType>> ParseDtypeFlag(const std::string& text) {
   if (text.empty()) return std::optional<DType>();
   auto d = ParseCastTarget(text);
-  if (!d) return InvalidArgument("--dtype " + QuoteName(text) + ": expected bf16, f16 or f32");
+  if (!d) return InvalidArgument(Opt("--dtype") + " " + QuoteName(text) + ": expected bf16, f16 or f32");
   return std::optional<DType>(*d);
 }
 
@@ -119,14 +119,14 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   HOIST_RETURN_IF_ERROR(CheckFlags(a));
   HOIST_ASSIGN_OR_RETURN(o.compat_hf_legacy, ParseCompat(a.compat));
   for (const std::string& r : a.renames) {
-    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--rename", r));
+    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment(Opt("--rename"), r));
     o.renames.push_back({kv.first, kv.second});
   }
   if (!a.no_config_ties) {
     HOIST_ASSIGN_OR_RETURN(o.tie_word_embeddings, ConfigTiesWordEmbeddings(a.path));
   }
   for (const std::string& t : a.ties) {
-    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--tie", t));
+    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment(Opt("--tie"), t));
     o.ties.push_back(kv);
   }
   if (!a.expect_file.empty()) {
@@ -138,7 +138,7 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   if (!a.max_memory.empty()) {
     HOIST_ASSIGN_OR_RETURN(*max_memory, ParseMaxMemory(a.max_memory));
   }
-  if (!a.device.empty() && !a.device_map.empty()) return InvalidArgument("give --device or --device-map, not both");
+  if (!a.device.empty() && !a.device_map.empty()) return InvalidArgument("give " + Opt("--device") + " or " + Opt("--device-map") + ", not both");
   if (!a.device_map.empty()) {
     o.device_map = a.device_map;
     // Capacities: free memory (less the margin on GPUs), capped by --max-memory;
@@ -155,7 +155,7 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
     }
   } else if (!a.device.empty()) {
     Result<DeviceId> id = ParseDeviceId(a.device);
-    if (!id.ok()) return InvalidArgument("--device: " + id.status().message());
+    if (!id.ok()) return InvalidArgument(Opt("--device") + ": " + id.status().message());
     o.device = *id;
   } else {
     o.device = registry.Find(DeviceId::Cuda(0)) != nullptr ? DeviceId::Cuda(0) : DeviceId::Cpu();
@@ -195,31 +195,31 @@ std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry&
 Result<uint64_t> ParseMargin(const std::string& text) {
   if (text == "0") return uint64_t{0};
   Result<uint64_t> bytes = ParseByteSize(text);
-  if (!bytes.ok()) return InvalidArgument("--margin: " + bytes.status().message());
+  if (!bytes.ok()) return InvalidArgument(Opt("--margin") + ": " + bytes.status().message());
   return bytes;
 }
 
 Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry,
                                                      std::unique_ptr<Catalog> opened) {
   Result<uint64_t> chunk_size = ParseByteSize(request.chunk_size);
-  if (!chunk_size.ok()) return InvalidArgument("--chunk-size: " + chunk_size.status().message());
+  if (!chunk_size.ok()) return InvalidArgument(Opt("--chunk-size") + ": " + chunk_size.status().message());
   const uint64_t chunk = *chunk_size;
   HOIST_ASSIGN_OR_RETURN(uint64_t margin, ParseMargin(request.plan.margin));
   if (request.direct != "auto" && request.direct != "on" && request.direct != "off") {
-    return InvalidArgument("--direct " + QuoteName(request.direct) + ": expected auto, on or off");
+    return InvalidArgument(Opt("--direct") + " " + QuoteName(request.direct) + ": expected auto, on or off");
   }
   if (request.io != "auto" && request.io != "pread" && request.io != "uring") {
-    return InvalidArgument("--io " + QuoteName(request.io) + ": expected auto, pread or uring");
+    return InvalidArgument(Opt("--io") + " " + QuoteName(request.io) + ": expected auto, pread or uring");
   }
   if (request.alloc != "reserve" && request.alloc != "per-tensor") {
-    return InvalidArgument("--alloc " + QuoteName(request.alloc) + ": expected reserve or per-tensor");
+    return InvalidArgument(Opt("--alloc") + " " + QuoteName(request.alloc) + ": expected reserve or per-tensor");
   }
   // The command line's own limits, for callers that bypass its parser (Python).
   if (request.threads < 0 || request.threads > 1024) {
-    return InvalidArgument("--threads " + std::to_string(request.threads) + ": expected 1 to 1024, or 0 for the default");
+    return InvalidArgument(Opt("--threads") + " " + std::to_string(request.threads) + ": expected 1 to 1024, or 0 for the default");
   }
   if (request.staging_slots < 0 || request.staging_slots > 256) {
-    return InvalidArgument("--staging-buffers " + std::to_string(request.staging_slots) +
+    return InvalidArgument(Opt("--staging-buffers") + " " + std::to_string(request.staging_slots) +
                            ": expected 1 to 256, or 0 for the default");
   }
   HOIST_RETURN_IF_ERROR(CheckFlags(request.plan));

@@ -13,7 +13,7 @@ Result<std::optional<Availability>> AvailableOn(DeviceId id, Device* device, uin
     out = Availability{mem.free_bytes > m ? mem.free_bytes - m : 0, false,
                        "free " + ByteText(mem.free_bytes) + (m ? " minus a " + ByteText(m) + " margin" : "")};
   }
-  if (limit && (!out || *limit < out->bytes)) out = Availability{*limit, true, "--max-memory"};
+  if (limit && (!out || *limit < out->bytes)) out = Availability{*limit, true, Opt("--max-memory")};
   return out;
 }
 

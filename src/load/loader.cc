@@ -402,11 +402,13 @@ Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited,
     // When free memory (not --max-memory) is the limit and the tensors alone
     // would fit, the load's own buffers are the excess.
     const bool buffers = !fit->max_memory && needed > limited && limited <= available;
-    std::string advice = !buffers ? std::string("spread the model with --device-map auto --max-memory 0=...,cpu=...") +
-                                        (cast_could_shrink() ? ", or shrink it with --dtype bf16" : "")
+    std::string advice = !buffers ? "spread the model with " + OptText("--device-map auto --max-memory 0=...,cpu=...",
+                                                         "device_map=\"auto\", max_memory={0: ..., \"cpu\": ...}") +
+                                        (cast_could_shrink() ? ", or shrink it with " + OptText("--dtype bf16", "dtype=\"bf16\"") : "")
                          : id.kind == DeviceKind::kCuda
-                             ? "use a smaller --chunk-size (the GPU holds four chunks of cast scratch)"
-                             : "use fewer or smaller staging buffers (--staging-buffers N, --chunk-size)";
+                             ? "use a smaller " + Opt("--chunk-size") + " (the GPU holds four chunks of cast scratch)"
+                             : "use fewer or smaller staging buffers (" + OptText("--staging-buffers N", "staging_buffers=N") + ", " +
+                                   Opt("--chunk-size") + ")";
     return OutOfMemory(id.ToString() + ": " + what + " but only " + ByteText(available) + " is available (" + why +
                        "); " + advice);
   }
@@ -492,7 +494,7 @@ const TensorView* LoadedModel::Find(const std::string& name) const {
 Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegistry& registry,
                          const LoadOptions& options) {
   const auto start = Clock::now();
-  if (options.chunk_bytes < 4096) return InvalidArgument("--chunk-size must be at least 4096 bytes");
+  if (options.chunk_bytes < 4096) return InvalidArgument(Opt("--chunk-size") + " must be at least 4096 bytes");
   // Pieces start 256-byte aligned in their tensor, so a device cast's
   // vector loads and stores stay aligned whatever --chunk-size said.
   const uint64_t chunk = options.chunk_bytes / 256 * 256;

@@ -30,15 +30,15 @@ bool IsDeviceMapStrategy(const std::string& text) {
 }
 
 Result<DeviceMapEntries> ParseDeviceMap(const std::string& text) {
-  std::string json_text = text, label = "--device-map";
+  std::string json_text = text, label = Opt("--device-map");
   size_t first = text.find_first_not_of(" \t\r\n");
   if (first == std::string::npos || text[first] != '{') {
     Result<std::string> file = ReadSmallFile(text);
     if (!file.ok() && first != std::string::npos && text[first] == '[') {  // JSON, but a list
-      return InvalidArgument("--device-map " + QuoteName(text) + ": a device map is a JSON object of prefix -> device");
+      return InvalidArgument(Opt("--device-map") + " " + QuoteName(text) + ": a device map is a JSON object of prefix -> device");
     }
     if (!file.ok()) {
-      return InvalidArgument("--device-map " + QuoteName(text) + ": not JSON, a strategy, or a readable file (" +
+      return InvalidArgument(Opt("--device-map") + " " + QuoteName(text) + ": not JSON, a strategy, or a readable file (" +
                              file.status().message() + ")");
     }
     json_text = std::move(file).value();
@@ -340,9 +340,9 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
       return OutOfMemory("device map " + strategy + ": unit " + QuoteName(unit_names[u]) + " (" +
                          ByteText(unit_bytes[u]) + ") fits on no device (" + devices + "; " + ByteText(left) +
                          " of the model left to place); " +
-                         (disk_allowed ? "raise --max-memory or shrink the model with --dtype"
-                                       : "raise --max-memory, shrink the model with --dtype, or leave the rest in "
-                                         "its file with --max-memory disk=SIZE"));
+                         (disk_allowed ? "raise " + Opt("--max-memory") + " or shrink the model with " + Opt("--dtype")
+                                       : "raise " + Opt("--max-memory") + ", shrink the model with " + Opt("--dtype") + ", or leave the rest in "
+                                         "its file with " + OptText("--max-memory disk=SIZE", "max_memory={\"disk\": size}")));
     }
     used[d] += unit_bytes[u];
     unit_device[u] = order[d].first;

@@ -41,7 +41,7 @@ Status CheckGroupReferences(const RenameRule& rule, const std::regex& re) {
       ++digits;
     }
     if (digits > 0 && group > re.mark_count()) {
-      return InvalidArgument("--rename " + QuoteName(rule.pattern + "=" + text) + ": $" + std::to_string(group) +
+      return InvalidArgument(Opt("--rename") + " " + QuoteName(rule.pattern + "=" + text) + ": $" + std::to_string(group) +
                              " names a group the pattern does not have (it has " + std::to_string(re.mark_count()) + ")");
     }
   }
@@ -70,7 +70,7 @@ int SplitDim(int dim, int dims) { return dim < 0 ? dim + dims : dim; }
 // tensor's element count, whose size in bits the catalogue checked fits.
 Status SliceTensor(const TensorInfo& t, const std::string& name, int dim, const ShardSpec& shard, PlannedTensor* p) {
   const int dims = static_cast<int>(t.shape.size());
-  auto what = [&] { return "--split: tensor " + QuoteName(name) + " " + ShapeText(t.shape); };
+  auto what = [&] { return Opt("--split") + ": tensor " + QuoteName(name) + " " + ShapeText(t.shape); };
   if (dims == 0) return InvalidArgument(what() + " is a scalar, which cannot be split");
   const int d = SplitDim(dim, dims);
   if (d < 0 || d >= dims) return InvalidArgument(what() + " has no dimension " + std::to_string(dim));
@@ -184,18 +184,18 @@ Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text) {
   while (std::getline(ss, item, ',')) {
     if (item.empty()) continue;
     size_t eq = item.find('=');
-    if (eq == std::string::npos) return InvalidArgument("--max-memory " + QuoteName(item) + ": expected DEVICE=SIZE (0=20GiB)");
+    if (eq == std::string::npos) return InvalidArgument(Opt("--max-memory") + " " + QuoteName(item) + ": expected DEVICE=SIZE (0=20GiB)");
     Result<DeviceId> id = ParseDeviceId(item.substr(0, eq));
-    if (!id.ok()) return InvalidArgument("--max-memory " + QuoteName(item) + ": " + id.status().message());
+    if (!id.ok()) return InvalidArgument(Opt("--max-memory") + " " + QuoteName(item) + ": " + id.status().message());
     std::string size = item.substr(eq + 1);
     uint64_t bytes = 0;
     if (size != "0") {
       Result<uint64_t> parsed = ParseByteSize(size);
-      if (!parsed.ok()) return InvalidArgument("--max-memory " + QuoteName(item) + ": " + parsed.status().message());
+      if (!parsed.ok()) return InvalidArgument(Opt("--max-memory") + " " + QuoteName(item) + ": " + parsed.status().message());
       bytes = *parsed;
     }
     if (!out.emplace(*id, bytes).second) {
-      return InvalidArgument("--max-memory: " + id->ToString() + " is given twice (" + QuoteName(text) + ")");
+      return InvalidArgument(Opt("--max-memory") + ": " + id->ToString() + " is given twice (" + QuoteName(text) + ")");
     }
   }
   return out;
@@ -219,8 +219,8 @@ Result<ShardSpec> ParseShard(const std::string& text) {
     rank = WholeInt(std::string_view(text).substr(0, slash), 0, 1 << 20);
     world = WholeInt(std::string_view(text).substr(slash + 1), 1, 1 << 20);
   }
-  if (!rank || !world) return InvalidArgument("--shard " + QuoteName(text) + ": expected RANK/WORLD (1/4)");
-  if (*rank >= *world) return InvalidArgument("--shard " + QuoteName(text) + ": the rank must be below the world size");
+  if (!rank || !world) return InvalidArgument(Opt("--shard") + " " + QuoteName(text) + ": expected RANK/WORLD (1/4)");
+  if (*rank >= *world) return InvalidArgument(Opt("--shard") + " " + QuoteName(text) + ": the rank must be below the world size");
   return ShardSpec{*rank, *world};
 }
 
@@ -228,7 +228,7 @@ Result<SplitRule> ParseSplitRule(const std::string& text) {
   const size_t eq = text.rfind('=');
   std::optional<int> dim;
   if (eq != std::string::npos) dim = WholeInt(std::string_view(text).substr(eq + 1), -64, 63);
-  if (!dim) return InvalidArgument("--split " + QuoteName(text) + ": expected REGEX=DIM (o_proj|down_proj=1)");
+  if (!dim) return InvalidArgument(Opt("--split") + " " + QuoteName(text) + ": expected REGEX=DIM (o_proj|down_proj=1)");
   return SplitRule{text.substr(0, eq), *dim};
 }
 
@@ -283,7 +283,7 @@ Result<std::vector<ExpectedTensor>> ParseExpect(const std::string& json_text, co
 }
 
 Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
-  if (options.cast_to && !IsCastableFloat(*options.cast_to)) return InvalidArgument("--dtype must be bf16, f16 or f32");
+  if (options.cast_to && !IsCastableFloat(*options.cast_to)) return InvalidArgument(Opt("--dtype") + " must be bf16, f16 or f32");
   // Every size below (casts at most double a tensor, alignment adds at most
   // 256 bytes per tensor) then stays far from 64-bit overflow.
   constexpr uint64_t kMaxPlanBytes = uint64_t{1} << 60;
@@ -297,30 +297,32 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   // 1. Key mapping: compat, drops, renames.
   std::vector<std::regex> drops;
   for (const std::string& d : options.drops) {
-    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--drop", d));
+    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex(Opt("--drop"), d));
     drops.push_back(std::move(re));
   }
   std::vector<std::pair<std::regex, std::string>> renames;
   for (const RenameRule& r : options.renames) {
-    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--rename", r.pattern));
+    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex(Opt("--rename"), r.pattern));
     HOIST_RETURN_IF_ERROR(CheckGroupReferences(r, re));
     renames.emplace_back(std::move(re), r.replacement);
   }
   std::optional<std::regex> only;
   if (!options.only_regex.empty()) {
-    HOIST_ASSIGN_OR_RETURN(only, CompileRegex("--only", options.only_regex));
+    HOIST_ASSIGN_OR_RETURN(only, CompileRegex(Opt("--only"), options.only_regex));
   }
-  if (!options.splits.empty() && !options.shard) return InvalidArgument("--split needs --shard RANK/WORLD");
+  if (!options.splits.empty() && !options.shard) return InvalidArgument(Opt("--split") + " needs " + OptText("--shard RANK/WORLD", "shard=(rank, world)"));
   if (options.shard && options.splits.empty()) {
-    return InvalidArgument("--shard needs --split rules naming the tensors to split (REGEX=DIM)");
+    return InvalidArgument(Opt("--shard") + " needs " +
+                           OptText("--split rules naming the tensors to split (REGEX=DIM)",
+                                   "split={regex: dim} naming the tensors to split"));
   }
   if (options.shard && (options.shard->world < 1 || options.shard->rank < 0 || options.shard->rank >= options.shard->world)) {
-    return InvalidArgument("--shard " + std::to_string(options.shard->rank) + "/" + std::to_string(options.shard->world) +
+    return InvalidArgument(Opt("--shard") + " " + std::to_string(options.shard->rank) + "/" + std::to_string(options.shard->world) +
                            ": the rank must be at least 0 and below the world size");
   }
   std::vector<std::regex> splits;
   for (const SplitRule& r : options.splits) {
-    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--split", r.pattern));
+    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex(Opt("--split"), r.pattern));
     splits.push_back(std::move(re));
   }
   std::vector<char> split_used(splits.size(), 0);
@@ -393,7 +395,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
       plan.warnings.push_back(
           Printable(config) + " ties the word embeddings, but no input embedding this knows "
           "(model.embed_tokens.weight, transformer.wte.weight, ...) is loaded: lm_head.weight tied to nothing; "
-          "name the pair with --tie, or ignore the config with --no-config-ties");
+          "name the pair with " + Opt("--tie") + ", or ignore the config with " + OptText("--no-config-ties", "config_ties=False"));
     }
   }
   ties.insert(ties.end(), options.ties.begin(), options.ties.end());
@@ -456,7 +458,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   for (const auto& [alias, source] : ties) {
     std::string at = source;
     for (size_t steps = 0; steps <= ties.size() && source_of.count(at) > 0 && at != alias; ++steps) at = source_of[at];
-    if (at == alias) return InvalidArgument("--tie: the ties of " + QuoteName(alias) + " form a loop");
+    if (at == alias) return InvalidArgument(Opt("--tie") + ": the ties of " + QuoteName(alias) + " form a loop");
     plan.warnings.push_back("tie " + alias + "=" + source + ": the source is not loaded; nothing tied");
   }
 
@@ -466,7 +468,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     size_t steps = 0;
     while (p.alias_of >= 0 && plan.tensors[static_cast<size_t>(p.alias_of)].alias_of >= 0) {
       p.alias_of = plan.tensors[static_cast<size_t>(p.alias_of)].alias_of;
-      if (++steps > plan.tensors.size()) return InvalidArgument("--tie: the ties of " + QuoteName(p.name) + " form a loop");
+      if (++steps > plan.tensors.size()) return InvalidArgument(Opt("--tie") + ": the ties of " + QuoteName(p.name) + " form a loop");
     }
   }
 
@@ -482,7 +484,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
       const int d = SplitDim(options.splits[k].dim, static_cast<int>(s.source->shape.size()));
       if (!s.slice || s.slice->dim != d) {
         plan.warnings.push_back(
-            "--split " + QuoteName(options.splits[k].pattern) + " would cut " + QuoteName(p.name) + " along dimension " +
+            Opt("--split") + " " + QuoteName(options.splits[k].pattern) + " would cut " + QuoteName(p.name) + " along dimension " +
             std::to_string(options.splits[k].dim) + ", but it is tied to " + QuoteName(s.name) + " and holds " +
             (s.slice ? "its part along dimension " + std::to_string(s.slice->dim) : std::string("all of it")));
       }
@@ -490,7 +492,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     }
   }
   for (size_t k = 0; k < splits.size(); ++k) {
-    if (!split_used[k]) plan.warnings.push_back("--split " + QuoteName(options.splits[k].pattern) + " matches no tensor");
+    if (!split_used[k]) plan.warnings.push_back(Opt("--split") + " " + QuoteName(options.splits[k].pattern) + " matches no tensor");
   }
 
   // 3. Expectations.
@@ -523,7 +525,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   }
   std::vector<DeviceId> placement(plan.tensors.size(), options.device.value_or(DeviceId::Cpu()));
   if (!options.device_map.empty()) {
-    if (options.device) return InvalidArgument("give --device or --device-map, not both");
+    if (options.device) return InvalidArgument("give " + Opt("--device") + " or " + Opt("--device-map") + ", not both");
     if (IsDeviceMapStrategy(options.device_map)) {
       HOIST_ASSIGN_OR_RETURN(placement,
                              PlaceByStrategy(names, sizes, options.device_map, options.capacity_bytes, no_split));
@@ -585,7 +587,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   for (auto& [id, d] : devices) plan.devices.push_back(d);
   if (plan.tensors.empty() && !catalog.tensors().empty()) {
     plan.warnings.push_back("none of the checkpoint's " + std::to_string(catalog.tensors().size()) +
-                            " tensors is kept (--only, --drop or --expect left out every one)");
+                            " tensors is kept (" + Opt("--only") + ", " + Opt("--drop") + " or " + Opt("--expect") + " left out every one)");
   }
   return plan;
 }

@@ -1,5 +1,6 @@
 #include "util/text.h"
 
+#include <atomic>
 #include <cstdio>
 
 namespace hoist {
@@ -55,6 +56,23 @@ std::string ShapeText(const std::vector<uint64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
+}
+
+namespace {
+std::atomic<OptionStyle> option_style{OptionStyle::kFlags};
+}  // namespace
+
+void SetOptionStyle(OptionStyle style) { option_style.store(style, std::memory_order_relaxed); }
+
+std::string Opt(std::string_view flag) {
+  if (option_style.load(std::memory_order_relaxed) == OptionStyle::kFlags) return std::string(flag);
+  std::string keyword;
+  for (char c : flag.substr(flag.find_first_not_of('-'))) keyword += c == '-' ? '_' : c;
+  return keyword;
+}
+
+std::string OptText(std::string_view flags_text, std::string_view keywords_text) {
+  return std::string(option_style.load(std::memory_order_relaxed) == OptionStyle::kFlags ? flags_text : keywords_text);
 }
 
 }  // namespace hoist

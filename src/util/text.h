@@ -29,6 +29,16 @@ std::string SomeNames(const std::vector<std::string>& names, size_t shown = 3);
 // "[4096, 14336]": a tensor's shape, for messages and tables.
 std::string ShapeText(const std::vector<uint64_t>& shape);
 
+// How messages name the user's options: as the `hoist` command's flags
+// (--device-map), or as hoist.load's keyword arguments (device_map), which
+// the Python module chooses once when it is imported (a process is one or
+// the other). Opt("--device-map") is the option's name in that style;
+// OptText gives a whole phrase in each style where the syntax differs too.
+enum class OptionStyle { kFlags, kKeywords };
+void SetOptionStyle(OptionStyle style);
+std::string Opt(std::string_view flag);
+std::string OptText(std::string_view flags_text, std::string_view keywords_text);
+
 inline bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }

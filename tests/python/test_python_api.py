@@ -893,6 +893,23 @@ def test_argument_errors_name_the_keyword_not_the_flag(tiny, kwargs, start):
     assert "--" not in message, message
 
 
+def test_paths_and_patterns_that_look_like_flags_are_left_as_given(tiny, tmp_path):
+    """Only the messages' own option names change: a path or a pattern the
+    caller gave that holds a flag's spelling comes back as it was given."""
+    import shutil
+
+    odd = tmp_path / "ck --dtype bf16,--shard"
+    shutil.copytree(tiny, odd)
+    with pytest.raises(MemoryError) as e:
+        hoist.load(str(odd), device="cpu", max_memory={"cpu": 1000})
+    assert str(e.value).startswith(f"{odd}: cpu: the plan needs"), str(e.value)
+    with pytest.raises(ValueError) as e:
+        hoist.load(str(tiny), device="cpu", only="(--shard")
+    assert str(e.value).startswith("only '(--shard': not a valid regular expression"), str(e.value)
+    model = hoist.load(str(tiny), device="cpu", shard=(0, 2), split={" --dtype": 0, "q_proj": 0})
+    assert "split ' --dtype' matches no tensor" in model.report["warnings"]
+
+
 def test_report_warnings_name_the_keyword(tiny):
     model = hoist.load(str(tiny), device="cpu", shard=(0, 2), split={r"q_proj\.weight$": 0, "nothing_here": 0})
     assert "split 'nothing_here' matches no tensor" in model.report["warnings"]
