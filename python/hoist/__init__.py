@@ -159,11 +159,18 @@ def _split_rules(split: Optional[Mapping[str, int]]) -> List[str]:
     return rules
 
 
-def _pairs(value: Union[None, Mapping[str, str], Iterable[Sequence[str]]]) -> List[str]:
+def _pairs(name: str, value: Union[None, Mapping[str, str], Iterable[Sequence[str]]]) -> List[str]:
+    """{a: b} as the core takes it, "a=b", split at the first '=': so `a`
+    cannot hold one (it would be cut there, silently)."""
     if value is None:
         return []
     items = value.items() if isinstance(value, Mapping) else value
-    return [f"{a}={b}" for a, b in items]
+    pairs = []
+    for a, b in items:
+        if "=" in str(a):
+            raise ValueError(f"{name}={{{a!r}: {b!r}}}: a key with '=' in it is not supported yet")
+        pairs.append(f"{a}={b}")
+    return pairs
 
 
 def _list(value: Union[None, str, Iterable[str]]) -> List[str]:
@@ -311,9 +318,9 @@ def load(
         device_map=device_map or "",
         max_memory=_max_memory_text(max_memory),
         dtype=_dtype_text(dtype),
-        renames=_pairs(rename),
+        renames=_pairs("rename", rename),
         drops=_list(drop),
-        ties=_pairs(tie),
+        ties=_pairs("tie", tie),
         expect_json=expect_json,
         only=only or "",
         compat=compat or "",
@@ -543,7 +550,7 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
     # takes the opened checkpoint over. Then the GPUs it will use start (a
     # CUDA context each), while transformers' key mapping runs.
     checkpoint = _hoist.open_checkpoint(_path_text(path))
-    checkpoint_names = _hoist.mapped_names(checkpoint, renames=_pairs(kwargs.get("rename")),
+    checkpoint_names = _hoist.mapped_names(checkpoint, renames=_pairs("rename", kwargs.get("rename")),
                                            drops=_list(kwargs.get("drop")), only=kwargs.get("only") or "",
                                            compat=kwargs.get("compat") or "")
     device_map = kwargs.get("device_map")

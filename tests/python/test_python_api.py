@@ -872,6 +872,8 @@ def test_bad_input_is_value_error_with_cli_message(run_hoist, tiny, kwargs, cli_
         ({"only": "("}, "only '(': not a valid regular expression"),
         ({"drop": "["}, "drop '[': not a valid regular expression"),
         ({"tie": {"": "x"}}, "tie"),
+        ({"rename": {"a(?=b)": "x"}}, "rename={'a(?=b)': 'x'}: a key with '=' in it is not supported yet"),
+        ({"tie": {"a=b": "c"}}, "tie={'a=b': 'c'}: a key with '=' in it is not supported yet"),
         ({"strict": True}, "strict checks a load against expected names (expect), and none were given"),
         ({"shard": (2, 2), "split": {"x": 0}}, "shard=(2, 2): expected 0 <= rank < world"),
         ({"shard": (0, 0), "split": {"x": 0}}, "shard=(0, 0): expected 0 <= rank < world"),
