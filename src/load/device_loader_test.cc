@@ -480,8 +480,12 @@ TEST_F(DeviceLoaderTest, ShardPartsStreamToTheGpuByteExact) {
           }
           ASSERT_EQ(DeviceBytes(v), want) << v.name;
         }
-        if (cast) EXPECT_GT(model->stats().device_cast_pieces, 0);
-        if (direct) EXPECT_GT(model->stats().direct_files, 0);
+        if (cast) {
+          EXPECT_GT(model->stats().device_cast_pieces, 0);
+        }
+        if (direct) {
+          EXPECT_GT(model->stats().direct_files, 0);
+        }
       }
       ExpectAllReturned();
     }
