@@ -151,6 +151,12 @@ Result<SplitRule> ParseSplitRule(const std::string& text);
 // The bytes of the file a planned tensor loads (its stored slice).
 inline uint64_t StoredBytes(const PlannedTensor& t) { return t.runs * t.run_bytes; }
 
+// The file offset of byte `packed` of a planned tensor's stored bytes.
+inline uint64_t FileOffsetOf(const PlannedTensor& t, uint64_t packed) {
+  if (t.runs <= 1 || t.run_bytes == 0) return t.file_offset_bytes + packed;
+  return t.file_offset_bytes + packed / t.run_bytes * t.stride_bytes + packed % t.run_bytes;
+}
+
 // Whether a config.json beside the checkpoint (in the directory, or beside
 // the file) says "tie_word_embeddings": true. Missing config: false.
 Result<bool> ConfigTiesWordEmbeddings(const std::string& checkpoint_path);

@@ -55,10 +55,10 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
   // outer index; anything else is one run).
   auto read_stored = [&](const PlannedTensor& p, uint64_t at, uint64_t size, unsigned char* to) -> Status {
     const File& file = files[p.source->file_index];
+    if (p.runs <= 1) return file.ReadAt(p.file_offset_bytes + at, to, size);
     while (size > 0) {
-      const uint64_t run = at / p.run_bytes, within = at % p.run_bytes;
-      const uint64_t n = std::min(size, p.run_bytes - within);
-      HOIST_RETURN_IF_ERROR(file.ReadAt(p.file_offset_bytes + run * p.stride_bytes + within, to, n));
+      const uint64_t n = std::min(size, p.run_bytes - at % p.run_bytes);
+      HOIST_RETURN_IF_ERROR(file.ReadAt(FileOffsetOf(p, at), to, n));
       at += n;
       to += n;
       size -= n;

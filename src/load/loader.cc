@@ -67,12 +67,6 @@ struct ReadItem {
   bool map = false;        // a mapped tensor's piece: brought into memory where it is, not read
 };
 
-// The file offset of byte `packed` of a planned tensor's stored bytes.
-uint64_t FileOffsetOf(const PlannedTensor& t, uint64_t packed) {
-  if (t.runs <= 1 || t.run_bytes == 0) return t.file_offset_bytes + packed;
-  return t.file_offset_bytes + packed / t.run_bytes * t.stride_bytes + packed % t.run_bytes;
-}
-
 // A pinned buffer a GPU's copies go through: one chunk of the device's ring.
 // A slot is reusable once the event recorded after its copy (and the cast
 // that follows it) has completed.
