@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 from . import _hoist
 
-__all__ = ["Model", "from_pretrained", "load", "load_file", "load_into"]
+__all__ = ["Model", "from_pretrained", "inspect", "load", "load_file", "load_into", "plan"]
 __version__ = "0.1.0"
 
 # Stored dtype -> torch dtype name, for dtypes DLPack hands out as raw bytes.
@@ -278,6 +278,7 @@ def load(
     mmap: bool = False,
     shard: Optional[Sequence[int]] = None,
     split: Optional[Mapping[str, int]] = None,
+    no_split: Union[None, str, Iterable[str]] = None,
     _checkpoint: Optional["_hoist.Checkpoint"] = None,
 ) -> Model:
     """Loads a checkpoint (a .safetensors file or a directory) onto devices.
@@ -306,25 +307,13 @@ def load(
         tensor whose name the first matching regex finds is split along dim (negative: from the last)
         into `world` equal parts, and only part `rank` is read and loaded; the others load whole.
         model.info(name)["slice"] says which part: {"dim", "start", "stop"}.
+    no_split: regex(es) naming modules a device_map strategy keeps on one device (the CLI's --no-split).
+    hoist.plan(path, ...) with the same arguments shows where everything would go, reading nothing.
     """
-    if isinstance(device_map, Mapping):
-        device_map = json.dumps(dict(device_map))
-    expect_json = ""
-    if expect is not None:
-        expect_json = json.dumps(dict(expect) if isinstance(expect, Mapping) else list(expect))
+    request = _request(path, device, device_map, max_memory, dtype, rename, drop, expect, tie, only, compat,
+                       config_ties, margin, strict, mmap, shard, split, no_split)
     native = _hoist.load(
-        _path_text(path),
-        device=_device_text(device),
-        device_map=device_map or "",
-        max_memory=_max_memory_text(max_memory),
-        dtype=_dtype_text(dtype),
-        renames=_pairs("rename", rename),
-        drops=_list(drop),
-        ties=_pairs("tie", tie),
-        expect_json=expect_json,
-        only=only or "",
-        compat=compat or "",
-        no_config_ties=not config_ties,
+        request,
         alloc=alloc,
         threads=_count("threads", threads),
         io=io,
@@ -332,15 +321,89 @@ def load(
         chunk_size=_size_text("chunk_size", chunk_size),
         staging_buffers=_count("staging_buffers", staging_buffers),
         pipeline=pipeline,
-        margin=_size_text("margin", margin),
         checkpoint=_checkpoint,
-        strict=strict,
         progress=progress,
-        mmap=mmap,
-        shard=_shard_text(shard),
-        splits=_split_rules(split),
     )
     return Model(native)
+
+
+def _request(path, device, device_map, max_memory, dtype, rename, drop, expect, tie, only, compat, config_ties,
+             margin, strict, mmap, shard, split, no_split) -> "_hoist.PlanRequest":
+    """The core's PlanRequest from load's and plan's keyword arguments."""
+    if isinstance(device_map, Mapping):
+        device_map = json.dumps(dict(device_map))
+    expect_json = ""
+    if expect is not None:
+        expect_json = json.dumps(dict(expect) if isinstance(expect, Mapping) else list(expect))
+    r = _hoist.PlanRequest()
+    r.path = _path_text(path)
+    r.device = _device_text(device)
+    r.device_map = device_map or ""
+    r.max_memory = _max_memory_text(max_memory)
+    r.dtype = _dtype_text(dtype)
+    r.renames = _pairs("rename", rename)
+    r.drops = _list(drop)
+    r.ties = _pairs("tie", tie)
+    r.no_split = _list(no_split)
+    r.expect_json = expect_json
+    r.only = only or ""
+    r.compat = compat or ""
+    r.no_config_ties = not config_ties
+    r.margin = _size_text("margin", margin)
+    r.strict = strict
+    r.map_host = mmap
+    r.shard = _shard_text(shard)
+    r.splits = _split_rules(split)
+    return r
+
+
+def plan(
+    path: Union[str, os.PathLike],
+    device: Any = None,
+    device_map: Union[None, str, Mapping[str, Any]] = None,
+    max_memory: Union[None, str, Mapping[Any, Any]] = None,
+    dtype: Any = None,
+    rename: Union[None, Mapping[str, str], Iterable[Sequence[str]]] = None,
+    drop: Union[None, str, Iterable[str]] = None,
+    expect: Union[None, Iterable[str], Mapping[str, Any]] = None,
+    *,
+    tie: Union[None, Mapping[str, str], Iterable[Sequence[str]]] = None,
+    only: Optional[str] = None,
+    compat: Optional[str] = None,
+    config_ties: bool = True,
+    margin: Union[str, int] = "1.2GiB",
+    strict: bool = False,
+    mmap: bool = False,
+    shard: Optional[Sequence[int]] = None,
+    split: Optional[Mapping[str, int]] = None,
+    no_split: Union[None, str, Iterable[str]] = None,
+) -> Dict[str, Any]:
+    """Where hoist.load with the same arguments would put each tensor, from the headers alone (the CLI's
+    `hoist plan --json`): nothing else is read and nothing is reserved, so it needs no memory for the
+    model and answers "will it fit?" before a load is tried.
+
+    Returns {"tensors": [{"name", "device", "dtype", "shape", "nbytes", "offset", ...}],
+    "devices": {"cuda:0": {"bytes": reservation, "tensors": count}, ...}, "warnings": [...]}, and, with
+    `expect`, "missing", "unexpected" and "mismatched". A tensor's "offset" is its place in its device's
+    single reservation (None for one that stays in its file, which gives "file" and "file_offset"
+    instead); "tied_to" names the tensor a tied one shares memory with, "slice" a tensor-parallel part.
+    A strategy that cannot place the model raises MemoryError, as the load would; bad arguments and
+    files raise ValueError or FileNotFoundError with the load's messages; a
+    reservation larger than a GPU's free memory less `margin` is a warning here and an error in a load.
+    """
+    request = _request(path, device, device_map, max_memory, dtype, rename, drop, expect, tie, only, compat,
+                       config_ties, margin, strict, mmap, shard, split, no_split)
+    return json.loads(_hoist.plan_json(request))
+
+
+def inspect(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The checkpoint's catalogue from its headers alone, every rule checked (the CLI's
+    `hoist inspect --json`): {"files": [...], "tensors": [{"name", "dtype", "shape", "file", "offset",
+    "nbytes"}], "total_bytes": N, "metadata": {...}, "warnings": [...]}. "dtype" is the stored one
+    ("BF16", "F8_E4M3", ...); "offset" is the tensor's byte offset in its file. `path` is what load
+    takes: a file, a directory, an index file, or "org/name" in the Hugging Face cache.
+    """
+    return json.loads(_hoist.inspect_json(_path_text(path)))
 
 
 def _to_torch(model: Model, name: str):

@@ -558,33 +558,59 @@ NB_MODULE(_hoist, m) {
       nb::arg("names"), nb::arg("device_map"),
       "Each name's device under an explicit device map (JSON, or a file holding it), and the map's warnings.");
 
+  // A load's placement and mapping options, as hoist.load's keywords give
+  // them (python/hoist/__init__.py builds one for load and plan).
+  nb::class_<PlanRequest>(m, "PlanRequest")
+      .def(nb::init<>())
+      .def_rw("path", &PlanRequest::path)
+      .def_rw("device", &PlanRequest::device)
+      .def_rw("device_map", &PlanRequest::device_map)
+      .def_rw("max_memory", &PlanRequest::max_memory)
+      .def_rw("dtype", &PlanRequest::dtype)
+      .def_rw("only", &PlanRequest::only)
+      .def_rw("ties", &PlanRequest::ties)
+      .def_rw("renames", &PlanRequest::renames)
+      .def_rw("drops", &PlanRequest::drops)
+      .def_rw("no_split", &PlanRequest::no_split)
+      .def_rw("compat", &PlanRequest::compat)
+      .def_rw("expect_json", &PlanRequest::expect_json)
+      .def_rw("no_config_ties", &PlanRequest::no_config_ties)
+      .def_rw("shard", &PlanRequest::shard)
+      .def_rw("splits", &PlanRequest::splits)
+      .def_rw("map_host", &PlanRequest::map_host)
+      .def_rw("strict", &PlanRequest::strict)
+      .def_rw("margin", &PlanRequest::margin);
+
+  m.def(
+      "inspect_json",
+      [](const std::string& path) {
+        std::string resolved = Resolve(path);
+        nb::gil_scoped_release release;
+        Catalog catalog = Unwrap(OpenCatalog(resolved));
+        nlohmann::ordered_json out = CatalogJson(catalog);
+        out["warnings"] = catalog.warnings();
+        return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      },
+      nb::arg("path"), "hoist inspect --json, and the catalogue's warnings, as JSON text (headers only).");
+  m.def(
+      "plan_json",
+      [](const PlanRequest& request) {
+        nb::gil_scoped_release release;  // finding GPUs can take a while
+        const DeviceRegistry& registry = RegistryFor(request);
+        PlannedRequest planned = Unwrap(PlanFromRequest(request, registry));
+        nlohmann::ordered_json out = PlanJson(*planned.catalog, planned.plan);
+        return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      },
+      nb::arg("request"), "hoist plan --json as JSON text: where a load of `request` would put each tensor.");
+
   m.def(
       "load",
-      [](const std::string& path, const std::string& device, const std::string& device_map,
-         const std::string& max_memory, const std::string& dtype, const std::vector<std::string>& renames,
-         const std::vector<std::string>& drops, const std::vector<std::string>& ties, const std::string& expect_json,
-         const std::string& only, const std::string& compat, bool no_config_ties, const std::string& alloc,
-         int threads, const std::string& io, const std::string& direct, const std::string& chunk_size,
-         int staging_buffers, bool pipeline, const std::string& margin, Checkpoint* checkpoint, bool strict,
-         nb::object progress, bool mmap, const std::string& shard, const std::vector<std::string>& splits) {
+      [](const PlanRequest& request, const std::string& alloc, int threads, const std::string& io,
+         const std::string& direct, const std::string& chunk_size, int staging_buffers, bool pipeline,
+         Checkpoint* checkpoint, nb::object progress) {
         LoadRequest r;
-        r.plan.path = Resolve(path);
-        r.plan.device = device;
-        r.plan.device_map = device_map;
-        r.plan.max_memory = max_memory;
-        r.plan.dtype = dtype;
-        r.plan.renames = renames;
-        r.plan.drops = drops;
-        r.plan.ties = ties;
-        r.plan.expect_json = expect_json;
-        r.plan.only = only;
-        r.plan.compat = compat;
-        r.plan.no_config_ties = no_config_ties;
-        r.plan.map_host = mmap;
-        r.plan.shard = shard;
-        r.plan.splits = splits;
-        r.plan.strict = strict;
-        r.plan.margin = margin;
+        r.plan = request;
+        r.plan.path = Resolve(request.path);
         r.alloc = alloc;
         r.threads = threads;
         r.io = io;
@@ -630,13 +656,7 @@ NB_MODULE(_hoist, m) {
         if (!progress.is_none()) progress(counters.done.load(), counters.total.load());
         return Model(std::move(session));
       },
-      nb::arg("path"), nb::arg("device") = "", nb::arg("device_map") = "", nb::arg("max_memory") = "",
-      nb::arg("dtype") = "", nb::arg("renames") = std::vector<std::string>(),
-      nb::arg("drops") = std::vector<std::string>(), nb::arg("ties") = std::vector<std::string>(),
-      nb::arg("expect_json") = "", nb::arg("only") = "", nb::arg("compat") = "", nb::arg("no_config_ties") = false,
-      nb::arg("alloc") = "reserve", nb::arg("threads") = 0, nb::arg("io") = "pread", nb::arg("direct") = "off",
-      nb::arg("chunk_size") = "16MiB", nb::arg("staging_buffers") = 0, nb::arg("pipeline") = true,
-      nb::arg("margin") = "1.2GiB", nb::arg("checkpoint").none() = nb::none(), nb::arg("strict") = false,
-      nb::arg("progress").none() = nb::none(), nb::arg("mmap") = false, nb::arg("shard") = "",
-      nb::arg("splits") = std::vector<std::string>());
+      nb::arg("request"), nb::arg("alloc") = "reserve", nb::arg("threads") = 0, nb::arg("io") = "pread",
+      nb::arg("direct") = "off", nb::arg("chunk_size") = "16MiB", nb::arg("staging_buffers") = 0,
+      nb::arg("pipeline") = true, nb::arg("checkpoint").none() = nb::none(), nb::arg("progress").none() = nb::none());
 }

@@ -315,6 +315,43 @@ nlohmann::ordered_json SliceJson(const TensorSlice& s) {
 }
 }  // namespace
 
+Result<PlannedRequest> PlanFromRequest(const PlanRequest& request, const DeviceRegistry& registry) {
+  HOIST_RETURN_IF_ERROR(CheckFlags(request));
+  HOIST_ASSIGN_OR_RETURN(uint64_t margin, ParseMargin(request.margin));
+  PlannedRequest out;
+  HOIST_ASSIGN_OR_RETURN(out.path, ResolveCheckpointPath(request.path));
+  HOIST_ASSIGN_OR_RETURN(Catalog catalog, OpenCatalog(out.path));
+  out.catalog = std::make_unique<Catalog>(std::move(catalog));
+  std::map<DeviceId, uint64_t> max_memory;
+  PlanRequest resolved = request;
+  resolved.path = out.path;
+  HOIST_ASSIGN_OR_RETURN(PlanOptions po, MakePlanOptions(resolved, registry, margin, &max_memory));
+  HOIST_ASSIGN_OR_RETURN(out.plan, BuildPlan(*out.catalog, po));
+  if (request.strict) HOIST_RETURN_IF_ERROR(CheckStrict(out.path, out.plan));
+  for (std::string& w : FitWarnings(out.plan, registry, margin, max_memory)) out.plan.warnings.push_back(std::move(w));
+  return out;
+}
+
+nlohmann::ordered_json CatalogJson(const Catalog& catalog) {
+  nlohmann::ordered_json out;
+  out["files"] = nlohmann::ordered_json::array();
+  for (const CatalogFile& f : catalog.files()) out["files"].push_back(f.path);
+  TensorListJson tensors(catalog.tensors().size());
+  for (const TensorInfo& t : catalog.tensors()) {
+    auto& j = tensors.Add(6);
+    j.emplace_back("name", t.name);
+    j.emplace_back("dtype", DTypeName(t.dtype));
+    j.emplace_back("shape", t.shape);
+    j.emplace_back("file", catalog.files()[t.file_index].path);
+    j.emplace_back("offset", t.offset_bytes);
+    j.emplace_back("nbytes", t.size_bytes);
+  }
+  out["tensors"] = tensors.Take();
+  out["total_bytes"] = catalog.total_bytes();
+  out["metadata"] = catalog.metadata();
+  return out;
+}
+
 nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
   nlohmann::ordered_json out;
   TensorListJson tensors(plan.tensors.size());

@@ -111,10 +111,25 @@ Status CheckStrict(const std::string& path, const LoadPlan& plan);
 std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry& registry, uint64_t margin,
                                      const std::map<DeviceId, uint64_t>& max_memory);
 
+// A load's plan without the load (`hoist plan`, Python's hoist.plan): the
+// checkpoint opened, its names mapped and placed, offsets assigned, as
+// LoadFromRequest would, with --strict applied; nothing past the headers
+// read and nothing reserved. FitWarnings are added to plan.warnings.
+struct PlannedRequest {
+  std::string path;                  // resolved ("org/name": the cache's snapshot)
+  std::unique_ptr<Catalog> catalog;  // the plan points into it
+  LoadPlan plan;
+};
+Result<PlannedRequest> PlanFromRequest(const PlanRequest& request, const DeviceRegistry& registry);
+
 // `opened`: the checkpoint's catalogue when the caller has opened it
 // already (its headers are then not read again); else it is opened here.
 Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request, const DeviceRegistry& registry,
                                                      std::unique_ptr<Catalog> opened = nullptr);
+
+// `hoist inspect --json`: files, tensors (name, dtype, shape, file, offset,
+// nbytes), total_bytes and metadata.
+nlohmann::ordered_json CatalogJson(const Catalog& catalog);
 
 // `catalog` is the one the plan was built from (disk tensors name their file).
 nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan);

@@ -146,21 +146,7 @@ int RunInspect(const InspectArgs& args) {
   if (!cat.ok()) return Fail(cat.status());
   for (const std::string& w : cat->warnings()) fmt::print(stderr, "warning: {}\n", w);
   if (args.json) {
-    ordered_json out;
-    out["files"] = ordered_json::array();
-    for (const CatalogFile& f : cat->files()) out["files"].push_back(f.path);
-    out["tensors"] = ordered_json::array();
-    for (const TensorInfo& t : cat->tensors()) {
-      out["tensors"].push_back({{"name", t.name},
-                                {"dtype", std::string(DTypeName(t.dtype))},
-                                {"shape", t.shape},
-                                {"file", cat->files()[t.file_index].path},
-                                {"offset", t.offset_bytes},
-                                {"nbytes", t.size_bytes}});
-    }
-    out["total_bytes"] = cat->total_bytes();
-    out["metadata"] = cat->metadata();
-    fmt::print("{}\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+    fmt::print("{}\n", CatalogJson(*cat).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
   }
   // Names, file names and metadata come from the file: escaped, so a
@@ -208,22 +194,11 @@ DeviceRegistry MakeRegistry(const PlanRequest& request) {
 }  // namespace
 
 int RunPlan(const PlanCmdArgs& args) {
-  Result<Catalog> cat = OpenCatalog(args.request.path);
-  if (!cat.ok()) return Fail(cat.status());
   DeviceRegistry registry = MakeRegistry(args.request);
-  Result<uint64_t> margin = ParseMargin(args.request.margin);
-  if (!margin.ok()) return Fail(margin.status());
-  std::map<DeviceId, uint64_t> max_memory;
-  Result<PlanOptions> po = MakePlanOptions(args.request, registry, *margin, &max_memory);
-  if (!po.ok()) return Fail(po.status());
-  Result<LoadPlan> plan = BuildPlan(*cat, *po);
-  if (!plan.ok()) return Fail(plan.status());
-  if (args.request.strict) {
-    if (Status s = CheckStrict(args.request.path, *plan); !s.ok()) return Fail(s);
-  }
-  for (std::string& w : FitWarnings(*plan, registry, *margin, max_memory)) {
-    plan->warnings.push_back(std::move(w));
-  }
+  Result<PlannedRequest> planned = PlanFromRequest(args.request, registry);
+  if (!planned.ok()) return Fail(planned.status());
+  const Catalog* cat = planned->catalog.get();
+  LoadPlan* plan = &planned->plan;
   PrintWarnings(*plan, false);  // on stderr, so --json output stays JSON
   PrintExpectSummary(args.request, *plan, false);
   if (args.json) {

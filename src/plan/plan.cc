@@ -514,7 +514,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   // 4. Placement. (--no-split patterns are checked even where no strategy uses them.)
   std::vector<std::regex> no_split;
   for (const std::string& r : options.no_split) {
-    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex("--no-split", r));
+    HOIST_ASSIGN_OR_RETURN(std::regex re, CompileRegex(Opt("--no-split"), r));
     no_split.push_back(std::move(re));
   }
   std::vector<std::string> names;

@@ -1,0 +1,218 @@
+"""hoist.inspect and hoist.plan: a checkpoint's catalogue, and where a load would put each tensor,
+from the headers alone.
+
+Expected values come from the files' headers parsed with the standard library
+(hoist_testlib.read_header), from the CLI's own `hoist inspect --json` and `hoist plan --json`
+with the same options, and from the load report of a load made with the same arguments.
+
+Run: PYTHONPATH=build/python HOIST_BIN=build/hoist python3 -m pytest -q tests/python/test_plan_inspect.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hoist_testlib import ok, read_header, stderr_error_line, write_raw
+
+hoist = pytest.importorskip(
+    "hoist",
+    reason="the hoist Python module is not built (configure with Python development files and nanobind, "
+    "then run with PYTHONPATH=build/python)",
+)
+
+
+@pytest.fixture(scope="module")
+def sharded(tiny, run_hoist, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("plan") / "sharded"
+    ok(run_hoist("convert", tiny, out, "--max-shard-size", "100KB"))
+    assert len(list(out.glob("*.safetensors"))) >= 2
+    return out
+
+
+def _cli_json(run_hoist, *args) -> dict:
+    return json.loads(ok(run_hoist(*args)).stdout)
+
+
+# --------------------------------------------------------------- inspect
+
+
+@pytest.mark.parametrize("which", ["file", "dir", "sharded", "index"])
+def test_inspect_matches_the_headers(tiny, sharded, which):
+    path = {
+        "file": tiny / "model.safetensors",
+        "dir": tiny,
+        "sharded": sharded,
+        "index": sharded / "model.safetensors.index.json",
+    }[which]
+    got = hoist.inspect(path)
+    files = sorted(sharded.glob("*.safetensors")) if which in ("sharded", "index") else [tiny / "model.safetensors"]
+    assert sorted(got["files"]) == [str(f) for f in files]
+    want = {}
+    metadata = {}
+    for f in files:
+        n, header = read_header(f)
+        metadata.update(header.pop("__metadata__", {}))
+        for name, entry in header.items():
+            begin, end = entry["data_offsets"]
+            want[name] = {"dtype": entry["dtype"], "shape": entry["shape"], "file": str(f), "offset": 8 + n + begin,
+                          "nbytes": end - begin}
+    assert {t["name"]: {k: t[k] for k in ("dtype", "shape", "file", "offset", "nbytes")} for t in got["tensors"]} == want
+    assert len(got["tensors"]) == len(want)  # no name twice
+    assert got["total_bytes"] == sum(t["nbytes"] for t in want.values())
+    assert got["warnings"] == []
+    if which in ("file", "dir"):
+        assert got["metadata"] == metadata
+
+
+def test_inspect_is_the_cli_inspect_json(run_hoist, sharded):
+    got = hoist.inspect(sharded)
+    warnings = got.pop("warnings")
+    assert warnings == []
+    assert got == _cli_json(run_hoist, "inspect", "--json", sharded)
+
+
+def test_inspect_reports_the_catalogue_warnings(tiny, tmp_path, run_hoist):
+    # A directory holding model.safetensors is read as transformers reads it: that file alone, with a
+    # warning naming the other file beside it.
+    d = tmp_path / "two"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes((tiny / "model.safetensors").read_bytes())
+    (d / "extra.safetensors").write_bytes((tiny / "model.safetensors").read_bytes())
+    got = hoist.inspect(d)
+    assert got["files"] == [str(d / "model.safetensors")]
+    assert len(got["warnings"]) == 1 and "extra.safetensors" in got["warnings"][0], got["warnings"]
+    cli = run_hoist("inspect", "--json", d)
+    assert cli.stderr.strip() == f"warning: {got['warnings'][0]}"
+
+
+def test_inspect_reads_no_tensor_data(tmp_path):
+    # A header whose data section is a hole of 64 GiB: a catalogue reads the header and nothing else.
+    f = tmp_path / "big.safetensors"
+    n_bytes = 64 << 30
+    header = json.dumps({"w": {"dtype": "U8", "shape": [n_bytes], "data_offsets": [0, n_bytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(f, "wb") as out:
+        out.write(len(header).to_bytes(8, "little") + header)
+        out.truncate(8 + len(header) + n_bytes)
+    got = hoist.inspect(f)
+    assert got["total_bytes"] == n_bytes
+    assert got["tensors"][0]["shape"] == [n_bytes]
+
+
+def test_inspect_errors_name_the_file(tmp_path, run_hoist):
+    bad = write_raw(tmp_path / "bad.safetensors", {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}},
+                    b"\0" * 4)
+    with pytest.raises(ValueError) as e:
+        hoist.inspect(bad)
+    assert str(bad) in str(e.value) and "'w'" in str(e.value) and "\n" not in str(e.value)
+    assert stderr_error_line(run_hoist("inspect", bad)) == f"error: {e.value}"
+
+    lfs = tmp_path / "lfs.safetensors"
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n")
+    with pytest.raises(ValueError, match="Git LFS pointer"):
+        hoist.inspect(lfs)
+    with pytest.raises(FileNotFoundError):
+        hoist.inspect(tmp_path / "nothing-here.safetensors")
+
+
+# --------------------------------------------------------------- plan
+
+CASES = {
+    "cpu": ({"device": "cpu"}, ["--device", "cpu"]),
+    "cast": ({"device": "cpu", "dtype": "f32"}, ["--device", "cpu", "--dtype", "f32"]),
+    "disk": ({"device_map": "auto", "max_memory": {"cpu": "100KB", "disk": "1GB"}},
+             ["--device-map", "auto", "--max-memory", "cpu=100KB,disk=1GB"]),
+    "explicit_map": ({"device_map": {"model.layers.0": "cpu", "": "disk"}},
+                     ["--device-map", '{"model.layers.0": "cpu", "": "disk"}']),
+    "no_split": ({"device_map": "sequential", "max_memory": {"cpu": "150KB", "disk": "1GB"},
+                  "no_split": r"model\.layers"},
+                 ["--device-map", "sequential", "--max-memory", "cpu=150KB,disk=1GB", "--no-split", r"model\.layers"]),
+    "shard": ({"device": "cpu", "shard": (1, 2), "split": {r"(q|k|v)_proj": 0, r"o_proj": -1}},
+              ["--device", "cpu", "--shard", "1/2", "--split", "(q|k|v)_proj=0", "--split", "o_proj=-1"]),
+    "mapping": ({"device": "cpu", "rename": {r"^model\.": "m."}, "drop": r"norm",
+                 "tie": {"lm_head.weight": "m.embed_tokens.weight"}},
+                ["--device", "cpu", "--rename", r"^model\.=m.", "--drop", "norm",
+                 "--tie", "lm_head.weight=m.embed_tokens.weight"]),
+    "mmap": ({"device": "cpu", "mmap": True}, ["--device", "cpu", "--mmap"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_plan_is_the_cli_plan_json(run_hoist, tiny, case):
+    kwargs, flags = CASES[case]
+    got = hoist.plan(tiny, **kwargs)
+    assert got == _cli_json(run_hoist, "plan", tiny, *flags, "--json")
+    assert got["tensors"], case
+
+
+def test_plan_no_split_keeps_a_unit_on_one_device(tiny):
+    # By default a strategy may put each decoder layer on another device; a no_split rule naming
+    # model.layers keeps all of them on one.
+    def layer_devices(plan):
+        return {t["device"] for t in plan["tensors"] if t["name"].startswith("model.layers.")}
+
+    kwargs = dict(CASES["no_split"][0])
+    assert layer_devices(hoist.plan(tiny, **kwargs)) == {"disk"}
+    kwargs.pop("no_split")
+    assert layer_devices(hoist.plan(tiny, **kwargs)) == {"cpu", "disk"}
+
+
+@pytest.mark.parametrize("case", ["cpu", "cast", "disk", "shard", "mapping", "mmap", "no_split"])
+def test_a_load_follows_its_plan(tiny, case):
+    kwargs = CASES[case][0]
+    planned = hoist.plan(tiny, **kwargs)
+    model = hoist.load(tiny, **kwargs)
+    report = model.report
+    loaded = {t["name"]: t for t in report["tensors"]}
+    assert sorted(loaded) == sorted(t["name"] for t in planned["tensors"])
+    for t in planned["tensors"]:
+        got = loaded[t["name"]]
+        for key in ("device", "dtype", "shape"):
+            assert got[key] == t[key], f"{case} {t['name']}: {key} {got[key]!r}, planned {t[key]!r}"
+        # A tied tensor takes no bytes of its own in the plan; the report gives the view's size.
+        source = next(s for s in planned["tensors"] if s["name"] == t["tied_to"]) if "tied_to" in t else t
+        assert got["nbytes"] == source["nbytes"], f"{case} {t['name']}: nbytes"
+        assert got.get("tied", False) == ("tied_to" in t), f"{case} {t['name']}: tied"
+        if t["offset"] is not None:
+            assert got["offset"] == t["offset"], f"{case} {t['name']}: offset"
+    for device, d in planned["devices"].items():
+        if device != "disk":
+            assert report["devices"][device]["bytes"] == d["bytes"], device
+
+
+def test_plan_reserves_nothing(run_hoist, tmp_path):
+    # Llama 3.1 70B (141 GB in bf16) planned onto the cpu of a machine with far less memory: headers
+    # only (--sparse leaves the data as a file hole), and the plan's reservation is the model's size.
+    out = tmp_path / "70b"
+    ok(run_hoist("synth", "--arch", "llama-3.1-70b", "--sparse", "--quiet", out))
+    got = hoist.plan(out, device="cpu")
+    assert got["devices"]["cpu"]["bytes"] >= hoist.inspect(out)["total_bytes"] > 140e9
+    assert len(got["tensors"]) == 723
+
+
+def test_plan_expect_reports_and_strict_refuses(tiny):
+    names = [t["name"] for t in hoist.inspect(tiny)["tensors"]]
+    expect = names[1:] + ["model.extra.weight"]
+    got = hoist.plan(tiny, device="cpu", expect=expect)
+    assert got["missing"] == ["model.extra.weight"]
+    assert got["unexpected"] == [names[0]]
+    assert names[0] not in {t["name"] for t in got["tensors"]}
+    with pytest.raises(ValueError, match="model.extra.weight"):
+        hoist.plan(tiny, device="cpu", expect=expect, strict=True)
+
+
+def test_plan_errors_name_keywords(tiny):
+    with pytest.raises(ValueError, match=r"^dtype 'f33': expected bf16, f16 or f32$"):
+        hoist.plan(tiny, device="cpu", dtype="f33")
+    with pytest.raises(ValueError, match=r"^no_split '\(': "):
+        hoist.plan(tiny, device_map="auto", no_split="(")
+    with pytest.raises(MemoryError, match=r"raise max_memory"):
+        hoist.plan(tiny, device_map="auto", max_memory={"cpu": "1KB"})
+    with pytest.raises(ValueError, match="shard"):
+        hoist.plan(tiny, device="cpu", shard=(2, 2), split={"q_proj": 0})
+    with pytest.raises(FileNotFoundError):
+        hoist.plan(tiny / "nothing", device="cpu")
