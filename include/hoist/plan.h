@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "hoist/catalog.h"
@@ -141,7 +142,12 @@ struct LoadPlan {
 
 Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options);
 
-// "0=20GiB,1=20GiB,cpu=64GiB" -> limits per device.
+// (device, size) pairs -> limits per device: {"0", "20GiB"}, {"cpu", "64GiB"};
+// a size of "0" is none.
+Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::vector<std::pair<std::string, std::string>>& limits);
+// The command's "0=20GiB,1=20GiB,cpu=64GiB" as (device, size) pairs.
+Result<std::vector<std::pair<std::string, std::string>>> SplitMaxMemory(const std::string& text);
+// Both.
 Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text);
 
 // "RANK/WORLD" -> a shard; "REGEX=DIM" (split at the last '=') -> a rule.

@@ -24,7 +24,7 @@ import operator
 import os
 import re
 import threading
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _hoist
 
@@ -90,16 +90,19 @@ def _device_text(device: Any) -> str:
     return "cuda:0" if text == "cuda" else text
 
 
-def _max_memory_text(max_memory: Union[None, str, Mapping[Any, Any]]) -> str:
+def _max_memory_pairs(max_memory: Union[None, str, Mapping[Any, Any]]) -> List[Tuple[str, str]]:
+    """{0: "20GiB", "cpu": 64 << 30} (or the CLI's "0=20GiB,cpu=64GiB") as (device, size) pairs."""
     if max_memory is None:
-        return ""
+        return []
     if isinstance(max_memory, str):
-        return max_memory
-    parts = []
+        return _hoist.split_max_memory(max_memory)
+    if not isinstance(max_memory, Mapping):
+        raise ValueError(f"max_memory={max_memory!r}: expected {{device: size}}, as {{0: '20GiB', 'cpu': '64GiB'}}")
+    pairs = []
     for key, value in max_memory.items():
-        size = _size_text(f"max_memory[{key!r}]", value)
-        parts.append(f"{key}={size}")
-    return ",".join(parts)
+        device = str(_whole(key)) if _whole(key) is not None else str(key)
+        pairs.append((device, _size_text(f"max_memory[{key!r}]", value)))
+    return pairs
 
 
 def _whole(value: Any) -> Optional[int]:
@@ -159,17 +162,20 @@ def _split_rules(split: Optional[Mapping[str, int]]) -> List[str]:
     return rules
 
 
-def _pairs(name: str, value: Union[None, Mapping[str, str], Iterable[Sequence[str]]]) -> List[str]:
-    """{a: b} as the core takes it, "a=b", split at the first '=': so `a`
-    cannot hold one (it would be cut there, silently)."""
+def _pairs(name: str, value: Union[None, Mapping[str, str], Iterable[Sequence[str]]]) -> List[Tuple[str, str]]:
+    """{a: b} or [(a, b), ...] as (a, b) pairs of strings, `a` not empty."""
     if value is None:
         return []
     items = value.items() if isinstance(value, Mapping) else value
     pairs = []
-    for a, b in items:
-        if "=" in str(a):
-            raise ValueError(f"{name}={{{a!r}: {b!r}}}: a key with '=' in it is not supported yet")
-        pairs.append(f"{a}={b}")
+    for item in items:
+        try:
+            a, b = item
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected {{key: value}} or (key, value) pairs, got {item!r}") from None
+        if not isinstance(a, str) or not isinstance(b, str) or not a:
+            raise ValueError(f"{name}={{{a!r}: {b!r}}}: expected a non-empty string key and a string value")
+        pairs.append((a, b))
     return pairs
 
 
@@ -339,7 +345,7 @@ def _request(path, device, device_map, max_memory, dtype, rename, drop, expect, 
     r.path = _path_text(path)
     r.device = _device_text(device)
     r.device_map = device_map or ""
-    r.max_memory = _max_memory_text(max_memory)
+    r.max_memory = _max_memory_pairs(max_memory)
     r.dtype = _dtype_text(dtype)
     r.renames = _pairs("rename", rename)
     r.drops = _list(drop)

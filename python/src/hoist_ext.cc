@@ -515,7 +515,8 @@ NB_MODULE(_hoist, m) {
   // The names a load with these options would know the checkpoint's tensors
   // by (key mapping applied, --only too), from the headers alone: a plan
   // that expects nothing lists them all as unexpected.
-  auto mapped_names = [](const Checkpoint& checkpoint, const std::vector<std::string>& renames,
+  using Pairs = std::vector<std::pair<std::string, std::string>>;
+  auto mapped_names = [](const Checkpoint& checkpoint, const Pairs& renames,
                          const std::vector<std::string>& drops, const std::string& only, const std::string& compat) {
     PlanRequest r;
     r.path = checkpoint.path;
@@ -531,16 +532,16 @@ NB_MODULE(_hoist, m) {
     return Unwrap(BuildPlan(checkpoint.Get(), po)).unexpected;
   };
   const char* mapped_doc = "The checkpoint's tensor names after a load's key mapping, from its headers (nothing else is read).";
-  m.def("mapped_names", mapped_names, nb::arg("checkpoint"), nb::arg("renames") = std::vector<std::string>(),
+  m.def("mapped_names", mapped_names, nb::arg("checkpoint"), nb::arg("renames") = Pairs(),
         nb::arg("drops") = std::vector<std::string>(), nb::arg("only") = "", nb::arg("compat") = "", mapped_doc);
   m.def(
       "mapped_names",
-      [mapped_names](const std::string& path, const std::vector<std::string>& renames,
+      [mapped_names](const std::string& path, const Pairs& renames,
                      const std::vector<std::string>& drops, const std::string& only, const std::string& compat) {
         Checkpoint c = Open(Resolve(path));
         return mapped_names(c, renames, drops, only, compat);
       },
-      nb::arg("path"), nb::arg("renames") = std::vector<std::string>(), nb::arg("drops") = std::vector<std::string>(),
+      nb::arg("path"), nb::arg("renames") = Pairs(), nb::arg("drops") = std::vector<std::string>(),
       nb::arg("only") = "", nb::arg("compat") = "", mapped_doc);
 
   m.def(
@@ -581,6 +582,9 @@ NB_MODULE(_hoist, m) {
       .def_rw("strict", &PlanRequest::strict)
       .def_rw("margin", &PlanRequest::margin);
 
+  m.def(
+      "split_max_memory", [](const std::string& text) { return Unwrap(SplitMaxMemory(text)); }, nb::arg("text"),
+      "\"0=20GiB,cpu=64GiB\" as (device, size) pairs.");
   m.def(
       "inspect_json",
       [](const std::string& path) {

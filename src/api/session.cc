@@ -118,16 +118,16 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   }
   HOIST_RETURN_IF_ERROR(CheckFlags(a));
   HOIST_ASSIGN_OR_RETURN(o.compat_hf_legacy, ParseCompat(a.compat));
-  for (const std::string& r : a.renames) {
-    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment(Opt("--rename"), r));
-    o.renames.push_back({kv.first, kv.second});
+  for (const auto& [pattern, replacement] : a.renames) {
+    if (pattern.empty()) return InvalidArgument(Opt("--rename") + ": a pattern cannot be empty");
+    o.renames.push_back({pattern, replacement});
   }
   if (!a.no_config_ties) {
     HOIST_ASSIGN_OR_RETURN(o.tie_word_embeddings, ConfigTiesWordEmbeddings(a.path));
   }
-  for (const std::string& t : a.ties) {
-    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment(Opt("--tie"), t));
-    o.ties.push_back(kv);
+  for (const auto& [alias, source] : a.ties) {
+    if (alias.empty() || source.empty()) return InvalidArgument(Opt("--tie") + ": a name cannot be empty");
+    o.ties.push_back({alias, source});
   }
   if (!a.expect_file.empty()) {
     HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(a.expect_file));

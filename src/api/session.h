@@ -24,10 +24,13 @@ struct PlanRequest {
   std::string path;
   std::string device;       // empty: the best device present (cuda:0, else cpu)
   std::string device_map;   // JSON text, a file, or a strategy name
-  std::string max_memory;   // "0=20GiB,cpu=64GiB"
+  // (device, size): {"0", "20GiB"}, {"cpu", "64GiB"} (the CLI's --max-memory 0=20GiB,cpu=64GiB)
+  std::vector<std::pair<std::string, std::string>> max_memory;
   std::string dtype;        // bf16, f16, f32 or empty
   std::string only;
-  std::vector<std::string> ties, renames, drops, no_split;  // "A=B" for ties and renames
+  std::vector<std::pair<std::string, std::string>> ties;     // (DST, SRC): DST shares SRC's storage
+  std::vector<std::pair<std::string, std::string>> renames;  // (REGEX, REPLACEMENT), first match wins
+  std::vector<std::string> drops, no_split;
   std::string compat;       // "" or "hf-legacy"
   std::string expect_file;  // a JSON file, or
   std::string expect_json;  // JSON text

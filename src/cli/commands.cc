@@ -141,6 +141,19 @@ void PrintWritten(const WriteResult& written) {
 
 }  // namespace
 
+Status ApplyAssignmentFlags(const AssignmentFlags& flags, PlanRequest* request) {
+  for (const std::string& t : flags.ties) {
+    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--tie", t));
+    request->ties.push_back(std::move(kv));
+  }
+  for (const std::string& r : flags.renames) {
+    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--rename", r));
+    request->renames.push_back(std::move(kv));
+  }
+  HOIST_ASSIGN_OR_RETURN(request->max_memory, SplitMaxMemory(flags.max_memory));
+  return Status::Ok();
+}
+
 int RunInspect(const InspectArgs& args) {
   Result<Catalog> cat = OpenCatalog(args.path);
   if (!cat.ok()) return Fail(cat.status());
@@ -194,13 +207,15 @@ DeviceRegistry MakeRegistry(const PlanRequest& request) {
 }  // namespace
 
 int RunPlan(const PlanCmdArgs& args) {
-  DeviceRegistry registry = MakeRegistry(args.request);
-  Result<PlannedRequest> planned = PlanFromRequest(args.request, registry);
+  PlanRequest request = args.request;
+  if (Status s = ApplyAssignmentFlags(args.flags, &request); !s.ok()) return Fail(s);
+  DeviceRegistry registry = MakeRegistry(request);
+  Result<PlannedRequest> planned = PlanFromRequest(request, registry);
   if (!planned.ok()) return Fail(planned.status());
   const Catalog* cat = planned->catalog.get();
   LoadPlan* plan = &planned->plan;
   PrintWarnings(*plan, false);  // on stderr, so --json output stays JSON
-  PrintExpectSummary(args.request, *plan, false);
+  PrintExpectSummary(request, *plan, false);
   if (args.json) {
     fmt::print("{}\n", PlanJson(*cat, *plan).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
@@ -342,8 +357,9 @@ int RunLoad(const LoadArgs& args) {
   if (!args.report.empty()) {
     if (Status s = CheckWritable("--report", args.report); !s.ok()) return Fail(s);
   }
-  auto registry = std::make_unique<DeviceRegistry>(MakeRegistry(args.request.plan));
   LoadRequest request = args.request;
+  if (Status s = ApplyAssignmentFlags(args.flags, &request.plan); !s.ok()) return Fail(s);
+  auto registry = std::make_unique<DeviceRegistry>(MakeRegistry(request.plan));
   Result<std::unique_ptr<LoadSession>> session = NotFound("");
   {
     StopOnSignal stop;

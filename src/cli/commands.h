@@ -14,17 +14,28 @@ namespace hoist::cli {
 // 2 for bad input, 1 otherwise.
 int Fail(const Status& s);
 
+// The placement flags whose text the command splits itself: --tie DST=SRC,
+// --rename REGEX=REPLACEMENT, --max-memory 0=20GiB,cpu=64GiB.
+struct AssignmentFlags {
+  std::vector<std::string> ties, renames;
+  std::string max_memory;
+};
+// Splits them into `request`'s pairs; InvalidArgument naming the flag.
+Status ApplyAssignmentFlags(const AssignmentFlags& flags, PlanRequest* request);
+
 struct InspectArgs {
   std::string path;
   bool json = false;
 };
 struct LoadArgs {
   LoadRequest request;
+  AssignmentFlags flags;
   std::string report;
   bool quiet = false;
 };
 struct PlanCmdArgs {
   PlanRequest request;
+  AssignmentFlags flags;
   bool json = false;
 };
 struct ConvertArgs {

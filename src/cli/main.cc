@@ -19,17 +19,17 @@ int main(int argc, char** argv) {
   c_inspect->add_option("PATH", inspect.path, ".safetensors file or checkpoint directory")->required();
   c_inspect->add_flag("--json", inspect.json, "Print JSON instead of a table");
 
-  auto add_plan_flags = [](CLI::App* c, hoist::PlanRequest& a) {
+  auto add_plan_flags = [](CLI::App* c, hoist::PlanRequest& a, AssignmentFlags& f) {
     c->add_option("PATH", a.path, ".safetensors file or checkpoint directory")->required();
     c->add_option("--device", a.device, "Put everything on one device: cpu, cuda, cuda:N (default: cuda:0 if present, else cpu)");
     c->add_option("--device-map", a.device_map,
                   "accelerate-style map (JSON inline or a file: {\"model.layers.0\": 0, \"\": \"cpu\"}) "
                   "or auto|balanced|balanced_low_0|sequential");
-    c->add_option("--max-memory", a.max_memory, "Per-device limits: 0=20GiB,1=20GiB,cpu=64GiB");
+    c->add_option("--max-memory", f.max_memory, "Per-device limits: 0=20GiB,1=20GiB,cpu=64GiB");
     c->add_option("--dtype", a.dtype, "Cast floating-point tensors to bf16, f16 or f32 (quantized data and scales never)");
     c->add_option("--only", a.only, "Only tensors whose (mapped) name matches this regex");
-    c->add_option("--tie", a.ties, "DST=SRC: DST shares SRC's storage (repeatable)");
-    c->add_option("--rename", a.renames, "REGEX=REPLACEMENT, applied to names; first match wins (repeatable)");
+    c->add_option("--tie", f.ties, "DST=SRC: DST shares SRC's storage (repeatable)");
+    c->add_option("--rename", f.renames, "REGEX=REPLACEMENT, applied to names; first match wins (repeatable)");
     c->add_option("--drop", a.drops, "Drop tensors whose name matches REGEX (repeatable)");
     c->add_option("--compat", a.compat, "hf-legacy: gamma/beta -> weight/bias, drop rotary_emb.inv_freq");
     c->add_option("--expect", a.expect_file, "JSON file: a list of names, or name -> {dtype, shape}");
@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
 
   LoadArgs load;
   auto* c_load = app.add_subcommand("load", "Load a checkpoint onto devices and report how fast");
-  add_plan_flags(c_load, load.request.plan);
+  add_plan_flags(c_load, load.request.plan, load.flags);
   c_load->add_option("--alloc", load.request.alloc, "reserve: one allocation per device; per-tensor: the baseline")
       ->check(CLI::IsMember({"reserve", "per-tensor"}))->capture_default_str();
   c_load->add_option("--threads", load.request.threads, "Reader threads (default: one per core, 2..32)")
@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
 
   PlanCmdArgs plan;
   auto* c_plan = app.add_subcommand("plan", "Print where each tensor would go, without loading (no device needed)");
-  add_plan_flags(c_plan, plan.request);
+  add_plan_flags(c_plan, plan.request, plan.flags);
   c_plan->add_flag("--json", plan.json, "Print JSON");
 
   ProbeArgs probe;

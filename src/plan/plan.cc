@@ -177,28 +177,42 @@ const DevicePlan* LoadPlan::FindDevice(DeviceId id) const {
   return nullptr;
 }
 
-Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text) {
-  std::map<DeviceId, uint64_t> out;
+Result<std::vector<std::pair<std::string, std::string>>> SplitMaxMemory(const std::string& text) {
+  std::vector<std::pair<std::string, std::string>> out;
   std::stringstream ss(text);
   std::string item;
   while (std::getline(ss, item, ',')) {
     if (item.empty()) continue;
     size_t eq = item.find('=');
     if (eq == std::string::npos) return InvalidArgument(Opt("--max-memory") + " " + QuoteName(item) + ": expected DEVICE=SIZE (0=20GiB)");
-    Result<DeviceId> id = ParseDeviceId(item.substr(0, eq));
-    if (!id.ok()) return InvalidArgument(Opt("--max-memory") + " " + QuoteName(item) + ": " + id.status().message());
-    std::string size = item.substr(eq + 1);
+    out.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+  }
+  return out;
+}
+
+Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::vector<std::pair<std::string, std::string>>& limits) {
+  std::map<DeviceId, uint64_t> out;
+  for (const auto& [device, size] : limits) {
+    // The limit as the caller wrote it: --max-memory '0=20GiB', max_memory[0] or max_memory['cpu'].
+    const bool number = !device.empty() && device.find_first_not_of("0123456789") == std::string::npos;
+    const std::string where = OptText("--max-memory " + QuoteName(device + "=" + size),
+                                      "max_memory[" + (number ? device : QuoteName(device)) + "]");
+    Result<DeviceId> id = ParseDeviceId(device);
+    if (!id.ok()) return InvalidArgument(where + ": " + id.status().message());
     uint64_t bytes = 0;
     if (size != "0") {
       Result<uint64_t> parsed = ParseByteSize(size);
-      if (!parsed.ok()) return InvalidArgument(Opt("--max-memory") + " " + QuoteName(item) + ": " + parsed.status().message());
+      if (!parsed.ok()) return InvalidArgument(where + ": " + parsed.status().message());
       bytes = *parsed;
     }
-    if (!out.emplace(*id, bytes).second) {
-      return InvalidArgument(Opt("--max-memory") + ": " + id->ToString() + " is given twice (" + QuoteName(text) + ")");
-    }
+    if (!out.emplace(*id, bytes).second) return InvalidArgument(Opt("--max-memory") + ": " + id->ToString() + " is given twice");
   }
   return out;
+}
+
+Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::string& text) {
+  HOIST_ASSIGN_OR_RETURN(auto limits, SplitMaxMemory(text));
+  return ParseMaxMemory(limits);
 }
 
 namespace {

@@ -1,4 +1,5 @@
 #include "hoist/plan.h"
+#include "util/text.h"
 
 #include <fstream>
 #include <regex>
@@ -860,6 +861,28 @@ TEST_F(PlanTest, ParseMaxMemoryAndDeviceIds) {
   EXPECT_EQ(*ParseDeviceId("7"), DeviceId::Cuda(7));
   EXPECT_EQ(ParseDeviceId("cuda:0")->ToString(), "cuda:0");
   for (const char* bad : {"", "cuda:", "cuda:x", "gpu", "-1", "cuda:-1", "CPU"}) EXPECT_FALSE(ParseDeviceId(bad).ok()) << bad;
+}
+
+TEST_F(PlanTest, MaxMemoryPairsNameTheLimitAsTheCallerWroteIt) {
+  auto split = SplitMaxMemory("0=1GB,,cpu=2GB");
+  ASSERT_TRUE(split.ok()) << split.status().message();
+  EXPECT_EQ(*split, (std::vector<std::pair<std::string, std::string>>{{"0", "1GB"}, {"cpu", "2GB"}}));
+  EXPECT_FALSE(SplitMaxMemory("cpu").ok());
+  // A device name holding '=' or ',' reaches the parser whole (from Python) and is refused as a device.
+  EXPECT_FALSE(ParseMaxMemory(std::vector<std::pair<std::string, std::string>>{{"cpu=1", "2GB"}}).ok());
+  auto message = [](std::vector<std::pair<std::string, std::string>> limits) {
+    Result<std::map<DeviceId, uint64_t>> r = ParseMaxMemory(limits);
+    return r.ok() ? std::string("ok") : r.status().message();
+  };
+  EXPECT_EQ(message({{"cpu", "abc"}}).rfind("--max-memory 'cpu=abc': 'abc' is not a size", 0), 0u) << message({{"cpu", "abc"}});
+  SetOptionStyle(OptionStyle::kKeywords);
+  const std::string named = message({{"cpu", "abc"}}), numbered = message({{"0", "x"}}), device = message({{"gpu", "1GB"}});
+  const std::string twice = message({{"0", "1GB"}, {"cuda:0", "2GB"}});
+  SetOptionStyle(OptionStyle::kFlags);
+  EXPECT_EQ(named.rfind("max_memory['cpu']: 'abc' is not a size", 0), 0u) << named;
+  EXPECT_EQ(numbered.rfind("max_memory[0]: 'x' is not a size", 0), 0u) << numbered;
+  EXPECT_EQ(device.rfind("max_memory['gpu']: 'gpu' is not a device", 0), 0u) << device;
+  EXPECT_EQ(twice, "max_memory: cuda:0 is given twice");
 }
 
 TEST_F(PlanTest, FlagErrorsStayOnOneLine) {

@@ -854,7 +854,10 @@ def test_bad_input_is_value_error_with_cli_message(run_hoist, tiny, kwargs, cli_
         ({"dtype": "bogus"}, "dtype 'bogus': expected bf16, f16 or f32"),
         ({"device_map": "nope"}, "device_map 'nope': not JSON"),
         ({"device": "cpu", "device_map": "auto"}, "give device or device_map, not both"),
-        ({"max_memory": {"cpu": "abc"}}, "max_memory 'cpu=abc': 'abc' is not a size"),
+        ({"max_memory": {"cpu": "abc"}}, "max_memory['cpu']: 'abc' is not a size"),
+        ({"max_memory": {0: -5}}, "max_memory[0]: '-5' is not a size"),
+        ({"max_memory": {"gpu": "1GB"}}, "max_memory['gpu']: 'gpu' is not a device"),
+        ({"max_memory": 5}, "max_memory=5: expected {device: size}"),
         ({"max_memory": {0: "1GiB", "cuda:0": "2GiB"}}, "max_memory: cuda:0 is given twice"),
         ({"chunk_size": "abc"}, "chunk_size: 'abc' is not a size"),
         ({"chunk_size": 0}, "chunk_size: '0' is not a size"),
@@ -872,8 +875,8 @@ def test_bad_input_is_value_error_with_cli_message(run_hoist, tiny, kwargs, cli_
         ({"only": "("}, "only '(': not a valid regular expression"),
         ({"drop": "["}, "drop '[': not a valid regular expression"),
         ({"tie": {"": "x"}}, "tie"),
-        ({"rename": {"a(?=b)": "x"}}, "rename={'a(?=b)': 'x'}: a key with '=' in it is not supported yet"),
-        ({"tie": {"a=b": "c"}}, "tie={'a=b': 'c'}: a key with '=' in it is not supported yet"),
+        ({"rename": {"": "x"}}, "rename={'': 'x'}: expected a non-empty string key"),
+        ({"rename": [("a",)]}, "rename: expected {key: value} or (key, value) pairs"),
         ({"strict": True}, "strict checks a load against expected names (expect), and none were given"),
         ({"shard": (2, 2), "split": {"x": 0}}, "shard=(2, 2): expected 0 <= rank < world"),
         ({"shard": (0, 0), "split": {"x": 0}}, "shard=(0, 0): expected 0 <= rank < world"),
@@ -893,6 +896,17 @@ def test_argument_errors_name_the_keyword_not_the_flag(tiny, kwargs, start):
     message = str(e.value)
     assert message.startswith(start), message
     assert "--" not in message, message
+
+
+def test_rename_and_tie_keys_may_hold_an_equals_sign(tiny):
+    """The pairs reach the core as pairs: a lookahead in a rename pattern, or
+    a tie whose name holds '=', is used whole, not cut at its '='."""
+    model = hoist.load(str(tiny), device="cpu", rename={r"^model\.(?=layers\.1\.)": "m="},
+                       tie={"x=y": "model.norm.weight"}, config_ties=False)
+    names = set(model.keys())
+    assert "m=layers.1.mlp.up_proj.weight" in names and "model.layers.0.mlp.up_proj.weight" in names, sorted(names)
+    assert "x=y" in names and model.info("x=y")["tied"] is True
+    assert not any(n.startswith("m=layers.0") for n in names)
 
 
 def test_paths_and_patterns_that_look_like_flags_are_left_as_given(tiny, tmp_path):
