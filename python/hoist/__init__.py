@@ -618,7 +618,9 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
     # only and compat applied), from its headers, read once: the load below
     # takes the opened checkpoint over. Then the GPUs it will use start (a
     # CUDA context each), while transformers' key mapping runs.
-    checkpoint = _hoist.open_checkpoint(_path_text(path))
+    checkpoint = kwargs.pop("_checkpoint", None)  # from_pretrained's, when it has read the headers already
+    if checkpoint is None:
+        checkpoint = _hoist.open_checkpoint(_path_text(path))
     checkpoint_names = _hoist.mapped_names(checkpoint, renames=_pairs("rename", kwargs.get("rename")),
                                            drops=_list(kwargs.get("drop")), only=kwargs.get("only") or "",
                                            compat=kwargs.get("compat") or "")
@@ -839,8 +841,10 @@ def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: An
                          "load it with transformers' from_pretrained")
     if dtype is None:  # transformers' "auto": the config's, else the checkpoint's first floating-point dtype
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    opened = None  # the headers, read once: load_into takes them over
     if dtype is None:
-        stored = [d for d in _hoist.open_checkpoint(local).dtypes() if d in ("BF16", "F16", "F32", "F64")]
+        opened = _hoist.open_checkpoint(local)
+        stored = [d for d in opened.dtypes() if d in ("BF16", "F16", "F32", "F64")]
         dtype = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}[stored[0]] if stored else None
     dtype = dtype or torch.get_default_dtype()
     if isinstance(dtype, str):
@@ -887,7 +891,7 @@ def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: An
     floats = [t for t in model.parameters() if t.is_floating_point()]
     if dtype in (torch.bfloat16, torch.float16, torch.float32) and all(t.dtype == dtype for t in floats):
         kwargs.setdefault("dtype", dtype)
-    report = load_into(model, local, device=device, **kwargs)
+    report = load_into(model, local, device=device, _checkpoint=opened, **kwargs)
     # Parameters still on the meta device have no values: the checkpoint
     # lacks them or holds another shape.
     on_meta = {name for name, t in list(model.named_parameters(remove_duplicate=False)) +

@@ -163,15 +163,21 @@ def test_generation_config_is_the_checkpoints(tiny, tmp_path):
     assert hoist.from_pretrained(str(d), device="cpu").generation_config.max_new_tokens == 7
 
 
-def test_without_a_dtype_in_the_config_the_checkpoints_dtype_is_the_models(tiny, tmp_path):
-    """transformers' "auto": a bf16 checkpoint whose config names no dtype gives a bf16 model."""
+def test_without_a_dtype_in_the_config_the_checkpoints_dtype_is_the_models(tiny, tmp_path, monkeypatch):
+    """transformers' "auto": a bf16 checkpoint whose config names no dtype gives a bf16 model. The
+    headers that tell the dtype are read once, for the load too."""
     d = tmp_path / "nodtype"
     shutil.copytree(tiny, d)
     config = json.loads((d / "config.json").read_text())
     for key in ("torch_dtype", "dtype"):
         config.pop(key, None)
     (d / "config.json").write_text(json.dumps(config))
+    opened = []
+    real_open = hoist._hoist.open_checkpoint
+    monkeypatch.setattr(hoist._hoist, "open_checkpoint", lambda path: opened.append(path) or real_open(path))
     model = hoist.from_pretrained(str(d), device="cpu")
+    monkeypatch.undo()
+    assert len(opened) == 1, opened
     reference = _reference(d)
     assert model.dtype == reference.dtype == torch.bfloat16
     assert torch.equal(_logits(model), _logits(reference))
