@@ -107,7 +107,8 @@ struct TensorView {
   // a split part, where its first run begins.
   std::string file;
   uint64_t file_offset_bytes = 0;
-  bool tied = false;          // shares the storage of another tensor
+  bool tied = false;          // shares the storage of another tensor,
+  std::string tied_to;        // this one (empty where not tied)
   bool mapped = false;        // a view of its file's pages (PlanOptions::map_host), not a copy
 
   // The elements as T. REQUIRES: host-addressable device, sizeof(T) * 8 == DTypeBits(dtype).

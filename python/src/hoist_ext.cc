@@ -368,6 +368,7 @@ nb::dict Info(const TensorView& v) {
   d["file"] = v.file;
   d["file_offset"] = v.file_offset_bytes;
   d["tied"] = v.tied;
+  if (v.tied) d["tied_to"] = v.tied_to;
   d["mapped"] = v.mapped;
   if (v.slice) {
     nb::dict slice;

@@ -445,7 +445,10 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
     } else {
       j.emplace_back("offset", v.offset_bytes);
     }
-    if (v.tied) j.emplace_back("tied", true);
+    if (v.tied) {
+      j.emplace_back("tied", true);
+      j.emplace_back("tied_to", v.tied_to);  // as the plan names it
+    }
     if (v.slice) j.emplace_back("slice", SliceJson(*v.slice));
   }
   report["tensors"] = tensors.Take();

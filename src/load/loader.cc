@@ -1066,6 +1066,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     v.file = ec ? catalog.files()[t.source->file_index].path : file.string();
     v.file_offset_bytes = t.file_offset_bytes;
     v.tied = t.alias_of >= 0;
+    if (v.tied) v.tied_to = plan.tensors[static_cast<size_t>(t.alias_of)].name;
     v.mapped = t.mapped;
     model.index_.emplace(v.name, model.tensors_.size());
     model.tensors_.push_back(std::move(v));

@@ -177,6 +177,7 @@ def test_a_load_follows_its_plan(tiny, case):
         source = next(s for s in planned["tensors"] if s["name"] == t["tied_to"]) if "tied_to" in t else t
         assert got["nbytes"] == source["nbytes"], f"{case} {t['name']}: nbytes"
         assert got.get("tied", False) == ("tied_to" in t), f"{case} {t['name']}: tied"
+        assert got.get("tied_to") == t.get("tied_to"), f"{case} {t['name']}: tied_to"
         if t["offset"] is not None:
             assert got["offset"] == t["offset"], f"{case} {t['name']}: offset"
     for device, d in planned["devices"].items():

@@ -253,6 +253,8 @@ def test_load_file_keys_are_the_files_despite_config_ties(torch, st, tiny, tmp_p
     # hoist.load follows the config's tie: lm_head.weight is embed_tokens' memory; config_ties=False does not.
     model = hoist.load(str(tied), device="cpu")
     assert "lm_head.weight" in model and model.info("lm_head.weight")["tied"] is True
+    assert model.info("lm_head.weight")["tied_to"] == "model.embed_tokens.weight"
+    assert "tied_to" not in model.info("model.embed_tokens.weight")
     assert torch.from_dlpack(model["lm_head.weight"]).data_ptr() == torch.from_dlpack(model["model.embed_tokens.weight"]).data_ptr()
     assert "lm_head.weight" not in hoist.load(str(tied), device="cpu", config_ties=False)
 
