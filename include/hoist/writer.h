@@ -7,6 +7,7 @@
 // 8-byte aligned, as the reference writer does.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -45,6 +46,8 @@ struct WriteOptions {
   std::optional<uint64_t> index_total_size;
   // Files never removed as stale outputs (a conversion's own sources).
   std::vector<std::string> keep_files;
+  // When set, the write stops at its next piece (kCancelled) and leaves nothing behind.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct WriteResult {
@@ -58,7 +61,11 @@ struct WriteResult {
 // Writes `tensors` to `dst`. When every tensor fits in one shard and `dst`
 // ends in ".safetensors", that file is written; otherwise `dst` is a
 // directory (created if needed) that receives model.safetensors or the
-// shards and the index.
+// shards and the index. Every file is written under a temporary name beside
+// its own (".NAME.hoist-PID.partial") and renamed into place once all of
+// them are whole: a write that fails or is cancelled leaves no partial file
+// a load could take for a checkpoint, touches no earlier output, and
+// removes the directories it made.
 Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<OutTensor>& tensors,
                                     const std::map<std::string, std::string>& metadata,
                                     const WriteOptions& options, const FillFn& fill);

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 from . import _hoist
 
-__all__ = ["Model", "from_pretrained", "inspect", "load", "load_file", "load_into", "plan"]
+__all__ = ["Model", "convert", "from_pretrained", "inspect", "load", "load_file", "load_into", "plan"]
 __version__ = "0.1.0"
 
 # Stored dtype -> torch dtype name, for dtypes DLPack hands out as raw bytes.
@@ -400,6 +400,47 @@ def plan(
     request = _request(path, device, device_map, max_memory, dtype, rename, drop, expect, tie, only, compat,
                        config_ties, margin, strict, mmap, shard, split, no_split)
     return json.loads(_hoist.plan_json(request))
+
+
+def convert(
+    src: Union[str, os.PathLike],
+    dst: Union[str, os.PathLike],
+    dtype: Any = None,
+    *,
+    max_shard_size: Union[str, int] = "5GB",
+    only: Optional[str] = None,
+    rename: Union[None, Mapping[str, str], Iterable[Sequence[str]]] = None,
+    drop: Union[None, str, Iterable[str]] = None,
+    compat: Optional[str] = None,
+    shard: Optional[Sequence[int]] = None,
+    split: Optional[Mapping[str, int]] = None,
+    threads: int = 0,
+) -> Dict[str, Any]:
+    """Writes the checkpoint `src` to `dst` as a load with the same arguments would hold it (the
+    CLI's `hoist convert`): floating-point tensors cast to `dtype`, names mapped by rename, drop,
+    only and compat, and with shard=(rank, world) and split={regex: dim} one tensor-parallel rank's
+    parts. `dst` ending in .safetensors is one file where everything fits in max_shard_size
+    ("5GB", "2GiB" or bytes); otherwise a directory of Hugging Face-style shards with
+    model.safetensors.index.json. Metadata is kept; config.json beside `src` is copied beside
+    the output in a directory, its dtype the cast's. Tensors stream through in pieces, so a
+    checkpoint larger than memory converts.
+
+    Returns {"files": written (index last), "removed": an earlier conversion's outputs this one
+    replaced, "warnings": [...], "bytes": data bytes written, "seconds": ...}.
+    """
+    return _hoist.convert(
+        _path_text(src),
+        _path_text(dst),
+        dtype=_dtype_text(dtype),
+        only=only or "",
+        renames=_pairs("rename", rename),
+        drops=_list(drop),
+        compat=compat or "",
+        max_shard_size=_size_text("max_shard_size", max_shard_size),
+        threads=_count("threads", threads),
+        shard=_shard_text(shard),
+        splits=_split_rules(split),
+    )
 
 
 def inspect(path: Union[str, os.PathLike]) -> Dict[str, Any]:

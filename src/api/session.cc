@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "hoist/writer.h"
+#include "format/json_util.h"
 #include "io/file.h"
 #include "load/fit.h"
 #ifdef HOIST_WITH_CUDA
@@ -314,6 +315,88 @@ nlohmann::ordered_json SliceJson(const TensorSlice& s) {
   return {{"dim", s.dim}, {"start", s.start}, {"stop", s.stop}};
 }
 }  // namespace
+
+namespace {
+
+// Copies a checkpoint's config.json beside its conversion; after a cast,
+// its dtype (transformers' "dtype", or "torch_dtype" before 5.0) names what
+// the weights now are. A config the strict parser refuses (nesting, UTF-8,
+// repeated keys), one that is not an object, or one over 16 MiB is copied
+// byte for byte.
+Status CopyConfig(const std::string& src, const std::string& dst, std::optional<DType> cast_to) {
+  constexpr uint64_t kMaxRewrittenBytes = 16 << 20;  // a config is a few kB
+  std::error_code ec;
+  const uintmax_t size = std::filesystem::file_size(src, ec);
+  if (cast_to && !ec && size <= kMaxRewrittenBytes) {
+    HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(src, kMaxRewrittenBytes));
+    if (ParseJsonStrict(Printable(src), text).ok()) {  // then parsed again, keeping its key order
+      nlohmann::ordered_json config = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+      const char* torch_name = *cast_to == DType::kBF16 ? "bfloat16" : *cast_to == DType::kF16 ? "float16" : "float32";
+      bool named = false;
+      for (const char* key : {"dtype", "torch_dtype"}) {
+        if (config.is_object() && config.contains(key) && config[key].is_string()) {
+          config[key] = torch_name;
+          named = true;
+        }
+      }
+      if (named) return WriteTextFile(dst, config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    }
+  }
+  std::filesystem::copy_file(src, dst, std::filesystem::copy_options::overwrite_existing, ec);
+  if (ec) return IoError(Printable(src) + ": cannot copy to " + Printable(dst) + ": " + ec.message());
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<WriteResult> ConvertFromRequest(const ConvertRequest& request) {
+  HOIST_ASSIGN_OR_RETURN(std::optional<DType> cast_to, ParseDtypeFlag(request.dtype));
+  Result<uint64_t> shard_bytes = ParseByteSize(request.max_shard_size);
+  if (!shard_bytes.ok()) return InvalidArgument(Opt("--max-shard-size") + ": " + shard_bytes.status().message());
+  if (request.threads < 0 || request.threads > 1024) {
+    return InvalidArgument(Opt("--threads") + " " + std::to_string(request.threads) + ": expected 1 to 1024, or 0 for the default");
+  }
+  ConvertOptions options;
+  options.cast_to = cast_to;
+  options.only_regex = request.only;
+  HOIST_ASSIGN_OR_RETURN(options.compat_hf_legacy, ParseCompat(request.compat));
+  options.drops = request.drops;
+  for (const auto& [pattern, replacement] : request.renames) {
+    if (pattern.empty()) return InvalidArgument(Opt("--rename") + ": a pattern cannot be empty");
+    options.renames.push_back({pattern, replacement});
+  }
+  if (!request.shard.empty()) {
+    HOIST_ASSIGN_OR_RETURN(ShardSpec shard, ParseShard(request.shard));
+    options.shard = shard;
+  }
+  for (const std::string& r : request.splits) {
+    HOIST_ASSIGN_OR_RETURN(SplitRule rule, ParseSplitRule(r));
+    options.splits.push_back(std::move(rule));
+  }
+  options.write.max_shard_bytes = *shard_bytes;
+  options.write.threads = request.threads;
+  options.write.cancel = request.cancel;
+  HOIST_ASSIGN_OR_RETURN(std::string src, ResolveCheckpointPath(request.src));
+  HOIST_ASSIGN_OR_RETURN(Catalog catalog, OpenCatalog(src));
+  HOIST_ASSIGN_OR_RETURN(WriteResult written, ConvertCheckpoint(catalog, request.dst, options));
+  // Keep config.json with the weights, as users expect of a converted model,
+  // its dtype saying what the cast made of them. The config beside the
+  // source: in its directory, or beside its index.
+  std::error_code ec;
+  std::optional<std::filesystem::path> src_dir;
+  if (std::filesystem::is_directory(src, ec)) {
+    src_dir = src;
+  } else if (EndsWith(src, ".safetensors.index.json")) {
+    src_dir = std::filesystem::path(src).parent_path();
+    if (src_dir->empty()) src_dir = ".";
+  }
+  const std::filesystem::path src_config = src_dir ? *src_dir / "config.json" : std::filesystem::path();
+  if (src_dir && std::filesystem::is_directory(request.dst, ec) && std::filesystem::exists(src_config, ec)) {
+    Status copied = CopyConfig(src_config.string(), (std::filesystem::path(request.dst) / "config.json").string(), cast_to);
+    if (!copied.ok()) written.warnings.push_back(copied.message());
+  }
+  return written;
+}
 
 Result<PlannedRequest> PlanFromRequest(const PlanRequest& request, const DeviceRegistry& registry) {
   HOIST_RETURN_IF_ERROR(CheckFlags(request));

@@ -17,6 +17,7 @@
 #include "hoist/loader.h"
 #include "hoist/plan.h"
 #include "hoist/status.h"
+#include "hoist/writer.h"
 
 namespace hoist {
 
@@ -124,6 +125,26 @@ struct PlannedRequest {
   LoadPlan plan;
 };
 Result<PlannedRequest> PlanFromRequest(const PlanRequest& request, const DeviceRegistry& registry);
+
+// `hoist convert` (and Python's hoist.convert): a checkpoint rewritten as a
+// load with the same options would hold it: cast, filtered, renamed, one
+// tensor-parallel rank's parts, re-sharded. config.json beside the source
+// is copied beside the output when that is a directory (its dtype set to the
+// cast's); a copy that fails is a warning in the result.
+struct ConvertRequest {
+  std::string src, dst;
+  std::string dtype;  // bf16, f16, f32 or empty
+  std::string only;
+  std::vector<std::pair<std::string, std::string>> renames;  // (REGEX, REPLACEMENT), first match wins
+  std::vector<std::string> drops;
+  std::string compat;                  // "" or "hf-legacy"
+  std::string max_shard_size = "5GB";  // "5GB", "500MB", "2GiB", or bytes
+  int threads = 0;                     // 0: default
+  std::string shard;                   // RANK/WORLD, or empty
+  std::vector<std::string> splits;     // REGEX=DIM
+  const std::atomic<bool>* cancel = nullptr;  // when set, stops the write (WriteOptions::cancel)
+};
+Result<WriteResult> ConvertFromRequest(const ConvertRequest& request);
 
 // `opened`: the checkpoint's catalogue when the caller has opened it
 // already (its headers are then not read again); else it is opened here.

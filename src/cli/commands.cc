@@ -55,15 +55,6 @@ std::string HumanBytes(uint64_t n) {
 
 double Rate(uint64_t bytes, double seconds) { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0; }
 
-Status WriteTextFile(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return IoError(Printable(path) + ": cannot write: " + std::strerror(errno));
-  out << text;
-  out.close();
-  if (!out) return IoError(Printable(path) + ": write failed: " + std::strerror(errno));
-  return Status::Ok();
-}
-
 // Whether `path` can be written, checked before a load spends its time, by
 // opening it for writing (a file this creates is removed again): whatever
 // stands in the way (a missing or non-directory parent, a directory, a
@@ -100,35 +91,6 @@ void PrintExpectSummary(const PlanRequest& request, const LoadPlan& plan, bool q
   if (!plan.unexpected.empty()) {
     fmt::print(stderr, "expect: {} unexpected (not read): {}\n", plan.unexpected.size(), SomeNames(plan.unexpected));
   }
-}
-
-// Copies a checkpoint's config.json beside its conversion; after a cast,
-// its dtype (transformers' "dtype", or "torch_dtype" before 5.0) names what
-// the weights now are. A config the strict parser refuses (nesting, UTF-8,
-// repeated keys), one that is not an object, or one over 16 MiB is copied
-// byte for byte.
-Status CopyConfig(const std::string& src, const std::string& dst, std::optional<DType> cast_to) {
-  constexpr uint64_t kMaxRewrittenBytes = 16 << 20;  // a config is a few kB
-  std::error_code ec;
-  const uintmax_t size = std::filesystem::file_size(src, ec);
-  if (cast_to && !ec && size <= kMaxRewrittenBytes) {
-    HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(src, kMaxRewrittenBytes));
-    if (ParseJsonStrict(Printable(src), text).ok()) {  // then parsed again, keeping its key order
-      nlohmann::ordered_json config = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
-      const char* torch_name = *cast_to == DType::kBF16 ? "bfloat16" : *cast_to == DType::kF16 ? "float16" : "float32";
-      bool named = false;
-      for (const char* key : {"dtype", "torch_dtype"}) {
-        if (config.is_object() && config.contains(key) && config[key].is_string()) {
-          config[key] = torch_name;
-          named = true;
-        }
-      }
-      if (named) return WriteTextFile(dst, config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
-    }
-  }
-  std::filesystem::copy_file(src, dst, std::filesystem::copy_options::overwrite_existing, ec);
-  if (ec) return IoError(Printable(src) + ": cannot copy to " + Printable(dst) + ": " + ec.message());
-  return Status::Ok();
 }
 
 // On stderr: the earlier outputs a write removed, and its warnings.
@@ -414,55 +376,26 @@ int RunLoad(const LoadArgs& args) {
 }
 
 int RunConvert(const ConvertArgs& args) {
-  Result<std::optional<DType>> dtype = ParseDtypeFlag(args.dtype);
-  if (!dtype.ok()) return Fail(dtype.status());
-  Result<uint64_t> shard = ParseByteSize(args.max_shard_size);
-  if (!shard.ok()) return Fail(shard.status());
-  Result<Catalog> cat = OpenCatalog(args.src);
-  if (!cat.ok()) return Fail(cat.status());
-  ConvertOptions options;
-  options.cast_to = *dtype;
-  options.only_regex = args.only;
-  Result<bool> compat = ParseCompat(args.compat);
-  if (!compat.ok()) return Fail(compat.status());
-  options.compat_hf_legacy = *compat;
-  options.drops = args.drops;
+  ConvertRequest request = args.request;
   for (const std::string& r : args.renames) {
     Result<std::pair<std::string, std::string>> rule = SplitAssignment("--rename", r);
     if (!rule.ok()) return Fail(rule.status());
-    options.renames.push_back(*rule);
+    request.renames.push_back(*rule);
   }
-  if (!args.shard.empty()) {
-    Result<ShardSpec> rank = ParseShard(args.shard);
-    if (!rank.ok()) return Fail(rank.status());
-    options.shard = *rank;
+  Result<WriteResult> written = NotFound("");
+  {
+    StopOnSignal stop;  // Ctrl-C stops the write, which then removes what it had written
+    request.cancel = stop.flag();
+    written = ConvertFromRequest(request);
   }
-  for (const std::string& r : args.splits) {
-    Result<SplitRule> rule = ParseSplitRule(r);
-    if (!rule.ok()) return Fail(rule.status());
-    options.splits.push_back(*rule);
+  if (const int signal = StopOnSignal::received(); signal != 0) {
+    fmt::print(stderr, "error: {}: convert interrupted by {}{}\n", Printable(request.dst),
+               signal == SIGINT ? "SIGINT" : "SIGTERM",
+               written.ok() ? ", after the write had finished" : "; nothing was written");
+    return StopOnSignal::EndBy(signal);
   }
-  options.write.max_shard_bytes = *shard;
-  options.write.threads = args.threads;
-  Result<WriteResult> written = ConvertCheckpoint(*cat, args.dst, options);
   if (!written.ok()) return Fail(written.status());
   PrintWritten(*written);
-  // Keep config.json with the weights, as users expect of a converted model,
-  // its dtype saying what the cast made of them.
-  // The config beside the source: in its directory, or beside its index.
-  std::error_code ec;
-  std::optional<std::filesystem::path> src_dir;
-  if (std::filesystem::is_directory(args.src, ec)) {
-    src_dir = args.src;
-  } else if (EndsWith(args.src, ".safetensors.index.json")) {
-    src_dir = std::filesystem::path(args.src).parent_path();
-    if (src_dir->empty()) src_dir = ".";
-  }
-  const std::filesystem::path src_config = src_dir ? *src_dir / "config.json" : std::filesystem::path();
-  if (src_dir && std::filesystem::is_directory(args.dst, ec) && std::filesystem::exists(src_config, ec)) {
-    Status copied = CopyConfig(src_config.string(), (std::filesystem::path(args.dst) / "config.json").string(), *dtype);
-    if (!copied.ok()) fmt::print(stderr, "warning: {}\n", copied.message());
-  }
   fmt::print("wrote {} in {} file{} ({:.3f} s)\n", HumanBytes(written->data_bytes), written->files.size(),
              written->files.size() == 1 ? "" : "s", written->seconds);
   return 0;

@@ -39,15 +39,8 @@ struct PlanCmdArgs {
   bool json = false;
 };
 struct ConvertArgs {
-  std::string src, dst;
-  std::string dtype;
-  std::string only;
-  std::vector<std::string> renames, drops;
-  std::string compat;
-  std::string max_shard_size = "5GB";
-  int threads = 0;
-  std::string shard;                // RANK/WORLD, or empty
-  std::vector<std::string> splits;  // REGEX=DIM
+  ConvertRequest request;
+  std::vector<std::string> renames;  // REGEX=REPLACEMENT, split into request.renames
 };
 struct SynthArgs {
   std::string arch;

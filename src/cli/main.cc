@@ -87,19 +87,19 @@ int main(int argc, char** argv) {
 
   ConvertArgs convert;
   auto* c_convert = app.add_subcommand("convert", "Rewrite a checkpoint: cast, filter, re-shard");
-  c_convert->add_option("SRC", convert.src, "Source .safetensors file or directory")->required();
-  c_convert->add_option("DST", convert.dst, "Output .safetensors file, or a directory for shards")->required();
-  c_convert->add_option("--dtype", convert.dtype, "Cast floating-point tensors to bf16, f16 or f32");
-  c_convert->add_option("--only", convert.only, "Keep only tensors whose (mapped) name matches this regex");
+  c_convert->add_option("SRC", convert.request.src, "Source .safetensors file or directory")->required();
+  c_convert->add_option("DST", convert.request.dst, "Output .safetensors file, or a directory for shards")->required();
+  c_convert->add_option("--dtype", convert.request.dtype, "Cast floating-point tensors to bf16, f16 or f32");
+  c_convert->add_option("--only", convert.request.only, "Keep only tensors whose (mapped) name matches this regex");
   c_convert->add_option("--rename", convert.renames, "REGEX=REPLACEMENT, applied to names; first match wins (repeatable)");
-  c_convert->add_option("--drop", convert.drops, "Leave out tensors whose name matches REGEX (repeatable)");
-  c_convert->add_option("--compat", convert.compat, "hf-legacy: gamma/beta -> weight/bias, drop rotary_emb.inv_freq");
-  c_convert->add_option("--max-shard-size", convert.max_shard_size, "Largest shard (5GB, 500MB, 2GiB)")
+  c_convert->add_option("--drop", convert.request.drops, "Leave out tensors whose name matches REGEX (repeatable)");
+  c_convert->add_option("--compat", convert.request.compat, "hf-legacy: gamma/beta -> weight/bias, drop rotary_emb.inv_freq");
+  c_convert->add_option("--max-shard-size", convert.request.max_shard_size, "Largest shard (5GB, 500MB, 2GiB)")
       ->capture_default_str();
-  c_convert->add_option("--threads", convert.threads, "I/O threads")->check(CLI::Range(1, 1024));
-  c_convert->add_option("--shard", convert.shard,
+  c_convert->add_option("--threads", convert.request.threads, "I/O threads")->check(CLI::Range(1, 1024));
+  c_convert->add_option("--shard", convert.request.shard,
                         "RANK/WORLD: write part RANK of each tensor a --split rule names (one tensor-parallel rank)");
-  c_convert->add_option("--split", convert.splits,
+  c_convert->add_option("--split", convert.request.splits,
                         "REGEX=DIM: with --shard, the tensors to split along DIM (negative: from the last) into "
                         "WORLD equal parts; first match wins (repeatable)");
 
@@ -148,7 +148,7 @@ int main(int argc, char** argv) {
   if (c_load->parsed()) return resolve(load.request.plan.path) ? 2 : RunLoad(load);
   if (c_plan->parsed()) return resolve(plan.request.path) ? 2 : RunPlan(plan);
   if (c_probe->parsed()) return RunProbe(probe);
-  if (c_convert->parsed()) return resolve(convert.src) ? 2 : RunConvert(convert);
+  if (c_convert->parsed()) return resolve(convert.request.src) ? 2 : RunConvert(convert);
   if (c_synth->parsed()) return RunSynth(synth);
   return 2;
 }

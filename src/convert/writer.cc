@@ -4,6 +4,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <unistd.h>
 #include <filesystem>
 #include <regex>
 #include <set>
@@ -85,6 +86,57 @@ struct Piece {
 }  // namespace
 
 namespace {
+// The files of a write, under temporary names until Commit renames them
+// into place; removed if it never does.
+class PartialFiles {
+ public:
+  PartialFiles() = default;
+  PartialFiles(const PartialFiles&) = delete;
+  PartialFiles& operator=(const PartialFiles&) = delete;
+  ~PartialFiles() {
+    if (committed_ == temps_.size() && !temps_.empty()) return;
+    std::error_code ec;
+    for (size_t i = committed_; i < temps_.size(); ++i) fs::remove(temps_[i], ec);
+    // Directories the write made, deepest first, where nothing else is in them.
+    for (const fs::path& d : created_dirs_) fs::remove(d, ec);
+  }
+  // Creates `dir` and its missing parents, remembering those it made.
+  Status CreateDirectories(const fs::path& dir) {
+    std::error_code ec;
+    std::vector<fs::path> missing;
+    for (fs::path d = dir; !d.empty() && !fs::exists(d, ec); d = d.parent_path()) {
+      missing.push_back(d);
+      if (d == d.parent_path()) break;
+    }
+    fs::create_directories(dir, ec);
+    for (const fs::path& d : missing) {
+      if (fs::is_directory(d)) created_dirs_.push_back(d);
+    }
+    if (ec) return IoError(Printable(dir.string()) + ": cannot create directory: " + ec.message());
+    return Status::Ok();
+  }
+  // The temporary name `final_path` is written under.
+  const std::string& Add(const std::string& final_path) {
+    const fs::path p(final_path);
+    finals_.push_back(final_path);
+    temps_.push_back((p.parent_path() / ("." + p.filename().string() + ".hoist-" + std::to_string(::getpid()) +
+                                         ".partial")).string());
+    return temps_.back();
+  }
+  Status Commit() {
+    for (; committed_ < temps_.size(); ++committed_) {
+      std::error_code ec;
+      fs::rename(temps_[committed_], finals_[committed_], ec);
+      if (ec) return IoError(Printable(finals_[committed_]) + ": cannot put the written file in place: " + ec.message());
+    }
+    return Status::Ok();
+  }
+
+ private:
+  std::vector<std::string> temps_, finals_;
+  std::vector<fs::path> created_dirs_;
+  size_t committed_ = 0;
+};
 
 // A name hoist's directory output uses: model.safetensors, the index, or a
 // shard model-NNNNN-of-NNNNN.safetensors.
@@ -148,19 +200,18 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
   std::vector<Shard> shards(groups.size());
   std::string dir;
   bool single_file = groups.size() == 1 && EndsWith(dst, ".safetensors");
-  std::error_code ec;
+  PartialFiles partial;  // declared before the files: they close first
   if (single_file) {
     shards[0].path = dst;
     fs::path parent = fs::path(dst).parent_path();
-    if (!parent.empty()) fs::create_directories(parent, ec);
+    if (!parent.empty()) HOIST_RETURN_IF_ERROR(partial.CreateDirectories(parent));
   } else {
     if (EndsWith(dst, ".safetensors")) {
       return InvalidArgument(dst + ": the output needs " + std::to_string(groups.size()) +
                              " shards; give a directory instead of a .safetensors file");
     }
     dir = dst;
-    fs::create_directories(dir, ec);
-    if (ec) return IoError(dir + ": cannot create directory: " + ec.message());
+    HOIST_RETURN_IF_ERROR(partial.CreateDirectories(dir));
     for (size_t s = 0; s < groups.size(); ++s) {
       char name[64];
       if (groups.size() == 1) {
@@ -181,7 +232,7 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
     for (size_t i : shard.tensors) members.push_back(&tensors[i]);
     std::string header = BuildHeader(members, metadata);
     shard.data_offset_bytes = 8 + header.size();
-    HOIST_ASSIGN_OR_RETURN(File file, File::Create(shard.path));
+    HOIST_ASSIGN_OR_RETURN(File file, File::Create(partial.Add(shard.path)));
     unsigned char length[8];
     for (int b = 0; b < 8; ++b) length[b] = static_cast<unsigned char>(header.size() >> (8 * b));
     HOIST_RETURN_IF_ERROR(file.WriteAt(0, length, 8));
@@ -202,6 +253,9 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
   int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
   HOIST_RETURN_IF_ERROR(ParallelFor(pieces.size(), threads, [&](size_t k) -> Status {
     thread_local std::vector<unsigned char> buffer;
+    if (options.cancel != nullptr && options.cancel->load(std::memory_order_relaxed)) {
+      return Cancelled("the write to " + Printable(dst) + " was cancelled; nothing was written");
+    }
     const Piece& p = pieces[k];
     buffer.resize(p.size_bytes);
     HOIST_RETURN_IF_ERROR(fill(p.tensor, p.tensor_offset_bytes, p.size_bytes, buffer.data()));
@@ -221,11 +275,12 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
     index["weight_map"] = weight_map;
     std::string text = index.dump(2) + "\n";
     std::string path = (fs::path(dir) / kIndexFileName).string();
-    HOIST_ASSIGN_OR_RETURN(File file, File::Create(path));
+    HOIST_ASSIGN_OR_RETURN(File file, File::Create(partial.Add(path)));
     HOIST_RETURN_IF_ERROR(file.WriteAt(0, text.data(), text.size()));
     HOIST_RETURN_IF_ERROR(file.Close());
     result.files.push_back(path);
   }
+  HOIST_RETURN_IF_ERROR(partial.Commit());
   // A directory's old outputs go; so do those beside a new model.safetensors,
   // where an old index or shards would shadow it.
   if (!single_file) {

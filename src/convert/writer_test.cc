@@ -186,6 +186,68 @@ TEST(WriterTest, FillErrorsPropagate) {
   EXPECT_EQ(r.status().message(), "source went away");
 }
 
+// Every file under `dir`, hidden ones included.
+std::vector<std::string> FilesUnder(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) out.push_back(e.path().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+TEST(WriterTest, AFailedWriteLeavesNothingAndTheEarlierOutputWhole) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"a", DType::kU8, {60}, 60}, {"b", DType::kU8, {60}, 60}, {"c", DType::kU8, {60}, 60}};
+  WriteOptions sharded;
+  sharded.max_shard_bytes = 100;
+  sharded.piece_bytes = 8;
+  ASSERT_TRUE(WriteCheckpoint(dir / "d", tensors, {}, sharded, IndexFill()).ok());
+  const std::vector<std::string> before = FilesUnder(dir / "d");
+  const std::string shard_before = ReadAll(dir / "d/model-00002-of-00003.safetensors");
+  // The same write again, failing at tensor c's third piece: the other
+  // pieces (and shards) are written by then, under their temporary names.
+  std::atomic<int> filled{0};
+  FillFn failing = [&](size_t index, uint64_t offset, uint64_t size, unsigned char* out) {
+    if (index == 2 && offset == 16) return IoError("source went away");
+    ++filled;
+    return IndexFill()(index, offset, size, out);
+  };
+  sharded.threads = 1;
+  Result<WriteResult> r = WriteCheckpoint(dir / "d", tensors, {}, sharded, failing);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "source went away");
+  EXPECT_GT(filled.load(), 8);
+  EXPECT_EQ(FilesUnder(dir / "d"), before);
+  EXPECT_EQ(ReadAll(dir / "d/model-00002-of-00003.safetensors"), shard_before);
+  // Into directories that did not exist: they go too, as they were made.
+  r = WriteCheckpoint(dir / "new/deeper/x.safetensors", {{"a", DType::kU8, {60}, 60}}, {}, sharded, failing);
+  ASSERT_TRUE(r.ok()) << r.status().message();  // tensor 0 never fails
+  r = WriteCheckpoint(dir / "new2/deeper", tensors, {}, sharded, failing);
+  ASSERT_FALSE(r.ok());
+  EXPECT_FALSE(std::filesystem::exists(dir / "new2"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "new/deeper/x.safetensors"));
+}
+
+TEST(WriterTest, ACancelledWriteStopsAndLeavesNothing) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"a", DType::kU8, {64}, 64}, {"b", DType::kU8, {64}, 64}};
+  std::atomic<bool> cancel{false};
+  std::atomic<int> filled{0};
+  WriteOptions wo;
+  wo.piece_bytes = 8;
+  wo.threads = 1;
+  wo.cancel = &cancel;
+  FillFn fill = [&](size_t index, uint64_t offset, uint64_t size, unsigned char* out) {
+    if (++filled == 3) cancel.store(true);
+    return IndexFill()(index, offset, size, out);
+  };
+  Result<WriteResult> r = WriteCheckpoint(dir / "out/m.safetensors", tensors, {}, wo, fill);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << r.status().message();
+  EXPECT_EQ(filled.load(), 3);
+  EXPECT_FALSE(std::filesystem::exists(dir / "out"));
+  EXPECT_TRUE(FilesUnder(dir.path()).empty());
+}
+
 TEST(WriterTest, ConvertCastsAndKeepsMetadata) {
   testing::TempDir dir;
   std::vector<OutTensor> tensors = {{"f", DType::kF32, {1000}, 4000}, {"i", DType::kI16, {5}, 10}};

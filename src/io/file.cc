@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <utility>
 
 #include "util/text.h"
@@ -274,6 +275,15 @@ Status FileMapping::Populate(const File& file, uint64_t offset_bytes, uint64_t s
   unsigned char sum = 0;
   for (uint64_t p = begin; p < end; p += page) sum ^= *static_cast<volatile unsigned char*>(data_ + p);
   (void)sum;
+  return Status::Ok();
+}
+
+Status WriteTextFile(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return IoError(Printable(path) + ": cannot write: " + std::strerror(errno));
+  out << text;
+  out.close();
+  if (!out) return IoError(Printable(path) + ": write failed: " + std::strerror(errno));
   return Status::Ok();
 }
 

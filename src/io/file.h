@@ -127,4 +127,7 @@ class FileMapping {
 // larger than `limit_bytes` instead of allocating for it.
 Result<std::string> ReadSmallFile(const std::string& path, uint64_t limit_bytes = 256ull << 20);
 
+// Writes `text` to `path`, replacing what was there.
+Status WriteTextFile(const std::string& path, const std::string& text);
+
 }  // namespace hoist

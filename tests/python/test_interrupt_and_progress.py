@@ -422,3 +422,72 @@ def test_a_keyboard_interrupt_anywhere_in_load_raises_and_never_aborts(tiny):
     interrupted = int(proc.stdout.split()[-1])
     assert interrupted > 0, proc.stdout  # the handler did fire inside load
 
+
+
+# ------------------------------------------------------------ convert
+
+
+def bytes_written(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_convert_stops_on_a_signal_and_leaves_nothing(hoist_bin, model, tmp_path, signum):
+    """Interrupted once it has written 64 MiB of its output: no partial file
+    a load could take for a checkpoint stays behind, nor the directory it made."""
+    path, size = model
+    dst = tmp_path / "out" / "converted"
+    err = tmp_path / "stderr"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([str(hoist_bin), "convert", str(path), str(dst), "--threads", "1",
+                                 "--max-shard-size", "200MB"], stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 60
+    while not running(proc.pid, hoist_bin) or (bytes_written(proc.pid) or 0) < TRIGGER_BYTES:
+        assert proc.poll() is None and time.monotonic() < deadline, "the convert never wrote 64 MiB"
+        time.sleep(0.0005)
+    os.kill(proc.pid, signum)
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    written = bytes_written(proc.pid)
+    proc.wait()
+    name = signal.Signals(signum).name
+    assert proc.returncode == -signum, (proc.returncode, err.read_text())
+    assert err.read_text() == f"error: {dst}: convert interrupted by {name}; nothing was written\n"
+    assert written < size / 2, f"{written} bytes written: the convert ran on after the signal"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stderr"]
+
+
+PYTHON_CONVERT = PROGRAM_PRELUDE + r"""
+dst = sys.argv[3]
+def written():
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+before = written()
+def interrupt():
+    while written() < before + trigger:
+        time.sleep(0.0005)
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=interrupt, daemon=True).start()
+try:
+    hoist.convert(path, dst, threads=1, max_shard_size="200MB")
+    outcome = "finished"
+except KeyboardInterrupt:
+    outcome = "KeyboardInterrupt"
+print(json.dumps({"outcome": outcome, "written": written() - before, "exists": os.path.exists(dst)}))
+"""
+
+
+def test_python_convert_raises_keyboard_interrupt_and_leaves_nothing(model, tmp_path):
+    pytest.importorskip("hoist", reason="the hoist Python module is not built (run with PYTHONPATH=build/python)")
+    path, size = model
+    dst = tmp_path / "converted"
+    proc = subprocess.run([sys.executable, "-c", PYTHON_CONVERT, str(path), str(TRIGGER_BYTES), str(dst)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["outcome"] == "KeyboardInterrupt"
+    assert got["written"] < size / 2, f"{got}: the convert ran on after Ctrl-C"
+    assert not got["exists"] and list(tmp_path.iterdir()) == []
