@@ -74,6 +74,10 @@ def _path_text(path: Union[str, os.PathLike]) -> str:
         text = os.fsdecode(text)
     if "\0" in text:  # the C++ side would stop at it and open another file
         raise ValueError(f"{text!r}: a path cannot contain a NUL byte")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, decoded as surrogates
+        raise ValueError(f"{path!r}: hoist takes paths whose bytes are UTF-8") from None
     return text
 
 
@@ -166,10 +170,14 @@ def _pairs(name: str, value: Union[None, Mapping[str, str], Iterable[Sequence[st
     """{a: b} or [(a, b), ...] as (a, b) pairs of strings, `a` not empty."""
     if value is None:
         return []
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{name}={value!r}: expected {{key: value}} or (key, value) pairs")
     items = value.items() if isinstance(value, Mapping) else value
     pairs = []
     for item in items:
         try:
+            if isinstance(item, (str, bytes)):  # "ab" would unpack into ("a", "b")
+                raise ValueError
             a, b = item
         except (TypeError, ValueError):
             raise ValueError(f"{name}: expected {{key: value}} or (key, value) pairs, got {item!r}") from None
@@ -179,10 +187,50 @@ def _pairs(name: str, value: Union[None, Mapping[str, str], Iterable[Sequence[st
     return pairs
 
 
-def _list(value: Union[None, str, Iterable[str]]) -> List[str]:
+def _list(name: str, value: Union[None, str, Iterable[str]]) -> List[str]:
+    """A regex or a list of them."""
     if value is None:
         return []
-    return [value] if isinstance(value, str) else list(value)
+    items = [value] if isinstance(value, str) else list(value) if isinstance(value, Iterable) else None
+    if items is None or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"{name}={value!r}: expected a regex or a list of them")
+    return items
+
+
+def _text(name: str, value: Any) -> str:
+    """A string keyword; None is the empty default."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name}={value!r}: expected a string")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: expected True or False")
+    return value
+
+
+def _device_map_text(device_map: Any) -> str:
+    """accelerate's {module: device} (devices as N, "cuda:N", "cpu", "disk" or torch.device), or a strategy."""
+    if device_map is None or isinstance(device_map, str):
+        return device_map or ""
+    if not isinstance(device_map, Mapping):
+        raise ValueError(f"device_map={device_map!r}: expected {{module: device}} or a strategy such as 'auto'")
+    entries = {}
+    for key, value in device_map.items():
+        if not isinstance(key, str):
+            raise ValueError(f"device_map={{{key!r}: ...}}: module names are strings ('' for the whole model)")
+        if isinstance(value, str):
+            entries[key] = value
+        elif _whole(value) is not None and _whole(value) >= 0:
+            entries[key] = _whole(value)
+        elif type(value).__module__.split(".")[0] == "torch" and type(value).__name__ == "device":
+            entries[key] = _device_text(value)
+        else:
+            raise ValueError(f"device_map={{{key!r}: {value!r}}}: expected a device: N, 'cuda:N', 'cpu' or 'disk'")
+    return json.dumps(entries)
 
 
 class Model:
@@ -220,8 +268,9 @@ class Model:
         return raw if np_type is None else raw.view(np.dtype(np_type)).reshape(info["shape"])
 
     def info(self, name: str) -> Dict[str, Any]:
-        """name, device, dtype (after any cast), stored_dtype, shape, nbytes, file, file_offset, tied, mapped,
-        slice (None, or {"dim", "start", "stop"}: the part of the stored tensor a split loaded)."""
+        """name, device, dtype (after any cast), stored_dtype, shape, nbytes, file, file_offset, tied (and
+        tied_to: the name of the tensor whose memory it shares), mapped, slice (None, or {"dim", "start",
+        "stop"}: the part of the stored tensor a split loaded)."""
         return self._native.info(name)
 
     def __contains__(self, name: object) -> bool:
@@ -336,28 +385,29 @@ def load(
 def _request(path, device, device_map, max_memory, dtype, rename, drop, expect, tie, only, compat, config_ties,
              margin, strict, mmap, shard, split, no_split) -> "_hoist.PlanRequest":
     """The core's PlanRequest from load's and plan's keyword arguments."""
-    if isinstance(device_map, Mapping):
-        device_map = json.dumps(dict(device_map))
     expect_json = ""
     if expect is not None:
-        expect_json = json.dumps(dict(expect) if isinstance(expect, Mapping) else list(expect))
+        try:
+            expect_json = json.dumps(dict(expect) if isinstance(expect, Mapping) else list(expect))
+        except TypeError as e:
+            raise ValueError(f"expect: expected names, or {{name: {{'dtype': ..., 'shape': [...]}}}} ({e})") from None
     r = _hoist.PlanRequest()
     r.path = _path_text(path)
     r.device = _device_text(device)
-    r.device_map = device_map or ""
+    r.device_map = _device_map_text(device_map)
     r.max_memory = _max_memory_pairs(max_memory)
     r.dtype = _dtype_text(dtype)
     r.renames = _pairs("rename", rename)
-    r.drops = _list(drop)
+    r.drops = _list("drop", drop)
     r.ties = _pairs("tie", tie)
-    r.no_split = _list(no_split)
+    r.no_split = _list("no_split", no_split)
     r.expect_json = expect_json
-    r.only = only or ""
-    r.compat = compat or ""
-    r.no_config_ties = not config_ties
+    r.only = _text("only", only)
+    r.compat = _text("compat", compat)
+    r.no_config_ties = not _flag("config_ties", config_ties)
     r.margin = _size_text("margin", margin)
-    r.strict = strict
-    r.map_host = mmap
+    r.strict = _flag("strict", strict)
+    r.map_host = _flag("mmap", mmap)
     r.shard = _shard_text(shard)
     r.splits = _split_rules(split)
     return r
@@ -389,13 +439,16 @@ def plan(
     model and answers "will it fit?" before a load is tried.
 
     Returns {"tensors": [{"name", "device", "dtype", "shape", "nbytes", "offset", ...}],
-    "devices": {"cuda:0": {"bytes": reservation, "tensors": count}, ...}, "warnings": [...]}, and, with
-    `expect`, "missing", "unexpected" and "mismatched". A tensor's "offset" is its place in its device's
+    "devices": {"cuda:0": {"bytes": reservation, "tensors": count}, ...}, "warnings": [...],
+    "missing": [...], "unexpected": [...], "mismatched": [...]} (the last three against `expect`). A tensor's "offset" is its place in its device's
     single reservation (None for one that stays in its file, which gives "file" and "file_offset"
     instead); "tied_to" names the tensor a tied one shares memory with, "slice" a tensor-parallel part.
     A strategy that cannot place the model raises MemoryError, as the load would; bad arguments and
     files raise ValueError or FileNotFoundError with the load's messages; a
     reservation larger than a GPU's free memory less `margin` is a warning here and an error in a load.
+    Devices are not checked against this machine's: a plan for cuda:3, or for a device_map over GPUs
+    this machine lacks, is a plan for a machine that has them (sizes come from max_memory there); a
+    load onto a device that is not present fails.
     """
     request = _request(path, device, device_map, max_memory, dtype, rename, drop, expect, tie, only, compat,
                        config_ties, margin, strict, mmap, shard, split, no_split)
@@ -432,10 +485,10 @@ def convert(
         _path_text(src),
         _path_text(dst),
         dtype=_dtype_text(dtype),
-        only=only or "",
+        only=_text("only", only),
         renames=_pairs("rename", rename),
-        drops=_list(drop),
-        compat=compat or "",
+        drops=_list("drop", drop),
+        compat=_text("compat", compat),
         max_shard_size=_size_text("max_shard_size", max_shard_size),
         threads=_count("threads", threads),
         shard=_shard_text(shard),
@@ -567,7 +620,7 @@ class _Conversions:
         converter's inputs go where its first target goes (a map that puts
         its targets apart is warned about)."""
         names = list(self.direct) + [t for targets in self.targets_of.values() for t in targets]
-        devices, map_warnings = _hoist.place_by_map(names, json.dumps(dict(device_map)))
+        devices, map_warnings = _hoist.place_by_map(names, _device_map_text(device_map))
         warnings.extend(map_warnings)
         device_of = dict(zip(names, devices))
         out = {ckpt: device_of[key] for key, ckpt in self.direct.items()}
@@ -663,12 +716,12 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
     if checkpoint is None:
         checkpoint = _hoist.open_checkpoint(_path_text(path))
     checkpoint_names = _hoist.mapped_names(checkpoint, renames=_pairs("rename", kwargs.get("rename")),
-                                           drops=_list(kwargs.get("drop")), only=kwargs.get("only") or "",
-                                           compat=kwargs.get("compat") or "")
+                                           drops=_list("drop", kwargs.get("drop")), only=_text("only", kwargs.get("only")),
+                                           compat=_text("compat", kwargs.get("compat")))
     device_map = kwargs.get("device_map")
     checkpoint.start_devices(
         device=_device_text(device),
-        device_map=json.dumps(dict(device_map)) if isinstance(device_map, Mapping) else device_map or "")
+        device_map=_device_map_text(device_map))
     conv = _Conversions(module, checkpoint_names)
     warnings: List[str] = []
     if conv.error:

@@ -589,7 +589,7 @@ NB_MODULE(_hoist, m) {
          const std::vector<std::pair<std::string, std::string>>& renames, const std::vector<std::string>& drops,
          const std::string& compat, const std::string& max_shard_size, int threads, const std::string& shard,
          const std::vector<std::string>& splits) {
-        ConvertRequest r{src, dst, dtype, only, renames, drops, compat, max_shard_size, threads, shard, splits};
+        ConvertRequest r{Resolve(src), dst, dtype, only, renames, drops, compat, max_shard_size, threads, shard, splits};
         std::atomic<bool> cancel{false};
         r.cancel = &cancel;
         WriteResult written;
@@ -627,9 +627,11 @@ NB_MODULE(_hoist, m) {
   m.def(
       "plan_json",
       [](const PlanRequest& request) {
+        PlanRequest r = request;  // Python's object, read while the GIL is held
+        r.path = Resolve(request.path);
         nb::gil_scoped_release release;  // finding GPUs can take a while
-        const DeviceRegistry& registry = RegistryFor(request);
-        PlannedRequest planned = Unwrap(PlanFromRequest(request, registry));
+        const DeviceRegistry& registry = RegistryFor(r);
+        PlannedRequest planned = Unwrap(PlanFromRequest(r, registry));
         nlohmann::ordered_json out = PlanJson(*planned.catalog, planned.plan);
         return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       },

@@ -120,14 +120,14 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   HOIST_RETURN_IF_ERROR(CheckFlags(a));
   HOIST_ASSIGN_OR_RETURN(o.compat_hf_legacy, ParseCompat(a.compat));
   for (const auto& [pattern, replacement] : a.renames) {
-    if (pattern.empty()) return InvalidArgument(Opt("--rename") + ": a pattern cannot be empty");
+    if (pattern.empty()) return InvalidArgument(AssignmentText("--rename", pattern, replacement) + ": the pattern is empty");
     o.renames.push_back({pattern, replacement});
   }
   if (!a.no_config_ties) {
     HOIST_ASSIGN_OR_RETURN(o.tie_word_embeddings, ConfigTiesWordEmbeddings(a.path));
   }
   for (const auto& [alias, source] : a.ties) {
-    if (alias.empty() || source.empty()) return InvalidArgument(Opt("--tie") + ": a name cannot be empty");
+    if (alias.empty()) return InvalidArgument(AssignmentText("--tie", alias, source) + ": the name to tie is empty");
     o.ties.push_back({alias, source});
   }
   if (!a.expect_file.empty()) {
@@ -362,7 +362,7 @@ Result<WriteResult> ConvertFromRequest(const ConvertRequest& request) {
   HOIST_ASSIGN_OR_RETURN(options.compat_hf_legacy, ParseCompat(request.compat));
   options.drops = request.drops;
   for (const auto& [pattern, replacement] : request.renames) {
-    if (pattern.empty()) return InvalidArgument(Opt("--rename") + ": a pattern cannot be empty");
+    if (pattern.empty()) return InvalidArgument(AssignmentText("--rename", pattern, replacement) + ": the pattern is empty");
     options.renames.push_back({pattern, replacement});
   }
   if (!request.shard.empty()) {
@@ -465,11 +465,10 @@ nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
     out["devices"][d.device.ToString()] = {{"bytes", d.reserve_bytes}, {"tensors", d.tensor_count}};
   }
   out["warnings"] = plan.warnings;
-  if (!plan.missing.empty() || !plan.unexpected.empty() || !plan.mismatched.empty()) {
-    out["missing"] = plan.missing;
-    out["unexpected"] = plan.unexpected;
-    out["mismatched"] = plan.mismatched;
-  }
+  // As the load report has them: empty where nothing was expected.
+  out["missing"] = plan.missing;
+  out["unexpected"] = plan.unexpected;
+  out["mismatched"] = plan.mismatched;
   return out;
 }
 

@@ -414,7 +414,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
   }
   ties.insert(ties.end(), options.ties.begin(), options.ties.end());
   for (const auto& [alias, source] : ties) {
-    if (alias == source) return InvalidArgument("tie " + alias + "=" + source + ": a tensor cannot be tied to itself");
+    if (alias == source) return InvalidArgument(AssignmentText("--tie", alias, source) + ": a tensor cannot be tied to itself");
   }
   // Ties whose source is itself an alias made here (c=b, b=a) wait until
   // it exists, whatever order they came in. What never finds its source is
@@ -439,7 +439,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
           }
           return text;
         };
-        return InvalidArgument("tie " + alias + "=" + source + ": the tensors differ (" + describe(a) + " vs " +
+        return InvalidArgument(AssignmentText("--tie", alias, source) + ": the tensors differ (" + describe(a) + " vs " +
                                describe(s) + ")");
       }
       a.dtype = s.dtype;
@@ -473,7 +473,7 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     std::string at = source;
     for (size_t steps = 0; steps <= ties.size() && source_of.count(at) > 0 && at != alias; ++steps) at = source_of[at];
     if (at == alias) return InvalidArgument(Opt("--tie") + ": the ties of " + QuoteName(alias) + " form a loop");
-    plan.warnings.push_back("tie " + alias + "=" + source + ": the source is not loaded; nothing tied");
+    plan.warnings.push_back(AssignmentText("--tie", alias, source) + ": the source is not loaded; nothing tied");
   }
 
   // Ties may chain (c=b, b=a) or loop (a=b, b=a): point every alias at the

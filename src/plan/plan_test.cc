@@ -583,7 +583,7 @@ TEST_F(PlanTest, SplitPartsTieOnlyToTheSameCutAndEmptyPartsHaveNoBytes) {
   o.ties = {{"b.w", "a.w"}};
   auto plan = BuildPlan(cat, o);
   ASSERT_FALSE(plan.ok());
-  EXPECT_NE(plan.status().message().find("tie b.w=a.w: the tensors differ (F32 [4, 4] vs F32 [8, 4] (part 4..8 of "
+  EXPECT_NE(plan.status().message().find("--tie 'b.w=a.w': the tensors differ (F32 [4, 4] vs F32 [8, 4] (part 4..8 of "
                                          "dimension 0))"),
             std::string::npos)
       << plan.status().message();

@@ -75,4 +75,11 @@ std::string OptText(std::string_view flags_text, std::string_view keywords_text)
   return std::string(option_style.load(std::memory_order_relaxed) == OptionStyle::kFlags ? flags_text : keywords_text);
 }
 
+std::string AssignmentText(std::string_view flag, std::string_view a, std::string_view b) {
+  if (option_style.load(std::memory_order_relaxed) == OptionStyle::kFlags) {
+    return std::string(flag) + " " + QuoteName(std::string(a) + "=" + std::string(b));
+  }
+  return Opt(flag) + "={" + QuoteName(a) + ": " + QuoteName(b) + "}";
+}
+
 }  // namespace hoist

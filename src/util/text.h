@@ -38,6 +38,9 @@ enum class OptionStyle { kFlags, kKeywords };
 void SetOptionStyle(OptionStyle style);
 std::string Opt(std::string_view flag);
 std::string OptText(std::string_view flags_text, std::string_view keywords_text);
+// One A=B value of an option as the caller wrote it: --tie 'a=b' on the
+// command line, tie={'a': 'b'} in Python.
+std::string AssignmentText(std::string_view flag, std::string_view a, std::string_view b);
 
 inline bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;

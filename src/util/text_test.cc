@@ -13,8 +13,10 @@ TEST(OptionStyleTest, FlagsByDefaultKeywordsOnceChosen) {
   EXPECT_EQ(Opt("--staging-buffers"), "staging_buffers");
   EXPECT_EQ(Opt("--io"), "io");
   EXPECT_EQ(OptText("--shard RANK/WORLD", "shard=(rank, world)"), "shard=(rank, world)");
+  EXPECT_EQ(AssignmentText("--tie", "a=b", "c\nd"), "tie={'a=b': 'c\\x0ad'}");  // escaped: one line
   SetOptionStyle(OptionStyle::kFlags);
   EXPECT_EQ(Opt("--chunk-size"), "--chunk-size");
+  EXPECT_EQ(AssignmentText("--tie", "lm_head.weight", "x"), "--tie 'lm_head.weight=x'");
 }
 
 }  // namespace

@@ -89,6 +89,16 @@ def test_inspect_reports_the_catalogue_warnings(tiny, tmp_path, run_hoist):
     assert cli.stderr.strip() == f"warning: {got['warnings'][0]}"
 
 
+def _read_so_far() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def _peak_virtual_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmPeak:"))
+
+
 def test_inspect_reads_no_tensor_data(tmp_path):
     # A header whose data section is a hole of 64 GiB: a catalogue reads the header and nothing else.
     f = tmp_path / "big.safetensors"
@@ -98,7 +108,9 @@ def test_inspect_reads_no_tensor_data(tmp_path):
     with open(f, "wb") as out:
         out.write(len(header).to_bytes(8, "little") + header)
         out.truncate(8 + len(header) + n_bytes)
+    before = _read_so_far()
     got = hoist.inspect(f)
+    assert _read_so_far() - before < 1 << 20
     assert got["total_bytes"] == n_bytes
     assert got["tensors"][0]["shape"] == [n_bytes]
 
@@ -180,6 +192,10 @@ def test_a_load_follows_its_plan(tiny, case):
         assert got.get("tied_to") == t.get("tied_to"), f"{case} {t['name']}: tied_to"
         if t["offset"] is not None:
             assert got["offset"] == t["offset"], f"{case} {t['name']}: offset"
+        else:  # stays in its file, or mapped from it: where
+            for key in ("file", "file_offset"):
+                assert got[key] == t[key], f"{case} {t['name']}: {key} {got[key]!r}, planned {t[key]!r}"
+        assert got.get("mapped", False) == t.get("mapped", False), f"{case} {t['name']}: mapped"
     for device, d in planned["devices"].items():
         if device != "disk":
             assert report["devices"][device]["bytes"] == d["bytes"], device
@@ -190,7 +206,11 @@ def test_plan_reserves_nothing(run_hoist, tmp_path):
     # only (--sparse leaves the data as a file hole), and the plan's reservation is the model's size.
     out = tmp_path / "70b"
     ok(run_hoist("synth", "--arch", "llama-3.1-70b", "--sparse", "--quiet", out))
+    peak, read = _peak_virtual_bytes(), _read_so_far()
     got = hoist.plan(out, device="cpu")
+    # Not even address space for it (a reservation would be a 141 GB mapping), and no tensor read.
+    assert _peak_virtual_bytes() - peak < 1 << 30
+    assert _read_so_far() - read < 64 << 20
     assert got["devices"]["cpu"]["bytes"] >= hoist.inspect(out)["total_bytes"] > 140e9
     assert len(got["tensors"]) == 723
 
@@ -213,7 +233,51 @@ def test_plan_errors_name_keywords(tiny):
         hoist.plan(tiny, device_map="auto", no_split="(")
     with pytest.raises(MemoryError, match=r"raise max_memory"):
         hoist.plan(tiny, device_map="auto", max_memory={"cpu": "1KB"})
-    with pytest.raises(ValueError, match="shard"):
-        hoist.plan(tiny, device="cpu", shard=(2, 2), split={"q_proj": 0})
+    with pytest.raises(ValueError, match=r"^split '\(': not a valid regular expression"):
+        hoist.plan(tiny, device="cpu", shard=(0, 2), split={"(": 0})
+    with pytest.raises(ValueError, match=r"^tie=\{'x=y': 'x=y'\}: a tensor cannot be tied to itself$"):
+        hoist.plan(tiny, device="cpu", tie={"x=y": "x=y"})
+    assert hoist.plan(tiny, device="cpu", tie={"a": "no=such"})["warnings"] == [
+        "tie={'a': 'no=such'}: the source is not loaded; nothing tied"]
     with pytest.raises(FileNotFoundError):
         hoist.plan(tiny / "nothing", device="cpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"only": 5}, "only=5: expected a string"),
+        ({"compat": 5}, "compat=5: expected a string"),
+        ({"strict": "yes"}, "strict='yes': expected True or False"),
+        ({"mmap": 1}, "mmap=1: expected True or False"),
+        ({"config_ties": "no"}, "config_ties='no': expected True or False"),
+        ({"device_map": 5}, "device_map=5: expected {module: device}"),
+        ({"device_map": {0: "cpu"}}, "device_map={0: ...}: module names are strings"),
+        ({"device_map": {"": 1.5}}, "device_map={'': 1.5}: expected a device"),
+        ({"drop": [5]}, "drop=[5]: expected a regex or a list of them"),
+        ({"no_split": b"x"}, "no_split=b'x': expected a regex or a list of them"),
+        ({"rename": ["ab"]}, "rename: expected {key: value} or (key, value) pairs, got 'ab'"),
+        ({"rename": "a=b"}, "rename='a=b': expected {key: value} or (key, value) pairs"),
+        ({"expect": [object]}, "expect: expected names"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_value_errors_naming_them(tiny, kwargs, message):
+    for call in (hoist.plan, hoist.load):
+        with pytest.raises(ValueError) as e:
+            call(tiny, **kwargs)
+        assert str(e.value).startswith(message), str(e.value)
+        assert "\n" not in str(e.value)
+
+
+def test_device_map_values_may_be_numpy_ints_and_torch_devices(tiny):
+    np = pytest.importorskip("numpy", reason="numpy is not installed")
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    plain = hoist.plan(tiny, device_map={"model.layers.0": "cpu", "": "disk"})
+    assert hoist.plan(tiny, device_map={"model.layers.0": torch.device("cpu"), "": "disk"}) == plain
+    numbered = hoist.plan(tiny, device_map={"": np.int64(0)}, max_memory={0: "1GB"})
+    assert {t["device"] for t in numbered["tensors"]} == {"cuda:0"}
+
+
+def test_paths_that_are_not_utf8_are_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match="UTF-8"):
+        hoist.inspect(os.fsencode(str(tmp_path)) + b"/ns\xff")
