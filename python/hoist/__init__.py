@@ -1006,11 +1006,18 @@ def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: An
     if first is not None:
         model.to(first.device)
     model.eval()
+    # The generation config as transformers' from_pretrained makes it: the
+    # checkpoint's generation_config.json, else one read from config.json.
     generation = os.path.join(config_dir, "generation_config.json")
-    if os.path.isfile(generation) and getattr(model, "generation_config", None) is not None:
+    can_generate = getattr(model, "can_generate", lambda: False)()
+    if can_generate and getattr(model, "generation_config", None) is not None:
         try:
-            model.generation_config = transformers.GenerationConfig.from_pretrained(config_dir)
-        except (OSError, ValueError) as e:
+            if os.path.isfile(generation):
+                model.generation_config = transformers.GenerationConfig.from_pretrained(config_dir)
+            else:
+                model.generation_config = transformers.GenerationConfig.from_pretrained(
+                    config_dir, config_file_name="config.json", _from_model_config=True)
+        except (OSError, ValueError, TypeError) as e:
             report.setdefault("warnings", []).append(f"from_pretrained: {generation}: {e}")
     return (model, report) if return_report else model
 

@@ -161,6 +161,16 @@ def test_generation_config_is_the_checkpoints(tiny, tmp_path):
     shutil.copytree(tiny, d)
     (d / "generation_config.json").write_text(json.dumps({"max_new_tokens": 7, "do_sample": False}))
     assert hoist.from_pretrained(str(d), device="cpu").generation_config.max_new_tokens == 7
+    assert hoist.from_pretrained(str(d), device="cpu").generation_config == _reference(d).generation_config
+
+
+def test_without_a_generation_config_file_it_is_transformers_default(tiny):
+    """Read from config.json as transformers' from_pretrained reads it (not the one the model's
+    __init__ made, which also sets output_attentions and output_hidden_states)."""
+    assert not (tiny / "generation_config.json").exists()
+    got, want = hoist.from_pretrained(str(tiny), device="cpu").generation_config, _reference(tiny).generation_config
+    assert got.to_diff_dict() == want.to_diff_dict()
+    assert got == want
 
 
 def test_without_a_dtype_in_the_config_the_checkpoints_dtype_is_the_models(tiny, tmp_path, monkeypatch):
