@@ -139,7 +139,7 @@ def _count(name: str, value: Any) -> int:
 def _shard_text(shard: Optional[Sequence[int]]) -> str:
     if shard is None:
         return ""
-    if isinstance(shard, str):
+    if isinstance(shard, str):  # the CLI's "RANK/WORLD"
         return shard
     try:
         rank, world = shard
@@ -162,6 +162,8 @@ def _split_rules(split: Optional[Mapping[str, int]]) -> List[str]:
     for pattern, dim in split.items():
         if not isinstance(pattern, str) or _whole(dim) is None:
             raise ValueError(f"split={{{pattern!r}: {dim!r}}}: expected {{regex: dim}}, a dimension as a whole number")
+        if not -64 <= _whole(dim) < 64:  # safetensors shapes have far fewer dimensions
+            raise ValueError(f"split={{{pattern!r}: {dim!r}}}: no tensor has that dimension")
         rules.append(f"{pattern}={_whole(dim)}")
     return rules
 

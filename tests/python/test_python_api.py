@@ -886,6 +886,7 @@ def test_bad_input_is_value_error_with_cli_message(run_hoist, tiny, kwargs, cli_
         ({"shard": (0, 2)}, "shard needs split={regex: dim} naming the tensors to split"),
         ({"split": {"x": 0}}, "split needs shard=(rank, world)"),
         ({"shard": (0, 2), "split": {"x": "a"}}, "split={'x': 'a'}: expected {regex: dim}"),
+        ({"shard": (0, 2), "split": {"x": 2**40}}, "split={'x': 1099511627776}: no tensor has that dimension"),
         ({"shard": (0, 2), "split": {"(": 0}}, "split '(': not a valid regular expression"),
     ],
 )
