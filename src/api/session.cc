@@ -25,6 +25,20 @@ namespace {
 
 // The checks of a request's flags that need nothing else: made before a
 // load starts any device, so a mistake costs no GPU start-up.
+// --shard RANK/WORLD (none when empty) and its --split REGEX=DIM rules.
+Status ParseShardFlags(const std::string& shard_text, const std::vector<std::string>& split_texts,
+                       std::optional<ShardSpec>* shard, std::vector<SplitRule>* splits) {
+  if (!shard_text.empty()) {
+    HOIST_ASSIGN_OR_RETURN(ShardSpec parsed, ParseShard(shard_text));
+    *shard = parsed;
+  }
+  for (const std::string& r : split_texts) {
+    HOIST_ASSIGN_OR_RETURN(SplitRule rule, ParseSplitRule(r));
+    splits->push_back(std::move(rule));
+  }
+  return Status::Ok();
+}
+
 Status CheckFlags(const PlanRequest& a) {
   HOIST_RETURN_IF_ERROR(ParseCompat(a.compat).status());
   HOIST_RETURN_IF_ERROR(ParseDtypeFlag(a.dtype).status());
@@ -109,14 +123,7 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   o.drops = a.drops;
   o.no_split = a.no_split;
   o.map_host = a.map_host;
-  if (!a.shard.empty()) {
-    HOIST_ASSIGN_OR_RETURN(ShardSpec shard, ParseShard(a.shard));
-    o.shard = shard;
-  }
-  for (const std::string& r : a.splits) {
-    HOIST_ASSIGN_OR_RETURN(SplitRule rule, ParseSplitRule(r));
-    o.splits.push_back(std::move(rule));
-  }
+  HOIST_RETURN_IF_ERROR(ParseShardFlags(a.shard, a.splits, &o.shard, &o.splits));
   HOIST_RETURN_IF_ERROR(CheckFlags(a));
   HOIST_ASSIGN_OR_RETURN(o.compat_hf_legacy, ParseCompat(a.compat));
   for (const auto& [pattern, replacement] : a.renames) {
@@ -365,14 +372,7 @@ Result<WriteResult> ConvertFromRequest(const ConvertRequest& request) {
     if (pattern.empty()) return InvalidArgument(AssignmentText("--rename", pattern, replacement) + ": the pattern is empty");
     options.renames.push_back({pattern, replacement});
   }
-  if (!request.shard.empty()) {
-    HOIST_ASSIGN_OR_RETURN(ShardSpec shard, ParseShard(request.shard));
-    options.shard = shard;
-  }
-  for (const std::string& r : request.splits) {
-    HOIST_ASSIGN_OR_RETURN(SplitRule rule, ParseSplitRule(r));
-    options.splits.push_back(std::move(rule));
-  }
+  HOIST_RETURN_IF_ERROR(ParseShardFlags(request.shard, request.splits, &options.shard, &options.splits));
   options.write.max_shard_bytes = *shard_bytes;
   options.write.threads = request.threads;
   options.write.cancel = request.cancel;

@@ -149,9 +149,12 @@ def resident():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
 
-def bytes_read():
+def io_bytes(field):
     with open("/proc/self/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+def bytes_read():
+    return io_bytes("rchar")
 """
 
 PYTHON_LOAD = PROGRAM_PRELUDE + r"""
@@ -463,8 +466,7 @@ def test_cli_convert_stops_on_a_signal_and_leaves_nothing(hoist_bin, model, tmp_
 PYTHON_CONVERT = PROGRAM_PRELUDE + r"""
 dst = sys.argv[3]
 def written():
-    with open("/proc/self/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+    return io_bytes("wchar")
 before = written()
 def interrupt():
     while written() < before + trigger:
