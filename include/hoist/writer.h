@@ -62,10 +62,10 @@ struct WriteResult {
 // ends in ".safetensors", that file is written; otherwise `dst` is a
 // directory (created if needed) that receives model.safetensors or the
 // shards and the index. Every file is written under a temporary name beside
-// its own (".NAME.hoist-PID.partial") and renamed into place once all of
-// them are whole: a write that fails or is cancelled leaves no partial file
-// a load could take for a checkpoint, touches no earlier output, and
-// removes the directories it made.
+// its own (".hoist-PID-TOKEN-K.partial") and renamed into place once all of
+// them are whole: a write that fails or is cancelled (or whose renames
+// fail) leaves no partial file a load could take for a checkpoint, leaves
+// the earlier output as it was, and removes the directories it made.
 Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<OutTensor>& tensors,
                                     const std::map<std::string, std::string>& metadata,
                                     const WriteOptions& options, const FillFn& fill);

@@ -133,6 +133,8 @@ def _count(name: str, value: Any) -> int:
     number = _whole(value)
     if number is None:
         raise ValueError(f"{name}={value!r}: expected a whole number")
+    if not -(1 << 31) <= number < 1 << 31:  # the core's own limits are far below; its int cannot hold it
+        raise ValueError(f"{name}={value!r}: far too large")
     return number
 
 
@@ -193,7 +195,8 @@ def _list(name: str, value: Union[None, str, Iterable[str]]) -> List[str]:
     """A regex or a list of them."""
     if value is None:
         return []
-    items = [value] if isinstance(value, str) else list(value) if isinstance(value, Iterable) else None
+    iterable = isinstance(value, Iterable) and not isinstance(value, (Mapping, bytes))
+    items = [value] if isinstance(value, str) else list(value) if iterable else None
     if items is None or not all(isinstance(v, str) for v in items):
         raise ValueError(f"{name}={value!r}: expected a regex or a list of them")
     return items

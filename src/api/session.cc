@@ -357,6 +357,7 @@ Status CopyConfig(const std::string& src, const std::string& dst, std::optional<
 }  // namespace
 
 Result<WriteResult> ConvertFromRequest(const ConvertRequest& request) {
+  if (request.dst.empty()) return InvalidArgument("convert: the output path is empty");
   HOIST_ASSIGN_OR_RETURN(std::optional<DType> cast_to, ParseDtypeFlag(request.dtype));
   Result<uint64_t> shard_bytes = ParseByteSize(request.max_shard_size);
   if (!shard_bytes.ok()) return InvalidArgument(Opt("--max-shard-size") + ": " + shard_bytes.status().message());

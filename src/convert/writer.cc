@@ -4,6 +4,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <random>
 #include <unistd.h>
 #include <filesystem>
 #include <regex>
@@ -86,56 +87,114 @@ struct Piece {
 }  // namespace
 
 namespace {
-// The files of a write, under temporary names until Commit renames them
-// into place; removed if it never does.
+// The files of one write. Each is written under a name of its own beside
+// its final one (".hoist-PID-TOKEN-K.partial": short, so any final name
+// still fits, and unique across threads, processes and containers sharing a
+// directory, O_EXCL making sure). Commit renames them into place, keeping
+// the earlier outputs it replaces under names of their own (hard links)
+// until every rename is done, so that a rename that fails puts them back.
+// A write that never commits removes its files and the directories it made.
 class PartialFiles {
  public:
-  PartialFiles() = default;
+  PartialFiles() {
+    std::random_device random;
+    char token[24];
+    std::snprintf(token, sizeof token, "%ld-%08x", static_cast<long>(::getpid()), static_cast<unsigned>(random()));
+    token_ = token;
+  }
   PartialFiles(const PartialFiles&) = delete;
   PartialFiles& operator=(const PartialFiles&) = delete;
   ~PartialFiles() {
-    if (committed_ == temps_.size() && !temps_.empty()) return;
     std::error_code ec;
-    for (size_t i = committed_; i < temps_.size(); ++i) fs::remove(temps_[i], ec);
+    for (const Entry& e : files_) {
+      if (!committed_) fs::remove(e.temp, ec);
+      if (!e.backup.empty()) fs::remove(e.backup, ec);
+    }
+    if (committed_) return;
     // Directories the write made, deepest first, where nothing else is in them.
-    for (const fs::path& d : created_dirs_) fs::remove(d, ec);
+    for (auto d = created_dirs_.rbegin(); d != created_dirs_.rend(); ++d) fs::remove(*d, ec);
   }
-  // Creates `dir` and its missing parents, remembering those it made.
+
+  // Creates `dir` and its missing parents one component at a time,
+  // remembering those this call made (a "missing/../kept" path makes
+  // "missing" only).
   Status CreateDirectories(const fs::path& dir) {
-    std::error_code ec;
-    std::vector<fs::path> missing;
-    for (fs::path d = dir; !d.empty() && !fs::exists(d, ec); d = d.parent_path()) {
-      missing.push_back(d);
-      if (d == d.parent_path()) break;
-    }
-    fs::create_directories(dir, ec);
-    for (const fs::path& d : missing) {
-      if (fs::is_directory(d)) created_dirs_.push_back(d);
-    }
-    if (ec) return IoError(Printable(dir.string()) + ": cannot create directory: " + ec.message());
-    return Status::Ok();
-  }
-  // The temporary name `final_path` is written under.
-  const std::string& Add(const std::string& final_path) {
-    const fs::path p(final_path);
-    finals_.push_back(final_path);
-    temps_.push_back((p.parent_path() / ("." + p.filename().string() + ".hoist-" + std::to_string(::getpid()) +
-                                         ".partial")).string());
-    return temps_.back();
-  }
-  Status Commit() {
-    for (; committed_ < temps_.size(); ++committed_) {
+    fs::path prefix;
+    for (const fs::path& part : dir) {
+      prefix /= part;
       std::error_code ec;
-      fs::rename(temps_[committed_], finals_[committed_], ec);
-      if (ec) return IoError(Printable(finals_[committed_]) + ": cannot put the written file in place: " + ec.message());
+      const bool made = fs::create_directory(prefix, ec);
+      if (ec) return IoError(Printable(prefix.string()) + ": cannot create directory: " + ec.message());
+      if (made) created_dirs_.push_back(prefix);
     }
     return Status::Ok();
   }
 
+  // The file that becomes `final_path` on Commit, created under its own name.
+  Result<File> Create(const std::string& final_path) {
+    Entry e;
+    e.final = final_path;
+    const std::string stem = ".hoist-" + token_ + "-" + std::to_string(files_.size());
+    e.temp = (fs::path(final_path).parent_path() / (stem + ".partial")).string();
+    e.keep_as = (fs::path(final_path).parent_path() / (stem + ".old")).string();
+    files_.push_back(e);
+    return File::CreateNew(e.temp);
+  }
+
+  Status Commit() {
+    // The earlier outputs, kept until the renames are done. A file system
+    // without hard links gives no such copy: a failed rename then leaves
+    // the files renamed before it in place.
+    for (Entry& e : files_) {
+      std::error_code ec;
+      if (fs::symlink_status(e.final, ec).type() != fs::file_type::not_found &&
+          ::link(e.final.c_str(), e.keep_as.c_str()) == 0) {
+        e.backup = e.keep_as;
+      }
+    }
+    for (size_t k = 0; k < files_.size(); ++k) {
+      std::error_code ec;
+      fs::rename(files_[k].temp, files_[k].final, ec);
+      if (!ec) continue;
+      for (size_t i = 0; i < k; ++i) {  // back as they were
+        std::error_code undo;
+        Entry& e = files_[i];
+        if (e.backup.empty()) {
+          fs::remove(e.final, undo);
+        } else {
+          fs::rename(e.backup, e.final, undo);
+          if (!undo) e.backup.clear();
+        }
+        fs::remove(e.temp, undo);
+      }
+      return IoError(Printable(files_[k].final) + ": cannot put the written file in place: " + ec.message() +
+                     "; the earlier files are as they were");
+    }
+    committed_ = true;
+    return Status::Ok();
+  }
+
+  // `s`, its message naming the final files rather than the temporary ones.
+  Status Explain(Status s) const {
+    if (s.ok()) return s;
+    std::string message = s.message();
+    for (const Entry& e : files_) {
+      for (size_t at = message.find(e.temp); at != std::string::npos; at = message.find(e.temp, at + e.final.size())) {
+        message.replace(at, e.temp.size(), e.final);
+      }
+    }
+    return Status(s.code(), std::move(message));
+  }
+
  private:
-  std::vector<std::string> temps_, finals_;
-  std::vector<fs::path> created_dirs_;
-  size_t committed_ = 0;
+  struct Entry {
+    std::string final, temp, keep_as;
+    std::string backup;  // keep_as, once the earlier file is linked there
+  };
+  std::string token_;
+  std::vector<Entry> files_;
+  std::vector<fs::path> created_dirs_;  // outermost first
+  bool committed_ = false;
 };
 
 // A name hoist's directory output uses: model.safetensors, the index, or a
@@ -223,63 +282,67 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
     }
   }
 
-  std::vector<File> files;
-  std::vector<Piece> pieces;
-  for (size_t s = 0; s < groups.size(); ++s) {
-    Shard& shard = shards[s];
-    shard.tensors = groups[s];
-    std::vector<const OutTensor*> members;
-    for (size_t i : shard.tensors) members.push_back(&tensors[i]);
-    std::string header = BuildHeader(members, metadata);
-    shard.data_offset_bytes = 8 + header.size();
-    HOIST_ASSIGN_OR_RETURN(File file, File::Create(partial.Add(shard.path)));
-    unsigned char length[8];
-    for (int b = 0; b < 8; ++b) length[b] = static_cast<unsigned char>(header.size() >> (8 * b));
-    HOIST_RETURN_IF_ERROR(file.WriteAt(0, length, 8));
-    HOIST_RETURN_IF_ERROR(file.WriteAt(8, header.data(), header.size()));
-    uint64_t offset = shard.data_offset_bytes;
-    for (size_t i : shard.tensors) {
-      uint64_t size = tensors[i].size_bytes;
-      for (uint64_t done = 0; done < size && !options.sparse; done += options.piece_bytes) {
-        pieces.push_back({s, i, done, offset + done, std::min(options.piece_bytes, size - done)});
-      }
-      offset += size;
-      shard.data_bytes += size;
-    }
-    HOIST_RETURN_IF_ERROR(file.Truncate(offset));
-    files.push_back(std::move(file));
-  }
-
-  int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
-  HOIST_RETURN_IF_ERROR(ParallelFor(pieces.size(), threads, [&](size_t k) -> Status {
-    thread_local std::vector<unsigned char> buffer;
-    if (options.cancel != nullptr && options.cancel->load(std::memory_order_relaxed)) {
-      return Cancelled("the write to " + Printable(dst) + " was cancelled; nothing was written");
-    }
-    const Piece& p = pieces[k];
-    buffer.resize(p.size_bytes);
-    HOIST_RETURN_IF_ERROR(fill(p.tensor, p.tensor_offset_bytes, p.size_bytes, buffer.data()));
-    return files[p.shard].WriteAt(p.file_offset_bytes, buffer.data(), p.size_bytes);
-  }));
-  for (File& f : files) HOIST_RETURN_IF_ERROR(f.Close());
-
   WriteResult result;
-  for (const Shard& s : shards) result.files.push_back(s.path);
-  if (!single_file && shards.size() > 1) {
-    nlohmann::ordered_json index;
-    index["metadata"] = {{"total_size", options.index_total_size.value_or(total)}};
-    std::map<std::string, std::string> weight_map;
-    for (const Shard& s : shards) {
-      for (size_t i : s.tensors) weight_map[tensors[i].name] = fs::path(s.path).filename().string();
+  // Errors name the final files, not the temporary ones they are written as.
+  HOIST_RETURN_IF_ERROR(partial.Explain([&]() -> Status {
+    std::vector<File> files;
+    std::vector<Piece> pieces;
+    for (size_t s = 0; s < groups.size(); ++s) {
+      Shard& shard = shards[s];
+      shard.tensors = groups[s];
+      std::vector<const OutTensor*> members;
+      for (size_t i : shard.tensors) members.push_back(&tensors[i]);
+      std::string header = BuildHeader(members, metadata);
+      shard.data_offset_bytes = 8 + header.size();
+      HOIST_ASSIGN_OR_RETURN(File file, partial.Create(shard.path));
+      unsigned char length[8];
+      for (int b = 0; b < 8; ++b) length[b] = static_cast<unsigned char>(header.size() >> (8 * b));
+      HOIST_RETURN_IF_ERROR(file.WriteAt(0, length, 8));
+      HOIST_RETURN_IF_ERROR(file.WriteAt(8, header.data(), header.size()));
+      uint64_t offset = shard.data_offset_bytes;
+      for (size_t i : shard.tensors) {
+        uint64_t size = tensors[i].size_bytes;
+        for (uint64_t done = 0; done < size && !options.sparse; done += options.piece_bytes) {
+          pieces.push_back({s, i, done, offset + done, std::min(options.piece_bytes, size - done)});
+        }
+        offset += size;
+        shard.data_bytes += size;
+      }
+      HOIST_RETURN_IF_ERROR(file.Truncate(offset));
+      files.push_back(std::move(file));
     }
-    index["weight_map"] = weight_map;
-    std::string text = index.dump(2) + "\n";
-    std::string path = (fs::path(dir) / kIndexFileName).string();
-    HOIST_ASSIGN_OR_RETURN(File file, File::Create(partial.Add(path)));
-    HOIST_RETURN_IF_ERROR(file.WriteAt(0, text.data(), text.size()));
-    HOIST_RETURN_IF_ERROR(file.Close());
-    result.files.push_back(path);
-  }
+
+    int threads = options.threads > 0 ? options.threads : DefaultReadThreads();
+    HOIST_RETURN_IF_ERROR(ParallelFor(pieces.size(), threads, [&](size_t k) -> Status {
+      thread_local std::vector<unsigned char> buffer;
+      if (options.cancel != nullptr && options.cancel->load(std::memory_order_relaxed)) {
+        return Cancelled("the write to " + Printable(dst) + " was cancelled; nothing was written");
+      }
+      const Piece& p = pieces[k];
+      buffer.resize(p.size_bytes);
+      HOIST_RETURN_IF_ERROR(fill(p.tensor, p.tensor_offset_bytes, p.size_bytes, buffer.data()));
+      return files[p.shard].WriteAt(p.file_offset_bytes, buffer.data(), p.size_bytes);
+    }));
+    for (File& f : files) HOIST_RETURN_IF_ERROR(f.Close());
+
+    for (const Shard& s : shards) result.files.push_back(s.path);
+    if (!single_file && shards.size() > 1) {
+      nlohmann::ordered_json index;
+      index["metadata"] = {{"total_size", options.index_total_size.value_or(total)}};
+      std::map<std::string, std::string> weight_map;
+      for (const Shard& s : shards) {
+        for (size_t i : s.tensors) weight_map[tensors[i].name] = fs::path(s.path).filename().string();
+      }
+      index["weight_map"] = weight_map;
+      std::string text = index.dump(2) + "\n";
+      std::string path = (fs::path(dir) / kIndexFileName).string();
+      HOIST_ASSIGN_OR_RETURN(File file, partial.Create(path));
+      HOIST_RETURN_IF_ERROR(file.WriteAt(0, text.data(), text.size()));
+      HOIST_RETURN_IF_ERROR(file.Close());
+      result.files.push_back(path);
+    }
+    return Status::Ok();
+  }()));
   HOIST_RETURN_IF_ERROR(partial.Commit());
   // A directory's old outputs go; so do those beside a new model.safetensors,
   // where an old index or shards would shadow it.

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <map>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -194,6 +196,22 @@ std::vector<std::string> FilesUnder(const std::string& dir) {
   return out;
 }
 
+// Every regular file under `dir` with its bytes.
+std::map<std::string, std::string> ContentsUnder(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) out[e.path().string()] = ReadAll(e.path().string());
+  }
+  return out;
+}
+
+FillFn ShiftedFill(int shift) {
+  return [shift](size_t index, uint64_t offset, uint64_t size, unsigned char* out) {
+    for (uint64_t k = 0; k < size; ++k) out[k] = static_cast<unsigned char>(index * 7 + offset + k + shift);
+    return Status::Ok();
+  };
+}
+
 TEST(WriterTest, AFailedWriteLeavesNothingAndTheEarlierOutputWhole) {
   testing::TempDir dir;
   std::vector<OutTensor> tensors = {{"a", DType::kU8, {60}, 60}, {"b", DType::kU8, {60}, 60}, {"c", DType::kU8, {60}, 60}};
@@ -201,23 +219,21 @@ TEST(WriterTest, AFailedWriteLeavesNothingAndTheEarlierOutputWhole) {
   sharded.max_shard_bytes = 100;
   sharded.piece_bytes = 8;
   ASSERT_TRUE(WriteCheckpoint(dir / "d", tensors, {}, sharded, IndexFill()).ok());
-  const std::vector<std::string> before = FilesUnder(dir / "d");
-  const std::string shard_before = ReadAll(dir / "d/model-00002-of-00003.safetensors");
+  const std::map<std::string, std::string> before = ContentsUnder(dir / "d");
   // The same write again, failing at tensor c's third piece: the other
   // pieces (and shards) are written by then, under their temporary names.
   std::atomic<int> filled{0};
   FillFn failing = [&](size_t index, uint64_t offset, uint64_t size, unsigned char* out) {
     if (index == 2 && offset == 16) return IoError("source went away");
     ++filled;
-    return IndexFill()(index, offset, size, out);
+    return ShiftedFill(1)(index, offset, size, out);  // other bytes than the earlier output's
   };
   sharded.threads = 1;
   Result<WriteResult> r = WriteCheckpoint(dir / "d", tensors, {}, sharded, failing);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().message(), "source went away");
   EXPECT_GT(filled.load(), 8);
-  EXPECT_EQ(FilesUnder(dir / "d"), before);
-  EXPECT_EQ(ReadAll(dir / "d/model-00002-of-00003.safetensors"), shard_before);
+  EXPECT_EQ(ContentsUnder(dir / "d"), before);
   // Into directories that did not exist: they go too, as they were made.
   r = WriteCheckpoint(dir / "new/deeper/x.safetensors", {{"a", DType::kU8, {60}, 60}}, {}, sharded, failing);
   ASSERT_TRUE(r.ok()) << r.status().message();  // tensor 0 never fails
@@ -225,6 +241,67 @@ TEST(WriterTest, AFailedWriteLeavesNothingAndTheEarlierOutputWhole) {
   ASSERT_FALSE(r.ok());
   EXPECT_FALSE(std::filesystem::exists(dir / "new2"));
   EXPECT_TRUE(std::filesystem::exists(dir / "new/deeper/x.safetensors"));
+  // A directory that was there stays, however the path reaches it.
+  std::filesystem::create_directory(dir / "kept");
+  r = WriteCheckpoint(dir / "missing/../kept", tensors, {}, sharded, failing);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(std::filesystem::is_directory(dir / "kept"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "missing"));
+}
+
+TEST(WriterTest, ARenameThatFailsPutsTheEarlierFilesBack) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"a", DType::kU8, {60}, 60}, {"b", DType::kU8, {60}, 60}, {"c", DType::kU8, {60}, 60}};
+  WriteOptions sharded;
+  sharded.max_shard_bytes = 100;
+  ASSERT_TRUE(WriteCheckpoint(dir / "d", tensors, {}, sharded, IndexFill()).ok());
+  // The index's place is taken by a directory with something in it: the
+  // shards are renamed into place first, then the index cannot be.
+  std::filesystem::remove(dir / "d/model.safetensors.index.json");
+  std::filesystem::create_directory(dir / "d/model.safetensors.index.json");
+  std::ofstream(dir / "d/model.safetensors.index.json/x") << "x";
+  const std::map<std::string, std::string> before = ContentsUnder(dir / "d");
+  Result<WriteResult> r = WriteCheckpoint(dir / "d", tensors, {}, sharded, ShiftedFill(1));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("model.safetensors.index.json: cannot put the written file in place"),
+            std::string::npos) << r.status().message();
+  EXPECT_EQ(r.status().message().find(".partial"), std::string::npos) << r.status().message();
+  EXPECT_EQ(ContentsUnder(dir / "d"), before);  // every shard as it was, nothing hidden left
+}
+
+TEST(WriterTest, WritesToOneNameAtOnceEachLeaveAWholeFile) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"a", DType::kU8, {1 << 16}, 1 << 16}, {"b", DType::kU8, {1 << 16}, 1 << 16}};
+  WriteOptions wo;
+  wo.piece_bytes = 4096;
+  std::vector<std::thread> writers;
+  std::vector<Status> results(4);
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back([&, t] {
+      results[t] = WriteCheckpoint(dir / "m.safetensors", tensors, {}, wo, ShiftedFill(t)).status();
+    });
+  }
+  for (std::thread& w : writers) w.join();
+  for (const Status& s : results) EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(FilesUnder(dir.path()), std::vector<std::string>{dir / "m.safetensors"});
+  // Whole, and one writer's: every byte from the same fill.
+  Result<Catalog> cat = OpenCatalog(dir / "m.safetensors");
+  ASSERT_TRUE(cat.ok()) << cat.status().message();
+  const std::string bytes = ReadAll(dir / "m.safetensors");
+  const size_t data = bytes.size() - (2u << 16);
+  const int shift = static_cast<unsigned char>(bytes[data]);
+  std::vector<unsigned char> want(2u << 16);
+  ShiftedFill(shift)(0, 0, 1 << 16, want.data());
+  ShiftedFill(shift)(1, 0, 1 << 16, want.data() + (1 << 16));
+  EXPECT_EQ(bytes.substr(data), std::string(want.begin(), want.end()));
+}
+
+TEST(WriterTest, ALongOutputNameStillFits) {
+  testing::TempDir dir;
+  const std::string name = std::string(240, 'b') + ".safetensors";  // 252 bytes: the limit is 255
+  Result<WriteResult> r = WriteCheckpoint(dir / name, {{"a", DType::kU8, {8}, 8}}, {}, {}, IndexFill());
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(std::filesystem::exists(dir / name));
 }
 
 TEST(WriterTest, ACancelledWriteStopsAndLeavesNothing) {

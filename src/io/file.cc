@@ -149,6 +149,12 @@ Result<File> File::Create(const std::string& path) {
   return File(fd, path, 0);
 }
 
+Result<File> File::CreateNew(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno(path, "cannot create");
+  return File(fd, path, 0);
+}
+
 Result<uint64_t> File::PreadUpTo(uint64_t offset_bytes, unsigned char* dst, uint64_t size_bytes) const {
   uint64_t done = 0;
   while (done < size_bytes) {

@@ -41,6 +41,8 @@ class File {
   static Result<File> OpenReadDirect(const std::string& path);
   // Creates or truncates.
   static Result<File> Create(const std::string& path);
+  // Creates a file that must not exist yet (O_EXCL).
+  static Result<File> CreateNew(const std::string& path);
 
   const std::string& path() const { return path_; }
   int fd() const { return fd_; }

@@ -89,6 +89,8 @@ def test_convert_replaces_an_earlier_output_and_says_so(tiny, tmp_path):
         ({"max_shard_size": "lots"}, "max_shard_size: 'lots' is not a size"),
         ({"max_shard_size": 1.5}, "max_shard_size=1.5: expected a number of bytes"),
         ({"threads": 5000}, "threads 5000: expected 1 to 1024"),
+        ({"threads": 2**40}, "threads=1099511627776: far too large"),
+        ({"drop": {"a": 1}}, "drop={'a': 1}: expected a regex or a list of them"),
         ({"only": "("}, "only '(': not a valid regular expression"),
         ({"rename": {"": "x"}}, "rename={'': 'x'}: expected a non-empty string key"),
         ({"compat": "hf"}, "compat 'hf': the only mode is hf-legacy"),
