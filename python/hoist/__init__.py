@@ -444,10 +444,14 @@ def plan(
     model and answers "will it fit?" before a load is tried.
 
     Returns {"tensors": [{"name", "device", "dtype", "shape", "nbytes", "offset", ...}],
-    "devices": {"cuda:0": {"bytes": reservation, "tensors": count}, ...}, "warnings": [...],
+    "devices": {"cuda:0": {"bytes": reservation, "tensors": count, "available": bytes, "fits": bool}, ...},
+    "warnings": [...],
     "missing": [...], "unexpected": [...], "mismatched": [...]} (the last three against `expect`). A tensor's "offset" is its place in its device's
     single reservation (None for one that stays in its file, which gives "file" and "file_offset"
     instead); "tied_to" names the tensor a tied one shares memory with, "slice" a tensor-parallel part.
+    A device's "available" is what a load could have there (free memory less `margin` on a GPU, capped
+    by max_memory), and "fits" whether its reservation fits in it; both are None where that is unknown
+    (a device this machine lacks and max_memory does not size).
     A strategy that cannot place the model raises MemoryError, as the load would; bad arguments and
     files raise ValueError or FileNotFoundError with the load's messages; a
     reservation larger than a GPU's free memory less `margin` is a warning here and an error in a load.

@@ -632,7 +632,7 @@ NB_MODULE(_hoist, m) {
         nb::gil_scoped_release release;  // finding GPUs can take a while
         const DeviceRegistry& registry = RegistryFor(r);
         PlannedRequest planned = Unwrap(PlanFromRequest(r, registry));
-        nlohmann::ordered_json out = PlanJson(*planned.catalog, planned.plan);
+        nlohmann::ordered_json out = PlanJson(*planned.catalog, planned.plan, &planned.available);
         return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       },
       nb::arg("request"), "hoist plan --json as JSON text: where a load of `request` would put each tensor.");

@@ -184,17 +184,26 @@ Status CheckStrict(const std::string& path, const LoadPlan& plan) {
   return InvalidArgument(Printable(path) + ": not as expected (strict): " + found);
 }
 
-std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry& registry, uint64_t margin,
-                                     const std::map<DeviceId, uint64_t>& max_memory) {
-  std::vector<std::string> out;
+std::map<DeviceId, Availability> AvailableFor(const LoadPlan& plan, const DeviceRegistry& registry, uint64_t margin,
+                                              const std::map<DeviceId, uint64_t>& max_memory) {
+  std::map<DeviceId, Availability> out;
   for (const DevicePlan& d : plan.devices) {
     if (d.device.kind == DeviceKind::kDisk || d.reserve_bytes == 0) continue;
     std::optional<uint64_t> limit;
     if (auto it = max_memory.find(d.device); it != max_memory.end()) limit = it->second;
     Result<std::optional<Availability>> fit = AvailableOn(d.device, registry.Find(d.device), margin, limit);
-    if (fit.ok() && *fit && d.reserve_bytes > (*fit)->bytes) {
+    if (fit.ok() && *fit) out.emplace(d.device, **fit);
+  }
+  return out;
+}
+
+std::vector<std::string> FitWarnings(const LoadPlan& plan, const std::map<DeviceId, Availability>& available) {
+  std::vector<std::string> out;
+  for (const DevicePlan& d : plan.devices) {
+    auto it = available.find(d.device);
+    if (it != available.end() && d.reserve_bytes > it->second.bytes) {
       out.push_back(d.device.ToString() + ": the plan needs " + ByteText(d.reserve_bytes) + " but only " +
-                    ByteText((*fit)->bytes) + " is available (" + (*fit)->why + "); a load would stop before allocating");
+                    ByteText(it->second.bytes) + " is available (" + it->second.why + "); a load would stop before allocating");
     }
   }
   return out;
@@ -412,7 +421,8 @@ Result<PlannedRequest> PlanFromRequest(const PlanRequest& request, const DeviceR
   HOIST_ASSIGN_OR_RETURN(PlanOptions po, MakePlanOptions(resolved, registry, margin, &max_memory));
   HOIST_ASSIGN_OR_RETURN(out.plan, BuildPlan(*out.catalog, po));
   if (request.strict) HOIST_RETURN_IF_ERROR(CheckStrict(out.path, out.plan));
-  for (std::string& w : FitWarnings(out.plan, registry, margin, max_memory)) out.plan.warnings.push_back(std::move(w));
+  out.available = AvailableFor(out.plan, registry, margin, max_memory);
+  for (std::string& w : FitWarnings(out.plan, out.available)) out.plan.warnings.push_back(std::move(w));
   return out;
 }
 
@@ -436,7 +446,8 @@ nlohmann::ordered_json CatalogJson(const Catalog& catalog) {
   return out;
 }
 
-nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
+nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan,
+                                const std::map<DeviceId, Availability>* available) {
   nlohmann::ordered_json out;
   TensorListJson tensors(plan.tensors.size());
   for (const PlannedTensor& t : plan.tensors) {
@@ -463,7 +474,18 @@ nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan) {
   out["tensors"] = tensors.Take();
   out["devices"] = nlohmann::ordered_json::object();
   for (const DevicePlan& d : plan.devices) {
-    out["devices"][d.device.ToString()] = {{"bytes", d.reserve_bytes}, {"tensors", d.tensor_count}};
+    nlohmann::ordered_json& j = out["devices"][d.device.ToString()];
+    j = {{"bytes", d.reserve_bytes}, {"tensors", d.tensor_count}};
+    if (available != nullptr && d.device.kind != DeviceKind::kDisk) {
+      auto it = available->find(d.device);
+      if (it == available->end() || d.reserve_bytes == 0) {
+        j["available"] = it == available->end() ? nlohmann::ordered_json() : nlohmann::ordered_json(it->second.bytes);
+        j["fits"] = d.reserve_bytes == 0 ? nlohmann::ordered_json(true) : nlohmann::ordered_json();
+      } else {
+        j["available"] = it->second.bytes;
+        j["fits"] = d.reserve_bytes <= it->second.bytes;
+      }
+    }
   }
   out["warnings"] = plan.warnings;
   // As the load report has them: empty where nothing was expected.

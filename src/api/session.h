@@ -18,6 +18,7 @@
 #include "hoist/plan.h"
 #include "hoist/status.h"
 #include "hoist/writer.h"
+#include "load/fit.h"
 
 namespace hoist {
 
@@ -109,11 +110,15 @@ struct LoadSession {
 // or mismatched against its expectation, where anything was; else Ok.
 Status CheckStrict(const std::string& path, const LoadPlan& plan);
 
-// For `hoist plan`: one warning per device whose reservation exceeds what
-// a load could have there (free memory less `margin` on GPUs, capped by
-// --max-memory), where that is known; a load would stop before allocating.
-std::vector<std::string> FitWarnings(const LoadPlan& plan, const DeviceRegistry& registry, uint64_t margin,
-                                     const std::map<DeviceId, uint64_t>& max_memory);
+// For `hoist plan`: what a load could have on each device of the plan that
+// holds a reservation (free memory less `margin` on GPUs, capped by
+// --max-memory), where that is known: not for a device this machine lacks
+// and --max-memory does not size.
+std::map<DeviceId, Availability> AvailableFor(const LoadPlan& plan, const DeviceRegistry& registry, uint64_t margin,
+                                              const std::map<DeviceId, uint64_t>& max_memory);
+// One warning per device whose reservation exceeds it; a load would stop
+// before allocating.
+std::vector<std::string> FitWarnings(const LoadPlan& plan, const std::map<DeviceId, Availability>& available);
 
 // A load's plan without the load (`hoist plan`, Python's hoist.plan): the
 // checkpoint opened, its names mapped and placed, offsets assigned, as
@@ -123,6 +128,7 @@ struct PlannedRequest {
   std::string path;                  // resolved ("org/name": the cache's snapshot)
   std::unique_ptr<Catalog> catalog;  // the plan points into it
   LoadPlan plan;
+  std::map<DeviceId, Availability> available;  // AvailableFor
 };
 Result<PlannedRequest> PlanFromRequest(const PlanRequest& request, const DeviceRegistry& registry);
 
@@ -156,7 +162,11 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
 nlohmann::ordered_json CatalogJson(const Catalog& catalog);
 
 // `catalog` is the one the plan was built from (disk tensors name their file).
-nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan);
+// With `available`, each device with a reservation also says what a load
+// could have there ("available": bytes, or null where unknown) and whether
+// the reservation fits it ("fits": true, false, or null).
+nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan,
+                                const std::map<DeviceId, Availability>* available = nullptr);
 nlohmann::ordered_json ReportJson(const LoadSession& session);
 
 }  // namespace hoist

@@ -179,7 +179,7 @@ int RunPlan(const PlanCmdArgs& args) {
   PrintWarnings(*plan, false);  // on stderr, so --json output stays JSON
   PrintExpectSummary(request, *plan, false);
   if (args.json) {
-    fmt::print("{}\n", PlanJson(*cat, *plan).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+    fmt::print("{}\n", PlanJson(*cat, *plan, &planned->available).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     return 0;
   }
   size_t width = 4;

@@ -281,3 +281,27 @@ def test_device_map_values_may_be_numpy_ints_and_torch_devices(tiny):
 def test_paths_that_are_not_utf8_are_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="UTF-8"):
         hoist.inspect(os.fsencode(str(tmp_path)) + b"/ns\xff")
+
+
+def test_plan_says_whether_each_device_can_hold_its_reservation(tiny):
+    roomy = hoist.plan(tiny, device="cpu")["devices"]["cpu"]
+    with open("/proc/meminfo") as f:
+        total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    assert roomy["fits"] is True and roomy["bytes"] < roomy["available"] <= total, roomy
+    tight = hoist.plan(tiny, device="cpu", max_memory={"cpu": 1000})
+    assert tight["devices"]["cpu"]["available"] == 1000 and tight["devices"]["cpu"]["fits"] is False
+    assert any(w.startswith("cpu: the plan needs") for w in tight["warnings"]), tight["warnings"]
+    with pytest.raises(MemoryError):  # what the plan foretold
+        hoist.load(tiny, device="cpu", max_memory={"cpu": 1000})
+    spread = hoist.plan(tiny, device_map="auto", max_memory={"cpu": "100KB", "disk": "1GB"})["devices"]
+    assert "available" not in spread["disk"] and spread["cpu"]["available"] == 100_000
+
+
+def test_plan_for_a_device_this_machine_lacks_cannot_tell_whether_it_fits(tiny):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    unknown = hoist.plan(tiny, device="cuda:7")["devices"]["cuda:7"]
+    assert unknown["available"] is None and unknown["fits"] is None
+    sized = hoist.plan(tiny, device_map={"": 7}, max_memory={7: "1KB"})["devices"]["cuda:7"]
+    assert sized["available"] == 1000 and sized["fits"] is False
