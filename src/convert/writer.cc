@@ -130,11 +130,14 @@ class PartialFiles {
     return Status::Ok();
   }
 
+  // The start of this write's temporary names.
+  std::string prefix() const { return ".hoist-" + token_ + "-"; }
+
   // The file that becomes `final_path` on Commit, created under its own name.
   Result<File> Create(const std::string& final_path) {
     Entry e;
     e.final = final_path;
-    const std::string stem = ".hoist-" + token_ + "-" + std::to_string(files_.size());
+    const std::string stem = prefix() + std::to_string(files_.size());
     e.temp = (fs::path(final_path).parent_path() / (stem + ".partial")).string();
     e.keep_as = (fs::path(final_path).parent_path() / (stem + ".old")).string();
     files_.push_back(e);
@@ -210,15 +213,28 @@ bool IsOutputName(const std::string& name) {
 // a new single file, and a stale model.safetensors in place of new shards
 // (transformers looks for it first), as Hugging Face's save_pretrained
 // cleans up too. Other files are left alone.
+// Also warns of another write's temporary files (`own_prefix` names this
+// write's): left by one that was killed, unless one is running now.
 Status RemoveStaleOutputs(const std::string& dir, const std::vector<std::string>& written,
-                          const std::vector<std::string>& keep_files, std::vector<std::string>* removed) {
+                          const std::vector<std::string>& keep_files, const std::string& own_prefix,
+                          WriteResult* result, bool remove_outputs = true) {
+  std::vector<std::string>* removed = &result->removed;
+  static const std::regex partial(R"(\.hoist-\d+-[0-9a-f]{8}-\d+\.(partial|old))");
   std::error_code ec;
   std::set<std::string> keep;
   for (const std::string& w : written) keep.insert(fs::path(w).filename().string());
   fs::directory_iterator it(dir.empty() ? "." : dir, ec);
   for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
     const fs::path& path = it->path();
-    if (!IsOutputName(path.filename().string()) || keep.count(path.filename().string()) > 0) continue;
+    const std::string name = path.filename().string();
+    if (name.rfind(own_prefix, 0) != 0 && std::regex_match(name, partial)) {
+      std::error_code size_ec;
+      const uintmax_t size = fs::file_size(path, size_ec);
+      result->warnings.push_back(Printable(path.string()) + ": " + (size_ec ? std::string("a file") : ByteText(size)) +
+                                 " left by a write that was killed (or is running now); remove it if none is");
+      continue;
+    }
+    if (!remove_outputs || !IsOutputName(name) || keep.count(name) > 0) continue;
     bool protected_file = false;
     for (const std::string& k : keep_files) {
       std::error_code eq;
@@ -347,10 +363,13 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
   // A directory's old outputs go; so do those beside a new model.safetensors,
   // where an old index or shards would shadow it.
   if (!single_file) {
-    HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(dir, result.files, options.keep_files, &result.removed));
-  } else if (fs::path(dst).filename() == "model.safetensors") {
-    HOIST_RETURN_IF_ERROR(
-        RemoveStaleOutputs(fs::path(dst).parent_path().string(), result.files, options.keep_files, &result.removed));
+    HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(dir, result.files, options.keep_files, partial.prefix(), &result));
+  } else {
+    // Beside a new model.safetensors an old index or shards would shadow it:
+    // they go. Beside another name only other writes' leftovers are named.
+    const bool replaces = fs::path(dst).filename() == "model.safetensors";
+    HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(fs::path(dst).parent_path().string(), result.files, options.keep_files,
+                                             partial.prefix(), &result, replaces));
   }
   result.data_bytes = total;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

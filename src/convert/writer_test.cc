@@ -296,6 +296,22 @@ TEST(WriterTest, WritesToOneNameAtOnceEachLeaveAWholeFile) {
   EXPECT_EQ(bytes.substr(data), std::string(want.begin(), want.end()));
 }
 
+TEST(WriterTest, AKilledWritesLeftoversAreNamedNotRemoved) {
+  testing::TempDir dir;
+  std::filesystem::create_directory(dir / "d");
+  std::ofstream(dir / "d/.hoist-4242-deadbeef-0.partial") << std::string(100, 'x');
+  std::ofstream(dir / "d/.hoist-notours.partial") << "x";
+  for (const std::string dst : {"d", "d/other.safetensors"}) {
+    Result<WriteResult> r = WriteCheckpoint(dir / dst, {{"a", DType::kU8, {8}, 8}}, {}, {}, IndexFill());
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    ASSERT_EQ(r->warnings.size(), 1u) << dst;
+    EXPECT_EQ(r->warnings[0], dir / "d/.hoist-4242-deadbeef-0.partial" +
+                                  ": 100 bytes left by a write that was killed (or is running now); remove it if none is");
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir / "d/.hoist-4242-deadbeef-0.partial"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "d/.hoist-notours.partial"));
+}
+
 TEST(WriterTest, ALongOutputNameStillFits) {
   testing::TempDir dir;
   const std::string name = std::string(240, 'b') + ".safetensors";  // 252 bytes: the limit is 255
