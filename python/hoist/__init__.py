@@ -374,13 +374,13 @@ def load(
                        config_ties, margin, strict, mmap, shard, split, no_split)
     native = _hoist.load(
         request,
-        alloc=alloc,
+        alloc=_text("alloc", alloc),
         threads=_count("threads", threads),
-        io=io,
-        direct=direct,
+        io=_text("io", io),
+        direct=_text("direct", direct),
         chunk_size=_size_text("chunk_size", chunk_size),
         staging_buffers=_count("staging_buffers", staging_buffers),
-        pipeline=pipeline,
+        pipeline=_flag("pipeline", pipeline),
         checkpoint=_checkpoint,
         progress=progress,
     )
@@ -445,10 +445,10 @@ def plan(
 
     Returns {"tensors": [{"name", "device", "dtype", "shape", "nbytes", "offset", ...}],
     "devices": {"cuda:0": {"bytes": reservation, "tensors": count, "available": bytes, "fits": bool}, ...},
-    "warnings": [...],
-    "missing": [...], "unexpected": [...], "mismatched": [...]} (the last three against `expect`). A tensor's "offset" is its place in its device's
-    single reservation (None for one that stays in its file, which gives "file" and "file_offset"
-    instead); "tied_to" names the tensor a tied one shares memory with, "slice" a tensor-parallel part.
+    "warnings": [...], "missing": [...], "unexpected": [...], "mismatched": [...]} (the last three
+    against `expect`). A tensor's "offset" is its place in its device's single reservation (None for
+    one that stays in its file, which gives "file" and "file_offset" instead); "tied_to" names the
+    tensor a tied one shares memory with, "slice" a tensor-parallel part.
     A device's "available" is what a load could have there (free memory less `margin` on a GPU, capped
     by max_memory), and "fits" whether its reservation fits in it; both are None where that is unknown
     (a device this machine lacks and max_memory does not size).

@@ -23,8 +23,6 @@ namespace hoist {
 
 namespace {
 
-// The checks of a request's flags that need nothing else: made before a
-// load starts any device, so a mistake costs no GPU start-up.
 // --shard RANK/WORLD (none when empty) and its --split REGEX=DIM rules.
 Status ParseShardFlags(const std::string& shard_text, const std::vector<std::string>& split_texts,
                        std::optional<ShardSpec>* shard, std::vector<SplitRule>* splits) {
@@ -39,6 +37,8 @@ Status ParseShardFlags(const std::string& shard_text, const std::vector<std::str
   return Status::Ok();
 }
 
+// The checks of a request's flags that need nothing else: made before a
+// load starts any device, so a mistake costs no GPU start-up.
 Status CheckFlags(const PlanRequest& a) {
   HOIST_RETURN_IF_ERROR(ParseCompat(a.compat).status());
   HOIST_RETURN_IF_ERROR(ParseDtypeFlag(a.dtype).status());
@@ -478,13 +478,10 @@ nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan,
     j = {{"bytes", d.reserve_bytes}, {"tensors", d.tensor_count}};
     if (available != nullptr && d.device.kind != DeviceKind::kDisk) {
       auto it = available->find(d.device);
-      if (it == available->end() || d.reserve_bytes == 0) {
-        j["available"] = it == available->end() ? nlohmann::ordered_json() : nlohmann::ordered_json(it->second.bytes);
-        j["fits"] = d.reserve_bytes == 0 ? nlohmann::ordered_json(true) : nlohmann::ordered_json();
-      } else {
-        j["available"] = it->second.bytes;
-        j["fits"] = d.reserve_bytes <= it->second.bytes;
-      }
+      const bool known = it != available->end();
+      using json = nlohmann::ordered_json;
+      j["available"] = known ? json(it->second.bytes) : json();  // null: unknown
+      j["fits"] = d.reserve_bytes == 0 ? json(true) : known ? json(d.reserve_bytes <= it->second.bytes) : json();
     }
   }
   out["warnings"] = plan.warnings;

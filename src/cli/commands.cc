@@ -103,15 +103,21 @@ void PrintWritten(const WriteResult& written) {
 
 }  // namespace
 
+namespace {
+// Each A=B of a repeatable flag, split at its first '='.
+Status SplitAssignments(const std::string& flag, const std::vector<std::string>& texts,
+                        std::vector<std::pair<std::string, std::string>>* out) {
+  for (const std::string& text : texts) {
+    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment(flag, text));
+    out->push_back(std::move(kv));
+  }
+  return Status::Ok();
+}
+}  // namespace
+
 Status ApplyAssignmentFlags(const AssignmentFlags& flags, PlanRequest* request) {
-  for (const std::string& t : flags.ties) {
-    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--tie", t));
-    request->ties.push_back(std::move(kv));
-  }
-  for (const std::string& r : flags.renames) {
-    HOIST_ASSIGN_OR_RETURN(auto kv, SplitAssignment("--rename", r));
-    request->renames.push_back(std::move(kv));
-  }
+  HOIST_RETURN_IF_ERROR(SplitAssignments("--tie", flags.ties, &request->ties));
+  HOIST_RETURN_IF_ERROR(SplitAssignments("--rename", flags.renames, &request->renames));
   HOIST_ASSIGN_OR_RETURN(request->max_memory, SplitMaxMemory(flags.max_memory));
   return Status::Ok();
 }
@@ -377,11 +383,7 @@ int RunLoad(const LoadArgs& args) {
 
 int RunConvert(const ConvertArgs& args) {
   ConvertRequest request = args.request;
-  for (const std::string& r : args.renames) {
-    Result<std::pair<std::string, std::string>> rule = SplitAssignment("--rename", r);
-    if (!rule.ok()) return Fail(rule.status());
-    request.renames.push_back(*rule);
-  }
+  if (Status s = SplitAssignments("--rename", args.renames, &request.renames); !s.ok()) return Fail(s);
   Result<WriteResult> written = NotFound("");
   {
     StopOnSignal stop;  // Ctrl-C stops the write, which then removes what it had written

@@ -269,6 +269,15 @@ def test_arguments_of_the_wrong_type_are_value_errors_naming_them(tiny, kwargs, 
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("kwargs,message", [({"alloc": 5}, "alloc=5: expected a string"),
+                                            ({"io": 3}, "io=3: expected a string"),
+                                            ({"pipeline": "no"}, "pipeline='no': expected True or False")])
+def test_load_options_of_the_wrong_type_are_value_errors_naming_them(tiny, kwargs, message):
+    with pytest.raises(ValueError) as e:
+        hoist.load(tiny, device="cpu", **kwargs)
+    assert str(e.value).startswith(message), str(e.value)
+
+
 def test_device_map_values_may_be_numpy_ints_and_torch_devices(tiny):
     np = pytest.importorskip("numpy", reason="numpy is not installed")
     torch = pytest.importorskip("torch", reason="torch is not installed")
