@@ -150,28 +150,30 @@ class PartialFiles {
     // the files renamed before it in place.
     for (Entry& e : files_) {
       std::error_code ec;
-      if (fs::symlink_status(e.final, ec).type() != fs::file_type::not_found &&
-          ::link(e.final.c_str(), e.keep_as.c_str()) == 0) {
-        e.backup = e.keep_as;
-      }
+      e.had_earlier = fs::symlink_status(e.final, ec).type() != fs::file_type::not_found;
+      if (e.had_earlier && ::link(e.final.c_str(), e.keep_as.c_str()) == 0) e.backup = e.keep_as;
     }
     for (size_t k = 0; k < files_.size(); ++k) {
       std::error_code ec;
       fs::rename(files_[k].temp, files_[k].final, ec);
       if (!ec) continue;
+      bool restored = true;
       for (size_t i = 0; i < k; ++i) {  // back as they were
         std::error_code undo;
         Entry& e = files_[i];
-        if (e.backup.empty()) {
-          fs::remove(e.final, undo);
-        } else {
+        bool back = false;  // replaced, and nothing kept to put back
+        if (!e.had_earlier) {
+          back = fs::remove(e.final, undo) && !undo;
+        } else if (!e.backup.empty()) {
           fs::rename(e.backup, e.final, undo);
-          if (!undo) e.backup.clear();
+          back = !undo;
+          if (back) e.backup.clear();
         }
-        fs::remove(e.temp, undo);
+        restored = restored && back;
       }
       return IoError(Printable(files_[k].final) + ": cannot put the written file in place: " + ec.message() +
-                     "; the earlier files are as they were");
+                     (restored ? "; the earlier files are as they were"
+                               : "; some files written before it replaced earlier ones that could not be kept"));
     }
     committed_ = true;
     return Status::Ok();
@@ -192,7 +194,8 @@ class PartialFiles {
  private:
   struct Entry {
     std::string final, temp, keep_as;
-    std::string backup;  // keep_as, once the earlier file is linked there
+    bool had_earlier = false;  // a file was at `final` before the commit
+    std::string backup;        // keep_as, once that file is linked there
   };
   std::string token_;
   std::vector<Entry> files_;
