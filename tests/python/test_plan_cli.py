@@ -57,6 +57,12 @@ def header_tensors(path: Path) -> dict[str, dict]:
     return out
 
 
+def placed(doc: dict) -> dict:
+    """A plan's devices without "available", which is the free memory of the moment (it moves
+    between two runs)."""
+    return {d: {k: v for k, v in e.items() if k != "available"} for d, e in doc["devices"].items()}
+
+
 def plan_json(run_hoist, *args) -> dict:
     proc = ok(run_hoist("plan", "--json", *args))
     assert "error:" not in proc.stderr, proc.stderr
@@ -367,7 +373,7 @@ def test_device_map_layer1_not_layer10(run_hoist, llama8b_12, tmp_path, source):
 def test_device_map_integer_means_cuda_n(run_hoist, llama8b_12):
     a = plan_json(run_hoist, "--device-map", '{"": 3}', llama8b_12)
     b = plan_json(run_hoist, "--device-map", '{"": "cuda:3"}', llama8b_12)
-    assert a == b
+    assert a["tensors"] == b["tensors"] and placed(a) == placed(b)
     assert list(a["devices"]) == ["cuda:3"]
     c = plan_json(run_hoist, "--device-map", '{"model.layers.2": 2, "": "cuda:0"}', llama8b_12)
     assert {t["device"] for t in c["tensors"] if t["name"].startswith("model.layers.2.")} == {"cuda:2"}
@@ -400,7 +406,7 @@ def test_device_map_unmatched_key_warns_json(run_hoist, llama8b_12):
     assert [f"warning: {w}" for w in doc["warnings"]] == proc.stderr.splitlines()
     # The placement is the same as without the stray key.
     base = plan_json(run_hoist, "--device-map", json.dumps(LAYER1_MAP), llama8b_12)
-    assert doc["tensors"] == base["tensors"] and doc["devices"] == base["devices"]
+    assert doc["tensors"] == base["tensors"] and placed(doc) == placed(base)
 
 
 def test_device_map_shadowed_key_does_not_warn(run_hoist, llama8b_12):
@@ -740,7 +746,7 @@ def test_plan_explicit_tie_equals_config_tie(run_hoist, llama1b_1):
     config = plan_json(run_hoist, llama1b_1)
     explicit = plan_json(run_hoist, "--no-config-ties", "--tie", "lm_head.weight=model.embed_tokens.weight", llama1b_1)
     assert explicit["tensors"] == config["tensors"]
-    assert explicit["devices"] == config["devices"]
+    assert placed(explicit) == placed(config)
 
 
 def test_device_map_sending_a_tied_alias_elsewhere_warns(run_hoist, llama1b_1):
