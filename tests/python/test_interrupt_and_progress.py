@@ -155,16 +155,20 @@ def io_bytes(field):
 
 def bytes_read():
     return io_bytes("rchar")
+
+def sigint_once(reached):
+    # SIGINT to this process, from a thread of its own, once reached() is true.
+    def watch():
+        while not reached():
+            time.sleep(0.0005)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=watch, daemon=True).start()
 """
 
 PYTHON_LOAD = PROGRAM_PRELUDE + r"""
 base = resident()
 read_before = bytes_read()
-def interrupt():
-    while resident() < base + trigger:
-        time.sleep(0.0005)
-    os.kill(os.getpid(), signal.SIGINT)
-threading.Thread(target=interrupt, daemon=True).start()
+sigint_once(lambda: resident() >= base + trigger)
 try:
     hoist.load(path, device="cpu", threads=1)
     outcome = "finished"
@@ -468,11 +472,7 @@ dst = sys.argv[3]
 def written():
     return io_bytes("wchar")
 before = written()
-def interrupt():
-    while written() < before + trigger:
-        time.sleep(0.0005)
-    os.kill(os.getpid(), signal.SIGINT)
-threading.Thread(target=interrupt, daemon=True).start()
+sigint_once(lambda: written() >= before + trigger)
 try:
     hoist.convert(path, dst, threads=1, max_shard_size="200MB")
     outcome = "finished"
