@@ -390,16 +390,19 @@ int RunConvert(const ConvertArgs& args) {
     request.cancel = stop.flag();
     written = ConvertFromRequest(request);
   }
-  if (const int signal = StopOnSignal::received(); signal != 0) {
+  const int signal = StopOnSignal::received();
+  if (!written.ok() && signal == 0) return Fail(written.status());
+  if (written.ok()) {  // in place, whether or not a signal came at the end
+    PrintWritten(*written);
+    fmt::print("wrote {} in {} file{} ({:.3f} s)\n", HumanBytes(written->data_bytes), written->files.size(),
+               written->files.size() == 1 ? "" : "s", written->seconds);
+  }
+  if (signal != 0) {
     fmt::print(stderr, "error: {}: convert interrupted by {}{}\n", Printable(request.dst),
                signal == SIGINT ? "SIGINT" : "SIGTERM",
                written.ok() ? ", after the write had finished" : "; nothing was written");
     return StopOnSignal::EndBy(signal);
   }
-  if (!written.ok()) return Fail(written.status());
-  PrintWritten(*written);
-  fmt::print("wrote {} in {} file{} ({:.3f} s)\n", HumanBytes(written->data_bytes), written->files.size(),
-             written->files.size() == 1 ? "" : "s", written->seconds);
   return 0;
 }
 
