@@ -12,6 +12,17 @@ import subprocess
 from pathlib import Path
 
 
+def import_hoist():
+    """The hoist Python module, or a skip saying how to build it (for tests of the module itself)."""
+    import pytest
+
+    return pytest.importorskip(
+        "hoist",
+        reason="the hoist Python module is not built (configure with Python development files and nanobind, "
+        "then run with PYTHONPATH=build/python)",
+    )
+
+
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     """Asserts exit 0, showing both streams otherwise."""
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"

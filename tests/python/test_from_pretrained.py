@@ -13,13 +13,9 @@ import shutil
 
 import pytest
 
-from hoist_testlib import ok
+from hoist_testlib import import_hoist, ok
 
-hoist = pytest.importorskip(
-    "hoist",
-    reason="the hoist Python module is not built (configure with Python development files and nanobind, "
-    "then run with PYTHONPATH=build/python)",
-)
+hoist = import_hoist()
 torch = pytest.importorskip("torch", reason="torch is not installed")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 st = pytest.importorskip("safetensors.torch", reason="safetensors is not installed")

@@ -18,13 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from hoist_testlib import ok, read_header, save_linear, tensor_bytes, write_raw
+from hoist_testlib import import_hoist, ok, read_header, save_linear, tensor_bytes, write_raw
 
-hoist = pytest.importorskip(
-    "hoist",
-    reason="the hoist Python module is not built (configure with Python development files and nanobind, "
-    "then run with PYTHONPATH=build/python)",
-)
+hoist = import_hoist()
 
 ELEMENT_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
                  "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}

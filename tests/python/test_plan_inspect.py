@@ -16,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from hoist_testlib import ok, read_header, stderr_error_line, write_raw
+from hoist_testlib import import_hoist, ok, read_header, stderr_error_line, write_raw
 
-hoist = pytest.importorskip(
-    "hoist",
-    reason="the hoist Python module is not built (configure with Python development files and nanobind, "
-    "then run with PYTHONPATH=build/python)",
-)
+hoist = import_hoist()
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from hoist_testlib import ok, stderr_error_line, tensor_bytes
+from hoist_testlib import import_hoist, ok, stderr_error_line, tensor_bytes
 
-hoist = pytest.importorskip(
-    "hoist",
-    reason="the hoist Python module is not built (configure with Python development files and nanobind, "
-    "then run with PYTHONPATH=build/python)",
-)
+hoist = import_hoist()
 
 TINY_NAMES = {
     "model.embed_tokens.weight",

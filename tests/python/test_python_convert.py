@@ -12,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hoist_testlib import ok, tensor_bytes
+from hoist_testlib import import_hoist, ok, tensor_bytes
 
-hoist = pytest.importorskip(
-    "hoist",
-    reason="the hoist Python module is not built (configure with Python development files and nanobind, "
-    "then run with PYTHONPATH=build/python)",
-)
+hoist = import_hoist()
 
 
 def _files(path: Path) -> dict:

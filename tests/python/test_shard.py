@@ -15,13 +15,9 @@ import re
 
 import pytest
 
-from hoist_testlib import ok, save_linear, stderr_error_line
+from hoist_testlib import import_hoist, ok, save_linear, stderr_error_line
 
-hoist = pytest.importorskip(
-    "hoist",
-    reason="the hoist Python module is not built (configure with Python development files and nanobind, "
-    "then run with PYTHONPATH=build/python)",
-)
+hoist = import_hoist()
 
 # Megatron's cut of a Llama: column-parallel projections and the embedding
 # along their rows, row-parallel ones along their columns; norms whole.
