@@ -48,6 +48,11 @@ struct WriteOptions {
   std::vector<std::string> keep_files;
   // When set, the write stops at its next piece (kCancelled) and leaves nothing behind.
   const std::atomic<bool>* cancel = nullptr;
+  // Wait until the files are on the disk before renaming them into place,
+  // and until the renames are, before returning: a crash then leaves the
+  // earlier files or the whole new ones, never new names over data that
+  // had not reached the disk yet.
+  bool sync = true;
 };
 
 struct WriteResult {
@@ -56,6 +61,7 @@ struct WriteResult {
   std::vector<std::string> warnings;  // the source's, and what key mapping found
   uint64_t data_bytes = 0;
   double seconds = 0;
+  double sync_seconds = 0;  // of `seconds`, waiting for the disk
 };
 
 // Writes `tensors` to `dst`. When every tensor fits in one shard and `dst`

@@ -477,6 +477,7 @@ def convert(
     shard: Optional[Sequence[int]] = None,
     split: Optional[Mapping[str, int]] = None,
     threads: int = 0,
+    sync: bool = True,
 ) -> Dict[str, Any]:
     """Writes the checkpoint `src` to `dst` as a load with the same arguments would hold it (the
     CLI's `hoist convert`): floating-point tensors cast to `dtype`, names mapped by rename, drop,
@@ -485,10 +486,13 @@ def convert(
     ("5GB", "2GiB" or bytes); otherwise a directory of Hugging Face-style shards with
     model.safetensors.index.json. Metadata is kept; config.json beside `src` is copied beside
     the output in a directory, its dtype the cast's. Tensors stream through in pieces, so a
-    checkpoint larger than memory converts.
+    checkpoint larger than memory converts. The files replace nothing until they are whole and,
+    unless sync=False, on the disk; the call returns once their new names are too (the CLI's
+    --no-sync is sync=False).
 
     Returns {"files": written (index last), "removed": an earlier conversion's outputs this one
-    replaced, "warnings": [...], "bytes": data bytes written, "seconds": ...}.
+    replaced, "warnings": [...], "bytes": data bytes written, "seconds": ..., "sync_seconds": of
+    those, waiting for the disk}.
     """
     return _hoist.convert(
         _path_text(src),
@@ -502,6 +506,7 @@ def convert(
         threads=_count("threads", threads),
         shard=_shard_text(shard),
         splits=_split_rules(split),
+        sync=_flag("sync", sync),
     )
 
 

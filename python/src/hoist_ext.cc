@@ -588,8 +588,9 @@ NB_MODULE(_hoist, m) {
       [](const std::string& src, const std::string& dst, const std::string& dtype, const std::string& only,
          const std::vector<std::pair<std::string, std::string>>& renames, const std::vector<std::string>& drops,
          const std::string& compat, const std::string& max_shard_size, int threads, const std::string& shard,
-         const std::vector<std::string>& splits) {
+         const std::vector<std::string>& splits, bool sync) {
         ConvertRequest r{Resolve(src), dst, dtype, only, renames, drops, compat, max_shard_size, threads, shard, splits};
+        r.sync = sync;
         std::atomic<bool> cancel{false};
         r.cancel = &cancel;
         WriteResult written;
@@ -603,13 +604,16 @@ NB_MODULE(_hoist, m) {
         out["warnings"] = written.warnings;
         out["bytes"] = written.data_bytes;
         out["seconds"] = written.seconds;
+        out["sync_seconds"] = written.sync_seconds;
         return out;
       },
       nb::arg("src"), nb::arg("dst"), nb::arg("dtype") = "", nb::arg("only") = "",
       nb::arg("renames") = std::vector<std::pair<std::string, std::string>>(),
       nb::arg("drops") = std::vector<std::string>(), nb::arg("compat") = "", nb::arg("max_shard_size") = "5GB",
       nb::arg("threads") = 0, nb::arg("shard") = "", nb::arg("splits") = std::vector<std::string>(),
-      "hoist convert: writes `src` rewritten to `dst`; returns the files written, those removed, warnings, bytes, seconds.");
+      nb::arg("sync") = true,
+      "hoist convert: writes `src` rewritten to `dst`; returns the files written, those removed, warnings, bytes, "
+      "seconds, sync_seconds.");
   m.def(
       "split_max_memory", [](const std::string& text) { return Unwrap(SplitMaxMemory(text)); }, nb::arg("text"),
       "\"0=20GiB,cpu=64GiB\" as (device, size) pairs.");

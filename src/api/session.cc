@@ -386,6 +386,7 @@ Result<WriteResult> ConvertFromRequest(const ConvertRequest& request) {
   options.write.max_shard_bytes = *shard_bytes;
   options.write.threads = request.threads;
   options.write.cancel = request.cancel;
+  options.write.sync = request.sync;
   HOIST_ASSIGN_OR_RETURN(std::string src, ResolveCheckpointPath(request.src));
   HOIST_ASSIGN_OR_RETURN(Catalog catalog, OpenCatalog(src));
   HOIST_ASSIGN_OR_RETURN(WriteResult written, ConvertCheckpoint(catalog, request.dst, options));
@@ -402,7 +403,17 @@ Result<WriteResult> ConvertFromRequest(const ConvertRequest& request) {
   }
   const std::filesystem::path src_config = src_dir ? *src_dir / "config.json" : std::filesystem::path();
   if (src_dir && std::filesystem::is_directory(request.dst, ec) && std::filesystem::exists(src_config, ec)) {
-    Status copied = CopyConfig(src_config.string(), (std::filesystem::path(request.dst) / "config.json").string(), cast_to);
+    const std::string dst_config = (std::filesystem::path(request.dst) / "config.json").string();
+    Status copied = CopyConfig(src_config.string(), dst_config, cast_to);
+    if (copied.ok() && request.sync) {
+      const auto sync_start = std::chrono::steady_clock::now();
+      Result<File> config = File::OpenRead(dst_config);
+      copied = config.ok() ? config->Sync() : config.status();
+      if (copied.ok()) copied = SyncDirectory(request.dst);
+      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count();
+      written.sync_seconds += waited;
+      written.seconds += waited;
+    }
     if (!copied.ok()) written.warnings.push_back(copied.message());
   }
   return written;

@@ -149,6 +149,7 @@ struct ConvertRequest {
   std::string shard;                   // RANK/WORLD, or empty
   std::vector<std::string> splits;     // REGEX=DIM
   const std::atomic<bool>* cancel = nullptr;  // when set, stops the write (WriteOptions::cancel)
+  bool sync = true;                           // WriteOptions::sync, config.json included
 };
 Result<WriteResult> ConvertFromRequest(const ConvertRequest& request);
 

@@ -394,8 +394,12 @@ int RunConvert(const ConvertArgs& args) {
   if (!written.ok() && signal == 0) return Fail(written.status());
   if (written.ok()) {  // in place, whether or not a signal came at the end
     PrintWritten(*written);
-    fmt::print("wrote {} in {} file{} ({:.3f} s)\n", HumanBytes(written->data_bytes), written->files.size(),
-               written->files.size() == 1 ? "" : "s", written->seconds);
+    if (!args.quiet) {
+      fmt::print("wrote {} in {} file{} ({:.3f} s{})\n", HumanBytes(written->data_bytes), written->files.size(),
+                 written->files.size() == 1 ? "" : "s", written->seconds,
+                 request.sync ? fmt::format(", {:.3f} s of it waiting for the disk", written->sync_seconds)
+                              : std::string(", not waiting for the disk"));
+    }
   }
   if (signal != 0) {
     fmt::print(stderr, "error: {}: convert interrupted by {}{}\n", Printable(request.dst),

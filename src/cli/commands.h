@@ -41,6 +41,7 @@ struct PlanCmdArgs {
 struct ConvertArgs {
   ConvertRequest request;
   std::vector<std::string> renames;  // REGEX=REPLACEMENT, split into request.renames
+  bool quiet = false;
 };
 struct SynthArgs {
   std::string arch;

@@ -97,6 +97,10 @@ int main(int argc, char** argv) {
   c_convert->add_option("--max-shard-size", convert.request.max_shard_size, "Largest shard (5GB, 500MB, 2GiB)")
       ->capture_default_str();
   c_convert->add_option("--threads", convert.request.threads, "I/O threads")->check(CLI::Range(1, 1024));
+  c_convert->add_flag("--no-sync", [&convert](int64_t) { convert.request.sync = false; },
+                      "Do not wait for the disk: faster, but a crash soon after may lose the new files "
+                      "(by default they are on the disk before they replace anything)");
+  c_convert->add_flag("-q,--quiet", convert.quiet, "Print nothing on success but warnings");
   c_convert->add_option("--shard", convert.request.shard,
                         "RANK/WORLD: write part RANK of each tensor a --split rule names (one tensor-parallel rank)");
   c_convert->add_option("--split", convert.request.splits,

@@ -179,6 +179,23 @@ class PartialFiles {
     return Status::Ok();
   }
 
+  // After Commit: waits until the renames, and the directories this write
+  // made, are on the disk. The files are in place by then, whatever
+  // happens: a failure is a warning.
+  void SyncDirectories(std::vector<std::string>* warnings) const {
+    std::set<std::string> dirs;
+    for (const Entry& e : files_) dirs.insert(fs::path(e.final).parent_path().string());
+    for (const fs::path& d : created_dirs_) dirs.insert(d.parent_path().string());
+    // Deepest first: a directory's own entries before its entry in its parent.
+    std::vector<std::string> order(dirs.begin(), dirs.end());
+    std::stable_sort(order.begin(), order.end(),
+                     [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+    for (const std::string& d : order) {
+      Status s = SyncDirectory(d);
+      if (!s.ok()) warnings->push_back(s.message() + "; the files are in place, but a crash now could still lose them");
+    }
+  }
+
   // `s`, its message naming the final files rather than the temporary ones.
   Status Explain(Status s) const {
     if (s.ok()) return s;
@@ -342,6 +359,11 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
       HOIST_RETURN_IF_ERROR(fill(p.tensor, p.tensor_offset_bytes, p.size_bytes, buffer.data()));
       return files[p.shard].WriteAt(p.file_offset_bytes, buffer.data(), p.size_bytes);
     }));
+    if (options.sync) {
+      const auto sync_start = std::chrono::steady_clock::now();
+      HOIST_RETURN_IF_ERROR(ParallelFor(files.size(), threads, [&](size_t s) { return files[s].Sync(); }));
+      result.sync_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count();
+    }
     for (File& f : files) HOIST_RETURN_IF_ERROR(f.Close());
 
     for (const Shard& s : shards) result.files.push_back(s.path);
@@ -357,12 +379,18 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
       std::string path = (fs::path(dir) / kIndexFileName).string();
       HOIST_ASSIGN_OR_RETURN(File file, partial.Create(path));
       HOIST_RETURN_IF_ERROR(file.WriteAt(0, text.data(), text.size()));
+      if (options.sync) HOIST_RETURN_IF_ERROR(file.Sync());
       HOIST_RETURN_IF_ERROR(file.Close());
       result.files.push_back(path);
     }
     return Status::Ok();
   }()));
   HOIST_RETURN_IF_ERROR(partial.Commit());
+  if (options.sync) {
+    const auto sync_start = std::chrono::steady_clock::now();
+    partial.SyncDirectories(&result.warnings);
+    result.sync_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count();
+  }
   // A directory's old outputs go; so do those beside a new model.safetensors,
   // where an old index or shards would shadow it.
   if (!single_file) {

@@ -203,6 +203,22 @@ Status File::Truncate(uint64_t size_bytes) {
   return Status::Ok();
 }
 
+Status File::Sync() const {
+  if (::fdatasync(fd_) != 0) return Errno(path_, "cannot write to the disk");
+  return Status::Ok();
+}
+
+Status SyncDirectory(const std::string& dir) {
+  const std::string path = dir.empty() ? "." : dir;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Errno(path, "cannot open the directory");
+  const bool ok = ::fsync(fd) == 0;
+  const int saved = errno;
+  ::close(fd);
+  errno = saved;
+  return ok ? Status::Ok() : Errno(path, "cannot write the directory to the disk");
+}
+
 Status File::Close() {
   if (fd_ < 0) return Status::Ok();
   int fd = std::exchange(fd_, -1);

@@ -73,6 +73,9 @@ class File {
   double CachedFraction() const;
   // Sets the length (makes holes when growing).
   Status Truncate(uint64_t size_bytes);
+  // Waits until the file's data (and what reading it back needs: its size)
+  // is on the disk (fdatasync).
+  Status Sync() const;
   Status Close();
 
  private:
@@ -91,6 +94,10 @@ class File {
 // may show through pages not yet written here, and a file cut shorter than
 // a page in use turns an access to it into SIGBUS (hoist cannot stop that:
 // it is the price of any mapping, safetensors' included).
+// Waits until `dir`'s entries (files renamed or created in it) are on the
+// disk, which a file's own Sync does not cover.
+Status SyncDirectory(const std::string& dir);
+
 class FileMapping {
  public:
   FileMapping() = default;

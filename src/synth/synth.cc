@@ -250,6 +250,7 @@ Result<WriteResult> WriteSynthCheckpoint(const SynthOptions& options, const std:
   }
   wo.sparse = options.sparse;
   wo.threads = options.threads;
+  wo.sync = false;  // synthetic data: a crash costs a rerun, not the data
   FillFn fill = [&](size_t index, uint64_t offset, uint64_t size, unsigned char* dst) {
     SynthFill(tensors[index].name, tensors[index].dtype, offset, size, dst);
     return Status::Ok();
