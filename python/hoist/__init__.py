@@ -303,7 +303,7 @@ class Model:
     def report(self) -> Dict[str, Any]:
         """The load report, as `hoist load --report` writes it."""
         if self._report is None:
-            self._report = json.loads(self._native.report_json())
+            self._report = self._native.report()
         return self._report
 
     def __repr__(self) -> str:
@@ -461,7 +461,7 @@ def plan(
     """
     request = _request(path, device, device_map, max_memory, dtype, rename, drop, expect, tie, only, compat,
                        config_ties, margin, strict, mmap, shard, split, no_split)
-    return json.loads(_hoist.plan_json(request))
+    return _hoist.plan(request)
 
 
 def convert(
@@ -517,7 +517,7 @@ def inspect(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     ("BF16", "F8_E4M3", ...); "offset" is the tensor's byte offset in its file. `path` is what load
     takes: a file, a directory, an index file, or "org/name" in the Hugging Face cache.
     """
-    return json.loads(_hoist.inspect_json(_path_text(path)))
+    return _hoist.inspect(_path_text(path))
 
 
 def _to_torch(model: Model, name: str):

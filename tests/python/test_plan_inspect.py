@@ -316,3 +316,38 @@ def test_plan_for_a_device_this_machine_lacks_cannot_tell_whether_it_fits(tiny):
     assert unknown["available"] is None and unknown["fits"] is None
     sized = hoist.plan(tiny, device_map={"": 7}, max_memory={7: "1KB"})["devices"]["cuda:7"]
     assert sized["available"] == 1000 and sized["fits"] is False
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_inspect_plan_and_report_leave_the_garbage_collector_as_they_found_it(tiny, enabled):
+    # The documents are built with the collector paused; it must come back as it was.
+    import gc
+
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        hoist.inspect(tiny)
+        assert gc.isenabled() == enabled
+        hoist.plan(tiny)
+        assert gc.isenabled() == enabled
+        assert hoist.load(tiny, device="cpu").report["tensors"]
+        assert gc.isenabled() == enabled
+        with pytest.raises(FileNotFoundError):
+            hoist.inspect(tiny / "missing.safetensors")
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable() if was else gc.disable()
+
+
+def test_python_documents_are_the_cli_json_with_python_types(run_hoist, tmp_path):
+    # What json.loads makes of the CLI's text: the same values and types (str with any
+    # character, int, nested dicts and lists) and the same key order.
+    meta = {"z": "last", "a": "é ✓ \"quoted\"\n\u0000", "big": str(2**64 - 1)}
+    header = {"__metadata__": meta, "w": {"dtype": "U8", "shape": [2, 3], "data_offsets": [0, 6]}}
+    path = write_raw(tmp_path / "m.safetensors", header, bytes(6))
+    doc = hoist.inspect(path)
+    cli = json.loads(ok(run_hoist("inspect", "--json", path)).stdout)
+    assert doc == {**cli, "warnings": []}
+    assert list(doc) == [*cli, "warnings"] and list(doc["metadata"]) == list(cli["metadata"])  # the same order
+    assert doc["metadata"] == meta
+    assert type(doc["total_bytes"]) is int and doc["tensors"][0]["shape"] == [2, 3]
