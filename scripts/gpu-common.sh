@@ -94,6 +94,13 @@ build_gpu() {
   fi
   grep -E "hoist:|Python|nanobind" build-gpu/cmake.log || true
   echo "CUDA architectures asked for: ${cuda_arch:-none, the default}"
+  # On a GPU a build without the CUDA backend would load nothing onto it
+  # (cuda:0 "is not present") and spend the rest of the lease finding out.
+  if ((have_gpu)) && ! grep -q "hoist: CUDA backend enabled" build-gpu/cmake.log; then
+    grep -iE "cuda|nvcc" build-gpu/cmake.log | tail -n 20
+    echo "error: this machine has a GPU but the build has no CUDA backend (build-gpu/cmake.log says why)"
+    return 1
+  fi
   build_more "$@"
 }
 
@@ -204,7 +211,9 @@ step_limit() {
 machine_facts() {
   uname -srm
   if ((have_gpu)) && command -v nvidia-smi >/dev/null; then
-    timeout -k 10 20 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader
+    # compute_mode: Exclusive_Process would refuse the CLI's loads while the
+    # benchmark's own torch process holds the GPU.
+    timeout -k 10 20 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap,compute_mode --format=csv,noheader
   fi
   echo "$(nproc) cores; $(free -g | awk '/^Mem:/ {print $2 " GiB memory, " $7 " GiB available"}')"
   df -h /dev/shm . | sed 1d

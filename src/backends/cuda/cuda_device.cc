@@ -547,7 +547,12 @@ Status ProbeCopies(int device, uint64_t copy_bytes, CudaProbe* probe) {
   if (host == nullptr) {
     return OutOfMemory(fmt::format("cuda:{}: probe: cannot allocate {} bytes of host memory", device, host_bytes));
   }
-  Defer host_guard([&] { std::free(host); });
+  // Memory still registered with the driver (its unregistering failed) is
+  // not handed back to the C library: the driver may yet use it.
+  bool registered = false;
+  Defer host_guard([&] {
+    if (!registered) std::free(host);
+  });
   std::memset(host, 0xa5, static_cast<size_t>(host_bytes));
   HOIST_ASSIGN_OR_RETURN(probe->h2d_pageable_gbps, TimeHostToDevice(device, dst, host, copy_bytes, stream, "pageable"));
 
@@ -563,8 +568,10 @@ Status ProbeCopies(int device, uint64_t copy_bytes, CudaProbe* probe) {
       return Status::Ok();
     }
     seconds.push_back(SecondsSince(t0));
+    registered = true;
     err = cudaHostUnregister(host);
     if (err != cudaSuccess) return CudaFailure(err, device, "probe: cudaHostUnregister");
+    registered = false;
   }
   double median = Median(seconds);
   probe->pin_gbps = median > 0 ? static_cast<double>(kProbePinBytes) / median / 1e9 : 0.0;
