@@ -5,8 +5,6 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <optional>
 #include <regex>
 #include <sstream>
@@ -15,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/file.h"
 #include "util/text.h"
 
 namespace hoist {
@@ -95,9 +94,12 @@ bool IsOneName(const std::string& name) {
 // of the weights alone is whole for a load). Nothing when there is no
 // listing, or one it would not read either.
 std::vector<std::string> MissingWeights(const fs::path& repo, const std::string& commit, const fs::path& snapshot) {
-  std::ifstream in(repo / "trees" / (commit + ".json"));
-  if (!in) return {};
-  const nlohmann::json tree = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  // Like every file of the cache, read as hostile: a regular file only
+  // (a FIFO would block the open), of a listing's size at most.
+  constexpr uint64_t kMaxListingBytes = 64 << 20;
+  Result<std::string> text = ReadSmallFile((repo / "trees" / (commit + ".json")).string(), kMaxListingBytes);
+  if (!text.ok()) return {};
+  const nlohmann::json tree = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (tree.is_discarded() || !tree.is_object() || tree.value("format_version", 0) != 1 ||
       !tree.contains("files") || !tree["files"].is_object()) {
     return {};
@@ -139,10 +141,20 @@ Result<std::string> ResolveCheckpointPath(std::string_view path_view) {
   // snapshot; a branch or tag, the commit its refs/ file holds, unchanged.
   static const std::regex kCommit("^[0-9a-f]{40}$");
   std::optional<std::string> commit;
+  const fs::path ref = repo / "refs" / revision;
+  std::string ref_problem;  // why the ref names no snapshot, where it is there
   if (std::regex_match(revision, kCommit)) {
     commit = revision;
-  } else if (std::ifstream ref(repo / "refs" / revision); ref && fs::is_regular_file(repo / "refs" / revision, ec)) {
-    commit = std::string(std::istreambuf_iterator<char>(ref), std::istreambuf_iterator<char>());
+  } else if (fs::exists(ref, ec)) {
+    // A regular file of a snapshot name's length at most: a FIFO there
+    // would block the open, a device or a huge file would be read.
+    constexpr uint64_t kMaxRefBytes = 255;
+    Result<std::string> text = ReadSmallFile(ref.string(), kMaxRefBytes);
+    if (text.ok()) {
+      commit = *text;
+    } else {
+      ref_problem = text.status().message();
+    }
   }
   const std::string shown = Printable(path);
   if (commit && IsOneName(*commit) && fs::is_directory(repo / "snapshots" / *commit, ec)) {
@@ -155,6 +167,14 @@ Result<std::string> ResolveCheckpointPath(std::string_view path_view) {
   }
   if (repo_id.find('/') == std::string::npos && at == std::string::npos) {
     return path;  // a bare name: more likely a file that is not there
+  }
+  if (commit && !std::regex_match(revision, kCommit)) {
+    ref_problem = Printable(ref.string()) + " holds " + QuoteName(*commit) + ", which names no snapshot in " +
+                  Printable((repo / "snapshots").string());
+  }
+  if (!ref_problem.empty()) {
+    return NotFound(shown + ": the Hugging Face cache's ref cannot be followed: " + ref_problem +
+                    "; download it again (huggingface_hub's snapshot_download)");
   }
   return NotFound(shown + ": no such file or directory, and no snapshot of it (" + Printable(revision) +
                   ") in the Hugging Face cache at " + Printable(repo.string()) +

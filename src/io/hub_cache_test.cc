@@ -1,5 +1,7 @@
 #include "io/hub_cache.h"
 
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -207,6 +209,42 @@ TEST_F(ResolveTest, ARefNamingNoSnapshotIsNotFound) {
     ASSERT_FALSE(r.ok()) << commit << " -> " << *r;
     EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
   }
+}
+
+// A ref's content is named in the error, so that "<sha>\n" (written by
+// echo) is told apart from a repo that is not there.
+TEST_F(ResolveTest, ARefThatNamesNoSnapshotIsNamedWithWhatItHolds) {
+  Ref("newline", "1111111111111111111111111111111111111111\n");
+  Result<std::string> r = ResolveCheckpointPath("org/name@newline");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find((repo_ / "refs" / "newline").string() +
+                                      " holds '1111111111111111111111111111111111111111\\x0a'"),
+            std::string::npos)
+      << r.status().message();
+}
+
+// Every file of the cache is hostile: a FIFO where a ref or a listing
+// should be must not block (opening one for reading waits for a writer),
+// a device must not be read, a huge file must not be read whole.
+TEST_F(ResolveTest, RefsAndListingsThatAreNotSmallRegularFilesAreNeverRead) {
+  fs::remove(repo_ / "refs" / "v2");
+  ASSERT_EQ(::mkfifo((repo_ / "refs" / "v2").c_str(), 0600), 0);
+  fs::create_symlink("/dev/zero", repo_ / "refs" / "zero");
+  Ref("huge", std::string(1 << 20, '1'));
+  for (const char* path : {"org/name@v2", "org/name@zero", "org/name@huge"}) {
+    Result<std::string> r = ResolveCheckpointPath(path);
+    ASSERT_FALSE(r.ok()) << path << " -> " << *r;
+    EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
+    EXPECT_NE(r.status().message().find("ref cannot be followed"), std::string::npos) << r.status().message();
+  }
+  // A FIFO (and a device) as the commit's listing is no listing.
+  const std::string commit = "1111111111111111111111111111111111111111";
+  fs::create_directories(repo_ / "trees");
+  ASSERT_EQ(::mkfifo((repo_ / "trees" / (commit + ".json")).c_str(), 0600), 0);
+  EXPECT_EQ(Resolved("org/name"), SnapshotPath(commit));
+  fs::remove(repo_ / "trees" / (commit + ".json"));
+  fs::create_symlink("/dev/zero", repo_ / "trees" / (commit + ".json"));
+  EXPECT_EQ(Resolved("org/name"), SnapshotPath(commit));
 }
 
 }  // namespace
