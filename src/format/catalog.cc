@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <cassert>
 #include <condition_variable>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <regex>
+#include <set>
 #include <string>
 #include <system_error>
 #include <unordered_map>
@@ -385,12 +388,53 @@ Result<Catalog> OpenIndexed(const fs::path& dir, const std::string& index_path, 
   return builder.Finish();
 }
 
+// Without an index, shards named as Hugging Face names them
+// (PREFIX-00002-of-00003.safetensors) must all be there: a download or copy
+// that stopped early would otherwise load as a smaller model. `names` are
+// the readable .safetensors files' names; an error names what is missing.
+Status CheckShardSets(const fs::path& dir, const std::vector<std::string>& names) {
+  static const std::regex kShard(R"((.*)-(\d{5})-of-(\d{5})\.safetensors)");
+  std::map<std::pair<std::string, int>, std::set<int>> sets;  // (prefix, count) -> numbers present
+  for (const std::string& name : names) {
+    std::smatch m;
+    if (std::regex_match(name, m, kShard)) sets[{m[1].str(), std::stoi(m[3].str())}].insert(std::stoi(m[2].str()));
+  }
+  for (const auto& [key, present] : sets) {
+    const auto& [prefix, count] = key;
+    auto shard_name = [&](int k) {
+      char number[32];
+      std::snprintf(number, sizeof number, "-%05d-of-%05d.safetensors", k, count);
+      return prefix + number;
+    };
+    std::vector<std::string> missing;
+    for (int k = 1; k <= count; ++k) {
+      if (present.count(k) == 0) missing.push_back(shard_name(k));
+    }
+    if (!missing.empty()) {
+      const bool one = missing.size() == 1;
+      return NotFound(Printable(dir.string()) + ": " + (one ? "shard " : std::to_string(missing.size()) + " shards ") +
+                      SomeNames(missing) + " of " + std::to_string(count) + (one ? " is" : " are") +
+                      " missing or unreadable, and there is no " + kIndexFileName + ": an interrupted download or copy?");
+    }
+  }
+  return Status::Ok();
+}
+
 Result<Catalog> OpenDirectory(const fs::path& dir) {
   std::error_code ec;
   std::vector<std::string> files;
+  std::vector<std::string> unreadable;  // .safetensors entries that are not regular files, and why
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const fs::path& p = it->path();
-    if (p.extension() == ".safetensors" && it->is_regular_file(ec)) files.push_back(p.string());
+    if (p.extension() != ".safetensors") continue;
+    std::error_code type_ec;
+    if (it->is_regular_file(type_ec)) {
+      files.push_back(p.string());
+    } else if (it->is_symlink(type_ec) && !fs::exists(it->status(type_ec))) {
+      unreadable.push_back(QuoteName(p.filename().string()) + " (a link to nothing: an interrupted download?)");
+    } else {
+      unreadable.push_back(QuoteName(p.filename().string()) + " (not a regular file)");
+    }
   }
   if (ec) return IoError(Printable(dir.string()) + ": cannot list directory: " + ec.message());
   std::string index_path = (dir / kIndexFileName).string();
@@ -417,8 +461,21 @@ Result<Catalog> OpenDirectory(const fs::path& dir) {
     for (const std::string& f : files) names.push_back(fs::path(f).filename().string());
     return OpenIndexed(dir, index_path, std::move(names));
   }
-  if (files.empty()) return NotFound(Printable(dir.string()) + ": no .safetensors files and no " + kIndexFileName);
+  if (files.empty()) {
+    std::sort(unreadable.begin(), unreadable.end());
+    std::string seen;
+    for (size_t i = 0; i < unreadable.size() && i < 3; ++i) seen += (i ? ", " : "") + unreadable[i];
+    if (unreadable.size() > 3) seen += ", ...";
+    return NotFound(Printable(dir.string()) + ": no .safetensors files" +
+                    (unreadable.empty() ? std::string() : " that can be read (" + seen + ")") + " and no " +
+                    kIndexFileName);
+  }
   std::sort(files.begin(), files.end());
+  {
+    std::vector<std::string> names;
+    for (const std::string& f : files) names.push_back(fs::path(f).filename().string());
+    HOIST_RETURN_IF_ERROR(CheckShardSets(dir, names));
+  }
   CatalogBuilder builder;
   HOIST_RETURN_IF_ERROR(builder.AddFiles(files));
   return builder.Finish();

@@ -294,6 +294,33 @@ TEST_F(CatalogTest, DirectoryWithoutSafetensorsIsNotFound) {
   ExpectError(OpenCatalog(Path("d")), StatusCode::kNotFound, {Path("d"), "no .safetensors files"});
 }
 
+// Shards named as Hugging Face names them, with no index to say what the
+// whole is: all of them or none. A download that stopped before one of
+// them (and before the index) would otherwise load as a smaller model.
+TEST_F(CatalogTest, DirectoryWithoutIndexNeedsEveryNumberedShard) {
+  WriteFile(Path("d/model-00001-of-00003.safetensors"), {{"a", "U8", {1}}});
+  WriteFile(Path("d/model-00003-of-00003.safetensors"), {{"c", "U8", {1}}});
+  ExpectError(OpenCatalog(Path("d")), StatusCode::kNotFound,
+              {Path("d"), "shard 'model-00002-of-00003.safetensors' of 3 is missing or unreadable",
+               "no model.safetensors.index.json", "interrupted download"});
+  // A dangling link where the shard should be counts as missing.
+  fs::create_symlink("../blobs/never-finished", Path("d/model-00002-of-00003.safetensors"));
+  ExpectError(OpenCatalog(Path("d")), StatusCode::kNotFound, {"'model-00002-of-00003.safetensors' of 3"});
+  fs::remove(Path("d/model-00002-of-00003.safetensors"));
+  WriteFile(Path("d/model-00002-of-00003.safetensors"), {{"b", "U8", {1}}});
+  EXPECT_EQ(ExpectOk(OpenCatalog(Path("d"))).tensors().size(), 3u);
+  // Each set on its own: another prefix's set is whole or not by itself.
+  WriteFile(Path("d/adapter-00002-of-00002.safetensors"), {{"z", "U8", {1}}});
+  ExpectError(OpenCatalog(Path("d")), StatusCode::kNotFound, {"shard 'adapter-00001-of-00002.safetensors' of 2"});
+}
+
+TEST_F(CatalogTest, DirectoryOfLinksToNothingSaysSo) {
+  fs::create_directories(Path("d"));
+  fs::create_symlink("../blobs/never-finished", Path("d/model.safetensors"));
+  ExpectError(OpenCatalog(Path("d")), StatusCode::kNotFound,
+              {Path("d"), "no .safetensors files that can be read", "'model.safetensors' (a link to nothing"});
+}
+
 TEST_F(CatalogTest, DirectoryWithCorruptFileNamesIt) {
   WriteFile(Path("d/a.safetensors"), {{"a", "U8", {1}}});
   WriteRaw(Path("d/b.safetensors"), "[]", "");

@@ -47,11 +47,18 @@ Result<File> File::OpenRead(const std::string& path) { return OpenForReading(pat
 Result<File> File::OpenReadDirect(const std::string& path) { return OpenForReading(path, O_DIRECT); }
 
 Result<File> File::OpenForReading(const std::string& path, int extra_flags) {
-  // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer.
-  // Anything but a regular file is refused below, and the flag is cleared
-  // again: io_uring fails O_NONBLOCK reads with EAGAIN on file systems
-  // that cannot promise not to block (NFS, FUSE).
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | extra_flags);
+  // Anything but a regular file is refused before it is opened: opening a
+  // device can act on it (a watchdog, a tape). What a path names can change
+  // between the two calls, so the open guards too. O_NONBLOCK: opening a
+  // FIFO must not wait for a writer; O_NOCTTY: a terminal does not become
+  // this process's. Anything but a regular file is refused again below, and
+  // O_NONBLOCK is cleared: io_uring fails O_NONBLOCK reads with EAGAIN on
+  // file systems that cannot promise not to block (NFS, FUSE).
+  struct stat named {};
+  if (::stat(path.c_str(), &named) == 0 && !S_ISREG(named.st_mode)) {
+    return InvalidArgument(Printable(path) + ": not a regular file");
+  }
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | extra_flags);
   if (fd < 0) {
     if (errno == ENOENT) return NotFound(Printable(path) + ": no such file");
     if (errno == EINVAL && (extra_flags & O_DIRECT) != 0) {
