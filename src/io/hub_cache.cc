@@ -44,17 +44,29 @@ std::string ExpandVars(const std::string& text) {
   return out;
 }
 
-// Python's os.path.expanduser, for "~" and "~/..." ($HOME, else the
-// password database).
+// Python's os.path.expanduser: "~" and "~/..." ($HOME, else the password
+// database), and "~user" and "~user/..." (the password database); a user
+// it does not know is left as written.
 std::string ExpandUser(const std::string& path) {
-  if (path != "~" && path.rfind("~/", 0) != 0) return path;
-  std::optional<std::string> home = Env("HOME");
-  if (!home) {
-    const struct passwd* pw = ::getpwuid(::getuid());
+  if (path.empty() || path.front() != '~') return path;
+  const size_t slash = std::min(path.find('/'), path.size());
+  std::optional<std::string> home;
+  if (slash == 1) {
+    home = Env("HOME");
+    if (!home) {
+      const struct passwd* pw = ::getpwuid(::getuid());
+      if (pw == nullptr || pw->pw_dir == nullptr) return path;
+      home = pw->pw_dir;
+    }
+  } else {
+    const struct passwd* pw = ::getpwnam(path.substr(1, slash - 1).c_str());
     if (pw == nullptr || pw->pw_dir == nullptr) return path;
     home = pw->pw_dir;
   }
-  return *home + path.substr(1);
+  // Python strips the home's trailing slash, keeping "/" for the root.
+  while (home->size() > 1 && home->back() == '/') home->pop_back();
+  const std::string out = (*home == "/" ? "" : *home) + path.substr(slash);
+  return out.empty() ? "/" : out;
 }
 
 // Python's os.path.join of two parts.

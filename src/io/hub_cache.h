@@ -13,7 +13,7 @@ namespace hoist {
 
 // The hub cache directory, as huggingface_hub.constants finds it:
 // $HF_HUB_CACHE, else $HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub, else
-// $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub; "~" and
+// $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub; "~", "~user" and
 // $VARIABLES in them expanded as Python expands them.
 std::string HubCacheDir();
 

@@ -1,5 +1,6 @@
 #include "io/hub_cache.h"
 
+#include <pwd.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
@@ -71,6 +72,27 @@ TEST(HubCacheTest, VariablesExpandAsPythonExpandsThem) {
   EXPECT_EQ(HubCacheDir(), "/home/u//data");
   env.Set("HF_HUB_CACHE", "");
   EXPECT_EQ(HubCacheDir(), "");
+}
+
+// "~user" as os.path.expanduser reads it: that user's home from the
+// password database; a user it lacks is left as written.
+TEST(HubCacheTest, TildeUserIsThatUsersHome) {
+  CacheEnv env;
+  env.Set("HOME", "/home/u");
+  const struct passwd* root = ::getpwnam("root");
+  ASSERT_NE(root, nullptr);
+  std::string root_home = root->pw_dir;
+  while (root_home.size() > 1 && root_home.back() == '/') root_home.pop_back();
+  env.Set("HF_HOME", "~root/hf");
+  EXPECT_EQ(HubCacheDir(), (root_home == "/" ? "" : root_home) + "/hf/hub");
+  env.Set("HF_HUB_CACHE", "~no-such-user-of-hoist/hub");
+  EXPECT_EQ(HubCacheDir(), "~no-such-user-of-hoist/hub");
+  env.Set("HF_HUB_CACHE", "~");
+  EXPECT_EQ(HubCacheDir(), "/home/u");
+  env.Set("HOME", "/");
+  EXPECT_EQ(HubCacheDir(), "/");
+  env.Set("HF_HUB_CACHE", "~/hub");
+  EXPECT_EQ(HubCacheDir(), "/hub");
 }
 
 class ResolveTest : public ::testing::Test {
