@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <exception>
 #include <memory>
@@ -24,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <system_error>
 #include <thread>
@@ -54,55 +56,78 @@ T Unwrap(Result<T> r) {
   return std::move(r).value();
 }
 
-// A JSON document as the Python objects json.loads would make of it (dict,
-// list, str, int, float, bool, None), built directly: a catalogue of 92k
-// tensors skips writing 17 MB of text and parsing it again. Text that is
-// not UTF-8 (it cannot come from a checked header) is decoded with
-// replacement characters, as the text form writes it.
-nb::object ToPythonTree(const nlohmann::ordered_json& j) {
-  auto steal = [](PyObject* o) {
+// A JSON document as the Python objects json.loads would make of the CLI's
+// text (dict, list, str, int, float, bool, None), built directly: a
+// catalogue of 92k tensors skips writing 17 MB of text and parsing it
+// again. Text that is not UTF-8 (it cannot come from a checked header) is
+// decoded with replacement characters, and a float that is not finite is
+// None, as the text form writes them. Like json.loads, one str serves every
+// repetition of a key (and here of a short repeated value: a dtype, a file,
+// a device), the first few thousand distinct ones.
+class JsonToPython {
+ public:
+  nb::object Convert(const nlohmann::ordered_json& j) {
+    switch (j.type()) {
+      case nlohmann::json::value_t::object: {
+        nb::object out = Steal(PyDict_New());
+        for (const auto& [key, value] : j.items()) {
+          if (PyDict_SetItem(out.ptr(), Text(key).ptr(), Convert(value).ptr()) != 0) throw nb::python_error();
+        }
+        return out;
+      }
+      case nlohmann::json::value_t::array: {
+        nb::object out = Steal(PyList_New(static_cast<Py_ssize_t>(j.size())));
+        Py_ssize_t k = 0;
+        for (const auto& value : j) PyList_SET_ITEM(out.ptr(), k++, Convert(value).release().ptr());
+        return out;
+      }
+      case nlohmann::json::value_t::string: return Text(j.get_ref<const std::string&>());
+      case nlohmann::json::value_t::number_unsigned: return Steal(PyLong_FromUnsignedLongLong(j.get<uint64_t>()));
+      case nlohmann::json::value_t::number_integer: return Steal(PyLong_FromLongLong(j.get<int64_t>()));
+      case nlohmann::json::value_t::number_float: {
+        const double v = j.get<double>();
+        return std::isfinite(v) ? Steal(PyFloat_FromDouble(v)) : nb::none();
+      }
+      case nlohmann::json::value_t::boolean: return nb::bool_(j.get<bool>());
+      default: return nb::none();  // null (and nlohmann's discarded/binary, which hoist never makes)
+    }
+  }
+
+ private:
+  static constexpr size_t kMaxShared = 4096;
+  static nb::object Steal(PyObject* o) {
     if (o == nullptr) throw nb::python_error();
     return nb::steal(o);
-  };
-  auto text = [&](const std::string& s) {
-    return steal(PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace"));
-  };
-  switch (j.type()) {
-    case nlohmann::json::value_t::object: {
-      nb::object out = steal(PyDict_New());
-      for (const auto& [key, value] : j.items()) {
-        if (PyDict_SetItem(out.ptr(), text(key).ptr(), ToPythonTree(value).ptr()) != 0) throw nb::python_error();
-      }
-      return out;
-    }
-    case nlohmann::json::value_t::array: {
-      nb::object out = steal(PyList_New(static_cast<Py_ssize_t>(j.size())));
-      Py_ssize_t k = 0;
-      for (const auto& value : j) PyList_SET_ITEM(out.ptr(), k++, ToPythonTree(value).release().ptr());
-      return out;
-    }
-    case nlohmann::json::value_t::string: return text(j.get_ref<const std::string&>());
-    case nlohmann::json::value_t::number_unsigned: return steal(PyLong_FromUnsignedLongLong(j.get<uint64_t>()));
-    case nlohmann::json::value_t::number_integer: return steal(PyLong_FromLongLong(j.get<int64_t>()));
-    case nlohmann::json::value_t::number_float: return steal(PyFloat_FromDouble(j.get<double>()));
-    case nlohmann::json::value_t::boolean: return nb::bool_(j.get<bool>());
-    default: return nb::none();  // null (and nlohmann's discarded/binary, which hoist never makes)
   }
-}
+  nb::object Text(const std::string& s) {
+    if (auto it = shared_.find(s); it != shared_.end()) return it->second;
+    nb::object text = Steal(PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace"));
+    if (shared_.size() < kMaxShared) shared_.emplace(s, text);
+    return text;
+  }
+  std::unordered_map<std::string, nb::object> shared_;
+};
 
 // The whole document, with the cyclic garbage collector paused: a tree of
 // fresh dicts and lists has no cycles, and collecting while 92k of them are
-// made would take as long as making them.
-nb::object ToPython(const nlohmann::ordered_json& j) {
+// made would take as long as making them. The document is freed after,
+// with the GIL released.
+nb::object ToPython(nlohmann::ordered_json&& j) {
+  nb::object out;
+  {
 #if PY_VERSION_HEX >= 0x030A0000
-  struct Paused {
-    int was_enabled = PyGC_Disable();
-    ~Paused() {
-      if (was_enabled) PyGC_Enable();
-    }
-  } paused;
+    struct Paused {
+      int was_enabled = PyGC_Disable();
+      ~Paused() {
+        if (was_enabled) PyGC_Enable();
+      }
+    } paused;
 #endif
-  return ToPythonTree(j);
+    out = JsonToPython().Convert(j);
+  }
+  nb::gil_scoped_release release;
+  nlohmann::ordered_json().swap(j);
+  return out;
 }
 
 // Whether the interpreter is shutting down: a thread that is not the main
@@ -679,7 +704,7 @@ NB_MODULE(_hoist, m) {
           out = CatalogJson(catalog);
           out["warnings"] = catalog.warnings();
         }
-        return ToPython(out);
+        return ToPython(std::move(out));
       },
       nb::arg("path"), "hoist inspect --json, and the catalogue's warnings, as a dict (headers only).");
   m.def(
@@ -694,7 +719,7 @@ NB_MODULE(_hoist, m) {
           PlannedRequest planned = Unwrap(PlanFromRequest(r, registry));
           out = PlanJson(*planned.catalog, planned.plan, &planned.available);
         }
-        return ToPython(out);
+        return ToPython(std::move(out));
       },
       nb::arg("request"), "hoist plan --json as a dict: where a load of `request` would put each tensor.");
 

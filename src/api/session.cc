@@ -338,29 +338,25 @@ namespace {
 // its dtype (transformers' "dtype", or "torch_dtype" before 5.0) names what
 // the weights now are. A config the strict parser refuses (nesting, UTF-8,
 // repeated keys), one that is not an object, or one over 16 MiB is copied
-// byte for byte.
-Status CopyConfig(const std::string& src, const std::string& dst, std::optional<DType> cast_to) {
+// byte for byte. The copy replaces an earlier config.json whole or not at
+// all (and with `sync`, is on the disk when this returns), as the weights do.
+Status CopyConfig(const std::string& src, const std::string& dst, std::optional<DType> cast_to, bool sync) {
   constexpr uint64_t kMaxRewrittenBytes = 16 << 20;  // a config is a few kB
-  std::error_code ec;
-  const uintmax_t size = std::filesystem::file_size(src, ec);
-  if (cast_to && !ec && size <= kMaxRewrittenBytes) {
-    HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(src, kMaxRewrittenBytes));
-    if (ParseJsonStrict(Printable(src), text).ok()) {  // then parsed again, keeping its key order
-      nlohmann::ordered_json config = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
-      const char* torch_name = *cast_to == DType::kBF16 ? "bfloat16" : *cast_to == DType::kF16 ? "float16" : "float32";
-      bool named = false;
-      for (const char* key : {"dtype", "torch_dtype"}) {
-        if (config.is_object() && config.contains(key) && config[key].is_string()) {
-          config[key] = torch_name;
-          named = true;
-        }
+  HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(src));
+  if (cast_to && text.size() <= kMaxRewrittenBytes &&
+      ParseJsonStrict(Printable(src), text).ok()) {  // then parsed again, keeping its key order
+    nlohmann::ordered_json config = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+    const char* torch_name = *cast_to == DType::kBF16 ? "bfloat16" : *cast_to == DType::kF16 ? "float16" : "float32";
+    bool named = false;
+    for (const char* key : {"dtype", "torch_dtype"}) {
+      if (config.is_object() && config.contains(key) && config[key].is_string()) {
+        config[key] = torch_name;
+        named = true;
       }
-      if (named) return WriteTextFile(dst, config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
     }
+    if (named) text = config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   }
-  std::filesystem::copy_file(src, dst, std::filesystem::copy_options::overwrite_existing, ec);
-  if (ec) return IoError(Printable(src) + ": cannot copy to " + Printable(dst) + ": " + ec.message());
-  return Status::Ok();
+  return ReplaceFile(dst, text, sync);
 }
 
 }  // namespace
@@ -403,17 +399,12 @@ Result<WriteResult> ConvertFromRequest(const ConvertRequest& request) {
   }
   const std::filesystem::path src_config = src_dir ? *src_dir / "config.json" : std::filesystem::path();
   if (src_dir && std::filesystem::is_directory(request.dst, ec) && std::filesystem::exists(src_config, ec)) {
-    const std::string dst_config = (std::filesystem::path(request.dst) / "config.json").string();
-    Status copied = CopyConfig(src_config.string(), dst_config, cast_to);
-    if (copied.ok() && request.sync) {
-      const auto sync_start = std::chrono::steady_clock::now();
-      Result<File> config = File::OpenRead(dst_config);
-      copied = config.ok() ? config->Sync() : config.status();
-      if (copied.ok()) copied = SyncDirectory(request.dst);
-      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count();
-      written.sync_seconds += waited;
-      written.seconds += waited;
-    }
+    const auto copy_start = std::chrono::steady_clock::now();
+    Status copied = CopyConfig(src_config.string(), (std::filesystem::path(request.dst) / "config.json").string(),
+                               cast_to, request.sync);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - copy_start).count();
+    written.seconds += seconds;
+    if (request.sync) written.sync_seconds += seconds;  // nearly all of it
     if (!copied.ok()) written.warnings.push_back(copied.message());
   }
   return written;

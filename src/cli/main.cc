@@ -98,9 +98,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   c_convert->add_option("--threads", convert.request.threads, "I/O threads")->check(CLI::Range(1, 1024));
   c_convert->add_flag("--no-sync", [&convert](int64_t) { convert.request.sync = false; },
-                      "Do not wait for the disk: faster, but a crash soon after may lose the new files "
-                      "(by default they are on the disk before they replace anything)");
-  c_convert->add_flag("-q,--quiet", convert.quiet, "Print nothing on success but warnings");
+                      "Do not wait for the disk: faster, but a crash soon after may leave an output file empty "
+                      "or partial, and the earlier one it replaced gone (by default each is on the disk before "
+                      "it replaces anything)");
+  c_convert->add_flag("-q,--quiet", convert.quiet,
+                      "No summary on success; warnings and the earlier outputs removed are still told (stderr)");
   c_convert->add_option("--shard", convert.request.shard,
                         "RANK/WORLD: write part RANK of each tensor a --split rule names (one tensor-parallel rank)");
   c_convert->add_option("--split", convert.request.splits,

@@ -93,7 +93,9 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
     metadata["hoist.split"] = rules;
   }
   HOIST_ASSIGN_OR_RETURN(WriteResult result, WriteCheckpoint(dst, out, metadata, write, fill));
-  result.warnings = std::move(plan.warnings);
+  // The plan's warnings first, then the write's own (leftovers of other
+  // writes, a directory that could not be synced).
+  result.warnings.insert(result.warnings.begin(), plan.warnings.begin(), plan.warnings.end());
   return result;
 }
 

@@ -179,9 +179,19 @@ class PartialFiles {
     return Status::Ok();
   }
 
-  // After Commit: waits until the renames, and the directories this write
-  // made, are on the disk. The files are in place by then, whatever
-  // happens: a failure is a warning.
+  // After Commit: the earlier outputs kept for a failed rename go.
+  void DropBackups() {
+    for (Entry& e : files_) {
+      std::error_code ec;
+      if (!e.backup.empty()) fs::remove(e.backup, ec);
+      e.backup.clear();
+    }
+  }
+
+  // After Commit (and whatever the write removes after it): waits until the
+  // renames and removals, and the directories this write made, are on the
+  // disk. The files are in place by then, whatever happens: a failure is a
+  // warning.
   void SyncDirectories(std::vector<std::string>* warnings) const {
     std::set<std::string> dirs;
     for (const Entry& e : files_) dirs.insert(fs::path(e.final).parent_path().string());
@@ -242,6 +252,7 @@ Status RemoveStaleOutputs(const std::string& dir, const std::vector<std::string>
   static const std::regex partial(R"(\.hoist-\d+-[0-9a-f]{8}-\d+\.(partial|old))");
   std::error_code ec;
   std::set<std::string> keep;
+  std::vector<fs::path> stale;
   for (const std::string& w : written) keep.insert(fs::path(w).filename().string());
   fs::directory_iterator it(dir.empty() ? "." : dir, ec);
   for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
@@ -261,12 +272,18 @@ Status RemoveStaleOutputs(const std::string& dir, const std::vector<std::string>
       protected_file = protected_file || fs::equivalent(path, k, eq);
     }
     if (protected_file) continue;
+    stale.push_back(path);
+  }
+  if (ec) return IoError(Printable(dir) + ": cannot list: " + ec.message());
+  // The index first: a crash part way must not leave an index naming
+  // shards that are gone, to be read in place of the new output.
+  std::stable_partition(stale.begin(), stale.end(), [](const fs::path& p) { return p.filename() == kIndexFileName; });
+  for (const fs::path& path : stale) {
     std::error_code rm;
     fs::remove(path, rm);
     if (rm) return IoError(Printable(path.string()) + ": cannot remove a stale output file: " + rm.message());
     removed->push_back(path.string());
   }
-  if (ec) return IoError(Printable(dir) + ": cannot list: " + ec.message());
   return Status::Ok();
 }
 
@@ -385,23 +402,32 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
     }
     return Status::Ok();
   }()));
+  // A cancel that came while the files were synced still leaves the
+  // earlier output as it was: nothing is in place yet.
+  if (options.cancel != nullptr && options.cancel->load(std::memory_order_relaxed)) {
+    return Cancelled("the write to " + Printable(dst) + " was cancelled; nothing was written");
+  }
   HOIST_RETURN_IF_ERROR(partial.Commit());
+  // A directory's old outputs go; so do those beside a new model.safetensors,
+  // where an old index or shards would shadow it.
+  Status removed;
+  if (!single_file) {
+    removed = RemoveStaleOutputs(dir, result.files, options.keep_files, partial.prefix(), &result);
+  } else {
+    // Beside a new model.safetensors an old index or shards would shadow it:
+    // they go. Beside another name only other writes' leftovers are named.
+    const bool replaces = fs::path(dst).filename() == "model.safetensors";
+    removed = RemoveStaleOutputs(fs::path(dst).parent_path().string(), result.files, options.keep_files,
+                                 partial.prefix(), &result, replaces);
+  }
+  partial.DropBackups();
+  // One sync of each directory covers the renames and the removals.
   if (options.sync) {
     const auto sync_start = std::chrono::steady_clock::now();
     partial.SyncDirectories(&result.warnings);
     result.sync_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count();
   }
-  // A directory's old outputs go; so do those beside a new model.safetensors,
-  // where an old index or shards would shadow it.
-  if (!single_file) {
-    HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(dir, result.files, options.keep_files, partial.prefix(), &result));
-  } else {
-    // Beside a new model.safetensors an old index or shards would shadow it:
-    // they go. Beside another name only other writes' leftovers are named.
-    const bool replaces = fs::path(dst).filename() == "model.safetensors";
-    HOIST_RETURN_IF_ERROR(RemoveStaleOutputs(fs::path(dst).parent_path().string(), result.files, options.keep_files,
-                                             partial.prefix(), &result, replaces));
-  }
+  HOIST_RETURN_IF_ERROR(removed);
   result.data_bytes = total;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

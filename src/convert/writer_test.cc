@@ -341,6 +341,33 @@ TEST(WriterTest, ACancelledWriteStopsAndLeavesNothing) {
   EXPECT_TRUE(FilesUnder(dir.path()).empty());
 }
 
+// A cancel that comes after the last piece (while the files are synced,
+// which can take minutes) still leaves the earlier output as it was.
+TEST(WriterTest, ACancelAfterTheLastPieceStillReplacesNothing) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"a", DType::kU8, {64}, 64}};
+  ASSERT_TRUE(WriteCheckpoint(dir / "m.safetensors", tensors, {}, {}, IndexFill()).ok());
+  const std::string earlier = ReadAll(dir / "m.safetensors");
+  std::atomic<bool> cancel{false};
+  WriteOptions wo;
+  wo.piece_bytes = 8;
+  wo.threads = 1;
+  wo.cancel = &cancel;
+  int pieces = 0;
+  FillFn fill = [&](size_t index, uint64_t offset, uint64_t size, unsigned char* out) {
+    if (++pieces == 8) cancel.store(true);  // the last of 64 / 8
+    for (uint64_t i = 0; i < size; ++i) out[i] = static_cast<unsigned char>(0xF0 ^ (offset + i));
+    return Status::Ok();
+  };
+  std::vector<OutTensor> other = {{"b", DType::kU8, {64}, 64}};
+  Result<WriteResult> r = WriteCheckpoint(dir / "m.safetensors", other, {}, wo, fill);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(pieces, 8);
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << r.status().message();
+  EXPECT_EQ(ReadAll(dir / "m.safetensors"), earlier);
+  EXPECT_EQ(FilesUnder(dir.path()), std::vector<std::string>{dir / "m.safetensors"});
+}
+
 TEST(WriterTest, ConvertCastsAndKeepsMetadata) {
   testing::TempDir dir;
   std::vector<OutTensor> tensors = {{"f", DType::kF32, {1000}, 4000}, {"i", DType::kI16, {5}, 10}};

@@ -8,8 +8,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <random>
 #include <utility>
 
 #include "util/text.h"
@@ -224,6 +227,34 @@ Status SyncDirectory(const std::string& dir) {
   ::close(fd);
   errno = saved;
   return ok ? Status::Ok() : Errno(path, "cannot write the directory to the disk");
+}
+
+Status ReplaceFile(const std::string& path, std::string_view text, bool sync) {
+  const std::filesystem::path final_path(path);
+  std::random_device random;
+  char name[64];
+  std::snprintf(name, sizeof name, ".hoist-%ld-%08x-0.partial", static_cast<long>(::getpid()),
+                static_cast<unsigned>(random()));
+  const std::string temp = (final_path.parent_path() / name).string();
+  Status s = [&]() -> Status {
+    HOIST_ASSIGN_OR_RETURN(File file, File::CreateNew(temp));
+    HOIST_RETURN_IF_ERROR(file.WriteAt(0, text.data(), text.size()));
+    if (sync) HOIST_RETURN_IF_ERROR(file.Sync());
+    HOIST_RETURN_IF_ERROR(file.Close());
+    if (::rename(temp.c_str(), path.c_str()) != 0) return Errno(path, "cannot put the written file in place");
+    return Status::Ok();
+  }();
+  if (!s.ok()) {
+    ::unlink(temp.c_str());
+    // The message names the file asked for, not the temporary one.
+    std::string message = s.message();
+    if (size_t at = message.find(Printable(temp)); at != std::string::npos) {
+      message.replace(at, Printable(temp).size(), Printable(path));
+    }
+    return Status(s.code(), std::move(message));
+  }
+  if (sync) return SyncDirectory(final_path.parent_path().string());
+  return Status::Ok();
 }
 
 Status File::Close() {

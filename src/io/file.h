@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "hoist/status.h"
@@ -94,10 +95,6 @@ class File {
 // may show through pages not yet written here, and a file cut shorter than
 // a page in use turns an access to it into SIGBUS (hoist cannot stop that:
 // it is the price of any mapping, safetensors' included).
-// Waits until `dir`'s entries (files renamed or created in it) are on the
-// disk, which a file's own Sync does not cover.
-Status SyncDirectory(const std::string& dir);
-
 class FileMapping {
  public:
   FileMapping() = default;
@@ -138,5 +135,15 @@ Result<std::string> ReadSmallFile(const std::string& path, uint64_t limit_bytes 
 
 // Writes `text` to `path`, replacing what was there.
 Status WriteTextFile(const std::string& path, const std::string& text);
+
+// Waits until `dir`'s entries (files renamed or created in it) are on the
+// disk, which a file's own Sync does not cover.
+Status SyncDirectory(const std::string& dir);
+
+// Puts `text` at `path` whole or not at all: written under a name of its
+// own beside it (".hoist-PID-TOKEN-0.partial", O_EXCL), then renamed over
+// it. With `sync`, the text is on the disk before the rename, and the
+// rename before it returns. On failure the earlier file stays as it was.
+Status ReplaceFile(const std::string& path, std::string_view text, bool sync);
 
 }  // namespace hoist
