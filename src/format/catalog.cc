@@ -400,7 +400,8 @@ Status CheckShardSets(const fs::path& dir, const std::vector<std::string>& names
     if (std::regex_match(name, m, kShard)) sets[{m[1].str(), std::stoi(m[3].str())}].insert(std::stoi(m[2].str()));
   }
   for (const auto& [key, present] : sets) {
-    const auto& [prefix, count] = key;
+    const std::string& prefix = key.first;  // not structured bindings: clang 14 cannot capture those
+    const int count = key.second;
     auto shard_name = [&](int k) {
       char number[32];
       std::snprintf(number, sizeof number, "-%05d-of-%05d.safetensors", k, count);
