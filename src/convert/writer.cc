@@ -4,7 +4,6 @@
 #include <cctype>
 #include <chrono>
 #include <cstdio>
-#include <random>
 #include <unistd.h>
 #include <filesystem>
 #include <regex>
@@ -96,12 +95,7 @@ namespace {
 // A write that never commits removes its files and the directories it made.
 class PartialFiles {
  public:
-  PartialFiles() {
-    std::random_device random;
-    char token[24];
-    std::snprintf(token, sizeof token, "%ld-%08x", static_cast<long>(::getpid()), static_cast<unsigned>(random()));
-    token_ = token;
-  }
+  PartialFiles() : token_(UniqueWriteToken()) {}
   PartialFiles(const PartialFiles&) = delete;
   PartialFiles& operator=(const PartialFiles&) = delete;
   ~PartialFiles() {

@@ -229,13 +229,16 @@ Status SyncDirectory(const std::string& dir) {
   return ok ? Status::Ok() : Errno(path, "cannot write the directory to the disk");
 }
 
+std::string UniqueWriteToken() {
+  std::random_device random;
+  char token[32];
+  std::snprintf(token, sizeof token, "%ld-%08x", static_cast<long>(::getpid()), static_cast<unsigned>(random()));
+  return token;
+}
+
 Status ReplaceFile(const std::string& path, std::string_view text, bool sync) {
   const std::filesystem::path final_path(path);
-  std::random_device random;
-  char name[64];
-  std::snprintf(name, sizeof name, ".hoist-%ld-%08x-0.partial", static_cast<long>(::getpid()),
-                static_cast<unsigned>(random()));
-  const std::string temp = (final_path.parent_path() / name).string();
+  const std::string temp = (final_path.parent_path() / (".hoist-" + UniqueWriteToken() + "-0.partial")).string();
   Status s = [&]() -> Status {
     HOIST_ASSIGN_OR_RETURN(File file, File::CreateNew(temp));
     HOIST_RETURN_IF_ERROR(file.WriteAt(0, text.data(), text.size()));

@@ -140,6 +140,11 @@ Status WriteTextFile(const std::string& path, const std::string& text);
 // disk, which a file's own Sync does not cover.
 Status SyncDirectory(const std::string& dir);
 
+// "PID-XXXXXXXX" (a random 32-bit hex token): with O_EXCL, a name part no
+// other write uses, across threads, processes and containers sharing a
+// directory. Temporary files are ".hoist-TOKEN-K.partial".
+std::string UniqueWriteToken();
+
 // Puts `text` at `path` whole or not at all: written under a name of its
 // own beside it (".hoist-PID-TOKEN-0.partial", O_EXCL), then renamed over
 // it. With `sync`, the text is on the disk before the rename, and the
