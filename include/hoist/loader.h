@@ -124,6 +124,9 @@ struct DeviceStats {
   uint64_t reserved_bytes = 0;  // held by the model
   uint64_t peak_reserved_bytes = 0;
   int driver_allocs = 0;
+  // The kernel refused reads into its pinned staging buffers (gVisor): they
+  // were filled through ordinary memory, one more copy per byte.
+  bool bounced_reads = false;
 };
 
 struct LoadStats {

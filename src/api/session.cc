@@ -529,9 +529,12 @@ nlohmann::ordered_json ReportJson(const LoadSession& session) {
   report["device_cast_pieces"] = st.device_cast_pieces;
   report["host_cast_cpu_seconds"] = st.host_cast_seconds;
   report["time_to_first_tensor"] = st.time_to_first_tensor + session.plan_seconds;
+  bool bounced = false;
+  for (const DeviceStats& d : st.devices) bounced = bounced || d.bounced_reads;
   report["staging"] = {{"chunk_bytes", session.staging.chunk_bytes},
                        {"buffers_per_gpu", st.staging_slots},
-                       {"pipeline", session.staging.pipeline}};
+                       {"pipeline", session.staging.pipeline},
+                       {"bounced_reads", bounced}};
   TensorListJson tensors(model.tensors().size());
   for (const TensorView& v : model.tensors()) {
     auto& j = tensors.Add(8);

@@ -291,8 +291,8 @@ TEST(WriterTest, WritesToOneNameAtOnceEachLeaveAWholeFile) {
   const size_t data = bytes.size() - (2u << 16);
   const int shift = static_cast<unsigned char>(bytes[data]);
   std::vector<unsigned char> want(2u << 16);
-  ShiftedFill(shift)(0, 0, 1 << 16, want.data());
-  ShiftedFill(shift)(1, 0, 1 << 16, want.data() + (1 << 16));
+  ASSERT_TRUE(ShiftedFill(shift)(0, 0, 1 << 16, want.data()).ok());
+  ASSERT_TRUE(ShiftedFill(shift)(1, 0, 1 << 16, want.data() + (1 << 16)).ok());
   EXPECT_EQ(bytes.substr(data), std::string(want.begin(), want.end()));
 }
 

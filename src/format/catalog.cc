@@ -403,7 +403,7 @@ Status CheckShardSets(const fs::path& dir, const std::vector<std::string>& names
     const std::string& prefix = key.first;  // not structured bindings: clang 14 cannot capture those
     const int count = key.second;
     auto shard_name = [&](int k) {
-      char number[32];
+      char number[48];
       std::snprintf(number, sizeof number, "-%05d-of-%05d.safetensors", k, count);
       return prefix + number;
     };

@@ -12,6 +12,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <random>
 #include <utility>
 
@@ -28,7 +30,52 @@ Status Errno(const std::string& path, const char* what) {
 #endif
 // Keep each syscall well under the kernel's 2 GiB per-call cap.
 constexpr uint64_t kMaxIoBytes = uint64_t{1} << 30;
+
+// RefuseReadsIntoForTesting's ranges (begin -> size); the count spares
+// every read the lock while there are none.
+std::atomic<int> refused_count{0};
+std::mutex refused_mu;
+std::map<uintptr_t, uint64_t> refused;
+
+bool RefusedForTesting(const void* dst, uint64_t size_bytes) {
+  if (refused_count.load(std::memory_order_acquire) == 0 || size_bytes == 0) return false;
+  const auto begin = reinterpret_cast<uintptr_t>(dst);
+  std::lock_guard<std::mutex> lock(refused_mu);
+  for (const auto& [b, n] : refused) {
+    if (begin < b + n && b < begin + size_bytes) return true;
+  }
+  return false;
+}
 }  // namespace
+
+void File::RefuseReadsIntoForTesting(const void* begin, uint64_t size_bytes, bool refuse) {
+  std::lock_guard<std::mutex> lock(refused_mu);
+  if (refuse) {
+    refused[reinterpret_cast<uintptr_t>(begin)] = size_bytes;
+  } else {
+    refused.erase(reinterpret_cast<uintptr_t>(begin));
+  }
+  refused_count.store(static_cast<int>(refused.size()), std::memory_order_release);
+}
+
+Result<uint64_t> File::ReadUpTo(uint64_t offset_bytes, unsigned char* dst, uint64_t size_bytes,
+                                BlockReader* via) const {
+  if (RefusedForTesting(dst, size_bytes)) {
+    errno = EFAULT;
+    return Errno(path_, "read failed");
+  }
+  return via ? via->ReadUpTo(*this, offset_bytes, dst, size_bytes) : PreadUpTo(offset_bytes, dst, size_bytes);
+}
+
+Result<bool> File::ReadsCanLandIn(unsigned char* dst) const {
+  if (RefusedForTesting(dst, 1)) return false;
+  while (true) {
+    if (::pread(fd_, dst, 1, 0) >= 0) return true;
+    if (errno == EINTR) continue;
+    if (errno == EFAULT) return false;
+    return Errno(path_, "read failed");
+  }
+}
 
 File::~File() {
   if (fd_ >= 0) ::close(fd_);
@@ -100,8 +147,7 @@ Result<const unsigned char*> File::ReadDirectInto(uint64_t offset_bytes, uint64_
   const uint64_t span = DirectSpanBytes(offset_bytes, size_bytes);
   // The last aligned block may run past the end of the file: fine, as long
   // as the bytes asked for were there.
-  HOIST_ASSIGN_OR_RETURN(uint64_t got,
-                         via ? via->ReadUpTo(*this, begin, aligned, span) : PreadUpTo(begin, aligned, span));
+  HOIST_ASSIGN_OR_RETURN(uint64_t got, ReadUpTo(begin, aligned, span, via));
   if (got < offset_bytes - begin + size_bytes) {
     return IoError(Printable(path_) + ": unexpected end of file at offset " + std::to_string(begin + got) +
                    " (the file shrank while being read?)");
@@ -182,8 +228,7 @@ Result<uint64_t> File::PreadUpTo(uint64_t offset_bytes, unsigned char* dst, uint
 
 Status File::ReadAt(uint64_t offset_bytes, void* dst, uint64_t size_bytes, BlockReader* via) const {
   auto* out = static_cast<unsigned char*>(dst);
-  HOIST_ASSIGN_OR_RETURN(uint64_t got,
-                         via ? via->ReadUpTo(*this, offset_bytes, out, size_bytes) : PreadUpTo(offset_bytes, out, size_bytes));
+  HOIST_ASSIGN_OR_RETURN(uint64_t got, ReadUpTo(offset_bytes, out, size_bytes, via));
   if (got < size_bytes) {
     return IoError(Printable(path_) + ": unexpected end of file at offset " + std::to_string(offset_bytes + got) +
                    " (the file shrank while being read?)");

@@ -69,6 +69,14 @@ class File {
                                               BlockReader* via = nullptr) const;
   // How many bytes an O_DIRECT read of [offset, offset + size) moves.
   static uint64_t DirectSpanBytes(uint64_t offset_bytes, uint64_t size_bytes);
+  // Whether the kernel can write reads into `dst` (one byte read there from
+  // offset 0): false where it refuses with EFAULT memory the process itself
+  // can write, as gVisor does with memory a GPU driver mapped (cudaHostAlloc's
+  // pinned buffers). Such memory is filled through ordinary memory instead.
+  Result<bool> ReadsCanLandIn(unsigned char* dst) const;
+  // Tests: reads into [begin, begin + size) fail as the kernel fails them
+  // where it cannot write (EFAULT) until the same range is allowed again.
+  static void RefuseReadsIntoForTesting(const void* begin, uint64_t size_bytes, bool refuse);
   // The fraction (0..1) of the file's pages in the page cache, from a sample
   // of at most 4096 pages (mincore).
   double CachedFraction() const;
@@ -83,6 +91,8 @@ class File {
   // Opens read-only with O_CLOEXEC | extra_flags; a regular file only.
   static Result<File> OpenForReading(const std::string& path, int extra_flags);
   File(int fd, std::string path, uint64_t size) : fd_(fd), size_bytes_(size), path_(std::move(path)) {}
+  // Through `via`, or pread where it is null.
+  Result<uint64_t> ReadUpTo(uint64_t offset_bytes, unsigned char* dst, uint64_t size_bytes, BlockReader* via) const;
   int fd_ = -1;
   uint64_t size_bytes_ = 0;
   std::string path_;

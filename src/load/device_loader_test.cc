@@ -116,12 +116,18 @@ class DeviceLoaderTest : public ::testing::Test {
     };
   }
 
-  // The file's bytes of `v` as a load with --dtype f32 must leave them:
-  // floats cast on the host, everything else as stored.
-  std::vector<unsigned char> FileBytesAsF32(const TensorView& v) {
+  // The file's bytes of `v`.
+  std::vector<unsigned char> FileBytes(const TensorView& v) {
     size_t i = IndexOf(v.name);
     std::vector<unsigned char> file(tensors_[i].size_bytes);
     for (uint64_t k = 0; k < file.size(); ++k) file[k] = PatternByte(i, k);
+    return file;
+  }
+
+  // The file's bytes of `v` as a load with --dtype f32 must leave them:
+  // floats cast on the host, everything else as stored.
+  std::vector<unsigned char> FileBytesAsF32(const TensorView& v) {
+    std::vector<unsigned char> file = FileBytes(v);
     if (!IsCastableFloat(v.stored_dtype)) return file;
     size_t n = file.size() / static_cast<size_t>(DTypeBits(v.stored_dtype) / 8);
     std::vector<unsigned char> want(n * 4);
@@ -443,11 +449,14 @@ TEST_F(DeviceLoaderTest, MmapMapsTheCpuSideOfASplitLoad) {
 // the staging slots, with casts on the device, buffered and with O_DIRECT.
 TEST_F(DeviceLoaderTest, ShardPartsStreamToTheGpuByteExact) {
   Result<File> probe = File::OpenReadDirect(catalog_->files()[0].path);
-  for (bool direct : {false, true}) {
+  for (int variant = 0; variant < 8; ++variant) {
+    const bool direct = variant & 1, cast = variant & 2, refused = variant & 4;
     if (direct && !probe.ok()) continue;  // no O_DIRECT on this file system: the buffered half stands
-    for (bool cast : {false, true}) {
-      SCOPED_TRACE(std::string(direct ? "direct" : "buffered") + (cast ? " cast" : ""));
+    {
+      SCOPED_TRACE(std::string(direct ? "direct" : "buffered") + (cast ? " cast" : "") +
+                   (refused ? " into staging the kernel cannot write" : ""));
       ResetDevices();
+      gpu_->set_pinned_refuses_reads(refused);
       options_.direct = direct ? DirectIo::kOn : DirectIo::kOff;
       PlanOptions po;
       po.device = DeviceId::Cuda(0);
@@ -486,10 +495,64 @@ TEST_F(DeviceLoaderTest, ShardPartsStreamToTheGpuByteExact) {
         if (direct) {
           EXPECT_GT(model->stats().direct_files, 0);
         }
+        EXPECT_EQ(model->stats().devices[0].bounced_reads, refused);
       }
       ExpectAllReturned();
     }
   }
+}
+
+// Under gVisor the kernel refuses reads into pinned memory the GPU driver
+// mapped (EFAULT) though the process can write it: the load notices before
+// its first read and fills the staging slots through ordinary memory, byte
+// exact whichever way the files are read and wherever casts run.
+TEST_F(DeviceLoaderTest, StagingTheKernelCannotWriteIsFilledThroughOrdinaryMemory) {
+  const bool direct_here = File::OpenReadDirect(catalog_->files()[0].path).ok();
+  for (int variant = 0; variant < 12; ++variant) {
+    const int io = variant % 3;  // buffered pread, buffered io_uring, O_DIRECT
+    const int cast = variant / 3;  // none, on the device, on the host
+    if ((io == 1 && !UringAvailable()) || (io == 2 && !direct_here)) continue;
+    SCOPED_TRACE(std::string(io == 0 ? "pread" : io == 1 ? "io_uring" : "O_DIRECT") +
+                 (cast == 0 ? "" : cast == 1 ? ", cast on the device" : ", cast on the host"));
+    ResetDevices();
+    gpu_->set_pinned_refuses_reads(true);
+    gpu_->set_supports_cast(cast != 2);
+    options_.io = io == 1 ? IoEngine::kUring : IoEngine::kPread;
+    options_.direct = io == 2 ? DirectIo::kOn : DirectIo::kOff;
+    PlanOptions po;
+    po.device = DeviceId::Cuda(0);
+    if (cast != 0) po.cast_to = DType::kF32;
+    {
+      auto model = LoadWith(po);
+      ASSERT_TRUE(model.ok()) << model.status().message();
+      EXPECT_TRUE(model->stats().devices[0].bounced_reads);
+      ASSERT_EQ(model->plan().warnings.size(), 1u);
+      EXPECT_NE(model->plan().warnings[0].find("cuda:0: the kernel refuses reads into pinned staging memory"),
+                std::string::npos)
+          << model->plan().warnings[0];
+      EXPECT_EQ(gpu_->pageable_copies(), 0);  // the copies still leave from the pinned ring
+      if (cast == 1) {
+        EXPECT_GT(model->stats().device_cast_pieces, 0);
+      }
+      for (const TensorView& v : model->tensors()) {
+        ASSERT_EQ(DeviceBytes(v), cast ? FileBytesAsF32(v) : FileBytes(v)) << v.name;
+      }
+    }
+    ExpectAllReturned();
+  }
+  // What the load steers around: a read into such memory fails.
+  ResetDevices();
+  gpu_->set_pinned_refuses_reads(true);
+  auto pinned = DeviceMemory::AllocatePinned(gpu_, 4096);
+  ASSERT_TRUE(pinned.ok());
+  Result<File> file = File::OpenRead(catalog_->files()[0].path);
+  ASSERT_TRUE(file.ok());
+  Status read = file->ReadAt(0, pinned->data(), 8);
+  EXPECT_FALSE(read.ok());
+  EXPECT_NE(read.message().find("Bad address"), std::string::npos) << read.message();
+  EXPECT_FALSE(*file->ReadsCanLandIn(pinned->data()));
+  std::vector<unsigned char> ordinary(8);
+  EXPECT_TRUE(*file->ReadsCanLandIn(ordinary.data()));
 }
 
 TEST_F(DeviceLoaderTest, TwoGpusAreFedAtOnce) {

@@ -2,6 +2,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <functional>
@@ -83,6 +84,9 @@ struct DeviceState {
   bool staged = false;           // copies go through pinned staging buffers
   bool device_casts = false;     // staged, and some tensor is cast on the device
   uint64_t slot_stride = 0;      // bytes per staging slot
+  // The kernel refuses reads into the slots (EFAULT: gVisor, for memory the
+  // GPU driver maps): file bytes reach them through ordinary memory.
+  bool bounce_reads = false;
   DeviceMemory mirror;           // pipeline off: the device's bytes in host memory first
   // Device casts: a chunk's file bytes land in one of a few chunks of
   // scratch, taken in turn, and a kernel casts them into place. Copies do
@@ -704,6 +708,16 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     }
     s->slots.resize(static_cast<size_t>(slots));
     HOIST_RETURN_IF_ERROR(PinSlots(*s, 0, std::min(slots, kFirstSlots)));
+    if (!open.files.empty()) {
+      HOIST_ASSIGN_OR_RETURN(bool lands, open.files[0].ReadsCanLandIn(s->slots[0].buffer));
+      s->bounce_reads = !lands;
+      s->stats.bounced_reads = !lands;
+      if (!lands) {
+        plan.warnings.push_back(s->stats.device.ToString() +
+                                ": the kernel refuses reads into pinned staging memory (EFAULT, as under gVisor); "
+                                "file bytes go through ordinary memory first, at the cost of a copy");
+      }
+    }
   }
   std::atomic<bool> stop{false};  // wakes workers waiting for a staging buffer
   // The rest of each ring, pinned while the reads run. A failure stops the
@@ -842,6 +856,20 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       return Status::Ok();
     };
     auto read_into = [&](unsigned char* dst) { return read_packed(it.packed_offset, dst, it.size_bytes); };
+    // Into memory the kernel cannot write (bounce_reads): a cache-sized block
+    // at a time into ordinary memory, copied from there while still in cache.
+    // O_DIRECT reads go through the thread's aligned bounce buffer anyway.
+    auto bounce_into = [&](unsigned char* dst) -> Status {
+      if (direct.fd() >= 0 && t.runs <= 1) return read_into(dst);
+      const uint64_t block = std::min<uint64_t>(it.size_bytes, kHostCastBlockBytes);
+      local.scratch.resize(block);
+      for (uint64_t done = 0; done < it.size_bytes; done += block) {
+        const uint64_t n = std::min(block, it.size_bytes - done);
+        HOIST_RETURN_IF_ERROR(read_packed(it.packed_offset + done, local.scratch.data(), n));
+        std::memcpy(dst + done, local.scratch.data(), n);
+      }
+      return Status::Ok();
+    };
     // A cast on the host reads the piece a cache-sized block at a time and
     // casts each block while it is still in cache.
     auto cast_into = [&](unsigned char* dst) -> Status {
@@ -891,7 +919,9 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     const unsigned char* bytes = slot.buffer;
     if (st.ok()) {
       if (cast && !device_cast) {
-        st = cast_into(slot.buffer);
+        st = cast_into(slot.buffer);  // reads into ordinary memory; the cast writes the slot
+      } else if (s.bounce_reads) {
+        st = bounce_into(slot.buffer);
       } else if (direct.fd() >= 0 && t.runs <= 1 &&
                  reinterpret_cast<uintptr_t>(slot.buffer) % File::kDirectAlignBytes == 0) {
         Result<BlockReader*> via = reader();

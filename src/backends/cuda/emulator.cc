@@ -38,7 +38,11 @@
 //   cudaErrorIllegalAddress (events still complete, so nothing hangs);
 // - with HOIST_EMULATOR_CONTEXT_START_MS=N, creating a device's context
 //   (the first call that binds it, on any thread) takes N ms, and other
-//   threads that need that context wait for it, as for a real one.
+//   threads that need that context wait for it, as for a real one;
+// - with HOIST_EMULATOR_PINNED_REFUSES_READS=1, reads from files into
+//   cudaHostAlloc's memory fail with EFAULT, as under gVisor, which maps it
+//   from the driver (File::RefuseReadsIntoForTesting; the host may still
+//   write it).
 // What it does not model: a bad kernel argument faulting later (it fails at
 // launch here), and anything about speed.
 // Two devices of 16 GiB each (address space: only what is written takes
@@ -66,6 +70,7 @@
 
 #include "backends/cuda/cast_kernel.h"
 #include "cast/cast.h"
+#include "io/file.h"
 #include "testing/shadow_memory.h"
 
 namespace {
@@ -360,6 +365,15 @@ cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, 
   return cudaSuccess;
 }
 
+// HOIST_EMULATOR_PINNED_REFUSES_READS=1.
+bool PinnedRefusesReads() {
+  static const bool refuses = [] {
+    const char* v = std::getenv("HOIST_EMULATOR_PINNED_REFUSES_READS");
+    return v != nullptr && std::string_view(v) == "1";
+  }();
+  return refuses;
+}
+
 }  // namespace
 
 extern "C" {
@@ -488,6 +502,7 @@ cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) {
   std::lock_guard<std::mutex> lock(State().mu);
   State().pinned[reinterpret_cast<uintptr_t>(p)] = size;
   State().host_allocs.insert(reinterpret_cast<uintptr_t>(p));
+  if (PinnedRefusesReads()) hoist::File::RefuseReadsIntoForTesting(p, size, true);
   *ptr = p;
   return cudaSuccess;
 }
@@ -505,6 +520,7 @@ cudaError_t cudaFreeHost(void* ptr) {
     }
   }
   State().pinned.erase(addr);
+  if (PinnedRefusesReads()) hoist::File::RefuseReadsIntoForTesting(ptr, 0, false);
   std::free(ptr);
   return cudaSuccess;
 }

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "cast/cast.h"
+#include "io/file.h"
 
 namespace hoist::testing {
 
@@ -51,6 +52,7 @@ const char* PointName(FaultPoint p) {
 }  // namespace
 
 FaultDevice::~FaultDevice() {
+  for (uintptr_t addr : refusing_reads_) File::RefuseReadsIntoForTesting(reinterpret_cast<void*>(addr), 0, false);
   for (auto& [addr, n] : pinned_blocks_) std::free(reinterpret_cast<void*>(addr));
 }
 
@@ -116,6 +118,10 @@ Result<void*> FaultDevice::AllocatePinned(uint64_t size_bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   pinned_blocks_[reinterpret_cast<uintptr_t>(p)] = size_bytes;
   pinned_bytes_ += size_bytes;
+  if (pinned_refuses_reads_.load()) {
+    File::RefuseReadsIntoForTesting(p, size_bytes, true);
+    refusing_reads_.insert(reinterpret_cast<uintptr_t>(p));
+  }
   return p;
 }
 
@@ -127,6 +133,7 @@ void FaultDevice::FreePinned(void* ptr) {
   DrainBeforeFreeLocked(begin, begin + it->second);
   pinned_bytes_ -= it->second;
   pinned_blocks_.erase(it);
+  if (refusing_reads_.erase(reinterpret_cast<uintptr_t>(ptr)) > 0) File::RefuseReadsIntoForTesting(ptr, 0, false);
   std::free(ptr);
 }
 

@@ -41,6 +41,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -89,6 +90,11 @@ class FaultDevice final : public Device {
   // A copy completes no sooner than this long after it was issued, as on a
   // busy link: whatever waits for it waits that long.
   void set_copy_latency(std::chrono::milliseconds d) { copy_latency_ = d; }
+  // Pinned memory allocated from now on takes no reads from files (they
+  // fail with EFAULT, File::RefuseReadsIntoForTesting), though the host may
+  // write it: pinned buffers under gVisor, which maps them from the GPU
+  // driver.
+  void set_pinned_refuses_reads(bool v) { pinned_refuses_reads_ = v; }
 
   DeviceId id() const override { return id_; }
   std::string name() const override { return "fault-injecting test device"; }
@@ -155,6 +161,7 @@ class FaultDevice final : public Device {
   bool supports_cast_ = true;
   bool copies_overtake_casts_ = false;
   bool copies_read_at_issue_ = false;
+  std::atomic<bool> pinned_refuses_reads_{false};
   bool sticky_ = false;
   std::chrono::milliseconds start_delay_{0};
   std::chrono::milliseconds copy_latency_{0};
@@ -166,6 +173,7 @@ class FaultDevice final : public Device {
   mutable std::mutex mu_;
   ShadowMemory device_memory_;
   std::map<uintptr_t, uint64_t> pinned_blocks_;  // address -> size
+  std::set<uintptr_t> refusing_reads_;           // pinned blocks that refuse reads
   std::vector<PendingCopy> copies_;  // issued, in order
   std::vector<PendingCast> casts_;
   QueuePoint done_;                  // how many of each have run
