@@ -81,8 +81,13 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
 std::string BuildHeader(const std::vector<const OutTensor*>& tensors,
                         const std::map<std::string, std::string>& metadata);
 
-// "5GB" (10^9), "5GiB" (2^30), "500MB", "1024" (bytes), as Hugging Face parses them.
+// "5GB" (10^9), "5GiB" (2^30), "500MB", "1024" (bytes), "1.5 GB", as Hugging
+// Face parses them; the unit's case does not matter, except that "5Gb" (a
+// lowercase b after a prefix) is refused: Hugging Face reads it as bits (an
+// eighth of 5GB), most people as bytes. A size is more than 0.
 Result<uint64_t> ParseByteSize(const std::string& text);
+// The same, and 0 with or without a unit ("0", "0GiB"): for limits.
+Result<uint64_t> ParseByteCount(const std::string& text);
 
 }  // namespace hoist
 

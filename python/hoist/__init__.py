@@ -345,7 +345,8 @@ def load(
 
     device: "cpu", "cuda", "cuda:N" or N; default cuda:0 when a GPU is present, else cpu.
     device_map: accelerate's format ({"model.layers.0": 0, "": "cpu"}) or
-        "auto", "balanced", "balanced_low_0", "sequential"; max_memory: {0: "20GiB", "cpu": "64GiB"}.
+        "auto", "balanced", "balanced_low_0", "sequential"; max_memory: {0: "20GiB", "cpu": "64GiB"}
+        (as in accelerate, a strategy then uses only the devices named; {1: 0} alone leaves GPU 1 out).
     dtype: cast floating-point tensors ("bf16", "f16", "f32" or a torch dtype); quantized data and scales never.
     rename: {regex: replacement} (first match wins); drop: regex(es);
     expect: names, or {name: {"dtype": ..., "shape": [...]}}; tensors not expected are never read,

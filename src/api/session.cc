@@ -149,10 +149,18 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
   if (!a.device.empty() && !a.device_map.empty()) return InvalidArgument("give " + Opt("--device") + " or " + Opt("--device-map") + ", not both");
   if (!a.device_map.empty()) {
     o.device_map = a.device_map;
-    // Capacities: free memory (less the margin on GPUs), capped by --max-memory;
-    // devices named only in --max-memory count with that size (planning for
-    // a machine this is not).
+    // Capacities (docs/planning.md §4). The devices: as accelerate has it,
+    // those --max-memory names where it gives a GPU or the cpu a size above
+    // 0, else every GPU and the cpu (so "1=0" alone only leaves GPU 1
+    // out); the disk only where named. Each at its free memory (less the
+    // margin on GPUs) capped by --max-memory; a device named but not here
+    // counts with that size (planning for a machine this is not).
+    bool names_devices = false;
+    for (const auto& [id, limit] : *max_memory) {
+      names_devices = names_devices || (id.kind != DeviceKind::kDisk && limit > 0);
+    }
     for (Device* d : registry.All()) {
+      if (names_devices && max_memory->count(d->id()) == 0) continue;  // left out: not to be used
       HOIST_ASSIGN_OR_RETURN(MemoryInfo mem, d->GetMemoryInfo());
       uint64_t m = d->id().kind == DeviceKind::kCuda ? margin : 0;
       o.capacity_bytes[d->id()] = mem.free_bytes > m ? mem.free_bytes - m : 0;
@@ -169,6 +177,24 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
     o.device = registry.Find(DeviceId::Cuda(0)) != nullptr ? DeviceId::Cuda(0) : DeviceId::Cpu();
   }
   return o;
+}
+
+// A strategy that found no room, where a device here had less free memory
+// than --max-memory allows it: says so, since raising the limit cannot help.
+Result<LoadPlan> BuildPlanExplained(const Catalog& catalog, const PlanOptions& po,
+                                    const std::map<DeviceId, uint64_t>& max_memory) {
+  Result<LoadPlan> plan = BuildPlan(catalog, po);
+  if (plan.ok() || plan.status().code() != StatusCode::kOutOfMemory || po.device_map.empty()) return plan;
+  std::string notes;
+  for (const auto& [id, limit] : max_memory) {
+    auto it = po.capacity_bytes.find(id);
+    if (it == po.capacity_bytes.end() || it->second >= limit) continue;
+    notes += "; " + id.ToString() + " is here with " + ByteText(it->second) + " free" +
+             (id.kind == DeviceKind::kCuda ? " (less the margin)" : "") + ", below the " + ByteText(limit) + " " +
+             Opt("--max-memory") + " allows it: a device present counts with its free memory at most";
+  }
+  if (notes.empty()) return plan;
+  return Status(plan.status().code(), plan.status().message() + notes);
 }
 
 Status CheckStrict(const std::string& path, const LoadPlan& plan) {
@@ -210,8 +236,7 @@ std::vector<std::string> FitWarnings(const LoadPlan& plan, const std::map<Device
 }
 
 Result<uint64_t> ParseMargin(const std::string& text) {
-  if (text == "0") return uint64_t{0};
-  Result<uint64_t> bytes = ParseByteSize(text);
+  Result<uint64_t> bytes = ParseByteCount(text);
   if (!bytes.ok()) return InvalidArgument(Opt("--margin") + ": " + bytes.status().message());
   return bytes;
 }
@@ -277,7 +302,7 @@ Result<std::unique_ptr<LoadSession>> LoadFromRequest(const LoadRequest& request,
   }
   LoadOptions options;
   HOIST_ASSIGN_OR_RETURN(PlanOptions po, MakePlanOptions(request.plan, registry, margin, &options.max_memory));
-  HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(*session->catalog, po));
+  HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlanExplained(*session->catalog, po, options.max_memory));
   if (request.plan.strict) HOIST_RETURN_IF_ERROR(CheckStrict(request.plan.path, plan));
   session->plan_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - plan_start).count();
 
@@ -421,7 +446,7 @@ Result<PlannedRequest> PlanFromRequest(const PlanRequest& request, const DeviceR
   PlanRequest resolved = request;
   resolved.path = out.path;
   HOIST_ASSIGN_OR_RETURN(PlanOptions po, MakePlanOptions(resolved, registry, margin, &max_memory));
-  HOIST_ASSIGN_OR_RETURN(out.plan, BuildPlan(*out.catalog, po));
+  HOIST_ASSIGN_OR_RETURN(out.plan, BuildPlanExplained(*out.catalog, po, max_memory));
   if (request.strict) HOIST_RETURN_IF_ERROR(CheckStrict(out.path, out.plan));
   out.available = AvailableFor(out.plan, registry, margin, max_memory);
   for (std::string& w : FitWarnings(out.plan, out.available)) out.plan.warnings.push_back(std::move(w));

@@ -1,10 +1,12 @@
 #include "hoist/writer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
-#include <unistd.h>
+#include <cstring>
 #include <filesystem>
 #include <regex>
 #include <set>
@@ -43,10 +45,24 @@ std::string BuildHeader(const std::vector<const OutTensor*>& tensors,
   return text;
 }
 
-Result<uint64_t> ParseByteSize(const std::string& text) {
+Result<uint64_t> ParseByteCount(const std::string& text) {
+  auto not_a_size = [&](const std::string& why) {
+    return InvalidArgument(QuoteName(text) + " is not a size" + why + " (examples: 5GB, 500MB, 2GiB)");
+  };
+  const size_t first = text.find_first_not_of(' ');
+  const size_t last = text.find_last_not_of(' ');
+  const std::string trimmed = first == std::string::npos ? "" : text.substr(first, last - first + 1);
   size_t i = 0;
-  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
-  std::string number = text.substr(0, i), unit = text.substr(i);
+  while (i < trimmed.size() && (std::isdigit(static_cast<unsigned char>(trimmed[i])) || trimmed[i] == '.')) ++i;
+  const std::string number = trimmed.substr(0, i);
+  size_t u = i;  // "1.5 GB": a space may part number and unit
+  while (u < trimmed.size() && trimmed[u] == ' ') ++u;
+  std::string unit = trimmed.substr(u);
+  if (unit.size() == 2 && unit[1] == 'b' && std::strchr("kKmMgGtT", unit[0]) != nullptr) {
+    std::string bytes = unit;
+    bytes[1] = 'B';
+    return not_a_size(": a lowercase b means bits to Hugging Face, bytes to most; write " + number + bytes);
+  }
   for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   double scale = 0;
   if (unit.empty() || unit == "B") scale = 1;
@@ -59,11 +75,15 @@ Result<uint64_t> ParseByteSize(const std::string& text) {
   else if (unit == "GIB") scale = 1024.0 * 1024 * 1024;
   else if (unit == "TIB") scale = 1024.0 * 1024 * 1024 * 1024;
   char* end = nullptr;
-  double value = number.empty() ? -1 : std::strtod(number.c_str(), &end);
-  if (scale == 0 || value <= 0 || end != number.c_str() + number.size() || value * scale > 9e18) {
-    return InvalidArgument(QuoteName(text) + " is not a size (examples: 5GB, 500MB, 2GiB)");
-  }
+  const double value = number.empty() ? -1 : std::strtod(number.c_str(), &end);
+  if (scale == 0 || value < 0 || end != number.c_str() + number.size() || value * scale > 9e18) return not_a_size("");
   return static_cast<uint64_t>(value * scale);
+}
+
+Result<uint64_t> ParseByteSize(const std::string& text) {
+  HOIST_ASSIGN_OR_RETURN(uint64_t bytes, ParseByteCount(text));
+  if (bytes == 0) return InvalidArgument(QuoteName(text) + " is not a size (examples: 5GB, 500MB, 2GiB)");
+  return bytes;
 }
 
 namespace {

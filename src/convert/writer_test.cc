@@ -45,15 +45,31 @@ TEST(WriterTest, HeaderIsPaddedToEightBytes) {
 
 TEST(WriterTest, ParseByteSizeUnits) {
   EXPECT_EQ(*ParseByteSize("5GB"), 5'000'000'000u);
-  EXPECT_EQ(*ParseByteSize("5gb"), 5'000'000'000u);
+  EXPECT_EQ(*ParseByteSize("5gB"), 5'000'000'000u);
   EXPECT_EQ(*ParseByteSize("2GiB"), 2ull << 30);
+  EXPECT_EQ(*ParseByteSize("2gib"), 2ull << 30);
   EXPECT_EQ(*ParseByteSize("500MB"), 500'000'000u);
   EXPECT_EQ(*ParseByteSize("100KB"), 100'000u);
   EXPECT_EQ(*ParseByteSize("1.5GB"), 1'500'000'000u);
   EXPECT_EQ(*ParseByteSize("4096"), 4096u);
-  for (const char* bad : {"", "GB", "5XB", "-1GB", "0", "1e3", "5 GB"}) {
+  EXPECT_EQ(*ParseByteSize("5 GB"), 5'000'000'000u);  // accelerate takes the space too
+  EXPECT_EQ(*ParseByteSize(" 7MiB "), 7ull << 20);
+  for (const char* bad : {"", "GB", "5XB", "-1GB", "0", "0GiB", "1e3", "5 G B", "5GB5"}) {
     EXPECT_FALSE(ParseByteSize(bad).ok()) << bad;
   }
+  // A lowercase b after a prefix is bits to Hugging Face (5Gb = 625 MB):
+  // refused, saying so, rather than read either way.
+  for (const char* bits : {"5Gb", "5gb", "100kb", "2Mb", "1tb"}) {
+    Result<uint64_t> r = ParseByteSize(bits);
+    ASSERT_FALSE(r.ok()) << bits;
+    EXPECT_NE(r.status().message().find("a lowercase b means bits"), std::string::npos) << r.status().message();
+  }
+  EXPECT_NE(ParseByteSize("5Gb").status().message().find("write 5GB"), std::string::npos);
+  // Limits may be 0, with or without a unit.
+  EXPECT_EQ(*ParseByteCount("0"), 0u);
+  EXPECT_EQ(*ParseByteCount("0GiB"), 0u);
+  EXPECT_EQ(*ParseByteCount("3KiB"), 3072u);
+  EXPECT_FALSE(ParseByteCount("-0").ok());
 }
 
 TEST(WriterTest, SingleFileRoundTripsWithMetadata) {

@@ -264,6 +264,30 @@ std::string DescribeUnits(const std::vector<std::string>& names, const std::unor
   return out;
 }
 
+namespace {
+// The mean size of the modules that hold tensors and no other module (a
+// tensor's module: its name without the last component), as accelerate's
+// get_balanced_memory averages its leaf modules.
+uint64_t MeanModuleBytes(const std::vector<std::string>& names, const std::vector<uint64_t>& sizes) {
+  std::map<std::string, uint64_t> modules;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const size_t dot = names[i].rfind('.');
+    modules[dot == std::string::npos ? std::string() : names[i].substr(0, dot)] += sizes[i];
+  }
+  uint64_t sum = 0, count = 0;
+  for (const auto& [module, bytes] : modules) {
+    const std::string prefix = module + ".";
+    auto child = modules.lower_bound(prefix);
+    const bool has_child = module.empty() ? modules.size() > 1
+                                          : child != modules.end() && child->first.compare(0, prefix.size(), prefix) == 0;
+    if (has_child) continue;
+    sum += bytes;
+    ++count;
+  }
+  return count == 0 ? 0 : sum / count;
+}
+}  // namespace
+
 Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& names,
                                               const std::vector<uint64_t>& sizes, const std::string& strategy,
                                               const std::map<DeviceId, uint64_t>& capacity_bytes,
@@ -288,30 +312,33 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
   }
   for (uint64_t b : unit_bytes) largest = std::max(largest, b);
 
+  // The GPUs that may take anything: one without room (--max-memory 1=0, or
+  // no free memory) neither takes a share nor counts in the others'.
   std::vector<DeviceId> gpus;
   for (const auto& [id, cap] : capacity_bytes) {
-    if (id.kind == DeviceKind::kCuda) gpus.push_back(id);
+    if (id.kind == DeviceKind::kCuda && cap > 0) gpus.push_back(id);
   }
   std::sort(gpus.begin(), gpus.end());
   // Budgets: what each GPU may take, as accelerate's get_balanced_memory
-  // computes them. An even share plus a buffer of one repeated block (so
-  // rounding does not push the last layers off the GPUs) for every GPU but
-  // the last, which keeps its whole capacity. balanced_low_0 shares the model
-  // among the GPUs after the first, and GPU 0 comes after them: it takes
-  // only what they cannot hold, before the cpu does.
+  // computes them. An even share plus a buffer for every GPU but the last,
+  // which keeps its whole capacity: 1.25 times the larger of the repeated
+  // block and the mean module (so rounding at unit boundaries does not push
+  // the last layers off the GPUs). balanced_low_0 shares the model among
+  // the GPUs after the first, and GPU 0 comes after them: it takes only what
+  // they cannot hold, before the cpu does.
   uint64_t block = 0;
   for (size_t u = 0; u < unit_names.size(); ++u) {
     const std::string& name = unit_names[u];
     if (!name.empty() && name.back() >= '0' && name.back() <= '9') block = std::max(block, unit_bytes[u]);
   }
-  if (block == 0 && !unit_bytes.empty()) block = total / unit_bytes.size();
+  const uint64_t buffer = std::max(block, MeanModuleBytes(names, sizes)) / 4 * 5;
   const size_t n = gpus.size();
   const bool low0 = strategy == "balanced_low_0";
   std::vector<uint64_t> budget(n);
   for (size_t g = 0; g < n; ++g) budget[g] = capacity_bytes.at(gpus[g]);
   const size_t first = low0 && n > 1 ? 1 : 0;  // the first GPU that shares the model
   if (strategy != "sequential" && n - first > 1) {
-    const uint64_t per_gpu = total / (n - first) + block;
+    const uint64_t per_gpu = total / (n - first) + buffer;
     for (size_t g = first; g + 1 < n; ++g) budget[g] = std::min(budget[g], per_gpu);
   }
   std::vector<std::pair<DeviceId, uint64_t>> order;

@@ -199,13 +199,9 @@ Result<std::map<DeviceId, uint64_t>> ParseMaxMemory(const std::vector<std::pair<
                                       "max_memory[" + (number ? device : QuoteName(device)) + "]");
     Result<DeviceId> id = ParseDeviceId(device);
     if (!id.ok()) return InvalidArgument(where + ": " + id.status().message());
-    uint64_t bytes = 0;
-    if (size != "0") {
-      Result<uint64_t> parsed = ParseByteSize(size);
-      if (!parsed.ok()) return InvalidArgument(where + ": " + parsed.status().message());
-      bytes = *parsed;
-    }
-    if (!out.emplace(*id, bytes).second) return InvalidArgument(Opt("--max-memory") + ": " + id->ToString() + " is given twice");
+    Result<uint64_t> bytes = ParseByteCount(size);  // 0: the device takes nothing
+    if (!bytes.ok()) return InvalidArgument(where + ": " + bytes.status().message());
+    if (!out.emplace(*id, *bytes).second) return InvalidArgument(Opt("--max-memory") + ": " + id->ToString() + " is given twice");
   }
   return out;
 }

@@ -687,6 +687,55 @@ TEST_F(PlanTest, StrategiesSpreadWholeLayers) {
   }
 }
 
+// As accelerate's get_balanced_memory: a GPU without room (max_memory 0)
+// takes no share and does not count in the others' shares.
+TEST_F(PlanTest, AGpuWithoutRoomTakesNoShareOfABalancedMap) {
+  const Catalog& cat = Synth("llama-3.1-8b");  // 14.96 GiB
+  PlanOptions o;
+  o.device_map = "auto";
+  o.capacity_bytes = {{DeviceId::Cuda(0), Gib(10)}, {DeviceId::Cpu(), Gib(30)}};
+  auto alone = BuildPlan(cat, o);
+  ASSERT_TRUE(alone.ok()) << alone.status().message();
+  o.capacity_bytes[DeviceId::Cuda(1)] = 0;
+  auto with_empty = BuildPlan(cat, o);
+  ASSERT_TRUE(with_empty.ok()) << with_empty.status().message();
+  EXPECT_EQ(PlacedBytes(*with_empty), PlacedBytes(*alone));
+  EXPECT_GT(PlacedBytes(*alone)[DeviceId::Cuda(0)], Gib(9));  // GPU 0 is the last GPU: all 10 GiB of it
+  // Two GPUs of 9 GiB beside an empty GPU 0 hold the whole model.
+  o.capacity_bytes = {{DeviceId::Cuda(0), 0}, {DeviceId::Cuda(1), Gib(9)}, {DeviceId::Cuda(2), Gib(9)},
+                      {DeviceId::Cpu(), Gib(30)}};
+  auto spread = BuildPlan(cat, o);
+  ASSERT_TRUE(spread.ok()) << spread.status().message();
+  auto placed = PlacedBytes(*spread);
+  EXPECT_EQ(placed.count(DeviceId::Cuda(0)), 0u);
+  EXPECT_EQ(placed.count(DeviceId::Cpu()), 0u);
+  EXPECT_GT(placed[DeviceId::Cuda(1)], Gib(7));
+}
+
+// Each GPU but the last takes an even share plus 1.25 decoder layers, as
+// accelerate 1.16's get_balanced_memory budgets it: for Llama 3.1 8B over
+// three GPUs of 6 GiB, 16.06 GB / 3 + 1.25 x 436 MB = 5.494 GiB, which holds
+// the embedding and 11 layers (5.45 GiB); one layer of buffer (5.39 GiB)
+// would hold 10.
+TEST_F(PlanTest, BalancedSharesCarryAccelerateBuffer) {
+  const Catalog& cat = Synth("llama-3.1-8b");
+  PlanOptions o;
+  o.device_map = "balanced";
+  o.capacity_bytes = {{DeviceId::Cuda(0), Gib(6)}, {DeviceId::Cuda(1), Gib(6)}, {DeviceId::Cuda(2), Gib(6)},
+                      {DeviceId::Cpu(), Gib(30)}};
+  auto plan = BuildPlan(cat, o);
+  ASSERT_TRUE(plan.ok()) << plan.status().message();
+  std::set<std::string> on_gpu0;
+  for (const PlannedTensor& t : plan->tensors) {
+    std::smatch m;
+    if (t.device == DeviceId::Cuda(0) && std::regex_search(t.name, m, std::regex(R"(^model\.layers\.(\d+)\.)"))) {
+      on_gpu0.insert(m[1]);
+    }
+  }
+  EXPECT_EQ(on_gpu0.size(), 11u);
+  EXPECT_LE(PlacedBytes(*plan)[DeviceId::Cuda(0)], Gib(5.494));
+}
+
 TEST_F(PlanTest, StrategyOverflowsToCpuThenDiskOnlyWhereDiskIsAllowed) {
   const Catalog& cat = Synth("llama-3.1-8b", 4);
   PlanOptions o;

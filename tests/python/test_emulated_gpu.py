@@ -170,6 +170,31 @@ def test_cast_runs_on_the_device(emu, ckpt, tmp_path):
     assert gpu["driver_allocs"] == 1 and gpu["peak_reserved_bytes"] == gpu["bytes"]
 
 
+def test_max_memory_names_the_devices_a_strategy_may_use(emu, ckpt):
+    """As accelerate has it: the devices --max-memory names are the ones a
+    strategy fills (a GPU left out stays free for another job); one named
+    with 0 takes nothing and counts in no share; naming only the disk, or
+    only devices with 0, keeps every other device."""
+    def devices(spec, strategy="auto"):
+        return set(plan_json(emu, ckpt, "--device-map", strategy, "--max-memory", spec)["devices"])
+
+    both = set(plan_json(emu, ckpt, "--device-map", "auto")["devices"])
+    assert both == {"cuda:0", "cuda:1"}
+    assert devices("0=1GiB,cpu=1GiB") == {"cuda:0"}
+    assert devices("0=1GiB,1=0,cpu=1GiB") == {"cuda:0"}
+    assert devices("1=1GiB") == {"cuda:1"}
+    assert devices("cpu=1GiB") == {"cpu"}
+    assert devices("1=0GiB,cpu=1GiB") == {"cpu"}
+    assert devices("disk=1GiB") == {"cuda:0", "cuda:1"}
+    assert devices("1=0") == {"cuda:0"}
+    assert devices("0=0,cpu=0") == {"cuda:1"}
+    # Left out, the cpu takes nothing either: a model too big for the GPUs
+    # named is an error that shows the cpu at 0.
+    proc = emu("plan", ckpt, "--device-map", "sequential", "--max-memory", "0=64KiB")
+    assert proc.returncode == 2, proc.stderr
+    assert "cuda:0 65536 bytes" in proc.stderr and "cpu 0 bytes" in proc.stderr and "cuda:1" not in proc.stderr, proc.stderr
+
+
 def test_plan_larger_than_max_memory_exits_2_naming_the_gpu(emu, ckpt, tmp_path):
     need = load_report(emu, ckpt, tmp_path, "--device", "cuda:1")["devices"]["cuda:1"]["bytes"]
     proc = emu("load", ckpt, "--device", "cuda:1", "--max-memory", "1=100KB", "--quiet")
