@@ -48,7 +48,6 @@ _FP4_TORCH = "float4_e2m1fn_x2"
 _NUMPY_TYPES = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32", "U32": "uint32",
     "I64": "int64", "U64": "uint64", "F16": "float16", "F32": "float32", "F64": "float64", "C64": "complex64",
-    "BF16": "uint16",
 }
 
 
@@ -247,6 +246,8 @@ class Model:
         self._file_maps: Dict[str, Any] = {}  # file -> copy-on-write numpy memmap of the whole file
 
     def __getitem__(self, name: str):
+        if name not in self:  # a Mapping's KeyError, with the whole name, for any key
+            raise KeyError(name)
         info = self._native.info(name)
         if info["device"] == "disk":
             return self._disk_array(info)
@@ -254,7 +255,8 @@ class Model:
 
     def _disk_array(self, info: Dict[str, Any]):
         """A tensor left in its file: a view of a copy-on-write numpy memmap
-        of the file (one per file, so one file handle however many tensors).
+        of the file (one per file, so one file handle however many tensors),
+        or where numpy has no type for it, a DLPack array over that view.
         Writable, as tensors in memory are, because torch imports every
         DLPack array as writable (a read-only mapping would crash on the
         first write); writes stay in this process's memory and are seen by
@@ -266,11 +268,12 @@ class Model:
             whole = self._file_maps[info["file"]] = np.memmap(info["file"], dtype=np.uint8, mode="c")
         raw = whole[info["file_offset"]:info["file_offset"] + info["nbytes"]]
         stored = info["stored_dtype"]
-        # No numpy type for BF16 and FP8: the raw elements, shaped (bf16 as
-        # uint16, fp8 as uint8), as DLPack hands them out. Sub-byte types
-        # stay raw bytes.
-        np_type = _NUMPY_TYPES.get(stored, "uint8" if stored.startswith("F8_") else None)
-        return raw if np_type is None else raw.view(np.dtype(np_type)).reshape(info["shape"])
+        np_type = _NUMPY_TYPES.get(stored)
+        if np_type is None:
+            # No numpy type (BF16, FP8, sub-byte): a DLPack array of the
+            # stored type over the same bytes, as a tensor in memory is.
+            return _hoist.typed_view(raw, stored, info["shape"])
+        return raw.view(np.dtype(np_type)).reshape(info["shape"])
 
     def info(self, name: str) -> Dict[str, Any]:
         """name, device, dtype (after any cast), stored_dtype, shape, nbytes, file, file_offset, tied (and
@@ -279,7 +282,12 @@ class Model:
         return self._native.info(name)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._native
+        if not isinstance(name, str):
+            return False
+        try:
+            return name in self._native
+        except (TypeError, UnicodeError):  # a lone surrogate has no UTF-8: no tensor has that name
+            return False
 
     def __len__(self) -> int:
         return len(self._native)
@@ -713,11 +721,25 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
     import torch
 
     named = list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
-    ties: Dict[int, List[str]] = {}  # one entry per tensor object: every name sharing it
-    tensors: Dict[int, torch.Tensor] = {}
+
+    def tie_key(tensor) -> Any:
+        """Tensors that are one: the same object, or (in memory) distinct
+        objects viewing the same bytes of one storage the same way, as
+        torch's load_state_dict keeps them by copying into each."""
+        if tensor.device.type == "meta" or tensor.numel() == 0:
+            return ("object", id(tensor))
+        return ("view", tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                tuple(tensor.stride()), tensor.dtype, str(tensor.device))
+
+    ties: Dict[Any, List[str]] = {}  # one entry per tensor: every name sharing it
+    objects: Dict[Any, List[Any]] = {}  # and the distinct tensor objects that are it
     for name, tensor in named:
-        ties.setdefault(id(tensor), []).append(name)
-        tensors[id(tensor)] = tensor
+        key = tie_key(tensor)
+        ties.setdefault(key, []).append(name)
+        same = objects.setdefault(key, [])
+        if not any(o is tensor for o in same):
+            same.append(tensor)
+    tensors = {key: same[0] for key, same in objects.items()}
     tie_of = {name: key for key, names in ties.items() for name in names}
     state = module.state_dict()
     if device is None and "device_map" not in kwargs:
@@ -785,25 +807,27 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
             shares_the_load = value.data_ptr() == loaded.data_ptr()
             if isinstance(target, torch.nn.Parameter):
                 value = torch.nn.Parameter(value, requires_grad=target.requires_grad)
-            (aliased if shares_the_load else copied).append(value)
+            (aliased if shares_the_load else copied).append([value])
             for n in names:
                 owner_name, _, attr = n.rpartition(".")
                 owner = module.get_submodule(owner_name) if owner_name else module
                 setattr(owner, attr, value)
         elif take and loaded.dtype == target.dtype and loaded.device == target.device:
-            target.data = loaded  # zero-copy; every tied name shares this one tensor object
-            aliased.append(target)
+            same = objects[tie_of[name]]
+            for tensor in same:  # zero-copy; every object sharing the storage takes the same memory
+                tensor.data = loaded
+            aliased.append(same)
         else:
-            target.data.copy_(loaded)
-            copied.append(target)
+            target.data.copy_(loaded)  # objects sharing its storage see the copy too
+            copied.append([target])
 
     # Where anything is converted, every parameter is copied (converted
     # tensors are copies already, unless they are views of what was read):
     # a parameter that took the load's memory zero-copy would keep the
     # whole reservation, and every tensor in it, alive beside them.
     converting = bool(conv.groups)
-    aliased: List[Any] = []  # module tensors that are the load's memory
-    copied: List[Any] = []   # module tensors with memory of their own
+    aliased: List[List[Any]] = []  # module tensors that are the load's memory (objects sharing it together)
+    copied: List[List[Any]] = []   # module tensors with memory of their own
     try:
         with torch.no_grad():
             for names in ties.values():  # tie groups in module order: the first name with a source fills it
@@ -825,8 +849,10 @@ def load_into(module, path: Union[str, os.PathLike], device: Any = None, strict:
         # reservation alive; where others were copies anyway (a cast, another
         # device), that would hold twice the model: those become copies too.
         if aliased and copied:
-            for tensor in aliased:
-                tensor.data = tensor.data.clone()
+            for same in aliased:
+                clone = same[0].data.clone()
+                for tensor in same:
+                    tensor.data = clone
     finally:
         conv.release()
     # Buffers no checkpoint holds (rotary frequencies) have no values on the
@@ -918,8 +944,8 @@ def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: An
         cuda:0 when torch sees a GPU, else cpu); device_map may name it as
         {"": device} or "cuda:0". Spreading a model over several devices is
         load_into's business.
-    dtype: the model's dtype (a torch dtype or "bf16", "f16", "f32"); default
-        as transformers' "auto": the config's dtype, else the checkpoint's
+    dtype (or torch_dtype): the model's dtype (a torch dtype or "bf16", "f16", "f32"); default
+        (or "auto") as transformers' "auto": the config's dtype, else the checkpoint's
         first floating-point dtype. Modules transformers keeps in float32
         (_keep_in_fp32_modules) stay float32. Where every parameter has the
         model's dtype, hoist casts while it loads; otherwise each parameter is
@@ -936,6 +962,10 @@ def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: An
     import torch
     import transformers
 
+    if "torch_dtype" in kwargs:  # transformers' older name for dtype, which it still takes
+        if dtype is not None:
+            raise ValueError("give dtype or torch_dtype, not both")
+        dtype = kwargs.pop("torch_dtype")
     device = _one_device(device, device_map)
     if device is None:  # as hoist.load chooses: the first GPU where there is one
         device = "cuda:0" if torch.cuda.is_available() else "cpu"
@@ -948,6 +978,8 @@ def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: An
     if getattr(config, "quantization_config", None):
         raise ValueError(f"{local}: a quantized checkpoint (quantization_config in its config) needs its quantizer: "
                          "load it with transformers' from_pretrained")
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        dtype = None  # the default, as transformers spells it
     if dtype is None:  # transformers' "auto": the config's, else the checkpoint's first floating-point dtype
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     opened = None  # the headers, read once: load_into takes them over
@@ -956,11 +988,12 @@ def from_pretrained(path: Union[str, os.PathLike], device: Any = None, dtype: An
         stored = [d for d in opened.dtypes() if d in ("BF16", "F16", "F32", "F64")]
         dtype = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}[stored[0]] if stored else None
     dtype = dtype or torch.get_default_dtype()
-    if isinstance(dtype, str):
-        names = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
-        dtype = getattr(torch, names.get(dtype, dtype), dtype)
+    if isinstance(dtype, str):  # the names hoist.load takes, and torch's own
+        names = {"bf16": "bfloat16", "f16": "float16", "fp16": "float16", "half": "float16", "f32": "float32",
+                 "fp32": "float32", "float": "float32", "f64": "float64", "fp64": "float64"}
+        dtype = getattr(torch, names.get(dtype.lower(), dtype.lower()), dtype)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype={dtype!r}: expected a floating-point torch dtype, or bf16, f16 or f32")
+        raise ValueError(f"dtype={dtype!r}: expected a floating-point torch dtype, \"auto\", or bf16, f16 or f32")
     model_class = model_class or transformers.AutoModelForCausalLM
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_keyword = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"

@@ -19,8 +19,11 @@
 #include <cmath>
 #include <condition_variable>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <numeric>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -474,18 +477,15 @@ const DeviceRegistry& RegistryFor(const PlanRequest& request) {
   return *all;
 }
 
-nb::object Tensor(nb::handle self, const std::string& name) {
-  const Model& model = nb::cast<const Model&>(self);
-  const TensorView& v = model.Get(name);
-  if (v.device.kind == DeviceKind::kDisk) {
-    throw StatusError(InvalidArgument("tensor " + QuoteName(v.name) + " stays on disk (" + v.file +
-                                      "); read it from there or place it on a device"));
-  }
+// A DLPack array over `data` that `owner` keeps alive: the stored shape, or
+// (sub-byte types) the raw bytes, row-major.
+nb::object ArrayOver(unsigned char* data, DType dtype, const std::vector<uint64_t>& stored_shape, uint64_t size_bytes,
+                     int device_type, int device_index, nb::handle owner) {
   std::vector<size_t> shape;
-  if (KeepsShape(v.dtype)) {
-    for (uint64_t s : v.shape) shape.push_back(static_cast<size_t>(s));
+  if (KeepsShape(dtype)) {
+    for (uint64_t s : stored_shape) shape.push_back(static_cast<size_t>(s));
   } else {
-    shape.push_back(static_cast<size_t>(v.size_bytes));
+    shape.push_back(static_cast<size_t>(size_bytes));
   }
   // Row-major strides in elements, counting an empty dimension as 1 as
   // torch does, so a (3, 0, 2) tensor has strides (2, 2, 1), not (0, 2, 1).
@@ -495,11 +495,36 @@ nb::object Tensor(nb::handle self, const std::string& name) {
     strides[i] = step;
     step *= static_cast<int64_t>(std::max<size_t>(shape[i], 1));
   }
+  nb::ndarray<nb::array_api> array(data, shape.size(), shape.data(), owner, strides.data(), DlpackDtype(dtype),
+                                   device_type, device_index);
+  return nb::cast(array);
+}
+
+nb::object Tensor(nb::handle self, const std::string& name) {
+  const Model& model = nb::cast<const Model&>(self);
+  const TensorView& v = model.Get(name);
+  if (v.device.kind == DeviceKind::kDisk) {
+    throw StatusError(InvalidArgument("tensor " + QuoteName(v.name) + " stays on disk (" + v.file +
+                                      "); read it from there or place it on a device"));
+  }
   int device_type = v.device.kind == DeviceKind::kCuda ? nb::device::cuda::value : nb::device::cpu::value;
   // The owner (the Model) keeps the memory alive as long as the array lives.
-  nb::ndarray<nb::array_api> array(const_cast<unsigned char*>(v.data), shape.size(), shape.data(), self,
-                                   strides.data(), DlpackDtype(v.dtype), device_type, v.device.index);
-  return nb::cast(array);
+  return ArrayOver(const_cast<unsigned char*>(v.data), v.dtype, v.shape, v.size_bytes, device_type, v.device.index,
+                   self);
+}
+
+// A tensor left in its file, typed where numpy has no type for it (BF16,
+// FP8, sub-byte): `raw` is its bytes in a memmap of the file, which the
+// array keeps alive.
+nb::object TypedView(nb::handle raw, const std::string& stored_dtype, const std::vector<uint64_t>& shape) {
+  auto bytes = nb::cast<nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>>(raw);
+  std::optional<DType> dtype = ParseDTypeName(stored_dtype);
+  if (!dtype) throw nb::value_error(("typed_view: unknown dtype " + stored_dtype).c_str());
+  const uint64_t elements = std::accumulate(shape.begin(), shape.end(), uint64_t{1}, std::multiplies<>());
+  if (elements * static_cast<uint64_t>(DTypeBits(*dtype)) != bytes.size() * 8) {
+    throw nb::value_error("typed_view: the bytes do not hold that shape");
+  }
+  return ArrayOver(bytes.data(), *dtype, shape, bytes.size(), nb::device::cpu::value, 0, raw);
 }
 
 }  // namespace
@@ -577,6 +602,8 @@ NB_MODULE(_hoist, m) {
           nb::arg("device") = "", nb::arg("device_map") = "",
           "Starts, on a thread of its own, the devices a load of this checkpoint with this device or device_map "
           "(as load takes them) would use; the load waits for it first.");
+  m.def("typed_view", TypedView, nb::arg("raw"), nb::arg("stored_dtype"), nb::arg("shape"),
+        "A DLPack array of a tensor's stored dtype over its bytes `raw` (a 1-d uint8 array it keeps alive).");
   m.def(
       "resolve_path", [](const std::string& path) { return Resolve(path); }, nb::arg("path"),
       "The path a load of `path` reads: itself, or for \"org/name\" the Hugging Face cache's snapshot.");

@@ -83,7 +83,7 @@ def test_tied_embeddings_stay_one_tensor(tied):
     assert torch.equal(_logits(model), _logits(_reference(tied)))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, "f32", "float32"])
+@pytest.mark.parametrize("dtype", [torch.float32, "f32", "float32", "fp32", "FP32"])
 def test_dtype_casts_as_transformers_does(tiny, dtype):
     model, report = hoist.from_pretrained(str(tiny), device="cpu", dtype=dtype, return_report=True)
     reference = _reference(tiny, dtype=torch.float32)
@@ -93,6 +93,19 @@ def test_dtype_casts_as_transformers_does(tiny, dtype):
     # The cast happened in the load, into its one reservation.
     assert report["devices"]["cpu"]["driver_allocs"] == 1
     assert {t["dtype"] for t in report["tensors"]} == {"F32"}
+
+
+@pytest.mark.parametrize("dtype", ["auto", "AUTO", None])
+def test_dtype_auto_is_the_default_as_in_transformers(tiny, dtype):
+    model = hoist.from_pretrained(str(tiny), device="cpu", dtype=dtype)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(tiny), dtype="auto")
+    assert model.dtype == reference.dtype == torch.bfloat16
+
+
+def test_torch_dtype_is_dtype_under_its_older_name(tiny):
+    assert hoist.from_pretrained(str(tiny), device="cpu", torch_dtype=torch.float16).dtype == torch.float16
+    with pytest.raises(ValueError, match="give dtype or torch_dtype, not both"):
+        hoist.from_pretrained(str(tiny), device="cpu", dtype="f32", torch_dtype=torch.float16)
 
 
 def test_device_map_naming_one_device_is_that_device(tiny):

@@ -455,6 +455,12 @@ def test_mapping_protocol(tiny):
     assert "nope" not in model and 3 not in model and None not in model
     with pytest.raises(KeyError):
         model["nope"]
+    # Any key a Mapping can be asked for: KeyError with the whole key, or False.
+    for key in (5, None, "\udcff", "model.norm.weight\x00tail"):
+        with pytest.raises(KeyError) as e:
+            model[key]
+        assert e.value.args == (key,)
+        assert key not in model and model.get(key) is None
     info = model.info("model.norm.weight")
     assert info["shape"] == [64] and info["dtype"] == "BF16" and info["stored_dtype"] == "BF16" and info["nbytes"] == 128
     assert "21 tensors" in repr(model)
@@ -530,32 +536,52 @@ def test_disk_tensors_share_one_mapping_per_file(np, sharded):
     assert open_files() - before <= len(files)
 
 
-def test_device_map_disk_bf16_bytes(np, tiny):
+def test_device_map_disk_bf16_is_bf16_over_the_file(np, torch, tiny):
+    """A BF16 tensor left in its file comes out as BF16, as one in memory
+    does (numpy has no bf16: a DLPack array over the file's mapping), with
+    the file's bytes, and outlives its Model."""
     raw = tensor_bytes(tiny / "model.safetensors")
+    in_memory = hoist.load(str(tiny), device="cpu")
     model = hoist.load(str(tiny), device_map={"": "disk"})
+    views = {}
     for name in model:
-        arr = model[name]
-        assert isinstance(arr, np.memmap)
-        assert arr.tobytes() == raw[name], f"{name}: memmap bytes differ from the file's"
+        got = torch.from_dlpack(model[name])
+        assert got.dtype == torch.bfloat16, (name, got.dtype)
+        assert torch.equal(got, torch.from_dlpack(in_memory[name])), name
+        assert got.contiguous().view(torch.uint8).numpy().tobytes() == raw[name], name
+        views[name] = got
+    del model
+    gc.collect()
+    for name, got in views.items():
+        assert got.contiguous().view(torch.uint8).numpy().tobytes() == raw[name], name
 
 
-def test_disk_fp8_memmap_keeps_shape(np, all_dtypes):
-    in_memory = np.from_dlpack(hoist.load(str(all_dtypes), device="cpu")["f8e4"])
-    on_disk = hoist.load(str(all_dtypes), device_map={"": "disk"})["f8e4"]
+def test_disk_f32_stays_a_numpy_memmap(np, tiny_f32):
+    model = hoist.load(str(tiny_f32), device_map={"": "disk"})
+    arr = model["model.norm.weight"]
+    assert isinstance(arr, np.memmap) and arr.dtype == np.float32
+
+
+def test_disk_fp8_keeps_type_and_shape(np, torch, all_dtypes):
+    in_memory = torch.from_dlpack(hoist.load(str(all_dtypes), device="cpu")["f8e4"])
+    on_disk = torch.from_dlpack(hoist.load(str(all_dtypes), device_map={"": "disk"})["f8e4"])
     assert in_memory.shape == (4, 3)
-    assert on_disk.dtype == np.uint8 and on_disk.tobytes() == in_memory.tobytes()
+    # FP8 goes out as its raw bytes in both places (DLPack's unversioned
+    # codes have no FP8; info() names the type).
+    assert on_disk.dtype == in_memory.dtype == torch.uint8
     assert on_disk.shape == in_memory.shape
+    assert torch.equal(on_disk, in_memory)
 
 
-def test_disk_tensor_readable_after_chdir(np, tiny, tmp_path):
+def test_disk_tensor_readable_after_chdir(np, torch, tiny, tmp_path):
     raw = tensor_bytes(tiny / "model.safetensors")
     cwd = os.getcwd()
     os.chdir(tiny.parent)
     try:
         model = hoist.load(tiny.name, device_map={"": "disk"})
         os.chdir(tmp_path)
-        arr = model["model.norm.weight"]
-        assert arr.tobytes() == raw["model.norm.weight"]
+        arr = torch.from_dlpack(model["model.norm.weight"])
+        assert arr.view(torch.uint8).numpy().tobytes() == raw["model.norm.weight"]
     finally:
         os.chdir(cwd)
 
@@ -578,7 +604,7 @@ def test_max_memory(np, torch, st, tiny):
     assert set(places.values()) == {"cpu", "disk"}, places
     for name, place in places.items():
         got = model[name]
-        data = got.tobytes() if place == "disk" else torch.from_dlpack(got).contiguous().view(torch.uint8).numpy().tobytes()
+        data = torch.from_dlpack(got).contiguous().view(torch.uint8).numpy().tobytes()
         assert data == raw[name], f"{name} ({place}): bytes differ from the file's"
 
 
@@ -1089,6 +1115,30 @@ def test_load_into_keeps_tied_weights_tied(torch, st, transformers, tiny, tmp_pa
     assert torch.equal(module.lm_head.weight, want["model.embed_tokens.weight"].to(dtype))
     with torch.no_grad():
         assert torch.isfinite(module(torch.tensor([[3, 4, 5]])).logits).all()
+
+
+def test_load_into_keeps_parameters_sharing_storage_shared(torch, st, tmp_path):
+    """Two Parameter objects over one storage (not one object under two
+    names) stay one storage, as torch's load_state_dict keeps them."""
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 4, bias=False)
+            self.b = torch.nn.Linear(4, 4, bias=False)
+            self.b.weight = torch.nn.Parameter(self.a.weight.data)
+
+    w = torch.randn(4, 4)
+    path = tmp_path / "shared.safetensors"
+    st.save_file({"a.weight": w, "b.weight": w.clone()}, str(path))
+    module = Shared()
+    assert module.a.weight is not module.b.weight
+    report = hoist.load_into(module, str(path))
+    assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == [], report
+    assert module.a.weight.data_ptr() == module.b.weight.data_ptr()
+    assert torch.equal(module.a.weight, w) and torch.equal(module.b.weight, w)
+    with torch.no_grad():
+        module.a.weight.add_(1)
+    assert torch.equal(module.b.weight, w + 1)
 
 
 def test_load_into_reads_a_tied_tensor_once(torch, st, transformers, tiny, tmp_path):
