@@ -433,6 +433,11 @@ def write_results(args, results, sweep, total, nfiles, device, runs):
     if cli_stages:
         md += ("\nhoist_cli, one run's stages (s): " + ", ".join(f"{k} {v:.3f}" for k, v in cli_stages.items()) +
                f"; first tensor at {results['hoist_cli']['time_to_first_tensor']:.3f} s\n")
+    bounced = [name for name, r in runs_only.items() if (r.get("staging") or {}).get("bounced_reads")]
+    if bounced:
+        md += (f"\nNOTE: the kernel refused reads into pinned staging memory (EFAULT, as gVisor does) in "
+               f"{', '.join(bounced)}: those loads read through ordinary memory first, one more copy per byte; "
+               f"their figures are not the pipeline's on a plain kernel\n")
     starts = [r["device_start_seconds"] for r in runs_only.values() if r.get("device_start_seconds") is not None]
     if starts:
         md += (f"\ncli report: the load's seconds less its wait for CUDA start-up (stages.device_start, "

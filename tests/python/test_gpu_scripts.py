@@ -142,6 +142,22 @@ def test_targets_judge_each_figure_of_a_run(tmp_path):
     assert rows("hoist load --device cpu faster than cat") == ("cat / hoist = 1.30", True)
 
 
+def test_results_say_when_reads_bounced_through_ordinary_memory(tmp_path):
+    """Under gVisor the loads go on through a bounce copy: the results must
+    say so beside figures that are not the pipeline's own."""
+    import argparse
+    write_results = _gpu_bench().write_results
+    gb = 16_000_000_000
+    args = argparse.Namespace(bound_gbps=50.0, out=str(tmp_path), date="2026-12-07", gpu_name="Test GPU",
+                              dir="/ckpt")
+    for bounced in (False, True):
+        run = {"seconds": 0.5, "bytes": gb, "output_bytes": gb, "timed": "cli report",
+               "staging": {"chunk_bytes": 16 << 20, "buffers_per_gpu": 18, "pipeline": True, "bounced_reads": bounced}}
+        md = write_results(args, {"hoist_cli": run}, {}, gb, 4, "cuda:0", 3)
+        assert ("NOTE: the kernel refused reads into pinned staging memory" in md) == bounced, md
+        assert "in hoist_cli:" in md or not bounced, md
+
+
 def test_the_second_script_finds_the_checkpoint_where_the_first_put_it(tmp_path):
     """gpu-bench must reuse gpu-check's checkpoint (or its failure) where it
     is, even when /dev/shm's room, which chose the place, has changed since;
