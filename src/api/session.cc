@@ -450,6 +450,20 @@ Result<PlannedRequest> PlanFromRequest(const PlanRequest& request, const DeviceR
   if (request.strict) HOIST_RETURN_IF_ERROR(CheckStrict(out.path, out.plan));
   out.available = AvailableFor(out.plan, registry, margin, max_memory);
   for (std::string& w : FitWarnings(out.plan, out.available)) out.plan.warnings.push_back(std::move(w));
+  // A GPU the plan uses that this machine, which has GPUs, lacks: a typo,
+  // or planning for another machine; either way a load here would refuse
+  // it. (On a machine with none, a plan for GPUs is plainly for elsewhere.)
+  for (const DevicePlan& d : out.plan.devices) {
+    if (d.device.kind != DeviceKind::kCuda || registry.CudaCount() == 0 || registry.Find(d.device) != nullptr) {
+      continue;
+    }
+    const bool named = max_memory.count(d.device) > 0;
+    out.plan.warnings.push_back(d.device.ToString() + " is not on this machine (" +
+                                std::to_string(registry.CudaCount()) + " CUDA GPUs found): " +
+                                (named ? "planned with the size " + Opt("--max-memory") + " gives it"
+                                       : "its fit is not checked") +
+                                ", and a load here would refuse it");
+  }
   return out;
 }
 

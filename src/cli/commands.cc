@@ -321,8 +321,31 @@ class StopOnSignal {
   static inline bool installed_[2] = {false, false};
 };
 
+namespace {
+// --report must not write over the checkpoint it reports on: a weights
+// file, its index or the config.json beside them.
+Status CheckNotTheCheckpoint(const std::string& report, const std::string& checkpoint) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(report, ec)) return Status::Ok();
+  const fs::path dir = fs::is_directory(checkpoint, ec) ? fs::path(checkpoint) : fs::path(checkpoint).parent_path();
+  const fs::path parent = fs::path(report).parent_path();
+  const std::string name = fs::path(report).filename().string();
+  const bool checkpoint_file = EndsWith(name, ".safetensors") || EndsWith(name, ".safetensors.index.json") ||
+                               name == "config.json" || name == "generation_config.json";
+  if (fs::equivalent(report, checkpoint, ec) ||
+      (checkpoint_file && fs::equivalent(parent.empty() ? fs::path(".") : parent, dir.empty() ? fs::path(".") : dir, ec))) {
+    return InvalidArgument(Opt("--report") + " " + Printable(report) +
+                           ": is a file of the checkpoint being loaded; write the report elsewhere");
+  }
+  return Status::Ok();
+}
+}  // namespace
+
 int RunLoad(const LoadArgs& args) {
-  if (!args.report.empty()) {
+  const bool report_to_stdout = args.report == "-";
+  if (!args.report.empty() && !report_to_stdout) {
+    if (Status s = CheckNotTheCheckpoint(args.report, args.request.plan.path); !s.ok()) return Fail(s);
     if (Status s = CheckWritable("--report", args.report); !s.ok()) return Fail(s);
   }
   LoadRequest request = args.request;
@@ -358,8 +381,12 @@ int RunLoad(const LoadArgs& args) {
   const LoadStats& st = model.stats();
   const double seconds = st.seconds + (*session)->plan_seconds;
   if (!args.report.empty()) {
-    Status s = WriteTextFile(args.report, ReportJson(**session).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
-    if (!s.ok()) return Fail(s);
+    const std::string text = ReportJson(**session).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    if (report_to_stdout) {
+      fmt::print("{}", text);
+    } else if (Status s = WriteTextFile(args.report, text); !s.ok()) {
+      return Fail(s);
+    }
   }
   if (!args.quiet) {
     std::string where;
@@ -370,8 +397,11 @@ int RunLoad(const LoadArgs& args) {
     size_t on_disk = 0;
     for (const TensorView& v : model.tensors()) on_disk += v.device.kind == DeviceKind::kDisk ? 1 : 0;
     if (where.empty()) where = "no device";
-    fmt::print("loaded {} tensors, {} in {:.3f} s ({:.2f} GB/s) to {} with {} thread{}, {} allocation{}{}{}\n",
-               model.tensors().size() - on_disk, HumanBytes(st.bytes_loaded), seconds, Rate(st.bytes_read, seconds),
+    // With the report on stdout, the summary goes to stderr.
+    const size_t loaded = model.tensors().size() - on_disk;
+    fmt::print(report_to_stdout ? stderr : stdout,
+               "loaded {} tensor{}, {} in {:.3f} s ({:.2f} GB/s) to {} with {} thread{}, {} allocation{}{}{}\n",
+               loaded, loaded == 1 ? "" : "s", HumanBytes(st.bytes_loaded), seconds, Rate(st.bytes_read, seconds),
                where, st.threads, st.threads == 1 ? "" : "s", st.driver_allocs, st.driver_allocs == 1 ? "" : "s",
                on_disk ? fmt::format("; {} left on disk", on_disk) : std::string(),
                st.mapped_bytes > 0 ? fmt::format("; {} of it mapped from {} file{}", HumanBytes(st.mapped_bytes),

@@ -2,13 +2,41 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <system_error>
+
 #include "io/hub_cache.h"
 #include "cli/commands.h"
 #include "cli/probe.h"
 #include "hoist/synth.h"
 #include "util/text.h"
 
+namespace {
+int Run(int argc, char** argv);
+}  // namespace
+
+// Output that cannot be written (a full disk, a closed pipe's reader gone
+// without SIGPIPE) is a failure of its own: one line, exit 1, never an
+// abort or a silent success.
 int main(int argc, char** argv) {
+  int rc = 0;
+  try {
+    rc = Run(argc, argv);
+  } catch (const std::system_error& e) {  // fmt::print found stdout unwritable
+    std::fprintf(stderr, "error: stdout: cannot write: %s\n", e.code().message().c_str());
+    return 1;
+  }
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    std::fprintf(stderr, "error: stdout: cannot write: %s\n", std::strerror(errno));
+    return rc == 0 ? 1 : rc;
+  }
+  return rc;
+}
+
+namespace {
+int Run(int argc, char** argv) {
   using namespace hoist::cli;
   CLI::App app{"hoist: load model checkpoints (safetensors) onto accelerators at the speed of the hardware"};
   app.set_version_flag("--version", std::string("hoist ") + HOIST_VERSION);
@@ -158,3 +186,4 @@ int main(int argc, char** argv) {
   if (c_synth->parsed()) return RunSynth(synth);
   return 2;
 }
+}  // namespace

@@ -138,6 +138,10 @@ class PartialFiles {
       prefix /= part;
       std::error_code ec;
       const bool made = fs::create_directory(prefix, ec);
+      if (ec == std::errc::file_exists || ec == std::errc::not_a_directory) {  // a file where a directory goes
+        return InvalidArgument(Printable(prefix.string()) + ": is a file, not a directory; the output is a "
+                               ".safetensors file or a directory");
+      }
       if (ec) return IoError(Printable(prefix.string()) + ": cannot create directory: " + ec.message());
       if (made) created_dirs_.push_back(prefix);
     }

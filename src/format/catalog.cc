@@ -487,6 +487,9 @@ Result<Catalog> OpenDirectory(const fs::path& dir) {
 Result<Catalog> OpenCatalog(const std::string& path) {
   std::error_code ec;
   fs::file_status st = fs::status(path, ec);
+  if (ec == std::errc::not_a_directory) {  // "model.safetensors/": a file where the path wants a directory
+    return NotFound(Printable(path) + ": not a directory (a file stands where the path goes on past it)");
+  }
   if (ec && ec != std::errc::no_such_file_or_directory) return IoError(Printable(path) + ": " + ec.message());
   if (ec || !fs::exists(st)) return NotFound(Printable(path) + ": no such file or directory");
   if (fs::is_directory(st)) return OpenDirectory(path);

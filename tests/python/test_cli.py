@@ -648,6 +648,61 @@ def test_load_unwritable_report_fails_before_loading(run_hoist, tmp_path, tiny):
     assert json.loads(fresh.read_text())["total_bytes"] == TINY_BYTES
 
 
+def test_load_report_never_writes_over_the_checkpoint(run_hoist, tmp_path, tiny):
+    import shutil
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny, ckpt)
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    for target in (ckpt / "model.safetensors", ckpt / "config.json", ckpt / "." / "model.safetensors"):
+        proc = run_hoist("load", "--device", "cpu", "--report", target, ckpt)
+        assert proc.returncode == 2, proc.stderr
+        assert stderr_error_line(proc) == (f"error: --report {target}: is a file of the checkpoint being loaded; "
+                                           "write the report elsewhere")
+    proc = run_hoist("load", "--device", "cpu", "--report", ckpt / "model.safetensors", ckpt / "model.safetensors")
+    assert proc.returncode == 2 and "is a file of the checkpoint" in proc.stderr, proc.stderr
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    # A report of another name beside the weights is fine.
+    ok(run_hoist("load", "--device", "cpu", "--report", ckpt / "report.json", "--quiet", ckpt))
+    assert json.loads((ckpt / "report.json").read_text())["total_bytes"] == TINY_BYTES
+
+
+def test_load_report_to_stdout(run_hoist, tiny):
+    proc = ok(run_hoist("load", "--device", "cpu", "--report", "-", tiny))
+    assert json.loads(proc.stdout)["total_bytes"] == TINY_BYTES  # stdout holds the report alone
+    assert proc.stderr.startswith("loaded ") and "tensors" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args", [["inspect"], ["inspect", "--json"], ["plan", "--json", "--device", "cpu"],
+                                  ["load", "--device", "cpu"]], ids=["inspect", "inspect-json", "plan-json", "load"])
+def test_output_that_cannot_be_written_is_an_error(tmp_path, hoist_bin, tiny, args):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    import subprocess
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([str(hoist_bin), *args, str(tiny)], stdout=full, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == ["error: stdout: cannot write: No space left on device"], proc.stderr
+
+
+def test_a_file_path_with_a_trailing_slash_is_bad_input(run_hoist, tiny, tmp_path):
+    for cmd in (["inspect"], ["load", "--device", "cpu"], ["convert"]):
+        extra = [tmp_path / "out"] if cmd == ["convert"] else []
+        proc = run_hoist(*cmd, f"{tiny}/model.safetensors/", *extra)
+        assert proc.returncode == 2, proc.stderr
+        assert "not a directory" in stderr_error_line(proc), proc.stderr
+
+
+def test_convert_onto_a_file_that_is_not_safetensors_is_bad_input(run_hoist, tiny, tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    proc = run_hoist("convert", tiny, target)
+    assert proc.returncode == 2, proc.stderr
+    assert stderr_error_line(proc) == (f"error: {target}: is a file, not a directory; the output is a .safetensors "
+                                       "file or a directory")
+    assert target.read_text() == "keep me"
+
+
 def test_load_report_says_where_disk_tensors_stay(run_hoist, tmp_path, tiny):
     proc = ok(run_hoist("load", "--device-map", json.dumps({"model.layers.0": "disk", "": "cpu"}), tiny))
     assert proc.stdout.startswith("loaded 12 tensors") and "; 9 left on disk" in proc.stdout, proc.stdout

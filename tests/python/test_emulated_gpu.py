@@ -195,6 +195,18 @@ def test_max_memory_names_the_devices_a_strategy_may_use(emu, ckpt):
     assert "cuda:0 65536 bytes" in proc.stderr and "cpu 0 bytes" in proc.stderr and "cuda:1" not in proc.stderr, proc.stderr
 
 
+def test_plan_onto_a_gpu_this_machine_lacks_warns(emu, ckpt):
+    """Two GPUs here: a plan for cuda:7 is made all the same (planning for
+    another machine), with a word that a load here would refuse it."""
+    doc = plan_json(emu, ckpt, "--device-map", '{"model.layers.0": 7, "": "cpu"}')
+    assert "cuda:7" in doc["devices"]
+    assert ["cuda:7 is not on this machine (2 CUDA GPUs found): its fit is not checked, and a load here would "
+            "refuse it"] == [w for w in doc["warnings"] if "cuda:7" in w], doc["warnings"]
+    doc = plan_json(emu, ckpt, "--device-map", "sequential", "--max-memory", "0=64KiB,2=1GiB,cpu=1GiB")
+    assert [w for w in doc["warnings"] if "cuda:2 is not on this machine" in w and "--max-memory" in w], doc["warnings"]
+    assert plan_json(emu, ckpt, "--device", "cuda:1")["warnings"] == []
+
+
 def test_plan_larger_than_max_memory_exits_2_naming_the_gpu(emu, ckpt, tmp_path):
     need = load_report(emu, ckpt, tmp_path, "--device", "cuda:1")["devices"]["cuda:1"]["bytes"]
     proc = emu("load", ckpt, "--device", "cuda:1", "--max-memory", "1=100KB", "--quiet")
