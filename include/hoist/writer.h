@@ -35,8 +35,13 @@ using FillFn = std::function<Status(size_t index, uint64_t offset_bytes, uint64_
 
 struct WriteOptions {
   // Shards are cut so none exceeds this (a single larger tensor gets a shard
-  // of its own), in tensor order, as Hugging Face's writer does.
+  // of its own, listed when met), in tensor order, as huggingface_hub does.
   uint64_t max_shard_bytes = 5'000'000'000;
+  // A shard whose tensor order would leave one at an offset its element
+  // size does not divide is ordered by element size, largest first (as the
+  // reference writer's dtype order leaves every tensor aligned). Off: the
+  // order given is kept whatever it does (tests that need unaligned files).
+  bool align_elements = true;
   // Write headers only and leave the data as a hole in the file.
   bool sparse = false;
   int threads = 0;  // 0: default

@@ -87,6 +87,8 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
   // One rank's part says so, beside the source's own metadata.
   std::map<std::string, std::string> metadata = catalog.metadata();
   if (options.shard) {
+    // transformers before 5 refuses metadata without a format.
+    metadata.emplace("format", "pt");
     metadata["hoist.shard"] = std::to_string(options.shard->rank) + "/" + std::to_string(options.shard->world);
     std::string rules;
     for (const SplitRule& r : options.splits) rules += (rules.empty() ? "" : "\n") + r.pattern + "=" + std::to_string(r.dim);

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "format/safetensors.h"
 #include "hoist/catalog.h"
 #include "hoist/loader.h"
 #include "io/file.h"
@@ -313,18 +314,45 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
   auto start = std::chrono::steady_clock::now();
   if (options.max_shard_bytes == 0) return InvalidArgument("--max-shard-size must be positive");
 
-  // Cut shards greedily in tensor order.
-  std::vector<std::vector<size_t>> groups(1);
+  // Cut shards greedily in tensor order, as huggingface_hub's
+  // split_torch_state_dict_into_shards does: a tensor larger than a shard
+  // gets a shard of its own, listed when it is met, and the open shard goes
+  // on filling after it.
+  std::vector<std::vector<size_t>> groups;
+  std::vector<size_t> open;
   uint64_t current = 0, total = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    uint64_t size = tensors[i].size_bytes;
-    if (!groups.back().empty() && current + size > options.max_shard_bytes) {
-      groups.emplace_back();
+    const uint64_t size = tensors[i].size_bytes;
+    total += size;
+    if (size > options.max_shard_bytes) {
+      groups.push_back({i});
+      continue;
+    }
+    if (current + size > options.max_shard_bytes) {
+      groups.push_back(std::move(open));
+      open.clear();
       current = 0;
     }
-    groups.back().push_back(i);
+    open.push_back(i);
     current += size;
-    total += size;
+  }
+  if (!open.empty() || groups.empty()) groups.push_back(std::move(open));
+  // Each tensor at an offset its element size divides, as the reference
+  // writer leaves them (it orders by dtype): a shard whose order would
+  // leave one unaligned (a cast shrank the tensor before an I64, another
+  // writer's file) is ordered by element size, largest first, and is then
+  // aligned throughout, the data section starting 8-aligned.
+  auto element_bytes = [&](size_t i) { return std::max<uint64_t>(1, static_cast<uint64_t>(DTypeBits(tensors[i].dtype) / 8)); };
+  for (std::vector<size_t>& group : groups) {
+    uint64_t offset = 0;
+    bool aligned = true;
+    for (size_t i : group) {
+      aligned = aligned && offset % element_bytes(i) == 0;
+      offset += tensors[i].size_bytes;
+    }
+    if (!aligned && options.align_elements) {
+      std::stable_sort(group.begin(), group.end(), [&](size_t a, size_t b) { return element_bytes(a) > element_bytes(b); });
+    }
   }
 
   std::vector<Shard> shards(groups.size());
@@ -364,6 +392,11 @@ Result<WriteResult> WriteCheckpoint(const std::string& dst, const std::vector<Ou
       std::vector<const OutTensor*> members;
       for (size_t i : shard.tensors) members.push_back(&tensors[i]);
       std::string header = BuildHeader(members, metadata);
+      if (header.size() > kMaxHeaderBytes) {  // no reader would take it, hoist's and safetensors' included
+        return InvalidArgument(Printable(shard.path) + ": its header would be " + std::to_string(header.size()) +
+                               " bytes, more than the " + std::to_string(kMaxHeaderBytes) +
+                               " a safetensors reader accepts: shorter names, less metadata or smaller shards");
+      }
       shard.data_offset_bytes = 8 + header.size();
       HOIST_ASSIGN_OR_RETURN(File file, partial.Create(shard.path));
       unsigned char length[8];

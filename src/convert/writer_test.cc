@@ -92,7 +92,9 @@ TEST(WriterTest, SingleFileRoundTripsWithMetadata) {
 
 TEST(WriterTest, ShardsGreedilyWithIndex) {
   testing::TempDir dir;
-  // 60 + 60 > 100 -> new shard; 60 + 30 fits; 150 alone exceeds the limit and gets its own shard.
+  // 60 + 60 > 100 -> new shard; 60 + 30 fits; 150 alone exceeds the limit
+  // and gets its own shard, listed when met, before the open one (as
+  // huggingface_hub's split_torch_state_dict_into_shards lists them).
   std::vector<OutTensor> tensors = {{"t0", DType::kU8, {60}, 60},
                                     {"t1", DType::kU8, {60}, 60},
                                     {"t2", DType::kU8, {30}, 30},
@@ -106,13 +108,72 @@ TEST(WriterTest, ShardsGreedilyWithIndex) {
   nlohmann::json index = nlohmann::json::parse(ReadAll(dir / "out/model.safetensors.index.json"));
   EXPECT_EQ(index["metadata"]["total_size"], 300);
   EXPECT_EQ(index["weight_map"]["t0"], "model-00001-of-00003.safetensors");
-  EXPECT_EQ(index["weight_map"]["t1"], "model-00002-of-00003.safetensors");
-  EXPECT_EQ(index["weight_map"]["t2"], "model-00002-of-00003.safetensors");
-  EXPECT_EQ(index["weight_map"]["t3"], "model-00003-of-00003.safetensors");
+  EXPECT_EQ(index["weight_map"]["t3"], "model-00002-of-00003.safetensors");
+  EXPECT_EQ(index["weight_map"]["t1"], "model-00003-of-00003.safetensors");
+  EXPECT_EQ(index["weight_map"]["t2"], "model-00003-of-00003.safetensors");
   Result<Catalog> cat = OpenCatalog(dir / "out");
   ASSERT_TRUE(cat.ok()) << cat.status().message();
   EXPECT_EQ(cat->tensors().size(), 4u);
   EXPECT_EQ(cat->total_bytes(), 300u);
+}
+
+// huggingface_hub 0.36's split for f32 tensors of 400, 4000, 400, 600 and
+// 240 bytes under a 1000-byte limit: {b}, {a, c}, {d, e}.
+TEST(WriterTest, ShardsAsHuggingFaceHubCutsThem) {
+  testing::TempDir dir;
+  std::vector<OutTensor> tensors = {{"a", DType::kF32, {100}, 400},
+                                    {"b", DType::kF32, {1000}, 4000},
+                                    {"c", DType::kF32, {100}, 400},
+                                    {"d", DType::kF32, {150}, 600},
+                                    {"e", DType::kF32, {60}, 240}};
+  WriteOptions wo;
+  wo.max_shard_bytes = 1000;
+  Result<WriteResult> r = WriteCheckpoint(dir / "out", tensors, {}, wo, IndexFill());
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  nlohmann::json index = nlohmann::json::parse(ReadAll(dir / "out/model.safetensors.index.json"));
+  const std::string s1 = "model-00001-of-00003.safetensors", s2 = "model-00002-of-00003.safetensors",
+                    s3 = "model-00003-of-00003.safetensors";
+  EXPECT_EQ(index["weight_map"], nlohmann::json({{"a", s2}, {"b", s1}, {"c", s2}, {"d", s3}, {"e", s3}}));
+}
+
+// A cast can leave a wide integer after a narrower float: the writer orders
+// such a shard by element size so that every tensor is aligned to its
+// element, as the reference writer's order leaves them; an aligned order
+// is kept as it is.
+TEST(WriterTest, AShardThatWouldLeaveATensorUnalignedIsOrderedByElementSize) {
+  testing::TempDir dir;
+  std::vector<OutTensor> cast = {{"a", DType::kBF16, {3}, 6}, {"b", DType::kI64, {4}, 32}, {"c", DType::kU8, {5}, 5}};
+  std::vector<OutTensor> aligned = {{"x", DType::kF32, {2}, 8}, {"y", DType::kBF16, {3}, 6}};
+  WriteOptions wo;
+  wo.align_elements = true;
+  for (const auto* tensors : {&cast, &aligned}) {
+    Result<WriteResult> r = WriteCheckpoint(dir / "out.safetensors", *tensors, {}, wo, IndexFill());
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    Result<Catalog> cat = OpenCatalog(dir / "out.safetensors");
+    ASSERT_TRUE(cat.ok()) << cat.status().message();
+    for (const TensorInfo& t : cat->tensors()) {
+      EXPECT_EQ(t.offset_bytes % static_cast<uint64_t>(std::max(1, DTypeBits(t.dtype) / 8)), 0u) << t.name;
+    }
+  }
+  Result<Catalog> cat = OpenCatalog(dir / "out.safetensors");
+  EXPECT_LT(cat->Find("x")->offset_bytes, cat->Find("y")->offset_bytes);  // kept in its order
+  // Without the option (tests build unaligned files on purpose), the order stays.
+  wo.align_elements = false;
+  ASSERT_TRUE(WriteCheckpoint(dir / "raw.safetensors", cast, {}, wo, IndexFill()).ok());
+  Result<Catalog> raw = OpenCatalog(dir / "raw.safetensors");
+  ASSERT_TRUE(raw.ok());
+  EXPECT_NE(raw->Find("b")->offset_bytes % 8, 0u);
+}
+
+TEST(WriterTest, AHeaderNoReaderWouldTakeIsRefused) {
+  testing::TempDir dir;
+  std::map<std::string, std::string> metadata = {{"big", std::string(kMaxHeaderBytes, 'x')}};
+  std::vector<OutTensor> tensors = {{"t", DType::kU8, {1}, 1}};
+  Result<WriteResult> r = WriteCheckpoint(dir / "out.safetensors", tensors, metadata, WriteOptions{}, IndexFill());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("a safetensors reader accepts"), std::string::npos) << r.status().message();
+  EXPECT_FALSE(std::filesystem::exists(dir / "out.safetensors"));
 }
 
 TEST(WriterTest, OneShardInADirectoryIsModelSafetensors) {

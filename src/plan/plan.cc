@@ -358,6 +358,12 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
     for (const auto& [re, replacement] : renames) {
       if (std::regex_search(name, re)) {
         name = std::regex_replace(name, re, replacement, std::regex_constants::format_first_only);
+        // A regex works on bytes: "^." takes one byte of "é" and leaves
+        // the name no text at all.
+        if (!IsValidUtf8(name)) {
+          return InvalidArgument(Opt("--rename") + ": " + QuoteName(t.name) + " becomes " + QuoteName(name) +
+                                 ", which is not UTF-8 (a pattern cut a character in two)");
+        }
         break;
       }
     }

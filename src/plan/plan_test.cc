@@ -20,6 +20,7 @@ class PlanTest : public ::testing::Test {
   const Catalog& Make(const std::vector<OutTensor>& tensors) {
     WriteOptions wo;
     wo.sparse = true;
+    wo.align_elements = false;  // the layout as given: tests place tensors where they need them
     std::string path = dir_ / ("m" + std::to_string(n_++) + ".safetensors");
     auto written = WriteCheckpoint(path, tensors, {}, wo, nullptr);
     EXPECT_TRUE(written.ok()) << written.status().message();

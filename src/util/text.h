@@ -8,9 +8,9 @@
 
 namespace hoist {
 
-// `text` with control characters written as \xNN, so that whatever a file or
-// a file name contains, a message stays on one line and sends no terminal
-// escape sequences.
+// `text` with control characters and bytes that are not UTF-8 written as
+// \xNN, so that whatever a file or a file name contains, a message stays on
+// one line of valid UTF-8 and sends no terminal escape sequences.
 std::string Printable(std::string_view text);
 
 // For messages: the name in quotes, control characters escaped, long names

@@ -19,5 +19,18 @@ TEST(OptionStyleTest, FlagsByDefaultKeywordsOnceChosen) {
   EXPECT_EQ(AssignmentText("--tie", "lm_head.weight", "x"), "--tie 'lm_head.weight=x'");
 }
 
+TEST(PrintableTest, EscapesControlsAndBytesThatAreNotUtf8) {
+  EXPECT_EQ(Printable("plain/name.weight"), "plain/name.weight");
+  EXPECT_EQ(Printable("a\nb\x1b[31m"), "a\\x0ab\\x1b[31m");
+  EXPECT_EQ(Printable("\xc3\xa9t\xc3\xa9"), "\xc3\xa9t\xc3\xa9");  // "été" stays as it is
+  EXPECT_EQ(Printable("\xe2\x82\xac \xf0\x9f\x98\x80"), "\xe2\x82\xac \xf0\x9f\x98\x80");
+  EXPECT_EQ(Printable("\xa9.weight"), "\\xa9.weight");           // half of "é"
+  EXPECT_EQ(Printable("Z\xc3"), "Z\\xc3");                         // cut at the end
+  EXPECT_EQ(Printable("\xc0\xaf"), "\\xc0\\xaf");                 // overlong '/'
+  EXPECT_EQ(Printable("\xed\xa0\x80"), "\\xed\\xa0\\x80");       // a surrogate
+  EXPECT_EQ(Printable("\xf4\x90\x80\x80"), "\\xf4\\x90\\x80\\x80");  // past U+10FFFF
+  EXPECT_EQ(QuoteName("\xff"), "'\\xff'");
+}
+
 }  // namespace
 }  // namespace hoist

@@ -1132,6 +1132,30 @@ def test_convert_from_an_index_copies_its_config(run_hoist, tmp_path):
         k: v for s in _shards(src) for k, v in tensor_bytes(s).items()}
 
 
+def test_convert_rename_that_cuts_a_character_is_bad_input(run_hoist, tmp_path):
+    src = write_raw(tmp_path / "u.safetensors", {"\u00e9.weight": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]}},
+                    b"\x01\x02")
+    proc = run_hoist("convert", "--rename", "^.=Z", src, tmp_path / "out.safetensors")
+    assert proc.returncode == 2, proc.stderr
+    assert stderr_error_line(proc).startswith("error: --rename: '\u00e9.weight' becomes "), proc.stderr
+    assert "not UTF-8" in proc.stderr and not (tmp_path / "out.safetensors").exists()
+
+
+def test_convert_cast_keeps_every_tensor_aligned_to_its_element(run_hoist, tmp_path):
+    """F64[3] then I64[4], cast to bf16: the F64 shrinks to 6 bytes, and the
+    I64 after it would sit at an odd offset; the output orders them so that
+    each is aligned, as the reference writer's order does."""
+    data = struct.pack("<3d", 1.0, 2.0, 3.0) + struct.pack("<4q", 1, 2, 3, 4)
+    src = write_raw(tmp_path / "a.safetensors", {"a": {"dtype": "F64", "shape": [3], "data_offsets": [0, 24]},
+                                                 "b": {"dtype": "I64", "shape": [4], "data_offsets": [24, 56]}}, data)
+    ok(run_hoist("convert", "--dtype", "bf16", src, tmp_path / "out.safetensors"))
+    doc = inspect_json(run_hoist, tmp_path / "out.safetensors")
+    offsets = {t["name"]: (t["offset"], t["dtype"]) for t in doc["tensors"]}
+    assert offsets["b"][1] == "I64" and offsets["b"][0] % 8 == 0, offsets
+    assert offsets["a"][1] == "BF16" and offsets["a"][0] % 2 == 0, offsets
+    assert tensor_bytes(tmp_path / "out.safetensors")["b"] == struct.pack("<4q", 1, 2, 3, 4)
+
+
 def test_convert_copies_a_large_config_as_it_is(run_hoist, tmp_path, tiny):
     src = tmp_path / "src"
     src.mkdir()

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from hoist_testlib import import_hoist, ok, save_linear, stderr_error_line
+from hoist_testlib import import_hoist, ok, read_header, save_linear, stderr_error_line, tensor_bytes, write_raw
 
 hoist = import_hoist()
 
@@ -150,6 +150,7 @@ def test_convert_writes_each_ranks_part_as_a_checkpoint(run_hoist, torch, safe_o
                                 config_ties=False)
             with safe_open(str(out / "model.safetensors"), "pt") as part_file:
                 assert part_file.metadata()["hoist.shard"] == f"{rank}/{world}"
+                assert part_file.metadata()["format"] == "pt"  # transformers 4 refuses metadata without one
                 assert part_file.metadata()["hoist.split"].split("\n") == [f"{p}={d}" for p, d in LLAMA_SPLIT.items()]
                 assert sorted(part_file.keys()) == sorted(whole_file.keys())
                 for name in whole_file.keys():
@@ -168,6 +169,17 @@ def test_convert_writes_each_ranks_part_as_a_checkpoint(run_hoist, torch, safe_o
             want = whole_file.get_tensor(name)
             dim = 0 if "o_proj" not in name and "down_proj" not in name else want.dim() - 1
             assert torch.equal(torch.cat(parts, dim), want.float() if dtype else want), name
+
+
+def test_a_part_of_a_checkpoint_without_metadata_says_its_format(run_hoist, tmp_path):
+    """The part's metadata names the shard; transformers before 5 refuses
+    metadata without a format, so the part gets format pt beside it."""
+    src = write_raw(tmp_path / "src.safetensors", {"w": {"dtype": "U8", "shape": [4, 2], "data_offsets": [0, 8]}},
+                    bytes(range(8)))
+    ok(run_hoist("convert", src, tmp_path / "part.safetensors", "--shard", "1/2", "--split", "w=0"))
+    _, header = read_header(tmp_path / "part.safetensors")
+    assert header["__metadata__"] == {"format": "pt", "hoist.shard": "1/2", "hoist.split": "w=0"}
+    assert tensor_bytes(tmp_path / "part.safetensors")["w"] == bytes(range(4, 8))
 
 
 def test_load_into_a_tensor_parallel_module(torch, tmp_path):
