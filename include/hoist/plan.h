@@ -136,6 +136,8 @@ struct LoadPlan {
   std::vector<std::string> warnings;    // e.g. device-map keys that match nothing
   // Relative to `expect`, when given.
   std::vector<std::string> missing, unexpected, mismatched;
+  // For each of `mismatched`, in order: "'name': expected F32 [2], found BF16 [2]".
+  std::vector<std::string> mismatch_notes;
 
   const DevicePlan* FindDevice(DeviceId id) const;
 };

@@ -138,7 +138,9 @@ Result<PlanOptions> MakePlanOptions(const PlanRequest& a, const DeviceRegistry& 
     o.ties.push_back({alias, source});
   }
   if (!a.expect_file.empty()) {
-    HOIST_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(a.expect_file));
+    Result<std::string> read = ReadSmallFile(a.expect_file);
+    if (!read.ok()) return Status(read.status().code(), Opt("--expect") + " " + read.status().message());
+    const std::string& text = *read;
     HOIST_ASSIGN_OR_RETURN(o.expect, ParseExpect(text, Printable(a.expect_file)));
   } else if (!a.expect_json.empty()) {
     HOIST_ASSIGN_OR_RETURN(o.expect, ParseExpect(a.expect_json, "expect"));
@@ -205,7 +207,10 @@ Status CheckStrict(const std::string& path, const LoadPlan& plan) {
   };
   add(plan.missing, "missing");
   add(plan.unexpected, "unexpected");
-  add(plan.mismatched, "mismatched in dtype or shape");
+  if (!plan.mismatched.empty()) {
+    found += (found.empty() ? "" : "; ") + std::to_string(plan.mismatched.size()) + " mismatched (" +
+             plan.mismatch_notes.front() + (plan.mismatched.size() > 1 ? ", and more" : "") + ")";
+  }
   if (found.empty()) return Status::Ok();
   return InvalidArgument(Printable(path) + ": not as expected (strict): " + found);
 }
@@ -497,7 +502,9 @@ nlohmann::ordered_json PlanJson(const Catalog& catalog, const LoadPlan& plan,
     j.emplace_back("device", t.device.ToString());
     j.emplace_back("dtype", DTypeName(t.dtype));
     j.emplace_back("shape", t.shape);
-    j.emplace_back("nbytes", t.size_bytes);
+    // A tied tensor's own size, as the load report gives it ("tied_to" says
+    // it takes no room of its own).
+    j.emplace_back("nbytes", t.alias_of >= 0 ? plan.tensors[static_cast<size_t>(t.alias_of)].size_bytes : t.size_bytes);
     if (t.device.kind == DeviceKind::kDisk || t.mapped) {  // no reservation: where it stays instead
       j.emplace_back("offset", nullptr);
       std::error_code ec;  // absolute, as the load report gives it

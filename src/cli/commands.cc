@@ -86,7 +86,10 @@ void PrintExpectSummary(const PlanRequest& request, const LoadPlan& plan, bool q
   }
   if (!plan.missing.empty()) fmt::print(stderr, "expect: {} missing: {}\n", plan.missing.size(), SomeNames(plan.missing));
   if (!plan.mismatched.empty()) {
-    fmt::print(stderr, "expect: {} mismatched (dtype or shape): {}\n", plan.mismatched.size(), SomeNames(plan.mismatched));
+    std::string notes;
+    for (size_t i = 0; i < plan.mismatch_notes.size() && i < 3; ++i) notes += (i ? "; " : "") + plan.mismatch_notes[i];
+    if (plan.mismatch_notes.size() > 3) notes += fmt::format("; and {} more", plan.mismatch_notes.size() - 3);
+    fmt::print(stderr, "expect: {} mismatched: {}\n", plan.mismatched.size(), notes);
   }
   if (!plan.unexpected.empty()) {
     fmt::print(stderr, "expect: {} unexpected (not read): {}\n", plan.unexpected.size(), SomeNames(plan.unexpected));
@@ -147,8 +150,8 @@ int RunInspect(const InspectArgs& args) {
     fmt::print("{:<{}}  {:<11} {:<22} {:>14} {:>12}{}\n", shown[i], name_width, DTypeName(t.dtype), ShapeText(t.shape),
                t.size_bytes, t.offset_bytes, file);
   }
-  fmt::print("{} tensors, {} ({} bytes) in {} file{}\n", cat->tensors().size(), HumanBytes(cat->total_bytes()),
-             cat->total_bytes(), cat->files().size(), cat->files().size() == 1 ? "" : "s");
+  fmt::print("{} tensor{}, {} ({} bytes) in {} file{}\n", cat->tensors().size(), cat->tensors().size() == 1 ? "" : "s",
+             HumanBytes(cat->total_bytes()), cat->total_bytes(), cat->files().size(), cat->files().size() == 1 ? "" : "s");
   constexpr size_t kShownValueBytes = 200;
   for (const auto& [k, v] : cat->metadata()) {
     std::string value = Printable(std::string_view(v).substr(0, kShownValueBytes));
@@ -199,8 +202,10 @@ int RunPlan(const PlanCmdArgs& args) {
     const PlannedTensor& t = plan->tensors[i];
     std::string offset = t.device.kind == DeviceKind::kDisk ? "-" : t.mapped ? "mapped" : std::to_string(t.offset_bytes);
     if (t.alias_of >= 0) offset += " (tied)";
-    fmt::print("{:<{}}  {:<8} {:<7} {:>14} {:>14}\n", shown[i], width, t.device.ToString(), DTypeName(t.dtype),
-               t.size_bytes, offset);
+    // A tied tensor's own size (the load report's too); "(tied)" says it takes no room of its own.
+    const uint64_t bytes = t.alias_of >= 0 ? plan->tensors[static_cast<size_t>(t.alias_of)].size_bytes : t.size_bytes;
+    fmt::print("{:<{}}  {:<8} {:<7} {:>14} {:>14}\n", shown[i], width, t.device.ToString(), DTypeName(t.dtype), bytes,
+               offset);
   }
   // Units (as strategies cut them) that a map or --no-split spread over
   // more than one device are shown as parts.
@@ -216,7 +221,8 @@ int RunPlan(const PlanCmdArgs& args) {
     for (const PlannedTensor& t : plan->tensors) {
       if (t.device == d.device) names.push_back(t.name);
     }
-    fmt::print("{}: {} tensors, reservation {} ({} bytes): {}\n", d.device.ToString(), d.tensor_count,
+    fmt::print("{}: {} tensor{}, reservation {} ({} bytes): {}\n", d.device.ToString(), d.tensor_count,
+               d.tensor_count == 1 ? "" : "s",
                HumanBytes(d.reserve_bytes), d.reserve_bytes, Printable(DescribeUnits(names, partial)));
   }
   return 0;
@@ -451,7 +457,7 @@ int RunSynth(const SynthArgs& args) {
   options.dtype = *dtype;
   if (!args.max_shard_size.empty()) {
     Result<uint64_t> shard = ParseByteSize(args.max_shard_size);
-    if (!shard.ok()) return Fail(shard.status());
+    if (!shard.ok()) return Fail(InvalidArgument("--max-shard-size: " + shard.status().message()));
     options.max_shard_bytes = *shard;
   }
   Result<WriteResult> written = WriteSynthCheckpoint(options, args.out_dir);
@@ -462,10 +468,11 @@ int RunSynth(const SynthArgs& args) {
                                       [](const std::string& f) { return EndsWith(f, ".safetensors"); });
     const bool indexed = std::any_of(written->files.begin(), written->files.end(),
                                      [](const std::string& f) { return EndsWith(f, ".index.json"); });
-    fmt::print("wrote {} ({}{}) to {}: {} .safetensors file{}{} and config.json, {:.3f} s ({:.2f} GB/s)\n", args.arch,
+    // Sparse: headers only, so no rate (nothing was written at any speed).
+    fmt::print("wrote {} ({}{}) to {}: {} .safetensors file{}{} and config.json, {:.3f} s{}\n", args.arch,
                HumanBytes(written->data_bytes), args.sparse ? ", sparse" : "", args.out_dir, shards,
                shards == 1 ? "" : "s", indexed ? ", an index" : "", written->seconds,
-               args.sparse ? 0.0 : Rate(written->data_bytes, written->seconds));
+               args.sparse ? std::string() : fmt::format(" ({:.2f} GB/s)", Rate(written->data_bytes, written->seconds)));
   }
   return 0;
 }

@@ -101,6 +101,7 @@ int RunProbe(const ProbeArgs& args) {
   Result<uint64_t> host_bytes = uint64_t{1} << 30;
   if (!args.host_bytes.empty()) {
     host_bytes = ParseByteSize(args.host_bytes);
+    if (!host_bytes.ok()) host_bytes = InvalidArgument("--host-bytes: " + host_bytes.status().message());
   } else if (Result<MemoryInfo> memory = MakeCpuDevice()->GetMemoryInfo(); memory.ok()) {
     host_bytes = std::min(*host_bytes, memory->free_bytes / 2);  // the default never crowds the machine
   }

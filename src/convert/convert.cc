@@ -8,6 +8,7 @@
 #include "hoist/plan.h"
 #include "hoist/writer.h"
 #include "io/file.h"
+#include "util/text.h"
 
 namespace hoist {
 
@@ -38,6 +39,13 @@ Result<WriteResult> ConvertCheckpoint(const Catalog& catalog, const std::string&
   po.splits = options.splits;
   po.device = DeviceId::Cpu();
   HOIST_ASSIGN_OR_RETURN(LoadPlan plan, BuildPlan(catalog, po));
+  if (plan.tensors.empty() && !catalog.tensors().empty()) {  // an empty checkpoint is no conversion of this one
+    const std::filesystem::path first(catalog.files().front().path);
+    const std::string src = catalog.files().size() == 1 ? first.string() : first.parent_path().string();
+    return InvalidArgument(Printable(src) + ": none of the checkpoint's " + std::to_string(catalog.tensors().size()) +
+                           " tensors is kept (" + Opt("--only") + " or " + Opt("--drop") +
+                           " left out every one); nothing was written");
+  }
   std::vector<const PlannedTensor*> selected;
   std::vector<OutTensor> out;
   out.reserve(plan.tensors.size());

@@ -83,7 +83,7 @@ Result<uint64_t> ParseByteCount(const std::string& text) {
 
 Result<uint64_t> ParseByteSize(const std::string& text) {
   HOIST_ASSIGN_OR_RETURN(uint64_t bytes, ParseByteCount(text));
-  if (bytes == 0) return InvalidArgument(QuoteName(text) + " is not a size (examples: 5GB, 500MB, 2GiB)");
+  if (bytes == 0) return InvalidArgument(QuoteName(text) + " is not a size here: it must be more than 0");
   return bytes;
 }
 

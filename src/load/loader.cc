@@ -383,7 +383,7 @@ bool CastCouldShrink(const LoadPlan& plan, const Catalog& catalog, DeviceId id) 
 
 // `cast_could_shrink` is asked only when the load does not fit, for its advice.
 Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited, const LoadOptions& options,
-                 const std::function<bool()>& cast_could_shrink) {
+                 const std::function<bool()>& cast_could_shrink, int gpu_count) {
   if (needed == 0) return Status::Ok();
   // --max-memory limits the tensors; the load's own buffers count against
   // free memory only.
@@ -400,9 +400,23 @@ Status CheckFits(DeviceId id, Device* device, uint64_t needed, uint64_t limited,
     // When free memory (not --max-memory) is the limit and the tensors alone
     // would fit, the load's own buffers are the excess.
     const bool buffers = !fit->max_memory && needed > limited && limited <= available;
-    std::string advice = !buffers ? "spread the model with " + OptText("--device-map auto --max-memory 0=...,cpu=...",
-                                                         "device_map=\"auto\", max_memory={0: ..., \"cpu\": ...}") +
-                                        (cast_could_shrink() ? ", or shrink it with " + OptText("--dtype bf16", "dtype=\"bf16\"") : "")
+    // With no GPU to spread onto: map the files instead of copying them, or
+    // leave part of the model in them.
+    std::vector<std::string> ways;
+    if (gpu_count == 0 && id == DeviceId::Cpu()) {
+      ways = {"map it from its files instead with " + OptText("--mmap", "mmap=True"),
+              "leave part of it there with " + OptText("--device-map auto --max-memory cpu=...,disk=...",
+                                                       "device_map=\"auto\", max_memory={\"cpu\": ..., \"disk\": ...}")};
+    } else {
+      ways = {"spread the model with " + OptText("--device-map auto --max-memory 0=...,cpu=...",
+                                                 "device_map=\"auto\", max_memory={0: ..., \"cpu\": ...}")};
+    }
+    if (cast_could_shrink()) ways.push_back("shrink it with " + OptText("--dtype bf16", "dtype=\"bf16\""));
+    std::string spread;
+    for (size_t k = 0; k < ways.size(); ++k) {
+      spread += (k == 0 ? "" : k + 1 == ways.size() ? ", or " : ", ") + ways[k];
+    }
+    std::string advice = !buffers ? spread
                          : id.kind == DeviceKind::kCuda
                              ? "use a smaller " + Opt("--chunk-size") + " (the GPU holds four chunks of cast scratch)"
                              : "use fewer or smaller staging buffers (" + OptText("--staging-buffers N", "staging_buffers=N") + ", " +
@@ -611,7 +625,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
     if (device->host_addressable() && d.device == DeviceId::Cpu()) host_tensors = needed;
     if (!device->host_addressable() || d.device != DeviceId::Cpu()) {
       HOIST_RETURN_IF_ERROR(CheckFits(d.device, device, needed + scratch, needed, options,
-                                      [&] { return CastCouldShrink(plan, catalog, d.device); }));
+                                      [&] { return CastCouldShrink(plan, catalog, d.device); }, registry.CudaCount()));
     }
     state_of[d.device] = static_cast<uint32_t>(states.size());
     states.push_back(std::move(state));
@@ -620,7 +634,7 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
   Device* cpu = registry.Find(DeviceId::Cpu());
   if (cpu == nullptr) cpu = host.get();
   HOIST_RETURN_IF_ERROR(CheckFits(DeviceId::Cpu(), cpu, host_tensors + host_extra, host_tensors, options,
-                                  [&] { return CastCouldShrink(plan, catalog, DeviceId::Cpu()); }));
+                                  [&] { return CastCouldShrink(plan, catalog, DeviceId::Cpu()); }, registry.CudaCount()));
 
   // Reserve: one allocation per device, or one per tensor.
   const auto reserve_start = Clock::now();

@@ -362,8 +362,13 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
     if (d == order.size()) {
       uint64_t left = 0;
       for (size_t v = w; v < walk.size(); ++v) left += unit_bytes[walk[v]];
+      // Devices are filled in order and never gone back to: what each had
+      // left when the walk moved past it.
       std::string devices;
-      for (const auto& [id, cap] : order) devices += (devices.empty() ? "" : ", ") + id.ToString() + " " + ByteText(cap);
+      for (size_t k = 0; k < order.size(); ++k) {
+        devices += (k ? ", " : "") + order[k].first.ToString() + " " + ByteText(order[k].second - used[k]) + " left of " +
+                   ByteText(order[k].second);
+      }
       return OutOfMemory("device map " + strategy + ": unit " + QuoteName(unit_names[u]) + " (" +
                          ByteText(unit_bytes[u]) + ") fits on no device (" + devices + "; " + ByteText(left) +
                          " of the model left to place); " +

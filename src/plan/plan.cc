@@ -274,7 +274,10 @@ Result<std::vector<ExpectedTensor>> ParseExpect(const std::string& json_text, co
       if (auto d = it->find("dtype"); d != it->end()) {
         std::optional<DType> dt = d->is_string() ? ParseDTypeName(d->get<std::string>()) : std::nullopt;
         if (!dt && d->is_string()) dt = ParseCastTarget(d->get<std::string>());
-        if (!dt) return InvalidArgument(label + ": " + QuoteName(it.key()) + ": unknown dtype");
+        if (!dt) {
+          return InvalidArgument(label + ": " + QuoteName(it.key()) + ": unknown dtype " +
+                                 (d->is_string() ? QuoteName(d->get<std::string>()) : d->dump()));
+        }
         e.dtype = dt;
       }
       if (auto s = it->find("shape"); s != it->end()) {
@@ -523,6 +526,13 @@ Result<LoadPlan> BuildPlan(const Catalog& catalog, const PlanOptions& options) {
       const PlannedTensor& p = plan.tensors[it->second];
       if ((e.shape && *e.shape != p.shape) || (e.dtype && *e.dtype != p.dtype)) {
         plan.mismatched.push_back(e.name);
+        std::string expected, found;  // what the expectation names, each side
+        if (e.dtype) expected = DTypeName(*e.dtype), found = DTypeName(p.dtype);
+        if (e.shape) {
+          expected += (expected.empty() ? "" : " ") + ShapeText(*e.shape);
+          found += (found.empty() ? "" : " ") + ShapeText(p.shape);
+        }
+        plan.mismatch_notes.push_back(QuoteName(e.name) + ": expected " + expected + ", found " + found);
       }
     }
   }

@@ -621,7 +621,7 @@ def test_strict_refuses_a_checkpoint_that_is_not_as_expected(run_hoist, tmp_path
         assert stderr_error_line(proc) == (f"error: {tiny}: not as expected (strict): "
                                            f"1 missing ('missing.one'); 1 unexpected ({names[0]!r})")
         proc = run_hoist(command, "--device", "cpu", "--strict", "--expect", wrong, tiny)
-        assert proc.returncode == 2 and "1 mismatched in dtype or shape ('model.norm.weight')" in stderr_error_line(proc)
+        assert proc.returncode == 2 and "1 mismatched ('model.norm.weight': expected F32, found BF16)" in stderr_error_line(proc)
         proc = run_hoist(command, "--device", "cpu", "--strict", tiny)
         assert proc.returncode == 2 and "strict checks a load against expected names" in stderr_error_line(proc)
         # --only narrows what is asked for: expected names it leaves out are not missing.
@@ -1154,6 +1154,30 @@ def test_convert_cast_keeps_every_tensor_aligned_to_its_element(run_hoist, tmp_p
     assert offsets["b"][1] == "I64" and offsets["b"][0] % 8 == 0, offsets
     assert offsets["a"][1] == "BF16" and offsets["a"][0] % 2 == 0, offsets
     assert tensor_bytes(tmp_path / "out.safetensors")["b"] == struct.pack("<4q", 1, 2, 3, 4)
+
+
+def test_convert_that_keeps_no_tensor_writes_nothing(run_hoist, tmp_path, tiny):
+    proc = run_hoist("convert", "--only", "no-such-name", tiny, tmp_path / "out.safetensors")
+    assert proc.returncode == 2, proc.stderr
+    assert stderr_error_line(proc) == (f"error: {tiny}/model.safetensors: none of the checkpoint's 21 tensors is kept "
+                                       "(--only or --drop left out every one); nothing was written")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_messages_name_the_flag_and_the_value(run_hoist, tmp_path, tiny):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model.norm.weight": {"dtype": "F99"}}))
+    cases = [
+        (["plan", "--expect", bad, tiny], f"error: {bad}: 'model.norm.weight': unknown dtype 'F99'"),
+        (["plan", "--expect", tmp_path / "none.json", tiny], f"error: --expect {tmp_path}/none.json"),
+        (["synth", "--arch", "tiny-llama", "--max-shard-size", "0", tmp_path / "s"],
+         "error: --max-shard-size: '0' is not a size here: it must be more than 0"),
+        (["load", "--chunk-size", "0", tiny], "error: --chunk-size: '0' is not a size here: it must be more than 0"),
+    ]
+    for args, start in cases:
+        proc = run_hoist(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert stderr_error_line(proc).startswith(start), (args, proc.stderr)
 
 
 def test_convert_copies_a_large_config_as_it_is(run_hoist, tmp_path, tiny):

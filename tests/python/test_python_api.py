@@ -826,8 +826,10 @@ def test_plan_larger_than_max_memory_is_memory_error(run_hoist, tiny):
     with pytest.raises(MemoryError) as e:
         hoist.load(str(tiny), device="cpu", max_memory={"cpu": 1000})
     # The command's message, with its advice in keyword arguments.
-    assert str(e.value) == expected.replace("(--max-memory)", "(max_memory)").replace(
-        "--device-map auto --max-memory 0=...,cpu=...", 'device_map="auto", max_memory={0: ..., "cpu": ...}')
+    assert str(e.value) == expected.replace("(--max-memory)", "(max_memory)").replace("--mmap", "mmap=True").replace(
+        "--device-map auto --max-memory cpu=...,disk=...", 'device_map="auto", max_memory={"cpu": ..., "disk": ...}')
+    # No GPU here: the advice is to map the files, or leave part of the model in them.
+    assert "map it from its files instead with mmap=True" in str(e.value)
     assert str(e.value).startswith(f"{tiny}: cpu:") and "279808" in str(e.value)
     # A bf16 checkpoint cannot shrink with a cast: no advice to try one.
     assert "--" not in str(e.value) and "dtype" not in str(e.value)
@@ -839,8 +841,8 @@ def test_fit_error_suggests_a_cast_only_where_one_shrinks(run_hoist, tiny_f32, t
     assert "shrink it with --dtype bf16" in stderr_error_line(proc)
     with pytest.raises(MemoryError) as e:
         hoist.load(str(tiny_f32), device="cpu", max_memory={"cpu": 1000})
-    assert str(e.value).endswith('spread the model with device_map="auto", max_memory={0: ..., "cpu": ...}, '
-                                 'or shrink it with dtype="bf16"'), str(e.value)
+    assert str(e.value).endswith('leave part of it there with device_map="auto", max_memory={"cpu": ..., '
+                                 '"disk": ...}, or shrink it with dtype="bf16"'), str(e.value)
     # An int8 weight's f32 scale is never cast: no advice to try.
     quant = tmp_path / "quant.safetensors"
     header = json.dumps({"l.weight": {"dtype": "I8", "shape": [2000], "data_offsets": [0, 2000]},
