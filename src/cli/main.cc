@@ -167,7 +167,13 @@ int Run(int argc, char** argv) {
                  hoist::QuoteName(argv[1]));
       return 2;
     }
-    fmt::print(stderr, "error: {} (see --help)\n", e.what());
+    // CLI11 says "--only: At Most 1 required but received 2" of an option
+    // given twice that takes one value.
+    std::string what = e.what();
+    if (const size_t at = what.find(": At Most 1 required but received "); at != std::string::npos) {
+      what = what.substr(0, at) + ": given more than once; it takes one value";
+    }
+    fmt::print(stderr, "error: {} (see --help)\n", what);
     return 2;
   }
   // A PATH that does not exist may name a model in the Hugging Face cache

@@ -561,6 +561,7 @@ def test_bad_flag_messages_name_the_flag(run_hoist, conformance, flags, message)
         (["--chunk-size", "abc"], "--chunk-size: 'abc' is not a size"),
         (["--chunk-size", "100"], "--chunk-size must be at least 4096 bytes"),
         (["--margin", "lots"], "--margin: 'lots' is not a size"),
+        (["--only", "a", "--only", "b"], "--only: given more than once; it takes one value"),
     ],
 )
 def test_bad_load_option_messages_name_the_option(run_hoist, conformance, flags, message):
