@@ -260,7 +260,13 @@ class ProgressLine {
       uint64_t done = progress_.done.load(), total = progress_.total.load();
       double gbps = s > 0 ? static_cast<double>(done) / s / 1e9 : 0;
       double eta = gbps > 0 && total > done ? static_cast<double>(total - done) / 1e9 / gbps : 0;
-      fmt::print(stderr, "\r\033[K{} / {}  {:.2f} GB/s  ETA {:.1f} s", HumanBytes(done), HumanBytes(total), gbps, eta);
+      // Before the first bytes land (GPU start-up, a cold disk) there is no
+      // rate to tell, nor a time left.
+      if (done == 0) {
+        fmt::print(stderr, "\r\033[K0 B / {}  starting", HumanBytes(total));
+      } else {
+        fmt::print(stderr, "\r\033[K{} / {}  {:.2f} GB/s  ETA {:.1f} s", HumanBytes(done), HumanBytes(total), gbps, eta);
+      }
       std::fflush(stderr);
     } while (!cv_.wait_for(lock, std::chrono::milliseconds(100), [this] { return stop_; }));
   }

@@ -791,8 +791,11 @@ def test_progress_line_on_a_terminal_only(run_hoist, hoist_bin, tmp_path):
     assert seconds > 0.05, f"the load took only {seconds} s: too short to see its progress line"
     text = out.decode()
     lines = re.findall(r"\r\x1b\[K([^\r]*?) / ([^\r]*?)  ([\d.]+) GB/s  ETA ([\d.]+) s", text)
-    assert lines, repr(text[:500])
-    assert all(total == "525.34 MB" for _, total, _, _ in lines), lines
+    # Before the first bytes land: no rate, no time left yet.
+    starting = re.findall(r"\r\x1b\[K0 B / ([^\r]*?)  starting", text)
+    assert lines or starting, repr(text[:500])
+    assert all(total == "525.34 MB" for _, total, _, _ in lines) and all(t == "525.34 MB" for t in starting), text
+    assert all(done != "0 B" for done, _, _, _ in lines), lines
     # Updated in place (never a new line), then cleared before the summary
     # goes to stdout.
     assert text.endswith("\r\x1b[K") and "\n" not in text, repr(text[-300:])
