@@ -534,9 +534,8 @@ def _to_torch(model: Model, name: str):
 
     info = model.info(name)
     if info["device"] == "disk":
-        tensor = torch.from_numpy(model._disk_array(info))
-        if info["stored_dtype"] == "BF16":
-            tensor = tensor.view(torch.bfloat16)
+        raw = model._disk_array(info)  # a numpy memmap view, or a DLPack array of a type numpy lacks
+        tensor = torch.from_dlpack(raw) if type(raw).__module__.split(".")[0] == "nanobind" else torch.from_numpy(raw)
     else:
         tensor = torch.from_dlpack(model[name])
     fp8 = _FP8_TORCH.get(info["stored_dtype"])

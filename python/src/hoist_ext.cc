@@ -517,7 +517,13 @@ nb::object Tensor(nb::handle self, const std::string& name) {
 // FP8, sub-byte): `raw` is its bytes in a memmap of the file, which the
 // array keeps alive.
 nb::object TypedView(nb::handle raw, const std::string& stored_dtype, const std::vector<uint64_t>& shape) {
-  auto bytes = nb::cast<nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>>(raw);
+  // No conversion: a converted copy would die with this call while the
+  // array handed out points into it.
+  using Bytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+  Bytes bytes;
+  if (!nb::try_cast<Bytes>(raw, bytes, /*convert=*/false)) {
+    throw nb::type_error("typed_view: raw must be a contiguous 1-d uint8 array in host memory");
+  }
   std::optional<DType> dtype = ParseDTypeName(stored_dtype);
   if (!dtype) throw nb::value_error(("typed_view: unknown dtype " + stored_dtype).c_str());
   const uint64_t elements = std::accumulate(shape.begin(), shape.end(), uint64_t{1}, std::multiplies<>());

@@ -334,12 +334,12 @@ class StopOnSignal {
 };
 
 namespace {
-// --report must not write over the checkpoint it reports on: a weights
-// file, its index or the config.json beside them.
+// --report must not write over the checkpoint it reports on, nor add to its
+// folder a file a load would read as part of it: a weights file, an index
+// or the config.json beside them, whether or not one is there yet.
 Status CheckNotTheCheckpoint(const std::string& report, const std::string& checkpoint) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::exists(report, ec)) return Status::Ok();
   const fs::path dir = fs::is_directory(checkpoint, ec) ? fs::path(checkpoint) : fs::path(checkpoint).parent_path();
   const fs::path parent = fs::path(report).parent_path();
   const std::string name = fs::path(report).filename().string();
@@ -348,7 +348,8 @@ Status CheckNotTheCheckpoint(const std::string& report, const std::string& check
   if (fs::equivalent(report, checkpoint, ec) ||
       (checkpoint_file && fs::equivalent(parent.empty() ? fs::path(".") : parent, dir.empty() ? fs::path(".") : dir, ec))) {
     return InvalidArgument(Opt("--report") + " " + Printable(report) +
-                           ": is a file of the checkpoint being loaded; write the report elsewhere");
+                           ": names a file of the checkpoint being loaded (weights, index or config); write the "
+                           "report elsewhere");
   }
   return Status::Ok();
 }

@@ -61,6 +61,7 @@ Result<uint64_t> ParseByteCount(const std::string& text) {
   std::string unit = trimmed.substr(u);
   if (unit.size() == 2 && unit[1] == 'b' && std::strchr("kKmMgGtT", unit[0]) != nullptr) {
     std::string bytes = unit;
+    bytes[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(bytes[0])));
     bytes[1] = 'B';
     return not_a_size(": a lowercase b means bits to Hugging Face, bytes to most; write " + number + bytes);
   }
@@ -78,6 +79,7 @@ Result<uint64_t> ParseByteCount(const std::string& text) {
   char* end = nullptr;
   const double value = number.empty() ? -1 : std::strtod(number.c_str(), &end);
   if (scale == 0 || value < 0 || end != number.c_str() + number.size() || value * scale > 9e18) return not_a_size("");
+  if (value > 0 && value * scale < 1) return not_a_size(": less than one byte");
   return static_cast<uint64_t>(value * scale);
 }
 

@@ -65,6 +65,8 @@ TEST(WriterTest, ParseByteSizeUnits) {
     EXPECT_NE(r.status().message().find("a lowercase b means bits"), std::string::npos) << r.status().message();
   }
   EXPECT_NE(ParseByteSize("5Gb").status().message().find("write 5GB"), std::string::npos);
+  EXPECT_NE(ParseByteSize("16mb").status().message().find("write 16MB"), std::string::npos);
+  EXPECT_NE(ParseByteSize("0.5").status().message().find("less than one byte"), std::string::npos);
   // Limits may be 0, with or without a unit.
   EXPECT_EQ(*ParseByteCount("0"), 0u);
   EXPECT_EQ(*ParseByteCount("0GiB"), 0u);

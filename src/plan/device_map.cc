@@ -336,7 +336,9 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
   const bool low0 = strategy == "balanced_low_0";
   std::vector<uint64_t> budget(n);
   for (size_t g = 0; g < n; ++g) budget[g] = capacity_bytes.at(gpus[g]);
-  const size_t first = low0 && n > 1 ? 1 : 0;  // the first GPU that shares the model
+  // The first GPU that shares the model: GPU 0 stands aside under
+  // balanced_low_0, and only GPU 0 (one without room is no GPU here).
+  const size_t first = low0 && n > 1 && gpus[0] == DeviceId::Cuda(0) ? 1 : 0;
   if (strategy != "sequential" && n - first > 1) {
     const uint64_t per_gpu = total / (n - first) + buffer;
     for (size_t g = first; g + 1 < n; ++g) budget[g] = std::min(budget[g], per_gpu);
@@ -366,8 +368,12 @@ Result<std::vector<DeviceId>> PlaceByStrategy(const std::vector<std::string>& na
       // left when the walk moved past it.
       std::string devices;
       for (size_t k = 0; k < order.size(); ++k) {
-        devices += (k ? ", " : "") + order[k].first.ToString() + " " + ByteText(order[k].second - used[k]) + " left of " +
-                   ByteText(order[k].second);
+        devices += (k ? ", " : "") + order[k].first.ToString() + " ";
+        if (order[k].first == DeviceId::Cpu() && cpu == capacity_bytes.end()) {
+          devices += "not used (" + Opt("--max-memory") + " names other devices and not the cpu)";
+        } else {
+          devices += ByteText(order[k].second - used[k]) + " left of " + ByteText(order[k].second);
+        }
       }
       return OutOfMemory("device map " + strategy + ": unit " + QuoteName(unit_names[u]) + " (" +
                          ByteText(unit_bytes[u]) + ") fits on no device (" + devices + "; " + ByteText(left) +

@@ -713,6 +713,24 @@ TEST_F(PlanTest, AGpuWithoutRoomTakesNoShareOfABalancedMap) {
   EXPECT_GT(placed[DeviceId::Cuda(1)], Gib(7));
 }
 
+// balanced_low_0 keeps GPU 0 light; where GPU 0 has no room, the GPUs that
+// have some share the model as balanced would (none of them is GPU 0).
+TEST_F(PlanTest, BalancedLow0WithoutGpu0IsBalancedOverTheRest) {
+  const Catalog& cat = Synth("llama-3.1-8b");
+  PlanOptions o;
+  o.capacity_bytes = {{DeviceId::Cuda(0), 0}, {DeviceId::Cuda(1), Gib(10)}, {DeviceId::Cuda(2), Gib(10)},
+                      {DeviceId::Cpu(), Gib(30)}};
+  o.device_map = "balanced_low_0";
+  auto low0 = BuildPlan(cat, o);
+  ASSERT_TRUE(low0.ok()) << low0.status().message();
+  o.device_map = "balanced";
+  auto balanced = BuildPlan(cat, o);
+  ASSERT_TRUE(balanced.ok()) << balanced.status().message();
+  EXPECT_EQ(PlacedBytes(*low0), PlacedBytes(*balanced));
+  EXPECT_GT(PlacedBytes(*low0)[DeviceId::Cuda(1)], Gib(6));
+  EXPECT_GT(PlacedBytes(*low0)[DeviceId::Cuda(2)], Gib(6));
+}
+
 // Each GPU but the last takes an even share plus 1.25 decoder layers, as
 // accelerate 1.16's get_balanced_memory budgets it: for Llama 3.1 8B over
 // three GPUs of 6 GiB, 16.06 GB / 3 + 1.25 x 436 MB = 5.494 GiB, which holds

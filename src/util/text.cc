@@ -31,7 +31,13 @@ std::string Printable(std::string_view text) {
   out.reserve(text.size());
   for (size_t i = 0; i < text.size();) {
     const unsigned char c = static_cast<unsigned char>(text[i]);
-    const size_t n = c < 0x80 ? 1 : Utf8SequenceAt(text, i);
+    size_t n = c < 0x80 ? 1 : Utf8SequenceAt(text, i);
+    // Characters that act on a terminal or break a line though they are
+    // UTF-8: C1 controls (U+0080-U+009F: CSI, NEL) and U+2028, U+2029.
+    const auto next = [&](size_t k) { return static_cast<unsigned char>(text[i + k]); };
+    if ((n == 2 && c == 0xC2 && next(1) <= 0x9F) || (n == 3 && c == 0xE2 && next(1) == 0x80 && (next(2) == 0xA8 || next(2) == 0xA9))) {
+      n = 0;
+    }
     if (c < 0x20 || c == 0x7f || n == 0) {  // a control character, or a byte that is not UTF-8
       out += "\\x";
       out += kHex[c >> 4];

@@ -30,6 +30,12 @@ TEST(PrintableTest, EscapesControlsAndBytesThatAreNotUtf8) {
   EXPECT_EQ(Printable("\xed\xa0\x80"), "\\xed\\xa0\\x80");       // a surrogate
   EXPECT_EQ(Printable("\xf4\x90\x80\x80"), "\\xf4\\x90\\x80\\x80");  // past U+10FFFF
   EXPECT_EQ(QuoteName("\xff"), "'\\xff'");
+  // UTF-8 that still acts on a terminal or breaks a line: C1 CSI and NEL,
+  // U+2028 and U+2029; their neighbours pass.
+  EXPECT_EQ(Printable("a\xc2\x9b" "31m"), "a\\xc2\\x9b" "31m");
+  EXPECT_EQ(Printable("\xc2\x85"), "\\xc2\\x85");
+  EXPECT_EQ(Printable("\xe2\x80\xa8|\xe2\x80\xa9"), "\\xe2\\x80\\xa8|\\xe2\\x80\\xa9");
+  EXPECT_EQ(Printable("\xc2\xa0\xe2\x80\xa6"), "\xc2\xa0\xe2\x80\xa6");  // no-break space, ellipsis
 }
 
 }  // namespace

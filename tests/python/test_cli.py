@@ -654,13 +654,16 @@ def test_load_report_never_writes_over_the_checkpoint(run_hoist, tmp_path, tiny)
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny, ckpt)
     before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
-    for target in (ckpt / "model.safetensors", ckpt / "config.json", ckpt / "." / "model.safetensors"):
+    # Files there, and names a load would read as part of it (a new shard
+    # or index beside the weights) though nothing has them yet.
+    for target in (ckpt / "model.safetensors", ckpt / "config.json", ckpt / "." / "model.safetensors",
+                   ckpt / "model-00001-of-00002.safetensors", ckpt / "model.safetensors.index.json"):
         proc = run_hoist("load", "--device", "cpu", "--report", target, ckpt)
         assert proc.returncode == 2, proc.stderr
-        assert stderr_error_line(proc) == (f"error: --report {target}: is a file of the checkpoint being loaded; "
-                                           "write the report elsewhere")
+        assert stderr_error_line(proc) == (f"error: --report {target}: names a file of the checkpoint being loaded "
+                                           "(weights, index or config); write the report elsewhere")
     proc = run_hoist("load", "--device", "cpu", "--report", ckpt / "model.safetensors", ckpt / "model.safetensors")
-    assert proc.returncode == 2 and "is a file of the checkpoint" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "names a file of the checkpoint" in proc.stderr, proc.stderr
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
     # A report of another name beside the weights is fine.
     ok(run_hoist("load", "--device", "cpu", "--report", ckpt / "report.json", "--quiet", ckpt))

@@ -556,6 +556,37 @@ def test_device_map_disk_bf16_is_bf16_over_the_file(np, torch, tiny):
         assert got.contiguous().view(torch.uint8).numpy().tobytes() == raw[name], name
 
 
+def test_bf16_and_fp8_left_on_disk_reach_torch(np, torch, st, tmp_path):
+    """load_file and load_into take BF16 and FP8 tensors left in their file
+    as they take them from memory."""
+    want = {"a.weight": torch.randn(4, 8).to(torch.bfloat16),
+            "b.weight": torch.randn(3, 2).to(torch.float8_e4m3fn),
+            "c.weight": torch.randn(5)}
+    path = tmp_path / "m.safetensors"
+    st.save_file(want, str(path))
+    got = hoist.load_file(str(path), device="disk")
+    assert set(got) == set(want)
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name].view(torch.uint8), tensor.view(torch.uint8)), name
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(8, 4, bias=False, dtype=torch.bfloat16)
+
+    module = Two()
+    st.save_file({"a.weight": want["a.weight"]}, str(tmp_path / "a.safetensors"))
+    report = hoist.load_into(module, str(tmp_path / "a.safetensors"), device_map={"": "disk"})
+    assert report["mismatched"] == [] and torch.equal(module.a.weight, want["a.weight"])
+
+
+def test_typed_view_takes_only_contiguous_bytes(np):
+    base = np.arange(64, dtype=np.uint8)
+    for bad in (base[::2], base.view(np.int8), base.view(np.uint16)):
+        with pytest.raises(TypeError, match="contiguous 1-d uint8"):
+            hoist._hoist.typed_view(bad, "F8_E4M3", [bad.size])
+
+
 def test_disk_f32_stays_a_numpy_memmap(np, tiny_f32):
     model = hoist.load(str(tiny_f32), device_map={"": "disk"})
     arr = model["model.norm.weight"]
