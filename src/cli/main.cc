@@ -49,7 +49,7 @@ int Run(int argc, char** argv) {
 
   auto add_plan_flags = [](CLI::App* c, hoist::PlanRequest& a, AssignmentFlags& f) {
     c->add_option("PATH", a.path, ".safetensors file or checkpoint directory")->required();
-    c->add_option("--device", a.device, "Put everything on one device: cpu, cuda, cuda:N (default: cuda:0 if present, else cpu)");
+    c->add_option("--device", a.device, "Put everything on one device: cpu, cuda, cuda:N or N, disk (left in its file) (default: cuda:0 if present, else cpu)");
     c->add_option("--device-map", a.device_map,
                   "accelerate-style map (JSON inline or a file: {\"model.layers.0\": 0, \"\": \"cpu\"}) "
                   "or auto|balanced|balanced_low_0|sequential");
@@ -82,7 +82,7 @@ int Run(int argc, char** argv) {
       ->check(CLI::IsMember({"reserve", "per-tensor"}))->capture_default_str();
   c_load->add_option("--threads", load.request.threads, "Reader threads (default: one per core, 2..32)")
       ->check(CLI::Range(1, 1024));
-  c_load->add_option("--report", load.report, "Write a JSON report to this file");
+  c_load->add_option("--report", load.report, "Write a JSON report to this file (-: to stdout, the summary then on stderr)");
   c_load->add_option("--chunk-size", load.request.chunk_size, "Largest single read, and the size of a staging buffer (e.g. 32MiB)")->capture_default_str();
   c_load->add_option("--staging-buffers", load.request.staging_slots,
                      "Pinned staging buffers per GPU (default 0: its share of the reader threads + 2, at most 32)")
