@@ -870,37 +870,37 @@ Result<LoadedModel> Load(const Catalog& catalog, LoadPlan plan, const DeviceRegi
       return Status::Ok();
     };
     auto read_into = [&](unsigned char* dst) { return read_packed(it.packed_offset, dst, it.size_bytes); };
-    // Into memory the kernel cannot write (bounce_reads): a cache-sized block
-    // at a time into ordinary memory, copied from there while still in cache.
-    // O_DIRECT reads go through the thread's aligned bounce buffer anyway.
-    auto bounce_into = [&](unsigned char* dst) -> Status {
-      if (direct.fd() >= 0 && t.runs <= 1) return read_into(dst);
+    // The piece a cache-sized block at a time into this thread's scratch,
+    // each block handed to `use(offset in the piece, bytes)` while it is
+    // still in cache.
+    auto through_scratch = [&](auto&& use) -> Status {
       const uint64_t block = std::min<uint64_t>(it.size_bytes, kHostCastBlockBytes);
       local.scratch.resize(block);
       for (uint64_t done = 0; done < it.size_bytes; done += block) {
         const uint64_t n = std::min(block, it.size_bytes - done);
         HOIST_RETURN_IF_ERROR(read_packed(it.packed_offset + done, local.scratch.data(), n));
-        std::memcpy(dst + done, local.scratch.data(), n);
+        use(done, n);
       }
       return Status::Ok();
     };
-    // A cast on the host reads the piece a cache-sized block at a time and
-    // casts each block while it is still in cache.
+    // Into memory the kernel cannot write (bounce_reads): through scratch, then
+    // copied. O_DIRECT reads go through the thread's aligned buffer anyway.
+    auto bounce_into = [&](unsigned char* dst) -> Status {
+      if (direct.fd() >= 0 && t.runs <= 1) return read_into(dst);
+      return through_scratch([&](uint64_t done, uint64_t n) { std::memcpy(dst + done, local.scratch.data(), n); });
+    };
+    // A cast on the host casts each block into place.
     auto cast_into = [&](unsigned char* dst) -> Status {
       const uint64_t in_elem = static_cast<uint64_t>(DTypeBits(t.source->dtype) / 8);
       const uint64_t out_elem = static_cast<uint64_t>(DTypeBits(t.dtype) / 8);
-      const uint64_t block = std::min<uint64_t>(it.size_bytes, kHostCastBlockBytes);
-      local.scratch.resize(block);
       uint64_t cast_ns = 0;
-      for (uint64_t done = 0; done < it.size_bytes; done += block) {
-        const uint64_t n = std::min(block, it.size_bytes - done);
-        HOIST_RETURN_IF_ERROR(read_packed(it.packed_offset + done, local.scratch.data(), n));
+      Status st = through_scratch([&](uint64_t done, uint64_t n) {
         const auto cast_start = Clock::now();
         CastFloats(t.source->dtype, local.scratch.data(), t.dtype, dst + done / in_elem * out_elem, n / in_elem);
         cast_ns += static_cast<uint64_t>(std::chrono::nanoseconds(Clock::now() - cast_start).count());
-      }
+      });
       host_cast_ns.fetch_add(cast_ns, std::memory_order_relaxed);
-      return Status::Ok();
+      return st;
     };
     if (!s.staged || !options.pipeline) return cast ? cast_into(it.dst) : read_into(it.dst);
 
