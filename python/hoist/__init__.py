@@ -534,8 +534,10 @@ def _to_torch(model: Model, name: str):
 
     info = model.info(name)
     if info["device"] == "disk":
+        import numpy as np
+
         raw = model._disk_array(info)  # a numpy memmap view, or a DLPack array of a type numpy lacks
-        tensor = torch.from_dlpack(raw) if type(raw).__module__.split(".")[0] == "nanobind" else torch.from_numpy(raw)
+        tensor = torch.from_numpy(raw) if isinstance(raw, np.ndarray) else torch.from_dlpack(raw)
     else:
         tensor = torch.from_dlpack(model[name])
     fp8 = _FP8_TORCH.get(info["stored_dtype"])
